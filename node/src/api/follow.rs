@@ -1,0 +1,155 @@
+//! Live streams as server-sent events: a run's log as it grows, and the node's change events.
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use axum::extract::{Path, Query, State};
+use axum::http::{StatusCode, header};
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use futures::Stream;
+use serde::Deserialize;
+use tokio::sync::broadcast;
+
+use super::{ApiError, parse_run_id};
+use crate::events::Event;
+use crate::model::RunId;
+use crate::service::NodeHandle;
+
+/// Largest piece of log sent at once.
+const CHUNK: usize = 64 * 1024;
+/// A follower re-checks the run this often even without events (events can be skipped).
+const RECHECK: Duration = Duration::from_secs(1);
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct LogParams {
+    #[serde(default)]
+    offset: u64,
+    #[serde(default)]
+    follow: bool,
+}
+
+/// `GET /api/runs/{id}/log`: the log as text, or with `follow=true` as events: `log` (a piece of
+/// output, `id` = the offset after it), then `end` with the finished run.
+pub(super) async fn run_log(
+    State(node): State<NodeHandle>,
+    Path(id): Path<String>,
+    Query(p): Query<LogParams>,
+) -> Result<Response, ApiError> {
+    let id = parse_run_id(&id)?;
+    let run = node.run(&id).await?;
+    if !p.follow {
+        let text = node
+            .run_log(&id, p.offset, 16 << 20)
+            .await?
+            .ok_or_else(|| {
+                ApiError::new(
+                    StatusCode::NOT_FOUND,
+                    format!(
+                        "run {} has no log (never started, or deleted by retention)",
+                        run.id
+                    ),
+                )
+            })?;
+        return Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], text).into_response());
+    }
+    let events = node.subscribe();
+    let stream = futures::stream::unfold(
+        Follow {
+            node,
+            id,
+            offset: p.offset,
+            events,
+            ended: false,
+        },
+        |mut f| async move { f.next().await.map(|e| (Ok::<_, Infallible>(e), f)) },
+    );
+    Ok(Sse::new(stream)
+        .keep_alive(KeepAlive::default())
+        .into_response())
+}
+
+struct Follow {
+    node: NodeHandle,
+    id: RunId,
+    offset: u64,
+    events: broadcast::Receiver<Event>,
+    ended: bool,
+}
+
+impl Follow {
+    async fn next(&mut self) -> Option<SseEvent> {
+        if self.ended {
+            return None;
+        }
+        loop {
+            // Read what is there; only a finished run with nothing left to read ends the stream.
+            let run = self.node.run(&self.id).await.ok()?;
+            let chunk = self
+                .node
+                .run_log(&self.id, self.offset, CHUNK)
+                .await
+                .ok()?
+                .unwrap_or_default();
+            if !chunk.is_empty() {
+                self.offset += chunk.len() as u64;
+                return Some(
+                    SseEvent::default()
+                        .event("log")
+                        .id(self.offset.to_string())
+                        .data(String::from_utf8_lossy(&chunk)),
+                );
+            }
+            if run.status.is_final() {
+                self.ended = true;
+                return Some(
+                    SseEvent::default()
+                        .event("end")
+                        .json_data(&run)
+                        .unwrap_or_default(),
+                );
+            }
+            let _ = tokio::time::timeout(RECHECK, self.wait_for_change()).await;
+        }
+    }
+
+    async fn wait_for_change(&mut self) {
+        loop {
+            match self.events.recv().await {
+                Ok(Event::Log { run, .. }) if run == self.id => return,
+                Ok(Event::Run(run)) if run.id == self.id => return,
+                Ok(_) => {}
+                Err(broadcast::error::RecvError::Lagged(_)) => return,
+                Err(broadcast::error::RecvError::Closed) => return,
+            }
+        }
+    }
+}
+
+/// `GET /api/events`: `run` (a run changed, with the run), `state` (tasks or settings changed)
+/// and `supervision` events, for live pages.
+pub(super) async fn events(
+    State(node): State<NodeHandle>,
+) -> Sse<impl Stream<Item = Result<SseEvent, Infallible>>> {
+    let rx = node.subscribe();
+    let stream = futures::stream::unfold(rx, |mut rx| async move {
+        loop {
+            let event = match rx.recv().await {
+                Ok(Event::Run(run)) => SseEvent::default()
+                    .event("run")
+                    .json_data(&*run)
+                    .unwrap_or_default(),
+                Ok(Event::State) => SseEvent::default().event("state").data("{}"),
+                Ok(Event::Supervision) => SseEvent::default().event("supervision").data("{}"),
+                Ok(Event::Log { .. }) => continue,
+                Err(broadcast::error::RecvError::Lagged(_)) => {
+                    SseEvent::default().event("lagged").data("{}")
+                }
+                Err(broadcast::error::RecvError::Closed) => return None,
+            };
+            return Some((Ok(event), rx));
+        }
+    });
+    Sse::new(stream).keep_alive(KeepAlive::default())
+}

@@ -1,0 +1,259 @@
+//! The REST API (JSON, plus server-sent events for live logs and changes) over the node handle.
+//! docs/api.md documents every route.
+
+mod error;
+mod follow;
+
+use axum::Json;
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
+use axum::http::{HeaderMap, Method, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+
+use crate::model::{RunId, TaskId, TaskInput, parse_json};
+use crate::service::NodeHandle;
+use crate::store::RunQuery;
+
+pub use error::ApiError;
+
+/// Largest request body accepted (a settings import, a task).
+pub const MAX_BODY: usize = 1 << 20;
+
+pub fn router(node: NodeHandle) -> Router {
+    Router::new()
+        .route("/api/health", get(health))
+        .route("/api/tasks", get(list_tasks).post(create_task))
+        .route(
+            "/api/tasks/{key}",
+            get(get_task).put(update_task).delete(remove_task),
+        )
+        .route("/api/tasks/{key}/run", post(execute_task))
+        .route("/api/runs", get(list_runs))
+        .route("/api/runs/{id}", get(get_run))
+        .route("/api/runs/{id}/stop", post(stop_run))
+        .route("/api/runs/{id}/log", get(follow::run_log))
+        .route("/api/events", get(follow::events))
+        .route("/api/settings", get(get_settings).put(put_settings))
+        .route("/api/settings/export", get(export_settings))
+        .route("/api/settings/import", post(import_settings))
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(middleware::from_fn(same_origin_writes))
+        .with_state(node)
+}
+
+/// CSRF protection: a browser must not be able to change anything on behalf of another site.
+/// Writes that a browser marks cross-site, or whose Origin is not this host, are refused. (JSON
+/// bodies also force a CORS preflight, which we never grant.)
+async fn same_origin_writes(request: Request, next: Next) -> Response {
+    let write = !matches!(
+        *request.method(),
+        Method::GET | Method::HEAD | Method::OPTIONS
+    );
+    if write && !is_same_origin(request.headers()) {
+        return ApiError::new(
+            StatusCode::FORBIDDEN,
+            "cross-site request refused (CSRF protection)",
+        )
+        .into_response();
+    }
+    next.run(request).await
+}
+
+pub(crate) fn is_same_origin(headers: &HeaderMap) -> bool {
+    if headers
+        .get("sec-fetch-site")
+        .is_some_and(|v| v == "cross-site" || v == "same-site")
+    {
+        return false;
+    }
+    match (headers.get(header::ORIGIN), headers.get(header::HOST)) {
+        (None, _) => true,
+        (Some(origin), Some(host)) => {
+            let origin = origin.to_str().unwrap_or("");
+            let host = host.to_str().unwrap_or("-");
+            origin
+                .strip_prefix("http://")
+                .or_else(|| origin.strip_prefix("https://"))
+                == Some(host)
+        }
+        (Some(_), None) => false,
+    }
+}
+
+/// Parses a JSON body; errors name the field path and the line and column.
+fn json_body<T: DeserializeOwned>(headers: &HeaderMap, body: &Bytes) -> Result<T, ApiError> {
+    let json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if !json {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "send JSON with Content-Type: application/json",
+        ));
+    }
+    let text = std::str::from_utf8(body)
+        .map_err(|_| ApiError::new(StatusCode::BAD_REQUEST, "the body is not UTF-8"))?;
+    Ok(parse_json(text, "")?)
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "no such route; see docs/api.md")
+}
+
+async fn health(State(node): State<NodeHandle>) -> impl IntoResponse {
+    Json(node.health())
+}
+
+async fn list_tasks(State(node): State<NodeHandle>) -> impl IntoResponse {
+    Json(node.state().tasks_in_order().cloned().collect::<Vec<_>>())
+}
+
+async fn get_task(
+    State(node): State<NodeHandle>,
+    Path(key): Path<String>,
+) -> Result<impl IntoResponse, ApiError> {
+    Ok(Json(node.task(&key)?))
+}
+
+async fn create_task(
+    State(node): State<NodeHandle>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<impl IntoResponse, ApiError> {
+    let input: TaskInput = json_body(&headers, &body)?;
+    Ok((StatusCode::CREATED, Json(node.create_task(input).await?)))
+}
+
+async fn update_task(
+    State(node): State<NodeHandle>,
+    Path(key): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<impl IntoResponse, ApiError> {
+    let input: TaskInput = json_body(&headers, &body)?;
+    Ok(Json(node.update_task(&key, input).await?))
+}
+
+async fn remove_task(
+    State(node): State<NodeHandle>,
+    Path(key): Path<String>,
+) -> Result<impl IntoResponse, ApiError> {
+    Ok(Json(node.remove_task(&key).await?))
+}
+
+async fn execute_task(
+    State(node): State<NodeHandle>,
+    Path(key): Path<String>,
+) -> Result<impl IntoResponse, ApiError> {
+    Ok((StatusCode::ACCEPTED, Json(node.execute(&key).await?)))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RunsParams {
+    task: Option<String>,
+    before: Option<String>,
+    limit: Option<usize>,
+}
+
+async fn list_runs(
+    State(node): State<NodeHandle>,
+    Query(p): Query<RunsParams>,
+) -> Result<impl IntoResponse, ApiError> {
+    // The history of a removed task is still listed by its id.
+    let task = p
+        .task
+        .map(|key| node.task(&key).map(|t| t.id).unwrap_or(TaskId(key)));
+    let before = p.before.map(|b| parse_run_id(&b)).transpose()?;
+    let limit = p.limit.unwrap_or(50).min(1000);
+    Ok(Json(
+        node.runs(RunQuery {
+            task,
+            before,
+            limit,
+        })
+        .await?,
+    ))
+}
+
+pub(crate) fn parse_run_id(s: &str) -> Result<RunId, ApiError> {
+    RunId::parse(s).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("`{s}` is not a run id (32 hex digits)"),
+        )
+    })
+}
+
+async fn get_run(
+    State(node): State<NodeHandle>,
+    Path(id): Path<String>,
+) -> Result<impl IntoResponse, ApiError> {
+    Ok(Json(node.run(&parse_run_id(&id)?).await?))
+}
+
+async fn stop_run(
+    State(node): State<NodeHandle>,
+    Path(id): Path<String>,
+) -> Result<impl IntoResponse, ApiError> {
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(node.stop_run(&parse_run_id(&id)?).await?),
+    ))
+}
+
+async fn get_settings(State(node): State<NodeHandle>) -> impl IntoResponse {
+    Json(node.settings(false))
+}
+
+async fn put_settings(
+    State(node): State<NodeHandle>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<impl IntoResponse, ApiError> {
+    let text = std::str::from_utf8(&body)
+        .map_err(|_| ApiError::new(StatusCode::BAD_REQUEST, "the body is not UTF-8"))?;
+    let _: serde_json::Value = json_body(&headers, &body)?;
+    Ok(Json(node.import_settings(text).await?))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ExportParams {
+    #[serde(default)]
+    secrets: bool,
+}
+
+async fn export_settings(
+    State(node): State<NodeHandle>,
+    Query(p): Query<ExportParams>,
+) -> impl IntoResponse {
+    let name = format!("taskmesh-settings-{}.json", node.node_settings().name);
+    let body = serde_json::to_string_pretty(&node.settings(p.secrets)).unwrap_or_default();
+    (
+        [
+            (header::CONTENT_TYPE, "application/json".to_owned()),
+            (
+                header::CONTENT_DISPOSITION,
+                format!("attachment; filename=\"{}\"", name.replace('"', "")),
+            ),
+        ],
+        body,
+    )
+}
+
+async fn import_settings(
+    State(node): State<NodeHandle>,
+    body: Bytes,
+) -> Result<impl IntoResponse, ApiError> {
+    let text = std::str::from_utf8(&body)
+        .map_err(|_| ApiError::new(StatusCode::BAD_REQUEST, "the file is not UTF-8"))?;
+    Ok(Json(node.import_settings(text).await?))
+}

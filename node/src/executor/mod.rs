@@ -1,0 +1,337 @@
+//! Runs processes on this node: a slot-bounded queue, one task per process, at most one start per
+//! run id, and a clean stop of everything on shutdown.
+
+mod process;
+pub mod supervisor;
+
+use std::cmp::Ordering;
+use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
+use std::time::Duration;
+
+use chrono::Utc;
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info};
+
+use crate::events::Events;
+use crate::ledger::RunLedger;
+use crate::logs::LogPaths;
+use crate::model::{ClusterSettings, NodeSettings, Outcome, Run, RunId, Task, TaskId, Trigger};
+
+pub use supervisor::{DaemonStatus, Supervisor};
+
+/// An instruction to run one run of one task.
+#[derive(Debug, Clone)]
+pub struct RunOrder {
+    pub run: Run,
+    /// The task as it was when the run was made.
+    pub task: Task,
+    pub kill_grace: Duration,
+    pub daily_logs: bool,
+}
+
+/// A run that ended, for the supervisor to act on.
+#[derive(Debug)]
+pub struct Finished {
+    pub run: Run,
+    pub task: Task,
+    /// Stopped on request (user, task change, shutdown): exit rules and restarts do not apply.
+    pub stopped: bool,
+}
+
+/// What the upper layers ask the scheduler for: a run of a task, now or later.
+#[derive(Debug)]
+pub struct RunRequest {
+    pub task: TaskId,
+    pub trigger: Trigger,
+    pub attempt: u32,
+    pub delay: Duration,
+    pub reply: Option<tokio::sync::oneshot::Sender<Result<Run, String>>>,
+}
+
+enum Msg {
+    Start(Box<RunOrder>),
+    Stop(RunId),
+    Done(RunId),
+}
+
+/// A cloneable handle on the executor actor.
+#[derive(Clone)]
+pub struct ExecutorHandle {
+    tx: mpsc::Sender<Msg>,
+    ledger: RunLedger,
+    node: watch::Receiver<NodeSettings>,
+}
+
+impl ExecutorHandle {
+    /// Makes a run of `task`, records it, and hands it to the executor.
+    pub async fn launch(
+        &self,
+        task: &Task,
+        trigger: Trigger,
+        attempt: u32,
+        settings: &ClusterSettings,
+    ) -> Run {
+        let node = self.node.borrow().name.clone();
+        let run = Run::new(task.id.clone(), task.name.clone(), trigger, attempt, node);
+        self.ledger.record(&run).await;
+        self.start(RunOrder {
+            run: run.clone(),
+            task: task.clone(),
+            kill_grace: settings.kill_grace.0,
+            daily_logs: settings.daily_logs,
+        })
+        .await;
+        run
+    }
+
+    /// Starts the run unless this node has seen its id before.
+    pub async fn start(&self, order: RunOrder) {
+        let _ = self.tx.send(Msg::Start(Box::new(order))).await;
+    }
+
+    /// Stops a run: SIGTERM to its process group, SIGKILL after the grace time.
+    pub async fn stop(&self, run: &RunId) {
+        let _ = self.tx.send(Msg::Stop(run.clone())).await;
+    }
+}
+
+struct Queued {
+    order: RunOrder,
+}
+
+impl Queued {
+    fn key(&self) -> (i32, std::cmp::Reverse<&RunId>) {
+        (
+            self.order.task.spec.priority,
+            std::cmp::Reverse(&self.order.run.id),
+        )
+    }
+}
+
+impl PartialEq for Queued {
+    fn eq(&self, other: &Self) -> bool {
+        self.order.run.id == other.order.run.id
+    }
+}
+impl Eq for Queued {}
+impl PartialOrd for Queued {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Queued {
+    fn cmp(&self, other: &Self) -> Ordering {
+        self.key().cmp(&other.key())
+    }
+}
+
+struct Running {
+    stop: CancellationToken,
+    takes_slot: bool,
+}
+
+/// Remembers recent run ids so that a repeated start request is acknowledged, not run twice.
+struct Seen {
+    set: HashSet<RunId>,
+    order: VecDeque<RunId>,
+}
+
+impl Seen {
+    const CAPACITY: usize = 100_000;
+
+    fn insert(&mut self, id: &RunId) -> bool {
+        if !self.set.insert(id.clone()) {
+            return false;
+        }
+        self.order.push_back(id.clone());
+        if self.order.len() > Self::CAPACITY {
+            if let Some(old) = self.order.pop_front() {
+                self.set.remove(&old);
+            }
+        }
+        true
+    }
+}
+
+pub struct Executor {
+    inbox: mpsc::Receiver<Msg>,
+    tx: mpsc::Sender<Msg>,
+    ledger: RunLedger,
+    logs: LogPaths,
+    events: Events,
+    node: watch::Receiver<NodeSettings>,
+    finished: mpsc::Sender<Finished>,
+    queue: BinaryHeap<Queued>,
+    running: HashMap<RunId, Running>,
+    seen: Seen,
+    busy_slots: u32,
+    cancel: CancellationToken,
+}
+
+impl Executor {
+    pub fn new(
+        ledger: RunLedger,
+        logs: LogPaths,
+        events: Events,
+        node: watch::Receiver<NodeSettings>,
+        finished: mpsc::Sender<Finished>,
+        cancel: CancellationToken,
+    ) -> (Self, ExecutorHandle) {
+        let (tx, inbox) = mpsc::channel(1024);
+        let handle = ExecutorHandle {
+            tx: tx.clone(),
+            ledger: ledger.clone(),
+            node: node.clone(),
+        };
+        let executor = Executor {
+            inbox,
+            tx,
+            ledger,
+            logs,
+            events,
+            node,
+            finished,
+            queue: BinaryHeap::new(),
+            running: HashMap::new(),
+            seen: Seen {
+                set: HashSet::new(),
+                order: VecDeque::new(),
+            },
+            busy_slots: 0,
+            cancel,
+        };
+        (executor, handle)
+    }
+
+    pub async fn run(mut self) {
+        loop {
+            tokio::select! {
+                biased;
+                _ = self.cancel.cancelled() => break,
+                Some(msg) = self.inbox.recv() => self.handle(msg).await,
+            }
+        }
+        self.shut_down().await;
+    }
+
+    async fn handle(&mut self, msg: Msg) {
+        match msg {
+            Msg::Start(order) => {
+                if !self.seen.insert(&order.run.id) {
+                    debug!(run_id = %order.run.id, "start repeated; already known");
+                    return;
+                }
+                self.queue.push(Queued { order: *order });
+                self.start_ready();
+            }
+            Msg::Stop(id) => {
+                if let Some(running) = self.running.get(&id) {
+                    running.stop.cancel();
+                } else if let Some(q) = self.take_queued(&id) {
+                    self.cancel_queued(q).await;
+                }
+            }
+            Msg::Done(id) => {
+                if let Some(done) = self.running.remove(&id) {
+                    if done.takes_slot {
+                        self.busy_slots -= 1;
+                    }
+                }
+                self.start_ready();
+            }
+        }
+    }
+
+    fn take_queued(&mut self, id: &RunId) -> Option<Queued> {
+        let mut items = std::mem::take(&mut self.queue).into_vec();
+        let found = items
+            .iter()
+            .position(|q| q.order.run.id == *id)
+            .map(|i| items.swap_remove(i));
+        self.queue = items.into();
+        found
+    }
+
+    async fn cancel_queued(&self, q: Queued) {
+        let mut run = q.order.run;
+        run.finish(Outcome::Lost, Utc::now());
+        run.status = crate::model::RunStatus::Killed;
+        run.actions.push("stopped before it started".into());
+        self.ledger.record(&run).await;
+    }
+
+    /// Starts queued runs while slots are free. Always-tasks do not take slots.
+    fn start_ready(&mut self) {
+        let slots = self.node.borrow().slots;
+        let mut waiting = Vec::new();
+        while let Some(q) = self.queue.pop() {
+            let takes_slot = !q.order.task.is_always();
+            if takes_slot && self.busy_slots >= slots {
+                waiting.push(q);
+                // Higher-priority runs need a slot too; nothing below can start either, except
+                // always-tasks, which keep their place in the loop.
+                continue;
+            }
+            if takes_slot {
+                self.busy_slots += 1;
+            }
+            self.spawn(q.order, takes_slot);
+        }
+        self.queue.extend(waiting);
+    }
+
+    fn spawn(&mut self, order: RunOrder, takes_slot: bool) {
+        let stop = self.cancel.child_token();
+        self.running.insert(
+            order.run.id.clone(),
+            Running {
+                stop: stop.clone(),
+                takes_slot,
+            },
+        );
+        let ctx = process::Ctx {
+            ledger: self.ledger.clone(),
+            logs: self.logs.clone(),
+            events: self.events.clone(),
+        };
+        let done = self.tx.clone();
+        let finished = self.finished.clone();
+        tokio::spawn(async move {
+            let task = order.task.clone();
+            let (run, stopped) = process::execute(order, &ctx, stop).await;
+            let _ = done.send(Msg::Done(run.id.clone())).await;
+            if finished
+                .send(Finished {
+                    run: run.clone(),
+                    task,
+                    stopped,
+                })
+                .await
+                .is_err()
+            {
+                // No supervisor (shutting down): record the outcome ourselves.
+                ctx.ledger.record(&run).await;
+            }
+        });
+    }
+
+    /// Stops every process (their stop tokens are children of `cancel`) and waits for them.
+    async fn shut_down(&mut self) {
+        for q in std::mem::take(&mut self.queue).into_vec() {
+            self.cancel_queued(q).await;
+        }
+        if !self.running.is_empty() {
+            info!(count = self.running.len(), "stopping running processes");
+        }
+        while !self.running.is_empty() {
+            match self.inbox.recv().await {
+                Some(Msg::Done(id)) => {
+                    self.running.remove(&id);
+                }
+                Some(_) => {}
+                None => break,
+            }
+        }
+    }
+}

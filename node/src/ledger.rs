@@ -1,0 +1,215 @@
+//! The node-local run history: live runs in memory, every change written behind to the store in
+//! batches (group commit), so that a run costs a fraction of an fsync.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
+use tokio::sync::{mpsc, oneshot, watch};
+use tracing::warn;
+
+use crate::consensus::State;
+use crate::events::{Event, Events};
+use crate::logs::LogPaths;
+use crate::model::{Outcome, Run, RunId};
+use crate::store::{RunQuery, Store, StoreError};
+
+enum Msg {
+    Put(Run),
+    Flush(oneshot::Sender<()>),
+}
+
+/// A cloneable handle on the run history.
+#[derive(Clone)]
+pub struct RunLedger {
+    live: Arc<RwLock<HashMap<RunId, Run>>>,
+    writes: mpsc::Sender<Msg>,
+    store: Arc<dyn Store>,
+    events: Events,
+}
+
+impl RunLedger {
+    /// Marks runs a previous process left unfinished as lost, and starts the writer.
+    pub async fn start(
+        store: Arc<dyn Store>,
+        events: Events,
+        state: watch::Receiver<Arc<State>>,
+        logs: LogPaths,
+    ) -> Result<Self, StoreError> {
+        let keep = state.borrow().settings.history_per_task;
+        let orphans = {
+            let store = store.clone();
+            tokio::task::spawn_blocking(move || {
+                let all = store.runs(&RunQuery {
+                    limit: usize::MAX,
+                    ..Default::default()
+                })?;
+                let now = chrono::Utc::now();
+                let orphans: Vec<Run> = all
+                    .into_iter()
+                    .filter(|r| !r.status.is_final())
+                    .map(|mut r| {
+                        r.finish(Outcome::Lost, now);
+                        r.actions
+                            .push("the node restarted while this run was unfinished".into());
+                        r
+                    })
+                    .collect();
+                store.put_runs(&orphans, keep)?;
+                Ok::<_, StoreError>(orphans.len())
+            })
+            .await
+            .unwrap_or_else(|e| Err(StoreError::Db(e.to_string())))?
+        };
+        if orphans > 0 {
+            warn!(
+                count = orphans,
+                "runs left unfinished by the previous start are now lost"
+            );
+        }
+        let (tx, rx) = mpsc::channel(4096);
+        let live = Arc::new(RwLock::new(HashMap::new()));
+        let writer = Writer {
+            live: live.clone(),
+            store: store.clone(),
+            inbox: rx,
+            state,
+            logs,
+        };
+        tokio::spawn(writer.run());
+        Ok(Self {
+            live,
+            writes: tx,
+            store,
+            events,
+        })
+    }
+
+    /// Records a new or changed run; readers see it at once, the store soon after.
+    pub async fn record(&self, run: &Run) {
+        self.live
+            .write()
+            .expect("ledger lock")
+            .insert(run.id.clone(), run.clone());
+        let _ = self.events.send(Event::Run(Arc::new(run.clone())));
+        if self.writes.send(Msg::Put(run.clone())).await.is_err() {
+            warn!(run_id = %run.id, "run ledger writer stopped; change not stored");
+        }
+    }
+
+    /// Waits until everything recorded so far is durable.
+    pub async fn flush(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.writes.send(Msg::Flush(tx)).await.is_ok() {
+            let _ = rx.await;
+        }
+    }
+
+    pub async fn get(&self, id: &RunId) -> Result<Option<Run>, StoreError> {
+        if let Some(run) = self.live.read().expect("ledger lock").get(id) {
+            return Ok(Some(run.clone()));
+        }
+        let (store, id) = (self.store.clone(), id.clone());
+        tokio::task::spawn_blocking(move || store.run(&id))
+            .await
+            .unwrap_or_else(|e| Err(StoreError::Db(e.to_string())))
+    }
+
+    /// Runs matching `query`, newest first, live changes included.
+    pub async fn list(&self, query: RunQuery) -> Result<Vec<Run>, StoreError> {
+        let store = self.store.clone();
+        let q = query.clone();
+        let mut runs = tokio::task::spawn_blocking(move || store.runs(&q))
+            .await
+            .unwrap_or_else(|e| Err(StoreError::Db(e.to_string())))?;
+        let live = self.live.read().expect("ledger lock");
+        for run in &mut runs {
+            if let Some(newer) = live.get(&run.id) {
+                *run = newer.clone();
+            }
+        }
+        for run in live.values() {
+            let wanted = query.task.as_ref().is_none_or(|t| *t == run.task_id)
+                && query.before.as_ref().is_none_or(|b| run.id < *b);
+            if wanted && !runs.iter().any(|r| r.id == run.id) {
+                runs.push(run.clone());
+            }
+        }
+        runs.sort_by(|a, b| b.id.cmp(&a.id));
+        runs.truncate(query.limit);
+        Ok(runs)
+    }
+
+    /// Runs that are queued or running on this node now.
+    pub fn active(&self) -> Vec<Run> {
+        let mut runs: Vec<Run> = self
+            .live
+            .read()
+            .expect("ledger lock")
+            .values()
+            .filter(|r| !r.status.is_final())
+            .cloned()
+            .collect();
+        runs.sort_by(|a, b| b.id.cmp(&a.id));
+        runs
+    }
+}
+
+/// Writes batches of run changes and drops finished runs from memory once they are stored.
+struct Writer {
+    live: Arc<RwLock<HashMap<RunId, Run>>>,
+    store: Arc<dyn Store>,
+    inbox: mpsc::Receiver<Msg>,
+    state: watch::Receiver<Arc<State>>,
+    logs: LogPaths,
+}
+
+impl Writer {
+    async fn run(mut self) {
+        let mut batch = Vec::with_capacity(512);
+        while self.inbox.recv_many(&mut batch, 512).await > 0 {
+            let mut runs: Vec<Run> = Vec::new();
+            let mut flushes = Vec::new();
+            for msg in batch.drain(..) {
+                match msg {
+                    Msg::Put(run) => match runs.iter_mut().find(|r| r.id == run.id) {
+                        Some(older) => *older = run,
+                        None => runs.push(run),
+                    },
+                    Msg::Flush(tx) => flushes.push(tx),
+                }
+            }
+            if !runs.is_empty() {
+                self.write(runs).await;
+            }
+            for tx in flushes {
+                let _ = tx.send(());
+            }
+        }
+    }
+
+    async fn write(&mut self, runs: Vec<Run>) {
+        let keep = self.state.borrow().settings.history_per_task;
+        let store = self.store.clone();
+        let (result, runs) =
+            tokio::task::spawn_blocking(move || (store.put_runs(&runs, keep), runs))
+                .await
+                .unwrap_or_else(|e| (Err(StoreError::Db(e.to_string())), Vec::new()));
+        match result {
+            Ok(pruned) => {
+                let mut live = self.live.write().expect("ledger lock");
+                for run in runs.iter().filter(|r| r.status.is_final()) {
+                    if live.get(&run.id).is_some_and(|l| l == run) {
+                        live.remove(&run.id);
+                    }
+                }
+                drop(live);
+                for id in pruned {
+                    let _ = std::fs::remove_file(self.logs.run_log(&id));
+                }
+            }
+            Err(e) => {
+                warn!(error = %e, count = runs.len(), "storing runs failed; they stay in memory")
+            }
+        }
+    }
+}

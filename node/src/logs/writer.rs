@@ -1,0 +1,101 @@
+//! Writes one run's output to its run log and, with daily logs on, to the task's daily file.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+
+use chrono::{NaiveDate, Utc};
+
+use super::LogPaths;
+use crate::model::RunId;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stream {
+    Stdout,
+    Stderr,
+}
+
+pub struct RunLogWriter {
+    run_id: RunId,
+    run_log: File,
+    len: u64,
+    daily: Option<Daily>,
+}
+
+struct Daily {
+    paths: LogPaths,
+    task_name: String,
+    day: NaiveDate,
+    file: Option<File>,
+}
+
+fn append(path: &std::path::Path) -> io::Result<File> {
+    if let Some(dir) = path.parent() {
+        fs::create_dir_all(dir)?;
+    }
+    OpenOptions::new().create(true).append(true).open(path)
+}
+
+impl RunLogWriter {
+    pub fn create(
+        paths: &LogPaths,
+        run_id: &RunId,
+        task_name: &str,
+        daily_logs: bool,
+    ) -> io::Result<Self> {
+        let run_log = append(&paths.run_log(run_id))?;
+        let daily = daily_logs.then(|| Daily {
+            paths: paths.clone(),
+            task_name: task_name.to_owned(),
+            day: NaiveDate::MIN,
+            file: None,
+        });
+        Ok(Self {
+            run_id: run_id.clone(),
+            run_log,
+            len: 0,
+            daily,
+        })
+    }
+
+    /// Bytes written to the run log so far.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Appends one line (with its newline, if it had one).
+    pub fn write_line(&mut self, stream: Stream, line: &[u8]) -> io::Result<()> {
+        self.run_log.write_all(line)?;
+        self.len += line.len() as u64;
+        if let Some(daily) = &mut self.daily {
+            let now = Utc::now();
+            let today = now.date_naive();
+            if daily.day != today || daily.file.is_none() {
+                daily.day = today;
+                daily.file = Some(append(&daily.paths.daily_log(&daily.task_name, today))?);
+            }
+            if let Some(file) = &mut daily.file {
+                let tag = match stream {
+                    Stream::Stdout => "out",
+                    Stream::Stderr => "err",
+                };
+                let mut record =
+                    format!("{} {} {tag} ", now.format("%H:%M:%S%.3f"), self.run_id).into_bytes();
+                record.extend_from_slice(line);
+                if !line.ends_with(b"\n") {
+                    record.push(b'\n');
+                }
+                file.write_all(&record)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// A line of our own (spawn errors, kill notices), marked so it is not mistaken for output.
+    pub fn note(&mut self, text: &str) -> io::Result<()> {
+        self.write_line(Stream::Stderr, format!("[taskmesh] {text}\n").as_bytes())
+    }
+}

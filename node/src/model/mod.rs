@@ -1,0 +1,18 @@
+//! The data the node works on: tasks, runs, settings, and how user input becomes them.
+
+mod duration;
+mod exit;
+mod run;
+mod settings;
+mod task;
+mod validate;
+
+pub use duration::HumanDuration;
+pub use exit::{Action, ExitMatch, ExitRule, Outcome, matching_actions};
+pub use run::{Run, RunId, RunStatus, Trigger};
+pub use settings::{
+    ClusterSettings, MASK, MysqlSettings, NodeSettings, NotifyChannel, Settings, SlackSettings,
+    TelegramSettings,
+};
+pub use task::{CatchUp, Placement, Spec, Task, TaskId, TaskInput, When};
+pub use validate::{FieldError, Invalid, parse_json};

@@ -1,0 +1,185 @@
+//! Runs: one execution of a task on one node, and what became of it.
+
+use std::fmt;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use super::exit::Outcome;
+use super::task::TaskId;
+
+/// A run's identity. Time-ordered (UUIDv7), so sorting ids sorts runs by creation.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct RunId(pub String);
+
+impl RunId {
+    pub fn generate() -> Self {
+        Self(uuid::Uuid::now_v7().simple().to_string())
+    }
+
+    /// Whether `s` has the shape of a run id (so it is safe in a file name).
+    pub fn parse(s: &str) -> Option<Self> {
+        (s.len() == 32 && s.bytes().all(|b| b.is_ascii_hexdigit())).then(|| Self(s.to_owned()))
+    }
+}
+
+impl fmt::Display for RunId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Why a run exists.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Trigger {
+    /// Execute now: UI, API or CLI.
+    Manual,
+    /// A cron slot.
+    Cron { slot: DateTime<Utc> },
+    /// `@reboot`: the node started.
+    Reboot,
+    /// An always-task started or restarted.
+    Always { restart: u32 },
+    /// A retry rule acting on an earlier run.
+    Retry { of: RunId },
+    /// A "run another task" rule acting on an earlier run.
+    Rule { from: RunId },
+}
+
+impl fmt::Display for Trigger {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Trigger::Manual => f.write_str("manual"),
+            Trigger::Cron { slot } => write!(f, "cron {}", slot.format("%Y-%m-%d %H:%M:%S")),
+            Trigger::Reboot => f.write_str("@reboot"),
+            Trigger::Always { restart: 0 } => f.write_str("always (start)"),
+            Trigger::Always { restart } => write!(f, "always (restart {restart})"),
+            Trigger::Retry { .. } => f.write_str("retry"),
+            Trigger::Rule { .. } => f.write_str("exit rule"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunStatus {
+    Queued,
+    Running,
+    Succeeded,
+    Failed,
+    TimedOut,
+    Killed,
+    Lost,
+    /// Cron slots that the catch-up policy chose not to run; recorded so none is skipped silently.
+    Skipped,
+}
+
+impl RunStatus {
+    pub fn is_final(self) -> bool {
+        !matches!(self, RunStatus::Queued | RunStatus::Running)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunStatus::Queued => "queued",
+            RunStatus::Running => "running",
+            RunStatus::Succeeded => "succeeded",
+            RunStatus::Failed => "failed",
+            RunStatus::TimedOut => "timed_out",
+            RunStatus::Killed => "killed",
+            RunStatus::Lost => "lost",
+            RunStatus::Skipped => "skipped",
+        }
+    }
+
+    pub fn of(outcome: &Outcome) -> Self {
+        match outcome {
+            Outcome::Exited { code: 0 } => RunStatus::Succeeded,
+            Outcome::Exited { .. } | Outcome::FailedToStart { .. } => RunStatus::Failed,
+            Outcome::Signaled { .. } => RunStatus::Killed,
+            Outcome::TimedOut => RunStatus::TimedOut,
+            Outcome::Lost => RunStatus::Lost,
+        }
+    }
+}
+
+impl fmt::Display for RunStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One execution of a task on one node.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Run {
+    pub id: RunId,
+    pub task_id: TaskId,
+    pub task_name: String,
+    pub trigger: Trigger,
+    /// 1 for the first try; retries count up.
+    pub attempt: u32,
+    pub node: String,
+    pub status: RunStatus,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outcome: Option<Outcome>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signal: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid: Option<u32>,
+    pub created_at: DateTime<Utc>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ended_at: Option<DateTime<Utc>>,
+    /// What exit-code rules did after this run ("retry → run …", "notify ops: recorded").
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub actions: Vec<String>,
+}
+
+impl Run {
+    pub fn new(
+        task_id: TaskId,
+        task_name: String,
+        trigger: Trigger,
+        attempt: u32,
+        node: String,
+    ) -> Self {
+        Run {
+            id: RunId::generate(),
+            task_id,
+            task_name,
+            trigger,
+            attempt,
+            node,
+            status: RunStatus::Queued,
+            outcome: None,
+            exit_code: None,
+            signal: None,
+            pid: None,
+            created_at: Utc::now(),
+            started_at: None,
+            ended_at: None,
+            actions: Vec::new(),
+        }
+    }
+
+    /// Records how the run ended.
+    pub fn finish(&mut self, outcome: Outcome, at: DateTime<Utc>) {
+        self.status = RunStatus::of(&outcome);
+        match &outcome {
+            Outcome::Exited { code } => self.exit_code = Some(*code),
+            Outcome::Signaled { signal } => self.signal = Some(*signal),
+            _ => {}
+        }
+        self.outcome = Some(outcome);
+        self.ended_at = Some(at);
+    }
+
+    pub fn duration(&self) -> Option<chrono::Duration> {
+        Some(self.ended_at.unwrap_or_else(Utc::now) - self.started_at?)
+    }
+}

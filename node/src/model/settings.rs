@@ -1,0 +1,464 @@
+//! Settings: the cluster's (shared by every node) and this node's own, with secrets masked on the way out.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use super::HumanDuration;
+use super::validate::{FieldError, Invalid, parse_json};
+
+/// What a secret looks like in the UI and in exports. Sending it back keeps the stored value.
+pub const MASK: &str = "********";
+
+/// Everything on /settings: `cluster` is the same on every node, `node` is this node's own.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    #[serde(default)]
+    pub cluster: ClusterSettings,
+    #[serde(default)]
+    pub node: NodeSettings,
+}
+
+/// Settings shared by the whole cluster.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClusterSettings {
+    /// Also write each task's output to `<log path>/<task>/<YYYY-MM-DD>.log`.
+    pub daily_logs: bool,
+    /// Logs older than this many days are deleted.
+    pub retention_days: u32,
+    /// How often a failed run is retried (by a retry rule) or a lost run re-placed.
+    pub max_retries: u32,
+    /// First retry delay; it doubles per attempt, up to 5 minutes.
+    pub retry_backoff: HumanDuration,
+    /// Between SIGTERM and SIGKILL when a run is stopped or times out.
+    pub kill_grace: HumanDuration,
+    /// Runs kept in the history of each task.
+    pub history_per_task: u32,
+    pub telegram: TelegramSettings,
+    pub slack: SlackSettings,
+    /// Named notification targets that exit-code rules refer to.
+    pub channels: BTreeMap<String, NotifyChannel>,
+    /// Run records (and optionally log lines) also go to this MySQL/MariaDB database.
+    pub mysql: Option<MysqlSettings>,
+}
+
+impl Default for ClusterSettings {
+    fn default() -> Self {
+        Self {
+            daily_logs: true,
+            retention_days: 14,
+            max_retries: 3,
+            retry_backoff: HumanDuration::from_secs(1),
+            kill_grace: HumanDuration::from_secs(5),
+            history_per_task: 200,
+            telegram: TelegramSettings::default(),
+            slack: SlackSettings::default(),
+            channels: BTreeMap::new(),
+            mysql: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TelegramSettings {
+    pub bot_token: Option<String>,
+    pub api_base: String,
+}
+
+impl Default for TelegramSettings {
+    fn default() -> Self {
+        Self {
+            bot_token: None,
+            api_base: "https://api.telegram.org".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SlackSettings {
+    pub bot_token: Option<String>,
+    pub api_base: String,
+}
+
+impl Default for SlackSettings {
+    fn default() -> Self {
+        Self {
+            bot_token: None,
+            api_base: "https://slack.com/api".into(),
+        }
+    }
+}
+
+/// Where a notify action delivers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
+pub enum NotifyChannel {
+    Telegram {
+        chat_id: String,
+    },
+    Slack {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        channel: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        webhook_url: Option<String>,
+    },
+    Webhook {
+        url: String,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MysqlSettings {
+    pub host: String,
+    #[serde(default = "mysql_port")]
+    pub port: u16,
+    pub user: String,
+    #[serde(default)]
+    pub password: Option<String>,
+    pub database: String,
+    /// Also write every log line, not only run records.
+    #[serde(default)]
+    pub log_lines: bool,
+}
+
+fn mysql_port() -> u16 {
+    3306
+}
+
+/// This node's own settings; they are not replicated.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NodeSettings {
+    /// Shown in the UI and recorded on runs; defaults to the host name.
+    pub name: String,
+    /// Where run logs and daily logs go; defaults to `<data dir>/logs`.
+    pub log_path: Option<PathBuf>,
+    /// Addresses of other nodes ("IPs of the clients"), host:port.
+    pub peers: Vec<String>,
+    /// Capabilities this node fulfils besides the detected os=, arch= and host=.
+    pub dependencies: Vec<String>,
+    /// How many manual and cron runs this node runs at once; more wait in a queue.
+    pub slots: u32,
+}
+
+impl Default for NodeSettings {
+    fn default() -> Self {
+        Self {
+            name: hostname(),
+            log_path: None,
+            peers: Vec::new(),
+            dependencies: Vec::new(),
+            slots: 8,
+        }
+    }
+}
+
+impl NodeSettings {
+    /// Everything this node fulfils: the configured dependencies plus the detected `os=`,
+    /// `arch=` and `host=`.
+    pub fn fulfilled(&self) -> Vec<String> {
+        let mut deps = vec![
+            format!("os={}", std::env::consts::OS),
+            format!("arch={}", std::env::consts::ARCH),
+            format!("host={}", hostname()),
+        ];
+        deps.extend(self.dependencies.iter().cloned());
+        deps
+    }
+
+    /// The task dependencies this node lacks (empty: it can run the task).
+    pub fn missing<'a>(&self, required: &'a [String]) -> Vec<&'a str> {
+        let have = self.fulfilled();
+        required
+            .iter()
+            .filter(|r| !have.contains(r))
+            .map(String::as_str)
+            .collect()
+    }
+}
+
+pub(crate) fn hostname() -> String {
+    nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".into())
+}
+
+impl Settings {
+    /// Parses and checks a settings document (the /settings editor, an import file).
+    pub fn parse(text: &str) -> Result<Settings, Invalid> {
+        let settings: Settings = parse_json(text, "")?;
+        let errors = settings.check();
+        if errors.is_empty() {
+            Ok(settings)
+        } else {
+            Err(Invalid::new("the settings are not valid", errors))
+        }
+    }
+
+    pub fn check(&self) -> Vec<FieldError> {
+        let mut errors = Vec::new();
+        let c = &self.cluster;
+        if c.retention_days == 0 || c.retention_days > 36_500 {
+            errors.push(FieldError::new(
+                "cluster.retention_days",
+                "between 1 and 36500 days",
+            ));
+        }
+        if c.max_retries > 100 {
+            errors.push(FieldError::new("cluster.max_retries", "at most 100"));
+        }
+        if c.history_per_task == 0 || c.history_per_task > 100_000 {
+            errors.push(FieldError::new(
+                "cluster.history_per_task",
+                "between 1 and 100000",
+            ));
+        }
+        if c.retry_backoff.0.is_zero() {
+            errors.push(FieldError::new(
+                "cluster.retry_backoff",
+                "must be longer than 0s",
+            ));
+        }
+        for (path, base) in [
+            ("cluster.telegram.api_base", &c.telegram.api_base),
+            ("cluster.slack.api_base", &c.slack.api_base),
+        ] {
+            if !is_http_url(base) {
+                errors.push(FieldError::new(path, "an http:// or https:// URL"));
+            }
+        }
+        for (name, channel) in &c.channels {
+            let path = format!("cluster.channels.{name}");
+            if name.trim().is_empty() {
+                errors.push(FieldError::new(&path, "a channel needs a name"));
+            }
+            match channel {
+                NotifyChannel::Telegram { chat_id } if chat_id.trim().is_empty() => {
+                    errors.push(FieldError::new(format!("{path}.chat_id"), "the Telegram chat id is empty"));
+                }
+                NotifyChannel::Slack { channel: None, webhook_url: None } => errors.push(FieldError::new(
+                    &path,
+                    "a Slack channel needs `webhook_url` (incoming webhook) or `channel` (with cluster.slack.bot_token)",
+                )),
+                NotifyChannel::Slack { webhook_url: Some(url), .. } | NotifyChannel::Webhook { url }
+                    if !is_http_url(url) && url != MASK =>
+                {
+                    errors.push(FieldError::new(path, "an http:// or https:// URL"));
+                }
+                _ => {}
+            }
+        }
+        if let Some(m) = &c.mysql {
+            for (field, value) in [
+                ("host", &m.host),
+                ("user", &m.user),
+                ("database", &m.database),
+            ] {
+                if value.trim().is_empty() {
+                    errors.push(FieldError::new(
+                        format!("cluster.mysql.{field}"),
+                        "must not be empty",
+                    ));
+                }
+            }
+            if !m
+                .database
+                .chars()
+                .all(|ch| ch.is_ascii_alphanumeric() || ch == '_')
+            {
+                errors.push(FieldError::new(
+                    "cluster.mysql.database",
+                    "letters, digits and `_` only",
+                ));
+            }
+        }
+        let n = &self.node;
+        if n.name.trim().is_empty() {
+            errors.push(FieldError::new("node.name", "a node needs a name"));
+        }
+        if n.slots == 0 || n.slots > 10_000 {
+            errors.push(FieldError::new("node.slots", "between 1 and 10000"));
+        }
+        for (i, peer) in n.peers.iter().enumerate() {
+            if !is_peer_address(peer) {
+                errors.push(FieldError::new(
+                    format!("node.peers[{i}]"),
+                    format!("`{peer}` is not host:port or a multiaddr like /ip4/10.0.0.2/tcp/7946"),
+                ));
+            }
+        }
+        for (i, dep) in n.dependencies.iter().enumerate() {
+            if dep.trim().is_empty() || dep.trim() != dep {
+                errors.push(FieldError::new(
+                    format!("node.dependencies[{i}]"),
+                    "a dependency is a non-empty word without surrounding spaces",
+                ));
+            }
+        }
+        if let Some(path) = &n.log_path {
+            if !path.is_absolute() {
+                errors.push(FieldError::new("node.log_path", "an absolute path"));
+            }
+        }
+        errors
+    }
+
+    /// A copy with every secret replaced by [`MASK`].
+    pub fn masked(&self) -> Settings {
+        let mut s = self.clone();
+        s.for_each_secret(|secret| {
+            if secret.is_some() {
+                *secret = Some(MASK.to_owned());
+            }
+        });
+        s
+    }
+
+    /// Where `self` holds [`MASK`], takes the secret from `current` (an edit of a masked document
+    /// keeps the secrets it did not change).
+    pub fn unmask_from(&mut self, current: &Settings) {
+        let kept = current.clone().secret_paths();
+        self.for_each_secret_with_path(|path, secret| {
+            if secret.as_deref() == Some(MASK) {
+                *secret = kept.get(path).cloned().flatten();
+            }
+        });
+    }
+
+    fn secret_paths(mut self) -> BTreeMap<String, Option<String>> {
+        let mut out = BTreeMap::new();
+        self.for_each_secret_with_path(|path, secret| {
+            out.insert(path.to_owned(), secret.clone());
+        });
+        out
+    }
+
+    fn for_each_secret(&mut self, mut f: impl FnMut(&mut Option<String>)) {
+        self.for_each_secret_with_path(|_, s| f(s));
+    }
+
+    fn for_each_secret_with_path(&mut self, mut f: impl FnMut(&str, &mut Option<String>)) {
+        let c = &mut self.cluster;
+        f("cluster.telegram.bot_token", &mut c.telegram.bot_token);
+        f("cluster.slack.bot_token", &mut c.slack.bot_token);
+        if let Some(m) = &mut c.mysql {
+            f("cluster.mysql.password", &mut m.password);
+        }
+        for (name, channel) in &mut c.channels {
+            if let NotifyChannel::Slack { webhook_url, .. } = channel {
+                f(&format!("cluster.channels.{name}.webhook_url"), webhook_url);
+            }
+        }
+    }
+}
+
+fn is_http_url(s: &str) -> bool {
+    (s.starts_with("http://") || s.starts_with("https://")) && s.len() > "https://".len() - 1
+}
+
+fn is_peer_address(s: &str) -> bool {
+    if s.starts_with('/') {
+        return s.len() > 1 && !s.contains(char::is_whitespace);
+    }
+    match s.rsplit_once(':') {
+        Some((host, port)) => {
+            !host.is_empty()
+                && !host.contains(char::is_whitespace)
+                && port.parse::<u16>().is_ok_and(|p| p > 0)
+        }
+        None => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_round_trip() {
+        let s = Settings::default();
+        assert!(s.check().is_empty(), "{:?}", s.check());
+        let text = serde_json::to_string_pretty(&s).expect("json");
+        assert_eq!(Settings::parse(&text).expect("parse"), s);
+    }
+
+    #[test]
+    fn bad_settings_name_the_field() {
+        let cases = [
+            (
+                r#"{"cluster": {"retention_days": 0}}"#,
+                "cluster.retention_days",
+            ),
+            (
+                r#"{"cluster": {"retention_days": "x"}}"#,
+                "cluster.retention_days",
+            ),
+            (r#"{"node": {"slots": 0}}"#, "node.slots"),
+            (
+                r#"{"node": {"peers": ["10.0.0.1:7946", "nope"]}}"#,
+                "node.peers[1]",
+            ),
+            (
+                r#"{"node": {"log_path": "relative/logs"}}"#,
+                "node.log_path",
+            ),
+            (
+                r#"{"cluster": {"mysql": {"host": "db", "user": "", "database": "x"}}}"#,
+                "cluster.mysql.user",
+            ),
+            (
+                r#"{"cluster": {"channels": {"ops": {"kind": "slack"}}}}"#,
+                "cluster.channels.ops",
+            ),
+            (r#"{"cluster": {"colour": 1}}"#, "cluster.colour"),
+        ];
+        for (text, path) in cases {
+            let err = Settings::parse(text).expect_err(text);
+            assert!(err.errors.iter().any(|e| e.path == path), "{text}: {err:?}");
+        }
+    }
+
+    #[test]
+    fn secrets_are_masked_and_kept_on_save() {
+        let mut s = Settings::default();
+        s.cluster.telegram.bot_token = Some("123:secret".into());
+        s.cluster.mysql = Some(MysqlSettings {
+            host: "db".into(),
+            port: 3306,
+            user: "tm".into(),
+            password: Some("pw".into()),
+            database: "taskmesh".into(),
+            log_lines: false,
+        });
+        let masked = s.masked();
+        let text = serde_json::to_string(&masked).expect("json");
+        assert!(
+            !text.contains("123:secret") && !text.contains("\"pw\""),
+            "{text}"
+        );
+        let mut edited = masked.clone();
+        edited.cluster.retention_days = 3;
+        edited.unmask_from(&s);
+        assert_eq!(
+            edited.cluster.telegram.bot_token.as_deref(),
+            Some("123:secret")
+        );
+        assert_eq!(
+            edited
+                .cluster
+                .mysql
+                .as_ref()
+                .and_then(|m| m.password.as_deref()),
+            Some("pw")
+        );
+        assert_eq!(edited.cluster.retention_days, 3);
+    }
+}

@@ -1,0 +1,466 @@
+//! The node service: starts every actor of a node and offers one handle ([`NodeHandle`]) over
+//! them to the API, the UI and tests.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use tokio::sync::{broadcast, mpsc, watch};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::config::Config;
+use crate::consensus::{Change, Consensus, ProposeError, State};
+use crate::events::{self, Event, Events};
+use crate::executor::{DaemonStatus, Executor, ExecutorHandle, Supervisor};
+use crate::ledger::RunLedger;
+use crate::logs::{self, LogPaths};
+use crate::model::{Invalid, NodeSettings, Run, RunId, Settings, Task, TaskId, TaskInput, Trigger};
+use crate::scheduler::{Scheduler, SchedulerHandle};
+use crate::store::{RedbStore, RunQuery, Store, StoreError, Write};
+
+/// How often the retention sweep runs.
+const SWEEP_EVERY: Duration = Duration::from_secs(3600);
+
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error(transparent)]
+    Invalid(#[from] Invalid),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("storage: {0}")]
+    Store(#[from] StoreError),
+    #[error("{context}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl From<ProposeError> for NodeError {
+    fn from(e: ProposeError) -> Self {
+        match e {
+            ProposeError::Rejected(invalid) => NodeError::Invalid(invalid),
+            ProposeError::Store(e) => NodeError::Store(e),
+            ProposeError::Shutdown => NodeError::Unavailable("the node is shutting down".into()),
+        }
+    }
+}
+
+/// The one handle over a running node. Cheap to clone.
+#[derive(Clone)]
+pub struct NodeHandle {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    consensus: Consensus,
+    ledger: RunLedger,
+    executor: ExecutorHandle,
+    scheduler: SchedulerHandle,
+    daemons: watch::Receiver<BTreeMap<TaskId, DaemonStatus>>,
+    node: watch::Sender<NodeSettings>,
+    store: Arc<dyn Store>,
+    events: Events,
+    logs: LogPaths,
+    config: Config,
+    started_at: chrono::DateTime<Utc>,
+}
+
+/// A started node: its handle, the address its UI listens on, and its end.
+pub struct Started {
+    pub handle: NodeHandle,
+    pub addr: SocketAddr,
+    done: JoinHandle<()>,
+}
+
+impl Started {
+    /// Waits until the node has shut down (after its cancel token fired) and flushed its state.
+    pub async fn wait(self) {
+        let _ = self.done.await;
+    }
+}
+
+/// Runs a node until `shutdown` is cancelled, then stops its processes and flushes its state.
+pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), NodeError> {
+    let started = start(config, shutdown).await?;
+    info!(url = %format!("http://{}", started.addr), "taskmesh node is up");
+    started.wait().await;
+    Ok(())
+}
+
+/// Starts a node and returns once its UI is listening.
+pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Started, NodeError> {
+    let io = |context: String| move |source| NodeError::Io { context, source };
+    std::fs::create_dir_all(&config.data_dir).map_err(io(format!(
+        "creating the data directory {}",
+        config.data_dir.display()
+    )))?;
+    let store: Arc<dyn Store> = {
+        let path = config.db_path();
+        Arc::new(
+            tokio::task::spawn_blocking(move || RedbStore::open(&path))
+                .await
+                .map_err(|e| NodeError::Unavailable(format!("opening the database: {e}")))??,
+        )
+    };
+    let node_settings = match store.node_settings()? {
+        Some(s) => s,
+        None => {
+            let mut s = NodeSettings::default();
+            if let Some(name) = &config.name {
+                s.name = name.clone();
+            }
+            store.write(&[Write::NodeSettings(s.clone())])?;
+            s
+        }
+    };
+    let logs = LogPaths::new(
+        node_settings
+            .log_path
+            .clone()
+            .unwrap_or_else(|| config.data_dir.join("logs")),
+    );
+    let (node_tx, node_rx) = watch::channel(node_settings);
+    let events = events::bus();
+
+    // The core (state and history) outlives the workers, so that runs ending during shutdown
+    // are still recorded.
+    let core = CancellationToken::new();
+    let work = shutdown.child_token();
+    let consensus = Consensus::start(store.clone(), core.clone())?;
+    let ledger = RunLedger::start(
+        store.clone(),
+        events.clone(),
+        consensus.subscribe(),
+        logs.clone(),
+    )
+    .await?;
+
+    let (finished_tx, finished_rx) = mpsc::channel(1024);
+    let requests = mpsc::channel(1024);
+    let (executor, executor_handle) = Executor::new(
+        ledger.clone(),
+        logs.clone(),
+        events.clone(),
+        node_rx.clone(),
+        finished_tx,
+        work.clone(),
+    );
+    let (supervisor, daemons) = Supervisor::new(
+        finished_rx,
+        consensus.clone(),
+        executor_handle.clone(),
+        ledger.clone(),
+        requests.0.clone(),
+        events.clone(),
+        work.clone(),
+    );
+    let (scheduler, scheduler_handle) = Scheduler::new(
+        consensus.clone(),
+        node_rx,
+        executor_handle.clone(),
+        ledger.clone(),
+        requests,
+        work.clone(),
+    );
+    let executor_task = tokio::spawn(executor.run());
+    tokio::spawn(supervisor.run());
+    tokio::spawn(scheduler.run());
+    tokio::spawn(forward_state_changes(
+        consensus.subscribe(),
+        events.clone(),
+        work.clone(),
+    ));
+    tokio::spawn(sweep_logs(
+        logs.clone(),
+        consensus.subscribe(),
+        work.clone(),
+    ));
+
+    let handle = NodeHandle {
+        inner: Arc::new(Inner {
+            consensus,
+            ledger: ledger.clone(),
+            executor: executor_handle,
+            scheduler: scheduler_handle,
+            daemons,
+            node: node_tx,
+            store,
+            events,
+            logs,
+            config: config.clone(),
+            started_at: Utc::now(),
+        }),
+    };
+
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(io(format!("listening on {}", config.listen)))?;
+    let addr = listener
+        .local_addr()
+        .map_err(io("reading the listen address".into()))?;
+    let app = crate::api::router(handle.clone()).merge(crate::ui::router(handle.clone()));
+    let server_stop = work.clone();
+    let server = tokio::spawn(async move {
+        let serve =
+            axum::serve(listener, app).with_graceful_shutdown(server_stop.cancelled_owned());
+        if let Err(e) = serve.await {
+            warn!(error = %e, "web server stopped");
+        }
+    });
+
+    let done = tokio::spawn(async move {
+        work.cancelled().await;
+        info!("shutting down: stopping runs");
+        let _ = executor_task.await;
+        ledger.flush().await;
+        core.cancel();
+        // Open SSE streams do not end by themselves; the server gets a moment to finish requests.
+        let _ = tokio::time::timeout(Duration::from_secs(2), server).await;
+        info!("shut down");
+    });
+    Ok(Started { handle, addr, done })
+}
+
+async fn forward_state_changes(
+    mut state: watch::Receiver<Arc<State>>,
+    events: Events,
+    cancel: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => break,
+            changed = state.changed() => {
+                if changed.is_err() {
+                    break;
+                }
+                let _ = events.send(Event::State);
+            }
+        }
+    }
+}
+
+async fn sweep_logs(logs: LogPaths, state: watch::Receiver<Arc<State>>, cancel: CancellationToken) {
+    let mut tick = tokio::time::interval(SWEEP_EVERY);
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => break,
+            _ = tick.tick() => {
+                let days = state.borrow().settings.retention_days;
+                let logs = logs.clone();
+                let report = tokio::task::spawn_blocking(move || {
+                    logs::sweep(&logs, days, Utc::now().date_naive(), std::time::SystemTime::now())
+                })
+                .await
+                .unwrap_or_default();
+                if report.deleted_files > 0 {
+                    info!(files = report.deleted_files, bytes = report.deleted_bytes, "old logs deleted");
+                }
+            }
+        }
+    }
+}
+
+/// What the health endpoint reports.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Health {
+    pub status: &'static str,
+    pub node: String,
+    pub version: &'static str,
+    pub started_at: chrono::DateTime<Utc>,
+    pub tasks: usize,
+    pub active_runs: usize,
+}
+
+impl NodeHandle {
+    pub fn state(&self) -> Arc<State> {
+        self.inner.consensus.state()
+    }
+
+    pub fn subscribe(&self) -> broadcast::Receiver<Event> {
+        self.inner.events.subscribe()
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.inner.config
+    }
+
+    pub fn node_settings(&self) -> NodeSettings {
+        self.inner.node.borrow().clone()
+    }
+
+    pub fn logs(&self) -> &LogPaths {
+        &self.inner.logs
+    }
+
+    pub fn daemons(&self) -> BTreeMap<TaskId, DaemonStatus> {
+        self.inner.daemons.borrow().clone()
+    }
+
+    pub fn health(&self) -> Health {
+        Health {
+            status: "ok",
+            node: self.inner.node.borrow().name.clone(),
+            version: env!("CARGO_PKG_VERSION"),
+            started_at: self.inner.started_at,
+            tasks: self.state().tasks.len(),
+            active_runs: self.inner.ledger.active().len(),
+        }
+    }
+
+    /// A task by id, or else by name.
+    pub fn task(&self, key: &str) -> Result<Task, NodeError> {
+        let state = self.state();
+        state
+            .tasks
+            .get(&TaskId(key.to_owned()))
+            .or_else(|| state.task_by_name(key))
+            .cloned()
+            .ok_or_else(|| NodeError::NotFound(format!("there is no task `{key}`")))
+    }
+
+    pub async fn create_task(&self, input: TaskInput) -> Result<Task, NodeError> {
+        let task = input.into_task(TaskId::generate(), Utc::now())?;
+        self.inner
+            .consensus
+            .propose(Change::PutTask(task.clone()))
+            .await?;
+        Ok(task)
+    }
+
+    pub async fn update_task(&self, key: &str, input: TaskInput) -> Result<Task, NodeError> {
+        let id = self.task(key)?.id;
+        let task = input.into_task(id, Utc::now())?;
+        self.inner
+            .consensus
+            .propose(Change::PutTask(task.clone()))
+            .await?;
+        Ok(task)
+    }
+
+    pub async fn remove_task(&self, key: &str) -> Result<Task, NodeError> {
+        let task = self.task(key)?;
+        self.inner
+            .consensus
+            .propose(Change::RemoveTask(task.id.clone()))
+            .await?;
+        Ok(task)
+    }
+
+    /// Execute now.
+    pub async fn execute(&self, key: &str) -> Result<Run, NodeError> {
+        let task = self.task(key)?;
+        self.inner
+            .scheduler
+            .request(task.id, Trigger::Manual)
+            .await
+            .map_err(NodeError::Unavailable)
+    }
+
+    /// Stops a queued or running run on this node.
+    pub async fn stop_run(&self, id: &RunId) -> Result<Run, NodeError> {
+        let run = self.run(id).await?;
+        self.inner.executor.stop(id).await;
+        Ok(run)
+    }
+
+    pub async fn runs(&self, query: RunQuery) -> Result<Vec<Run>, NodeError> {
+        Ok(self.inner.ledger.list(query).await?)
+    }
+
+    pub fn active_runs(&self) -> Vec<Run> {
+        self.inner.ledger.active()
+    }
+
+    pub async fn run(&self, id: &RunId) -> Result<Run, NodeError> {
+        self.inner
+            .ledger
+            .get(id)
+            .await?
+            .ok_or_else(|| NodeError::NotFound(format!("there is no run {id}")))
+    }
+
+    /// The run's log from byte `from` on (at most `max` bytes), or None when the file is gone
+    /// (deleted by retention, or the run never wrote one).
+    pub async fn run_log(
+        &self,
+        id: &RunId,
+        from: u64,
+        max: usize,
+    ) -> Result<Option<Vec<u8>>, NodeError> {
+        let path: PathBuf = self.inner.logs.run_log(id);
+        tokio::task::spawn_blocking(move || read_from(&path, from, max))
+            .await
+            .map_err(|e| NodeError::Unavailable(e.to_string()))?
+            .map_err(|source| NodeError::Io {
+                context: "reading the run log".into(),
+                source,
+            })
+    }
+
+    /// All settings; secrets masked unless `reveal`.
+    pub fn settings(&self, reveal: bool) -> Settings {
+        let settings = Settings {
+            cluster: self.state().settings.clone(),
+            node: self.node_settings(),
+        };
+        if reveal { settings } else { settings.masked() }
+    }
+
+    /// Replaces all settings. Masked secrets keep their stored values.
+    pub async fn put_settings(&self, mut settings: Settings) -> Result<Settings, NodeError> {
+        settings.unmask_from(&self.settings(true));
+        let errors = settings.check();
+        if !errors.is_empty() {
+            return Err(Invalid::new("the settings are not valid", errors).into());
+        }
+        let node = settings.node.clone();
+        let store = self.inner.store.clone();
+        let write = node.clone();
+        tokio::task::spawn_blocking(move || store.write(&[Write::NodeSettings(write)]))
+            .await
+            .map_err(|e| NodeError::Unavailable(e.to_string()))??;
+        self.inner.node.send_replace(node);
+        self.inner
+            .consensus
+            .propose(Change::Settings(settings.cluster.clone()))
+            .await?;
+        let _ = self.inner.events.send(Event::State);
+        Ok(self.settings(false))
+    }
+
+    /// Imports a settings document (JSON text, as exported).
+    pub async fn import_settings(&self, text: &str) -> Result<Settings, NodeError> {
+        let settings = Settings::parse(text)?;
+        self.put_settings(settings).await
+    }
+
+    /// Bytes used by this node's logs.
+    pub async fn log_disk_usage(&self) -> u64 {
+        let root = self.inner.logs.root().to_owned();
+        tokio::task::spawn_blocking(move || logs::disk_usage(&root))
+            .await
+            .unwrap_or(0)
+    }
+}
+
+fn read_from(path: &std::path::Path, from: u64, max: usize) -> std::io::Result<Option<Vec<u8>>> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut file = match std::fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    file.seek(SeekFrom::Start(from))?;
+    let mut buf = Vec::new();
+    file.take(max as u64).read_to_end(&mut buf)?;
+    Ok(Some(buf))
+}

@@ -1,0 +1,68 @@
+//! Durable storage behind a small trait: task definitions, settings, fired slots, and run history.
+//!
+//! The one implementation is [`RedbStore`]. DESIGN.md says why redb and not sled: sled has had no
+//! release since 2021 and calls itself beta, while redb is crash-safe by default.
+
+mod redb_store;
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+
+use crate::model::{ClusterSettings, NodeSettings, Run, RunId, Task, TaskId};
+
+pub use redb_store::RedbStore;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("opening the database {path}")]
+    Open {
+        path: std::path::PathBuf,
+        #[source]
+        source: Box<redb::DatabaseError>,
+    },
+    #[error("database: {0}")]
+    Db(String),
+    #[error("corrupt record {key} in {table}")]
+    Corrupt {
+        table: &'static str,
+        key: String,
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+/// One change to durable state; a batch of them commits atomically.
+#[derive(Debug, Clone)]
+pub enum Write {
+    PutTask(Task),
+    RemoveTask(TaskId),
+    ClusterSettings(ClusterSettings),
+    NodeSettings(NodeSettings),
+    LastFired(TaskId, DateTime<Utc>),
+}
+
+/// Which runs to list, newest first.
+#[derive(Debug, Clone, Default)]
+pub struct RunQuery {
+    pub task: Option<TaskId>,
+    /// Only runs older than this one (for paging).
+    pub before: Option<RunId>,
+    pub limit: usize,
+}
+
+/// Everything stored durably; what replication later replaces sits behind the first five methods.
+pub trait Store: Send + Sync + 'static {
+    fn tasks(&self) -> Result<Vec<Task>, StoreError>;
+    fn cluster_settings(&self) -> Result<Option<ClusterSettings>, StoreError>;
+    fn node_settings(&self) -> Result<Option<NodeSettings>, StoreError>;
+    fn last_fired(&self) -> Result<BTreeMap<TaskId, DateTime<Utc>>, StoreError>;
+    /// Commits the writes in one durable transaction before returning.
+    fn write(&self, batch: &[Write]) -> Result<(), StoreError>;
+
+    /// Inserts or updates runs in one durable transaction, keeps at most `keep_per_task` runs
+    /// per task, and returns the ids of the runs it pruned.
+    fn put_runs(&self, runs: &[Run], keep_per_task: u32) -> Result<Vec<RunId>, StoreError>;
+    fn run(&self, id: &RunId) -> Result<Option<Run>, StoreError>;
+    fn runs(&self, query: &RunQuery) -> Result<Vec<Run>, StoreError>;
+}

@@ -1,0 +1,330 @@
+//! The redb implementation of [`Store`]: JSON values in a handful of tables, fsynced on commit.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use chrono::{DateTime, Utc};
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use super::{RunQuery, Store, StoreError, Write};
+use crate::model::{ClusterSettings, NodeSettings, Run, RunId, Task, TaskId};
+
+const TASKS: TableDefinition<&str, &[u8]> = TableDefinition::new("tasks");
+const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+const LAST_FIRED: TableDefinition<&str, i64> = TableDefinition::new("last_fired");
+const RUNS: TableDefinition<&str, &[u8]> = TableDefinition::new("runs");
+/// `<task id>/<run id>` → (), to list and prune one task's runs.
+const RUNS_BY_TASK: TableDefinition<&str, ()> = TableDefinition::new("runs_by_task");
+
+const CLUSTER_SETTINGS: &str = "cluster_settings";
+const NODE_SETTINGS: &str = "node_settings";
+
+pub struct RedbStore {
+    db: Database,
+}
+
+fn db_err(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Db(e.to_string())
+}
+
+fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+    serde_json::to_vec(value).expect("model types always serialise")
+}
+
+fn decode<T: DeserializeOwned>(
+    table: &'static str,
+    key: &str,
+    bytes: &[u8],
+) -> Result<T, StoreError> {
+    serde_json::from_slice(bytes).map_err(|source| StoreError::Corrupt {
+        table,
+        key: key.to_owned(),
+        source,
+    })
+}
+
+impl RedbStore {
+    /// Opens (or creates) the database file and its tables.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let db = Database::builder()
+            .set_cache_size(8 << 20)
+            .create(path)
+            .map_err(|e| StoreError::Open {
+                path: path.to_owned(),
+                source: Box::new(e),
+            })?;
+        let txn = db.begin_write().map_err(db_err)?;
+        {
+            txn.open_table(TASKS).map_err(db_err)?;
+            txn.open_table(META).map_err(db_err)?;
+            txn.open_table(LAST_FIRED).map_err(db_err)?;
+            txn.open_table(RUNS).map_err(db_err)?;
+            txn.open_table(RUNS_BY_TASK).map_err(db_err)?;
+        }
+        txn.commit().map_err(db_err)?;
+        Ok(Self { db })
+    }
+
+    fn meta<T: DeserializeOwned>(&self, key: &'static str) -> Result<Option<T>, StoreError> {
+        let txn = self.db.begin_read().map_err(db_err)?;
+        let table = txn.open_table(META).map_err(db_err)?;
+        match table.get(key).map_err(db_err)? {
+            Some(v) => decode("meta", key, v.value()).map(Some),
+            None => Ok(None),
+        }
+    }
+}
+
+impl Store for RedbStore {
+    fn tasks(&self) -> Result<Vec<Task>, StoreError> {
+        let txn = self.db.begin_read().map_err(db_err)?;
+        let table = txn.open_table(TASKS).map_err(db_err)?;
+        let mut out = Vec::new();
+        for entry in table.iter().map_err(db_err)? {
+            let (k, v) = entry.map_err(db_err)?;
+            out.push(decode("tasks", k.value(), v.value())?);
+        }
+        Ok(out)
+    }
+
+    fn cluster_settings(&self) -> Result<Option<ClusterSettings>, StoreError> {
+        self.meta(CLUSTER_SETTINGS)
+    }
+
+    fn node_settings(&self) -> Result<Option<NodeSettings>, StoreError> {
+        self.meta(NODE_SETTINGS)
+    }
+
+    fn last_fired(&self) -> Result<BTreeMap<TaskId, DateTime<Utc>>, StoreError> {
+        let txn = self.db.begin_read().map_err(db_err)?;
+        let table = txn.open_table(LAST_FIRED).map_err(db_err)?;
+        let mut out = BTreeMap::new();
+        for entry in table.iter().map_err(db_err)? {
+            let (k, v) = entry.map_err(db_err)?;
+            if let Some(at) = DateTime::from_timestamp_millis(v.value()) {
+                out.insert(TaskId(k.value().to_owned()), at);
+            }
+        }
+        Ok(out)
+    }
+
+    fn write(&self, batch: &[Write]) -> Result<(), StoreError> {
+        let txn = self.db.begin_write().map_err(db_err)?;
+        {
+            let mut tasks = txn.open_table(TASKS).map_err(db_err)?;
+            let mut meta = txn.open_table(META).map_err(db_err)?;
+            let mut fired = txn.open_table(LAST_FIRED).map_err(db_err)?;
+            for write in batch {
+                match write {
+                    Write::PutTask(task) => {
+                        tasks
+                            .insert(task.id.0.as_str(), encode(task).as_slice())
+                            .map_err(db_err)?;
+                    }
+                    Write::RemoveTask(id) => {
+                        tasks.remove(id.0.as_str()).map_err(db_err)?;
+                        fired.remove(id.0.as_str()).map_err(db_err)?;
+                    }
+                    Write::ClusterSettings(s) => {
+                        meta.insert(CLUSTER_SETTINGS, encode(s).as_slice())
+                            .map_err(db_err)?;
+                    }
+                    Write::NodeSettings(s) => {
+                        meta.insert(NODE_SETTINGS, encode(s).as_slice())
+                            .map_err(db_err)?;
+                    }
+                    Write::LastFired(id, at) => {
+                        fired
+                            .insert(id.0.as_str(), at.timestamp_millis())
+                            .map_err(db_err)?;
+                    }
+                }
+            }
+        }
+        txn.commit().map_err(db_err)
+    }
+
+    fn put_runs(&self, runs: &[Run], keep_per_task: u32) -> Result<Vec<RunId>, StoreError> {
+        let mut pruned = Vec::new();
+        let txn = self.db.begin_write().map_err(db_err)?;
+        {
+            let mut table = txn.open_table(RUNS).map_err(db_err)?;
+            let mut by_task = txn.open_table(RUNS_BY_TASK).map_err(db_err)?;
+            let mut touched: Vec<&TaskId> = Vec::new();
+            for run in runs {
+                table
+                    .insert(run.id.0.as_str(), encode(run).as_slice())
+                    .map_err(db_err)?;
+                by_task
+                    .insert(format!("{}/{}", run.task_id, run.id).as_str(), ())
+                    .map_err(db_err)?;
+                if !touched.contains(&&run.task_id) {
+                    touched.push(&run.task_id);
+                }
+            }
+            for task in touched {
+                let (lo, hi) = (format!("{task}/"), format!("{task}0"));
+                let keys: Vec<String> = by_task
+                    .range(lo.as_str()..hi.as_str())
+                    .map_err(db_err)?
+                    .map(|e| e.map(|(k, _)| k.value().to_owned()))
+                    .collect::<Result<_, _>>()
+                    .map_err(db_err)?;
+                let excess = keys.len().saturating_sub(keep_per_task as usize);
+                for key in &keys[..excess] {
+                    by_task.remove(key.as_str()).map_err(db_err)?;
+                    let run_id = &key[lo.len()..];
+                    table.remove(run_id).map_err(db_err)?;
+                    pruned.push(RunId(run_id.to_owned()));
+                }
+            }
+        }
+        txn.commit().map_err(db_err)?;
+        Ok(pruned)
+    }
+
+    fn run(&self, id: &RunId) -> Result<Option<Run>, StoreError> {
+        let txn = self.db.begin_read().map_err(db_err)?;
+        let table = txn.open_table(RUNS).map_err(db_err)?;
+        match table.get(id.0.as_str()).map_err(db_err)? {
+            Some(v) => decode("runs", &id.0, v.value()).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    fn runs(&self, query: &RunQuery) -> Result<Vec<Run>, StoreError> {
+        let txn = self.db.begin_read().map_err(db_err)?;
+        let table = txn.open_table(RUNS).map_err(db_err)?;
+        let mut out = Vec::new();
+        match &query.task {
+            Some(task) => {
+                let by_task = txn.open_table(RUNS_BY_TASK).map_err(db_err)?;
+                let lo = format!("{task}/");
+                let hi = match &query.before {
+                    Some(before) => format!("{task}/{before}"),
+                    None => format!("{task}0"),
+                };
+                for entry in by_task
+                    .range(lo.as_str()..hi.as_str())
+                    .map_err(db_err)?
+                    .rev()
+                {
+                    if out.len() >= query.limit {
+                        break;
+                    }
+                    let (k, _) = entry.map_err(db_err)?;
+                    let run_id = &k.value()[lo.len()..];
+                    if let Some(v) = table.get(run_id).map_err(db_err)? {
+                        out.push(decode("runs", run_id, v.value())?);
+                    }
+                }
+            }
+            None => {
+                let range = match &query.before {
+                    Some(before) => table.range(..before.0.as_str()),
+                    None => table.range::<&str>(..),
+                }
+                .map_err(db_err)?;
+                for entry in range.rev() {
+                    if out.len() >= query.limit {
+                        break;
+                    }
+                    let (k, v) = entry.map_err(db_err)?;
+                    out.push(decode("runs", k.value(), v.value())?);
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Trigger;
+
+    fn run(task: &str) -> Run {
+        Run::new(
+            TaskId(task.into()),
+            task.into(),
+            Trigger::Manual,
+            1,
+            "n".into(),
+        )
+    }
+
+    #[test]
+    fn runs_are_bounded_per_task_and_listed_newest_first() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let store = RedbStore::open(&dir.path().join("db")).expect("open");
+        let a: Vec<Run> = (0..5).map(|_| run("a")).collect();
+        let b = run("b");
+        store.put_runs(&a[..3], 3).expect("put");
+        let pruned = store
+            .put_runs(&[a[3].clone(), a[4].clone(), b.clone()], 3)
+            .expect("put");
+        assert_eq!(pruned, vec![a[0].id.clone(), a[1].id.clone()]);
+        let listed = store
+            .runs(&RunQuery {
+                task: Some(TaskId("a".into())),
+                before: None,
+                limit: 10,
+            })
+            .expect("list");
+        let ids: Vec<_> = listed.iter().map(|r| r.id.clone()).collect();
+        assert_eq!(ids, vec![a[4].id.clone(), a[3].id.clone(), a[2].id.clone()]);
+        let all = store
+            .runs(&RunQuery {
+                limit: 2,
+                ..Default::default()
+            })
+            .expect("all");
+        assert_eq!(all[0].id, b.id);
+        assert!(store.run(&a[0].id).expect("get").is_none());
+        let page = store
+            .runs(&RunQuery {
+                task: Some(TaskId("a".into())),
+                before: Some(a[3].id.clone()),
+                limit: 10,
+            })
+            .expect("page");
+        assert_eq!(page.len(), 1);
+    }
+
+    #[test]
+    fn writes_survive_reopen() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let path = dir.path().join("db");
+        let at = Utc::now();
+        {
+            let store = RedbStore::open(&path).expect("open");
+            store
+                .write(&[
+                    Write::ClusterSettings(ClusterSettings {
+                        retention_days: 9,
+                        ..Default::default()
+                    }),
+                    Write::LastFired(TaskId("x".into()), at),
+                ])
+                .expect("write");
+        }
+        let store = RedbStore::open(&path).expect("reopen");
+        assert_eq!(
+            store
+                .cluster_settings()
+                .expect("read")
+                .map(|s| s.retention_days),
+            Some(9)
+        );
+        assert_eq!(
+            store
+                .last_fired()
+                .expect("read")
+                .get(&TaskId("x".into()))
+                .map(|t| t.timestamp_millis()),
+            Some(at.timestamp_millis())
+        );
+    }
+}
