@@ -1,1 +1,146 @@
-//! Helpers shared by the integration tests.
+//! Helpers shared by the integration tests: in-process nodes on port 0 in temp dirs, an HTTP
+//! client for their API, and polling with a deadline.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use serde_json::Value;
+use taskmesh::{Config, NodeHandle, Started};
+use tokio_util::sync::CancellationToken;
+
+/// Polls `check` every 20 ms until it yields `Some`, or fails after `deadline`.
+pub async fn wait_for<T, F, Fut>(what: &str, deadline: Duration, mut check: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let until = tokio::time::Instant::now() + deadline;
+    loop {
+        if let Some(v) = check().await {
+            return Ok(v);
+        }
+        if tokio::time::Instant::now() > until {
+            bail!("timed out after {deadline:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A node running inside the test process.
+pub struct TestNode {
+    pub handle: NodeHandle,
+    pub addr: SocketAddr,
+    pub dir: PathBuf,
+    pub api: Api,
+    cancel: CancellationToken,
+    started: Option<Started>,
+    _tmp: Option<tempfile::TempDir>,
+}
+
+impl TestNode {
+    pub async fn start() -> Result<Self> {
+        let tmp = tempfile::tempdir()?;
+        let dir = tmp.path().to_owned();
+        let mut node = Self::start_in(&dir).await?;
+        node._tmp = Some(tmp);
+        Ok(node)
+    }
+
+    /// Starts a node on an existing data directory (a restart).
+    pub async fn start_in(dir: &Path) -> Result<Self> {
+        let config = Config {
+            data_dir: dir.to_owned(),
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            name: Some("test-node".into()),
+        };
+        let cancel = CancellationToken::new();
+        let started = taskmesh::start(config, cancel.clone())
+            .await
+            .context("starting the node")?;
+        let addr = started.addr;
+        Ok(Self {
+            handle: started.handle.clone(),
+            addr,
+            dir: dir.to_owned(),
+            api: Api::new(&format!("http://{addr}")),
+            cancel,
+            started: Some(started),
+            _tmp: None,
+        })
+    }
+
+    /// Shuts the node down cleanly and keeps its directory for a restart.
+    pub async fn stop(mut self) -> Option<tempfile::TempDir> {
+        self.cancel.cancel();
+        if let Some(started) = self.started.take() {
+            started.wait().await;
+        }
+        self._tmp.take()
+    }
+}
+
+impl Drop for TestNode {
+    fn drop(&mut self) {
+        self.cancel.cancel();
+    }
+}
+
+/// A small JSON client for a node's REST API.
+#[derive(Clone)]
+pub struct Api {
+    pub base: String,
+    pub http: reqwest::Client,
+}
+
+impl Api {
+    pub fn new(base: &str) -> Self {
+        Self {
+            base: base.to_owned(),
+            http: reqwest::Client::new(),
+        }
+    }
+
+    pub async fn get(&self, path: &str) -> Result<(u16, Value)> {
+        let r = self.http.get(format!("{}{path}", self.base)).send().await?;
+        let status = r.status().as_u16();
+        Ok((status, r.json().await.unwrap_or(Value::Null)))
+    }
+
+    pub async fn send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<(u16, Value)> {
+        let mut req = self.http.request(method, format!("{}{path}", self.base));
+        if let Some(body) = body {
+            req = req.json(body);
+        }
+        let r = req.send().await?;
+        let status = r.status().as_u16();
+        Ok((status, r.json().await.unwrap_or(Value::Null)))
+    }
+
+    pub async fn post(&self, path: &str, body: &Value) -> Result<(u16, Value)> {
+        self.send(reqwest::Method::POST, path, Some(body)).await
+    }
+
+    /// Creates a task and returns its id.
+    pub async fn create_task(&self, body: &Value) -> Result<String> {
+        let (status, task) = self.post("/api/tasks", body).await?;
+        if status != 201 {
+            bail!("creating the task answered {status}: {task}");
+        }
+        Ok(task["id"].as_str().context("task id")?.to_owned())
+    }
+
+    pub async fn runs_of(&self, task_id: &str) -> Result<Vec<Value>> {
+        let (_, runs) = self
+            .get(&format!("/api/runs?task={task_id}&limit=1000"))
+            .await?;
+        Ok(runs.as_array().cloned().unwrap_or_default())
+    }
+}

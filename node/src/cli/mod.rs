@@ -1,1 +1,147 @@
-//! The command line.
+//! The command line: `taskmesh run` starts a node; `task …` and `settings …` talk to a node's
+//! REST API.
+
+mod client;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+pub use client::{ClientError, run_command};
+
+/// Runs tasks across a mesh of equal machines: cron jobs, supervised daemons and manual tasks,
+/// with a web UI on every node.
+#[derive(Debug, Parser)]
+#[command(name = "taskmesh", version, propagate_version = true)]
+#[command(after_help = "Start a node with `taskmesh run` and open http://127.0.0.1:8080.\n\
+Every other command talks to a node's API (--url, or TASKMESH_URL).")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a node: scheduler, executor, web UI and API.
+    Run(RunArgs),
+    /// List, show, add, edit, run and remove tasks.
+    #[command(subcommand)]
+    Task(TaskCommand),
+    /// Export and import settings.
+    #[command(subcommand)]
+    Settings(SettingsCommand),
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// A TOML file with data_dir, listen and name.
+    #[arg(long, short, env = "TASKMESH_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Where the database and logs live [default: ~/.local/share/taskmesh, /var/lib/taskmesh as root].
+    #[arg(long, env = "TASKMESH_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Address of the web UI and API [default: 127.0.0.1:8080].
+    #[arg(long, env = "TASKMESH_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    /// The node's name at its first start [default: the host name].
+    #[arg(long, env = "TASKMESH_NAME")]
+    pub name: Option<String>,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct Remote {
+    /// The node to talk to.
+    #[arg(long, global = true, env = "TASKMESH_URL", default_value = "http://127.0.0.1:8080")]
+    pub url: String,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TaskCommand {
+    /// List tasks with their schedule and last run.
+    Ls {
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Show a task as JSON and its recent runs.
+    Show {
+        /// Task name or id.
+        task: String,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Add a task from flags or from a JSON file.
+    Add(AddArgs),
+    /// Replace a task with the JSON in a file, or edit it in $EDITOR.
+    Edit {
+        /// Task name or id.
+        task: String,
+        /// The new definition (as `task show --json` prints it); without it, $EDITOR opens.
+        #[arg(long, short)]
+        file: Option<PathBuf>,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Execute a task now; with --follow, print its log and exit with its exit code.
+    Run {
+        /// Task name or id.
+        task: String,
+        #[arg(long, short)]
+        follow: bool,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Remove a task.
+    Rm {
+        /// Task name or id.
+        task: String,
+        #[command(flatten)]
+        remote: Remote,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct AddArgs {
+    /// The task's name (not needed with --file).
+    pub name: Option<String>,
+    /// A whole task as JSON (see docs/tasks.md).
+    #[arg(long, short, conflicts_with_all = ["shell", "argv", "cron", "always"])]
+    pub file: Option<PathBuf>,
+    /// A script for `sh -c`.
+    #[arg(long, conflicts_with = "argv")]
+    pub shell: Option<String>,
+    /// Run on a crontab entry: "*/5 * * * *", "*/10 * * * * *", "@every 30s", "@reboot".
+    #[arg(long, conflicts_with = "always")]
+    pub cron: Option<String>,
+    /// IANA timezone of --cron.
+    #[arg(long, default_value = "UTC", requires = "cron")]
+    pub timezone: String,
+    /// Keep it running: start it now and restart it whenever it exits.
+    #[arg(long)]
+    pub always: bool,
+    /// The program and its arguments, after `--` (no shell).
+    #[arg(last = true)]
+    pub argv: Vec<String>,
+    #[command(flatten)]
+    pub remote: Remote,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SettingsCommand {
+    /// Write the settings as JSON to stdout or a file.
+    Export {
+        /// Include secrets (tokens, passwords) instead of masking them.
+        #[arg(long)]
+        secrets: bool,
+        #[arg(long, short)]
+        output: Option<PathBuf>,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Replace the settings with a JSON file (masked secrets keep their values).
+    Import {
+        file: PathBuf,
+        #[command(flatten)]
+        remote: Remote,
+    },
+}

@@ -1,0 +1,538 @@
+//! One node in-process, driven through its REST API: cron, always-tasks, retries, catch-up,
+//! logs, settings, and bad input.
+
+use std::time::Duration;
+
+use anyhow::Result;
+use chrono::{DateTime, Utc};
+use serde_json::{Value, json};
+use taskmesh_tests::{TestNode, wait_for};
+
+fn finished(runs: &[Value]) -> Vec<&Value> {
+    runs.iter()
+        .filter(|r| !matches!(r["status"].as_str(), Some("queued" | "running")))
+        .collect()
+}
+
+fn time(v: &Value) -> DateTime<Utc> {
+    v.as_str().and_then(|s| s.parse().ok()).expect("timestamp")
+}
+
+#[tokio::test]
+async fn a_cron_task_with_seconds_runs_on_its_slots() -> Result<()> {
+    let node = TestNode::start().await?;
+    let id = node
+        .api
+        .create_task(&json!({
+            "name": "tick",
+            "spec": {"command": ["true"]},
+            "when": {"mode": "cron", "schedule": "* * * * * *", "timezone": "Europe/Berlin"}
+        }))
+        .await?;
+    let runs = wait_for(
+        "three finished cron runs",
+        Duration::from_secs(10),
+        || async {
+            let runs = node.api.runs_of(&id).await.ok()?;
+            (finished(&runs).len() >= 3).then_some(runs)
+        },
+    )
+    .await?;
+    let mut slots = Vec::new();
+    for run in finished(&runs) {
+        assert_eq!(run["trigger"]["kind"], "cron", "{run}");
+        assert_eq!(run["status"], "succeeded", "{run}");
+        let slot = time(&run["trigger"]["slot"]);
+        let started = time(&run["started_at"]);
+        let late = (started - slot).num_milliseconds();
+        // On time: not before its slot, and well within the second (benchmarks measure the rest).
+        assert!(
+            (0..500).contains(&late),
+            "run started {late} ms after its slot: {run}"
+        );
+        assert_eq!(slot.timestamp_subsec_millis(), 0, "slots are whole seconds");
+        slots.push(slot);
+    }
+    let before = slots.len();
+    slots.sort();
+    slots.dedup();
+    assert_eq!(slots.len(), before, "no slot ran twice");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_killed_always_task_comes_back() -> Result<()> {
+    let node = TestNode::start().await?;
+    let id = node
+        .api
+        .create_task(&json!({"name": "daemon", "spec": {"command": ["sleep", "300"]}, "when": {"mode": "always"}}))
+        .await?;
+    let first = wait_for("the daemon to run", Duration::from_secs(5), || async {
+        let runs = node.api.runs_of(&id).await.ok()?;
+        runs.into_iter()
+            .find(|r| r["status"] == "running" && r["pid"].is_u64())
+    })
+    .await?;
+    let pid = first["pid"].as_u64().expect("pid") as i32;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )?;
+    let second = wait_for(
+        "the daemon to come back",
+        Duration::from_secs(5),
+        || async {
+            let runs = node.api.runs_of(&id).await.ok()?;
+            runs.into_iter()
+                .find(|r| r["status"] == "running" && r["id"] != first["id"])
+        },
+    )
+    .await?;
+    assert_eq!(second["trigger"], json!({"kind": "always", "restart": 1}));
+    assert_ne!(second["pid"], first["pid"]);
+    let killed = node
+        .api
+        .get(&format!("/api/runs/{}", first["id"].as_str().expect("id")))
+        .await?
+        .1;
+    assert_eq!(killed["status"], "killed");
+    assert_eq!(killed["signal"], 9);
+    let (_, removed) = node
+        .api
+        .send(reqwest::Method::DELETE, &format!("/api/tasks/{id}"), None)
+        .await?;
+    assert_eq!(removed["name"], "daemon");
+    wait_for(
+        "the removed daemon to stop",
+        Duration::from_secs(10),
+        || async {
+            let runs = node.api.runs_of(&id).await.ok()?;
+            runs.iter().all(|r| r["status"] != "running").then_some(())
+        },
+    )
+    .await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_failing_task_is_retried_exactly_max_retries_times() -> Result<()> {
+    let node = TestNode::start().await?;
+    let mut settings = node.api.get("/api/settings").await?.1;
+    settings["cluster"]["max_retries"] = json!(2);
+    settings["cluster"]["retry_backoff"] = json!("50ms");
+    let (status, body) = node
+        .api
+        .send(reqwest::Method::PUT, "/api/settings", Some(&settings))
+        .await?;
+    assert_eq!(status, 200, "{body}");
+    let id = node
+        .api
+        .create_task(&json!({
+            "name": "flaky",
+            "spec": {"shell": "echo attempt $TASKMESH_ATTEMPT; exit 4"},
+            "when": {"mode": "manual"},
+            "exit_rules": [{"on": "!0", "action": "retry"}, {"on": "0", "action": "disable"}]
+        }))
+        .await?;
+    let (status, run) = node
+        .api
+        .post(&format!("/api/tasks/{id}/run"), &json!(null))
+        .await?;
+    assert_eq!(status, 202, "{run}");
+    let runs = wait_for(
+        "the last attempt to give up",
+        Duration::from_secs(10),
+        || async {
+            let runs = node.api.runs_of(&id).await.ok()?;
+            runs.iter()
+                .any(|r| {
+                    r["actions"].as_array().is_some_and(|a| {
+                        a.iter()
+                            .any(|s| s.as_str().is_some_and(|s| s.contains("no attempts left")))
+                    })
+                })
+                .then_some(runs)
+        },
+    )
+    .await?;
+    let mut attempts: Vec<u64> = runs
+        .iter()
+        .map(|r| r["attempt"].as_u64().expect("attempt"))
+        .collect();
+    attempts.sort();
+    assert_eq!(
+        attempts,
+        vec![1, 2, 3],
+        "the first run and exactly two retries"
+    );
+    assert!(runs.iter().all(|r| r["exit_code"] == 4));
+    let log = node
+        .api
+        .http
+        .get(format!(
+            "{}/api/runs/{}/log",
+            node.api.base,
+            runs[0]["id"].as_str().expect("id")
+        ))
+        .send()
+        .await?
+        .text()
+        .await?;
+    assert_eq!(log, "attempt 3\n");
+    assert_eq!(
+        node.api.get(&format!("/api/tasks/{id}")).await?.1["enabled"],
+        true,
+        "the disable rule is for exit 0"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn parameters_reach_the_process_without_a_shell() -> Result<()> {
+    let node = TestNode::start().await?;
+    let out = node.dir.join("out.txt");
+    let evil = "$(touch pwned); `id` & echo";
+    let id = node
+        .api
+        .create_task(&json!({
+            "name": "params",
+            "spec": {
+                "command": ["/bin/sh", "-c", "printf '%s|%s|%s' \"$1\" \"$who\" \"$EXTRA\" > \"$2\"", "argv0", "{{who}}", out],
+                "parameters": {"who": evil},
+                "env": {"EXTRA": "e"},
+                "cwd": node.dir
+            },
+            "when": {"mode": "manual"}
+        }))
+        .await?;
+    node.api
+        .post(&format!("/api/tasks/{id}/run"), &json!(null))
+        .await?;
+    let text = wait_for("the output file", Duration::from_secs(5), || async {
+        std::fs::read_to_string(&out).ok().filter(|t| !t.is_empty())
+    })
+    .await?;
+    assert_eq!(text, format!("{evil}|{evil}|e"));
+    assert!(
+        !node.dir.join("pwned").exists(),
+        "a parameter value ran as shell code"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_timeout_kills_the_whole_process_group() -> Result<()> {
+    let node = TestNode::start().await?;
+    let pidfile = node.dir.join("child.pid");
+    let id = node
+        .api
+        .create_task(&json!({
+            "name": "slow",
+            "spec": {"shell": format!("sleep 300 & echo $! > {}; wait", pidfile.display()), "timeout": "300ms"},
+            "when": {"mode": "manual"},
+            "exit_rules": [{"on": "timeout", "action": "notify", "channel": "ops"}]
+        }))
+        .await?;
+    node.api
+        .post(&format!("/api/tasks/{id}/run"), &json!(null))
+        .await?;
+    let run = wait_for("the timeout", Duration::from_secs(10), || async {
+        let runs = node.api.runs_of(&id).await.ok()?;
+        runs.into_iter().find(|r| r["status"] == "timed_out")
+    })
+    .await?;
+    assert!(
+        run["actions"][0]
+            .as_str()
+            .is_some_and(|a| a.starts_with("notify ops")),
+        "{run}"
+    );
+    let child: i32 = std::fs::read_to_string(&pidfile)?.trim().parse()?;
+    wait_for(
+        "the grandchild to be gone",
+        Duration::from_secs(5),
+        || async {
+            let alive = nix::sys::signal::kill(nix::unistd::Pid::from_raw(child), None).is_ok()
+                && !std::fs::read_to_string(format!("/proc/{child}/stat"))
+                    .is_ok_and(|s| s.contains(") Z "));
+            (!alive).then_some(())
+        },
+    )
+    .await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn missed_slots_follow_the_catch_up_policy_and_are_never_silent() -> Result<()> {
+    let node = TestNode::start().await?;
+    let all = node
+        .api
+        .create_task(&json!({"name": "all", "spec": {"command": ["true"]}, "when": {"mode": "cron", "schedule": "@every 1s", "catch_up": "all"}}))
+        .await?;
+    let none = node
+        .api
+        .create_task(&json!({"name": "none", "spec": {"command": ["true"]}, "when": {"mode": "cron", "schedule": "@every 1s", "catch_up": "none"}}))
+        .await?;
+    wait_for("both to fire once", Duration::from_secs(5), || async {
+        let a = node.api.runs_of(&all).await.ok()?;
+        let n = node.api.runs_of(&none).await.ok()?;
+        (!a.is_empty() && !n.is_empty()).then_some(())
+    })
+    .await?;
+    let dir = node.dir.clone();
+    let tmp = node.stop().await;
+    let down_at = Utc::now();
+    // Let at least three slots pass while the node is down.
+    wait_for("three missed slots", Duration::from_secs(10), || async {
+        ((Utc::now() - down_at).num_milliseconds() > 3_500).then_some(())
+    })
+    .await?;
+    let node = TestNode::start_in(&dir).await?;
+    let caught_up = wait_for(
+        "the missed slots of `all` to run",
+        Duration::from_secs(10),
+        || async {
+            let runs = node.api.runs_of(&all).await.ok()?;
+            let missed: Vec<Value> = runs
+                .into_iter()
+                .filter(|r| {
+                    r["trigger"]["slot"].as_str().is_some_and(|s| {
+                        time(&json!(s)) > down_at
+                            && time(&json!(s)) < down_at + chrono::Duration::seconds(3)
+                    })
+                })
+                .collect();
+            (missed.len() >= 3).then_some(missed)
+        },
+    )
+    .await?;
+    assert!(caught_up.iter().all(|r| r["status"] != "skipped"));
+    let skipped = wait_for(
+        "a skipped record for `none`",
+        Duration::from_secs(10),
+        || async {
+            let runs = node.api.runs_of(&none).await.ok()?;
+            runs.into_iter().find(|r| r["status"] == "skipped")
+        },
+    )
+    .await?;
+    assert!(
+        skipped["actions"][0]
+            .as_str()
+            .is_some_and(|a| a.contains("not run (catch-up policy `none`)")),
+        "{skipped}"
+    );
+    let none_runs = node.api.runs_of(&none).await?;
+    let ran_while_down = none_runs.iter().filter(|r| {
+        r["status"] != "skipped"
+            && r["trigger"]["slot"].as_str().is_some_and(|s| {
+                let t = time(&json!(s));
+                t > down_at + chrono::Duration::milliseconds(500)
+                    && t < down_at + chrono::Duration::seconds(3)
+            })
+    });
+    assert_eq!(ran_while_down.count(), 0, "policy none ran a missed slot");
+    drop(tmp);
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_log_follows_a_running_task_and_daily_files_are_written() -> Result<()> {
+    let node = TestNode::start().await?;
+    let id = node
+        .api
+        .create_task(&json!({"name": "talk", "spec": {"shell": "echo one; sleep 0.3; echo two >&2"}, "when": {"mode": "manual"}}))
+        .await?;
+    let (_, run) = node
+        .api
+        .post(&format!("/api/tasks/{id}/run"), &json!(null))
+        .await?;
+    let run_id = run["id"].as_str().expect("id").to_owned();
+    let body = node
+        .api
+        .http
+        .get(format!(
+            "{}/api/runs/{run_id}/log?follow=true",
+            node.api.base
+        ))
+        .send()
+        .await?
+        .text()
+        .await?;
+    let one = body.find("data: one").expect("first line streamed");
+    let two = body.find("data: two").expect("second line streamed");
+    let end = body.find("event: end").expect("end event");
+    assert!(one < two && two < end, "{body}");
+    let day = node
+        .dir
+        .join("logs/talk")
+        .join(format!("{}.log", Utc::now().format("%Y-%m-%d")));
+    let daily = std::fs::read_to_string(&day)?;
+    assert!(
+        daily.contains(&format!("{run_id} out one"))
+            && daily.contains(&format!("{run_id} err two")),
+        "{daily}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn bad_input_gets_a_clear_error_and_nothing_is_lost() -> Result<()> {
+    let node = TestNode::start().await?;
+    let id = node
+        .api
+        .create_task(
+            &json!({"name": "keep", "spec": {"command": ["true"]}, "when": {"mode": "manual"}}),
+        )
+        .await?;
+    let cases = [
+        (
+            json!({"name": "keep", "spec": "{\"command\": [\"true\"],\n \"dependencies\": [1]}", "when": {"mode": "manual"}}),
+            "spec.dependencies[0]",
+        ),
+        (
+            json!({"name": "keep", "spec": {"command": ["true"]}, "when": {"mode": "cron", "schedule": "* * *"}}),
+            "when.schedule",
+        ),
+        (
+            json!({"name": "keep", "spec": {"command": ["true"]}, "when": {"mode": "weekly"}}),
+            "when.mode",
+        ),
+        (
+            json!({"name": "keep", "spec": {"command": ["true"]}, "when": {"mode": "manual"}, "exit_rules": [{"on": "300", "action": "retry"}]}),
+            "exit_rules[0].on",
+        ),
+    ];
+    for (body, path) in cases {
+        let (status, err) = node
+            .api
+            .send(
+                reqwest::Method::PUT,
+                &format!("/api/tasks/{id}"),
+                Some(&body),
+            )
+            .await?;
+        assert_eq!(status, 400, "{body}");
+        assert!(
+            err["details"]
+                .as_array()
+                .is_some_and(|d| d.iter().any(|e| e["path"] == path)),
+            "{path}: {err}"
+        );
+    }
+    let (status, err) = node
+        .api
+        .post(
+            "/api/tasks",
+            &json!({"name": "keep", "spec": {"shell": "x"}, "when": {"mode": "manual"}}),
+        )
+        .await?;
+    assert_eq!(status, 400, "a second task with the same name: {err}");
+    let raw = node
+        .api
+        .http
+        .post(format!("{}/api/tasks", node.api.base))
+        .header("content-type", "application/json")
+        .body("{\"name\": ")
+        .send()
+        .await?;
+    assert_eq!(raw.status().as_u16(), 400);
+    let err: Value = raw.json().await?;
+    assert!(
+        err["details"][0]["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("malformed JSON")),
+        "{err}"
+    );
+    let big = node
+        .api
+        .http
+        .post(format!("{}/api/tasks", node.api.base))
+        .header("content-type", "application/json")
+        .body(vec![b' '; 2 << 20])
+        .send()
+        .await?;
+    assert_eq!(big.status().as_u16(), 413);
+    let cross = node
+        .api
+        .http
+        .delete(format!("{}/api/tasks/{id}", node.api.base))
+        .header("origin", "http://evil.example")
+        .send()
+        .await?;
+    assert_eq!(cross.status().as_u16(), 403);
+    let (status, task) = node.api.get(&format!("/api/tasks/{id}")).await?;
+    assert_eq!(status, 200);
+    assert_eq!(
+        task["spec"]["command"],
+        json!(["true"]),
+        "the saved task is unchanged"
+    );
+    let (status, err) = node.api.get("/api/runs/nope").await?;
+    assert_eq!(status, 400, "{err}");
+    let (status, _) = node.api.get("/api/tasks/nope").await?;
+    assert_eq!(status, 404);
+    Ok(())
+}
+
+#[tokio::test]
+async fn settings_round_trip_with_masked_secrets() -> Result<()> {
+    let node = TestNode::start().await?;
+    let mut settings = node.api.get("/api/settings").await?.1;
+    settings["cluster"]["telegram"]["bot_token"] = json!("123:abc");
+    settings["node"]["dependencies"] = json!(["python3", "gpu=nvidia"]);
+    let (status, saved) = node
+        .api
+        .send(reqwest::Method::PUT, "/api/settings", Some(&settings))
+        .await?;
+    assert_eq!(status, 200, "{saved}");
+    assert_eq!(saved["cluster"]["telegram"]["bot_token"], "********");
+    let masked = node.api.get("/api/settings/export").await?.1;
+    assert_eq!(masked["cluster"]["telegram"]["bot_token"], "********");
+    let full = node.api.get("/api/settings/export?secrets=true").await?.1;
+    assert_eq!(full["cluster"]["telegram"]["bot_token"], "123:abc");
+    // Importing the masked export keeps the secret.
+    let import = node
+        .api
+        .http
+        .post(format!("{}/api/settings/import", node.api.base))
+        .body(masked.to_string())
+        .send()
+        .await?;
+    assert_eq!(import.status().as_u16(), 200);
+    assert_eq!(
+        node.handle
+            .settings(true)
+            .cluster
+            .telegram
+            .bot_token
+            .as_deref(),
+        Some("123:abc")
+    );
+    let bad = node
+        .api
+        .http
+        .post(format!("{}/api/settings/import", node.api.base))
+        .body("{\"node\": {\"slots\": 0}}")
+        .send()
+        .await?;
+    assert_eq!(bad.status().as_u16(), 400);
+    let err: Value = bad.json().await?;
+    assert_eq!(err["details"][0]["path"], "node.slots");
+    assert_eq!(
+        node.handle.node_settings().dependencies,
+        vec!["python3", "gpu=nvidia"]
+    );
+    // A task needing what the node lacks is refused with the reason.
+    let id = node.api.create_task(&json!({"name": "gpu", "spec": {"command": ["true"], "dependencies": ["gpu=amd"]}, "when": {"mode": "manual"}})).await?;
+    let (status, err) = node
+        .api
+        .post(&format!("/api/tasks/{id}/run"), &json!(null))
+        .await?;
+    assert_eq!(status, 503);
+    assert!(
+        err["error"].as_str().is_some_and(|e| e.contains("gpu=amd")),
+        "{err}"
+    );
+    Ok(())
+}
