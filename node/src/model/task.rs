@@ -17,10 +17,7 @@ pub struct TaskId(pub String);
 
 impl TaskId {
     pub fn generate() -> Self {
-        Self(format!(
-            "t{}",
-            &uuid::Uuid::now_v7().simple().to_string()[..20]
-        ))
+        Self(format!("t{}", uuid::Uuid::now_v7().simple()))
     }
 }
 
