@@ -14,7 +14,7 @@ use crate::model::{Outcome, Run, RunId};
 use crate::store::{RunQuery, Store, StoreError};
 
 enum Msg {
-    Put(Run),
+    Put(Box<Run>),
     Flush(oneshot::Sender<()>),
 }
 
@@ -91,7 +91,12 @@ impl RunLedger {
             .expect("ledger lock")
             .insert(run.id.clone(), run.clone());
         let _ = self.events.send(Event::Run(Arc::new(run.clone())));
-        if self.writes.send(Msg::Put(run.clone())).await.is_err() {
+        if self
+            .writes
+            .send(Msg::Put(Box::new(run.clone())))
+            .await
+            .is_err()
+        {
             warn!(run_id = %run.id, "run ledger writer stopped; change not stored");
         }
     }
@@ -172,8 +177,8 @@ impl Writer {
             for msg in batch.drain(..) {
                 match msg {
                     Msg::Put(run) => match runs.iter_mut().find(|r| r.id == run.id) {
-                        Some(older) => *older = run,
-                        None => runs.push(run),
+                        Some(older) => *older = *run,
+                        None => runs.push(*run),
                     },
                     Msg::Flush(tx) => flushes.push(tx),
                 }

@@ -11,7 +11,10 @@ use taskmesh::model::{RunId, RunStatus};
 use taskmesh_tests::{TestNode, wait_for};
 
 fn now_ns() -> i128 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as i128).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i128)
+        .unwrap_or(0)
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -34,7 +37,11 @@ fn report(name: &str, unit: &str, mut values: Vec<f64>) {
 }
 
 /// Waits for the run to end, through the node's event bus.
-async fn until_final(rx: &mut tokio::sync::broadcast::Receiver<Event>, node: &TestNode, id: &RunId) -> Result<()> {
+async fn until_final(
+    rx: &mut tokio::sync::broadcast::Receiver<Event>,
+    node: &TestNode,
+    id: &RunId,
+) -> Result<()> {
     loop {
         if node.handle.run(id).await.is_ok_and(|r| r.status.is_final()) {
             return Ok(());
@@ -49,7 +56,10 @@ async fn until_final(rx: &mut tokio::sync::broadcast::Receiver<Event>, node: &Te
 
 async fn log_ns(node: &TestNode, id: &RunId) -> Result<i128> {
     let log = node.handle.run_log(id, 0, 1024).await?.context("log")?;
-    String::from_utf8_lossy(&log).trim().parse::<i128>().context("timestamp in log")
+    String::from_utf8_lossy(&log)
+        .trim()
+        .parse::<i128>()
+        .context("timestamp in log")
 }
 
 async fn execute_latency(node: &TestNode) -> Result<()> {
@@ -58,7 +68,10 @@ async fn execute_latency(node: &TestNode) -> Result<()> {
     let mut ms = Vec::new();
     for _ in 0..200 {
         let t0 = now_ns();
-        let (status, run) = node.api.post(&format!("/api/tasks/{id}/run"), &json!(null)).await?;
+        let (status, run) = node
+            .api
+            .post(&format!("/api/tasks/{id}/run"), &json!(null))
+            .await?;
         anyhow::ensure!(status == 202, "{run}");
         let run_id = RunId(run["id"].as_str().context("id")?.to_owned());
         until_final(&mut rx, node, &run_id).await?;
@@ -69,7 +82,12 @@ async fn execute_latency(node: &TestNode) -> Result<()> {
 }
 
 async fn throughput(node: &TestNode) -> Result<()> {
-    let id = node.api.create_task(&json!({"name": "trivial", "spec": {"command": ["true"]}, "when": {"mode": "manual"}})).await?;
+    let id = node
+        .api
+        .create_task(
+            &json!({"name": "trivial", "spec": {"command": ["true"]}, "when": {"mode": "manual"}}),
+        )
+        .await?;
     let mut rx = node.handle.subscribe();
     let total = 1000;
     let t0 = Instant::now();
@@ -93,7 +111,9 @@ async fn throughput(node: &TestNode) -> Result<()> {
                 done += 1;
                 ok += usize::from(run.status == RunStatus::Succeeded);
             }
-            Ok(Err(tokio::sync::broadcast::error::RecvError::Lagged(n))) => anyhow::bail!("bench lagged {n} events"),
+            Ok(Err(tokio::sync::broadcast::error::RecvError::Lagged(n))) => {
+                anyhow::bail!("bench lagged {n} events")
+            }
             Ok(_) => {}
             Err(_) => anyhow::bail!("runs stopped finishing at {done}"),
         }
@@ -113,15 +133,21 @@ async fn cron_lateness(node: &TestNode) -> Result<()> {
     let id = node.api.create_task(&json!({"name": "cron", "spec": {"command": ["date", "+%s%N"]}, "when": {"mode": "cron", "schedule": "* * * * * *"}})).await?;
     let runs = wait_for("30 cron runs", Duration::from_secs(45), || async {
         let runs = node.api.runs_of(&id).await.ok()?;
-        let done: Vec<Value> = runs.into_iter().filter(|r| r["status"] == "succeeded").collect();
+        let done: Vec<Value> = runs
+            .into_iter()
+            .filter(|r| r["status"] == "succeeded")
+            .collect();
         (done.len() >= 31).then_some(done)
     })
     .await?;
-    node.api.send(reqwest::Method::DELETE, &format!("/api/tasks/{id}"), None).await?;
+    node.api
+        .send(reqwest::Method::DELETE, &format!("/api/tasks/{id}"), None)
+        .await?;
     let mut ms = Vec::new();
     // The first slot may be the one the task was created in; skip it.
     for run in runs.iter().rev().skip(1).take(30) {
-        let slot: chrono::DateTime<chrono::Utc> = run["trigger"]["slot"].as_str().context("slot")?.parse()?;
+        let slot: chrono::DateTime<chrono::Utc> =
+            run["trigger"]["slot"].as_str().context("slot")?.parse()?;
         let started = log_ns(node, &RunId(run["id"].as_str().context("id")?.to_owned())).await?;
         ms.push((started - slot.timestamp_nanos_opt().context("ns")? as i128) as f64 / 1e6);
     }
@@ -134,12 +160,20 @@ async fn first_restart(node: &TestNode) -> Result<()> {
     for i in 0..10 {
         let id = node.api.create_task(&json!({"name": format!("daemon-{i}"), "spec": {"shell": "date +%s%N; exec sleep 1000"}, "when": {"mode": "always"}})).await?;
         let first = wait_for("the daemon", Duration::from_secs(5), || async {
-            node.api.runs_of(&id).await.ok()?.into_iter().find(|r| r["status"] == "running" && r["pid"].is_u64())
+            node.api
+                .runs_of(&id)
+                .await
+                .ok()?
+                .into_iter()
+                .find(|r| r["status"] == "running" && r["pid"].is_u64())
         })
         .await?;
         let pid = first["pid"].as_u64().context("pid")? as i32;
         let killed_at = now_ns();
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL)?;
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        )?;
         let second = wait_for("the restart", Duration::from_secs(5), || async {
             let runs = node.api.runs_of(&id).await.ok()?;
             let r = runs.into_iter().find(|r| r["id"] != first["id"])?;
@@ -149,7 +183,9 @@ async fn first_restart(node: &TestNode) -> Result<()> {
         })
         .await?;
         ms.push((second - killed_at) as f64 / 1e6);
-        node.api.send(reqwest::Method::DELETE, &format!("/api/tasks/{id}"), None).await?;
+        node.api
+            .send(reqwest::Method::DELETE, &format!("/api/tasks/{id}"), None)
+            .await?;
     }
     report("always-task: kill -9 -> restarted process", "ms", ms);
     Ok(())
@@ -162,7 +198,11 @@ fn idle_binary() -> Result<()> {
         .and_then(|deps| deps.parent())
         .map(|release| release.join("taskmesh"))
         .context("target dir")?;
-    anyhow::ensure!(bin.exists(), "build the binary first: cargo build --release -p taskmesh ({})", bin.display());
+    anyhow::ensure!(
+        bin.exists(),
+        "build the binary first: cargo build --release -p taskmesh ({})",
+        bin.display()
+    );
     let dir = tempfile::tempdir()?;
     let mut child = std::process::Command::new(&bin)
         .args(["run", "--listen", "127.0.0.1:0", "--data-dir"])
@@ -172,9 +212,18 @@ fn idle_binary() -> Result<()> {
     let pid = child.id();
     let stat = || -> Result<(u64, u64)> {
         let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-        let rss_kb = status.lines().find_map(|l| l.strip_prefix("VmRSS:")).and_then(|v| v.split_whitespace().next()?.parse().ok()).context("VmRSS")?;
+        let rss_kb = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .context("VmRSS")?;
         let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-        let fields: Vec<&str> = stat.rsplit_once(')').context("stat")?.1.split_whitespace().collect();
+        let fields: Vec<&str> = stat
+            .rsplit_once(')')
+            .context("stat")?
+            .1
+            .split_whitespace()
+            .collect();
         let ticks: u64 = fields[11].parse::<u64>()? + fields[12].parse::<u64>()?;
         Ok((rss_kb, ticks))
     };
@@ -206,7 +255,9 @@ fn main() -> Result<()> {
         let mut settings = node.api.get("/api/settings").await?.1;
         settings["cluster"]["daily_logs"] = json!(false);
         settings["node"]["slots"] = json!(64);
-        node.api.send(reqwest::Method::PUT, "/api/settings", Some(&settings)).await?;
+        node.api
+            .send(reqwest::Method::PUT, "/api/settings", Some(&settings))
+            .await?;
         execute_latency(&node).await?;
         throughput(&node).await?;
         first_restart(&node).await?;

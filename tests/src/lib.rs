@@ -1,6 +1,8 @@
 //! Helpers shared by the integration tests: in-process nodes on port 0 in temp dirs, an HTTP
 //! client for their API, and polling with a deadline.
 
+pub mod webdriver;
+
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

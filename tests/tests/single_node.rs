@@ -536,3 +536,46 @@ async fn settings_round_trip_with_masked_secrets() -> Result<()> {
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn a_task_runs_as_its_user_only_when_the_node_is_root() -> Result<()> {
+    let node = TestNode::start().await?;
+    let id = node
+        .api
+        .create_task(&json!({"name": "who", "spec": {"shell": "id -u; id -G", "user": "nobody"}, "when": {"mode": "manual"}}))
+        .await?;
+    let (_, run) = node
+        .api
+        .post(&format!("/api/tasks/{id}/run"), &json!(null))
+        .await?;
+    let run_id = run["id"].as_str().expect("id").to_owned();
+    let run = wait_for("the run to end", Duration::from_secs(5), || async {
+        let (_, r) = node.api.get(&format!("/api/runs/{run_id}")).await.ok()?;
+        (r["status"] != "queued" && r["status"] != "running").then_some(r)
+    })
+    .await?;
+    let log = node
+        .handle
+        .run_log(&taskmesh::model::RunId(run_id), 0, 4096)
+        .await?
+        .unwrap_or_default();
+    let log = String::from_utf8_lossy(&log);
+    if nix::unistd::geteuid().is_root() {
+        let nobody = nix::unistd::User::from_name("nobody")?.expect("user nobody");
+        assert_eq!(run["status"], "succeeded", "{run}");
+        let mut lines = log.lines();
+        assert_eq!(lines.next(), Some(nobody.uid.to_string().as_str()));
+        assert!(
+            !lines
+                .next()
+                .unwrap_or("")
+                .split_whitespace()
+                .any(|g| g == "0"),
+            "root's groups were kept: {log}"
+        );
+    } else {
+        assert_eq!(run["status"], "failed", "{run}");
+        assert!(log.contains("needs the node to run as root"), "{log}");
+    }
+    Ok(())
+}
