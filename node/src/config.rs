@@ -16,6 +16,9 @@ pub struct Config {
     pub listen: SocketAddr,
     /// The node's name at its first start (later: node.name in the settings).
     pub name: Option<String>,
+    /// Require a login (the access token) for the UI and API. Default: only when `listen` is
+    /// not a loopback address.
+    pub require_login: Option<bool>,
 }
 
 impl Default for Config {
@@ -24,6 +27,7 @@ impl Default for Config {
             data_dir: default_data_dir(),
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             name: None,
+            require_login: None,
         }
     }
 }
@@ -51,6 +55,17 @@ impl Config {
             path: path.to_owned(),
             message: e.to_string(),
         })
+    }
+
+    /// Whether the UI and API need a login.
+    pub fn login_required(&self) -> bool {
+        self.require_login
+            .unwrap_or(!self.listen.ip().is_loopback())
+    }
+
+    /// The file holding the node's access token.
+    pub fn access_token_path(&self) -> PathBuf {
+        self.data_dir.join("access-token")
     }
 
     pub fn db_path(&self) -> PathBuf {

@@ -13,6 +13,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use crate::api::auth::Access;
 use crate::config::Config;
 use crate::consensus::{Change, Consensus, ProposeError, State};
 use crate::events::{self, Event, Events};
@@ -207,7 +208,22 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Starte
     let addr = listener
         .local_addr()
         .map_err(io("reading the listen address".into()))?;
-    let app = crate::api::router(handle.clone()).merge(crate::ui::router(handle.clone()));
+    let access = if config.login_required() {
+        let path = config.access_token_path();
+        let token = Access::load_or_create_token(&path)
+            .map_err(io(format!("reading or creating {}", path.display())))?;
+        info!(token_file = %path.display(), "login required: use the access token in this file");
+        Access::with_token(token)
+    } else {
+        Access::open()
+    };
+    let app = crate::api::router(handle.clone())
+        .merge(crate::ui::router(handle.clone()))
+        .merge(crate::api::login_router(access.clone()))
+        .layer(axum::middleware::from_fn_with_state(
+            access,
+            crate::api::auth::require,
+        ));
     let server_stop = work.clone();
     let server = tokio::spawn(async move {
         let serve =

@@ -32,16 +32,27 @@ fn start(dir: &Path) -> Node {
     std::thread::spawn(move || {
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
             if let Some(i) = line.find("url=") {
-                let _ = tx.send(line[i + 4..].split_whitespace().next().unwrap_or("").to_owned());
+                let _ = tx.send(
+                    line[i + 4..]
+                        .split_whitespace()
+                        .next()
+                        .unwrap_or("")
+                        .to_owned(),
+                );
             }
         }
     });
-    let url = rx.recv_timeout(Duration::from_secs(20)).expect("the node logs its URL");
+    let url = rx
+        .recv_timeout(Duration::from_secs(20))
+        .expect("the node logs its URL");
     Node { child, url }
 }
 
 fn client() -> reqwest::blocking::Client {
-    reqwest::blocking::Client::builder().timeout(Duration::from_secs(10)).build().expect("client")
+    reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .expect("client")
 }
 
 fn wait_until<T>(what: &str, deadline: Duration, mut check: impl FnMut() -> Option<T>) -> T {
@@ -60,13 +71,26 @@ fn everything_answered_ok_survives_kill_9() {
     let dir = tempfile::tempdir().expect("tmp");
     let mut node = start(dir.path());
     let http = client();
-    let mut settings: Value = http.get(format!("{}/api/settings", node.url)).send().expect("get").json().expect("json");
+    let mut settings: Value = http
+        .get(format!("{}/api/settings", node.url))
+        .send()
+        .expect("get")
+        .json()
+        .expect("json");
     settings["cluster"]["retention_days"] = json!(3);
-    let r = http.put(format!("{}/api/settings", node.url)).json(&settings).send().expect("put");
+    let r = http
+        .put(format!("{}/api/settings", node.url))
+        .json(&settings)
+        .send()
+        .expect("put");
     assert_eq!(r.status().as_u16(), 200);
     for i in 0..30 {
         let body = json!({"name": format!("task-{i}"), "spec": {"command": ["true"]}, "when": {"mode": "manual"}});
-        let r = http.post(format!("{}/api/tasks", node.url)).json(&body).send().expect("post");
+        let r = http
+            .post(format!("{}/api/tasks", node.url))
+            .json(&body)
+            .send()
+            .expect("post");
         assert_eq!(r.status().as_u16(), 201);
     }
     // kill -9 right after the last OK answer.
@@ -74,13 +98,26 @@ fn everything_answered_ok_survives_kill_9() {
     node.child.wait().expect("reap");
 
     let mut node = start(dir.path());
-    let tasks: Vec<Value> = http.get(format!("{}/api/tasks", node.url)).send().expect("get").json().expect("json");
-    let mut names: Vec<String> = tasks.iter().map(|t| t["name"].as_str().expect("name").to_owned()).collect();
+    let tasks: Vec<Value> = http
+        .get(format!("{}/api/tasks", node.url))
+        .send()
+        .expect("get")
+        .json()
+        .expect("json");
+    let mut names: Vec<String> = tasks
+        .iter()
+        .map(|t| t["name"].as_str().expect("name").to_owned())
+        .collect();
     names.sort();
     let mut expected: Vec<String> = (0..30).map(|i| format!("task-{i}")).collect();
     expected.sort();
     assert_eq!(names, expected);
-    let settings: Value = http.get(format!("{}/api/settings", node.url)).send().expect("get").json().expect("json");
+    let settings: Value = http
+        .get(format!("{}/api/settings", node.url))
+        .send()
+        .expect("get")
+        .json()
+        .expect("json");
     assert_eq!(settings["cluster"]["retention_days"], 3);
     let _ = node.child.kill();
     let _ = node.child.wait();
@@ -92,22 +129,51 @@ fn sigterm_stops_children_and_flushes_their_runs() {
     let marker = dir.path().join("got-term");
     let mut node = start(dir.path());
     let http = client();
-    let script = format!("trap 'echo term > {}; exit 0' TERM; sleep 300 & wait", marker.display());
+    let script = format!(
+        "trap 'echo term > {}; exit 0' TERM; sleep 300 & wait",
+        marker.display()
+    );
     let body = json!({"name": "daemon", "spec": {"shell": script}, "when": {"mode": "always"}});
-    let r = http.post(format!("{}/api/tasks", node.url)).json(&body).send().expect("post");
+    let r = http
+        .post(format!("{}/api/tasks", node.url))
+        .json(&body)
+        .send()
+        .expect("post");
     assert_eq!(r.status().as_u16(), 201);
     let run_id = wait_until("the daemon to run", Duration::from_secs(10), || {
-        let runs: Vec<Value> = http.get(format!("{}/api/runs", node.url)).send().ok()?.json().ok()?;
-        runs.iter().find(|r| r["status"] == "running").map(|r| r["id"].as_str().unwrap_or("").to_owned())
+        let runs: Vec<Value> = http
+            .get(format!("{}/api/runs", node.url))
+            .send()
+            .ok()?
+            .json()
+            .ok()?;
+        runs.iter()
+            .find(|r| r["status"] == "running")
+            .map(|r| r["id"].as_str().unwrap_or("").to_owned())
     });
     kill(Pid::from_raw(node.child.id() as i32), Signal::SIGTERM).expect("sigterm");
-    let status = wait_until("the node to exit", Duration::from_secs(15), || node.child.try_wait().ok().flatten());
+    let status = wait_until("the node to exit", Duration::from_secs(15), || {
+        node.child.try_wait().ok().flatten()
+    });
     assert!(status.success(), "{status:?}");
-    assert_eq!(std::fs::read_to_string(&marker).expect("the child got SIGTERM").trim(), "term");
+    assert_eq!(
+        std::fs::read_to_string(&marker)
+            .expect("the child got SIGTERM")
+            .trim(),
+        "term"
+    );
 
     let mut node = start(dir.path());
-    let run: Value = http.get(format!("{}/api/runs/{run_id}", node.url)).send().expect("get").json().expect("json");
-    assert_eq!(run["status"], "succeeded", "the run's end was recorded before exit: {run}");
+    let run: Value = http
+        .get(format!("{}/api/runs/{run_id}", node.url))
+        .send()
+        .expect("get")
+        .json()
+        .expect("json");
+    assert_eq!(
+        run["status"], "succeeded",
+        "the run's end was recorded before exit: {run}"
+    );
     let _ = node.child.kill();
     let _ = node.child.wait();
 }
@@ -117,24 +183,47 @@ fn the_cli_adds_runs_and_removes_a_task() {
     let dir = tempfile::tempdir().expect("tmp");
     let mut node = start(dir.path());
     let cli = |args: &[&str]| {
-        Command::new(BIN).args(args).env("TASKMESH_URL", &node.url).output().expect("run the cli")
+        Command::new(BIN)
+            .args(args)
+            .env("TASKMESH_URL", &node.url)
+            .output()
+            .expect("run the cli")
     };
     let out = cli(&["task", "add", "greet", "--", "echo", "hello from the cli"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let out = cli(&["task", "run", "greet", "--follow"]);
     assert_eq!(String::from_utf8_lossy(&out.stdout), "hello from the cli\n");
     assert_eq!(out.status.code(), Some(0));
     let out = cli(&["task", "add", "fail", "--shell", "exit 7"]);
     assert!(out.status.success());
-    assert_eq!(cli(&["task", "run", "fail", "--follow"]).status.code(), Some(7));
+    assert_eq!(
+        cli(&["task", "run", "fail", "--follow"]).status.code(),
+        Some(7)
+    );
     let ls = String::from_utf8_lossy(&cli(&["task", "ls"]).stdout).to_string();
     assert!(ls.contains("greet") && ls.contains("fail"), "{ls}");
     let bad = cli(&["task", "add", "x", "--cron", "99 * * * *", "--", "true"]);
     assert!(!bad.status.success());
-    assert!(String::from_utf8_lossy(&bad.stderr).contains("when.schedule"), "{}", String::from_utf8_lossy(&bad.stderr));
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("when.schedule"),
+        "{}",
+        String::from_utf8_lossy(&bad.stderr)
+    );
     let export = dir.path().join("settings.json");
-    assert!(cli(&["settings", "export", "-o", export.to_str().expect("path")]).status.success());
-    assert!(cli(&["settings", "import", export.to_str().expect("path")]).status.success());
+    assert!(
+        cli(&["settings", "export", "-o", export.to_str().expect("path")])
+            .status
+            .success()
+    );
+    assert!(
+        cli(&["settings", "import", export.to_str().expect("path")])
+            .status
+            .success()
+    );
     assert!(cli(&["task", "rm", "greet"]).status.success());
     let ls = String::from_utf8_lossy(&cli(&["task", "ls"]).stdout).to_string();
     assert!(!ls.contains("greet"), "{ls}");

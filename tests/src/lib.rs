@@ -53,11 +53,18 @@ impl TestNode {
 
     /// Starts a node on an existing data directory (a restart).
     pub async fn start_in(dir: &Path) -> Result<Self> {
-        let config = Config {
+        Self::start_with(dir, |_| {}).await
+    }
+
+    /// Starts a node with a changed configuration, on an existing data directory.
+    pub async fn start_with(dir: &Path, change: impl FnOnce(&mut Config)) -> Result<Self> {
+        let mut config = Config {
             data_dir: dir.to_owned(),
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             name: Some("test-node".into()),
+            require_login: None,
         };
+        change(&mut config);
         let cancel = CancellationToken::new();
         let started = taskmesh::start(config, cancel.clone())
             .await

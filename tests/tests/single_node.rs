@@ -579,3 +579,72 @@ async fn a_task_runs_as_its_user_only_when_the_node_is_root() -> Result<()> {
     }
     Ok(())
 }
+
+#[tokio::test]
+async fn a_node_that_requires_login_lets_in_only_token_holders() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let node = TestNode::start_with(tmp.path(), |c| c.require_login = Some(true)).await?;
+    let token = std::fs::read_to_string(tmp.path().join("access-token"))?
+        .trim()
+        .to_owned();
+    let base = &node.api.base;
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()?;
+
+    let r = http.get(format!("{base}/api/tasks")).send().await?;
+    assert_eq!(r.status().as_u16(), 401);
+    let r = http
+        .get(format!("{base}/api/tasks"))
+        .bearer_auth("wrong")
+        .send()
+        .await?;
+    assert_eq!(r.status().as_u16(), 401);
+    let r = http
+        .get(format!("{base}/api/tasks"))
+        .bearer_auth(&token)
+        .send()
+        .await?;
+    assert_eq!(r.status().as_u16(), 200);
+    assert_eq!(
+        http.get(format!("{base}/api/health"))
+            .send()
+            .await?
+            .status()
+            .as_u16(),
+        200
+    );
+
+    let r = http.get(format!("{base}/settings")).send().await?;
+    assert_eq!(r.status().as_u16(), 303);
+    assert_eq!(r.headers()["location"], "/login?next=/settings");
+    let r = http
+        .post(format!("{base}/login"))
+        .form(&[("token", "nope"), ("next", "/settings")])
+        .send()
+        .await?;
+    assert_eq!(r.status().as_u16(), 401);
+    let r = http
+        .post(format!("{base}/login"))
+        .form(&[("token", token.as_str()), ("next", "/settings")])
+        .send()
+        .await?;
+    assert_eq!(r.status().as_u16(), 303);
+    assert_eq!(r.headers()["location"], "/settings");
+    let cookie = r.headers()["set-cookie"]
+        .to_str()?
+        .split(';')
+        .next()
+        .expect("cookie")
+        .to_owned();
+    assert!(r.headers()["set-cookie"].to_str()?.contains("HttpOnly"));
+    let r = http
+        .get(format!("{base}/settings"))
+        .header("cookie", &cookie)
+        .send()
+        .await?;
+    assert_eq!(r.status().as_u16(), 200);
+    let page = r.text().await?;
+    assert!(!page.contains(&token), "the token must not appear in pages");
+    Ok(())
+}

@@ -1,8 +1,10 @@
 //! The REST API (JSON, plus server-sent events for live logs and changes) over the node handle.
 //! docs/api.md documents every route.
 
+pub mod auth;
 mod error;
 mod follow;
+mod login;
 
 use axum::Json;
 use axum::Router;
@@ -20,6 +22,7 @@ use crate::service::NodeHandle;
 use crate::store::RunQuery;
 
 pub use error::ApiError;
+pub use login::login_router;
 
 /// Largest request body accepted (a settings import, a task).
 pub const MAX_BODY: usize = 1 << 20;

@@ -38,57 +38,90 @@ struct Api {
 
 impl Api {
     fn new(remote: &Remote) -> Self {
-        Self { base: remote.url.trim_end_matches('/').to_owned(), http: reqwest::Client::new() }
+        Self {
+            base: remote.url.trim_end_matches('/').to_owned(),
+            http: reqwest::Client::new(),
+        }
     }
 
     fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
     }
 
-    async fn send(&self, request: reqwest::RequestBuilder) -> Result<reqwest::Response, ClientError> {
-        let response = request.send().await.map_err(|source| ClientError::Connect { url: self.base.clone(), source })?;
+    async fn send(
+        &self,
+        request: reqwest::RequestBuilder,
+    ) -> Result<reqwest::Response, ClientError> {
+        let response = request
+            .send()
+            .await
+            .map_err(|source| ClientError::Connect {
+                url: self.base.clone(),
+                source,
+            })?;
         if response.status().is_success() {
             return Ok(response);
         }
         let status = response.status();
         let body: Value = response.json().await.unwrap_or(Value::Null);
-        let mut message = format!("{status}: {}", body["error"].as_str().unwrap_or("request failed"));
+        let mut message = format!(
+            "{status}: {}",
+            body["error"].as_str().unwrap_or("request failed")
+        );
         for d in body["details"].as_array().into_iter().flatten() {
             let at = match (d["line"].as_u64(), d["column"].as_u64()) {
                 (Some(l), Some(c)) => format!(" (line {l}, column {c})"),
                 _ => String::new(),
             };
-            message.push_str(&format!("\n  {}{at}: {}", d["path"].as_str().unwrap_or(""), d["message"].as_str().unwrap_or("")));
+            message.push_str(&format!(
+                "\n  {}{at}: {}",
+                d["path"].as_str().unwrap_or(""),
+                d["message"].as_str().unwrap_or("")
+            ));
         }
         Err(ClientError::Api(message))
     }
 
     async fn get(&self, path: &str) -> Result<Value, ClientError> {
         let r = self.send(self.http.get(self.url(path))).await?;
-        r.json().await.map_err(|e| ClientError::Api(format!("unreadable answer: {e}")))
+        r.json()
+            .await
+            .map_err(|e| ClientError::Api(format!("unreadable answer: {e}")))
     }
 
-    async fn write(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Result<Value, ClientError> {
+    async fn write(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<Value, ClientError> {
         let mut request = self.http.request(method, self.url(path));
         if let Some(body) = body {
             request = request.json(&body);
         }
         let r = self.send(request).await?;
-        r.json().await.map_err(|e| ClientError::Api(format!("unreadable answer: {e}")))
+        r.json()
+            .await
+            .map_err(|e| ClientError::Api(format!("unreadable answer: {e}")))
     }
 }
 
 fn enc(s: &str) -> String {
     s.bytes()
         .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
             _ => format!("%{b:02X}"),
         })
         .collect()
 }
 
 fn read(path: &Path) -> Result<String, ClientError> {
-    std::fs::read_to_string(path).map_err(|source| ClientError::Io { context: format!("reading {}", path.display()), source })
+    std::fs::read_to_string(path).map_err(|source| ClientError::Io {
+        context: format!("reading {}", path.display()),
+        source,
+    })
 }
 
 fn print_json(v: &Value) {
@@ -97,7 +130,11 @@ fn print_json(v: &Value) {
 
 fn when_text(when: &Value) -> String {
     match when["mode"].as_str() {
-        Some("cron") => format!("cron {} ({})", when["schedule"].as_str().unwrap_or(""), when["timezone"].as_str().unwrap_or("UTC")),
+        Some("cron") => format!(
+            "cron {} ({})",
+            when["schedule"].as_str().unwrap_or(""),
+            when["timezone"].as_str().unwrap_or("UTC")
+        ),
         Some(mode) => mode.to_owned(),
         None => "?".into(),
     }
@@ -106,7 +143,9 @@ fn when_text(when: &Value) -> String {
 /// Runs a task or settings command against the node's API.
 pub async fn run_command(command: super::Command) -> Result<ExitCode, ClientError> {
     match command {
-        super::Command::Run(_) => Err(ClientError::Usage("`run` starts a node; it is not a client command".into())),
+        super::Command::Run(_) => Err(ClientError::Usage(
+            "`run` starts a node; it is not a client command".into(),
+        )),
         super::Command::Task(c) => task(c).await,
         super::Command::Settings(c) => settings(c).await,
     }
@@ -125,13 +164,23 @@ async fn task(command: TaskCommand) -> Result<ExitCode, ClientError> {
                     .into_iter()
                     .flatten()
                     .find(|r| r["task_id"] == t["id"])
-                    .map(|r| format!("{} {}", r["status"].as_str().unwrap_or(""), r["created_at"].as_str().unwrap_or("")))
+                    .map(|r| {
+                        format!(
+                            "{} {}",
+                            r["status"].as_str().unwrap_or(""),
+                            r["created_at"].as_str().unwrap_or("")
+                        )
+                    })
                     .unwrap_or_else(|| "-".into());
                 println!(
                     "{:<24} {:<36} {:<8} {last}",
                     t["name"].as_str().unwrap_or(""),
                     when_text(&t["when"]),
-                    if t["enabled"].as_bool().unwrap_or(true) { "yes" } else { "no" },
+                    if t["enabled"].as_bool().unwrap_or(true) {
+                        "yes"
+                    } else {
+                        "no"
+                    },
                 );
             }
             Ok(0)
@@ -140,7 +189,12 @@ async fn task(command: TaskCommand) -> Result<ExitCode, ClientError> {
             let api = Api::new(&remote);
             let t = api.get(&format!("/api/tasks/{}", enc(&task))).await?;
             print_json(&t);
-            let runs = api.get(&format!("/api/runs?task={}&limit=10", enc(t["id"].as_str().unwrap_or("")))).await?;
+            let runs = api
+                .get(&format!(
+                    "/api/runs?task={}&limit=10",
+                    enc(t["id"].as_str().unwrap_or(""))
+                ))
+                .await?;
             if let Some(runs) = runs.as_array().filter(|r| !r.is_empty()) {
                 println!("\nrecent runs:");
                 for r in runs {
@@ -149,7 +203,9 @@ async fn task(command: TaskCommand) -> Result<ExitCode, ClientError> {
                         r["id"].as_str().unwrap_or(""),
                         r["status"].as_str().unwrap_or(""),
                         r["created_at"].as_str().unwrap_or(""),
-                        r["exit_code"].as_i64().map_or("-".into(), |c| c.to_string())
+                        r["exit_code"]
+                            .as_i64()
+                            .map_or("-".into(), |c| c.to_string())
                     );
                 }
             }
@@ -163,14 +219,31 @@ async fn task(command: TaskCommand) -> Result<ExitCode, ClientError> {
                 Some(path) => read(&path)?,
                 None => edit_in_editor(&editable(&current))?,
             };
-            let body: Value = serde_json::from_str(&text).map_err(|e| ClientError::Usage(format!("the edited task is not JSON: {e}")))?;
-            let saved = api.write(reqwest::Method::PUT, &format!("/api/tasks/{}", enc(current["id"].as_str().unwrap_or(""))), Some(body)).await?;
+            let body: Value = serde_json::from_str(&text)
+                .map_err(|e| ClientError::Usage(format!("the edited task is not JSON: {e}")))?;
+            let saved = api
+                .write(
+                    reqwest::Method::PUT,
+                    &format!("/api/tasks/{}", enc(current["id"].as_str().unwrap_or(""))),
+                    Some(body),
+                )
+                .await?;
             println!("saved {}", saved["name"].as_str().unwrap_or(""));
             Ok(0)
         }
-        TaskCommand::Run { task, follow, remote } => {
+        TaskCommand::Run {
+            task,
+            follow,
+            remote,
+        } => {
             let api = Api::new(&remote);
-            let run = api.write(reqwest::Method::POST, &format!("/api/tasks/{}/run", enc(&task)), None).await?;
+            let run = api
+                .write(
+                    reqwest::Method::POST,
+                    &format!("/api/tasks/{}/run", enc(&task)),
+                    None,
+                )
+                .await?;
             let id = run["id"].as_str().unwrap_or("").to_owned();
             if !follow {
                 println!("{id}");
@@ -181,7 +254,13 @@ async fn task(command: TaskCommand) -> Result<ExitCode, ClientError> {
         }
         TaskCommand::Rm { task, remote } => {
             let api = Api::new(&remote);
-            let removed = api.write(reqwest::Method::DELETE, &format!("/api/tasks/{}", enc(&task)), None).await?;
+            let removed = api
+                .write(
+                    reqwest::Method::DELETE,
+                    &format!("/api/tasks/{}", enc(&task)),
+                    None,
+                )
+                .await?;
             println!("removed {}", removed["name"].as_str().unwrap_or(""));
             Ok(0)
         }
@@ -201,18 +280,29 @@ fn editable(task: &Value) -> Value {
 }
 
 fn edit_in_editor(task: &Value) -> Result<String, ClientError> {
-    let editor = std::env::var("VISUAL").or_else(|_| std::env::var("EDITOR")).unwrap_or_else(|_| "vi".into());
+    let editor = std::env::var("VISUAL")
+        .or_else(|_| std::env::var("EDITOR"))
+        .unwrap_or_else(|_| "vi".into());
     let path = std::env::temp_dir().join(format!("taskmesh-edit-{}.json", std::process::id()));
     let io = |context: &str| {
         let context = context.to_owned();
         move |source| ClientError::Io { context, source }
     };
-    std::fs::write(&path, serde_json::to_string_pretty(task).unwrap_or_default()).map_err(io("writing the edit file"))?;
-    let status = std::process::Command::new(&editor).arg(&path).status().map_err(io(&format!("starting {editor}")))?;
+    std::fs::write(
+        &path,
+        serde_json::to_string_pretty(task).unwrap_or_default(),
+    )
+    .map_err(io("writing the edit file"))?;
+    let status = std::process::Command::new(&editor)
+        .arg(&path)
+        .status()
+        .map_err(io(&format!("starting {editor}")))?;
     let text = std::fs::read_to_string(&path).map_err(io("reading the edit file"));
     let _ = std::fs::remove_file(&path);
     if !status.success() {
-        return Err(ClientError::Usage(format!("{editor} exited with {status}; nothing saved")));
+        return Err(ClientError::Usage(format!(
+            "{editor} exited with {status}; nothing saved"
+        )));
     }
     text
 }
@@ -222,31 +312,52 @@ async fn add(args: AddArgs) -> Result<ExitCode, ClientError> {
     let body = match &args.file {
         Some(path) => {
             let text = read(path)?;
-            serde_json::from_str(&text).map_err(|e| ClientError::Usage(format!("{}: not JSON: {e}", path.display())))?
+            serde_json::from_str(&text)
+                .map_err(|e| ClientError::Usage(format!("{}: not JSON: {e}", path.display())))?
         }
         None => {
-            let name = args.name.clone().ok_or_else(|| ClientError::Usage("give the task a name (or use --file)".into()))?;
+            let name = args
+                .name
+                .clone()
+                .ok_or_else(|| ClientError::Usage("give the task a name (or use --file)".into()))?;
             let spec = match (&args.shell, args.argv.is_empty()) {
                 (Some(script), true) => json!({ "shell": script }),
                 (None, false) => json!({ "command": args.argv }),
-                _ => return Err(ClientError::Usage("say what to run: --shell 'script' or -- program args…".into())),
+                _ => {
+                    return Err(ClientError::Usage(
+                        "say what to run: --shell 'script' or -- program args…".into(),
+                    ));
+                }
             };
             let when = match (&args.cron, args.always) {
-                (Some(schedule), _) => json!({ "mode": "cron", "schedule": schedule, "timezone": args.timezone }),
+                (Some(schedule), _) => {
+                    json!({ "mode": "cron", "schedule": schedule, "timezone": args.timezone })
+                }
                 (None, true) => json!({ "mode": "always" }),
                 (None, false) => json!({ "mode": "manual" }),
             };
             json!({ "name": name, "spec": spec, "when": when })
         }
     };
-    let task = api.write(reqwest::Method::POST, "/api/tasks", Some(body)).await?;
-    println!("added {} ({})", task["name"].as_str().unwrap_or(""), task["id"].as_str().unwrap_or(""));
+    let task = api
+        .write(reqwest::Method::POST, "/api/tasks", Some(body))
+        .await?;
+    println!(
+        "added {} ({})",
+        task["name"].as_str().unwrap_or(""),
+        task["id"].as_str().unwrap_or("")
+    );
     Ok(0)
 }
 
 /// Prints the run's log as it grows; returns the run's exit code (1 if it did not exit cleanly).
 async fn follow_log(api: &Api, id: &str) -> Result<ExitCode, ClientError> {
-    let response = api.send(api.http.get(api.url(&format!("/api/runs/{id}/log?follow=true")))).await?;
+    let response = api
+        .send(
+            api.http
+                .get(api.url(&format!("/api/runs/{id}/log?follow=true"))),
+        )
+        .await?;
     let mut body = response.bytes_stream();
     let mut buffer = String::new();
     let mut stdout = std::io::stdout();
@@ -275,25 +386,39 @@ async fn follow_log(api: &Api, id: &str) -> Result<ExitCode, ClientError> {
                 }
                 "end" => {
                     let run: Value = serde_json::from_str(&data).unwrap_or(Value::Null);
-                    eprintln!("run {} {}", run["id"].as_str().unwrap_or(id), run["status"].as_str().unwrap_or("ended"));
+                    eprintln!(
+                        "run {} {}",
+                        run["id"].as_str().unwrap_or(id),
+                        run["status"].as_str().unwrap_or("ended")
+                    );
                     return Ok(run["exit_code"].as_i64().map_or(1, |c| c as i32));
                 }
                 _ => {}
             }
         }
     }
-    Err(ClientError::Api("the log stream ended before the run did".into()))
+    Err(ClientError::Api(
+        "the log stream ended before the run did".into(),
+    ))
 }
 
 async fn settings(command: SettingsCommand) -> Result<ExitCode, ClientError> {
     match command {
-        SettingsCommand::Export { secrets, output, remote } => {
+        SettingsCommand::Export {
+            secrets,
+            output,
+            remote,
+        } => {
             let api = Api::new(&remote);
-            let settings = api.get(&format!("/api/settings/export?secrets={secrets}")).await?;
+            let settings = api
+                .get(&format!("/api/settings/export?secrets={secrets}"))
+                .await?;
             let text = serde_json::to_string_pretty(&settings).unwrap_or_default() + "\n";
             match output {
-                Some(path) => std::fs::write(&path, text)
-                    .map_err(|source| ClientError::Io { context: format!("writing {}", path.display()), source })?,
+                Some(path) => std::fs::write(&path, text).map_err(|source| ClientError::Io {
+                    context: format!("writing {}", path.display()),
+                    source,
+                })?,
                 None => print!("{text}"),
             }
             Ok(0)
@@ -301,7 +426,11 @@ async fn settings(command: SettingsCommand) -> Result<ExitCode, ClientError> {
         SettingsCommand::Import { file, remote } => {
             let api = Api::new(&remote);
             let text = read(&file)?;
-            let request = api.http.post(api.url("/api/settings/import")).header("content-type", "application/json").body(text);
+            let request = api
+                .http
+                .post(api.url("/api/settings/import"))
+                .header("content-type", "application/json")
+                .body(text);
             api.send(request).await?;
             println!("imported {}", file.display());
             Ok(0)

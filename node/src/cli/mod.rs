@@ -14,8 +14,10 @@ pub use client::{ClientError, run_command};
 /// with a web UI on every node.
 #[derive(Debug, Parser)]
 #[command(name = "taskmesh", version, propagate_version = true)]
-#[command(after_help = "Start a node with `taskmesh run` and open http://127.0.0.1:8080.\n\
-Every other command talks to a node's API (--url, or TASKMESH_URL).")]
+#[command(
+    after_help = "Start a node with `taskmesh run` and open http://127.0.0.1:8080.\n\
+Every other command talks to a node's API (--url, or TASKMESH_URL)."
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -52,7 +54,12 @@ pub struct RunArgs {
 #[derive(Debug, Args, Clone)]
 pub struct Remote {
     /// The node to talk to.
-    #[arg(long, global = true, env = "TASKMESH_URL", default_value = "http://127.0.0.1:8080")]
+    #[arg(
+        long,
+        global = true,
+        env = "TASKMESH_URL",
+        default_value = "http://127.0.0.1:8080"
+    )]
     pub url: String,
 }
 

@@ -84,6 +84,8 @@ pub fn parse_json<T: DeserializeOwned>(text: &str, prefix: &str) -> Result<T, In
 }
 
 fn invalid_json(prefix: &str, sub: String, inner: &serde_json::Error) -> Invalid {
+    // serde_path_to_error writes `?` for a position it could not name (inside a syntax error).
+    let sub = sub.trim_end_matches("?").trim_end_matches('.').to_owned();
     let path = match (prefix.is_empty(), sub.as_str()) {
         (_, "." | "") => prefix.to_owned(),
         (true, sub) => sub.to_owned(),

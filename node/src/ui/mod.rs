@@ -1,4 +1,30 @@
 //! The web UI: server-rendered pages (askama) with a little JavaScript that talks to the API.
-pub fn router(_node: crate::NodeHandle) -> axum::Router {
-    axum::Router::new()
+//!
+//! One module per page; each has a plain view model filled by its handler (`view_<page>_get`),
+//! so the templates can be rendered from sample data in tests. Every write goes through the JSON
+//! REST API from `static/app.js`.
+
+mod assets;
+mod node;
+mod problem;
+mod run;
+mod settings;
+mod tasks;
+mod view;
+
+use axum::Router;
+use axum::routing::get;
+
+use crate::NodeHandle;
+
+pub fn router(node: NodeHandle) -> Router {
+    Router::new()
+        .route("/", get(tasks::view_tasks_get))
+        .route("/index", get(tasks::view_tasks_get))
+        .route("/settings", get(settings::view_settings_get))
+        .route("/node", get(node::view_node_get))
+        .route("/runs/{id}", get(run::view_run_get))
+        .route("/static/app.css", get(assets::app_css))
+        .route("/static/app.js", get(assets::app_js))
+        .with_state(node)
 }

@@ -1,0 +1,225 @@
+//! The node page (`/node`), the "client" view: what this node is, fulfils, runs now and ran
+//! before, how its always-tasks are doing, and settings export/import.
+
+use std::collections::BTreeMap;
+
+use askama::Template;
+use askama_web::WebTemplate;
+use axum::extract::State;
+use chrono::{DateTime, Utc};
+
+use super::settings::Dependencies;
+use super::view::{Layout, Moment, RunSummary, bytes};
+use crate::NodeHandle;
+use crate::executor::DaemonStatus;
+use crate::model::{Run, TaskId};
+use crate::store::RunQuery;
+
+/// Runs shown under "ran before".
+const RECENT: usize = 50;
+
+#[derive(Template, WebTemplate)]
+#[template(path = "node.html")]
+pub struct NodeTemplate {
+    pub layout: Layout,
+    pub info: NodeInfo,
+    pub deps: Dependencies,
+    pub active: Vec<RunSummary>,
+    pub recent: Vec<RunSummary>,
+    pub daemons: Vec<DaemonRow>,
+}
+
+/// Facts about this node.
+#[derive(Debug, Clone)]
+pub struct NodeInfo {
+    pub name: String,
+    pub version: &'static str,
+    pub started: Moment,
+    pub listen: String,
+    pub data_dir: String,
+    pub log_path: String,
+    pub log_usage: String,
+    pub slots: u32,
+    pub peers: Vec<String>,
+}
+
+/// One always-task's supervision on this node.
+#[derive(Debug, Clone)]
+pub struct DaemonRow {
+    pub task_id: String,
+    pub task_name: String,
+    pub run_id: Option<String>,
+    pub restarts: u32,
+    pub quick_exits: u32,
+    pub crash_loop: bool,
+    /// "in 3 s" when a restart is pending.
+    pub restart_in: String,
+}
+
+impl DaemonRow {
+    pub fn of(id: &TaskId, name: Option<&str>, status: &DaemonStatus) -> Self {
+        Self {
+            task_id: id.to_string(),
+            task_name: name.unwrap_or("(removed task)").to_owned(),
+            run_id: status.run.as_ref().map(ToString::to_string),
+            restarts: status.restarts,
+            quick_exits: status.quick_exits,
+            crash_loop: status.crash_loop,
+            restart_in: status
+                .restart_in_ms
+                .map(|ms| format!("in {:.1} s", ms as f64 / 1000.0))
+                .unwrap_or_default(),
+        }
+    }
+}
+
+impl DaemonRow {
+    pub fn run_short(&self) -> &str {
+        let id = self.run_id.as_deref().unwrap_or("");
+        id.get(..8).unwrap_or(id)
+    }
+}
+
+/// The runs of `node_name` among `runs` (newest first), at most [`RECENT`].
+pub fn recent_runs(runs: &[Run], node_name: &str, now: DateTime<Utc>) -> Vec<RunSummary> {
+    runs.iter()
+        .filter(|r| r.node == node_name && r.status.is_final())
+        .take(RECENT)
+        .map(|r| RunSummary::of(r, now))
+        .collect()
+}
+
+pub async fn view_node_get(State(node): State<NodeHandle>) -> NodeTemplate {
+    let now = Utc::now();
+    let settings = node.node_settings();
+    let state = node.state();
+    let history = node
+        .runs(RunQuery {
+            task: None,
+            before: None,
+            limit: RECENT * 4,
+        })
+        .await
+        .unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "reading the run history");
+            Vec::new()
+        });
+    let names: BTreeMap<&TaskId, &str> = state
+        .tasks
+        .iter()
+        .map(|(id, t)| (id, t.name.as_str()))
+        .collect();
+    let health = node.health();
+    NodeTemplate {
+        layout: Layout::new(&node, "node"),
+        info: NodeInfo {
+            name: settings.name.clone(),
+            version: health.version,
+            started: Moment::new(health.started_at, now),
+            listen: node.config().listen.to_string(),
+            data_dir: node.config().data_dir.display().to_string(),
+            log_path: node.logs().root().display().to_string(),
+            log_usage: bytes(node.log_disk_usage().await),
+            slots: settings.slots,
+            peers: settings.peers.clone(),
+        },
+        deps: Dependencies::of(&settings),
+        active: node
+            .active_runs()
+            .iter()
+            .filter(|r| r.node == settings.name)
+            .map(|r| RunSummary::of(r, now))
+            .collect(),
+        recent: recent_runs(&history, &settings.name, now),
+        daemons: node
+            .daemons()
+            .iter()
+            .map(|(id, status)| DaemonRow::of(id, names.get(id).copied(), status))
+            .collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{NodeSettings, RunStatus};
+    use crate::ui::view::sample::{self, EVIL};
+
+    fn page(name: &str, runs: Vec<Run>, daemons: Vec<DaemonRow>) -> String {
+        let now = sample::now();
+        let active = runs
+            .iter()
+            .filter(|r| !r.status.is_final())
+            .map(|r| RunSummary::of(r, now))
+            .collect();
+        NodeTemplate {
+            layout: Layout::named(name, "node"),
+            info: NodeInfo {
+                name: name.into(),
+                version: "0.1.0",
+                started: Moment::new(now - chrono::Duration::hours(3), now),
+                listen: "127.0.0.1:8080".into(),
+                data_dir: "/var/lib/taskmesh".into(),
+                log_path: "/var/lib/taskmesh/logs".into(),
+                log_usage: bytes(3 << 20),
+                slots: 8,
+                peers: vec!["10.0.0.2:7946".into()],
+            },
+            deps: Dependencies::of(&NodeSettings {
+                dependencies: vec!["gpu=nvidia".into()],
+                ..NodeSettings::default()
+            }),
+            active,
+            recent: recent_runs(&runs, "node-a", now),
+            daemons,
+        }
+        .render()
+        .expect("render")
+    }
+
+    #[test]
+    fn renders_facts_runs_and_supervision() {
+        let mut running = sample::run("web", RunStatus::Running);
+        running.id = crate::model::RunId("f".repeat(32));
+        let done = sample::run("backup", RunStatus::Succeeded);
+        let daemon = DaemonRow::of(
+            &TaskId("t-web".into()),
+            Some("web"),
+            &DaemonStatus {
+                restarts: 6,
+                quick_exits: 5,
+                crash_loop: true,
+                restart_in_ms: Some(1500),
+                ..DaemonStatus::default()
+            },
+        );
+        let html = page("node-a", vec![running, done], vec![daemon]);
+        for needle in [
+            "aria-current=\"page\">Node<",
+            "0.1.0",
+            "127.0.0.1:8080",
+            "/var/lib/taskmesh/logs",
+            "3.0 MiB",
+            "gpu=nvidia",
+            "10.0.0.2:7946",
+            "href=\"/runs/ffffffffffffffffffffffffffffffff\"",
+            "href=\"/runs/0123456789abcdef0123456789abcdef\"",
+            "badge s-succeeded",
+            "crash loop",
+            "in 1.5 s",
+            "href=\"/api/settings/export\"",
+        ] {
+            assert!(html.contains(needle), "missing {needle}");
+        }
+    }
+
+    #[test]
+    fn user_text_is_escaped() {
+        let mut run = sample::run(EVIL, RunStatus::Failed);
+        run.node = "node-a".into();
+        let daemon = DaemonRow::of(&TaskId("t".into()), Some(EVIL), &DaemonStatus::default());
+        let html = page(EVIL, vec![run], vec![daemon]);
+        assert!(!html.contains(EVIL));
+        assert!(html.contains("&#60;script&#62;alert(1)&#60;/script&#62;"));
+    }
+}

@@ -1,0 +1,172 @@
+//! The settings page (`/settings`): cluster-wide and node settings as one JSON editor, with
+//! export and import.
+
+use askama::Template;
+use askama_web::WebTemplate;
+use axum::extract::State;
+
+use super::view::Layout;
+use crate::NodeHandle;
+use crate::model::{MASK, NodeSettings, Settings};
+
+/// Each `cluster` key with a one-line meaning.
+pub const CLUSTER_HELP: &[(&str, &str)] = &[
+    (
+        "daily_logs",
+        "also write each task's output to <log path>/<task>/<date>.log",
+    ),
+    (
+        "retention_days",
+        "logs older than this many days are deleted",
+    ),
+    (
+        "max_retries",
+        "how often a retry rule re-runs a failed run (and a lost run is re-placed)",
+    ),
+    (
+        "retry_backoff",
+        "first retry delay, e.g. \"1s\"; it doubles per attempt, up to 5 minutes",
+    ),
+    (
+        "kill_grace",
+        "time between SIGTERM and SIGKILL when a run is stopped or times out",
+    ),
+    ("history_per_task", "runs kept in each task's history"),
+    (
+        "telegram",
+        "bot_token (secret) and api_base of the Telegram bot used by notify rules",
+    ),
+    (
+        "slack",
+        "bot_token (secret) and api_base of the Slack bot used by notify rules",
+    ),
+    (
+        "channels",
+        "named notification targets for notify rules: {\"kind\": \"telegram\", \"chat_id\"}, {\"kind\": \"slack\", \"channel\" or \"webhook_url\"}, {\"kind\": \"webhook\", \"url\"}",
+    ),
+    (
+        "mysql",
+        "null, or host, port, user, password (secret), database, log_lines: run records also go to MySQL/MariaDB",
+    ),
+];
+
+/// Each `node` key with a one-line meaning.
+pub const NODE_HELP: &[(&str, &str)] = &[
+    (
+        "name",
+        "this node's name, shown in the UI and recorded on runs",
+    ),
+    (
+        "log_path",
+        "where run logs and daily logs go (absolute); null means <data dir>/logs",
+    ),
+    (
+        "peers",
+        "addresses of the other nodes (host:port), the \"IPs of the clients\"",
+    ),
+    (
+        "dependencies",
+        "what this node fulfils besides the detected os=, arch= and host=",
+    ),
+    (
+        "slots",
+        "how many manual and cron runs this node runs at once; more wait in a queue",
+    ),
+];
+
+#[derive(Template, WebTemplate)]
+#[template(path = "settings.html")]
+pub struct SettingsTemplate {
+    pub layout: Layout,
+    /// The masked settings, pretty JSON.
+    pub settings_text: String,
+    pub mask: &'static str,
+    pub cluster_help: &'static [(&'static str, &'static str)],
+    pub node_help: &'static [(&'static str, &'static str)],
+    pub deps: Dependencies,
+}
+
+/// What this node fulfils: detected by itself, and configured in `node.dependencies`.
+#[derive(Debug, Clone, Default)]
+pub struct Dependencies {
+    pub detected: Vec<String>,
+    pub configured: Vec<String>,
+}
+
+impl Dependencies {
+    pub fn of(node: &NodeSettings) -> Self {
+        let configured = node.dependencies.clone();
+        Self {
+            detected: node
+                .fulfilled()
+                .into_iter()
+                .filter(|d| !configured.contains(d))
+                .collect(),
+            configured,
+        }
+    }
+}
+
+impl SettingsTemplate {
+    pub fn new(layout: Layout, settings: &Settings) -> Self {
+        Self {
+            layout,
+            settings_text: serde_json::to_string_pretty(settings).unwrap_or_else(|_| "{}".into()),
+            mask: MASK,
+            cluster_help: CLUSTER_HELP,
+            node_help: NODE_HELP,
+            deps: Dependencies::of(&settings.node),
+        }
+    }
+}
+
+pub async fn view_settings_get(State(node): State<NodeHandle>) -> SettingsTemplate {
+    SettingsTemplate::new(Layout::new(&node, "settings"), &node.settings(false))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ui::view::sample::EVIL;
+
+    #[test]
+    fn renders_editor_help_and_transfer() {
+        let mut settings = Settings::default();
+        settings.cluster.telegram.bot_token = Some("123:very-secret".into());
+        settings.node.dependencies = vec!["python3".into()];
+        let html = SettingsTemplate::new(Layout::named("node-a", "settings"), &settings.masked())
+            .render()
+            .expect("render");
+        for needle in [
+            "id=\"settings-editor\"",
+            "&#34;retention_days&#34;: 14",
+            "********",
+            "retention_days",
+            "history_per_task",
+            "peers",
+            "slots",
+            "python3",
+            "os=",
+            "href=\"/api/settings/export\"",
+            "include secrets",
+            "type=\"file\"",
+            ">Save<",
+            "aria-current=\"page\">Settings<",
+        ] {
+            assert!(html.contains(needle), "missing {needle}");
+        }
+        assert!(!html.contains("very-secret"));
+    }
+
+    #[test]
+    fn user_text_is_escaped() {
+        let mut settings = Settings::default();
+        settings.node.name = EVIL.into();
+        settings.node.dependencies = vec![EVIL.into()];
+        let html = SettingsTemplate::new(Layout::named(EVIL, "settings"), &settings)
+            .render()
+            .expect("render");
+        assert!(!html.contains(EVIL));
+        assert!(html.contains("&#60;script&#62;alert(1)&#60;/script&#62;"));
+    }
+}
