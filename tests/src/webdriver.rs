@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 
 use crate::wait_for;
 
-const ELEMENT: &str = "element-6066-11e4-a5a2-4a2e7f3b7b1f";
+const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
 
 /// A chromedriver process and one browser session.
 pub struct Browser {

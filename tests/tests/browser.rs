@@ -1,0 +1,139 @@
+//! The web UI in headless Chromium: the seed's flow (New Task, expand in place, the JSON box with
+//! errors where they are, the when radios, Save / Execute now / Remove), settings, escaping.
+//! Screenshots of each page land in target/ui-screenshots/.
+
+use std::time::Duration;
+
+use anyhow::Result;
+use serde_json::{Value, json};
+use taskmesh_tests::webdriver::Browser;
+use taskmesh_tests::{TestNode, wait_for};
+
+async fn screenshot(browser: &Browser, name: &str) {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/ui-screenshots");
+    if let (Ok(png), Ok(())) = (browser.screenshot_png().await, std::fs::create_dir_all(&dir)) {
+        let _ = std::fs::write(dir.join(format!("{name}.png")), png);
+    }
+}
+
+async fn text_of(browser: &Browser, css: &str) -> String {
+    match browser.find(css).await {
+        Ok(e) => browser.text(&e).await.unwrap_or_default(),
+        Err(_) => String::new(),
+    }
+}
+
+async fn wait_text(browser: &Browser, css: &str, needle: &str) -> Result<String> {
+    wait_for(&format!("`{needle}` in {css}"), Duration::from_secs(10), || async {
+        let text = text_of(browser, css).await;
+        text.contains(needle).then_some(text)
+    })
+    .await
+}
+
+#[tokio::test]
+async fn the_task_flow_of_the_seed_works_in_a_browser() -> Result<()> {
+    let node = TestNode::start().await?;
+    let base = node.api.base.clone();
+    let browser = Browser::start().await?;
+    browser.goto(&format!("{base}/index")).await?;
+
+    // New Task appends an empty task at the bottom, already expanded.
+    let new = browser.find("#new-task").await?;
+    browser.click(&new).await?;
+    let name = browser.find("tbody.new form.panel .f-name").await?;
+    browser.type_text(&name, "hello-ui").await?;
+    let spec = browser.find("tbody.new .f-spec").await?;
+    browser.clear(&spec).await?;
+    let typed = "{\n  \"command\": [\"echo\", \"hi from the browser\"],,\n  \"priority\": 1\n}";
+    browser.type_text(&spec, typed).await?;
+    browser.click(&browser.find("tbody.new .save").await?).await?;
+    // The syntax error shows next to the JSON box, with its line; what was typed stays.
+    let error = wait_text(&browser, "tbody.new [data-err=spec]", "line 2").await?;
+    assert!(error.to_lowercase().contains("json"), "{error}");
+    assert_eq!(browser.value(&spec).await?, typed);
+    screenshot(&browser, "task-panel-error").await;
+
+    // A bad crontab entry is reported at the schedule field.
+    browser.clear(&spec).await?;
+    browser.type_text(&spec, "{\"command\": [\"echo\", \"hi from the browser\"]}").await?;
+    browser.click(&browser.find("tbody.new .f-mode[value=cron]").await?).await?;
+    let schedule = browser.find("tbody.new .f-schedule").await?;
+    browser.clear(&schedule).await?;
+    browser.type_text(&schedule, "61 * * * *").await?;
+    browser.click(&browser.find("tbody.new .save").await?).await?;
+    wait_text(&browser, "tbody.new [data-err=schedule]", "minute").await?;
+    assert_eq!(browser.value(&schedule).await?, "61 * * * *");
+
+    // Manual, then Execute now: saves and starts, with a link to the run.
+    browser.click(&browser.find("tbody.new .f-mode[value=manual]").await?).await?;
+    browser.click(&browser.find("tbody.new .execute").await?).await?;
+    let task = wait_for("the task to be saved", Duration::from_secs(10), || async {
+        let (status, t) = node.api.get("/api/tasks/hello-ui").await.ok()?;
+        (status == 200).then_some(t)
+    })
+    .await?;
+    let id = task["id"].as_str().expect("id").to_owned();
+    assert_eq!(task["when"]["mode"], "manual");
+    let link = browser.find(&format!("#task-{id} .status a")).await?;
+    screenshot(&browser, "tasks-expanded").await;
+    browser.click(&link).await?;
+    wait_text(&browser, "#run-log", "hi from the browser").await?;
+    wait_text(&browser, "#run-status", "succeeded").await?;
+    screenshot(&browser, "run").await;
+
+    // Back on the list, a click on the row expands it in place; Remove removes it.
+    browser.goto(&format!("{base}/index")).await?;
+    let row = browser.find(&format!("#task-{id} tr.summary td")).await?;
+    browser.click(&row).await?;
+    let remove = browser.find(&format!("#task-{id} .remove")).await?;
+    browser.click(&remove).await?;
+    browser.accept_alert().await?;
+    wait_for("the task to be removed", Duration::from_secs(10), || async {
+        let (status, _) = node.api.get(&format!("/api/tasks/{id}")).await.ok()?;
+        (status == 404).then_some(())
+    })
+    .await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn user_text_is_escaped_and_settings_validate_in_place() -> Result<()> {
+    let node = TestNode::start().await?;
+    let base = node.api.base.clone();
+    let evil = "<img src=x onerror=\"document.title='pwned'\">";
+    node.api
+        .create_task(&json!({"name": evil, "spec": {"command": ["echo", "<b>bold</b>"]}, "when": {"mode": "manual"}}))
+        .await?;
+    let browser = Browser::start().await?;
+    browser.goto(&format!("{base}/index")).await?;
+    let row = browser.find("tbody.task tr.summary td").await?;
+    assert!(browser.text(&row).await?.contains(evil));
+    browser.click(&row).await?;
+    browser.find("tbody.task form.panel").await?;
+    let injected = browser.script("return document.querySelectorAll('img[src=\"x\"]').length + [...document.querySelectorAll('b')].filter(b => b.textContent === 'bold').length", vec![]).await?;
+    assert_eq!(injected, json!(0), "user text became markup");
+    assert_ne!(browser.script("return document.title", vec![]).await?, json!("pwned"));
+
+    browser.goto(&format!("{base}/settings")).await?;
+    let editor = browser.find("#settings-editor").await?;
+    let text: Value = serde_json::from_str(&browser.value(&editor).await?)?;
+    assert_eq!(text["cluster"]["retention_days"], 14);
+    browser.clear(&editor).await?;
+    browser.type_text(&editor, "{\"cluster\": {\"retention_days\": 0}}").await?;
+    browser.click(&browser.find("#settings-form button[type=submit]").await?).await?;
+    wait_text(&browser, "#settings-errors", "cluster.retention_days").await?;
+    browser.clear(&editor).await?;
+    browser.type_text(&editor, "{\"cluster\": {\"retention_days\": 7}, \"node\": {\"slots\": 3}}").await?;
+    browser.click(&browser.find("#settings-form button[type=submit]").await?).await?;
+    wait_for("the settings to be saved", Duration::from_secs(10), || async {
+        let s = node.handle.settings(false);
+        (s.cluster.retention_days == 7 && s.node.slots == 3).then_some(())
+    })
+    .await?;
+    screenshot(&browser, "settings").await;
+    browser.goto(&format!("{base}/node")).await?;
+    browser.find("main").await?;
+    screenshot(&browser, "node").await;
+    Ok(())
+}
