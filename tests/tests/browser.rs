@@ -11,7 +11,10 @@ use taskmesh_tests::{TestNode, wait_for};
 
 async fn screenshot(browser: &Browser, name: &str) {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/ui-screenshots");
-    if let (Ok(png), Ok(())) = (browser.screenshot_png().await, std::fs::create_dir_all(&dir)) {
+    if let (Ok(png), Ok(())) = (
+        browser.screenshot_png().await,
+        std::fs::create_dir_all(&dir),
+    ) {
         let _ = std::fs::write(dir.join(format!("{name}.png")), png);
     }
 }
@@ -24,10 +27,14 @@ async fn text_of(browser: &Browser, css: &str) -> String {
 }
 
 async fn wait_text(browser: &Browser, css: &str, needle: &str) -> Result<String> {
-    wait_for(&format!("`{needle}` in {css}"), Duration::from_secs(10), || async {
-        let text = text_of(browser, css).await;
-        text.contains(needle).then_some(text)
-    })
+    wait_for(
+        &format!("`{needle}` in {css}"),
+        Duration::from_secs(10),
+        || async {
+            let text = text_of(browser, css).await;
+            text.contains(needle).then_some(text)
+        },
+    )
     .await
 }
 
@@ -47,7 +54,9 @@ async fn the_task_flow_of_the_seed_works_in_a_browser() -> Result<()> {
     browser.clear(&spec).await?;
     let typed = "{\n  \"command\": [\"echo\", \"hi from the browser\"],,\n  \"priority\": 1\n}";
     browser.type_text(&spec, typed).await?;
-    browser.click(&browser.find("tbody.new .save").await?).await?;
+    browser
+        .click(&browser.find("tbody.new .save").await?)
+        .await?;
     // The syntax error shows next to the JSON box, with its line; what was typed stays.
     let error = wait_text(&browser, "tbody.new [data-err=spec]", "line 2").await?;
     assert!(error.to_lowercase().contains("json"), "{error}");
@@ -56,18 +65,28 @@ async fn the_task_flow_of_the_seed_works_in_a_browser() -> Result<()> {
 
     // A bad crontab entry is reported at the schedule field.
     browser.clear(&spec).await?;
-    browser.type_text(&spec, "{\"command\": [\"echo\", \"hi from the browser\"]}").await?;
-    browser.click(&browser.find("tbody.new .f-mode[value=cron]").await?).await?;
+    browser
+        .type_text(&spec, "{\"command\": [\"echo\", \"hi from the browser\"]}")
+        .await?;
+    browser
+        .click(&browser.find("tbody.new .f-mode[value=cron]").await?)
+        .await?;
     let schedule = browser.find("tbody.new .f-schedule").await?;
     browser.clear(&schedule).await?;
     browser.type_text(&schedule, "61 * * * *").await?;
-    browser.click(&browser.find("tbody.new .save").await?).await?;
+    browser
+        .click(&browser.find("tbody.new .save").await?)
+        .await?;
     wait_text(&browser, "tbody.new [data-err=schedule]", "minute").await?;
     assert_eq!(browser.value(&schedule).await?, "61 * * * *");
 
     // Manual, then Execute now: saves and starts, with a link to the run.
-    browser.click(&browser.find("tbody.new .f-mode[value=manual]").await?).await?;
-    browser.click(&browser.find("tbody.new .execute").await?).await?;
+    browser
+        .click(&browser.find("tbody.new .f-mode[value=manual]").await?)
+        .await?;
+    browser
+        .click(&browser.find("tbody.new .execute").await?)
+        .await?;
     let task = wait_for("the task to be saved", Duration::from_secs(10), || async {
         let (status, t) = node.api.get("/api/tasks/hello-ui").await.ok()?;
         (status == 200).then_some(t)
@@ -89,10 +108,14 @@ async fn the_task_flow_of_the_seed_works_in_a_browser() -> Result<()> {
     let remove = browser.find(&format!("#task-{id} .remove")).await?;
     browser.click(&remove).await?;
     browser.accept_alert().await?;
-    wait_for("the task to be removed", Duration::from_secs(10), || async {
-        let (status, _) = node.api.get(&format!("/api/tasks/{id}")).await.ok()?;
-        (status == 404).then_some(())
-    })
+    wait_for(
+        "the task to be removed",
+        Duration::from_secs(10),
+        || async {
+            let (status, _) = node.api.get(&format!("/api/tasks/{id}")).await.ok()?;
+            (status == 404).then_some(())
+        },
+    )
     .await?;
     Ok(())
 }
@@ -113,23 +136,41 @@ async fn user_text_is_escaped_and_settings_validate_in_place() -> Result<()> {
     browser.find("tbody.task form.panel").await?;
     let injected = browser.script("return document.querySelectorAll('img[src=\"x\"]').length + [...document.querySelectorAll('b')].filter(b => b.textContent === 'bold').length", vec![]).await?;
     assert_eq!(injected, json!(0), "user text became markup");
-    assert_ne!(browser.script("return document.title", vec![]).await?, json!("pwned"));
+    assert_ne!(
+        browser.script("return document.title", vec![]).await?,
+        json!("pwned")
+    );
 
     browser.goto(&format!("{base}/settings")).await?;
     let editor = browser.find("#settings-editor").await?;
     let text: Value = serde_json::from_str(&browser.value(&editor).await?)?;
     assert_eq!(text["cluster"]["retention_days"], 14);
     browser.clear(&editor).await?;
-    browser.type_text(&editor, "{\"cluster\": {\"retention_days\": 0}}").await?;
-    browser.click(&browser.find("#settings-form button[type=submit]").await?).await?;
+    browser
+        .type_text(&editor, "{\"cluster\": {\"retention_days\": 0}}")
+        .await?;
+    browser
+        .click(&browser.find("#settings-form button[type=submit]").await?)
+        .await?;
     wait_text(&browser, "#settings-errors", "cluster.retention_days").await?;
     browser.clear(&editor).await?;
-    browser.type_text(&editor, "{\"cluster\": {\"retention_days\": 7}, \"node\": {\"slots\": 3}}").await?;
-    browser.click(&browser.find("#settings-form button[type=submit]").await?).await?;
-    wait_for("the settings to be saved", Duration::from_secs(10), || async {
-        let s = node.handle.settings(false);
-        (s.cluster.retention_days == 7 && s.node.slots == 3).then_some(())
-    })
+    browser
+        .type_text(
+            &editor,
+            "{\"cluster\": {\"retention_days\": 7}, \"node\": {\"slots\": 3}}",
+        )
+        .await?;
+    browser
+        .click(&browser.find("#settings-form button[type=submit]").await?)
+        .await?;
+    wait_for(
+        "the settings to be saved",
+        Duration::from_secs(10),
+        || async {
+            let s = node.handle.settings(false);
+            (s.cluster.retention_days == 7 && s.node.slots == 3).then_some(())
+        },
+    )
     .await?;
     screenshot(&browser, "settings").await;
     browser.goto(&format!("{base}/node")).await?;

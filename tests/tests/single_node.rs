@@ -648,3 +648,54 @@ async fn a_node_that_requires_login_lets_in_only_token_holders() -> Result<()> {
     assert!(!page.contains(&token), "the token must not appear in pages");
     Ok(())
 }
+
+#[tokio::test]
+async fn a_crash_looping_daemon_backs_off_and_shows_it() -> Result<()> {
+    let node = TestNode::start().await?;
+    let id = node
+        .api
+        .create_task(
+            &json!({"name": "crashy", "spec": {"shell": "exit 1"}, "when": {"mode": "always"}}),
+        )
+        .await?;
+    let task_id = taskmesh::model::TaskId(id.clone());
+    let status = wait_for("a crash loop", Duration::from_secs(10), || async {
+        node.handle
+            .daemons()
+            .get(&task_id)
+            .filter(|d| d.crash_loop)
+            .cloned()
+    })
+    .await?;
+    assert!(status.quick_exits >= 5, "{status:?}");
+    // Backoff: the starts of consecutive runs drift apart (50, 100, 200, 400 ms …).
+    let mut starts: Vec<DateTime<Utc>> = node
+        .api
+        .runs_of(&id)
+        .await?
+        .iter()
+        .filter_map(|r| r["started_at"].as_str()?.parse().ok())
+        .collect();
+    starts.sort();
+    let gaps: Vec<i64> = starts
+        .windows(2)
+        .map(|w| (w[1] - w[0]).num_milliseconds())
+        .collect();
+    assert!(
+        gaps.len() >= 4 && gaps[3] >= 300,
+        "restarts did not back off: {gaps:?}"
+    );
+    let page = node
+        .api
+        .http
+        .get(format!("{}/index", node.api.base))
+        .send()
+        .await?
+        .text()
+        .await?;
+    assert!(
+        page.contains("crash loop"),
+        "the task list does not show the crash loop"
+    );
+    Ok(())
+}

@@ -89,8 +89,8 @@ pub(crate) fn is_same_origin(headers: &HeaderMap) -> bool {
     }
 }
 
-/// Parses a JSON body; errors name the field path and the line and column.
-fn json_body<T: DeserializeOwned>(headers: &HeaderMap, body: &Bytes) -> Result<T, ApiError> {
+/// The body as JSON text; refuses other content types and invalid UTF-8.
+fn json_text<'a>(headers: &HeaderMap, body: &'a Bytes) -> Result<&'a str, ApiError> {
     let json = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -101,9 +101,13 @@ fn json_body<T: DeserializeOwned>(headers: &HeaderMap, body: &Bytes) -> Result<T
             "send JSON with Content-Type: application/json",
         ));
     }
-    let text = std::str::from_utf8(body)
-        .map_err(|_| ApiError::new(StatusCode::BAD_REQUEST, "the body is not UTF-8"))?;
-    Ok(parse_json(text, "")?)
+    std::str::from_utf8(body)
+        .map_err(|_| ApiError::new(StatusCode::BAD_REQUEST, "the body is not UTF-8"))
+}
+
+/// Parses a JSON body; errors name the field path and the line and column.
+fn json_body<T: DeserializeOwned>(headers: &HeaderMap, body: &Bytes) -> Result<T, ApiError> {
+    Ok(parse_json(json_text(headers, body)?, "")?)
 }
 
 async fn not_found() -> ApiError {
@@ -221,10 +225,9 @@ async fn put_settings(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<impl IntoResponse, ApiError> {
-    let text = std::str::from_utf8(&body)
-        .map_err(|_| ApiError::new(StatusCode::BAD_REQUEST, "the body is not UTF-8"))?;
-    let _: serde_json::Value = json_body(&headers, &body)?;
-    Ok(Json(node.import_settings(text).await?))
+    Ok(Json(
+        node.import_settings(json_text(&headers, &body)?).await?,
+    ))
 }
 
 #[derive(Debug, Deserialize)]

@@ -16,7 +16,7 @@ use tracing::{debug, info};
 use crate::events::Events;
 use crate::ledger::RunLedger;
 use crate::logs::LogPaths;
-use crate::model::{ClusterSettings, NodeSettings, Outcome, Run, RunId, Task, TaskId, Trigger};
+use crate::model::{ClusterSettings, NodeSettings, Run, RunId, RunStatus, Task, TaskId, Trigger};
 
 pub use supervisor::{DaemonStatus, Supervisor};
 
@@ -210,6 +210,8 @@ impl Executor {
                 biased;
                 _ = self.cancel.cancelled() => break,
                 Some(msg) = self.inbox.recv() => self.handle(msg).await,
+                // More slots may let queued runs start.
+                Ok(()) = self.node.changed() => self.start_ready(),
             }
         }
         self.shut_down().await;
@@ -255,9 +257,11 @@ impl Executor {
 
     async fn cancel_queued(&self, q: Queued) {
         let mut run = q.order.run;
-        run.finish(Outcome::Lost, Utc::now());
-        run.status = crate::model::RunStatus::Killed;
-        run.actions.push("stopped before it started".into());
+        run.close(
+            RunStatus::Killed,
+            "stopped before it started".into(),
+            Utc::now(),
+        );
         self.ledger.record(&run).await;
     }
 

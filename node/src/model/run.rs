@@ -179,6 +179,13 @@ impl Run {
         self.ended_at = Some(at);
     }
 
+    /// Ends a run that never got a process (stopped while queued, or skipped slots).
+    pub fn close(&mut self, status: RunStatus, note: String, at: DateTime<Utc>) {
+        self.status = status;
+        self.ended_at = Some(at);
+        self.actions.push(note);
+    }
+
     pub fn duration(&self) -> Option<chrono::Duration> {
         Some(self.ended_at.unwrap_or_else(Utc::now) - self.started_at?)
     }

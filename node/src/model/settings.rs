@@ -137,7 +137,7 @@ fn mysql_port() -> u16 {
 pub struct NodeSettings {
     /// Shown in the UI and recorded on runs; defaults to the host name.
     pub name: String,
-    /// Where run logs and daily logs go; defaults to `<data dir>/logs`.
+    /// Where run logs and daily logs go; defaults to `<data dir>/logs`. Applies at the next start.
     pub log_path: Option<PathBuf>,
     /// Addresses of other nodes ("IPs of the clients"), host:port.
     pub peers: Vec<String>,

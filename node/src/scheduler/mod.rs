@@ -6,7 +6,7 @@
 //! and slots it skips are recorded as a `skipped` run, never dropped silently. On a single node
 //! every run is placed on the local executor; the mesh issue adds placement across peers.
 
-mod cron;
+pub mod cron;
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
@@ -22,7 +22,7 @@ use tracing::{debug, warn};
 use crate::consensus::{Change, Consensus, State};
 use crate::executor::{ExecutorHandle, RunRequest};
 use crate::ledger::RunLedger;
-use crate::model::{CatchUp, NodeSettings, Outcome, Run, RunStatus, Task, TaskId, Trigger, When};
+use crate::model::{CatchUp, NodeSettings, Run, RunStatus, Task, TaskId, Trigger, When};
 
 pub use cron::{CatchUpPlan, Schedule, ScheduleError, catch_up};
 
@@ -279,18 +279,16 @@ impl Scheduler {
             1,
             node,
         );
-        run.finish(Outcome::Lost, Utc::now());
-        run.outcome = None;
-        run.status = RunStatus::Skipped;
         let policy = match &task.when {
             When::Cron { catch_up, .. } => format!("{catch_up:?}").to_lowercase(),
             _ => String::new(),
         };
-        run.actions.push(format!(
+        let note = format!(
             "{skipped} missed slot(s) up to {} not run (catch-up policy `{policy}`){}",
             latest.format("%Y-%m-%d %H:%M:%S UTC"),
             if none_ran { "" } else { "; the latest one ran" }
-        ));
+        );
+        run.close(RunStatus::Skipped, note, Utc::now());
         self.ledger.record(&run).await;
     }
 
