@@ -2,7 +2,7 @@
 //! batches (group commit), so that a run costs a fraction of an fsync.
 
 use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, RwLock, Weak};
 
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::warn;
@@ -16,6 +16,8 @@ use crate::store::{RunQuery, Store, StoreError};
 enum Msg {
     Put(Box<Run>),
     Flush(oneshot::Sender<()>),
+    /// Store what is queued, then stop (shutdown).
+    Close,
 }
 
 /// A cloneable handle on the run history.
@@ -23,7 +25,8 @@ enum Msg {
 pub struct RunLedger {
     live: Arc<RwLock<HashMap<RunId, Run>>>,
     writes: mpsc::Sender<Msg>,
-    store: Arc<dyn Store>,
+    /// Readers do not keep the database open; the writer owns it.
+    store: Weak<dyn Store>,
     events: Events,
 }
 
@@ -34,7 +37,7 @@ impl RunLedger {
         events: Events,
         state: watch::Receiver<Arc<State>>,
         logs: LogPaths,
-    ) -> Result<Self, StoreError> {
+    ) -> Result<(Self, tokio::task::JoinHandle<()>), StoreError> {
         let keep = state.borrow().settings.history_per_task;
         let orphans = {
             let store = store.clone();
@@ -75,13 +78,17 @@ impl RunLedger {
             state,
             logs,
         };
-        tokio::spawn(writer.run());
-        Ok(Self {
-            live,
-            writes: tx,
-            store,
-            events,
-        })
+        let store = Arc::downgrade(&writer.store);
+        let writer = tokio::spawn(writer.run());
+        Ok((
+            Self {
+                live,
+                writes: tx,
+                store,
+                events,
+            },
+            writer,
+        ))
     }
 
     /// Records a new or changed run; readers see it at once, the store soon after.
@@ -101,6 +108,17 @@ impl RunLedger {
         }
     }
 
+    /// Stores what is queued and stops the writer, which closes its hold on the database.
+    pub async fn close(&self) {
+        let _ = self.writes.send(Msg::Close).await;
+    }
+
+    fn store(&self) -> Result<Arc<dyn Store>, StoreError> {
+        self.store
+            .upgrade()
+            .ok_or_else(|| StoreError::Db("the node has shut down".into()))
+    }
+
     /// Waits until everything recorded so far is durable.
     pub async fn flush(&self) {
         let (tx, rx) = oneshot::channel();
@@ -113,7 +131,7 @@ impl RunLedger {
         if let Some(run) = self.live.read().expect("ledger lock").get(id) {
             return Ok(Some(run.clone()));
         }
-        let (store, id) = (self.store.clone(), id.clone());
+        let (store, id) = (self.store()?, id.clone());
         tokio::task::spawn_blocking(move || store.run(&id))
             .await
             .unwrap_or_else(|e| Err(StoreError::Db(e.to_string())))
@@ -121,7 +139,7 @@ impl RunLedger {
 
     /// Runs matching `query`, newest first, live changes included.
     pub async fn list(&self, query: RunQuery) -> Result<Vec<Run>, StoreError> {
-        let store = self.store.clone();
+        let store = self.store()?;
         let q = query.clone();
         let mut runs = tokio::task::spawn_blocking(move || store.runs(&q))
             .await
@@ -174,6 +192,7 @@ impl Writer {
         while self.inbox.recv_many(&mut batch, 512).await > 0 {
             let mut runs: Vec<Run> = Vec::new();
             let mut flushes = Vec::new();
+            let mut closing = false;
             for msg in batch.drain(..) {
                 match msg {
                     Msg::Put(run) => match runs.iter_mut().find(|r| r.id == run.id) {
@@ -181,6 +200,7 @@ impl Writer {
                         None => runs.push(*run),
                     },
                     Msg::Flush(tx) => flushes.push(tx),
+                    Msg::Close => closing = true,
                 }
             }
             if !runs.is_empty() {
@@ -188,6 +208,9 @@ impl Writer {
             }
             for tx in flushes {
                 let _ = tx.send(());
+            }
+            if closing {
+                break;
             }
         }
     }

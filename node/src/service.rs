@@ -68,7 +68,8 @@ struct Inner {
     scheduler: SchedulerHandle,
     daemons: watch::Receiver<BTreeMap<TaskId, DaemonStatus>>,
     node: watch::Sender<NodeSettings>,
-    store: Arc<dyn Store>,
+    /// Weak: the database closes once the node's actors have stopped, even if handles remain.
+    store: std::sync::Weak<dyn Store>,
     events: Events,
     logs: LogPaths,
     config: Config,
@@ -136,8 +137,8 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Starte
     // are still recorded.
     let core = CancellationToken::new();
     let work = shutdown.child_token();
-    let consensus = Consensus::start(store.clone(), core.clone())?;
-    let ledger = RunLedger::start(
+    let (consensus, committer) = Consensus::start(store.clone(), core.clone())?;
+    let (ledger, ledger_writer) = RunLedger::start(
         store.clone(),
         events.clone(),
         consensus.subscribe(),
@@ -173,8 +174,8 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Starte
         work.clone(),
     );
     let executor_task = tokio::spawn(executor.run());
-    tokio::spawn(supervisor.run());
-    tokio::spawn(scheduler.run());
+    let supervisor_task = tokio::spawn(supervisor.run());
+    let scheduler_task = tokio::spawn(scheduler.run());
     tokio::spawn(forward_state_changes(
         consensus.subscribe(),
         events.clone(),
@@ -194,7 +195,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Starte
             scheduler: scheduler_handle,
             daemons,
             node: node_tx,
-            store,
+            store: Arc::downgrade(&store),
             events,
             logs,
             config: config.clone(),
@@ -233,12 +234,17 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Starte
         }
     });
 
+    drop(store);
     let done = tokio::spawn(async move {
         work.cancelled().await;
         info!("shutting down: stopping runs");
         let _ = executor_task.await;
-        ledger.flush().await;
+        let _ = supervisor_task.await;
+        let _ = scheduler_task.await;
+        ledger.close().await;
+        let _ = ledger_writer.await;
         core.cancel();
+        let _ = committer.await;
         // Open SSE streams do not end by themselves; the server gets a moment to finish requests.
         let _ = tokio::time::timeout(Duration::from_secs(2), server).await;
         info!("shut down");
@@ -439,7 +445,11 @@ impl NodeHandle {
             return Err(Invalid::new("the settings are not valid", errors).into());
         }
         let node = settings.node.clone();
-        let store = self.inner.store.clone();
+        let store = self
+            .inner
+            .store
+            .upgrade()
+            .ok_or_else(|| NodeError::Unavailable("the node has shut down".into()))?;
         let write = node.clone();
         tokio::task::spawn_blocking(move || store.write(&[Write::NodeSettings(write)]))
             .await

@@ -213,6 +213,33 @@ fn the_cli_adds_runs_and_removes_a_task() {
         "{}",
         String::from_utf8_lossy(&bad.stderr)
     );
+    let show = String::from_utf8_lossy(&cli(&["task", "show", "greet"]).stdout).to_string();
+    assert!(
+        show.contains("\"hello from the cli\"") && show.contains("recent runs:"),
+        "{show}"
+    );
+    let edited = dir.path().join("greet.json");
+    std::fs::write(
+        &edited,
+        r#"{"name": "greet", "spec": {"command": ["echo", "edited"]}, "when": {"mode": "manual"}}"#,
+    )
+    .expect("write");
+    let out = cli(&[
+        "task",
+        "edit",
+        "greet",
+        "--file",
+        edited.to_str().expect("path"),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&cli(&["task", "run", "greet", "--follow"]).stdout),
+        "edited\n"
+    );
     let export = dir.path().join("settings.json");
     assert!(
         cli(&["settings", "export", "-o", export.to_str().expect("path")])

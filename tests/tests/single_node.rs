@@ -699,3 +699,80 @@ async fn a_crash_looping_daemon_backs_off_and_shows_it() -> Result<()> {
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn exit_rules_run_another_task_and_disable() -> Result<()> {
+    let node = TestNode::start().await?;
+    let cleanup = node
+        .api
+        .create_task(
+            &json!({"name": "cleanup", "spec": {"command": ["true"]}, "when": {"mode": "manual"}}),
+        )
+        .await?;
+    let main = node
+        .api
+        .create_task(&json!({
+            "name": "main",
+            "spec": {"shell": "exit 2"},
+            "when": {"mode": "manual"},
+            "exit_rules": [{"on": "2", "action": "run", "task": "cleanup"}, {"on": "1-3", "action": "disable"}, {"on": "*", "action": "run", "task": "ghost"}]
+        }))
+        .await?;
+    node.api
+        .post(&format!("/api/tasks/{main}/run"), &json!(null))
+        .await?;
+    let chained = wait_for("cleanup to run", Duration::from_secs(5), || async {
+        node.api
+            .runs_of(&cleanup)
+            .await
+            .ok()?
+            .into_iter()
+            .find(|r| r["status"] == "succeeded")
+    })
+    .await?;
+    let main_run = node.api.runs_of(&main).await?.remove(0);
+    assert_eq!(
+        chained["trigger"],
+        json!({"kind": "rule", "from": main_run["id"]})
+    );
+    let actions: Vec<&str> = main_run["actions"]
+        .as_array()
+        .expect("actions")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert_eq!(actions.len(), 3, "{actions:?}");
+    assert!(actions[0].starts_with("run cleanup"));
+    assert!(actions[1].starts_with("disable"));
+    assert!(actions[2].contains("no task called `ghost`"), "{actions:?}");
+    assert_eq!(
+        node.api.get(&format!("/api/tasks/{main}")).await?.1["enabled"],
+        false
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn reboot_tasks_run_once_per_node_start() -> Result<()> {
+    let node = TestNode::start().await?;
+    let id = node
+        .api
+        .create_task(&json!({"name": "boot", "spec": {"command": ["true"]}, "when": {"mode": "cron", "schedule": "@reboot"}}))
+        .await?;
+    assert!(
+        node.api.runs_of(&id).await?.is_empty(),
+        "@reboot runs at start, not on save"
+    );
+    let dir = node.dir.clone();
+    let tmp = node.stop().await;
+    let node = TestNode::start_in(&dir).await?;
+    let runs = wait_for("the @reboot run", Duration::from_secs(5), || async {
+        let runs = node.api.runs_of(&id).await.ok()?;
+        (!runs.is_empty()).then_some(runs)
+    })
+    .await?;
+    assert_eq!(runs.len(), 1);
+    assert_eq!(runs[0]["trigger"]["kind"], "reboot");
+    drop(tmp);
+    Ok(())
+}

@@ -41,7 +41,10 @@ pub struct Consensus {
 
 impl Consensus {
     /// Loads the state from the store and starts the actor that commits proposals.
-    pub fn start(store: Arc<dyn Store>, cancel: CancellationToken) -> Result<Self, StoreError> {
+    pub fn start(
+        store: Arc<dyn Store>,
+        cancel: CancellationToken,
+    ) -> Result<(Self, tokio::task::JoinHandle<()>), StoreError> {
         let state = State::load(store.as_ref())?;
         let (state_tx, state_rx) = watch::channel(Arc::new(state));
         let (tx, rx) = mpsc::channel(256);
@@ -51,11 +54,14 @@ impl Consensus {
             inbox: rx,
             cancel,
         };
-        tokio::spawn(actor.run());
-        Ok(Self {
-            proposals: tx,
-            state: state_rx,
-        })
+        let committer = tokio::spawn(actor.run());
+        Ok((
+            Self {
+                proposals: tx,
+                state: state_rx,
+            },
+            committer,
+        ))
     }
 
     /// Commits `change` durably; returns once every reader can see it.
