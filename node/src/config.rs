@@ -14,6 +14,14 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// Address of the web UI and REST API.
     pub listen: SocketAddr,
+    /// Address of the p2p endpoint (a multiaddr).
+    pub p2p_listen: String,
+    /// Overrides `node.mdns` of the settings for this start (tests and shared machines turn it off).
+    pub mdns: Option<bool>,
+    /// The cluster key to use (and keep); without it the node keeps its own, or makes one.
+    pub cluster_key: Option<String>,
+    /// Peers to dial at this start, besides `node.peers` of the settings.
+    pub peers: Vec<String>,
     /// The node's name at its first start (later: node.name in the settings).
     pub name: Option<String>,
     /// Require a login (the access token) for the UI and API. Default: only when `listen` is
@@ -26,6 +34,10 @@ impl Default for Config {
         Self {
             data_dir: default_data_dir(),
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            p2p_listen: "/ip4/0.0.0.0/tcp/7946".into(),
+            mdns: None,
+            cluster_key: None,
+            peers: Vec::new(),
             name: None,
             require_login: None,
         }
@@ -66,6 +78,11 @@ impl Config {
     /// The file holding the node's access token.
     pub fn access_token_path(&self) -> PathBuf {
         self.data_dir.join("access-token")
+    }
+
+    /// The file holding the node's p2p identity (its PeerId).
+    pub fn identity_path(&self) -> PathBuf {
+        self.data_dir.join("identity")
     }
 
     pub fn db_path(&self) -> PathBuf {

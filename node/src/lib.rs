@@ -9,6 +9,7 @@ pub mod events;
 pub mod executor;
 pub mod ledger;
 pub mod logs;
+pub mod mesh;
 pub mod model;
 pub mod scheduler;
 pub mod service;

@@ -58,6 +58,16 @@ async fn run_node(args: RunArgs) -> anyhow::Result<()> {
     if args.name.is_some() {
         config.name = args.name;
     }
+    if let Some(addr) = args.p2p_listen {
+        config.p2p_listen = addr;
+    }
+    if args.cluster_key.is_some() {
+        config.cluster_key = args.cluster_key;
+    }
+    if args.no_mdns {
+        config.mdns = Some(false);
+    }
+    config.peers.extend(args.peers);
     let shutdown = CancellationToken::new();
     let signals = shutdown.clone();
     tokio::spawn(async move {

@@ -19,7 +19,15 @@ struct Node {
 /// Starts the binary on port 0 and reads the address it logs.
 fn start(dir: &Path) -> Node {
     let mut child = Command::new(BIN)
-        .args(["run", "--listen", "127.0.0.1:0", "--data-dir"])
+        .args([
+            "run",
+            "--listen",
+            "127.0.0.1:0",
+            "--p2p-listen",
+            "/ip4/127.0.0.1/tcp/0",
+            "--no-mdns",
+            "--data-dir",
+        ])
         .arg(dir)
         .env("NO_COLOR", "1")
         .env("TASKMESH_LOG", "info")

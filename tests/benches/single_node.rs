@@ -205,7 +205,15 @@ fn idle_binary() -> Result<()> {
     );
     let dir = tempfile::tempdir()?;
     let mut child = std::process::Command::new(&bin)
-        .args(["run", "--listen", "127.0.0.1:0", "--data-dir"])
+        .args([
+            "run",
+            "--listen",
+            "127.0.0.1:0",
+            "--p2p-listen",
+            "/ip4/127.0.0.1/tcp/0",
+            "--no-mdns",
+            "--data-dir",
+        ])
         .arg(dir.path())
         .env("TASKMESH_LOG", "warn")
         .spawn()?;

@@ -63,6 +63,11 @@ impl TestNode {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             name: Some("test-node".into()),
             require_login: None,
+            // Never multicast from the root namespace of a shared machine.
+            mdns: Some(false),
+            p2p_listen: "/ip4/127.0.0.1/tcp/0".into(),
+            cluster_key: None,
+            peers: Vec::new(),
         };
         change(&mut config);
         let cancel = CancellationToken::new();

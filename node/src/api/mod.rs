@@ -30,6 +30,7 @@ pub const MAX_BODY: usize = 1 << 20;
 pub fn router(node: NodeHandle) -> Router {
     Router::new()
         .route("/api/health", get(health))
+        .route("/api/peers", get(peers))
         .route("/api/tasks", get(list_tasks).post(create_task))
         .route(
             "/api/tasks/{key}",
@@ -116,6 +117,10 @@ async fn not_found() -> ApiError {
 
 async fn health(State(node): State<NodeHandle>) -> impl IntoResponse {
     Json(node.health())
+}
+
+async fn peers(State(node): State<NodeHandle>) -> impl IntoResponse {
+    Json(node.peers())
 }
 
 async fn list_tasks(State(node): State<NodeHandle>) -> impl IntoResponse {

@@ -148,6 +148,14 @@ pub async fn run_command(command: super::Command) -> Result<ExitCode, ClientErro
         )),
         super::Command::Task(c) => task(c).await,
         super::Command::Settings(c) => settings(c).await,
+        super::Command::Key(super::KeyCommand::Gen) => {
+            let key = crate::mesh::ClusterKey::generate().map_err(|source| ClientError::Io {
+                context: "reading random bytes".into(),
+                source,
+            })?;
+            println!("{key}");
+            Ok(0)
+        }
     }
 }
 

@@ -33,6 +33,15 @@ pub enum Command {
     /// Export and import settings.
     #[command(subcommand)]
     Settings(SettingsCommand),
+    /// Cluster keys.
+    #[command(subcommand)]
+    Key(KeyCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeyCommand {
+    /// Print a new random cluster key (give it to every node with --cluster-key or in the settings).
+    Gen,
 }
 
 #[derive(Debug, Args)]
@@ -49,6 +58,18 @@ pub struct RunArgs {
     /// The node's name at its first start [default: the host name].
     #[arg(long, env = "TASKMESH_NAME")]
     pub name: Option<String>,
+    /// Address of the p2p endpoint, a multiaddr [default: /ip4/0.0.0.0/tcp/7946].
+    #[arg(long, env = "TASKMESH_P2P_LISTEN")]
+    pub p2p_listen: Option<String>,
+    /// The mesh's cluster key (64 hex digits, from `taskmesh key gen`); the node keeps it.
+    #[arg(long, env = "TASKMESH_CLUSTER_KEY", hide_env_values = true)]
+    pub cluster_key: Option<String>,
+    /// Do not use multicast DNS to find other nodes at this start.
+    #[arg(long, env = "TASKMESH_NO_MDNS")]
+    pub no_mdns: bool,
+    /// Another node's p2p address (host:port or multiaddr) to dial; repeatable.
+    #[arg(long = "peer", value_name = "ADDR")]
+    pub peers: Vec<String>,
 }
 
 #[derive(Debug, Args, Clone)]

@@ -12,7 +12,7 @@ pub use exit::{Action, ExitMatch, ExitRule, Outcome, matching_actions};
 pub use run::{Run, RunId, RunStatus, Trigger};
 pub use settings::{
     ClusterSettings, MASK, MysqlSettings, NodeSettings, NotifyChannel, Settings, SlackSettings,
-    TelegramSettings,
+    TelegramSettings, hostname,
 };
 pub use task::{CatchUp, Placement, Spec, Task, TaskId, TaskInput, When};
 pub use validate::{FieldError, Invalid, parse_json};

@@ -43,6 +43,8 @@ pub struct ClusterSettings {
     pub channels: BTreeMap<String, NotifyChannel>,
     /// Run records (and optionally log lines) also go to this MySQL/MariaDB database.
     pub mysql: Option<MysqlSettings>,
+    /// A peer that has not announced itself for this long is gone.
+    pub peer_timeout: HumanDuration,
 }
 
 impl Default for ClusterSettings {
@@ -58,6 +60,7 @@ impl Default for ClusterSettings {
             slack: SlackSettings::default(),
             channels: BTreeMap::new(),
             mysql: None,
+            peer_timeout: HumanDuration::from_secs(10),
         }
     }
 }
@@ -145,6 +148,10 @@ pub struct NodeSettings {
     pub dependencies: Vec<String>,
     /// How many manual and cron runs this node runs at once; more wait in a queue.
     pub slots: u32,
+    /// Find other nodes on the LAN by multicast DNS.
+    pub mdns: bool,
+    /// The mesh's shared secret (64 hex digits): only nodes with it can connect.
+    pub cluster_key: Option<String>,
 }
 
 impl Default for NodeSettings {
@@ -155,6 +162,8 @@ impl Default for NodeSettings {
             peers: Vec::new(),
             dependencies: Vec::new(),
             slots: 8,
+            mdns: true,
+            cluster_key: None,
         }
     }
 }
@@ -183,7 +192,7 @@ impl NodeSettings {
     }
 }
 
-pub(crate) fn hostname() -> String {
+pub fn hostname() -> String {
     nix::unistd::gethostname()
         .ok()
         .and_then(|h| h.into_string().ok())
@@ -280,7 +289,18 @@ impl Settings {
                 ));
             }
         }
+        if c.peer_timeout.0 < std::time::Duration::from_secs(3) {
+            errors.push(FieldError::new(
+                "cluster.peer_timeout",
+                "at least 3s (nodes announce themselves every 2s)",
+            ));
+        }
         let n = &self.node;
+        if let Some(key) = n.cluster_key.as_deref().filter(|k| *k != MASK) {
+            if let Err(e) = key.parse::<crate::mesh::ClusterKey>() {
+                errors.push(FieldError::new("node.cluster_key", e));
+            }
+        }
         if n.name.trim().is_empty() {
             errors.push(FieldError::new("node.name", "a node needs a name"));
         }
@@ -346,6 +366,7 @@ impl Settings {
     }
 
     fn for_each_secret_with_path(&mut self, mut f: impl FnMut(&str, &mut Option<String>)) {
+        f("node.cluster_key", &mut self.node.cluster_key);
         let c = &mut self.cluster;
         f("cluster.telegram.bot_token", &mut c.telegram.bot_token);
         f("cluster.slack.bot_token", &mut c.slack.bot_token);

@@ -13,6 +13,8 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+mod mesh;
+
 use crate::api::auth::Access;
 use crate::config::Config;
 use crate::consensus::{Change, Consensus, ProposeError, State};
@@ -74,6 +76,8 @@ struct Inner {
     logs: LogPaths,
     config: Config,
     started_at: chrono::DateTime<Utc>,
+    /// The p2p endpoint while it runs (it restarts when the cluster key or mesh settings change).
+    mesh: watch::Receiver<Option<crate::mesh::MeshHandle>>,
 }
 
 /// A started node: its handle, the address its UI listens on, and its end.
@@ -113,16 +117,31 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Starte
                 .map_err(|e| NodeError::Unavailable(format!("opening the database: {e}")))??,
         )
     };
-    let node_settings = match store.node_settings()? {
+    let mut node_settings = match store.node_settings()? {
         Some(s) => s,
         None => {
             let mut s = NodeSettings::default();
             if let Some(name) = &config.name {
                 s.name = name.clone();
             }
-            store.write(&[Write::NodeSettings(s.clone())])?;
             s
         }
+    };
+    let (key, key_changed) = mesh::resolve_cluster_key(
+        config.cluster_key.as_deref(),
+        node_settings.cluster_key.as_deref(),
+    )
+    .map_err(|e| NodeError::Invalid(Invalid::field("cluster_key", e)))?;
+    if key_changed || store.node_settings()?.is_none() {
+        node_settings.cluster_key = Some(key);
+        store.write(&[Write::NodeSettings(node_settings.clone())])?;
+    }
+    let identity = {
+        let path = config.identity_path();
+        crate::mesh::load_or_create_identity(&path).map_err(io(format!(
+            "reading or creating the identity {}",
+            path.display()
+        )))?
     };
     let logs = LogPaths::new(
         node_settings
@@ -187,6 +206,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Starte
         work.clone(),
     ));
 
+    let (mesh_tx, mesh_rx) = watch::channel(None);
     let handle = NodeHandle {
         inner: Arc::new(Inner {
             consensus,
@@ -200,6 +220,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Starte
             logs,
             config: config.clone(),
             started_at: Utc::now(),
+            mesh: mesh_rx,
         }),
     };
 
@@ -209,6 +230,21 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Starte
     let addr = listener
         .local_addr()
         .map_err(io("reading the listen address".into()))?;
+    let ui_url = match addr.ip().is_unspecified() {
+        true => format!("http://{}:{}", crate::model::hostname(), addr.port()),
+        false => format!("http://{addr}"),
+    };
+    let runner = mesh::MeshRunner {
+        config: config.clone(),
+        identity,
+        ui_url,
+        node: handle.inner.node.subscribe(),
+        state: handle.inner.consensus.subscribe(),
+        ledger: ledger.clone(),
+        current: mesh_tx,
+        cancel: work.clone(),
+    };
+    let mesh_task = tokio::spawn(runner.run());
     let access = if config.login_required() {
         let path = config.access_token_path();
         let token = Access::load_or_create_token(&path)
@@ -241,6 +277,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Starte
         let _ = executor_task.await;
         let _ = supervisor_task.await;
         let _ = scheduler_task.await;
+        let _ = mesh_task.await;
         ledger.close().await;
         let _ = ledger_writer.await;
         core.cancel();
@@ -289,6 +326,25 @@ async fn sweep_logs(logs: LogPaths, state: watch::Receiver<Arc<State>>, cancel: 
             }
         }
     }
+}
+
+/// This node and the peers it knows, for /peers and /api/peers.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct PeersView {
+    #[serde(rename = "self")]
+    pub this: ThisNode,
+    pub peers: Vec<crate::mesh::PeerInfo>,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ThisNode {
+    pub peer_id: Option<String>,
+    pub name: String,
+    pub p2p_addrs: Vec<String>,
+    /// A label of the cluster key (not the key).
+    pub key_fingerprint: Option<String>,
+    pub dependencies: Vec<String>,
+    pub mesh_up: bool,
 }
 
 /// What the health endpoint reports.
@@ -467,6 +523,30 @@ impl NodeHandle {
     pub async fn import_settings(&self, text: &str) -> Result<Settings, NodeError> {
         let settings = Settings::parse(text)?;
         self.put_settings(settings).await
+    }
+
+    /// This node as the mesh sees it, and its live peers.
+    pub fn peers(&self) -> PeersView {
+        let mesh = self.inner.mesh.borrow().clone();
+        let settings = self.node_settings();
+        let key = settings
+            .cluster_key
+            .as_deref()
+            .and_then(|k| k.parse::<crate::mesh::ClusterKey>().ok());
+        PeersView {
+            this: ThisNode {
+                peer_id: mesh.as_ref().map(|m| m.local_peer_id().to_string()),
+                name: settings.name.clone(),
+                p2p_addrs: mesh
+                    .as_ref()
+                    .map(|m| m.listen_addrs().iter().map(ToString::to_string).collect())
+                    .unwrap_or_default(),
+                key_fingerprint: key.map(|k| k.fingerprint()),
+                dependencies: settings.fulfilled(),
+                mesh_up: mesh.is_some(),
+            },
+            peers: mesh.map(|m| m.peers().as_ref().clone()).unwrap_or_default(),
+        }
     }
 
     /// Bytes used by this node's logs.

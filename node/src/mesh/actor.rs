@@ -1,0 +1,601 @@
+//! The mesh actor: owns the Swarm, turns commands into swarm calls and swarm events into the
+//! peer table.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use libp2p::core::transport::upgrade::Version;
+use libp2p::multiaddr::Protocol;
+use libp2p::pnet::{PnetConfig, PreSharedKey};
+use libp2p::request_response::{self, OutboundRequestId, ProtocolSupport};
+use libp2p::swarm::behaviour::toggle::Toggle;
+use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
+use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
+use libp2p::{
+    Multiaddr, PeerId, StreamProtocol, Swarm, Transport, gossipsub, identify, mdns, noise, ping,
+    tcp, yamux,
+};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use super::{
+    Announcement, Command, MeshConfig, MeshError, MeshHandle, PeerTable, Request, Response,
+    peer_multiaddr,
+};
+
+const TOPIC: &str = "taskmesh/announce/1";
+const RPC: &str = "/taskmesh/rpc/1";
+/// Configured peers are redialled after this, doubling up to [`MAX_REDIAL`].
+const FIRST_REDIAL: Duration = Duration::from_secs(1);
+const MAX_REDIAL: Duration = Duration::from_secs(30);
+/// An announcement is sent at most this often when things change fast.
+const DEBOUNCE: Duration = Duration::from_millis(100);
+
+#[derive(NetworkBehaviour)]
+struct Behaviour {
+    mdns: Toggle<mdns::tokio::Behaviour>,
+    identify: identify::Behaviour,
+    ping: ping::Behaviour,
+    gossipsub: gossipsub::Behaviour,
+    rpc: request_response::json::Behaviour<Request, Response>,
+}
+
+struct Configured {
+    text: String,
+    /// The peer it turned out to be, while connected.
+    connected: Option<PeerId>,
+    next_try: Instant,
+    backoff: Duration,
+    dialing: bool,
+}
+
+struct Actor {
+    swarm: Swarm<Behaviour>,
+    inbox: mpsc::Receiver<Command>,
+    self_tx: mpsc::Sender<Command>,
+    topic: gossipsub::IdentTopic,
+    table: PeerTable,
+    peers_tx: watch::Sender<Arc<Vec<super::PeerInfo>>>,
+    listen_tx: watch::Sender<Vec<Multiaddr>>,
+    own: Option<Announcement>,
+    publish_at: Option<Instant>,
+    last_publish: Instant,
+    configured: Vec<Configured>,
+    pending: HashMap<OutboundRequestId, oneshot::Sender<Result<Response, MeshError>>>,
+    connected: HashSet<PeerId>,
+    announce_every: Duration,
+    peer_ttl: Duration,
+    listen_is_loopback: bool,
+    cancel: CancellationToken,
+}
+
+fn build_swarm(config: &MeshConfig) -> Result<Swarm<Behaviour>, MeshError> {
+    let psk = PreSharedKey::new(config.key.bytes());
+    let mdns = config.mdns;
+    let swarm = libp2p::SwarmBuilder::with_existing_identity(config.identity.clone())
+        .with_tokio()
+        .with_other_transport(|key| {
+            let noise = noise::Config::new(key)?;
+            let transport = tcp::tokio::Transport::new(tcp::Config::default().nodelay(true))
+                .and_then(move |socket, _| PnetConfig::new(psk).handshake(socket))
+                .upgrade(Version::V1Lazy)
+                .authenticate(noise)
+                .multiplex(yamux::Config::default())
+                .timeout(Duration::from_secs(10));
+            Ok::<_, Box<dyn std::error::Error + Send + Sync>>(transport)
+        })
+        .map_err(|e| MeshError::Build(e.to_string()))?
+        .with_behaviour(|key| {
+            let peer_id = key.public().to_peer_id();
+            let mdns = if mdns {
+                let config = mdns::Config {
+                    query_interval: Duration::from_secs(30),
+                    ..Default::default()
+                };
+                Some(mdns::tokio::Behaviour::new(config, peer_id)?)
+            } else {
+                None
+            };
+            let gossip_config = gossipsub::ConfigBuilder::default()
+                .heartbeat_interval(Duration::from_millis(700))
+                .mesh_n(4)
+                .mesh_n_low(1)
+                .mesh_n_high(8)
+                .mesh_outbound_min(1)
+                .max_transmit_size(64 * 1024)
+                .validation_mode(gossipsub::ValidationMode::Strict)
+                .build()?;
+            let gossipsub = gossipsub::Behaviour::new(
+                gossipsub::MessageAuthenticity::Signed(key.clone()),
+                gossip_config,
+            )?;
+            let rpc = request_response::json::Behaviour::new(
+                [(StreamProtocol::new(RPC), ProtocolSupport::Full)],
+                request_response::Config::default().with_request_timeout(Duration::from_secs(10)),
+            );
+            Ok(Behaviour {
+                mdns: Toggle::from(mdns),
+                identify: identify::Behaviour::new(
+                    identify::Config::new("/taskmesh/1".into(), key.public())
+                        .with_agent_version(format!("taskmesh/{}", env!("CARGO_PKG_VERSION"))),
+                ),
+                ping: ping::Behaviour::new(ping::Config::new()),
+                gossipsub,
+                rpc,
+            })
+        })
+        .map_err(|e| MeshError::Build(e.to_string()))?
+        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(300)))
+        .build();
+    Ok(swarm)
+}
+
+pub(super) async fn start(
+    config: MeshConfig,
+    cancel: CancellationToken,
+) -> Result<(MeshHandle, tokio::task::JoinHandle<()>), MeshError> {
+    let mut swarm = build_swarm(&config)?;
+    let topic = gossipsub::IdentTopic::new(TOPIC);
+    swarm
+        .behaviour_mut()
+        .gossipsub
+        .subscribe(&topic)
+        .map_err(|e| MeshError::Build(e.to_string()))?;
+    swarm
+        .listen_on(config.listen.clone())
+        .map_err(|e| MeshError::Listen {
+            addr: config.listen.clone(),
+            message: e.to_string(),
+        })?;
+    // Wait for the listener, so that callers (and tests) can use the address at once.
+    let first = loop {
+        match swarm.select_next_some().await {
+            SwarmEvent::NewListenAddr { address, .. } => break address,
+            SwarmEvent::ListenerError { error, .. }
+            | SwarmEvent::ListenerClosed {
+                reason: Err(error), ..
+            } => {
+                return Err(MeshError::Listen {
+                    addr: config.listen.clone(),
+                    message: error.to_string(),
+                });
+            }
+            _ => {}
+        }
+    };
+    let local = *swarm.local_peer_id();
+    let (tx, inbox) = mpsc::channel(256);
+    let (peers_tx, peers_rx) = watch::channel(Arc::new(Vec::new()));
+    let (listen_tx, listen_rx) = watch::channel(vec![first]);
+    let now = Instant::now();
+    let actor = Actor {
+        swarm,
+        inbox,
+        self_tx: tx.clone(),
+        topic,
+        table: PeerTable::default(),
+        peers_tx,
+        listen_tx,
+        own: None,
+        publish_at: None,
+        last_publish: now,
+        configured: config
+            .peers
+            .iter()
+            .map(|p| Configured {
+                text: p.clone(),
+                connected: None,
+                next_try: now,
+                backoff: FIRST_REDIAL,
+                dialing: false,
+            })
+            .collect(),
+        pending: HashMap::new(),
+        connected: HashSet::new(),
+        announce_every: config.announce_every,
+        peer_ttl: config.peer_ttl,
+        listen_is_loopback: is_loopback(&config.listen),
+        cancel,
+    };
+    info!(peer_id = %local, listen = %config.listen, mdns = config.mdns, key = %config.key.fingerprint(), "mesh up");
+    let task = tokio::spawn(actor.run());
+    Ok((
+        MeshHandle {
+            tx,
+            peers: peers_rx,
+            listen: listen_rx,
+            local,
+        },
+        task,
+    ))
+}
+
+fn is_loopback(addr: &Multiaddr) -> bool {
+    addr.iter().any(|p| match p {
+        Protocol::Ip4(ip) => ip.is_loopback(),
+        Protocol::Ip6(ip) => ip.is_loopback(),
+        _ => false,
+    })
+}
+
+fn is_unspecified(addr: &Multiaddr) -> bool {
+    addr.iter().any(|p| match p {
+        Protocol::Ip4(ip) => ip.is_unspecified(),
+        Protocol::Ip6(ip) => ip.is_unspecified(),
+        _ => false,
+    })
+}
+
+async fn sleep_until_opt(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+impl Actor {
+    async fn run(mut self) {
+        let mut tick = tokio::time::interval(Duration::from_millis(250));
+        loop {
+            tokio::select! {
+                biased;
+                _ = self.cancel.cancelled() => break,
+                Some(command) = self.inbox.recv() => self.on_command(command),
+                event = self.swarm.select_next_some() => self.on_event(event),
+                _ = sleep_until_opt(self.publish_at) => self.publish(),
+                _ = tick.tick() => self.on_tick(),
+            }
+        }
+        for (_, reply) in self.pending.drain() {
+            let _ = reply.send(Err(MeshError::Stopped));
+        }
+    }
+
+    fn local(&self) -> PeerId {
+        *self.swarm.local_peer_id()
+    }
+
+    fn on_command(&mut self, command: Command) {
+        match command {
+            Command::Announce(mut announcement) => {
+                announcement.peer_id = self.local().to_string();
+                announcement.addrs = self.own_addrs();
+                announcement.seq = self.own.as_ref().map_or(0, |a| a.seq);
+                if self.own.as_ref() != Some(&announcement) {
+                    self.own = Some(*announcement);
+                    self.publish_soon();
+                }
+            }
+            Command::Request {
+                peer,
+                request,
+                reply,
+            } => {
+                let id = self.swarm.behaviour_mut().rpc.send_request(&peer, request);
+                self.pending.insert(id, reply);
+            }
+            Command::Dial(addrs) => {
+                for addr in addrs {
+                    if let Err(e) = self.swarm.dial(addr.clone()) {
+                        debug!(%addr, error = %e, "dial failed");
+                    }
+                }
+            }
+        }
+    }
+
+    /// The addresses others can reach us at: loopback only if we listen on loopback.
+    fn own_addrs(&self) -> Vec<String> {
+        let local = self.local();
+        self.listen_tx
+            .borrow()
+            .iter()
+            .filter(|a| self.listen_is_loopback || !is_loopback(a))
+            .map(|a| a.clone().with(Protocol::P2p(local)).to_string())
+            .collect()
+    }
+
+    fn publish_soon(&mut self) {
+        let earliest = self.last_publish + DEBOUNCE;
+        let at = earliest.max(Instant::now());
+        if self.publish_at.is_none_or(|p| p > at) {
+            self.publish_at = Some(at);
+        }
+    }
+
+    fn publish(&mut self) {
+        self.publish_at = None;
+        self.last_publish = Instant::now();
+        let addrs = self.own_addrs();
+        let Some(own) = self.own.as_mut() else { return };
+        // Milliseconds since the epoch, but always increasing: a restarted node's announcements
+        // are newer than those of its previous life.
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        own.seq = (own.seq + 1).max(now_ms);
+        own.addrs = addrs;
+        let data = serde_json::to_vec(own).expect("announcements serialise");
+        match self
+            .swarm
+            .behaviour_mut()
+            .gossipsub
+            .publish(self.topic.clone(), data)
+        {
+            Ok(_) | Err(gossipsub::PublishError::NoPeersSubscribedToTopic) => {}
+            Err(e) => debug!(error = %e, "announcement not published"),
+        }
+    }
+
+    fn on_tick(&mut self) {
+        let now = Instant::now();
+        if now.duration_since(self.last_publish) >= self.announce_every {
+            self.publish();
+        }
+        let gone = self.table.expire(now.into_std(), self.peer_ttl);
+        for id in &gone {
+            info!(peer_id = %id, "peer expired (silent)");
+        }
+        if !gone.is_empty() {
+            self.publish_peers();
+        }
+        self.redial(now);
+    }
+
+    /// Dials configured peers that are not connected, with backoff.
+    fn redial(&mut self, now: Instant) {
+        for i in 0..self.configured.len() {
+            let c = &self.configured[i];
+            if c.connected.is_some() || c.dialing || c.next_try > now {
+                continue;
+            }
+            let text = c.text.clone();
+            let c = &mut self.configured[i];
+            c.next_try = now + c.backoff;
+            c.backoff = (c.backoff * 2).min(MAX_REDIAL);
+            match peer_multiaddr(&text) {
+                Some(addr) => {
+                    c.dialing = true;
+                    if let Err(e) = self.swarm.dial(addr.clone()) {
+                        self.configured[i].dialing = false;
+                        debug!(peer = %text, error = %e, "dial failed");
+                    }
+                }
+                None => {
+                    // A host name: look it up without blocking the actor.
+                    let tx = self.self_tx.clone();
+                    tokio::spawn(async move {
+                        match tokio::net::lookup_host(&text).await {
+                            Ok(addrs) => {
+                                let addrs = addrs.map(super::socket_multiaddr).collect();
+                                let _ = tx.send(Command::Dial(addrs)).await;
+                            }
+                            Err(e) => {
+                                warn!(peer = %text, error = %e, "configured peer does not resolve")
+                            }
+                        }
+                    });
+                }
+            }
+        }
+    }
+
+    fn publish_peers(&self) {
+        let connected = &self.connected;
+        let snapshot = self.table.snapshot(std::time::Instant::now(), |id| {
+            id.parse::<PeerId>().is_ok_and(|p| connected.contains(&p))
+        });
+        self.peers_tx.send_replace(Arc::new(snapshot));
+    }
+
+    fn dial_discovered(&mut self, peer: PeerId, addrs: Vec<Multiaddr>) {
+        // Only the lower PeerId dials a discovered peer; the other side waits for it.
+        if self.connected.contains(&peer) || self.local() >= peer || addrs.is_empty() {
+            return;
+        }
+        let opts = DialOpts::peer_id(peer)
+            .addresses(addrs)
+            .condition(PeerCondition::DisconnectedAndNotDialing)
+            .build();
+        if let Err(e) = self.swarm.dial(opts) {
+            debug!(%peer, error = %e, "dial failed");
+        }
+    }
+
+    fn on_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
+        match event {
+            SwarmEvent::NewListenAddr { address, .. } if !is_unspecified(&address) => {
+                self.listen_tx.send_modify(|l| {
+                    if !l.contains(&address) {
+                        l.push(address);
+                    }
+                });
+                self.publish_soon();
+            }
+            SwarmEvent::ConnectionEstablished {
+                peer_id,
+                endpoint,
+                num_established,
+                ..
+            } => {
+                self.connected.insert(peer_id);
+                if endpoint.is_dialer() {
+                    let addr = endpoint.get_remote_address();
+                    for c in &mut self.configured {
+                        if peer_multiaddr(&c.text)
+                            .is_some_and(|m| addr.to_string().starts_with(&m.to_string()))
+                        {
+                            c.connected = Some(peer_id);
+                            c.dialing = false;
+                            c.backoff = FIRST_REDIAL;
+                        }
+                    }
+                }
+                if num_established.get() == 1 {
+                    debug!(%peer_id, "connected");
+                    // Ask directly, so a new peer is listed without waiting for gossip.
+                    self.swarm
+                        .behaviour_mut()
+                        .rpc
+                        .send_request(&peer_id, Request::Announcement);
+                }
+            }
+            SwarmEvent::ConnectionClosed {
+                peer_id,
+                num_established: 0,
+                ..
+            } => {
+                self.connected.remove(&peer_id);
+                for c in &mut self.configured {
+                    if c.connected == Some(peer_id) {
+                        c.connected = None;
+                        c.next_try = Instant::now() + FIRST_REDIAL;
+                    }
+                }
+                self.publish_peers();
+            }
+            SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
+                debug!(peer = ?peer_id, %error, "outgoing connection failed");
+                for c in self
+                    .configured
+                    .iter_mut()
+                    .filter(|c| c.dialing && c.connected.is_none())
+                {
+                    c.dialing = false;
+                }
+            }
+            SwarmEvent::IncomingConnectionError {
+                send_back_addr,
+                error,
+                ..
+            } => {
+                // Typically a node with another cluster key.
+                debug!(from = %send_back_addr, %error, "incoming connection refused");
+            }
+            SwarmEvent::Behaviour(event) => self.on_behaviour(event),
+            _ => {}
+        }
+    }
+
+    fn on_behaviour(&mut self, event: BehaviourEvent) {
+        match event {
+            BehaviourEvent::Mdns(mdns::Event::Discovered(found)) => {
+                let mut by_peer: HashMap<PeerId, Vec<Multiaddr>> = HashMap::new();
+                for (peer, addr) in found {
+                    by_peer.entry(peer).or_default().push(addr);
+                }
+                for (peer, addrs) in by_peer {
+                    self.dial_discovered(peer, addrs);
+                }
+            }
+            BehaviourEvent::Gossipsub(gossipsub::Event::Message { message, .. }) => {
+                let Some(source) = message.source else { return };
+                match serde_json::from_slice::<Announcement>(&message.data) {
+                    Ok(a) if a.peer_id == source.to_string() => self.observe(a),
+                    Ok(_) => warn!(%source, "announcement for another peer id; ignored"),
+                    Err(e) => warn!(%source, error = %e, "unreadable announcement; ignored"),
+                }
+            }
+            BehaviourEvent::Gossipsub(gossipsub::Event::Subscribed { .. }) => {
+                // A new listener: tell it (and, through it, everyone) who we are.
+                self.publish_soon();
+            }
+            BehaviourEvent::Rpc(request_response::Event::Message { peer, message, .. }) => {
+                match message {
+                    request_response::Message::Request {
+                        request: Request::Announcement,
+                        channel,
+                        ..
+                    } => {
+                        let own = self.own.clone().map(Box::new);
+                        let _ = self
+                            .swarm
+                            .behaviour_mut()
+                            .rpc
+                            .send_response(channel, Response::Announcement(own));
+                    }
+                    request_response::Message::Response {
+                        request_id,
+                        response,
+                    } => match self.pending.remove(&request_id) {
+                        Some(reply) => {
+                            let _ = reply.send(Ok(response));
+                        }
+                        None => {
+                            if let Response::Announcement(Some(a)) = response {
+                                if a.peer_id == peer.to_string() {
+                                    self.observe(*a);
+                                }
+                            }
+                        }
+                    },
+                }
+            }
+            BehaviourEvent::Rpc(request_response::Event::OutboundFailure {
+                peer,
+                request_id,
+                error,
+                ..
+            }) => {
+                if let Some(reply) = self.pending.remove(&request_id) {
+                    let _ = reply.send(Err(MeshError::Request {
+                        peer,
+                        message: error.to_string(),
+                    }));
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn observe(&mut self, announcement: Announcement) {
+        if announcement.peer_id == self.local().to_string() {
+            return;
+        }
+        if let Err(e) = announcement.check() {
+            warn!(peer_id = %announcement.peer_id, error = %e, "announcement refused");
+            return;
+        }
+        let peer: Option<PeerId> = announcement.peer_id.parse().ok();
+        let addrs: Vec<Multiaddr> = announcement
+            .addrs
+            .iter()
+            .filter_map(|a| a.parse::<Multiaddr>().ok())
+            .map(|a| {
+                if matches!(a.iter().last(), Some(Protocol::P2p(_))) {
+                    a.with_p2p_stripped()
+                } else {
+                    a
+                }
+            })
+            .collect();
+        let new = !self.table.contains(&announcement.peer_id);
+        if self.table.observe(announcement, std::time::Instant::now()) {
+            if new {
+                info!(peer = ?peer, "peer joined");
+            }
+            self.publish_peers();
+        }
+        // Peer exchange: learn the addresses of peers we only heard of.
+        if let Some(peer) = peer {
+            self.dial_discovered(peer, addrs);
+        }
+    }
+}
+
+trait StripP2p {
+    fn with_p2p_stripped(self) -> Self;
+}
+
+impl StripP2p for Multiaddr {
+    fn with_p2p_stripped(mut self) -> Self {
+        if matches!(self.iter().last(), Some(Protocol::P2p(_))) {
+            self.pop();
+        }
+        self
+    }
+}

@@ -1,0 +1,163 @@
+//! The mesh with in-process nodes on loopback (mDNS off, explicit peers): peer exchange, the
+//! cluster key as a gate, and expiry of silent peers.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use anyhow::Result;
+use serde_json::json;
+use taskmesh_tests::{TestNode, wait_for};
+
+const KEY: &str = "5f1c0a9e3b7d2a6c8e4f1b3d5a7c9e0b2d4f6a8c0e1b3d5f7a9c1e3b5d7f9a1c";
+
+async fn node(name: &str, key: &str, peers: Vec<String>) -> Result<(TestNode, tempfile::TempDir)> {
+    let dir = tempfile::tempdir()?;
+    let (name, key) = (name.to_owned(), key.to_owned());
+    let node = TestNode::start_with(dir.path(), move |c| {
+        c.name = Some(name);
+        c.cluster_key = Some(key);
+        c.peers = peers;
+    })
+    .await?;
+    Ok((node, dir))
+}
+
+fn names(node: &TestNode) -> BTreeSet<String> {
+    node.handle
+        .peers()
+        .peers
+        .into_iter()
+        .map(|p| p.announcement.name)
+        .collect()
+}
+
+async fn seed_addr(node: &TestNode) -> Result<String> {
+    wait_for("the seed's p2p address", Duration::from_secs(5), || async {
+        node.handle.peers().this.p2p_addrs.first().cloned()
+    })
+    .await
+}
+
+#[tokio::test]
+async fn five_nodes_given_one_seed_all_learn_each_other() -> Result<()> {
+    let (seed, _d0) = node("n0", KEY, vec![]).await?;
+    let addr = seed_addr(&seed).await?;
+    let mut nodes = vec![(seed, _d0)];
+    for i in 1..5 {
+        nodes.push(node(&format!("n{i}"), KEY, vec![addr.clone()]).await?);
+    }
+    let all: BTreeSet<String> = (0..5).map(|i| format!("n{i}")).collect();
+    for (node, _) in &nodes {
+        let me = node.handle.node_settings().name;
+        let others: BTreeSet<String> = all.iter().filter(|n| **n != me).cloned().collect();
+        wait_for(
+            &format!("{me} to list every other node"),
+            Duration::from_secs(20),
+            || async { (names(node) == others).then_some(()) },
+        )
+        .await?;
+    }
+    // Peer exchange: n1..n4 were only given the seed, yet they connect to each other directly.
+    let n1 = &nodes[1].0;
+    wait_for(
+        "n1 to connect to n4 directly",
+        Duration::from_secs(20),
+        || async {
+            n1.handle
+                .peers()
+                .peers
+                .iter()
+                .any(|p| p.announcement.name == "n4" && p.connected)
+                .then_some(())
+        },
+    )
+    .await?;
+    // The announcement carries what the scheduler and the UI need, and /api/peers shows it.
+    let (status, view) = n1.api.get("/api/peers").await?;
+    assert_eq!(status, 200);
+    let seed_entry = view["peers"]
+        .as_array()
+        .expect("peers")
+        .iter()
+        .find(|p| p["name"] == "n0")
+        .cloned()
+        .expect("n0");
+    assert_eq!(seed_entry["slots_total"], 8);
+    assert!(
+        seed_entry["dependencies"]
+            .as_array()
+            .is_some_and(|d| d.contains(&json!("os=linux")))
+    );
+    assert!(
+        seed_entry["ui_url"]
+            .as_str()
+            .is_some_and(|u| u == nodes[0].0.api.base),
+        "{seed_entry}"
+    );
+    assert_eq!(view["self"]["name"], "n1");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_node_with_another_key_stays_out() -> Result<()> {
+    let (a, _da) = node("a", KEY, vec![]).await?;
+    let addr = seed_addr(&a).await?;
+    let (b, _db) = node("b", KEY, vec![addr.clone()]).await?;
+    let other = "0".repeat(64);
+    let (intruder, _di) = node("intruder", &other, vec![addr.clone()]).await?;
+    wait_for(
+        "a and b to see each other",
+        Duration::from_secs(20),
+        || async { (names(&a).contains("b") && names(&b).contains("a")).then_some(()) },
+    )
+    .await?;
+    // Watch for a while: the intruder keeps dialling (with backoff) and never gets in.
+    let until = tokio::time::Instant::now() + Duration::from_secs(4);
+    while tokio::time::Instant::now() < until {
+        assert!(
+            !names(&a).contains("intruder") && !names(&b).contains("intruder"),
+            "the intruder got in"
+        );
+        assert!(
+            names(&intruder).is_empty(),
+            "the intruder learned peers: {:?}",
+            names(&intruder)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_ne!(
+        a.handle.peers().this.key_fingerprint,
+        intruder.handle.peers().this.key_fingerprint
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_silent_peer_expires() -> Result<()> {
+    let (a, _da) = node("a", KEY, vec![]).await?;
+    let mut settings = a.api.get("/api/settings").await?.1;
+    settings["cluster"]["peer_timeout"] = json!("3s");
+    let (status, body) = a
+        .api
+        .send(reqwest::Method::PUT, "/api/settings", Some(&settings))
+        .await?;
+    assert_eq!(status, 200, "{body}");
+    let addr = seed_addr(&a).await?;
+    let (b, _db) = node("b", KEY, vec![addr]).await?;
+    wait_for("a to list b", Duration::from_secs(20), || async {
+        names(&a).contains("b").then_some(())
+    })
+    .await?;
+    let stopped = tokio::time::Instant::now();
+    b.stop().await;
+    wait_for("b to expire on a", Duration::from_secs(10), || async {
+        (!names(&a).contains("b")).then_some(())
+    })
+    .await?;
+    let after = stopped.elapsed();
+    assert!(
+        after >= Duration::from_secs(2),
+        "b vanished after {after:?}, before its timeout"
+    );
+    Ok(())
+}
