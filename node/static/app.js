@@ -643,6 +643,44 @@
     onEvents({ run: reload, supervision: reload, state: reload, lagged: reload });
   }
 
+  // ----------------------------------------------------------------- peers page
+
+  function initPeers() {
+    // Announcements arrive over the mesh, not as events here: refresh the table every 2 s.
+    setInterval(async () => {
+      try {
+        const res = await fetch("/peers", { headers: { Accept: "text/html" } });
+        if (!res.ok) return;
+        const doc = new DOMParser().parseFromString(await res.text(), "text/html");
+        const fresh = $("#peers-live", doc);
+        if (fresh) $("#peers-live").replaceWith(document.importNode(fresh, true));
+      } catch { /* try again */ }
+    }, 2000);
+  }
+
+  // The cluster key is a secret: fetched and shown only on request.
+  function initClusterKey() {
+    const button = $("#cluster-key-show");
+    if (!button) return;
+    button.addEventListener("click", async () => {
+      const code = $("#cluster-key");
+      if (button.dataset.shown) {
+        code.textContent = "********";
+        button.textContent = "Show";
+        delete button.dataset.shown;
+        return;
+      }
+      try {
+        const data = await api("GET", "/api/cluster-key");
+        code.textContent = data.key || "(none)";
+        button.textContent = "Hide";
+        button.dataset.shown = "1";
+      } catch (err) {
+        code.textContent = `not available: ${err.message}`;
+      }
+    });
+  }
+
   // ------------------------------------------------------------------ run page
 
   function initRun() {
@@ -749,6 +787,8 @@
     if ($("#task-table")) initTasks();
     if ($("#settings-form")) initSettings();
     else if (document.body.dataset.page === "node") initNode();
+    else if (document.body.dataset.page === "peers") initPeers();
+    initClusterKey();
     if ($("#run")) initRun();
   });
 })();

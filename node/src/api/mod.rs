@@ -31,6 +31,7 @@ pub fn router(node: NodeHandle) -> Router {
     Router::new()
         .route("/api/health", get(health))
         .route("/api/peers", get(peers))
+        .route("/api/cluster-key", get(cluster_key))
         .route("/api/tasks", get(list_tasks).post(create_task))
         .route(
             "/api/tasks/{key}",
@@ -121,6 +122,15 @@ async fn health(State(node): State<NodeHandle>) -> impl IntoResponse {
 
 async fn peers(State(node): State<NodeHandle>) -> impl IntoResponse {
     Json(node.peers())
+}
+
+/// The cluster key itself (a secret: the UI shows it only when asked).
+async fn cluster_key(State(node): State<NodeHandle>) -> impl IntoResponse {
+    let settings = node.settings(true);
+    Json(serde_json::json!({
+        "key": settings.node.cluster_key,
+        "fingerprint": node.peers().this.key_fingerprint,
+    }))
 }
 
 async fn list_tasks(State(node): State<NodeHandle>) -> impl IntoResponse {

@@ -6,6 +6,7 @@
 
 mod assets;
 mod node;
+mod peers;
 mod problem;
 mod run;
 mod settings;
@@ -23,6 +24,7 @@ pub fn router(node: NodeHandle) -> Router {
         .route("/index", get(tasks::view_tasks_get))
         .route("/settings", get(settings::view_settings_get))
         .route("/node", get(node::view_node_get))
+        .route("/peers", get(peers::view_peers_get))
         .route("/runs/{id}", get(run::view_run_get))
         .route("/static/app.css", get(assets::app_css))
         .route("/static/app.js", get(assets::app_js))

@@ -8,7 +8,7 @@ use askama_web::WebTemplate;
 use axum::extract::State;
 use chrono::{DateTime, Utc};
 
-use super::settings::Dependencies;
+use super::settings::{ClusterKeyView, Dependencies};
 use super::view::{Layout, Moment, RunSummary, bytes};
 use crate::NodeHandle;
 use crate::executor::DaemonStatus;
@@ -27,6 +27,7 @@ pub struct NodeTemplate {
     pub active: Vec<RunSummary>,
     pub recent: Vec<RunSummary>,
     pub daemons: Vec<DaemonRow>,
+    pub key: ClusterKeyView,
 }
 
 /// Facts about this node.
@@ -136,6 +137,7 @@ pub async fn view_node_get(State(node): State<NodeHandle>) -> NodeTemplate {
             .iter()
             .map(|(id, status)| DaemonRow::of(id, names.get(id).copied(), status))
             .collect(),
+        key: ClusterKeyView::of(&node),
     }
 }
 
@@ -172,6 +174,10 @@ mod tests {
             active,
             recent: recent_runs(&runs, "node-a", now),
             daemons,
+            key: ClusterKeyView {
+                fingerprint: Some("a1b2c3".into()),
+                peer_id: Some("12D3KooW".into()),
+            },
         }
         .render()
         .expect("render")

@@ -48,6 +48,10 @@ pub const CLUSTER_HELP: &[(&str, &str)] = &[
         "mysql",
         "null, or host, port, user, password (secret), database, log_lines: run records also go to MySQL/MariaDB",
     ),
+    (
+        "peer_timeout",
+        "a peer that has not announced itself for this long (e.g. \"10s\") counts as gone",
+    ),
 ];
 
 /// Each `node` key with a one-line meaning.
@@ -72,6 +76,14 @@ pub const NODE_HELP: &[(&str, &str)] = &[
         "slots",
         "how many manual and cron runs this node runs at once; more wait in a queue",
     ),
+    (
+        "mdns",
+        "find other nodes on the LAN by multicast DNS (true/false)",
+    ),
+    (
+        "cluster_key",
+        "the mesh's shared secret (secret): only nodes with the same key can connect; saving a new one reconnects at once",
+    ),
 ];
 
 #[derive(Template, WebTemplate)]
@@ -84,6 +96,24 @@ pub struct SettingsTemplate {
     pub cluster_help: &'static [(&'static str, &'static str)],
     pub node_help: &'static [(&'static str, &'static str)],
     pub deps: Dependencies,
+    pub key: ClusterKeyView,
+}
+
+/// The cluster key as pages show it: its fingerprint; the key itself only on request.
+#[derive(Debug, Clone, Default)]
+pub struct ClusterKeyView {
+    pub fingerprint: Option<String>,
+    pub peer_id: Option<String>,
+}
+
+impl ClusterKeyView {
+    pub fn of(node: &crate::NodeHandle) -> Self {
+        let view = node.peers();
+        Self {
+            fingerprint: view.this.key_fingerprint,
+            peer_id: view.this.peer_id,
+        }
+    }
 }
 
 /// What this node fulfils: detected by itself, and configured in `node.dependencies`.
@@ -108,8 +138,9 @@ impl Dependencies {
 }
 
 impl SettingsTemplate {
-    pub fn new(layout: Layout, settings: &Settings) -> Self {
+    pub fn new(layout: Layout, settings: &Settings, key: ClusterKeyView) -> Self {
         Self {
+            key,
             layout,
             settings_text: serde_json::to_string_pretty(settings).unwrap_or_else(|_| "{}".into()),
             mask: MASK,
@@ -121,7 +152,11 @@ impl SettingsTemplate {
 }
 
 pub async fn view_settings_get(State(node): State<NodeHandle>) -> SettingsTemplate {
-    SettingsTemplate::new(Layout::new(&node, "settings"), &node.settings(false))
+    SettingsTemplate::new(
+        Layout::new(&node, "settings"),
+        &node.settings(false),
+        ClusterKeyView::of(&node),
+    )
 }
 
 #[cfg(test)]
@@ -134,9 +169,16 @@ mod tests {
         let mut settings = Settings::default();
         settings.cluster.telegram.bot_token = Some("123:very-secret".into());
         settings.node.dependencies = vec!["python3".into()];
-        let html = SettingsTemplate::new(Layout::named("node-a", "settings"), &settings.masked())
-            .render()
-            .expect("render");
+        let html = SettingsTemplate::new(
+            Layout::named("node-a", "settings"),
+            &settings.masked(),
+            ClusterKeyView {
+                fingerprint: Some("a1b2c3".into()),
+                peer_id: None,
+            },
+        )
+        .render()
+        .expect("render");
         for needle in [
             "id=\"settings-editor\"",
             "&#34;retention_days&#34;: 14",
@@ -163,9 +205,13 @@ mod tests {
         let mut settings = Settings::default();
         settings.node.name = EVIL.into();
         settings.node.dependencies = vec![EVIL.into()];
-        let html = SettingsTemplate::new(Layout::named(EVIL, "settings"), &settings)
-            .render()
-            .expect("render");
+        let html = SettingsTemplate::new(
+            Layout::named(EVIL, "settings"),
+            &settings,
+            ClusterKeyView::default(),
+        )
+        .render()
+        .expect("render");
         assert!(!html.contains(EVIL));
         assert!(html.contains("&#60;script&#62;alert(1)&#60;/script&#62;"));
     }
