@@ -161,3 +161,32 @@ async fn a_silent_peer_expires() -> Result<()> {
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn importing_a_members_settings_joins_its_mesh() -> Result<()> {
+    let (a, _da) = node("a", KEY, vec![]).await?;
+    seed_addr(&a).await?;
+    let (b, _db) = node("b", &"1".repeat(64), vec![]).await?;
+    // The export carries the key only when asked for secrets.
+    let masked = a.api.get("/api/settings/export").await?.1;
+    assert_eq!(masked["node"]["cluster_key"], "********");
+    let export = a.api.get("/api/settings/export?secrets=true").await?.1;
+    assert_eq!(export["node"]["cluster_key"], KEY);
+    assert_eq!(export["exported_by"]["name"], "a");
+    let r = b
+        .api
+        .http
+        .post(format!("{}/api/settings/import", b.api.base))
+        .body(export.to_string())
+        .send()
+        .await?;
+    assert_eq!(r.status().as_u16(), 200, "{}", r.text().await?);
+    let settings = b.handle.settings(true);
+    assert_eq!(settings.node.name, "b", "the newcomer keeps its own name");
+    assert_eq!(settings.node.cluster_key.as_deref(), Some(KEY));
+    wait_for("a and b to meet", Duration::from_secs(20), || async {
+        (names(&a).contains("b") && names(&b).contains("a")).then_some(())
+    })
+    .await?;
+    Ok(())
+}

@@ -257,7 +257,7 @@ async fn export_settings(
     Query(p): Query<ExportParams>,
 ) -> impl IntoResponse {
     let name = format!("taskmesh-settings-{}.json", node.node_settings().name);
-    let body = serde_json::to_string_pretty(&node.settings(p.secrets)).unwrap_or_default();
+    let body = serde_json::to_string_pretty(&node.export_settings(p.secrets)).unwrap_or_default();
     (
         [
             (header::CONTENT_TYPE, "application/json".to_owned()),

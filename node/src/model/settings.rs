@@ -19,6 +19,46 @@ pub struct Settings {
     pub cluster: ClusterSettings,
     #[serde(default)]
     pub node: NodeSettings,
+    /// Set in exports: the node that wrote the file, so that importing it on another node
+    /// joins that node's mesh instead of copying its identity.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exported_by: Option<ExportOrigin>,
+}
+
+/// Who exported a settings file, and where it can be reached.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExportOrigin {
+    pub peer_id: String,
+    pub name: String,
+    /// Its p2p addresses; the importing node dials them.
+    #[serde(default)]
+    pub p2p_addrs: Vec<String>,
+}
+
+impl Settings {
+    /// What importing `self`, exported by another node, means for `current` (this node's
+    /// settings): the cluster settings, the cluster key and the way into the mesh are taken;
+    /// this node's own name, log path, dependencies and slots stay.
+    pub fn joined_from(self, current: &Settings) -> Settings {
+        let mut node = current.node.clone();
+        node.cluster_key = self.node.cluster_key.clone();
+        node.mdns = self.node.mdns;
+        let mut peers = self.node.peers.clone();
+        if let Some(origin) = &self.exported_by {
+            peers.extend(origin.p2p_addrs.iter().cloned());
+        }
+        for peer in peers {
+            if !node.peers.contains(&peer) {
+                node.peers.push(peer);
+            }
+        }
+        Settings {
+            cluster: self.cluster,
+            node,
+            exported_by: None,
+        }
+    }
 }
 
 /// Settings shared by the whole cluster.

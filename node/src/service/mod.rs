@@ -489,6 +489,7 @@ impl NodeHandle {
         let settings = Settings {
             cluster: self.state().settings.clone(),
             node: self.node_settings(),
+            exported_by: None,
         };
         if reveal { settings } else { settings.masked() }
     }
@@ -520,9 +521,41 @@ impl NodeHandle {
     }
 
     /// Imports a settings document (JSON text, as exported).
+    /// Imports a settings document. One exported by another node joins its mesh (see
+    /// [`Settings::joined_from`]); one from this node (or without origin) replaces everything.
     pub async fn import_settings(&self, text: &str) -> Result<Settings, NodeError> {
         let settings = Settings::parse(text)?;
-        self.put_settings(settings).await
+        let own_id = self.peers().this.peer_id;
+        let settings = match &settings.exported_by {
+            Some(origin) if Some(&origin.peer_id) != own_id.as_ref() => {
+                info!(from = %origin.name, "importing another node's settings: joining its mesh");
+                let mut current = self.settings(true);
+                // Masked secrets in the file keep this node's values, as with any save.
+                let mut incoming = settings;
+                incoming.unmask_from(&current);
+                current.exported_by = None;
+                incoming.joined_from(&current)
+            }
+            _ => settings,
+        };
+        self.put_settings(Settings {
+            exported_by: None,
+            ..settings
+        })
+        .await
+    }
+
+    /// The settings as an export file: with the exporting node's identity and addresses.
+    pub fn export_settings(&self, reveal: bool) -> Settings {
+        let view = self.peers();
+        Settings {
+            exported_by: view.this.peer_id.map(|peer_id| crate::model::ExportOrigin {
+                peer_id,
+                name: view.this.name.clone(),
+                p2p_addrs: view.this.p2p_addrs.clone(),
+            }),
+            ..self.settings(reveal)
+        }
     }
 
     /// This node as the mesh sees it, and its live peers.
