@@ -393,8 +393,7 @@ impl Actor {
     }
 
     fn dial_discovered(&mut self, peer: PeerId, addrs: Vec<Multiaddr>) {
-        // Only the lower PeerId dials a discovered peer; the other side waits for it.
-        if self.connected.contains(&peer) || self.local() >= peer || addrs.is_empty() {
+        if !should_dial(self.local(), peer, self.connected.contains(&peer)) || addrs.is_empty() {
             return;
         }
         let opts = DialOpts::peer_id(peer)
@@ -587,6 +586,12 @@ impl Actor {
     }
 }
 
+/// Whether this node dials a peer it discovered (by mDNS or gossip): only the lower PeerId does,
+/// so two nodes never dial each other at the same moment.
+fn should_dial(local: PeerId, peer: PeerId, connected: bool) -> bool {
+    !connected && local < peer
+}
+
 trait StripP2p {
     fn with_p2p_stripped(self) -> Self;
 }
@@ -597,5 +602,21 @@ impl StripP2p for Multiaddr {
             self.pop();
         }
         self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_lower_peer_id_dials() {
+        let a = PeerId::random();
+        let b = PeerId::random();
+        let (low, high) = if a < b { (a, b) } else { (b, a) };
+        assert!(should_dial(low, high, false));
+        assert!(!should_dial(high, low, false));
+        assert!(!should_dial(low, high, true), "no second connection");
+        assert!(!should_dial(low, low, false), "never itself");
     }
 }
