@@ -34,6 +34,9 @@ const FIRST_REDIAL: Duration = Duration::from_secs(1);
 const MAX_REDIAL: Duration = Duration::from_secs(30);
 /// An announcement is sent at most this often when things change fast.
 const DEBOUNCE: Duration = Duration::from_millis(100);
+/// A discovered peer with a higher PeerId is expected to dial us; if it has not after this
+/// long (it may not have discovered us yet), we dial it after all.
+const FALLBACK_DIAL: Duration = Duration::from_millis(700);
 
 #[derive(NetworkBehaviour)]
 struct Behaviour {
@@ -67,6 +70,8 @@ struct Actor {
     configured: Vec<Configured>,
     pending: HashMap<OutboundRequestId, oneshot::Sender<Result<Response, MeshError>>>,
     connected: HashSet<PeerId>,
+    /// Discovered peers we left to dial us, and when we dial them ourselves if they did not.
+    fallback: HashMap<PeerId, (Instant, Vec<Multiaddr>)>,
     announce_every: Duration,
     peer_ttl: Duration,
     listen_is_loopback: bool,
@@ -196,6 +201,7 @@ pub(super) async fn start(
             .collect(),
         pending: HashMap::new(),
         connected: HashSet::new(),
+        fallback: HashMap::new(),
         announce_every: config.announce_every,
         peer_ttl: config.peer_ttl,
         listen_is_loopback: is_loopback(&config.listen),
@@ -344,6 +350,7 @@ impl Actor {
             self.publish_peers();
         }
         self.redial(now);
+        self.dial_fallbacks(now);
     }
 
     /// Dials configured peers that are not connected, with backoff.
@@ -393,15 +400,42 @@ impl Actor {
     }
 
     fn dial_discovered(&mut self, peer: PeerId, addrs: Vec<Multiaddr>) {
-        if !should_dial(self.local(), peer, self.connected.contains(&peer)) || addrs.is_empty() {
+        if addrs.is_empty() || peer == self.local() || self.connected.contains(&peer) {
             return;
         }
+        if should_dial(self.local(), peer, false) {
+            self.dial(peer, addrs);
+        } else {
+            self.fallback
+                .entry(peer)
+                .or_insert_with(|| (Instant::now() + FALLBACK_DIAL, addrs));
+        }
+    }
+
+    fn dial(&mut self, peer: PeerId, addrs: Vec<Multiaddr>) {
         let opts = DialOpts::peer_id(peer)
             .addresses(addrs)
             .condition(PeerCondition::DisconnectedAndNotDialing)
             .build();
         if let Err(e) = self.swarm.dial(opts) {
             debug!(%peer, error = %e, "dial failed");
+        }
+    }
+
+    /// Dials the discovered higher peers that did not dial us in time.
+    fn dial_fallbacks(&mut self, now: Instant) {
+        let connected = &self.connected;
+        self.fallback.retain(|peer, _| !connected.contains(peer));
+        let due: Vec<PeerId> = self
+            .fallback
+            .iter()
+            .filter(|(_, (at, _))| *at <= now)
+            .map(|(p, _)| *p)
+            .collect();
+        for peer in due {
+            if let Some((_, addrs)) = self.fallback.remove(&peer) {
+                self.dial(peer, addrs);
+            }
         }
     }
 
@@ -586,8 +620,9 @@ impl Actor {
     }
 }
 
-/// Whether this node dials a peer it discovered (by mDNS or gossip): only the lower PeerId does,
-/// so two nodes never dial each other at the same moment.
+/// Whether this node dials a peer it discovered (by mDNS or gossip) at once: only the lower
+/// PeerId does, so two nodes do not dial each other at the same moment. (The higher one dials
+/// after [`FALLBACK_DIAL`] if no connection came.)
 fn should_dial(local: PeerId, peer: PeerId, connected: bool) -> bool {
     !connected && local < peer
 }
