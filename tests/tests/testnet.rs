@@ -1,0 +1,408 @@
+//! The testnet end to end (`testnet/`, docs/testnet.md): real `taskmesh` processes, each in its
+//! own network namespace on one bridge, finding each other by mDNS alone. Needs root; as any other
+//! user these tests print a notice and pass without doing anything (CI runs them as root).
+//!
+//! There is one testnet per machine (fixed namespace names and addresses), so the tests here take
+//! turns, and each uses its own state folder. A guard runs `testnet/down` when a test ends, also
+//! when it fails.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail, ensure};
+use taskmesh_tests::{Api, wait_for};
+
+/// The tests in this file take turns: they share the machine's one testnet.
+static TESTNET: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// How long `N` nodes may take to find each other by mDNS.
+const DISCOVERY: Duration = Duration::from_secs(30);
+/// How long a node that lost its peers may take to stop listing them (the peer expiry, plus
+/// detection) and to find them again after a heal (mDNS queries every 30 s, redials).
+const EXPIRY: Duration = Duration::from_secs(60);
+const RECOVERY: Duration = Duration::from_secs(90);
+
+fn is_root() -> bool {
+    if nix::unistd::geteuid().is_root() {
+        return true;
+    }
+    eprintln!(
+        "NOTICE: the testnet tests need root (network namespaces, a bridge, nftables); \
+         not run. CI runs them as root; locally: sudo -E cargo test -p taskmesh-tests --test testnet"
+    );
+    false
+}
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("the tests package sits in the workspace")
+        .to_owned()
+}
+
+/// The binary the testnet runs: `TASKMESH_BIN`, or a fresh debug build.
+fn taskmesh_bin() -> Result<PathBuf> {
+    if let Some(bin) = std::env::var_os("TASKMESH_BIN") {
+        return Ok(PathBuf::from(bin));
+    }
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let out = Command::new(cargo)
+        .args(["build", "-q", "-p", "taskmesh", "--bin", "taskmesh"])
+        .current_dir(repo_root())
+        .output()
+        .context("running cargo build -p taskmesh")?;
+    ensure!(
+        out.status.success(),
+        "cargo build -p taskmesh failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("target"));
+    Ok(target.join("debug").join("taskmesh"))
+}
+
+/// A testnet of this test: its state folder, and `testnet/down` on drop once it is up.
+struct Testnet {
+    dir: Option<tempfile::TempDir>,
+    bin: PathBuf,
+    apis: std::collections::BTreeMap<u32, Api>,
+    /// Whether this test's `testnet/up` succeeded (only then does drop run `testnet/down`: a
+    /// testnet that was up before belongs to someone else).
+    ours: bool,
+}
+
+/// `testnet/up`'s exit code when a testnet is already up.
+const ALREADY_UP: i32 = 3;
+/// How long a test waits for another run's testnet to go away (another `cargo test` as root).
+const TURN: Duration = Duration::from_secs(180);
+
+impl Testnet {
+    /// `testnet/up n`; waits its turn while another run's testnet is up.
+    async fn up(n: u32) -> Result<Self> {
+        let dir = tempfile::Builder::new()
+            .prefix("taskmesh-testnet-")
+            .tempdir()
+            .context("state folder")?;
+        let mut net = Self {
+            dir: Some(dir),
+            bin: taskmesh_bin()?,
+            apis: Default::default(),
+            ours: false,
+        };
+        let until = tokio::time::Instant::now() + TURN;
+        loop {
+            let out = net.run("up", &[&n.to_string()])?;
+            if out.status.success() {
+                net.ours = true;
+                return Ok(net);
+            }
+            if out.status.code() != Some(ALREADY_UP) || tokio::time::Instant::now() > until {
+                bail!(
+                    "testnet/up {n} failed ({}){}:\n{}",
+                    out.status,
+                    if out.status.code() == Some(ALREADY_UP) {
+                        format!(" for {TURN:?}; run testnet/down if it is left over")
+                    } else {
+                        String::new()
+                    },
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
+
+    fn dir(&self) -> &Path {
+        self.dir.as_ref().expect("state folder").path()
+    }
+
+    fn run(&self, name: &str, args: &[&str]) -> Result<Output> {
+        Command::new(repo_root().join("testnet").join(name))
+            .args(args)
+            .env("TESTNET_DIR", self.dir())
+            .env("TASKMESH_BIN", &self.bin)
+            .output()
+            .with_context(|| format!("running testnet/{name}"))
+    }
+
+    /// Runs `testnet/<name> args…`; fails with its output when it fails.
+    fn script(&mut self, name: &str, args: &[&str]) -> Result<Output> {
+        let out = self.run(name, args)?;
+        if !out.status.success() {
+            bail!(
+                "testnet/{name} {} failed ({}):\n{}{}",
+                args.join(" "),
+                out.status,
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        // A (re)started node may have a new token file; make its client again.
+        self.apis.clear();
+        Ok(out)
+    }
+
+    fn key_gen(&self) -> Result<String> {
+        let out = Command::new(&self.bin).args(["key", "gen"]).output()?;
+        ensure!(out.status.success(), "taskmesh key gen failed");
+        let key = String::from_utf8(out.stdout)?.trim().to_owned();
+        ensure!(!key.is_empty(), "taskmesh key gen printed nothing");
+        Ok(key)
+    }
+
+    /// A client for node `i`'s API with its access token (read once, when first needed).
+    fn api(&mut self, i: u32) -> Result<Api> {
+        if let Some(api) = self.apis.get(&i) {
+            return Ok(api.clone());
+        }
+        let token_file = self.dir().join(format!("node{i}/data/access-token"));
+        let token = std::fs::read_to_string(&token_file)
+            .with_context(|| format!("reading {}", token_file.display()))?;
+        let mut headers = reqwest::header::HeaderMap::new();
+        headers.insert(
+            reqwest::header::AUTHORIZATION,
+            format!("Bearer {}", token.trim()).parse()?,
+        );
+        let http = reqwest::Client::builder()
+            .no_proxy()
+            .timeout(Duration::from_secs(2))
+            .default_headers(headers)
+            .build()?;
+        let api = Api {
+            base: format!("http://198.18.0.{}:8080", 10 + i),
+            http,
+        };
+        self.apis.insert(i, api.clone());
+        Ok(api)
+    }
+
+    fn apis(&mut self, nodes: &[u32]) -> Result<Vec<(u32, Api)>> {
+        nodes.iter().map(|&i| Ok((i, self.api(i)?))).collect()
+    }
+
+    /// Polls until every node in `nodes` lists exactly `expected(node)`.
+    async fn wait_lists(
+        &mut self,
+        what: &str,
+        deadline: Duration,
+        nodes: &[u32],
+        expected: impl Fn(u32) -> BTreeSet<String> + Copy,
+    ) -> Result<()> {
+        let apis = &self.apis(nodes)?;
+        let last = &std::sync::Mutex::new(Vec::new());
+        let result = wait_for(what, deadline, || async move {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let wrong = mismatches(apis, expected).await;
+            let done = wrong.is_empty();
+            *last.lock().expect("lock") = wrong;
+            done.then_some(())
+        })
+        .await;
+        result.with_context(|| format!("last seen: {:?}", last.lock().expect("lock")))
+    }
+
+    /// Checks for `window` that every node in `nodes` keeps listing exactly `expected(node)`.
+    async fn hold_lists(
+        &mut self,
+        what: &str,
+        window: Duration,
+        nodes: &[u32],
+        expected: impl Fn(u32) -> BTreeSet<String> + Copy,
+    ) -> Result<()> {
+        let apis = self.apis(nodes)?;
+        let until = tokio::time::Instant::now() + window;
+        let mut checks = 0u32;
+        while tokio::time::Instant::now() < until {
+            let wrong = mismatches(&apis, expected).await;
+            ensure!(
+                wrong.is_empty(),
+                "{what}: broken after {checks} checks: {wrong:?}"
+            );
+            checks += 1;
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        ensure!(checks > 0, "{what}: never checked");
+        Ok(())
+    }
+}
+
+/// The names a node lists as peers, or None when it does not answer.
+async fn peers_of(api: &Api) -> Option<BTreeSet<String>> {
+    let (status, body) = api.get("/api/peers").await.ok()?;
+    if status != 200 {
+        return None;
+    }
+    let peers = body["peers"].as_array()?;
+    Some(
+        peers
+            .iter()
+            .filter_map(|p| p["name"].as_str().map(str::to_owned))
+            .collect(),
+    )
+}
+
+/// The nodes whose peer lists are not `expected(node)`, with what they list.
+async fn mismatches(
+    apis: &[(u32, Api)],
+    expected: impl Fn(u32) -> BTreeSet<String>,
+) -> Vec<String> {
+    let mut wrong = Vec::new();
+    for (i, api) in apis {
+        let want = expected(*i);
+        match peers_of(api).await {
+            Some(got) if got == want => {}
+            got => wrong.push(format!("node{i} lists {got:?}, want {want:?}")),
+        }
+    }
+    wrong
+}
+
+impl Drop for Testnet {
+    fn drop(&mut self) {
+        let Some(dir) = self.dir.take() else {
+            return;
+        };
+        if !self.ours {
+            return;
+        }
+        let out = Command::new(repo_root().join("testnet/down"))
+            .env("TESTNET_DIR", dir.path())
+            .output();
+        match out {
+            Ok(out) if out.status.success() => {}
+            Ok(out) => eprintln!(
+                "testnet/down failed: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+            Err(e) => eprintln!("running testnet/down: {e}"),
+        }
+        if std::thread::panicking() {
+            eprintln!("testnet logs kept in {}", dir.keep().display());
+        }
+    }
+}
+
+/// The names of `nodes` but `i`: what node `i` should list.
+fn others(nodes: &'static [u32]) -> impl Fn(u32) -> BTreeSet<String> + Copy {
+    move |i| {
+        nodes
+            .iter()
+            .filter(|&&j| j != i)
+            .map(|j| format!("node{j}"))
+            .collect()
+    }
+}
+
+fn nobody(_: u32) -> BTreeSet<String> {
+    BTreeSet::new()
+}
+
+/// Keeps the state folder (with the nodes' logs) when the test fails.
+fn keep_logs_on_error<T>(net: &mut Testnet, result: Result<T>) -> Result<T> {
+    if result.is_err()
+        && net.ours
+        && let Some(dir) = net.dir.take()
+    {
+        let path = dir.keep();
+        eprintln!("testnet logs kept in {}", path.display());
+        let _ = Command::new(repo_root().join("testnet/down"))
+            .env("TESTNET_DIR", &path)
+            .output();
+    }
+    result
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_nodes_find_each_other_by_mdns_and_a_wrong_key_stays_out() -> Result<()> {
+    if !is_root() {
+        return Ok(());
+    }
+    let _turn = TESTNET.lock().await;
+    let mut net = Testnet::up(5).await?;
+    let result = async {
+        const FIVE: &[u32] = &[1, 2, 3, 4, 5];
+        net.wait_lists(
+            "every node to list the 4 others",
+            DISCOVERY,
+            FIVE,
+            others(FIVE),
+        )
+        .await?;
+
+        let wrong_key = net.key_gen()?;
+        net.script("start", &["6", "--key", &wrong_key])?;
+        // node6 runs, with mDNS, on the same bridge; it must not get in, and nobody lists it.
+        net.hold_lists(
+            "the five keep listing each other and not node6",
+            Duration::from_secs(15),
+            FIVE,
+            others(FIVE),
+        )
+        .await?;
+        net.hold_lists(
+            "node6 (wrong key) lists no peers",
+            Duration::from_secs(1),
+            &[6],
+            nobody,
+        )
+        .await?;
+        // And it did meet them: mDNS showed it the five (libp2p-mdns logs that at info), so it
+        // stayed out because of the key, not because it never saw them.
+        let log = std::fs::read_to_string(net.dir().join("node6/node.log"))?;
+        let seen = log.matches("discovered peer").count();
+        ensure!(
+            seen >= 5,
+            "node6 logged {seen} mDNS discoveries, want the 5 others: the check proves nothing"
+        );
+        Ok(())
+    }
+    .await;
+    keep_logs_on_error(&mut net, result)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cut_and_isolated_nodes_drop_out_and_heal_brings_them_back() -> Result<()> {
+    if !is_root() {
+        return Ok(());
+    }
+    let _turn = TESTNET.lock().await;
+    let mut net = Testnet::up(3).await?;
+    let result = async {
+        const THREE: &[u32] = &[1, 2, 3];
+        net.wait_lists(
+            "every node to list the 2 others",
+            DISCOVERY,
+            THREE,
+            others(THREE),
+        )
+        .await?;
+
+        // Isolated, node3 expires from the others' lists and lists nobody itself.
+        net.script("isolate", &["3"])?;
+        net.wait_lists("node3 to drop out", EXPIRY, &[1, 2], others(&[1, 2]))
+            .await?;
+        net.wait_lists("node3 to list nobody", EXPIRY, &[3], nobody)
+            .await?;
+        net.script("heal", &[])?;
+        net.wait_lists("node3 to come back", RECOVERY, THREE, others(THREE))
+            .await?;
+
+        // Cut from both others, node1 drops out the same way.
+        net.script("cut", &["1", "2"])?;
+        net.script("cut", &["1", "3"])?;
+        net.wait_lists("node1 to drop out", EXPIRY, &[2, 3], others(&[2, 3]))
+            .await?;
+        net.wait_lists("node1 to list nobody", EXPIRY, &[1], nobody)
+            .await?;
+        net.script("heal", &[])?;
+        net.wait_lists("node1 to come back", RECOVERY, THREE, others(THREE))
+            .await?;
+        Ok(())
+    }
+    .await;
+    keep_logs_on_error(&mut net, result)
+}
