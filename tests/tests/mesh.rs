@@ -133,6 +133,31 @@ async fn a_node_with_another_key_stays_out() -> Result<()> {
 }
 
 #[tokio::test]
+async fn a_configured_peer_that_is_down_is_redialled_until_it_comes_up() -> Result<()> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let (b, _db) = node("b", KEY, vec![format!("127.0.0.1:{port}")]).await?;
+    // b dials a closed port and backs off; a then starts on that port.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(names(&b).is_empty());
+    let dir = tempfile::tempdir()?;
+    let a = TestNode::start_with(dir.path(), move |c| {
+        c.name = Some("a".into());
+        c.cluster_key = Some(KEY.into());
+        c.p2p_listen = format!("/ip4/127.0.0.1/tcp/{port}");
+    })
+    .await?;
+    wait_for(
+        "b to reach a once it is up",
+        Duration::from_secs(20),
+        || async { (names(&b).contains("a") && names(&a).contains("b")).then_some(()) },
+    )
+    .await?;
+    Ok(())
+}
+
+#[tokio::test]
 async fn a_silent_peer_expires() -> Result<()> {
     let (a, _da) = node("a", KEY, vec![]).await?;
     let mut settings = a.api.get("/api/settings").await?.1;

@@ -18,12 +18,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use libp2p::identity::Keypair;
-use libp2p::{Multiaddr, PeerId};
+use libp2p::Multiaddr;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
 pub use keys::{ClusterKey, load_or_create_identity};
+pub use libp2p::PeerId;
 pub use peers::{Announcement, PeerInfo, PeerTable};
 
 /// How a mesh endpoint starts.

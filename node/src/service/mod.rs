@@ -558,6 +558,11 @@ impl NodeHandle {
         }
     }
 
+    /// The p2p endpoint, while it runs.
+    pub fn mesh(&self) -> Option<crate::mesh::MeshHandle> {
+        self.inner.mesh.borrow().clone()
+    }
+
     /// This node as the mesh sees it, and its live peers.
     pub fn peers(&self) -> PeersView {
         let mesh = self.inner.mesh.borrow().clone();
