@@ -151,6 +151,17 @@ impl Api {
         Ok(task["id"].as_str().context("task id")?.to_owned())
     }
 
+    /// Execute now; returns the new run.
+    pub async fn execute(&self, task: &str) -> Result<Value> {
+        let (status, run) = self
+            .post(&format!("/api/tasks/{task}/run"), &Value::Null)
+            .await?;
+        if status != 202 {
+            bail!("executing {task} answered {status}: {run}");
+        }
+        Ok(run)
+    }
+
     pub async fn runs_of(&self, task_id: &str) -> Result<Vec<Value>> {
         let (_, runs) = self
             .get(&format!("/api/runs?task={task_id}&limit=1000"))

@@ -134,11 +134,7 @@ async fn a_failing_task_is_retried_exactly_max_retries_times() -> Result<()> {
             "exit_rules": [{"on": "!0", "action": "retry"}, {"on": "0", "action": "disable"}]
         }))
         .await?;
-    let (status, run) = node
-        .api
-        .post(&format!("/api/tasks/{id}/run"), &json!(null))
-        .await?;
-    assert_eq!(status, 202, "{run}");
+    node.api.execute(&id).await?;
     let runs = wait_for(
         "the last attempt to give up",
         Duration::from_secs(10),
@@ -205,9 +201,7 @@ async fn parameters_reach_the_process_without_a_shell() -> Result<()> {
             "when": {"mode": "manual"}
         }))
         .await?;
-    node.api
-        .post(&format!("/api/tasks/{id}/run"), &json!(null))
-        .await?;
+    node.api.execute(&id).await?;
     let text = wait_for("the output file", Duration::from_secs(5), || async {
         std::fs::read_to_string(&out).ok().filter(|t| !t.is_empty())
     })
@@ -233,9 +227,7 @@ async fn a_timeout_kills_the_whole_process_group() -> Result<()> {
             "exit_rules": [{"on": "timeout", "action": "notify", "channel": "ops"}]
         }))
         .await?;
-    node.api
-        .post(&format!("/api/tasks/{id}/run"), &json!(null))
-        .await?;
+    node.api.execute(&id).await?;
     let run = wait_for("the timeout", Duration::from_secs(10), || async {
         let runs = node.api.runs_of(&id).await.ok()?;
         runs.into_iter().find(|r| r["status"] == "timed_out")
@@ -343,10 +335,7 @@ async fn the_log_follows_a_running_task_and_daily_files_are_written() -> Result<
         .api
         .create_task(&json!({"name": "talk", "spec": {"shell": "echo one; sleep 0.3; echo two >&2"}, "when": {"mode": "manual"}}))
         .await?;
-    let (_, run) = node
-        .api
-        .post(&format!("/api/tasks/{id}/run"), &json!(null))
-        .await?;
+    let run = node.api.execute(&id).await?;
     let run_id = run["id"].as_str().expect("id").to_owned();
     let body = node
         .api
@@ -544,10 +533,7 @@ async fn a_task_runs_as_its_user_only_when_the_node_is_root() -> Result<()> {
         .api
         .create_task(&json!({"name": "who", "spec": {"shell": "id -u; id -G", "user": "nobody"}, "when": {"mode": "manual"}}))
         .await?;
-    let (_, run) = node
-        .api
-        .post(&format!("/api/tasks/{id}/run"), &json!(null))
-        .await?;
+    let run = node.api.execute(&id).await?;
     let run_id = run["id"].as_str().expect("id").to_owned();
     let run = wait_for("the run to end", Duration::from_secs(5), || async {
         let (_, r) = node.api.get(&format!("/api/runs/{run_id}")).await.ok()?;
@@ -718,9 +704,7 @@ async fn exit_rules_run_another_task_and_disable() -> Result<()> {
             "exit_rules": [{"on": "2", "action": "run", "task": "cleanup"}, {"on": "1-3", "action": "disable"}, {"on": "*", "action": "run", "task": "ghost"}]
         }))
         .await?;
-    node.api
-        .post(&format!("/api/tasks/{main}/run"), &json!(null))
-        .await?;
+    node.api.execute(&main).await?;
     let chained = wait_for("cleanup to run", Duration::from_secs(5), || async {
         node.api
             .runs_of(&cleanup)
