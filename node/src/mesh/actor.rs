@@ -23,8 +23,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::{
-    Announcement, Command, MeshConfig, MeshError, MeshHandle, PeerTable, Request, Response,
-    peer_multiaddr,
+    Announcement, Command, Inbound, MeshConfig, MeshError, MeshHandle, PeerTable, Request,
+    Response, peer_multiaddr,
 };
 
 const TOPIC: &str = "taskmesh/announce/1";
@@ -70,6 +70,10 @@ struct Actor {
     configured: Vec<Configured>,
     pending: HashMap<OutboundRequestId, oneshot::Sender<Result<Response, MeshError>>>,
     connected: HashSet<PeerId>,
+    /// Inbound requests handed to the node, waiting for its answer.
+    answering: HashMap<u64, request_response::ResponseChannel<Response>>,
+    next_answer: u64,
+    inbound: Option<mpsc::Sender<Inbound>>,
     /// Discovered peers we left to dial us, and when we dial them ourselves if they did not.
     fallback: HashMap<PeerId, (Instant, Vec<Multiaddr>)>,
     announce_every: Duration,
@@ -202,6 +206,9 @@ pub(super) async fn start(
         pending: HashMap::new(),
         connected: HashSet::new(),
         fallback: HashMap::new(),
+        answering: HashMap::new(),
+        next_answer: 0,
+        inbound: config.inbound.clone(),
         announce_every: config.announce_every,
         peer_ttl: config.peer_ttl,
         listen_is_loopback: is_loopback(&config.listen),
@@ -283,6 +290,15 @@ impl Actor {
             } => {
                 let id = self.swarm.behaviour_mut().rpc.send_request(&peer, request);
                 self.pending.insert(id, reply);
+            }
+            Command::Respond { key, response } => {
+                if let Some(channel) = self.answering.remove(&key) {
+                    let _ = self
+                        .swarm
+                        .behaviour_mut()
+                        .rpc
+                        .send_response(channel, response);
+                }
             }
             Command::Dial(addrs) => {
                 for addr in addrs {
@@ -551,6 +567,9 @@ impl Actor {
                             .rpc
                             .send_response(channel, Response::Announcement(own));
                     }
+                    request_response::Message::Request {
+                        request, channel, ..
+                    } => self.hand_over(peer, request, channel),
                     request_response::Message::Response {
                         request_id,
                         response,
@@ -583,6 +602,45 @@ impl Actor {
             }
             _ => {}
         }
+    }
+
+    /// Passes a request to the node's handler; its answer comes back as `Command::Respond`.
+    fn hand_over(
+        &mut self,
+        from: PeerId,
+        request: Request,
+        channel: request_response::ResponseChannel<Response>,
+    ) {
+        let Some(inbound) = self.inbound.clone() else {
+            let answer = Response::Error("this node handles no such request".into());
+            let _ = self
+                .swarm
+                .behaviour_mut()
+                .rpc
+                .send_response(channel, answer);
+            return;
+        };
+        let key = self.next_answer;
+        self.next_answer += 1;
+        self.answering.insert(key, channel);
+        let (reply, answer) = oneshot::channel();
+        let me = self.self_tx.clone();
+        tokio::spawn(async move {
+            let response = match inbound
+                .send(Inbound {
+                    from,
+                    request,
+                    reply,
+                })
+                .await
+            {
+                Ok(()) => answer
+                    .await
+                    .unwrap_or_else(|_| Response::Error("the request was dropped".into())),
+                Err(_) => Response::Error("the node is shutting down".into()),
+            };
+            let _ = me.send(Command::Respond { key, response }).await;
+        });
     }
 
     fn observe(&mut self, announcement: Announcement) {

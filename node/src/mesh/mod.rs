@@ -17,8 +17,8 @@ mod peers;
 use std::sync::Arc;
 use std::time::Duration;
 
-use libp2p::identity::Keypair;
 use libp2p::Multiaddr;
+use libp2p::identity::Keypair;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
@@ -38,18 +38,34 @@ pub struct MeshConfig {
     pub peers: Vec<String>,
     pub announce_every: Duration,
     pub peer_ttl: Duration,
+    /// Where requests the mesh does not answer itself go (Raft RPCs, later run dispatch).
+    pub inbound: Option<mpsc::Sender<Inbound>>,
 }
 
 /// Requests one node sends another over the mesh.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum Request {
-    /// "Who are you?": the peer's current announcement.
+    /// "Who are you?": the peer's current announcement (the mesh answers it itself).
     Announcement,
+    /// A Raft RPC, opaque to the mesh (the consensus layer encodes and answers it).
+    Raft(serde_json::Value),
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum Response {
     Announcement(Option<Box<Announcement>>),
+    Raft(serde_json::Value),
+    /// The receiving node could not handle the request (no handler, or it failed).
+    Error(String),
+}
+
+/// A request from a peer that the mesh does not answer itself; whoever handles it answers
+/// through `reply` (dropping it answers with an error).
+#[derive(Debug)]
+pub struct Inbound {
+    pub from: PeerId,
+    pub request: Request,
+    pub reply: oneshot::Sender<Response>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -72,6 +88,10 @@ pub(crate) enum Command {
         reply: oneshot::Sender<Result<Response, MeshError>>,
     },
     Dial(Vec<Multiaddr>),
+    Respond {
+        key: u64,
+        response: Response,
+    },
 }
 
 /// A cloneable handle on the mesh actor.
@@ -152,4 +172,80 @@ pub fn socket_multiaddr(addr: std::net::SocketAddr) -> Multiaddr {
     Multiaddr::empty()
         .with(ip)
         .with(libp2p::multiaddr::Protocol::Tcp(addr.port()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(
+        key: &ClusterKey,
+        peers: Vec<String>,
+        inbound: Option<mpsc::Sender<Inbound>>,
+    ) -> MeshConfig {
+        MeshConfig {
+            identity: Keypair::generate_ed25519(),
+            key: key.clone(),
+            listen: "/ip4/127.0.0.1/tcp/0".parse().expect("multiaddr"),
+            mdns: false,
+            peers,
+            announce_every: Duration::from_secs(2),
+            peer_ttl: Duration::from_secs(10),
+            inbound,
+        }
+    }
+
+    #[tokio::test]
+    async fn requests_the_mesh_does_not_answer_reach_the_node_and_come_back() {
+        let key = ClusterKey::generate().expect("key");
+        let cancel = CancellationToken::new();
+        let (tx, mut rx) = mpsc::channel(8);
+        let (a, _ta) = start(config(&key, vec![], Some(tx)), cancel.clone())
+            .await
+            .expect("a");
+        let addr = a.listen_addrs()[0].to_string();
+        let (b, _tb) = start(config(&key, vec![addr], None), cancel.clone())
+            .await
+            .expect("b");
+        tokio::spawn(async move {
+            while let Some(inbound) = rx.recv().await {
+                let Request::Raft(value) = inbound.request else {
+                    continue;
+                };
+                let _ = inbound
+                    .reply
+                    .send(Response::Raft(serde_json::json!({"echo": value})));
+            }
+        });
+        // The first request may race the connection; retry until the peer is reachable.
+        let until = tokio::time::Instant::now() + Duration::from_secs(10);
+        let answer = loop {
+            match b
+                .request(a.local_peer_id(), Request::Raft(serde_json::json!(42)))
+                .await
+            {
+                Ok(answer) => break answer,
+                Err(e) if tokio::time::Instant::now() < until => {
+                    tracing::debug!(error = %e, "not yet");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(e) => panic!("no answer: {e}"),
+            }
+        };
+        match answer {
+            Response::Raft(v) => assert_eq!(v, serde_json::json!({"echo": 42})),
+            other => panic!("unexpected answer {other:?}"),
+        }
+        // A node without a handler says so instead of hanging.
+        match a
+            .request(b.local_peer_id(), Request::Raft(serde_json::json!(1)))
+            .await
+        {
+            Ok(Response::Error(message)) => {
+                assert!(message.contains("no such request"), "{message}")
+            }
+            other => panic!("unexpected answer {other:?}"),
+        }
+        cancel.cancel();
+    }
 }

@@ -115,6 +115,7 @@ impl MeshRunner {
             peers: shape.peers.clone(),
             announce_every: ANNOUNCE_EVERY,
             peer_ttl: shape.peer_ttl,
+            inbound: None,
         })
     }
 
