@@ -173,6 +173,18 @@ async fn user_text_is_escaped_and_settings_validate_in_place() -> Result<()> {
     )
     .await?;
     screenshot(&browser, "settings").await;
+    // The cluster key is masked until asked for.
+    let key = browser.find("#cluster-key").await?;
+    assert_eq!(browser.text(&key).await?, "********");
+    browser
+        .click(&browser.find("#cluster-key-show").await?)
+        .await?;
+    let shown = wait_for("the key to be shown", Duration::from_secs(10), || async {
+        let text = text_of(&browser, "#cluster-key").await;
+        (text.len() == 64).then_some(text)
+    })
+    .await?;
+    assert_eq!(Some(shown), node.handle.settings(true).node.cluster_key);
     browser.goto(&format!("{base}/node")).await?;
     browser.find("main").await?;
     screenshot(&browser, "node").await;

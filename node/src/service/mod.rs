@@ -496,7 +496,12 @@ impl NodeHandle {
 
     /// Replaces all settings. Masked secrets keep their stored values.
     pub async fn put_settings(&self, mut settings: Settings) -> Result<Settings, NodeError> {
-        settings.unmask_from(&self.settings(true));
+        let current = self.settings(true);
+        settings.unmask_from(&current);
+        // A node always has a cluster key: a document without one keeps the current key.
+        if settings.node.cluster_key.is_none() {
+            settings.node.cluster_key = current.node.cluster_key;
+        }
         let errors = settings.check();
         if !errors.is_empty() {
             return Err(Invalid::new("the settings are not valid", errors).into());
