@@ -138,7 +138,7 @@ fn sigterm_stops_children_and_flushes_their_runs() {
     let mut node = start(dir.path());
     let http = client();
     let script = format!(
-        "trap 'echo term > {}; exit 0' TERM; sleep 300 & wait",
+        "trap 'echo term > {}; exit 0' TERM; echo ready; sleep 300 & wait",
         marker.display()
     );
     let body = json!({"name": "daemon", "spec": {"shell": script}, "when": {"mode": "always"}});
@@ -158,6 +158,16 @@ fn sigterm_stops_children_and_flushes_their_runs() {
         runs.iter()
             .find(|r| r["status"] == "running")
             .map(|r| r["id"].as_str().unwrap_or("").to_owned())
+    });
+    // SIGTERM only once the trap is set (the script says so), or the shell dies without it.
+    wait_until("the daemon's trap", Duration::from_secs(10), || {
+        let log = http
+            .get(format!("{}/api/runs/{run_id}/log", node.url))
+            .send()
+            .ok()?
+            .text()
+            .ok()?;
+        log.contains("ready").then_some(())
     });
     kill(Pid::from_raw(node.child.id() as i32), Signal::SIGTERM).expect("sigterm");
     let status = wait_until("the node to exit", Duration::from_secs(15), || {

@@ -47,7 +47,7 @@ async fn a_cron_task_with_seconds_runs_on_its_slots() -> Result<()> {
         let late = (started - slot).num_milliseconds();
         // On time: not before its slot, and well within the second (benchmarks measure the rest).
         assert!(
-            (0..500).contains(&late),
+            (0..800).contains(&late),
             "run started {late} ms after its slot: {run}"
         );
         assert_eq!(slot.timestamp_subsec_millis(), 0, "slots are whole seconds");
@@ -222,7 +222,7 @@ async fn a_timeout_kills_the_whole_process_group() -> Result<()> {
         .api
         .create_task(&json!({
             "name": "slow",
-            "spec": {"shell": format!("sleep 300 & echo $! > {}; wait", pidfile.display()), "timeout": "300ms"},
+            "spec": {"shell": format!("sleep 300 & echo $! > {}; wait", pidfile.display()), "timeout": "1s"},
             "when": {"mode": "manual"},
             "exit_rules": [{"on": "timeout", "action": "notify", "channel": "ops"}]
         }))
