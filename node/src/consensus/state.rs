@@ -8,7 +8,7 @@ use crate::model::{ClusterSettings, Invalid, Task, TaskId};
 use crate::store::{Store, StoreError, Write};
 
 /// What every node agrees on.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct State {
     pub tasks: BTreeMap<TaskId, Task>,
     pub settings: ClusterSettings,
@@ -17,7 +17,7 @@ pub struct State {
 }
 
 /// One change to the state.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub enum Change {
     /// Create or replace a task (by id). Names are unique.
     PutTask(Task),

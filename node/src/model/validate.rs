@@ -1,17 +1,17 @@
 //! Validation errors that say what was wrong and where: a field path, and line/column in JSON text.
 
-use serde::Serialize;
 use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 
 /// One problem with one field.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FieldError {
     /// Where: `spec.dependencies[2]`, `when.schedule`, `cluster.retention_days`.
     pub path: String,
     pub message: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub line: Option<usize>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub column: Option<usize>,
 }
 
@@ -45,7 +45,7 @@ impl std::fmt::Display for FieldError {
 }
 
 /// Input that was rejected, with every problem found.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
 #[error("{message}: {}", errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
 pub struct Invalid {
     pub message: String,

@@ -12,6 +12,7 @@ use chrono::{DateTime, Utc};
 use crate::model::{ClusterSettings, NodeSettings, Run, RunId, Task, TaskId};
 
 pub use redb_store::RedbStore;
+pub(crate) use redb_store::{LAST_FIRED, TASKS, write_in};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

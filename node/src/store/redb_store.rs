@@ -2,18 +2,21 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::{RunQuery, Store, StoreError, Write};
 use crate::model::{ClusterSettings, NodeSettings, Run, RunId, Task, TaskId};
 
-const TASKS: TableDefinition<&str, &[u8]> = TableDefinition::new("tasks");
+pub(crate) const TASKS: TableDefinition<&str, &[u8]> = TableDefinition::new("tasks");
+/// Settings: `cluster_settings` (replicated) and `node_settings` (node-local).
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
-const LAST_FIRED: TableDefinition<&str, i64> = TableDefinition::new("last_fired");
+/// Task id → the newest fired slot, in Unix milliseconds.
+pub(crate) const LAST_FIRED: TableDefinition<&str, i64> = TableDefinition::new("last_fired");
 const RUNS: TableDefinition<&str, &[u8]> = TableDefinition::new("runs");
 /// `<task id>/<run id>` → (), to list and prune one task's runs.
 const RUNS_BY_TASK: TableDefinition<&str, ()> = TableDefinition::new("runs_by_task");
@@ -22,7 +25,9 @@ const CLUSTER_SETTINGS: &str = "cluster_settings";
 const NODE_SETTINGS: &str = "node_settings";
 
 pub struct RedbStore {
-    db: Database,
+    /// Shared with the Raft log and state machine (`consensus::raft`), which keep their own
+    /// tables in the same file.
+    db: Arc<Database>,
 }
 
 fn db_err(e: impl std::fmt::Display) -> StoreError {
@@ -64,7 +69,12 @@ impl RedbStore {
             txn.open_table(RUNS_BY_TASK).map_err(db_err)?;
         }
         txn.commit().map_err(db_err)?;
-        Ok(Self { db })
+        Ok(Self { db: Arc::new(db) })
+    }
+
+    /// The database itself, for the Raft storage that lives in the same file.
+    pub fn database(&self) -> Arc<Database> {
+        self.db.clone()
     }
 
     fn meta<T: DeserializeOwned>(&self, key: &'static str) -> Result<Option<T>, StoreError> {
@@ -75,6 +85,41 @@ impl RedbStore {
             None => Ok(None),
         }
     }
+}
+
+/// Stages `batch` in `txn` without committing, so that a caller can commit it together with
+/// writes of its own (the Raft state machine stores its last applied log id with them).
+pub(crate) fn write_in(txn: &WriteTransaction, batch: &[Write]) -> Result<(), StoreError> {
+    let mut tasks = txn.open_table(TASKS).map_err(db_err)?;
+    let mut meta = txn.open_table(META).map_err(db_err)?;
+    let mut fired = txn.open_table(LAST_FIRED).map_err(db_err)?;
+    for write in batch {
+        match write {
+            Write::PutTask(task) => {
+                tasks
+                    .insert(task.id.0.as_str(), encode(task).as_slice())
+                    .map_err(db_err)?;
+            }
+            Write::RemoveTask(id) => {
+                tasks.remove(id.0.as_str()).map_err(db_err)?;
+                fired.remove(id.0.as_str()).map_err(db_err)?;
+            }
+            Write::ClusterSettings(s) => {
+                meta.insert(CLUSTER_SETTINGS, encode(s).as_slice())
+                    .map_err(db_err)?;
+            }
+            Write::NodeSettings(s) => {
+                meta.insert(NODE_SETTINGS, encode(s).as_slice())
+                    .map_err(db_err)?;
+            }
+            Write::LastFired(id, at) => {
+                fired
+                    .insert(id.0.as_str(), at.timestamp_millis())
+                    .map_err(db_err)?;
+            }
+        }
+    }
+    Ok(())
 }
 
 impl Store for RedbStore {
@@ -112,37 +157,7 @@ impl Store for RedbStore {
 
     fn write(&self, batch: &[Write]) -> Result<(), StoreError> {
         let txn = self.db.begin_write().map_err(db_err)?;
-        {
-            let mut tasks = txn.open_table(TASKS).map_err(db_err)?;
-            let mut meta = txn.open_table(META).map_err(db_err)?;
-            let mut fired = txn.open_table(LAST_FIRED).map_err(db_err)?;
-            for write in batch {
-                match write {
-                    Write::PutTask(task) => {
-                        tasks
-                            .insert(task.id.0.as_str(), encode(task).as_slice())
-                            .map_err(db_err)?;
-                    }
-                    Write::RemoveTask(id) => {
-                        tasks.remove(id.0.as_str()).map_err(db_err)?;
-                        fired.remove(id.0.as_str()).map_err(db_err)?;
-                    }
-                    Write::ClusterSettings(s) => {
-                        meta.insert(CLUSTER_SETTINGS, encode(s).as_slice())
-                            .map_err(db_err)?;
-                    }
-                    Write::NodeSettings(s) => {
-                        meta.insert(NODE_SETTINGS, encode(s).as_slice())
-                            .map_err(db_err)?;
-                    }
-                    Write::LastFired(id, at) => {
-                        fired
-                            .insert(id.0.as_str(), at.timestamp_millis())
-                            .map_err(db_err)?;
-                    }
-                }
-            }
-        }
+        write_in(&txn, batch)?;
         txn.commit().map_err(db_err)
     }
 

@@ -1,0 +1,403 @@
+//! The Raft log on redb: log entries, the vote, the committed log id and the last purged log id.
+//!
+//! Tables (in the node's one database file, next to the [`crate::store`] tables):
+//!
+//! - `raft_log`: log index → the JSON-encoded [`openraft::Entry`];
+//! - `raft_log_meta`: `vote`, `committed`, `last_purged` → JSON-encoded [`Vote`] / [`LogId`].
+//!
+//! Every write is one redb transaction, run on the blocking pool and awaited before the next, so
+//! writes are serialised as openraft requires. The vote, appended entries, truncation and purge
+//! commit with redb's default `Immediate` durability (fsynced before `commit` returns), and
+//! `append` calls openraft's flush callback only after that. The committed log id is advisory
+//! (openraft re-applies up to it at start, and a stale one only means less of that), so it
+//! commits with `Durability::None` and reaches the disk with the next durable commit.
+
+use std::fmt::Debug;
+use std::ops::{Bound, RangeBounds};
+use std::sync::Arc;
+
+use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
+use openraft::{
+    AnyError, Entry, ErrorSubject, ErrorVerb, LogId, OptionalSend, RaftLogReader, StorageError,
+    StorageIOError, Vote,
+};
+use redb::{
+    Database, Durability, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction,
+};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use super::{NodeId, TypeConfig};
+
+/// Log index → JSON-encoded entry.
+const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("raft_log");
+/// `vote`, `committed`, `last_purged` → JSON.
+const LOG_META: TableDefinition<&str, &[u8]> = TableDefinition::new("raft_log_meta");
+
+const VOTE: &str = "vote";
+const COMMITTED: &str = "committed";
+const LAST_PURGED: &str = "last_purged";
+
+type Result<T> = std::result::Result<T, StorageError<NodeId>>;
+
+/// Adds a note on what was being done to an error, as openraft's [`AnyError`].
+pub(super) trait Context<T> {
+    fn context(self, doing: &'static str) -> std::result::Result<T, AnyError>;
+}
+
+impl<T, E: std::error::Error + 'static> Context<T> for std::result::Result<T, E> {
+    fn context(self, doing: &'static str) -> std::result::Result<T, AnyError> {
+        self.map_err(|e| AnyError::new(&e).add_context(|| doing))
+    }
+}
+
+/// Runs `f` in one write transaction on the blocking pool and commits it with `durability`;
+/// a failure is reported as a write to `subject`.
+pub(super) async fn write_txn<F>(
+    db: &Arc<Database>,
+    subject: ErrorSubject<NodeId>,
+    durability: Durability,
+    f: F,
+) -> Result<()>
+where
+    F: FnOnce(&WriteTransaction) -> std::result::Result<(), AnyError> + Send + 'static,
+{
+    let db = db.clone();
+    tokio::task::spawn_blocking(move || -> std::result::Result<(), AnyError> {
+        let mut txn = db.begin_write().context("beginning a write transaction")?;
+        txn.set_durability(durability)
+            .context("setting the durability")?;
+        f(&txn)?;
+        txn.commit().context("committing")
+    })
+    .await
+    .context("running the storage writer task")
+    .and_then(|result| result)
+    .map_err(|e| StorageIOError::new(subject, ErrorVerb::Write, e).into())
+}
+
+/// JSON for a table; a failure is reported as a write to `subject`.
+pub(super) fn encode<T: Serialize>(
+    value: &T,
+    subject: ErrorSubject<NodeId>,
+    what: &'static str,
+) -> Result<Vec<u8>> {
+    serde_json::to_vec(value)
+        .context(what)
+        .map_err(|e| StorageIOError::new(subject, ErrorVerb::Write, e).into())
+}
+
+/// The redb Raft log. Cheap to clone: replication tasks read through clones of it.
+#[derive(Clone)]
+pub struct LogStore {
+    db: Arc<Database>,
+}
+
+impl LogStore {
+    /// Opens the log in `db` (the node's database, see [`crate::store::RedbStore::database`]),
+    /// creating its tables on first use.
+    pub fn open(db: Arc<Database>) -> Result<Self> {
+        let create = || -> std::result::Result<(), AnyError> {
+            let txn = db.begin_write().context("beginning a write transaction")?;
+            txn.open_table(LOG).context("creating table raft_log")?;
+            txn.open_table(LOG_META)
+                .context("creating table raft_log_meta")?;
+            txn.commit().context("committing")
+        };
+        create().map_err(StorageIOError::write_logs)?;
+        Ok(Self { db })
+    }
+
+    /// Reads one JSON value from `raft_log_meta`.
+    fn read_meta<T: DeserializeOwned>(
+        &self,
+        key: &'static str,
+        subject: ErrorSubject<NodeId>,
+    ) -> Result<Option<T>> {
+        let read = || -> std::result::Result<Option<T>, AnyError> {
+            let txn = self.db.begin_read().context("beginning a read")?;
+            let table = txn
+                .open_table(LOG_META)
+                .context("opening table raft_log_meta")?;
+            let Some(value) = table.get(key).context("reading raft_log_meta")? else {
+                return Ok(None);
+            };
+            serde_json::from_slice(value.value())
+                .map(Some)
+                .context("decoding a value in raft_log_meta")
+        };
+        read().map_err(|e| StorageIOError::new(subject, ErrorVerb::Read, e).into())
+    }
+
+    /// Writes one JSON value to `raft_log_meta` in its own transaction.
+    async fn write_meta<T: Serialize>(
+        &self,
+        key: &'static str,
+        value: &T,
+        subject: ErrorSubject<NodeId>,
+        durability: Durability,
+    ) -> Result<()> {
+        let bytes = encode(value, subject.clone(), "encoding a value for raft_log_meta")?;
+        write_txn(&self.db, subject, durability, move |txn| {
+            txn.open_table(LOG_META)
+                .context("opening table raft_log_meta")?
+                .insert(key, bytes.as_slice())
+                .context("writing raft_log_meta")?;
+            Ok(())
+        })
+        .await
+    }
+
+    fn decode_entry(index: u64, bytes: &[u8]) -> Result<Entry<TypeConfig>> {
+        let entry: Entry<TypeConfig> = serde_json::from_slice(bytes)
+            .context("decoding a log entry")
+            .map_err(|e| StorageIOError::read_log_at_index(index, e))?;
+        if entry.log_id.index != index {
+            return Err(StorageIOError::read_log_at_index(
+                index,
+                AnyError::error(format!(
+                    "the entry stored at index {index} has log id {}",
+                    entry.log_id
+                )),
+            )
+            .into());
+        }
+        Ok(entry)
+    }
+
+    fn last_entry(&self) -> Result<Option<Entry<TypeConfig>>> {
+        let read = || -> std::result::Result<_, AnyError> {
+            let txn = self.db.begin_read().context("beginning a read")?;
+            let table = txn.open_table(LOG).context("opening table raft_log")?;
+            let last = table.last().context("reading the last log entry")?;
+            Ok(last.map(|(k, v)| (k.value(), v.value().to_vec())))
+        };
+        match read().map_err(StorageIOError::read_logs)? {
+            Some((index, bytes)) => Self::decode_entry(index, &bytes).map(Some),
+            None => Ok(None),
+        }
+    }
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry<TypeConfig>>> {
+        let start = match range.start_bound() {
+            Bound::Included(&i) => i,
+            Bound::Excluded(&i) => match i.checked_add(1) {
+                Some(i) => i,
+                None => return Ok(Vec::new()),
+            },
+            Bound::Unbounded => 0,
+        };
+        let end = range.end_bound().cloned();
+        let empty = match end {
+            Bound::Included(e) => e < start,
+            Bound::Excluded(e) => e <= start,
+            Bound::Unbounded => false,
+        };
+        if empty {
+            return Ok(Vec::new());
+        }
+        let read = || -> std::result::Result<Vec<(u64, Vec<u8>)>, AnyError> {
+            let txn = self.db.begin_read().context("beginning a read")?;
+            let table = txn.open_table(LOG).context("opening table raft_log")?;
+            let mut rows = Vec::new();
+            for row in table
+                .range((Bound::Included(start), end))
+                .context("reading raft_log")?
+            {
+                let (k, v) = row.context("reading raft_log")?;
+                rows.push((k.value(), v.value().to_vec()));
+            }
+            Ok(rows)
+        };
+        read()
+            .map_err(StorageIOError::read_logs)?
+            .into_iter()
+            .map(|(index, bytes)| Self::decode_entry(index, &bytes))
+            .collect()
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = Self;
+
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>> {
+        let last_purged_log_id: Option<LogId<NodeId>> =
+            self.read_meta(LAST_PURGED, ErrorSubject::Logs)?;
+        let last_log_id = match self.last_entry()? {
+            Some(entry) => Some(entry.log_id),
+            None => last_purged_log_id,
+        };
+        Ok(LogState {
+            last_purged_log_id,
+            last_log_id,
+        })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<()> {
+        self.write_meta(VOTE, vote, ErrorSubject::Vote, Durability::Immediate)
+            .await
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote<NodeId>>> {
+        self.read_meta(VOTE, ErrorSubject::Vote)
+    }
+
+    async fn save_committed(&mut self, committed: Option<LogId<NodeId>>) -> Result<()> {
+        self.write_meta(COMMITTED, &committed, ErrorSubject::Store, Durability::None)
+            .await
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<LogId<NodeId>>> {
+        Ok(self
+            .read_meta::<Option<LogId<NodeId>>>(COMMITTED, ErrorSubject::Store)?
+            .flatten())
+    }
+
+    async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<()>
+    where
+        I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let mut rows = Vec::new();
+        for entry in entries {
+            let bytes = serde_json::to_vec(&entry)
+                .context("encoding a log entry")
+                .map_err(|e| StorageIOError::write_log_entry(entry.log_id, e))?;
+            rows.push((entry.log_id.index, bytes));
+        }
+        if !rows.is_empty() {
+            write_txn(
+                &self.db,
+                ErrorSubject::Logs,
+                Durability::Immediate,
+                move |txn| {
+                    let mut log = txn.open_table(LOG).context("opening table raft_log")?;
+                    for (index, bytes) in &rows {
+                        log.insert(*index, bytes.as_slice())
+                            .context("appending to raft_log")?;
+                    }
+                    Ok(())
+                },
+            )
+            .await?;
+        }
+        // Only now: the transaction above has committed durably (or there was nothing to write).
+        callback.log_io_completed(Ok(()));
+        Ok(())
+    }
+
+    async fn truncate(&mut self, log_id: LogId<NodeId>) -> Result<()> {
+        tracing::debug!(%log_id, "truncating the raft log from this entry on");
+        write_txn(
+            &self.db,
+            ErrorSubject::Logs,
+            Durability::Immediate,
+            move |txn| {
+                txn.open_table(LOG)
+                    .context("opening table raft_log")?
+                    .retain_in(log_id.index.., |_, _| false)
+                    .context("truncating raft_log")
+            },
+        )
+        .await
+    }
+
+    async fn purge(&mut self, log_id: LogId<NodeId>) -> Result<()> {
+        tracing::debug!(%log_id, "purging the raft log up to this entry");
+        let bytes = encode(
+            &log_id,
+            ErrorSubject::Logs,
+            "encoding the last purged log id",
+        )?;
+        write_txn(
+            &self.db,
+            ErrorSubject::Logs,
+            Durability::Immediate,
+            move |txn| {
+                txn.open_table(LOG_META)
+                    .context("opening table raft_log_meta")?
+                    .insert(LAST_PURGED, bytes.as_slice())
+                    .context("writing the last purged log id")?;
+                txn.open_table(LOG)
+                    .context("opening table raft_log")?
+                    .retain_in(..=log_id.index, |_, _| false)
+                    .context("purging raft_log")
+            },
+        )
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use openraft::storage::RaftLogStorageExt;
+    use openraft::{CommittedLeaderId, EntryPayload};
+
+    use super::*;
+    use crate::store::RedbStore;
+
+    fn log_id(term: u64, index: u64) -> LogId<NodeId> {
+        LogId::new(CommittedLeaderId::new(term, 7), index)
+    }
+
+    fn blank(term: u64, index: u64) -> Entry<TypeConfig> {
+        Entry {
+            log_id: log_id(term, index),
+            payload: EntryPayload::Blank,
+        }
+    }
+
+    #[tokio::test]
+    async fn vote_log_committed_and_purged_survive_reopen() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let path = dir.path().join("db");
+        {
+            let store = RedbStore::open(&path).expect("open");
+            let mut log = LogStore::open(store.database()).expect("log");
+            log.save_vote(&Vote::new(3, 7)).await.expect("vote");
+            log.blocking_append((1..=5).map(|i| blank(3, i)))
+                .await
+                .expect("append");
+            log.save_committed(Some(log_id(3, 4)))
+                .await
+                .expect("committed");
+            log.purge(log_id(3, 2)).await.expect("purge");
+            log.truncate(log_id(3, 5)).await.expect("truncate");
+        }
+        let store = RedbStore::open(&path).expect("reopen");
+        let mut log = LogStore::open(store.database()).expect("log");
+        assert_eq!(log.read_vote().await.expect("vote"), Some(Vote::new(3, 7)));
+        assert_eq!(
+            log.read_committed().await.expect("committed"),
+            Some(log_id(3, 4)),
+            "the committed id rode on the durable commits after it"
+        );
+        let entries = log.try_get_log_entries(..).await.expect("read");
+        let ids: Vec<_> = entries.iter().map(|e| e.log_id).collect();
+        assert_eq!(ids, vec![log_id(3, 3), log_id(3, 4)]);
+        let state = log.get_log_state().await.expect("state");
+        assert_eq!(state.last_purged_log_id, Some(log_id(3, 2)));
+        assert_eq!(state.last_log_id, Some(log_id(3, 4)));
+        assert!(
+            log.try_get_log_entries(4..4)
+                .await
+                .expect("empty")
+                .is_empty()
+        );
+        assert!(
+            log.try_get_log_entries(u64::MAX..)
+                .await
+                .expect("past the end")
+                .is_empty()
+        );
+    }
+}

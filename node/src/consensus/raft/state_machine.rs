@@ -1,0 +1,719 @@
+//! The Raft state machine on redb: committed changes applied to [`State`], stored in the node's
+//! state tables together with the last applied log id, and published on a `watch`.
+//!
+//! Tables (in the node's one database file):
+//!
+//! - the [`crate::store`] tables `tasks`, `meta` (`cluster_settings`) and `last_fired` hold the
+//!   state itself, exactly as the single-node committer stores it, so [`State::load`] reads it;
+//! - `raft_sm_meta`: `last_applied` (a [`LogId`]) and `membership` (a [`StoredMembership`]), JSON;
+//! - `raft_snapshot`: `meta` (the current snapshot's [`SnapshotMeta`], JSON) and `data` (its
+//!   bytes: a JSON [`SnapshotPayload`]).
+//!
+//! *Invariant:* the state tables and `last_applied` change in one transaction (one per applied
+//! batch, one per installed snapshot), so after a crash the state on disk is exactly the state
+//! after `last_applied`, and openraft re-applies from there. `meta.node_settings`, `runs` and
+//! `runs_by_task` are node-local and never touched here.
+
+use std::io::Cursor;
+use std::sync::Arc;
+
+use openraft::storage::{RaftStateMachine, Snapshot};
+use openraft::{
+    AnyError, Entry, EntryPayload, ErrorSubject, LogId, OptionalSend, RaftSnapshotBuilder,
+    SnapshotMeta, StorageError, StorageIOError, StoredMembership,
+};
+use redb::{
+    Database, Durability, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction,
+};
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+use super::log_store::{Context, encode, write_txn};
+use super::{Applied, MeshNode, NodeId, TypeConfig};
+use crate::consensus::State;
+use crate::store::{LAST_FIRED, RedbStore, TASKS, Write, write_in};
+
+/// `last_applied`, `membership` → JSON.
+const SM_META: TableDefinition<&str, &[u8]> = TableDefinition::new("raft_sm_meta");
+/// `meta` → JSON [`SnapshotMeta`], `data` → the snapshot's bytes.
+const SNAPSHOT: TableDefinition<&str, &[u8]> = TableDefinition::new("raft_snapshot");
+
+const LAST_APPLIED: &str = "last_applied";
+const MEMBERSHIP: &str = "membership";
+const SNAPSHOT_META: &str = "meta";
+const SNAPSHOT_DATA: &str = "data";
+
+type Result<T> = std::result::Result<T, StorageError<NodeId>>;
+type Membership = StoredMembership<NodeId, MeshNode>;
+type Meta = SnapshotMeta<NodeId, MeshNode>;
+
+/// What a snapshot's bytes hold: the whole state and where it stands in the log.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct SnapshotPayload<S> {
+    pub last_applied: Option<LogId<NodeId>>,
+    pub membership: Membership,
+    pub state: S,
+}
+
+/// The redb state machine. Owns the `watch` on which the node sees the committed [`State`].
+pub struct StateMachine {
+    db: Arc<Database>,
+    last_applied: Option<LogId<NodeId>>,
+    membership: Membership,
+    state: watch::Sender<Arc<State>>,
+}
+
+impl StateMachine {
+    /// Opens the state machine on `store`'s database: loads the state, the last applied log id and
+    /// the membership. Returns it with a receiver of the committed state.
+    pub fn open(store: &RedbStore) -> Result<(Self, watch::Receiver<Arc<State>>)> {
+        let db = store.database();
+        let create = || -> std::result::Result<(), AnyError> {
+            let txn = db.begin_write().context("beginning a write transaction")?;
+            txn.open_table(SM_META)
+                .context("creating table raft_sm_meta")?;
+            txn.open_table(SNAPSHOT)
+                .context("creating table raft_snapshot")?;
+            txn.commit().context("committing")
+        };
+        create().map_err(StorageIOError::write_state_machine)?;
+
+        let read = || -> std::result::Result<_, AnyError> {
+            let txn = db.begin_read().context("beginning a read")?;
+            let meta = txn
+                .open_table(SM_META)
+                .context("opening table raft_sm_meta")?;
+            let last_applied: Option<LogId<NodeId>> = match meta
+                .get(LAST_APPLIED)
+                .context("reading the last applied log id")?
+            {
+                Some(v) => {
+                    serde_json::from_slice(v.value()).context("decoding the last applied log id")?
+                }
+                None => None,
+            };
+            let membership: Membership = match meta
+                .get(MEMBERSHIP)
+                .context("reading the membership")?
+            {
+                Some(v) => serde_json::from_slice(v.value()).context("decoding the membership")?,
+                None => Membership::default(),
+            };
+            Ok((last_applied, membership))
+        };
+        let (last_applied, membership) = read().map_err(StorageIOError::read_state_machine)?;
+        let state = State::load(store)
+            .context("loading the state")
+            .map_err(StorageIOError::read_state_machine)?;
+        let (tx, rx) = watch::channel(Arc::new(state));
+        Ok((
+            Self {
+                db,
+                last_applied,
+                membership,
+                state: tx,
+            },
+            rx,
+        ))
+    }
+
+    /// Another receiver of the committed state.
+    pub fn subscribe(&self) -> watch::Receiver<Arc<State>> {
+        self.state.subscribe()
+    }
+
+    /// The committed state now.
+    pub fn state(&self) -> Arc<State> {
+        self.state.borrow().clone()
+    }
+}
+
+/// Stages the current snapshot in `txn`; `only_if_newer` keeps a newer one already stored (a
+/// snapshot built from an older view must not replace an installed one).
+fn stage_snapshot(
+    txn: &WriteTransaction,
+    meta: &Meta,
+    meta_json: &[u8],
+    data: &[u8],
+    only_if_newer: bool,
+) -> std::result::Result<(), AnyError> {
+    let mut table = txn
+        .open_table(SNAPSHOT)
+        .context("opening table raft_snapshot")?;
+    if only_if_newer {
+        let stored = table
+            .get(SNAPSHOT_META)
+            .context("reading the current snapshot's meta")?
+            .map(|v| serde_json::from_slice::<Meta>(v.value()))
+            .transpose()
+            .context("decoding the current snapshot's meta")?;
+        if stored.is_some_and(|s| s.last_log_id > meta.last_log_id) {
+            return Ok(());
+        }
+    }
+    table
+        .insert(SNAPSHOT_META, meta_json)
+        .context("writing the snapshot's meta")?;
+    table
+        .insert(SNAPSHOT_DATA, data)
+        .context("writing the snapshot's data")?;
+    Ok(())
+}
+
+/// Builds a snapshot of the state as it was when the builder was made.
+pub struct SnapshotBuilder {
+    db: Arc<Database>,
+    last_applied: Option<LogId<NodeId>>,
+    membership: Membership,
+    state: Arc<State>,
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
+    async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>> {
+        let data = serde_json::to_vec(&SnapshotPayload {
+            last_applied: self.last_applied,
+            membership: self.membership.clone(),
+            state: &*self.state,
+        })
+        .context("encoding the snapshot")
+        .map_err(|e| StorageIOError::write_snapshot(None, e))?;
+        let snapshot_id = match self.last_applied {
+            Some(id) => format!("{}-{}-{}", id.leader_id, id.index, uuid::Uuid::now_v7()),
+            None => format!("none-{}", uuid::Uuid::now_v7()),
+        };
+        let meta = Meta {
+            last_log_id: self.last_applied,
+            last_membership: self.membership.clone(),
+            snapshot_id,
+        };
+        let signature = Some(meta.signature());
+        let meta_json = encode(
+            &meta,
+            ErrorSubject::Snapshot(signature.clone()),
+            "encoding the snapshot's meta",
+        )?;
+        {
+            let (meta, data) = (meta.clone(), data.clone());
+            write_txn(
+                &self.db,
+                ErrorSubject::Snapshot(signature),
+                Durability::Immediate,
+                move |txn| stage_snapshot(txn, &meta, &meta_json, &data, true),
+            )
+            .await?;
+        }
+        Ok(Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(data)),
+        })
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotBuilder = SnapshotBuilder;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId<NodeId>>, Membership)> {
+        Ok((self.last_applied, self.membership.clone()))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Applied>>
+    where
+        I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let mut next: Option<State> = None;
+        let mut writes: Vec<Write> = Vec::new();
+        let mut replies = Vec::new();
+        let mut last_applied = None;
+        let mut membership = None;
+        for entry in entries {
+            last_applied = Some(entry.log_id);
+            let reply = match entry.payload {
+                EntryPayload::Blank => Applied::Ok,
+                EntryPayload::Normal(change) => {
+                    let current = next.get_or_insert_with(|| {
+                        let base = self.state.borrow().clone();
+                        State::clone(&base)
+                    });
+                    // Apply to a scratch copy, so that a rejected change leaves no trace.
+                    let mut candidate = current.clone();
+                    match candidate.apply(change) {
+                        Ok(w) => {
+                            *current = candidate;
+                            writes.extend(w);
+                            Applied::Ok
+                        }
+                        Err(invalid) => Applied::Rejected(invalid),
+                    }
+                }
+                EntryPayload::Membership(m) => {
+                    membership = Some(StoredMembership::new(Some(entry.log_id), m));
+                    Applied::Ok
+                }
+            };
+            replies.push(reply);
+        }
+        let Some(last) = last_applied else {
+            return Ok(replies);
+        };
+
+        let subject = || ErrorSubject::Apply(last);
+        let last_json = encode(&last_applied, subject(), "encoding the last applied log id")?;
+        let membership_json = match &membership {
+            Some(m) => Some(encode(m, subject(), "encoding the membership")?),
+            None => None,
+        };
+        let changed = !writes.is_empty();
+        write_txn(&self.db, subject(), Durability::Immediate, move |txn| {
+            write_in(txn, &writes).context("writing the state")?;
+            let mut meta = txn
+                .open_table(SM_META)
+                .context("opening table raft_sm_meta")?;
+            meta.insert(LAST_APPLIED, last_json.as_slice())
+                .context("writing the last applied log id")?;
+            if let Some(m) = &membership_json {
+                meta.insert(MEMBERSHIP, m.as_slice())
+                    .context("writing the membership")?;
+            }
+            Ok(())
+        })
+        .await?;
+
+        self.last_applied = last_applied;
+        if let Some(m) = membership {
+            self.membership = m;
+        }
+        if let (true, Some(next)) = (changed, next) {
+            self.state.send_replace(Arc::new(next));
+        }
+        Ok(replies)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        SnapshotBuilder {
+            db: self.db.clone(),
+            last_applied: self.last_applied,
+            membership: self.membership.clone(),
+            state: self.state(),
+        }
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &Meta,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> Result<()> {
+        let signature = Some(meta.signature());
+        let read_err = |e: AnyError| StorageIOError::read_snapshot(signature.clone(), e);
+        let data = snapshot.into_inner();
+        let payload: SnapshotPayload<State> = serde_json::from_slice(&data)
+            .context("decoding the snapshot")
+            .map_err(read_err)?;
+        if payload.last_applied != meta.last_log_id || payload.membership != meta.last_membership {
+            return Err(read_err(AnyError::error(format!(
+                "the snapshot's data is at {:?} with membership {}, its meta at {:?} with {}",
+                payload.last_applied, payload.membership, meta.last_log_id, meta.last_membership
+            )))
+            .into());
+        }
+        let state = payload.state;
+
+        let subject = || ErrorSubject::Snapshot(signature.clone());
+        let meta_json = encode(meta, subject(), "encoding the snapshot's meta")?;
+        let last_json = encode(
+            &meta.last_log_id,
+            subject(),
+            "encoding the last applied log id",
+        )?;
+        let membership_json = encode(&meta.last_membership, subject(), "encoding the membership")?;
+        let mut writes: Vec<Write> = state.tasks.values().cloned().map(Write::PutTask).collect();
+        writes.push(Write::ClusterSettings(state.settings.clone()));
+        writes.extend(
+            state
+                .last_fired
+                .iter()
+                .map(|(task, slot)| Write::LastFired(task.clone(), *slot)),
+        );
+        let meta_owned = meta.clone();
+        write_txn(&self.db, subject(), Durability::Immediate, move |txn| {
+            txn.open_table(TASKS)
+                .context("opening table tasks")?
+                .retain(|_, _| false)
+                .context("clearing tasks")?;
+            txn.open_table(LAST_FIRED)
+                .context("opening table last_fired")?
+                .retain(|_, _| false)
+                .context("clearing last_fired")?;
+            write_in(txn, &writes).context("writing the state")?;
+            {
+                let mut sm = txn
+                    .open_table(SM_META)
+                    .context("opening table raft_sm_meta")?;
+                sm.insert(LAST_APPLIED, last_json.as_slice())
+                    .context("writing the last applied log id")?;
+                sm.insert(MEMBERSHIP, membership_json.as_slice())
+                    .context("writing the membership")?;
+            }
+            stage_snapshot(txn, &meta_owned, &meta_json, &data, false)
+        })
+        .await?;
+
+        self.last_applied = meta.last_log_id;
+        self.membership = meta.last_membership.clone();
+        self.state.send_replace(Arc::new(state));
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>> {
+        let read = || -> std::result::Result<Option<(Meta, Vec<u8>)>, AnyError> {
+            let txn = self.db.begin_read().context("beginning a read")?;
+            let table = txn
+                .open_table(SNAPSHOT)
+                .context("opening table raft_snapshot")?;
+            let Some(meta) = table
+                .get(SNAPSHOT_META)
+                .context("reading the snapshot's meta")?
+            else {
+                return Ok(None);
+            };
+            let meta: Meta =
+                serde_json::from_slice(meta.value()).context("decoding the snapshot's meta")?;
+            let Some(data) = table
+                .get(SNAPSHOT_DATA)
+                .context("reading the snapshot's data")?
+            else {
+                return Err(AnyError::error(format!(
+                    "snapshot {} has meta but no data",
+                    meta.snapshot_id
+                )));
+            };
+            Ok(Some((meta, data.value().to_vec())))
+        };
+        Ok(read()
+            .map_err(|e| StorageIOError::read_snapshot(None, e))?
+            .map(|(meta, data)| Snapshot {
+                meta,
+                snapshot: Box::new(Cursor::new(data)),
+            }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::{BTreeMap, BTreeSet};
+
+    use chrono::Utc;
+    use openraft::storage::{RaftLogStorage, RaftLogStorageExt};
+    use openraft::testing::{StoreBuilder, Suite};
+    use openraft::{CommittedLeaderId, RaftLogReader, Vote};
+    use tempfile::TempDir;
+
+    use super::*;
+    use crate::consensus::Change;
+    use crate::consensus::raft::log_store::LogStore;
+    use crate::model::{ClusterSettings, NodeSettings, Run, Spec, Task, TaskId, Trigger, When};
+    use crate::store::{RunQuery, Store};
+
+    struct Builder;
+
+    impl StoreBuilder<TypeConfig, LogStore, StateMachine, TempDir> for Builder {
+        async fn build(&self) -> Result<(TempDir, LogStore, StateMachine)> {
+            let dir = tempfile::tempdir().expect("tmp");
+            let store = RedbStore::open(&dir.path().join("db")).expect("open");
+            let log = LogStore::open(store.database())?;
+            let (sm, _state) = StateMachine::open(&store)?;
+            Ok((dir, log, sm))
+        }
+    }
+
+    /// openraft's own conformance suite for log and state-machine storage.
+    #[test]
+    fn openraft_storage_suite() {
+        Suite::test_all(Builder).expect("suite");
+    }
+
+    fn log_id(term: u64, index: u64) -> LogId<NodeId> {
+        LogId::new(CommittedLeaderId::new(term, 1), index)
+    }
+
+    fn normal(index: u64, change: Change) -> Entry<TypeConfig> {
+        Entry {
+            log_id: log_id(1, index),
+            payload: EntryPayload::Normal(change),
+        }
+    }
+
+    fn membership(index: u64) -> Entry<TypeConfig> {
+        let nodes = BTreeMap::from([(1, MeshNode::default())]);
+        Entry {
+            log_id: log_id(1, index),
+            payload: EntryPayload::Membership(openraft::Membership::new(
+                vec![BTreeSet::from([1])],
+                nodes,
+            )),
+        }
+    }
+
+    fn task(id: &str, name: &str) -> Task {
+        Task {
+            id: TaskId(id.into()),
+            name: name.into(),
+            spec: Spec {
+                shell: Some("true".into()),
+                ..Default::default()
+            },
+            when: When::Manual,
+            placement: Default::default(),
+            exit_rules: vec![],
+            enabled: true,
+            updated_at: Utc::now(),
+        }
+    }
+
+    #[tokio::test]
+    async fn restart_keeps_vote_log_last_applied_and_state() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let path = dir.path().join("db");
+        let slot = Utc::now();
+        let entries = vec![
+            membership(1),
+            normal(2, Change::PutTask(task("a", "one"))),
+            normal(
+                3,
+                Change::FireSlot {
+                    task: TaskId("a".into()),
+                    slot,
+                },
+            ),
+        ];
+        let before = {
+            let store = RedbStore::open(&path).expect("open");
+            let mut log = LogStore::open(store.database()).expect("log");
+            let (mut sm, mut rx) = StateMachine::open(&store).expect("sm");
+            log.save_vote(&Vote::new(1, 1)).await.expect("vote");
+            log.blocking_append(entries.clone()).await.expect("append");
+            let replies = sm.apply(entries).await.expect("apply");
+            assert_eq!(replies, vec![Applied::Ok; 3]);
+            assert!(rx.has_changed().expect("open"), "the watch saw the batch");
+            let state = rx.borrow_and_update().clone();
+            assert!(state.tasks.contains_key(&TaskId("a".into())));
+            state
+        };
+
+        let store = RedbStore::open(&path).expect("reopen");
+        let mut log = LogStore::open(store.database()).expect("log");
+        let (mut sm, rx) = StateMachine::open(&store).expect("sm");
+        assert_eq!(log.read_vote().await.expect("vote"), Some(Vote::new(1, 1)));
+        let ids: Vec<_> = log
+            .try_get_log_entries(..)
+            .await
+            .expect("log")
+            .iter()
+            .map(|e| e.log_id)
+            .collect();
+        assert_eq!(ids, vec![log_id(1, 1), log_id(1, 2), log_id(1, 3)]);
+        let (applied, members) = sm.applied_state().await.expect("applied");
+        assert_eq!(applied, Some(log_id(1, 3)));
+        assert_eq!(members.log_id(), &Some(log_id(1, 1)));
+        let after = rx.borrow().clone();
+        assert_eq!(after.tasks, before.tasks);
+        assert_eq!(
+            after.last_fired[&TaskId("a".into())].timestamp_millis(),
+            slot.timestamp_millis(),
+            "stored in milliseconds"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_rejected_change_advances_last_applied_and_leaves_the_state() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let store = RedbStore::open(&dir.path().join("db")).expect("open");
+        let (mut sm, mut rx) = StateMachine::open(&store).expect("sm");
+        sm.apply([normal(1, Change::PutTask(task("a", "one")))])
+            .await
+            .expect("apply");
+        let before = rx.borrow_and_update().clone();
+
+        let replies = sm
+            .apply([normal(2, Change::PutTask(task("b", "one")))])
+            .await
+            .expect("apply");
+        assert!(
+            matches!(&replies[..], [Applied::Rejected(invalid)] if invalid.to_string().contains("already called")),
+            "{replies:?}"
+        );
+        assert_eq!(
+            sm.applied_state().await.expect("applied").0,
+            Some(log_id(1, 2))
+        );
+        assert!(!rx.has_changed().expect("open"), "no new state was sent");
+        assert_eq!(*sm.state(), *before);
+        let stored: Vec<_> = store
+            .tasks()
+            .expect("tasks")
+            .into_iter()
+            .map(|t| t.id)
+            .collect();
+        assert_eq!(stored, vec![TaskId("a".into())]);
+
+        // A batch mixing accepted and rejected changes keeps only the accepted ones.
+        let replies = sm
+            .apply([
+                normal(3, Change::RemoveTask(TaskId("zz".into()))),
+                normal(4, Change::PutTask(task("c", "three"))),
+            ])
+            .await
+            .expect("apply");
+        assert!(matches!(replies[0], Applied::Rejected(_)));
+        assert_eq!(replies[1], Applied::Ok);
+        assert_eq!(sm.state().tasks.len(), 2);
+        drop(sm);
+        let (mut sm, _rx) = StateMachine::open(&store).expect("reopen");
+        assert_eq!(
+            sm.applied_state().await.expect("applied").0,
+            Some(log_id(1, 4))
+        );
+        assert_eq!(sm.state().tasks.len(), 2);
+    }
+
+    #[tokio::test]
+    async fn install_snapshot_replaces_the_state_but_not_runs_or_node_settings() {
+        // The leader's state: task `b`, a fired slot, and its own cluster settings.
+        let leader_dir = tempfile::tempdir().expect("tmp");
+        let leader_store = RedbStore::open(&leader_dir.path().join("db")).expect("open");
+        let (mut leader, _rx) = StateMachine::open(&leader_store).expect("sm");
+        let slot = Utc::now();
+        leader
+            .apply([
+                membership(1),
+                normal(2, Change::PutTask(task("b", "two"))),
+                normal(
+                    3,
+                    Change::FireSlot {
+                        task: TaskId("b".into()),
+                        slot,
+                    },
+                ),
+                normal(
+                    4,
+                    Change::Settings(ClusterSettings {
+                        retention_days: 42,
+                        ..Default::default()
+                    }),
+                ),
+            ])
+            .await
+            .expect("apply");
+        let snapshot = leader
+            .get_snapshot_builder()
+            .await
+            .build_snapshot()
+            .await
+            .expect("build");
+
+        // The follower: task `a` with a fired slot, a run, and its own node settings.
+        let dir = tempfile::tempdir().expect("tmp");
+        let path = dir.path().join("db");
+        let node_settings = NodeSettings {
+            name: "follower".into(),
+            slots: 3,
+            ..Default::default()
+        };
+        let run = Run::new(
+            TaskId("a".into()),
+            "one".into(),
+            Trigger::Manual,
+            1,
+            "n".into(),
+        );
+        {
+            let store = RedbStore::open(&path).expect("open");
+            store
+                .write(&[Write::NodeSettings(node_settings.clone())])
+                .expect("node settings");
+            store
+                .put_runs(std::slice::from_ref(&run), 10)
+                .expect("runs");
+            let (mut sm, mut rx) = StateMachine::open(&store).expect("sm");
+            sm.apply([
+                normal(1, Change::PutTask(task("a", "one"))),
+                normal(
+                    2,
+                    Change::FireSlot {
+                        task: TaskId("a".into()),
+                        slot,
+                    },
+                ),
+            ])
+            .await
+            .expect("apply");
+            rx.mark_unchanged();
+
+            let mut data = sm.begin_receiving_snapshot().await.expect("begin");
+            *data = *snapshot.snapshot;
+            sm.install_snapshot(&snapshot.meta, data)
+                .await
+                .expect("install");
+            assert!(
+                rx.has_changed().expect("open"),
+                "the watch saw the snapshot"
+            );
+            let state = rx.borrow().clone();
+            assert_eq!(*state, *leader.state(), "the whole state came across");
+            let ids: Vec<_> = state.tasks.keys().cloned().collect();
+            assert_eq!(ids, vec![TaskId("b".into())]);
+            assert_eq!(state.settings.retention_days, 42);
+        }
+
+        // After a restart: the tables hold the snapshot's state; runs and node settings stayed.
+        let store = RedbStore::open(&path).expect("reopen");
+        let (mut sm, rx) = StateMachine::open(&store).expect("sm");
+        let ids: Vec<_> = store
+            .tasks()
+            .expect("tasks")
+            .into_iter()
+            .map(|t| t.id)
+            .collect();
+        assert_eq!(ids, vec![TaskId("b".into())]);
+        let fired: Vec<_> = store.last_fired().expect("fired").into_keys().collect();
+        assert_eq!(fired, vec![TaskId("b".into())]);
+        assert_eq!(
+            store
+                .cluster_settings()
+                .expect("cluster")
+                .map(|s| s.retention_days),
+            Some(42)
+        );
+        assert_eq!(store.node_settings().expect("node"), Some(node_settings));
+        assert_eq!(
+            store.run(&run.id).expect("run").map(|r| r.id),
+            Some(run.id.clone())
+        );
+        let listed = store
+            .runs(&RunQuery {
+                task: Some(TaskId("a".into())),
+                before: None,
+                limit: 10,
+            })
+            .expect("runs");
+        assert_eq!(listed.len(), 1, "runs_by_task kept its row");
+        assert_eq!(rx.borrow().tasks.len(), 1);
+        assert_eq!(
+            sm.applied_state().await.expect("applied"),
+            (
+                snapshot.meta.last_log_id,
+                snapshot.meta.last_membership.clone()
+            )
+        );
+        let current = sm
+            .get_current_snapshot()
+            .await
+            .expect("read")
+            .expect("a current snapshot");
+        assert_eq!(current.meta, snapshot.meta);
+    }
+}
