@@ -13,10 +13,10 @@ use openraft::raft::{
 };
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 
 use super::{MeshNode, NodeId, TypeConfig};
-use crate::mesh::{MeshError, MeshHandle, PeerId, Request, Response};
+use crate::mesh::{Inbound, MeshError, MeshHandle, PeerId, Request, Response};
 
 /// A Raft RPC as it travels in `mesh::Request::Raft`.
 #[derive(Debug, Serialize, Deserialize)]
@@ -40,6 +40,30 @@ pub async fn serve(raft: &openraft::Raft<TypeConfig>, rpc: RaftRpc) -> RaftReply
         RaftRpc::Append(req) => RaftReply::Append(raft.append_entries(req).await),
         RaftRpc::Vote(req) => RaftReply::Vote(raft.vote(req).await),
         RaftRpc::Snapshot(req) => RaftReply::Snapshot(raft.install_snapshot(req).await),
+    }
+}
+
+/// Answers the Raft RPCs among the mesh's inbound requests until the channel closes.
+pub async fn answer_inbound(
+    raft: openraft::Raft<TypeConfig>,
+    mut inbound: mpsc::Receiver<Inbound>,
+) {
+    while let Some(Inbound { request, reply, .. }) = inbound.recv().await {
+        let Request::Raft(body) = request else {
+            let _ = reply.send(Response::Error("not a Raft request".into()));
+            continue;
+        };
+        let raft = raft.clone();
+        tokio::spawn(async move {
+            let response = match serde_json::from_value::<RaftRpc>(body) {
+                Ok(rpc) => match serde_json::to_value(serve(&raft, rpc).await) {
+                    Ok(value) => Response::Raft(value),
+                    Err(e) => Response::Error(format!("encoding the Raft reply: {e}")),
+                },
+                Err(e) => Response::Error(format!("not a Raft RPC: {e}")),
+            };
+            let _ = reply.send(response);
+        });
     }
 }
 
@@ -162,5 +186,169 @@ impl RaftNetwork<TypeConfig> for MeshConnection {
             RaftReply::Vote(result) => self.remote(result),
             _ => Err(mismatch()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::sync::Arc;
+
+    use tokio_util::sync::CancellationToken;
+
+    use super::*;
+    use crate::consensus::Change;
+    use crate::consensus::raft::log_store::LogStore;
+    use crate::consensus::raft::state_machine::StateMachine;
+    use crate::consensus::raft::{Applied, node_id};
+    use crate::mesh::{self, ClusterKey, MeshConfig};
+    use crate::model::{Spec, Task, TaskId, When};
+    use crate::store::RedbStore;
+
+    struct Member {
+        id: NodeId,
+        node: MeshNode,
+        raft: openraft::Raft<TypeConfig>,
+        state: watch::Receiver<Arc<crate::consensus::State>>,
+        _mesh: watch::Sender<Option<MeshHandle>>,
+        _dir: tempfile::TempDir,
+    }
+
+    async fn member(key: &ClusterKey, peers: Vec<String>, cancel: &CancellationToken) -> Member {
+        let dir = tempfile::tempdir().expect("tmp");
+        let store = RedbStore::open(&dir.path().join("db")).expect("store");
+        let log = LogStore::open(store.database()).expect("log store");
+        let (sm, state) = StateMachine::open(&store).expect("state machine");
+        let (inbound_tx, inbound_rx) = mpsc::channel(64);
+        let config = MeshConfig {
+            identity: libp2p::identity::Keypair::generate_ed25519(),
+            key: key.clone(),
+            listen: "/ip4/127.0.0.1/tcp/0".parse().expect("addr"),
+            mdns: false,
+            peers,
+            announce_every: Duration::from_secs(2),
+            peer_ttl: Duration::from_secs(10),
+            inbound: Some(inbound_tx),
+        };
+        let (mesh, _task) = mesh::start(config, cancel.clone()).await.expect("mesh");
+        let peer_id = mesh.local_peer_id().to_string();
+        let node = MeshNode {
+            peer_id: peer_id.clone(),
+            addrs: mesh
+                .listen_addrs()
+                .iter()
+                .map(ToString::to_string)
+                .collect(),
+        };
+        let (mesh_tx, rx) = watch::channel(Some(mesh));
+        let raft_config = openraft::Config {
+            heartbeat_interval: 100,
+            election_timeout_min: 300,
+            election_timeout_max: 600,
+            ..Default::default()
+        };
+        let id = node_id(&peer_id);
+        let raft = openraft::Raft::new(
+            id,
+            Arc::new(raft_config.validate().expect("config")),
+            MeshNetwork { mesh: rx },
+            log,
+            sm,
+        )
+        .await
+        .expect("raft");
+        tokio::spawn(answer_inbound(raft.clone(), inbound_rx));
+        Member {
+            id,
+            node,
+            raft,
+            state,
+            _mesh: mesh_tx,
+            _dir: dir,
+        }
+    }
+
+    fn task(name: &str) -> Task {
+        Task {
+            id: TaskId(format!("t-{name}")),
+            name: name.into(),
+            spec: Spec {
+                shell: Some("true".into()),
+                ..Default::default()
+            },
+            when: When::Manual,
+            placement: Default::default(),
+            exit_rules: vec![],
+            enabled: true,
+            updated_at: chrono::Utc::now(),
+        }
+    }
+
+    #[tokio::test]
+    async fn three_rafts_replicate_changes_over_the_mesh() {
+        let key = ClusterKey::generate().expect("key");
+        let cancel = CancellationToken::new();
+        let first = member(&key, vec![], &cancel).await;
+        let seed = first.node.addrs[0].clone();
+        let second = member(&key, vec![seed.clone()], &cancel).await;
+        let third = member(&key, vec![seed], &cancel).await;
+        let members: BTreeMap<NodeId, MeshNode> = [&first, &second, &third]
+            .iter()
+            .map(|m| (m.id, m.node.clone()))
+            .collect();
+        first.raft.initialize(members).await.expect("initialize");
+
+        // Whoever leads takes the write; rejected changes are answers, not failures.
+        let until = tokio::time::Instant::now() + Duration::from_secs(20);
+        let leader = loop {
+            if let Some(leader) = first.raft.current_leader().await {
+                break leader;
+            }
+            assert!(tokio::time::Instant::now() < until, "no leader");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        let raft = [&first, &second, &third]
+            .into_iter()
+            .find(|m| m.id == leader)
+            .expect("leader")
+            .raft
+            .clone();
+        let written = raft
+            .client_write(Change::PutTask(task("replicated")))
+            .await
+            .expect("write");
+        assert_eq!(written.data, Applied::Ok);
+        let clash = raft
+            .client_write(Change::PutTask(Task {
+                id: TaskId("other".into()),
+                ..task("replicated")
+            }))
+            .await
+            .expect("write");
+        assert!(
+            matches!(clash.data, Applied::Rejected(_)),
+            "{:?}",
+            clash.data
+        );
+
+        for m in [&first, &second, &third] {
+            let mut state = m.state.clone();
+            tokio::time::timeout(
+                Duration::from_secs(20),
+                state.wait_for(|s| s.task_by_name("replicated").is_some()),
+            )
+            .await
+            .expect("replicated in time")
+            .expect("state watch");
+            assert_eq!(
+                m.state.borrow().tasks.len(),
+                1,
+                "the rejected change left no trace"
+            );
+        }
+        for m in [first, second, third] {
+            let _ = m.raft.shutdown().await;
+        }
+        cancel.cancel();
     }
 }
