@@ -4,6 +4,7 @@
 //! channel. On a single node a proposal commits straight to the store; the Raft issue replaces
 //! the commit step with a Raft proposal and keeps this interface.
 
+pub mod autopilot;
 pub mod raft;
 mod state;
 
