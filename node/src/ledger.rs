@@ -42,14 +42,10 @@ impl RunLedger {
         let orphans = {
             let store = store.clone();
             tokio::task::spawn_blocking(move || {
-                let all = store.runs(&RunQuery {
-                    limit: usize::MAX,
-                    ..Default::default()
-                })?;
                 let now = chrono::Utc::now();
-                let orphans: Vec<Run> = all
+                let orphans: Vec<Run> = store
+                    .unfinished_runs()?
                     .into_iter()
-                    .filter(|r| !r.status.is_final())
                     .map(|mut r| {
                         r.finish(Outcome::Lost, now);
                         r.actions

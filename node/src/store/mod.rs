@@ -64,6 +64,8 @@ pub trait Store: Send + Sync + 'static {
     /// Inserts or updates runs in one durable transaction, keeps at most `keep_per_task` runs
     /// per task, and returns the ids of the runs it pruned.
     fn put_runs(&self, runs: &[Run], keep_per_task: u32) -> Result<Vec<RunId>, StoreError>;
+    /// Runs stored while queued or running, without reading the whole history.
+    fn unfinished_runs(&self) -> Result<Vec<Run>, StoreError>;
     fn run(&self, id: &RunId) -> Result<Option<Run>, StoreError>;
     fn runs(&self, query: &RunQuery) -> Result<Vec<Run>, StoreError>;
 }

@@ -20,6 +20,8 @@ pub(crate) const LAST_FIRED: TableDefinition<&str, i64> = TableDefinition::new("
 const RUNS: TableDefinition<&str, &[u8]> = TableDefinition::new("runs");
 /// `<task id>/<run id>` → (), to list and prune one task's runs.
 const RUNS_BY_TASK: TableDefinition<&str, ()> = TableDefinition::new("runs_by_task");
+/// Ids of runs not yet final, so a restart finds what it left unfinished without reading history.
+const UNFINISHED: TableDefinition<&str, ()> = TableDefinition::new("unfinished_runs");
 
 const CLUSTER_SETTINGS: &str = "cluster_settings";
 const NODE_SETTINGS: &str = "node_settings";
@@ -67,6 +69,7 @@ impl RedbStore {
             txn.open_table(LAST_FIRED).map_err(db_err)?;
             txn.open_table(RUNS).map_err(db_err)?;
             txn.open_table(RUNS_BY_TASK).map_err(db_err)?;
+            txn.open_table(UNFINISHED).map_err(db_err)?;
         }
         txn.commit().map_err(db_err)?;
         Ok(Self { db: Arc::new(db) })
@@ -167,8 +170,14 @@ impl Store for RedbStore {
         {
             let mut table = txn.open_table(RUNS).map_err(db_err)?;
             let mut by_task = txn.open_table(RUNS_BY_TASK).map_err(db_err)?;
+            let mut unfinished = txn.open_table(UNFINISHED).map_err(db_err)?;
             let mut touched: Vec<&TaskId> = Vec::new();
             for run in runs {
+                if run.status.is_final() {
+                    unfinished.remove(run.id.0.as_str()).map_err(db_err)?;
+                } else {
+                    unfinished.insert(run.id.0.as_str(), ()).map_err(db_err)?;
+                }
                 table
                     .insert(run.id.0.as_str(), encode(run).as_slice())
                     .map_err(db_err)?;
@@ -192,12 +201,27 @@ impl Store for RedbStore {
                     by_task.remove(key.as_str()).map_err(db_err)?;
                     let run_id = &key[lo.len()..];
                     table.remove(run_id).map_err(db_err)?;
+                    unfinished.remove(run_id).map_err(db_err)?;
                     pruned.push(RunId(run_id.to_owned()));
                 }
             }
         }
         txn.commit().map_err(db_err)?;
         Ok(pruned)
+    }
+
+    fn unfinished_runs(&self) -> Result<Vec<Run>, StoreError> {
+        let txn = self.db.begin_read().map_err(db_err)?;
+        let ids = txn.open_table(UNFINISHED).map_err(db_err)?;
+        let table = txn.open_table(RUNS).map_err(db_err)?;
+        let mut out = Vec::new();
+        for entry in ids.iter().map_err(db_err)? {
+            let (id, _) = entry.map_err(db_err)?;
+            if let Some(v) = table.get(id.value()).map_err(db_err)? {
+                out.push(decode("runs", id.value(), v.value())?);
+            }
+        }
+        Ok(out)
     }
 
     fn run(&self, id: &RunId) -> Result<Option<Run>, StoreError> {
@@ -298,6 +322,16 @@ mod tests {
             .expect("all");
         assert_eq!(all[0].id, b.id);
         assert!(store.run(&a[0].id).expect("get").is_none());
+        let mut running = run("c");
+        running.status = crate::model::RunStatus::Running;
+        store.put_runs(&[running.clone()], 3).expect("put");
+        assert_eq!(
+            store.unfinished_runs().expect("unfinished"),
+            vec![running.clone()]
+        );
+        running.finish(crate::model::Outcome::Exited { code: 0 }, Utc::now());
+        store.put_runs(&[running], 3).expect("put");
+        assert!(store.unfinished_runs().expect("unfinished").is_empty());
         let page = store
             .runs(&RunQuery {
                 task: Some(TaskId("a".into())),
