@@ -442,6 +442,17 @@ async fn bad_input_gets_a_clear_error_and_nothing_is_lost() -> Result<()> {
         .send()
         .await?;
     assert_eq!(big.status().as_u16(), 413);
+    let err: Value = big.json().await?;
+    assert!(
+        err["error"].as_str().is_some_and(|e| !e.is_empty()),
+        "{err}"
+    );
+    let (status, err) = node.api.get("/api/runs?limit=lots").await?;
+    assert_eq!(status, 400);
+    assert!(
+        err["error"].as_str().is_some_and(|e| e.contains("limit")),
+        "{err}"
+    );
     let cross = node
         .api
         .http
