@@ -472,6 +472,20 @@ async fn bad_input_gets_a_clear_error_and_nothing_is_lost() -> Result<()> {
     assert_eq!(status, 400, "{err}");
     let (status, _) = node.api.get("/api/tasks/nope").await?;
     assert_eq!(status, 404);
+    let (status, err) = node.api.get("/api/no/such/route").await?;
+    assert_eq!((status, err["error"].is_string()), (404, true));
+    let page = node
+        .api
+        .http
+        .get(format!("{}/no-such-page", node.api.base))
+        .send()
+        .await?;
+    assert_eq!(page.status().as_u16(), 404);
+    assert!(
+        page.text()
+            .await?
+            .contains("There is no page at /no-such-page")
+    );
     Ok(())
 }
 

@@ -46,7 +46,8 @@ pub fn router(node: NodeHandle) -> Router {
         .route("/api/settings", get(get_settings).put(put_settings))
         .route("/api/settings/export", get(export_settings))
         .route("/api/settings/import", post(import_settings))
-        .fallback(not_found)
+        // Unknown API paths answer JSON; other unknown paths get the UI's page.
+        .route("/api/{*rest}", axum::routing::any(not_found))
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .layer(middleware::from_fn(same_origin_writes))
         .layer(middleware::from_fn(json_errors))

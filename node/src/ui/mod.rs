@@ -28,5 +28,19 @@ pub fn router(node: NodeHandle) -> Router {
         .route("/runs/{id}", get(run::view_run_get))
         .route("/static/app.css", get(assets::app_css))
         .route("/static/app.js", get(assets::app_js))
+        .fallback(view_not_found)
         .with_state(node)
+}
+
+async fn view_not_found(
+    axum::extract::State(node): axum::extract::State<NodeHandle>,
+    uri: axum::http::Uri,
+) -> axum::response::Response {
+    problem::ProblemTemplate::new(
+        view::Layout::new(&node, ""),
+        axum::http::StatusCode::NOT_FOUND,
+        "Not found",
+        format!("There is no page at {}.", uri.path()),
+    )
+    .respond()
 }
