@@ -374,7 +374,7 @@ fn placeholders(s: &str) -> impl Iterator<Item = &str> {
 }
 
 impl Task {
-    /// The editable part, as a user would send it back.
+    /// Whether this is a supervised daemon ("always").
     pub fn is_always(&self) -> bool {
         matches!(self.when, When::Always)
     }
