@@ -56,6 +56,15 @@ fn start(dir: &Path) -> Node {
     Node { child, url }
 }
 
+/// Stops a node cleanly (SIGTERM), so that the processes it runs stop with it.
+fn stop(mut node: Node) {
+    let _ = kill(Pid::from_raw(node.child.id() as i32), Signal::SIGTERM);
+    let exited = wait_until("the node to stop", Duration::from_secs(15), || {
+        node.child.try_wait().ok().flatten()
+    });
+    assert!(exited.success(), "{exited:?}");
+}
+
 fn client() -> reqwest::blocking::Client {
     reqwest::blocking::Client::builder()
         .timeout(Duration::from_secs(10))
@@ -105,7 +114,7 @@ fn everything_answered_ok_survives_kill_9() {
     kill(Pid::from_raw(node.child.id() as i32), Signal::SIGKILL).expect("kill -9");
     node.child.wait().expect("reap");
 
-    let mut node = start(dir.path());
+    let node = start(dir.path());
     let tasks: Vec<Value> = http
         .get(format!("{}/api/tasks", node.url))
         .send()
@@ -127,8 +136,7 @@ fn everything_answered_ok_survives_kill_9() {
         .json()
         .expect("json");
     assert_eq!(settings["cluster"]["retention_days"], 3);
-    let _ = node.child.kill();
-    let _ = node.child.wait();
+    stop(node);
 }
 
 #[test]
@@ -181,7 +189,7 @@ fn sigterm_stops_children_and_flushes_their_runs() {
         "term"
     );
 
-    let mut node = start(dir.path());
+    let node = start(dir.path());
     let run: Value = http
         .get(format!("{}/api/runs/{run_id}", node.url))
         .send()
@@ -192,14 +200,13 @@ fn sigterm_stops_children_and_flushes_their_runs() {
         run["status"], "succeeded",
         "the run's end was recorded before exit: {run}"
     );
-    let _ = node.child.kill();
-    let _ = node.child.wait();
+    stop(node);
 }
 
 #[test]
 fn the_cli_adds_runs_and_removes_a_task() {
     let dir = tempfile::tempdir().expect("tmp");
-    let mut node = start(dir.path());
+    let node = start(dir.path());
     let cli = |args: &[&str]| {
         Command::new(BIN)
             .args(args)
@@ -274,6 +281,5 @@ fn the_cli_adds_runs_and_removes_a_task() {
     assert!(!ls.contains("greet"), "{ls}");
     let help = Command::new(BIN).arg("--help").output().expect("help");
     assert!(String::from_utf8_lossy(&help.stdout).contains("Run a node"));
-    let _ = node.child.kill();
-    let _ = node.child.wait();
+    stop(node);
 }
