@@ -111,22 +111,9 @@ impl State {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{Spec, When};
 
     fn task(id: &str, name: &str) -> Task {
-        Task {
-            id: TaskId(id.into()),
-            name: name.into(),
-            spec: Spec {
-                shell: Some("true".into()),
-                ..Default::default()
-            },
-            when: When::Manual,
-            placement: Default::default(),
-            exit_rules: vec![],
-            enabled: true,
-            updated_at: Utc::now(),
-        }
+        Task::sample(id, name)
     }
 
     #[test]

@@ -390,22 +390,14 @@ async fn sleep_until_opt(at: Option<Instant>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{ExitRule, Outcome, Spec, When};
+    use crate::model::{ExitRule, Outcome, When};
     use chrono::Utc;
 
     fn task(rules: Vec<ExitRule>, when: When) -> Task {
         Task {
-            id: TaskId("t".into()),
-            name: "t".into(),
-            spec: Spec {
-                shell: Some("x".into()),
-                ..Default::default()
-            },
             when,
-            placement: Default::default(),
             exit_rules: rules,
-            enabled: true,
-            updated_at: Utc::now(),
+            ..Task::sample("t", "t")
         }
     }
 

@@ -374,6 +374,24 @@ fn placeholders(s: &str) -> impl Iterator<Item = &str> {
 }
 
 impl Task {
+    /// A manual task running `true`, for tests.
+    #[cfg(test)]
+    pub(crate) fn sample(id: &str, name: &str) -> Task {
+        Task {
+            id: TaskId(id.into()),
+            name: name.into(),
+            spec: Spec {
+                shell: Some("true".into()),
+                ..Default::default()
+            },
+            when: When::Manual,
+            placement: Placement::One,
+            exit_rules: vec![],
+            enabled: true,
+            updated_at: Utc::now(),
+        }
+    }
+
     /// Whether this is a supervised daemon ("always").
     pub fn is_always(&self) -> bool {
         matches!(self.when, When::Always)

@@ -202,7 +202,7 @@ mod tests {
     use crate::consensus::raft::state_machine::StateMachine;
     use crate::consensus::raft::{Applied, node_id};
     use crate::mesh::{self, ClusterKey, MeshConfig};
-    use crate::model::{Spec, Task, TaskId, When};
+    use crate::model::{Task, TaskId};
     use crate::store::RedbStore;
 
     struct Member {
@@ -269,19 +269,7 @@ mod tests {
     }
 
     fn task(name: &str) -> Task {
-        Task {
-            id: TaskId(format!("t-{name}")),
-            name: name.into(),
-            spec: Spec {
-                shell: Some("true".into()),
-                ..Default::default()
-            },
-            when: When::Manual,
-            placement: Default::default(),
-            exit_rules: vec![],
-            enabled: true,
-            updated_at: chrono::Utc::now(),
-        }
+        Task::sample(&format!("t-{name}"), name)
     }
 
     #[tokio::test]

@@ -415,7 +415,7 @@ mod tests {
     use super::*;
     use crate::consensus::Change;
     use crate::consensus::raft::log_store::LogStore;
-    use crate::model::{ClusterSettings, NodeSettings, Run, Spec, Task, TaskId, Trigger, When};
+    use crate::model::{ClusterSettings, NodeSettings, Run, Task, TaskId, Trigger};
     use crate::store::{RunQuery, Store};
 
     struct Builder;
@@ -459,19 +459,7 @@ mod tests {
     }
 
     fn task(id: &str, name: &str) -> Task {
-        Task {
-            id: TaskId(id.into()),
-            name: name.into(),
-            spec: Spec {
-                shell: Some("true".into()),
-                ..Default::default()
-            },
-            when: When::Manual,
-            placement: Default::default(),
-            exit_rules: vec![],
-            enabled: true,
-            updated_at: Utc::now(),
-        }
+        Task::sample(id, name)
     }
 
     #[tokio::test]
