@@ -222,11 +222,15 @@ impl Scheduler {
                 continue;
             }
             let plan = catch_up(&schedule, baseline, now, policy, CATCH_UP_CAP);
-            let latest = catch_up(&schedule, baseline, now, CatchUp::One, 1)
-                .run
-                .last()
-                .copied()
-                .unwrap_or(next);
+            // The newest missed slot is the plan's last run; only `none` has to look it up.
+            let latest = match plan.run.last() {
+                Some(slot) => *slot,
+                None => catch_up(&schedule, baseline, now, CatchUp::One, 1)
+                    .run
+                    .last()
+                    .copied()
+                    .unwrap_or(next),
+            };
             fired.push((task.clone(), latest, plan.run, plan.skipped));
         }
         if fired.is_empty() {
