@@ -473,11 +473,9 @@ impl Actor {
             } => {
                 self.connected.insert(peer_id);
                 if endpoint.is_dialer() {
-                    let addr = endpoint.get_remote_address();
+                    let addr = endpoint.get_remote_address().clone().with_p2p_stripped();
                     for c in &mut self.configured {
-                        if peer_multiaddr(&c.text)
-                            .is_some_and(|m| addr.to_string().starts_with(&m.to_string()))
-                        {
+                        if peer_multiaddr(&c.text).is_some_and(|m| m == addr) {
                             c.connected = Some(peer_id);
                             c.dialing = false;
                             c.backoff = FIRST_REDIAL;
