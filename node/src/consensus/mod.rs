@@ -1,79 +1,208 @@
-//! The state every node agrees on: tasks, cluster settings, and each task's last fired slot.
+//! The state every node agrees on: tasks, cluster settings, each task's last fired slot, and
+//! which cluster this is.
 //!
-//! Changes go through [`Consensus::propose`] and come back as new [`State`] snapshots on a watch
-//! channel. On a single node a proposal commits straight to the store; the Raft issue replaces
-//! the commit step with a Raft proposal and keeps this interface.
+//! Changes go through [`Consensus::propose`], which commits them through Raft (openraft 0.9) on
+//! the leader, forwarding them over the mesh when this node does not lead, and come back as new
+//! [`State`] snapshots on a watch channel. The [`autopilot`] forms, grows, heals and merges the
+//! cluster without an operator. See docs/consensus.md.
 
 pub mod autopilot;
+mod inbound;
 pub mod raft;
+mod replica;
 mod state;
+mod status;
 
 use std::sync::Arc;
+use std::time::Duration;
 
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
-use tracing::warn;
 
-use crate::model::Invalid;
-use crate::store::{Store, StoreError};
+use crate::mesh::{ClusterBadge, Inbound, MeshHandle, PeerId};
+use crate::model::{Invalid, NodeSettings};
+use crate::store::RedbStore;
 
-pub use state::{Change, State};
+use raft::MeshNode;
+use raft::network::{RaftReply, RaftRpc, Refusal};
+pub use replica::Timing;
+use replica::{OpenError, Replica};
+pub use state::{Adopted, Change, State};
+pub use status::{ClusterStatus, MemberStatus};
+
+/// How long a proposal may take before it fails (it fails sooner when the leader knows it has
+/// no majority).
+pub const PROPOSE_TIMEOUT: Duration = Duration::from_secs(3);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProposeError {
     #[error(transparent)]
     Rejected(#[from] Invalid),
-    #[error("storing the change")]
-    Store(#[from] StoreError),
+    /// No majority confirmed the change, or there is no leader to ask.
+    #[error("{0}")]
+    NoQuorum(String),
+    #[error("{0}")]
+    Failed(String),
     #[error("the node is shutting down")]
     Shutdown,
 }
 
-struct Proposal {
-    change: Change,
-    reply: oneshot::Sender<Result<(), ProposeError>>,
+impl From<Refusal> for ProposeError {
+    fn from(refusal: Refusal) -> Self {
+        match refusal {
+            Refusal::Rejected(invalid) => Self::Rejected(invalid),
+            Refusal::NoQuorum(m) => Self::NoQuorum(m),
+            Refusal::NotLeader { .. } => Self::NoQuorum(
+                "no quorum: there is no leader this node can reach; the change is not confirmed"
+                    .into(),
+            ),
+            Refusal::Failed(m) => Self::Failed(m),
+        }
+    }
+}
+
+/// What the consensus layer needs from the node.
+pub struct Options {
+    pub peer_id: PeerId,
+    pub store: Arc<RedbStore>,
+    /// The p2p endpoint while it runs.
+    pub mesh: watch::Receiver<Option<MeshHandle>>,
+    /// Requests from peers that the mesh hands to the node.
+    pub inbound: mpsc::Receiver<Inbound>,
+    pub timing: Timing,
+    /// How long a node without a cluster looks for one before the lowest PeerId founds one.
+    pub discovery: Duration,
+    /// The node's own settings (its name labels tasks it hands over in a merge).
+    pub node: watch::Receiver<NodeSettings>,
 }
 
 /// A cloneable handle for reading the agreed state and proposing changes to it.
 #[derive(Clone)]
 pub struct Consensus {
-    proposals: mpsc::Sender<Proposal>,
+    replica: Arc<Replica>,
     state: watch::Receiver<Arc<State>>,
 }
 
 impl Consensus {
-    /// Loads the state from the store and starts the actor that commits proposals.
-    pub fn start(
-        store: Arc<dyn Store>,
+    /// Opens the Raft instance and starts the autopilot and the answering of peers' requests.
+    /// The returned task ends after `cancel`, once Raft has shut down.
+    pub async fn start(
+        options: Options,
         cancel: CancellationToken,
-    ) -> Result<(Self, tokio::task::JoinHandle<()>), StoreError> {
-        let state = State::load(store.as_ref())?;
-        let (state_tx, state_rx) = watch::channel(Arc::new(state));
-        let (tx, rx) = mpsc::channel(256);
-        let actor = Committer {
-            store,
-            state: state_tx,
-            inbox: rx,
-            cancel,
+    ) -> Result<(Self, tokio::task::JoinHandle<()>), OpenError> {
+        let (state_tx, state_rx) = watch::channel(Arc::default());
+        let replica = Arc::new(
+            Replica::open(
+                options.peer_id,
+                options.store,
+                state_tx,
+                options.mesh,
+                options.timing,
+            )
+            .await?,
+        );
+        tokio::spawn(inbound::answer_inbound(replica.clone(), options.inbound));
+        let consensus = Self {
+            replica: replica.clone(),
+            state: state_rx,
         };
-        let committer = tokio::spawn(actor.run());
-        Ok((
-            Self {
-                proposals: tx,
-                state: state_rx,
-            },
-            committer,
-        ))
+        let pilot =
+            autopilot::Autopilot::new(consensus.clone(), options.discovery, options.node, cancel);
+        let task = tokio::spawn(async move {
+            pilot.run().await;
+            replica.shutdown().await;
+        });
+        Ok((consensus, task))
     }
 
-    /// Commits `change` durably; returns once every reader can see it.
+    /// Commits `change` through the leader; returns once this node has applied it. Fails with
+    /// [`ProposeError::NoQuorum`] within [`PROPOSE_TIMEOUT`] when no majority confirms it.
     pub async fn propose(&self, change: Change) -> Result<(), ProposeError> {
-        let (reply, rx) = oneshot::channel();
-        self.proposals
-            .send(Proposal { change, reply })
-            .await
-            .map_err(|_| ProposeError::Shutdown)?;
-        rx.await.map_err(|_| ProposeError::Shutdown)?
+        let index = self.commit(None, change).await?;
+        let remaining = PROPOSE_TIMEOUT;
+        // Committed; wait (briefly) until this node shows it too, so a reader sees its write.
+        let _ = self
+            .replica
+            .raft()
+            .wait(Some(remaining))
+            .applied_index_at_least(Some(index), "the change is applied here")
+            .await;
+        Ok(())
+    }
+
+    /// Commits `change` in the cluster that `via` belongs to (this node's own cluster when
+    /// `None`), following the leader hints the members give. Returns the log index.
+    async fn commit(&self, via: Option<MeshNode>, change: Change) -> Result<u64, ProposeError> {
+        let deadline = tokio::time::Instant::now() + PROPOSE_TIMEOUT;
+        let me = self.replica.peer_id.to_string();
+        // In this node's own cluster the leader it knows is the one to ask; in another cluster
+        // only the hints of that cluster's members count.
+        let own = via.is_none();
+        let mut target = via;
+        let mut last = Refusal::NotLeader { leader: None };
+        loop {
+            let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if remaining.is_zero() {
+                return Err(self.give_up(last));
+            }
+            let result = match &target {
+                Some(node) if node.peer_id != me => {
+                    let rpc = RaftRpc::Propose(change.clone());
+                    match self.replica.ask(node, &rpc, remaining).await {
+                        Ok(RaftReply::Propose(result)) => result,
+                        Ok(_) => Err(Refusal::Failed("the reply does not match".into())),
+                        Err(e) => Err(Refusal::Failed(e.to_string())),
+                    }
+                }
+                _ => self.replica.write_here(change.clone(), remaining).await,
+            };
+            match result {
+                Ok(index) => return Ok(index),
+                Err(Refusal::Rejected(invalid)) => return Err(ProposeError::Rejected(invalid)),
+                Err(e @ Refusal::NoQuorum(_)) => return Err(e.into()),
+                Err(Refusal::NotLeader { leader: Some(node) })
+                    if target.as_ref() != Some(&node) && node.peer_id != me =>
+                {
+                    target = Some(node);
+                    continue;
+                }
+                Err(refusal) => {
+                    // No leader known (an election is on), or it did not answer: wait a moment
+                    // for the leader to change, then ask whoever leads then.
+                    last = refusal;
+                    let mut metrics = self.replica.raft().metrics();
+                    let step = remaining.min(Duration::from_millis(100));
+                    let _ = tokio::time::timeout(step, metrics.changed()).await;
+                    if own {
+                        target = self.replica.leader();
+                    }
+                }
+            }
+        }
+    }
+
+    /// The error after the deadline passed without an answer.
+    fn give_up(&self, last: Refusal) -> ProposeError {
+        if self.state().cluster.is_none() {
+            return ProposeError::NoQuorum(
+                "this node has not joined a cluster yet (it is still looking for its peers); try again in a moment".into(),
+            );
+        }
+        match last {
+            Refusal::Failed(m) => ProposeError::NoQuorum(format!(
+                "no quorum: the leader did not answer ({m}); the change is not confirmed"
+            )),
+            other => other.into(),
+        }
+    }
+
+    /// Hands `change` to another cluster through one of its members (a merge).
+    pub(crate) async fn commit_elsewhere(
+        &self,
+        via: MeshNode,
+        change: Change,
+    ) -> Result<u64, ProposeError> {
+        self.commit(Some(via), change).await
     }
 
     /// The current state.
@@ -85,72 +214,173 @@ impl Consensus {
     pub fn subscribe(&self) -> watch::Receiver<Arc<State>> {
         self.state.clone()
     }
+
+    /// What this node announces about its place in the cluster.
+    pub fn badge(&self) -> Option<ClusterBadge> {
+        status::badge(&self.replica.raft().metrics().borrow(), &self.state())
+    }
+
+    /// Leader, term, voters, learners and lag, for /peers.
+    pub fn status(&self, peers: &[crate::mesh::PeerInfo]) -> ClusterStatus {
+        status::of(
+            &self.replica.raft().metrics().borrow(),
+            &self.state(),
+            peers,
+            &self.replica.peer_id.to_string(),
+        )
+    }
 }
 
-/// Applies proposals in order, committing each batch in one transaction (group commit).
-struct Committer {
-    store: Arc<dyn Store>,
-    state: watch::Sender<Arc<State>>,
-    inbox: mpsc::Receiver<Proposal>,
-    cancel: CancellationToken,
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mesh::{self, ClusterKey, MeshConfig};
+    use crate::model::{Task, TaskId};
 
-impl Committer {
-    async fn run(mut self) {
-        let mut batch = Vec::with_capacity(64);
-        loop {
-            tokio::select! {
-                biased;
-                _ = self.cancel.cancelled() => break,
-                n = self.inbox.recv_many(&mut batch, 64) => {
-                    if n == 0 {
-                        break;
-                    }
-                    self.commit(std::mem::take(&mut batch)).await;
-                }
-            }
+    struct Member {
+        consensus: Consensus,
+        mesh: MeshHandle,
+        _mesh_tx: watch::Sender<Option<MeshHandle>>,
+        _dir: tempfile::TempDir,
+    }
+
+    async fn member(key: &ClusterKey, peers: Vec<String>, cancel: &CancellationToken) -> Member {
+        let dir = tempfile::tempdir().expect("tmp");
+        let store = Arc::new(RedbStore::open(&dir.path().join("db")).expect("store"));
+        let (inbound_tx, inbound) = mpsc::channel(64);
+        let identity = libp2p::identity::Keypair::generate_ed25519();
+        let config = MeshConfig {
+            identity: identity.clone(),
+            key: key.clone(),
+            listen: "/ip4/127.0.0.1/tcp/0".parse().expect("addr"),
+            mdns: false,
+            peers,
+            announce_every: Duration::from_millis(300),
+            peer_ttl: Duration::from_secs(10),
+            inbound: Some(inbound_tx),
+        };
+        let (mesh, _task) = mesh::start(config, cancel.clone()).await.expect("mesh");
+        let (mesh_tx, mesh_rx) = watch::channel(Some(mesh.clone()));
+        let (_node_tx, node) = watch::channel(NodeSettings::default());
+        let (consensus, _task) = Consensus::start(
+            Options {
+                peer_id: identity.public().to_peer_id(),
+                store,
+                mesh: mesh_rx,
+                inbound,
+                timing: Timing::default(),
+                discovery: Duration::from_secs(1),
+                node,
+            },
+            cancel.clone(),
+        )
+        .await
+        .expect("consensus");
+        Member {
+            consensus,
+            mesh,
+            _mesh_tx: mesh_tx,
+            _dir: dir,
         }
     }
 
-    async fn commit(&mut self, batch: Vec<Proposal>) {
-        let mut next = State::clone(&self.state.borrow());
-        let mut writes = Vec::new();
-        let mut accepted = Vec::new();
-        for proposal in batch {
-            // Each change applies to a scratch copy, so a rejected one leaves no trace.
-            let mut candidate = next.clone();
-            match candidate.apply(proposal.change) {
-                Ok(w) => {
-                    next = candidate;
-                    writes.extend(w);
-                    accepted.push(proposal.reply);
+    /// Announces each member's badge, as the node's mesh runner does.
+    fn announce(members: &[&Member], cancel: &CancellationToken) {
+        for m in members {
+            let (consensus, mesh, cancel) = (m.consensus.clone(), m.mesh.clone(), cancel.clone());
+            tokio::spawn(async move {
+                while !cancel.is_cancelled() {
+                    let announcement = crate::mesh::Announcement {
+                        peer_id: String::new(),
+                        name: "member".into(),
+                        version: "test".into(),
+                        dependencies: vec![],
+                        slots_total: 1,
+                        slots_free: 1,
+                        load: 0.0,
+                        running: 0,
+                        ui_url: String::new(),
+                        addrs: vec![],
+                        seq: 0,
+                        cluster: consensus.badge(),
+                    };
+                    mesh.announce(announcement).await;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
                 }
-                Err(invalid) => {
-                    let _ = proposal.reply.send(Err(ProposeError::Rejected(invalid)));
-                }
-            }
+            });
         }
-        if accepted.is_empty() {
-            return;
+    }
+
+    async fn until(what: &str, mut check: impl FnMut() -> bool) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while !check() {
+            assert!(tokio::time::Instant::now() < deadline, "timed out: {what}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        let store = self.store.clone();
-        let result = tokio::task::spawn_blocking(move || store.write(&writes))
-            .await
-            .unwrap_or_else(|e| Err(StoreError::Db(format!("writer panicked: {e}"))));
-        match result {
-            Ok(()) => {
-                self.state.send_replace(Arc::new(next));
-                for reply in accepted {
-                    let _ = reply.send(Ok(()));
-                }
-            }
-            Err(e) => {
-                warn!(error = %e, "commit failed; the changes were not applied");
-                let message = e.to_string();
-                for reply in accepted {
-                    let _ = reply.send(Err(ProposeError::Store(StoreError::Db(message.clone()))));
-                }
-            }
+    }
+
+    #[tokio::test]
+    async fn three_nodes_form_one_cluster_and_writes_on_any_node_reach_all() {
+        let key = ClusterKey::generate().expect("key");
+        let cancel = CancellationToken::new();
+        let first = member(&key, vec![], &cancel).await;
+        let seed = first.mesh.listen_addrs()[0].to_string();
+        let second = member(&key, vec![seed.clone()], &cancel).await;
+        let third = member(&key, vec![seed], &cancel).await;
+        let all = [&first, &second, &third];
+        announce(&all, &cancel);
+
+        until("one cluster with three voters", || {
+            let ids: Vec<_> = all.iter().map(|m| m.consensus.badge()).collect();
+            let leaders = ids.iter().flatten().filter(|b| b.leader).count();
+            let voters = ids.iter().flatten().filter(|b| b.voter).count();
+            ids.iter().all(|b| b.is_some())
+                && ids
+                    .windows(2)
+                    .all(|w| w[0].map(|b| b.id) == w[1].map(|b| b.id))
+                && leaders == 1
+                && voters == 3
+        })
+        .await;
+
+        // A write on each node, leader or not, is visible on every node when it returns.
+        for (i, m) in all.iter().enumerate() {
+            let task = Task::sample(&format!("t{i}"), &format!("task-{i}"));
+            m.consensus
+                .propose(Change::PutTask(task))
+                .await
+                .expect("write");
+            assert!(
+                m.consensus
+                    .state()
+                    .task_by_name(&format!("task-{i}"))
+                    .is_some()
+            );
         }
+        until("every node has every task", || {
+            all.iter().all(|m| m.consensus.state().tasks.len() == 3)
+        })
+        .await;
+
+        // A change the state machine refuses is an answer, on a follower as well.
+        let follower = all
+            .iter()
+            .find(|m| !m.consensus.badge().expect("badge").leader)
+            .expect("a follower");
+        let clash = Task::sample("other", "task-0");
+        match follower.consensus.propose(Change::PutTask(clash)).await {
+            Err(ProposeError::Rejected(invalid)) => {
+                assert!(invalid.to_string().contains("already called"), "{invalid}")
+            }
+            other => panic!("expected a rejection, got {other:?}"),
+        }
+        assert!(
+            !follower
+                .consensus
+                .state()
+                .tasks
+                .contains_key(&TaskId("other".into()))
+        );
+        cancel.cancel();
     }
 }

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
 
-use crate::model::{ClusterSettings, Invalid, Task, TaskId};
+use crate::model::{ClusterIdentity, ClusterSettings, Invalid, Task, TaskId};
 use crate::store::{Store, StoreError, Write};
 
 /// What every node agrees on.
@@ -14,6 +14,15 @@ pub struct State {
     pub settings: ClusterSettings,
     /// The newest cron slot each task has fired (committed before the run is dispatched).
     pub last_fired: BTreeMap<TaskId, DateTime<Utc>>,
+    /// Which cluster this is; `None` until the bootstrapping node has founded it.
+    pub cluster: Option<ClusterIdentity>,
+}
+
+/// A task handed over by a cluster that merges into this one, with its newest fired slot.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Adopted {
+    pub task: Task,
+    pub last_fired: Option<DateTime<Utc>>,
 }
 
 /// One change to the state.
@@ -32,6 +41,21 @@ pub enum Change {
         task: TaskId,
         enabled: bool,
     },
+    /// Names the cluster (once, by the node that bootstrapped it).
+    Found {
+        cluster: u64,
+    },
+    /// Tasks of a cluster that merges into this one. A task whose id is already here is skipped
+    /// (a repeated hand-over changes nothing); one whose name is taken is renamed
+    /// `<name> (from <from>)`, so that nothing is dropped.
+    Adopt {
+        from: String,
+        tasks: Vec<Adopted>,
+    },
+    /// This cluster has handed its tasks to `cluster`; its members leave and join that one.
+    MergeInto {
+        cluster: u64,
+    },
 }
 
 impl State {
@@ -44,6 +68,7 @@ impl State {
                 .collect(),
             settings: store.cluster_settings()?.unwrap_or_default(),
             last_fired: store.last_fired()?,
+            cluster: store.cluster()?,
         })
     }
 
@@ -104,7 +129,69 @@ impl State {
                 t.updated_at = Utc::now();
                 Ok(vec![Write::PutTask(t.clone())])
             }
+            Change::Found { cluster } => {
+                if let Some(current) = self.cluster {
+                    return Err(Invalid::field(
+                        "cluster",
+                        format!("the cluster is already founded as {:016x}", current.id),
+                    ));
+                }
+                let identity = ClusterIdentity {
+                    id: cluster,
+                    merged_into: None,
+                };
+                self.cluster = Some(identity);
+                Ok(vec![Write::Cluster(Some(identity))])
+            }
+            Change::Adopt { from, tasks } => {
+                let mut writes = Vec::new();
+                for Adopted {
+                    mut task,
+                    last_fired,
+                } in tasks
+                {
+                    if self.tasks.contains_key(&task.id) {
+                        continue;
+                    }
+                    task.name = self.free_name(&task.name, &from);
+                    if let Some(slot) = last_fired {
+                        self.last_fired.insert(task.id.clone(), slot);
+                        writes.push(Write::LastFired(task.id.clone(), slot));
+                    }
+                    self.tasks.insert(task.id.clone(), task.clone());
+                    writes.push(Write::PutTask(task));
+                }
+                Ok(writes)
+            }
+            Change::MergeInto { cluster } => {
+                let Some(identity) = self.cluster.as_mut() else {
+                    return Err(Invalid::field("cluster", "this cluster is not founded yet"));
+                };
+                if identity.id == cluster {
+                    return Err(Invalid::field(
+                        "cluster",
+                        "a cluster cannot merge into itself",
+                    ));
+                }
+                identity.merged_into = Some(cluster);
+                Ok(vec![Write::Cluster(Some(*identity))])
+            }
         }
+    }
+
+    /// `name` if no task has it, else `<name> (from <from>)`, numbered if that is taken too.
+    fn free_name(&self, name: &str, from: &str) -> String {
+        if self.task_by_name(name).is_none() {
+            return name.to_owned();
+        }
+        let renamed = format!("{name} (from {from})");
+        (1..)
+            .map(|n| match n {
+                1 => renamed.clone(),
+                n => format!("{renamed} {n}"),
+            })
+            .find(|candidate| self.task_by_name(candidate).is_none())
+            .expect("some number is free")
     }
 }
 
@@ -147,5 +234,68 @@ mod tests {
         s.apply(Change::RemoveTask(TaskId("a".into())))
             .expect("remove");
         assert!(s.last_fired.is_empty());
+    }
+
+    #[test]
+    fn adopted_tasks_keep_their_ids_and_clashing_names_are_renamed() {
+        let mut s = State::default();
+        s.apply(Change::PutTask(task("a", "backup"))).expect("own");
+        let slot = Utc::now();
+        let adopt = Change::Adopt {
+            from: "node-b".into(),
+            tasks: vec![
+                Adopted {
+                    task: task("b", "backup"),
+                    last_fired: Some(slot),
+                },
+                Adopted {
+                    task: task("c", "report"),
+                    last_fired: None,
+                },
+            ],
+        };
+        s.apply(adopt.clone()).expect("adopt");
+        assert_eq!(s.tasks.len(), 3);
+        assert_eq!(
+            s.tasks[&TaskId("a".into())].name,
+            "backup",
+            "ours keeps its name"
+        );
+        assert_eq!(s.tasks[&TaskId("b".into())].name, "backup (from node-b)");
+        assert_eq!(s.tasks[&TaskId("c".into())].name, "report");
+        assert_eq!(s.last_fired.get(&TaskId("b".into())), Some(&slot));
+        // A repeated hand-over changes nothing.
+        s.apply(adopt).expect("again");
+        assert_eq!(s.tasks.len(), 3);
+        // A third `backup` is numbered.
+        s.apply(Change::Adopt {
+            from: "node-b".into(),
+            tasks: vec![Adopted {
+                task: task("d", "backup"),
+                last_fired: None,
+            }],
+        })
+        .expect("third");
+        assert_eq!(s.tasks[&TaskId("d".into())].name, "backup (from node-b) 2");
+    }
+
+    #[test]
+    fn a_cluster_is_founded_once_and_cannot_merge_into_itself() {
+        let mut s = State::default();
+        assert!(
+            s.apply(Change::MergeInto { cluster: 9 }).is_err(),
+            "not founded"
+        );
+        s.apply(Change::Found { cluster: 7 }).expect("found");
+        assert!(s.apply(Change::Found { cluster: 8 }).is_err(), "twice");
+        assert!(s.apply(Change::MergeInto { cluster: 7 }).is_err(), "itself");
+        s.apply(Change::MergeInto { cluster: 9 }).expect("merge");
+        assert_eq!(
+            s.cluster,
+            Some(ClusterIdentity {
+                id: 7,
+                merged_into: Some(9)
+            })
+        );
     }
 }

@@ -29,6 +29,8 @@ use super::{
 
 const TOPIC: &str = "taskmesh/announce/1";
 const RPC: &str = "/taskmesh/rpc/1";
+/// The largest request or response on the RPC protocol, in bytes.
+const MAX_MESSAGE: u64 = 16 << 20;
 /// Configured peers are redialled after this, doubling up to [`MAX_REDIAL`].
 const FIRST_REDIAL: Duration = Duration::from_secs(1);
 const MAX_REDIAL: Duration = Duration::from_secs(30);
@@ -122,7 +124,12 @@ fn build_swarm(config: &MeshConfig) -> Result<Swarm<Behaviour>, MeshError> {
                 gossipsub::MessageAuthenticity::Signed(key.clone()),
                 gossip_config,
             )?;
-            let rpc = request_response::json::Behaviour::new(
+            // Raft appends and snapshot chunks ride on requests: allow more than the default 1 MiB.
+            let codec = request_response::json::codec::Codec::default()
+                .set_request_size_maximum(MAX_MESSAGE)
+                .set_response_size_maximum(MAX_MESSAGE);
+            let rpc = request_response::Behaviour::with_codec(
+                codec,
                 [(StreamProtocol::new(RPC), ProtocolSupport::Full)],
                 request_response::Config::default().with_request_timeout(Duration::from_secs(10)),
             );

@@ -24,6 +24,24 @@ pub struct Announcement {
     pub addrs: Vec<String>,
     /// Increases with every announcement of one node start; older ones are ignored.
     pub seq: u64,
+    /// Where the node stands in the replicated state; `None` while it has no cluster.
+    #[serde(default)]
+    pub cluster: Option<ClusterBadge>,
+}
+
+/// A node's place in its Raft cluster, as it announces it: enough for every other node to run the
+/// autopilot's decisions and to show leader, voters and lag from mesh data alone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterBadge {
+    /// The cluster's id (see `model::ClusterIdentity`).
+    pub id: u64,
+    pub term: u64,
+    pub voter: bool,
+    pub leader: bool,
+    /// The index of the last change this node has applied.
+    pub applied: u64,
+    /// The index of the last entry in this node's log.
+    pub last_log: u64,
 }
 
 /// Limits on a peer's announcement, so a bad peer cannot flood memory.
@@ -151,6 +169,7 @@ mod tests {
             ui_url: "http://127.0.0.1:8080".into(),
             addrs: vec![],
             seq,
+            cluster: None,
         }
     }
 

@@ -11,8 +11,8 @@ pub use duration::HumanDuration;
 pub use exit::{Action, ExitMatch, ExitRule, Outcome, matching_actions};
 pub use run::{Run, RunId, RunStatus, Trigger};
 pub use settings::{
-    ClusterSettings, ExportOrigin, MASK, MysqlSettings, NodeSettings, NotifyChannel, Settings,
-    SlackSettings, TelegramSettings, hostname,
+    ClusterIdentity, ClusterSettings, ExportOrigin, MASK, MysqlSettings, NodeSettings,
+    NotifyChannel, Settings, SlackSettings, TelegramSettings, hostname,
 };
 pub use task::{CatchUp, Placement, Spec, Task, TaskId, TaskInput, When};
 pub use validate::{FieldError, Invalid, parse_json};

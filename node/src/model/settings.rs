@@ -85,6 +85,17 @@ pub struct ClusterSettings {
     pub mysql: Option<MysqlSettings>,
     /// A peer that has not announced itself for this long is gone.
     pub peer_timeout: HumanDuration,
+    /// A voter unreachable for this long gives its seat to a live learner.
+    pub voter_timeout: HumanDuration,
+}
+
+/// Which cluster a node's replicated state belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterIdentity {
+    /// Chosen by the node that bootstrapped the cluster (its Raft node id).
+    pub id: u64,
+    /// Set when this cluster has handed its tasks to another one, and its members are to join it.
+    pub merged_into: Option<u64>,
 }
 
 impl Default for ClusterSettings {
@@ -101,6 +112,7 @@ impl Default for ClusterSettings {
             channels: BTreeMap::new(),
             mysql: None,
             peer_timeout: HumanDuration::from_secs(10),
+            voter_timeout: HumanDuration::from_secs(30),
         }
     }
 }

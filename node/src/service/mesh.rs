@@ -5,14 +5,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use libp2p::identity::Keypair;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
 
 use crate::config::Config;
-use crate::consensus::State;
+use crate::consensus::{Consensus, State};
 use crate::ledger::RunLedger;
-use crate::mesh::{self, Announcement, ClusterKey, MeshConfig, MeshHandle};
+use crate::mesh::{self, Announcement, ClusterKey, Inbound, MeshConfig, MeshHandle};
 use crate::model::{NodeSettings, RunStatus};
 
 /// How often the node refreshes what it announces (the mesh sends it only when it changed, and
@@ -54,6 +54,9 @@ pub(super) struct MeshRunner {
     pub ui_url: String,
     pub node: watch::Receiver<NodeSettings>,
     pub state: watch::Receiver<Arc<State>>,
+    pub consensus: Consensus,
+    /// Where the endpoint hands the requests it does not answer itself (consensus requests).
+    pub inbound: mpsc::Sender<Inbound>,
     pub ledger: RunLedger,
     pub current: watch::Sender<Option<MeshHandle>>,
     pub cancel: CancellationToken,
@@ -115,7 +118,7 @@ impl MeshRunner {
             peers: shape.peers.clone(),
             announce_every: ANNOUNCE_EVERY,
             peer_ttl: shape.peer_ttl,
-            inbound: None,
+            inbound: Some(self.inbound.clone()),
         })
     }
 
@@ -169,6 +172,7 @@ impl MeshRunner {
             ui_url: self.ui_url.clone(),
             addrs: Vec::new(),
             seq: 0,
+            cluster: self.consensus.badge(),
         }
     }
 }

@@ -17,7 +17,7 @@ mod mesh;
 
 use crate::api::auth::Access;
 use crate::config::Config;
-use crate::consensus::{Change, Consensus, ProposeError, State};
+use crate::consensus::{self, Change, Consensus, ProposeError, State};
 use crate::events::{self, Event, Events};
 use crate::executor::{DaemonStatus, Executor, ExecutorHandle, Supervisor};
 use crate::ledger::RunLedger;
@@ -28,6 +28,8 @@ use crate::store::{RedbStore, RunQuery, Store, StoreError, Write};
 
 /// How often the retention sweep runs.
 const SWEEP_EVERY: Duration = Duration::from_secs(3600);
+/// How long a node without a cluster looks for peers before founding one (see the autopilot).
+const DISCOVERY: Duration = Duration::from_secs(2);
 
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
@@ -51,7 +53,7 @@ impl From<ProposeError> for NodeError {
     fn from(e: ProposeError) -> Self {
         match e {
             ProposeError::Rejected(invalid) => NodeError::Invalid(invalid),
-            ProposeError::Store(e) => NodeError::Store(e),
+            ProposeError::NoQuorum(m) | ProposeError::Failed(m) => NodeError::Unavailable(m),
             ProposeError::Shutdown => NodeError::Unavailable("the node is shutting down".into()),
         }
     }
@@ -109,7 +111,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Starte
         "creating the data directory {}",
         config.data_dir.display()
     )))?;
-    let store: Arc<dyn Store> = {
+    let redb: Arc<RedbStore> = {
         let path = config.db_path();
         Arc::new(
             tokio::task::spawn_blocking(move || RedbStore::open(&path))
@@ -117,6 +119,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Starte
                 .map_err(|e| NodeError::Unavailable(format!("opening the database: {e}")))??,
         )
     };
+    let store: Arc<dyn Store> = redb.clone();
     let mut node_settings = match store.node_settings()? {
         Some(s) => s,
         None => {
@@ -156,7 +159,27 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Starte
     // are still recorded.
     let core = CancellationToken::new();
     let work = shutdown.child_token();
-    let (consensus, committer) = Consensus::start(store.clone(), core.clone())?;
+    let (mesh_tx, mesh_rx) = watch::channel(None);
+    let (inbound_tx, inbound_rx) = mpsc::channel(256);
+    // A node that can find no one (no peers configured, no mDNS) founds its cluster at once;
+    // others look for a moment first, so that nodes started together form one cluster.
+    let alone = node_rx.borrow().peers.is_empty()
+        && config.peers.is_empty()
+        && !config.mdns.unwrap_or(node_rx.borrow().mdns);
+    let (consensus, committer) = Consensus::start(
+        consensus::Options {
+            peer_id: identity.public().to_peer_id(),
+            store: redb.clone(),
+            mesh: mesh_rx.clone(),
+            inbound: inbound_rx,
+            timing: consensus::Timing::default(),
+            discovery: if alone { Duration::ZERO } else { DISCOVERY },
+            node: node_rx.clone(),
+        },
+        core.clone(),
+    )
+    .await
+    .map_err(|e| NodeError::Unavailable(e.to_string()))?;
     let (ledger, ledger_writer) = RunLedger::start(
         store.clone(),
         events.clone(),
@@ -206,7 +229,6 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Starte
         work.clone(),
     ));
 
-    let (mesh_tx, mesh_rx) = watch::channel(None);
     let handle = NodeHandle {
         inner: Arc::new(Inner {
             consensus,
@@ -240,6 +262,8 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Starte
         ui_url,
         node: handle.inner.node.subscribe(),
         state: handle.inner.consensus.subscribe(),
+        consensus: handle.inner.consensus.clone(),
+        inbound: inbound_tx,
         ledger: ledger.clone(),
         current: mesh_tx,
         cancel: work.clone(),

@@ -9,10 +9,10 @@ use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
 
-use crate::model::{ClusterSettings, NodeSettings, Run, RunId, Task, TaskId};
+use crate::model::{ClusterIdentity, ClusterSettings, NodeSettings, Run, RunId, Task, TaskId};
 
 pub use redb_store::RedbStore;
-pub(crate) use redb_store::{LAST_FIRED, TASKS, write_in};
+pub(crate) use redb_store::{LAST_FIRED, TASKS, clear_replicated_in, write_in};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -41,6 +41,8 @@ pub enum Write {
     ClusterSettings(ClusterSettings),
     NodeSettings(NodeSettings),
     LastFired(TaskId, DateTime<Utc>),
+    /// `None` clears it (a node that leaves its cluster to join another).
+    Cluster(Option<ClusterIdentity>),
 }
 
 /// Which runs to list, newest first.
@@ -52,12 +54,13 @@ pub struct RunQuery {
     pub limit: usize,
 }
 
-/// Everything stored durably; what replication later replaces sits behind the first five methods.
+/// Everything stored durably; what replication later replaces sits behind the first six methods.
 pub trait Store: Send + Sync + 'static {
     fn tasks(&self) -> Result<Vec<Task>, StoreError>;
     fn cluster_settings(&self) -> Result<Option<ClusterSettings>, StoreError>;
     fn node_settings(&self) -> Result<Option<NodeSettings>, StoreError>;
     fn last_fired(&self) -> Result<BTreeMap<TaskId, DateTime<Utc>>, StoreError>;
+    fn cluster(&self) -> Result<Option<ClusterIdentity>, StoreError>;
     /// Commits the writes in one durable transaction before returning.
     fn write(&self, batch: &[Write]) -> Result<(), StoreError>;
 

@@ -10,10 +10,10 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::{RunQuery, Store, StoreError, Write};
-use crate::model::{ClusterSettings, NodeSettings, Run, RunId, Task, TaskId};
+use crate::model::{ClusterIdentity, ClusterSettings, NodeSettings, Run, RunId, Task, TaskId};
 
 pub(crate) const TASKS: TableDefinition<&str, &[u8]> = TableDefinition::new("tasks");
-/// Settings: `cluster_settings` (replicated) and `node_settings` (node-local).
+/// Settings: `cluster_settings` and `cluster` (replicated), `node_settings` (node-local).
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 /// Task id → the newest fired slot, in Unix milliseconds.
 pub(crate) const LAST_FIRED: TableDefinition<&str, i64> = TableDefinition::new("last_fired");
@@ -25,6 +25,7 @@ const UNFINISHED: TableDefinition<&str, ()> = TableDefinition::new("unfinished_r
 
 const CLUSTER_SETTINGS: &str = "cluster_settings";
 const NODE_SETTINGS: &str = "node_settings";
+const CLUSTER: &str = "cluster";
 
 pub struct RedbStore {
     /// Shared with the Raft log and state machine (`consensus::raft`), which keep their own
@@ -115,6 +116,12 @@ pub(crate) fn write_in(txn: &WriteTransaction, batch: &[Write]) -> Result<(), St
                 meta.insert(NODE_SETTINGS, encode(s).as_slice())
                     .map_err(db_err)?;
             }
+            Write::Cluster(Some(c)) => {
+                meta.insert(CLUSTER, encode(c).as_slice()).map_err(db_err)?;
+            }
+            Write::Cluster(None) => {
+                meta.remove(CLUSTER).map_err(db_err)?;
+            }
             Write::LastFired(id, at) => {
                 fired
                     .insert(id.0.as_str(), at.timestamp_millis())
@@ -122,6 +129,16 @@ pub(crate) fn write_in(txn: &WriteTransaction, batch: &[Write]) -> Result<(), St
             }
         }
     }
+    Ok(())
+}
+
+/// Empties the replicated tables in `txn`: tasks, fired slots, cluster settings and identity.
+pub(crate) fn clear_replicated_in(txn: &WriteTransaction) -> Result<(), redb::Error> {
+    txn.open_table(TASKS)?.retain(|_, _| false)?;
+    txn.open_table(LAST_FIRED)?.retain(|_, _| false)?;
+    let mut meta = txn.open_table(META)?;
+    meta.remove(CLUSTER_SETTINGS)?;
+    meta.remove(CLUSTER)?;
     Ok(())
 }
 
@@ -143,6 +160,10 @@ impl Store for RedbStore {
 
     fn node_settings(&self) -> Result<Option<NodeSettings>, StoreError> {
         self.meta(NODE_SETTINGS)
+    }
+
+    fn cluster(&self) -> Result<Option<ClusterIdentity>, StoreError> {
+        self.meta(CLUSTER)
     }
 
     fn last_fired(&self) -> Result<BTreeMap<TaskId, DateTime<Utc>>, StoreError> {

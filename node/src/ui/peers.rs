@@ -116,6 +116,7 @@ mod tests {
                 ui_url: ui.into(),
                 addrs: vec!["/ip4/198.18.0.12/tcp/7946".into()],
                 seq: 1,
+                cluster: None,
             },
             last_seen_ms: 1500,
             connected: true,

@@ -52,6 +52,10 @@ pub const CLUSTER_HELP: &[(&str, &str)] = &[
         "peer_timeout",
         "a peer that has not announced itself for this long (e.g. \"10s\") counts as gone",
     ),
+    (
+        "voter_timeout",
+        "a voting member unreachable for this long (e.g. \"30s\") gives its vote to a live node",
+    ),
 ];
 
 /// Each `node` key with a one-line meaning.

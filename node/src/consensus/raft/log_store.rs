@@ -337,6 +337,13 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 }
 
+/// Empties the log tables in `txn` (a node leaving its cluster).
+pub(super) fn clear_in(txn: &WriteTransaction) -> std::result::Result<(), redb::Error> {
+    txn.open_table(LOG)?.retain(|_, _| false)?;
+    txn.open_table(LOG_META)?.retain(|_, _| false)?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use openraft::storage::RaftLogStorageExt;

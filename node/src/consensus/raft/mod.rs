@@ -1,9 +1,7 @@
 //! Raft (openraft 0.9) for the replicated state: the type configuration, the redb log and
 //! state-machine storage, and the network over the mesh.
 //!
-//! Work in progress (issue 4): the storage is complete and tested with openraft's own storage
-//! suite; the network and the switch of [`super::Consensus`] from the single-node committer to
-//! Raft come next. Nothing outside this module uses it yet.
+//! [`super::replica`] runs the instance; this module holds its parts.
 
 // openraft's error types are large by design; its traits return them.
 #![allow(clippy::result_large_err)]
@@ -64,4 +62,16 @@ pub fn node_id(peer_id: &str) -> NodeId {
         hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
     }
     hash
+}
+
+/// Clears everything replicated from the node's database: the Raft log and vote, the state
+/// machine's bookkeeping and snapshot, and the replicated state itself (tasks, cluster settings,
+/// fired slots, cluster identity). Node settings and run history stay.
+pub fn clear(db: &redb::Database) -> Result<(), redb::Error> {
+    let txn = db.begin_write()?;
+    log_store::clear_in(&txn)?;
+    state_machine::clear_in(&txn)?;
+    crate::store::clear_replicated_in(&txn)?;
+    txn.commit()?;
+    Ok(())
 }

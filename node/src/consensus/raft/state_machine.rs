@@ -67,6 +67,13 @@ impl StateMachine {
     /// Opens the state machine on `store`'s database: loads the state, the last applied log id and
     /// the membership. Returns it with a receiver of the committed state.
     pub fn open(store: &RedbStore) -> Result<(Self, watch::Receiver<Arc<State>>)> {
+        let (tx, rx) = watch::channel(Arc::default());
+        Ok((Self::open_into(store, tx)?, rx))
+    }
+
+    /// Like [`Self::open`], but publishes on an existing channel (which outlives one Raft
+    /// instance when a node leaves its cluster to join another).
+    pub fn open_into(store: &RedbStore, state: watch::Sender<Arc<State>>) -> Result<Self> {
         let db = store.database();
         let create = || -> std::result::Result<(), AnyError> {
             let txn = db.begin_write().context("beginning a write transaction")?;
@@ -102,19 +109,16 @@ impl StateMachine {
             Ok((last_applied, membership))
         };
         let (last_applied, membership) = read().map_err(StorageIOError::read_state_machine)?;
-        let state = State::load(store)
+        let loaded = State::load(store)
             .context("loading the state")
             .map_err(StorageIOError::read_state_machine)?;
-        let (tx, rx) = watch::channel(Arc::new(state));
-        Ok((
-            Self {
-                db,
-                last_applied,
-                membership,
-                state: tx,
-            },
-            rx,
-        ))
+        state.send_replace(Arc::new(loaded));
+        Ok(Self {
+            db,
+            last_applied,
+            membership,
+            state,
+        })
     }
 
     /// Another receiver of the committed state.
@@ -332,6 +336,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let membership_json = encode(&meta.last_membership, subject(), "encoding the membership")?;
         let mut writes: Vec<Write> = state.tasks.values().cloned().map(Write::PutTask).collect();
         writes.push(Write::ClusterSettings(state.settings.clone()));
+        writes.push(Write::Cluster(state.cluster));
         writes.extend(
             state
                 .last_fired
@@ -400,6 +405,13 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 snapshot: Box::new(Cursor::new(data)),
             }))
     }
+}
+
+/// Empties the state machine's tables in `txn` (a node leaving its cluster).
+pub(super) fn clear_in(txn: &WriteTransaction) -> std::result::Result<(), redb::Error> {
+    txn.open_table(SM_META)?.retain(|_, _| false)?;
+    txn.open_table(SNAPSHOT)?.retain(|_, _| false)?;
+    Ok(())
 }
 
 #[cfg(test)]

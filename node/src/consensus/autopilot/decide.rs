@@ -1,9 +1,6 @@
-//! Autopilot decisions, as pure functions over what a node knows (issue 4; not wired yet): whether
-//! an uninitialised node bootstraps, joins or waits; which cluster gives way when two meet; and
-//! which members should be voters.
-//!
-//! The effects (Raft `initialize`, `add_learner`, `change_membership`, the hand-over of a merge)
-//! happen around these decisions; see docs/consensus.md.
+//! The autopilot's decisions, as pure functions over what a node knows: whether a node without a
+//! cluster founds one, joins one or waits; which cluster gives way when two meet; and which
+//! members should be voters. The actor in `autopilot/mod.rs` acts on them.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -11,18 +8,11 @@ use std::time::Duration;
 /// At most this many voters; more members stay learners.
 pub const MAX_VOTERS: usize = 5;
 
-/// A cluster as announcements describe it: its id (the first leader's node id) and its size.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub struct ClusterSeen {
-    pub id: u64,
-    pub members: usize,
-}
-
-/// A peer as the autopilot sees it.
+/// A peer as the autopilot sees it: its PeerId and the id of its cluster, if it has one.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PeerSeen {
     pub peer_id: String,
-    pub cluster: Option<ClusterSeen>,
+    pub cluster: Option<u64>,
 }
 
 /// What an uninitialised node does next.
@@ -36,24 +26,18 @@ pub enum Start {
     Join { via: String, cluster: u64 },
 }
 
-/// For a node with no Raft state: join the largest cluster in sight; if there is none, after the
-/// discovery window the lowest PeerId among the uninitialised nodes bootstraps.
+/// For a node with no Raft state: join the cluster in sight with the lowest id (the one every
+/// merge ends in); if there is none, after the discovery window the lowest PeerId among the
+/// uninitialised nodes bootstraps.
 pub fn start(me: &str, peers: &[PeerSeen], waited: Duration, window: Duration) -> Start {
     let best = peers
         .iter()
         .filter_map(|p| p.cluster.map(|c| (c, p)))
-        // The largest cluster; among equals the lowest id, so every node picks the same one; and
-        // through its lowest PeerId.
-        .max_by(|(a, pa), (b, pb)| {
-            a.members
-                .cmp(&b.members)
-                .then(b.id.cmp(&a.id))
-                .then(pb.peer_id.cmp(&pa.peer_id))
-        });
+        .min_by(|(a, pa), (b, pb)| a.cmp(b).then(pa.peer_id.cmp(&pb.peer_id)));
     if let Some((cluster, peer)) = best {
         return Start::Join {
             via: peer.peer_id.clone(),
-            cluster: cluster.id,
+            cluster,
         };
     }
     if waited < window {
@@ -71,21 +55,22 @@ pub fn start(me: &str, peers: &[PeerSeen], waited: Duration, window: Duration) -
     }
 }
 
-/// When two clusters with the same key meet, the smaller gives way (hands its tasks to the other
-/// and joins it); between equal sizes the one with the higher id does. Returns the cluster to
-/// merge into, if it is this one's turn to give way.
-pub fn merge_into(mine: ClusterSeen, others: &[ClusterSeen]) -> Option<ClusterSeen> {
-    others
-        .iter()
-        .filter(|o| o.id != mine.id)
-        .filter(|o| o.members > mine.members || (o.members == mine.members && o.id < mine.id))
-        .max_by(|a, b| a.members.cmp(&b.members).then(b.id.cmp(&a.id)))
-        .copied()
+/// When clusters with the same key meet, every one but the one with the lowest id gives way:
+/// it hands its tasks to that one and its members join it. Returns the cluster to merge into,
+/// if it is this one's turn to give way.
+///
+/// The order is by id alone, never by size: both sides see the same ids, while sizes change and
+/// are seen at different moments, so two clusters could each decide that the other is larger,
+/// both give way, and both clear their state.
+pub fn merge_into(mine: u64, others: &[u64]) -> Option<u64> {
+    others.iter().copied().filter(|o| *o < mine).min()
 }
 
 /// The voters a cluster should have: as many live members as possible, at most [`MAX_VOTERS`],
 /// always an odd number; current live voters keep their seat, then live learners by id. Voters
-/// that have been unreachable past the limit (`dead`) lose theirs.
+/// that have been unreachable past the limit (`dead`) lose theirs, unless that would leave fewer
+/// than three voters (one live voter is no safer than a group with a dead one, and the group
+/// heals by itself when the dead one comes back).
 pub fn desired_voters(
     voters: &BTreeSet<u64>,
     learners: &BTreeSet<u64>,
@@ -98,8 +83,8 @@ pub fn desired_voters(
     if count % 2 == 0 {
         count = count.saturating_sub(1);
     }
-    if count == 0 {
-        // Nobody is live: change nothing (a membership without voters is no cluster).
+    if count == 0 || (count < 3 && count < voters.len()) {
+        // Too few live members to replace the dead: change nothing.
         return voters.clone();
     }
     candidates.into_iter().take(count).collect()
@@ -109,10 +94,10 @@ pub fn desired_voters(
 mod tests {
     use super::*;
 
-    fn peer(id: &str, cluster: Option<(u64, usize)>) -> PeerSeen {
+    fn peer(id: &str, cluster: Option<u64>) -> PeerSeen {
         PeerSeen {
             peer_id: id.into(),
-            cluster: cluster.map(|(id, members)| ClusterSeen { id, members }),
+            cluster,
         }
     }
 
@@ -125,6 +110,10 @@ mod tests {
         let window = Duration::from_secs(2);
         let early = Duration::from_millis(500);
         let late = Duration::from_secs(3);
+        let join = |via: &str, cluster| Start::Join {
+            via: via.into(),
+            cluster,
+        };
         let cases: Vec<(&str, Vec<PeerSeen>, Duration, Start)> = vec![
             ("b", vec![], early, Start::Wait),
             ("b", vec![], late, Start::Bootstrap),
@@ -136,36 +125,12 @@ mod tests {
                 Start::Bootstrap,
             ),
             ("a", vec![peer("b", None)], early, Start::Wait),
-            (
-                "c",
-                vec![peer("b", Some((7, 1)))],
-                early,
-                Start::Join {
-                    via: "b".into(),
-                    cluster: 7,
-                },
-            ),
+            ("c", vec![peer("b", Some(7))], early, join("b", 7)),
             (
                 "a",
-                vec![
-                    peer("b", Some((7, 1))),
-                    peer("c", Some((9, 3))),
-                    peer("d", Some((9, 3))),
-                ],
+                vec![peer("b", Some(7)), peer("d", Some(9)), peer("c", Some(7))],
                 early,
-                Start::Join {
-                    via: "c".into(),
-                    cluster: 9,
-                },
-            ),
-            (
-                "a",
-                vec![peer("b", Some((7, 2))), peer("c", Some((5, 2)))],
-                early,
-                Start::Join {
-                    via: "c".into(),
-                    cluster: 5,
-                },
+                join("b", 7),
             ),
         ];
         for (me, peers, waited, expected) in cases {
@@ -178,19 +143,12 @@ mod tests {
     }
 
     #[test]
-    fn the_smaller_cluster_gives_way() {
-        let small = ClusterSeen { id: 3, members: 2 };
-        let big = ClusterSeen { id: 9, members: 4 };
-        assert_eq!(merge_into(small, &[big]), Some(big));
-        assert_eq!(merge_into(big, &[small]), None);
-        let twin = ClusterSeen { id: 5, members: 2 };
-        assert_eq!(
-            merge_into(small, &[twin]),
-            None,
-            "equal size: the higher id gives way"
-        );
-        assert_eq!(merge_into(twin, &[small]), Some(small));
-        assert_eq!(merge_into(small, &[small]), None, "not into itself");
+    fn every_cluster_but_the_lowest_gives_way() {
+        assert_eq!(merge_into(9, &[3]), Some(3));
+        assert_eq!(merge_into(3, &[9]), None);
+        assert_eq!(merge_into(9, &[5, 3, 12]), Some(3));
+        assert_eq!(merge_into(3, &[3]), None, "not into itself");
+        assert_eq!(merge_into(3, &[]), None);
     }
 
     #[test]
@@ -207,7 +165,13 @@ mod tests {
                 set(&[1, 2, 3, 4, 5]),
             ),
             (set(&[1, 2, 3]), set(&[4]), set(&[2]), set(&[1, 3, 4])),
-            (set(&[1, 2, 3]), set(&[]), set(&[3]), set(&[1])),
+            (set(&[1, 2, 3]), set(&[]), set(&[3]), set(&[1, 2, 3])),
+            (
+                set(&[1, 2, 3, 4, 5]),
+                set(&[]),
+                set(&[4, 5]),
+                set(&[1, 2, 3]),
+            ),
             (
                 set(&[1, 2, 3, 4, 5]),
                 set(&[6]),
