@@ -27,6 +27,9 @@ pub struct Config {
     /// Require a login (the access token) for the UI and API. Default: only when `listen` is
     /// not a loopback address.
     pub require_login: Option<bool>,
+    /// Raft timing and log bounds; not in the file (tests shorten them).
+    #[serde(skip)]
+    pub raft: crate::consensus::Timing,
 }
 
 impl Default for Config {
@@ -40,6 +43,7 @@ impl Default for Config {
             peers: Vec::new(),
             name: None,
             require_login: None,
+            raft: crate::consensus::Timing::default(),
         }
     }
 }

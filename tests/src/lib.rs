@@ -68,6 +68,7 @@ impl TestNode {
             p2p_listen: "/ip4/127.0.0.1/tcp/0".into(),
             cluster_key: None,
             peers: Vec::new(),
+            ..Config::default()
         };
         change(&mut config);
         let cancel = CancellationToken::new();

@@ -22,7 +22,7 @@ use crate::mesh::{MeshHandle, PeerId};
 use crate::store::RedbStore;
 
 /// Raft timing and log bounds.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Timing {
     pub heartbeat: Duration,
     pub election_min: Duration,

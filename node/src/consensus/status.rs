@@ -57,6 +57,14 @@ pub struct MemberStatus {
     pub lag: Option<u64>,
 }
 
+impl MemberStatus {
+    /// The last characters of the PeerId, for narrow tables.
+    pub fn short_id(&self) -> &str {
+        let start = self.peer_id.len().saturating_sub(8);
+        &self.peer_id[start..]
+    }
+}
+
 pub fn of(metrics: &Metrics, state: &State, peers: &[PeerInfo], me: &str) -> ClusterStatus {
     let membership = metrics.membership_config.membership();
     let leader_id = metrics.current_leader;

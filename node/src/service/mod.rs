@@ -172,7 +172,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Starte
             store: redb.clone(),
             mesh: mesh_rx.clone(),
             inbound: inbound_rx,
-            timing: consensus::Timing::default(),
+            timing: config.raft,
             discovery: if alone { Duration::ZERO } else { DISCOVERY },
             node: node_rx.clone(),
         },
@@ -358,6 +358,8 @@ pub struct PeersView {
     #[serde(rename = "self")]
     pub this: ThisNode,
     pub peers: Vec<crate::mesh::PeerInfo>,
+    /// The replicated state's cluster: leader, term, voters, learners, lag.
+    pub cluster: consensus::ClusterStatus,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -600,6 +602,10 @@ impl NodeHandle {
             .cluster_key
             .as_deref()
             .and_then(|k| k.parse::<crate::mesh::ClusterKey>().ok());
+        let peers = mesh
+            .as_ref()
+            .map(|m| m.peers().as_ref().clone())
+            .unwrap_or_default();
         PeersView {
             this: ThisNode {
                 peer_id: mesh.as_ref().map(|m| m.local_peer_id().to_string()),
@@ -612,7 +618,8 @@ impl NodeHandle {
                 dependencies: settings.fulfilled(),
                 mesh_up: mesh.is_some(),
             },
-            peers: mesh.map(|m| m.peers().as_ref().clone()).unwrap_or_default(),
+            cluster: self.inner.consensus.status(&peers),
+            peers,
         }
     }
 

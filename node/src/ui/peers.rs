@@ -7,6 +7,7 @@ use axum::extract::State;
 use super::settings::ClusterKeyView;
 use super::view::Layout;
 use crate::NodeHandle;
+use crate::consensus::ClusterStatus;
 use crate::mesh::PeerInfo;
 
 #[derive(Template, WebTemplate)]
@@ -17,6 +18,7 @@ pub struct PeersTemplate {
     pub peers: Vec<PeerRow>,
     pub key: ClusterKeyView,
     pub mesh_up: bool,
+    pub cluster: ClusterStatus,
 }
 
 /// One node in the table.
@@ -93,6 +95,7 @@ pub async fn view_peers_get(State(node): State<NodeHandle>) -> PeersTemplate {
             peer_id: view.this.peer_id,
         },
         mesh_up: view.this.mesh_up,
+        cluster: view.cluster,
     }
 }
 
@@ -134,9 +137,43 @@ mod tests {
                 peer_id: None,
             },
             mesh_up: true,
+            cluster: cluster(),
         }
         .render()
         .expect("render")
+    }
+
+    fn cluster() -> ClusterStatus {
+        let member = |name: &str, leader, voter, lag| crate::consensus::MemberStatus {
+            peer_id: format!("12D3KooW{name}"),
+            name: Some(name.into()),
+            voter,
+            leader,
+            this_node: false,
+            live: true,
+            applied: Some(40),
+            lag: Some(lag),
+        };
+        ClusterStatus {
+            cluster: Some("00000000000000ab".into()),
+            role: "follower",
+            term: 7,
+            leader: Some("12D3KooWlab-1".into()),
+            members: vec![
+                member("lab-1", true, true, 0),
+                member(EVIL, false, true, 3),
+                member("lab-3", false, false, 12),
+            ],
+        }
+    }
+
+    #[test]
+    fn the_cluster_shows_leader_term_roles_and_lag() {
+        let html = render(vec![]);
+        assert!(html.contains("00000000000000ab") && html.contains("term 7"), "{html}");
+        assert!(html.contains(">leader<") && html.contains(">learner<"), "{html}");
+        assert!(html.contains(">12<"), "the learner's lag: {html}");
+        assert!(!html.contains(EVIL), "a member's name became markup");
     }
 
     #[test]
