@@ -221,13 +221,17 @@ impl Consensus {
     }
 
     /// Leader, term, voters, learners and lag, for /peers.
-    pub fn status(&self, peers: &[crate::mesh::PeerInfo]) -> ClusterStatus {
-        status::of(
+    pub fn status(&self, peers: &[crate::mesh::PeerInfo], my_name: &str) -> ClusterStatus {
+        let mut status = status::of(
             &self.replica.raft().metrics().borrow(),
             &self.state(),
             peers,
             &self.replica.peer_id.to_string(),
-        )
+        );
+        for m in status.members.iter_mut().filter(|m| m.this_node) {
+            m.name = Some(my_name.to_owned());
+        }
+        status
     }
 }
 

@@ -39,6 +39,11 @@ pub struct ClusterStatus {
     /// The leader's PeerId.
     pub leader: Option<String>,
     pub members: Vec<MemberStatus>,
+    /// This node's log: the newest entry, the newest snapshot, and the newest entry purged
+    /// (everything up to it lives only in the snapshot).
+    pub last_log: Option<u64>,
+    pub snapshot: Option<u64>,
+    pub purged: Option<u64>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -121,5 +126,8 @@ pub fn of(metrics: &Metrics, state: &State, peers: &[PeerInfo], me: &str) -> Clu
             .and_then(|id| membership.get_node(&id))
             .map(|n| n.peer_id.clone()),
         members,
+        last_log: metrics.last_log_index,
+        snapshot: metrics.snapshot.map(|l| l.index),
+        purged: metrics.purged.map(|l| l.index),
     }
 }

@@ -618,7 +618,7 @@ impl NodeHandle {
                 dependencies: settings.fulfilled(),
                 mesh_up: mesh.is_some(),
             },
-            cluster: self.inner.consensus.status(&peers),
+            cluster: self.inner.consensus.status(&peers, &settings.name),
             peers,
         }
     }

@@ -164,14 +164,23 @@ mod tests {
                 member(EVIL, false, true, 3),
                 member("lab-3", false, false, 12),
             ],
+            last_log: Some(52),
+            snapshot: Some(40),
+            purged: Some(30),
         }
     }
 
     #[test]
     fn the_cluster_shows_leader_term_roles_and_lag() {
         let html = render(vec![]);
-        assert!(html.contains("00000000000000ab") && html.contains("term 7"), "{html}");
-        assert!(html.contains(">leader<") && html.contains(">learner<"), "{html}");
+        assert!(
+            html.contains("00000000000000ab") && html.contains("term 7"),
+            "{html}"
+        );
+        assert!(
+            html.contains(">leader<") && html.contains(">learner<"),
+            "{html}"
+        );
         assert!(html.contains(">12<"), "the learner's lag: {html}");
         assert!(!html.contains(EVIL), "a member's name became markup");
     }

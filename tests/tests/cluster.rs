@@ -1,0 +1,299 @@
+//! The replicated state with in-process nodes on loopback (mDNS off, explicit peers): forming
+//! one cluster, replication, a new leader when the leader stops, catch-up by snapshot, voters
+//! replaced, fast refusal without a quorum, and the merge of two clusters.
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use anyhow::{Result, ensure};
+use serde_json::{Value, json};
+use taskmesh::consensus::{ClusterStatus, Timing};
+use taskmesh_tests::{TestNode, wait_for};
+
+const KEY: &str = "7a1c0a9e3b7d2a6c8e4f1b3d5a7c9e0b2d4f6a8c0e1b3d5f7a9c1e3b5d7f9a1c";
+const FORM: Duration = Duration::from_secs(30);
+
+/// Short snapshot intervals, so that catch-up by snapshot shows in a test.
+fn timing() -> Timing {
+    Timing {
+        snapshot_every: 40,
+        keep_behind_snapshot: 5,
+        ..Timing::default()
+    }
+}
+
+struct Member {
+    node: TestNode,
+    dir: tempfile::TempDir,
+    name: String,
+}
+
+async fn start(name: &str, dir: tempfile::TempDir, peers: Vec<String>) -> Result<Member> {
+    let n = name.to_owned();
+    let node = TestNode::start_with(dir.path(), move |c| {
+        c.name = Some(n);
+        c.cluster_key = Some(KEY.into());
+        c.peers = peers;
+        c.raft = timing();
+    })
+    .await?;
+    Ok(Member {
+        node,
+        dir,
+        name: name.to_owned(),
+    })
+}
+
+async fn p2p_addr(node: &TestNode) -> Result<String> {
+    wait_for("a p2p address", Duration::from_secs(5), || async {
+        node.handle.peers().this.p2p_addrs.first().cloned()
+    })
+    .await
+}
+
+/// `n` nodes: the first alone (it founds the cluster at once), the others given its address.
+async fn cluster(n: usize) -> Result<Vec<Member>> {
+    let first = start("n0", tempfile::tempdir()?, vec![]).await?;
+    let seed = p2p_addr(&first.node).await?;
+    let mut members = vec![first];
+    for i in 1..n {
+        members.push(start(&format!("n{i}"), tempfile::tempdir()?, vec![seed.clone()]).await?);
+    }
+    Ok(members)
+}
+
+fn status(m: &Member) -> ClusterStatus {
+    m.node.handle.peers().cluster
+}
+
+/// Waits until every member sees one cluster with one leader, `voters` voters and `learners`
+/// learners; returns the leader's index.
+async fn formed(members: &[&Member], voters: usize, learners: usize) -> Result<usize> {
+    wait_for(
+        &format!("one cluster of {voters} voters and {learners} learners"),
+        FORM,
+        || async {
+            let all: Vec<ClusterStatus> = members.iter().map(|m| status(m)).collect();
+            let first = &all[0];
+            let same = all.iter().all(|s| {
+                s.cluster.is_some() && s.cluster == first.cluster && s.leader == first.leader
+            });
+            let roles = |s: &ClusterStatus| {
+                (
+                    s.members.iter().filter(|m| m.voter).count(),
+                    s.members.iter().filter(|m| !m.voter).count(),
+                )
+            };
+            let shaped = all.iter().all(|s| roles(s) == (voters, learners));
+            let live = all.iter().all(|s| s.members.iter().all(|m| m.live));
+            let leader = all.iter().position(|s| s.role == "leader");
+            (same && shaped && live && first.leader.is_some())
+                .then_some(leader)
+                .flatten()
+        },
+    )
+    .await
+}
+
+fn task(name: &str) -> Value {
+    json!({"name": name, "spec": {"command": ["true"]}, "when": {"mode": "manual"}})
+}
+
+async fn task_names(node: &TestNode) -> Result<BTreeSet<String>> {
+    let (status, tasks) = node.api.get("/api/tasks").await?;
+    ensure!(status == 200, "listing tasks answered {status}");
+    Ok(tasks
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|t| t["name"].as_str().map(str::to_owned))
+        .collect())
+}
+
+async fn all_have(members: &[&Member], names: &BTreeSet<String>) -> Result<()> {
+    for m in members {
+        wait_for(
+            &format!("{} to have all {} tasks", m.name, names.len()),
+            FORM,
+            || async { task_names(&m.node).await.ok().filter(|n| n == names) },
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn three_nodes_replicate_elect_a_new_leader_and_catch_up_by_snapshot() -> Result<()> {
+    let mut members = cluster(3).await?;
+    let leader = formed(&members.iter().collect::<Vec<_>>(), 3, 0).await?;
+
+    // A write on a follower is answered once it is committed, and shows on every node.
+    let follower = (leader + 1) % 3;
+    members[follower]
+        .node
+        .api
+        .create_task(&task("first"))
+        .await?;
+    let mut expected: BTreeSet<String> = ["first".to_string()].into();
+    ensure!(
+        task_names(&members[follower].node).await?.contains("first"),
+        "the writer reads its own write"
+    );
+    all_have(&members.iter().collect::<Vec<_>>(), &expected).await?;
+
+    // The leader stops: the other two elect a new one and take writes.
+    let gone = members.remove(leader);
+    let old_leader = status(&gone).leader;
+    let (gone_name, gone_dir) = (gone.name.clone(), gone.dir);
+    gone.node.stop().await;
+    let survivors: Vec<&Member> = members.iter().collect();
+    wait_for("a new leader", FORM, || async {
+        let s = status(survivors[0]);
+        (s.leader.is_some() && s.leader != old_leader).then_some(())
+    })
+    .await?;
+    // Enough writes that the log is compacted past what the stopped node has.
+    for i in 0..100 {
+        let name = format!("while-down-{i}");
+        members[i % 2].node.api.create_task(&task(&name)).await?;
+        expected.insert(name);
+    }
+    all_have(&survivors, &expected).await?;
+    let leader_now = survivors
+        .iter()
+        .map(|m| status(m))
+        .find(|s| s.role == "leader")
+        .expect("a leader");
+    ensure!(
+        leader_now.purged.is_some(),
+        "the leader compacted its log: {leader_now:?}"
+    );
+    let kept = leader_now.last_log.unwrap_or(0) - leader_now.purged.unwrap_or(0);
+    ensure!(
+        kept <= timing().snapshot_every + timing().keep_behind_snapshot + 10,
+        "the log stays bounded: {kept} entries kept"
+    );
+
+    // It comes back (on a new port) and catches up, by snapshot since the log it missed is gone.
+    let peers = vec![p2p_addr(&members[0].node).await?];
+    let back = start(&gone_name, gone_dir, peers).await?;
+    members.push(back);
+    all_have(&members.iter().collect::<Vec<_>>(), &expected).await?;
+    let back = status(members.last().expect("back"));
+    ensure!(
+        back.snapshot.is_some(),
+        "the returning node installed a snapshot: {back:?}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn five_voters_at_most_and_a_dead_voter_gives_its_seat_to_a_learner() -> Result<()> {
+    let members = cluster(6).await?;
+    let all: Vec<&Member> = members.iter().collect();
+    let leader = formed(&all, 5, 1).await?;
+    let mut settings = members[leader].node.handle.settings(true);
+    settings.cluster.voter_timeout = "2s".parse().map_err(anyhow::Error::msg)?;
+    members[leader].node.handle.put_settings(settings).await?;
+
+    // Stop a voter that does not lead.
+    let s = status(&members[leader]);
+    let victim = s
+        .members
+        .iter()
+        .find(|m| m.voter && !m.leader)
+        .expect("a voter that does not lead")
+        .peer_id
+        .clone();
+    let mut members = members;
+    let index = members
+        .iter()
+        .position(|m| m.node.handle.peers().this.peer_id.as_deref() == Some(&victim))
+        .expect("the victim");
+    let stopped = members.remove(index);
+    stopped.node.stop().await;
+
+    let rest: Vec<&Member> = members.iter().collect();
+    let s = wait_for("a learner to take the dead voter's seat", FORM, || async {
+        let s = rest
+            .iter()
+            .map(|m| status(m))
+            .find(|s| s.role == "leader")?;
+        let victim_is_learner = s.members.iter().any(|m| m.peer_id == victim && !m.voter);
+        let voters: Vec<_> = s.members.iter().filter(|m| m.voter).collect();
+        (victim_is_learner && voters.len() == 5 && voters.iter().all(|m| m.live)).then_some(s)
+    })
+    .await?;
+    ensure!(
+        s.members.iter().filter(|m| !m.voter).count() == 1,
+        "the dead voter stays a member, as a learner: {s:?}"
+    );
+    rest[0]
+        .node
+        .api
+        .create_task(&task("after-replacement"))
+        .await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_node_without_a_majority_refuses_writes_fast() -> Result<()> {
+    let mut members = cluster(3).await?;
+    formed(&members.iter().collect::<Vec<_>>(), 3, 0).await?;
+    members[0].node.api.create_task(&task("before")).await?;
+    let lone = members.remove(0);
+    for m in members {
+        m.node.stop().await;
+    }
+    let started = Instant::now();
+    let (code, body) = lone.node.api.post("/api/tasks", &task("alone")).await?;
+    let took = started.elapsed();
+    ensure!(code == 503, "answered {code}: {body}");
+    let message = body["error"].as_str().unwrap_or_default();
+    ensure!(message.contains("no quorum"), "the error says why: {body}");
+    ensure!(took < Duration::from_secs(5), "it failed fast, in {took:?}");
+    ensure!(
+        task_names(&lone.node).await? == BTreeSet::from(["before".to_string()]),
+        "nothing changed"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn two_clusters_that_meet_merge_and_keep_every_task() -> Result<()> {
+    let a = start("alpha", tempfile::tempdir()?, vec![]).await?;
+    let b = start("beta", tempfile::tempdir()?, vec![]).await?;
+    formed(&[&a], 1, 0).await?;
+    formed(&[&b], 1, 0).await?;
+    ensure!(status(&a).cluster != status(&b).cluster, "two clusters");
+    for (m, own) in [(&a, "only-alpha"), (&b, "only-beta")] {
+        m.node.api.create_task(&task("backup")).await?;
+        m.node.api.create_task(&task(own)).await?;
+    }
+
+    // Beta learns alpha's address: they meet.
+    let mut settings = b.node.handle.settings(true);
+    settings.node.peers = vec![p2p_addr(&a.node).await?];
+    b.node.handle.put_settings(settings).await?;
+
+    formed(&[&a, &b], 1, 1).await?;
+    let names = wait_for("both nodes to hold four tasks", FORM, || async {
+        let names = task_names(&a.node).await.ok()?;
+        (names.len() == 4 && task_names(&b.node).await.ok()? == names).then_some(names)
+    })
+    .await?;
+    ensure!(
+        names.contains("only-alpha") && names.contains("only-beta") && names.contains("backup"),
+        "{names:?}"
+    );
+    let renamed: Vec<&String> = names
+        .iter()
+        .filter(|n| n.starts_with("backup (from "))
+        .collect();
+    ensure!(
+        renamed.len() == 1,
+        "the clash is renamed visibly: {names:?}"
+    );
+    Ok(())
+}
