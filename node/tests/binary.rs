@@ -1,5 +1,6 @@
 //! The real `taskmesh` binary: durability under `kill -9`, a clean SIGTERM, and the CLI.
 
+use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -18,16 +19,15 @@ struct Node {
 
 /// Starts the binary on port 0 and reads the address it logs.
 fn start(dir: &Path) -> Node {
+    start_with(dir, &["--p2p-listen", "/ip4/127.0.0.1/tcp/0"])
+}
+
+/// Starts the binary with more arguments for `run`.
+fn start_with(dir: &Path, args: &[&str]) -> Node {
     let mut child = Command::new(BIN)
-        .args([
-            "run",
-            "--listen",
-            "127.0.0.1:0",
-            "--p2p-listen",
-            "/ip4/127.0.0.1/tcp/0",
-            "--no-mdns",
-            "--data-dir",
-        ])
+        .args(["run", "--listen", "127.0.0.1:0", "--no-mdns"])
+        .args(args)
+        .arg("--data-dir")
         .arg(dir)
         .env("NO_COLOR", "1")
         .env("TASKMESH_LOG", "info")
@@ -137,6 +137,141 @@ fn everything_answered_ok_survives_kill_9() {
         .expect("json");
     assert_eq!(settings["cluster"]["retention_days"], 3);
     stop(node);
+}
+
+/// A free TCP port on loopback (free when asked; the node binds it a moment later).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+fn task_names(http: &reqwest::blocking::Client, url: &str) -> Option<BTreeSet<String>> {
+    let tasks: Vec<Value> = http
+        .get(format!("{url}/api/tasks"))
+        .send()
+        .ok()?
+        .json()
+        .ok()?;
+    Some(
+        tasks
+            .iter()
+            .filter_map(|t| t["name"].as_str().map(str::to_owned))
+            .collect(),
+    )
+}
+
+#[test]
+fn a_cluster_keeps_every_acknowledged_write_through_kill_9_of_its_leader() {
+    const KEY: &str = "3e1c0a9e3b7d2a6c8e4f1b3d5a7c9e0b2d4f6a8c0e1b3d5f7a9c1e3b5d7f9a1c";
+    const WRITES: usize = 1000;
+    const WRITERS: usize = 4;
+    let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().expect("tmp")).collect();
+    let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+    let launch = |i: usize| {
+        let listen = format!("/ip4/127.0.0.1/tcp/{}", ports[i]);
+        let name = format!("n{i}");
+        let mut args = vec![
+            "--p2p-listen".to_string(),
+            listen,
+            "--cluster-key".into(),
+            KEY.into(),
+            "--name".into(),
+            name,
+        ];
+        for (j, port) in ports.iter().enumerate() {
+            if j != i {
+                args.extend(["--peer".to_string(), format!("127.0.0.1:{port}")]);
+            }
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        start_with(dirs[i].path(), &args)
+    };
+    let mut nodes: Vec<Option<Node>> = (0..3).map(|i| Some(launch(i))).collect();
+    let urls: Vec<String> = nodes.iter().flatten().map(|n| n.url.clone()).collect();
+    let http = client();
+    let leader = wait_until(
+        "one cluster of three voters",
+        Duration::from_secs(30),
+        || {
+            let mut leader = None;
+            for (i, url) in urls.iter().enumerate() {
+                let peers: Value = http
+                    .get(format!("{url}/api/peers"))
+                    .send()
+                    .ok()?
+                    .json()
+                    .ok()?;
+                let cluster = &peers["cluster"];
+                let voters = cluster["members"]
+                    .as_array()?
+                    .iter()
+                    .filter(|m| m["voter"] == true)
+                    .count();
+                if voters != 3 || cluster["leader"].is_null() {
+                    return None;
+                }
+                if cluster["role"] == "leader" {
+                    leader = Some(i);
+                }
+            }
+            leader
+        },
+    );
+
+    // Writers spread their writes over all nodes, and move on to the next node when one fails;
+    // a write counts once a node answered 201 (or said it exists: a retry of a write that did
+    // commit before its answer was lost).
+    let acked = std::sync::Arc::new(std::sync::Mutex::new(BTreeSet::new()));
+    let writers: Vec<_> = (0..WRITERS)
+        .map(|w| {
+            let (urls, acked, http) = (urls.clone(), acked.clone(), client());
+            std::thread::spawn(move || {
+                for k in 0..WRITES / WRITERS {
+                    let name = format!("w{w}-{k:04}");
+                    let body = json!({"name": name, "spec": {"command": ["true"]}, "when": {"mode": "manual"}});
+                    let until = Instant::now() + Duration::from_secs(30);
+                    let mut target = k % urls.len();
+                    loop {
+                        assert!(Instant::now() < until, "{name} was never acknowledged");
+                        let answer = http.post(format!("{}/api/tasks", urls[target])).json(&body).send();
+                        match answer.map(|r| (r.status().as_u16(), r.text().unwrap_or_default())) {
+                            Ok((201, _)) => break,
+                            Ok((400, text)) if text.contains("already called") => break,
+                            _ => target = (target + 1) % urls.len(),
+                        }
+                    }
+                    acked.lock().expect("lock").insert(name);
+                }
+            })
+        })
+        .collect();
+    wait_until("half of the writes", Duration::from_secs(120), || {
+        (acked.lock().expect("lock").len() >= WRITES / 2).then_some(())
+    });
+    let mut victim = nodes[leader].take().expect("the leader");
+    kill(Pid::from_raw(victim.child.id() as i32), Signal::SIGKILL).expect("kill -9");
+    victim.child.wait().expect("reap");
+    for writer in writers {
+        writer.join().expect("writer");
+    }
+    let acked = acked.lock().expect("lock").clone();
+    assert_eq!(acked.len(), WRITES);
+
+    nodes[leader] = Some(launch(leader));
+    let urls: Vec<String> = nodes.iter().flatten().map(|n| n.url.clone()).collect();
+    for url in &urls {
+        let names = wait_until(
+            "every acknowledged write on every node",
+            Duration::from_secs(60),
+            || task_names(&http, url).filter(|n| n.len() >= acked.len()),
+        );
+        assert_eq!(names, acked, "{url} holds exactly the acknowledged writes");
+    }
+    for node in nodes.into_iter().flatten() {
+        stop(node);
+    }
 }
 
 #[test]
