@@ -406,3 +406,128 @@ async fn cut_and_isolated_nodes_drop_out_and_heal_brings_them_back() -> Result<(
     .await;
     keep_logs_on_error(&mut net, result)
 }
+
+/// Node `i`'s view of the replicated state (`cluster` of /api/peers), or None when it does not
+/// answer.
+async fn cluster_of(api: &Api) -> Option<serde_json::Value> {
+    let (status, body) = api.get("/api/peers").await.ok()?;
+    (status == 200).then(|| body["cluster"].clone())
+}
+
+async fn task_names(api: &Api) -> Option<BTreeSet<String>> {
+    let (status, body) = api.get("/api/tasks").await.ok()?;
+    if status != 200 {
+        return None;
+    }
+    Some(
+        body.as_array()?
+            .iter()
+            .filter_map(|t| t["name"].as_str().map(str::to_owned))
+            .collect(),
+    )
+}
+
+fn task(name: &str) -> serde_json::Value {
+    serde_json::json!({"name": name, "spec": {"command": ["true"]}, "when": {"mode": "manual"}})
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_cut_off_loses_its_writes_the_majority_goes_on_and_all_converge() -> Result<()> {
+    if !is_root() {
+        return Ok(());
+    }
+    let _turn = TESTNET.lock().await;
+    let mut net = Testnet::up(3).await?;
+    let result = async {
+        let apis = net.apis(&[1, 2, 3])?;
+        // One cluster of three voters, every node agreeing on the leader.
+        let leader = wait_for("one cluster of three voters", DISCOVERY, || async {
+            let mut views = Vec::new();
+            for (_, api) in &apis {
+                views.push(cluster_of(api).await?);
+            }
+            let voters = |c: &serde_json::Value| {
+                c["members"].as_array().map_or(0, |m| {
+                    m.iter()
+                        .filter(|m| m["voter"] == true && m["live"] == true)
+                        .count()
+                })
+            };
+            let agreed = views.iter().all(|c| {
+                voters(c) == 3 && !c["leader"].is_null() && c["leader"] == views[0]["leader"]
+            });
+            let leader = views.iter().position(|c| c["role"] == "leader")?;
+            agreed.then_some(apis[leader].0)
+        })
+        .await?;
+        let (_, first) = &apis[0];
+        let (code, body) = first.post("/api/tasks", &task("before")).await?;
+        ensure!(code == 201, "the first write answered {code}: {body}");
+
+        // Cut the leader off from everyone.
+        net.script("isolate", &[&leader.to_string()])?;
+        let majority: Vec<&(u32, Api)> = apis.iter().filter(|(i, _)| *i != leader).collect();
+        let minority = &apis.iter().find(|(i, _)| *i == leader).expect("leader").1;
+
+        // The majority elects a new leader and takes a write (refused until it has one).
+        let took = std::time::Instant::now();
+        wait_for(
+            "the majority to take a write",
+            Duration::from_secs(30),
+            || async {
+                let (code, _) = majority[0]
+                    .1
+                    .post("/api/tasks", &task("majority"))
+                    .await
+                    .ok()?;
+                (code == 201).then_some(())
+            },
+        )
+        .await?;
+        eprintln!(
+            "the majority took a write {:?} after the cut",
+            took.elapsed()
+        );
+        let new_leader = cluster_of(&majority[0].1).await.context("majority view")?;
+        ensure!(new_leader["role"] == "leader" || new_leader["leader"] != serde_json::Value::Null);
+
+        // The old leader refuses writes, fast and with a reason.
+        let asked = std::time::Instant::now();
+        let (code, body) = minority.post("/api/tasks", &task("minority")).await?;
+        let waited = asked.elapsed();
+        ensure!(code == 503, "the cut-off node answered {code}: {body}");
+        ensure!(
+            body["error"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("no quorum"),
+            "it says why: {body}"
+        );
+        ensure!(waited < Duration::from_secs(5), "it answered in {waited:?}");
+
+        // Heal: every node ends with the same tasks, without the refused one.
+        net.script("heal", &[])?;
+        let want: BTreeSet<String> = ["before", "majority"].map(String::from).into();
+        for (i, api) in &apis {
+            wait_for(&format!("node{i} to converge"), RECOVERY, || async {
+                (task_names(api).await? == want).then_some(())
+            })
+            .await?;
+        }
+        wait_for(
+            "every node to follow one leader again",
+            RECOVERY,
+            || async {
+                let mut leaders = BTreeSet::new();
+                for (_, api) in &apis {
+                    leaders.insert(cluster_of(api).await?["leader"].to_string());
+                }
+                (leaders.len() == 1).then_some(())
+            },
+        )
+        .await?;
+        Ok(())
+    }
+    .await;
+    keep_logs_on_error(&mut net, result)
+}
