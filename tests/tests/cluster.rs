@@ -262,26 +262,55 @@ async fn a_node_without_a_majority_refuses_writes_fast() -> Result<()> {
 
 #[tokio::test]
 async fn two_clusters_that_meet_merge_and_keep_every_task() -> Result<()> {
-    let a = start("alpha", tempfile::tempdir()?, vec![]).await?;
-    let b = start("beta", tempfile::tempdir()?, vec![]).await?;
-    formed(&[&a], 1, 0).await?;
-    formed(&[&b], 1, 0).await?;
-    ensure!(status(&a).cluster != status(&b).cluster, "two clusters");
-    for (m, own) in [(&a, "only-alpha"), (&b, "only-beta")] {
+    // Two clusters of two nodes each, started apart.
+    let a0 = start("alpha", tempfile::tempdir()?, vec![]).await?;
+    let a1 = start(
+        "alpha-2",
+        tempfile::tempdir()?,
+        vec![p2p_addr(&a0.node).await?],
+    )
+    .await?;
+    let b0 = start("beta", tempfile::tempdir()?, vec![]).await?;
+    let b1 = start(
+        "beta-2",
+        tempfile::tempdir()?,
+        vec![p2p_addr(&b0.node).await?],
+    )
+    .await?;
+    formed(&[&a0, &a1], 1, 1).await?;
+    formed(&[&b0, &b1], 1, 1).await?;
+    ensure!(status(&a0).cluster != status(&b0).cluster, "two clusters");
+    for (m, own) in [(&a0, "only-alpha"), (&b0, "only-beta")] {
         m.node.api.create_task(&task("backup")).await?;
         m.node.api.create_task(&task(own)).await?;
     }
 
-    // Beta learns alpha's address: they meet.
-    let mut settings = b.node.handle.settings(true);
-    settings.node.peers = vec![p2p_addr(&a.node).await?];
-    b.node.handle.put_settings(settings).await?;
+    // A member of the cluster that will give way (the higher id) is away during the merge.
+    let (giving, staying) = match status(&a0).cluster > status(&b0).cluster {
+        true => ([a0, a1], [b0, b1]),
+        false => ([b0, b1], [a0, a1]),
+    };
+    let [giving_leader, away] = giving;
+    let (away_name, away_dir) = (away.name.clone(), away.dir);
+    away.node.stop().await;
 
-    formed(&[&a, &b], 1, 1).await?;
-    let names = wait_for("both nodes to hold four tasks", FORM, || async {
-        let names = task_names(&a.node).await.ok()?;
-        (names.len() == 4 && task_names(&b.node).await.ok()? == names).then_some(names)
-    })
+    // The giving cluster learns an address of the other: they meet.
+    let mut settings = giving_leader.node.handle.settings(true);
+    settings.node.peers = vec![p2p_addr(&staying[0].node).await?];
+    giving_leader.node.handle.put_settings(settings).await?;
+
+    let present = [&staying[0], &staying[1], &giving_leader];
+    let names = wait_for(
+        "the three present nodes to hold four tasks",
+        FORM,
+        || async {
+            let names = task_names(&present[0].node).await.ok()?;
+            for m in &present[1..] {
+                (task_names(&m.node).await.ok()? == names).then_some(())?;
+            }
+            (names.len() == 4).then_some(names)
+        },
+    )
     .await?;
     ensure!(
         names.contains("only-alpha") && names.contains("only-beta") && names.contains("backup"),
@@ -295,5 +324,13 @@ async fn two_clusters_that_meet_merge_and_keep_every_task() -> Result<()> {
         renamed.len() == 1,
         "the clash is renamed visibly: {names:?}"
     );
+
+    // The member that was away comes back to a cluster that no longer exists: it follows its
+    // old peers into the merged one.
+    let peers = vec![p2p_addr(&giving_leader.node).await?];
+    let back = start(&away_name, away_dir, peers).await?;
+    let all = [&staying[0], &staying[1], &giving_leader, &back];
+    formed(&all, 3, 1).await?;
+    all_have(&all, &names).await?;
     Ok(())
 }

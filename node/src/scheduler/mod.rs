@@ -19,7 +19,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
-use crate::consensus::{Change, Consensus, State};
+use crate::consensus::{Change, Consensus, ProposeError, State};
 use crate::executor::{ExecutorHandle, RunRequest};
 use crate::ledger::RunLedger;
 use crate::model::{CatchUp, NodeSettings, Run, RunStatus, Task, TaskId, Trigger, When};
@@ -244,9 +244,17 @@ impl Scheduler {
         });
         let results = futures::future::join_all(commits).await;
         for ((task, mark, slots, skipped), result) in fired.into_iter().zip(results) {
-            if let Err(e) = result {
-                warn!(task = %task.name, slot = %mark, error = %e, "could not commit the slot; not running it");
-                continue;
+            match result {
+                Ok(()) => {}
+                // In a cluster every node's scheduler proposes the slot; the first commit wins.
+                Err(ProposeError::Rejected(_)) => {
+                    debug!(task = %task.name, slot = %mark, "another node fired this slot");
+                    continue;
+                }
+                Err(e) => {
+                    warn!(task = %task.name, slot = %mark, error = %e, "could not commit the slot; not running it");
+                    continue;
+                }
             }
             if skipped > 0 {
                 warn!(task = %task.name, skipped, "missed cron slots skipped by the catch-up policy");

@@ -110,6 +110,18 @@ impl Autopilot {
             self.looking_since = now;
             return;
         }
+        if let Some(cluster) = state.cluster {
+            if metrics.state != ServerState::Leader && left_behind(&metrics, cluster.id, &live) {
+                info!(
+                    "every live member of this cluster has moved to another one (a merge while this node was away); following them"
+                );
+                if let Err(e) = replica.reset().await {
+                    warn!(error = %e, "leaving the merged cluster failed; trying again");
+                }
+                self.looking_since = now;
+                return;
+            }
+        }
         let joined = metrics
             .membership_config
             .membership()
@@ -300,6 +312,28 @@ impl Autopilot {
             Err(e) => warn!(error = %e, "telling the members to leave failed; trying again"),
         }
     }
+}
+
+/// Whether this node's cluster merged into another while it was away: members of its membership
+/// are live but announce another cluster, and none announces this one. Its committed state is
+/// then part of what its leader handed over, so it can leave without handing anything over.
+fn left_behind(
+    metrics: &openraft::RaftMetrics<NodeId, MeshNode>,
+    mine: u64,
+    live: &[&PeerInfo],
+) -> bool {
+    let membership = metrics.membership_config.membership();
+    let members: BTreeSet<&str> = membership
+        .nodes()
+        .filter(|(id, _)| **id != metrics.id)
+        .map(|(_, n)| n.peer_id.as_str())
+        .collect();
+    let badges: Vec<_> = live
+        .iter()
+        .filter(|p| members.contains(p.announcement.peer_id.as_str()))
+        .filter_map(|p| p.announcement.cluster)
+        .collect();
+    badges.iter().any(|b| b.id != mine) && badges.iter().all(|b| b.id != mine)
 }
 
 fn member_of(peer: &PeerInfo) -> MeshNode {
