@@ -28,6 +28,8 @@ pub struct RunLedger {
     /// Readers do not keep the database open; the writer owns it.
     store: Weak<dyn Store>,
     events: Events,
+    /// Every change also goes to the cluster's run ledger (through the run reporter).
+    report: mpsc::UnboundedSender<Run>,
 }
 
 impl RunLedger {
@@ -37,6 +39,7 @@ impl RunLedger {
         events: Events,
         state: watch::Receiver<Arc<State>>,
         logs: LogPaths,
+        report: mpsc::UnboundedSender<Run>,
     ) -> Result<(Self, tokio::task::JoinHandle<()>), StoreError> {
         let keep = state.borrow().settings.history_per_task;
         let orphans = {
@@ -54,16 +57,19 @@ impl RunLedger {
                     })
                     .collect();
                 store.put_runs(&orphans, keep)?;
-                Ok::<_, StoreError>(orphans.len())
+                Ok::<_, StoreError>(orphans)
             })
             .await
             .unwrap_or_else(|e| Err(StoreError::Db(e.to_string())))?
         };
-        if orphans > 0 {
+        if !orphans.is_empty() {
             warn!(
-                count = orphans,
+                count = orphans.len(),
                 "runs left unfinished by the previous start are now lost"
             );
+        }
+        for run in orphans {
+            let _ = report.send(run);
         }
         let (tx, rx) = mpsc::channel(4096);
         let live = Arc::new(RwLock::new(HashMap::new()));
@@ -82,6 +88,7 @@ impl RunLedger {
                 writes: tx,
                 store,
                 events,
+                report,
             },
             writer,
         ))
@@ -94,6 +101,7 @@ impl RunLedger {
             .expect("ledger lock")
             .insert(run.id.clone(), run.clone());
         let _ = self.events.send(Event::Run(Arc::new(run.clone())));
+        let _ = self.report.send(run.clone());
         if self
             .writes
             .send(Msg::Put(Box::new(run.clone())))

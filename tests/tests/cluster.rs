@@ -142,6 +142,22 @@ async fn three_nodes_replicate_elect_a_new_leader_and_catch_up_by_snapshot() -> 
     );
     all_have(&members.iter().collect::<Vec<_>>(), &expected).await?;
 
+    // A run on one node reaches every node's run ledger, finished.
+    let run = members[follower].node.api.execute("first").await?;
+    let run_id = taskmesh::model::RunId(run["id"].as_str().unwrap_or_default().to_owned());
+    for m in &members {
+        wait_for(
+            &format!("{} to list the run as finished", m.name),
+            FORM,
+            || async {
+                let state = m.node.handle.state();
+                let entry = state.runs.get(&run_id)?;
+                (entry.status.is_final() && entry.node == members[follower].name).then_some(())
+            },
+        )
+        .await?;
+    }
+
     // The leader stops: the other two elect a new one and take writes.
     let gone = members.remove(leader);
     let old_leader = status(&gone).leader;

@@ -4,7 +4,10 @@ use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
 
-use crate::model::{ClusterIdentity, ClusterSettings, Invalid, Task, TaskId};
+use crate::model::{ClusterIdentity, ClusterSettings, Invalid, Run, RunId, Task, TaskId};
+
+/// Finished runs the replicated ledger keeps per task (unfinished ones are always kept).
+pub const RUNS_PER_TASK: usize = 20;
 use crate::store::{Store, StoreError, Write};
 
 /// What every node agrees on.
@@ -16,6 +19,11 @@ pub struct State {
     pub last_fired: BTreeMap<TaskId, DateTime<Utc>>,
     /// Which cluster this is; `None` until the bootstrapping node has founded it.
     pub cluster: Option<ClusterIdentity>,
+    /// The run ledger: every node's unfinished runs and the newest [`RUNS_PER_TASK`] finished
+    /// ones of each task, as the nodes report them. (Each node keeps its full history, with the
+    /// logs, in its own store.)
+    #[serde(default)]
+    pub runs: BTreeMap<RunId, Run>,
 }
 
 /// A task handed over by a cluster that merges into this one, with its newest fired slot.
@@ -56,6 +64,9 @@ pub enum Change {
     MergeInto {
         cluster: u64,
     },
+    /// New or changed runs for the run ledger. A finished run stays finished; runs of a task
+    /// that no longer exists are left out.
+    Runs(Vec<Run>),
 }
 
 impl State {
@@ -69,6 +80,11 @@ impl State {
             settings: store.cluster_settings()?.unwrap_or_default(),
             last_fired: store.last_fired()?,
             cluster: store.cluster()?,
+            runs: store
+                .cluster_runs()?
+                .into_iter()
+                .map(|r| (r.id.clone(), r))
+                .collect(),
         })
     }
 
@@ -81,7 +97,8 @@ impl State {
         self.tasks.values()
     }
 
-    /// Applies `change` and returns what must be stored, or why it was refused.
+    /// Applies `change` and returns what must be stored, or why it was refused. *Invariant:* a
+    /// refused change leaves the state as it was (every check comes before any mutation).
     pub fn apply(&mut self, change: Change) -> Result<Vec<Write>, Invalid> {
         match change {
             Change::PutTask(task) => {
@@ -102,7 +119,18 @@ impl State {
                     return Err(Invalid::field("id", format!("no task {id}")));
                 }
                 self.last_fired.remove(&id);
-                Ok(vec![Write::RemoveTask(id)])
+                let mut writes = vec![Write::RemoveTask(id.clone())];
+                let gone: Vec<RunId> = self
+                    .runs
+                    .values()
+                    .filter(|r| r.task_id == id)
+                    .map(|r| r.id.clone())
+                    .collect();
+                for run in gone {
+                    self.runs.remove(&run);
+                    writes.push(Write::ForgetClusterRun(run));
+                }
+                Ok(writes)
             }
             Change::Settings(settings) => {
                 self.settings = settings.clone();
@@ -176,7 +204,56 @@ impl State {
                 identity.merged_into = Some(cluster);
                 Ok(vec![Write::Cluster(Some(*identity))])
             }
+            Change::Runs(runs) => {
+                let mut writes = Vec::new();
+                let mut touched = Vec::new();
+                for run in runs {
+                    if !self.tasks.contains_key(&run.task_id) {
+                        continue;
+                    }
+                    let regresses = self
+                        .runs
+                        .get(&run.id)
+                        .is_some_and(|known| known.status.is_final() && !run.status.is_final());
+                    if regresses {
+                        continue;
+                    }
+                    if !touched.contains(&run.task_id) {
+                        touched.push(run.task_id.clone());
+                    }
+                    self.runs.insert(run.id.clone(), run.clone());
+                    writes.push(Write::ClusterRun(run));
+                }
+                for task in touched {
+                    for id in self.prune_runs(&task) {
+                        writes.push(Write::ForgetClusterRun(id));
+                    }
+                }
+                Ok(writes)
+            }
         }
+    }
+
+    /// Drops the oldest finished runs of `task` beyond [`RUNS_PER_TASK`]; returns their ids.
+    fn prune_runs(&mut self, task: &TaskId) -> Vec<RunId> {
+        let finished: Vec<RunId> = self
+            .runs
+            .values()
+            .filter(|r| &r.task_id == task && r.status.is_final())
+            .map(|r| r.id.clone())
+            .collect();
+        let excess = finished.len().saturating_sub(RUNS_PER_TASK);
+        // Run ids are time-ordered: the first ones are the oldest.
+        let gone = finished[..excess].to_vec();
+        for id in &gone {
+            self.runs.remove(id);
+        }
+        gone
+    }
+
+    /// The newest run of `task` in the run ledger.
+    pub fn last_run_of(&self, task: &TaskId) -> Option<&Run> {
+        self.runs.values().rev().find(|r| &r.task_id == task)
     }
 
     /// `name` if no task has it, else `<name> (from <from>)`, numbered if that is taken too.
@@ -277,6 +354,62 @@ mod tests {
         })
         .expect("third");
         assert_eq!(s.tasks[&TaskId("d".into())].name, "backup (from node-b) 2");
+    }
+
+    #[test]
+    fn the_run_ledger_keeps_finished_runs_finished_and_stays_bounded() {
+        use crate::model::{Outcome, Trigger};
+        let mut s = State::default();
+        s.apply(Change::PutTask(task("a", "one"))).expect("task");
+        let run = |n: usize| {
+            let mut r = Run::new(
+                TaskId("a".into()),
+                "one".into(),
+                Trigger::Manual,
+                1,
+                "n1".into(),
+            );
+            r.id = RunId(format!("{n:032}"));
+            r
+        };
+        let mut first = run(0);
+        s.apply(Change::Runs(vec![first.clone()])).expect("queued");
+        first.finish(Outcome::Exited { code: 0 }, Utc::now());
+        s.apply(Change::Runs(vec![first.clone()]))
+            .expect("finished");
+        // A late report of the run as running does not undo its end.
+        s.apply(Change::Runs(vec![run(0)])).expect("late");
+        assert!(s.runs[&first.id].status.is_final());
+        // Runs of unknown tasks are left out.
+        let mut stray = run(1);
+        stray.task_id = TaskId("zz".into());
+        s.apply(Change::Runs(vec![stray])).expect("stray");
+        assert_eq!(s.runs.len(), 1);
+        // Finished runs beyond the bound go, oldest first; unfinished ones stay.
+        let finished: Vec<Run> = (2..2 + RUNS_PER_TASK)
+            .map(|n| {
+                let mut r = run(n);
+                r.finish(Outcome::Exited { code: 1 }, Utc::now());
+                r
+            })
+            .collect();
+        let pending = run(100);
+        s.apply(Change::Runs(
+            finished.into_iter().chain([pending.clone()]).collect(),
+        ))
+        .expect("many");
+        assert_eq!(s.runs.len(), RUNS_PER_TASK + 1);
+        assert!(
+            !s.runs.contains_key(&first.id),
+            "the oldest finished run went"
+        );
+        assert_eq!(
+            s.last_run_of(&TaskId("a".into())).map(|r| &r.id),
+            Some(&pending.id)
+        );
+        s.apply(Change::RemoveTask(TaskId("a".into())))
+            .expect("remove");
+        assert!(s.runs.is_empty(), "a removed task's runs go with it");
     }
 
     #[test]

@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 mod mesh;
+mod run_report;
 
 use crate::api::auth::Access;
 use crate::config::Config;
@@ -180,13 +181,25 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Starte
     )
     .await
     .map_err(|e| NodeError::Unavailable(e.to_string()))?;
+    let (report_tx, report_rx) = mpsc::unbounded_channel();
     let (ledger, ledger_writer) = RunLedger::start(
         store.clone(),
         events.clone(),
         consensus.subscribe(),
         logs.clone(),
+        report_tx,
     )
     .await?;
+    // Stopped after the ledger, so that the last runs' ends are reported too.
+    let reporting = CancellationToken::new();
+    let reporter = tokio::spawn(
+        run_report::RunReporter {
+            runs: report_rx,
+            consensus: consensus.clone(),
+            cancel: reporting.clone(),
+        }
+        .run(),
+    );
 
     let (finished_tx, finished_rx) = mpsc::channel(1024);
     let requests = mpsc::channel(1024);
@@ -304,6 +317,8 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Starte
         let _ = mesh_task.await;
         ledger.close().await;
         let _ = ledger_writer.await;
+        reporting.cancel();
+        let _ = reporter.await;
         core.cancel();
         let _ = committer.await;
         // Open SSE streams do not end by themselves; the server gets a moment to finish requests.

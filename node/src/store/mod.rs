@@ -12,7 +12,7 @@ use chrono::{DateTime, Utc};
 use crate::model::{ClusterIdentity, ClusterSettings, NodeSettings, Run, RunId, Task, TaskId};
 
 pub use redb_store::RedbStore;
-pub(crate) use redb_store::{LAST_FIRED, TASKS, clear_replicated_in, write_in};
+pub(crate) use redb_store::{clear_replicated_in, write_in};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -43,6 +43,9 @@ pub enum Write {
     LastFired(TaskId, DateTime<Utc>),
     /// `None` clears it (a node that leaves its cluster to join another).
     Cluster(Option<ClusterIdentity>),
+    /// A run in the replicated run ledger (see `consensus::State::runs`).
+    ClusterRun(Run),
+    ForgetClusterRun(RunId),
 }
 
 /// Which runs to list, newest first.
@@ -54,13 +57,15 @@ pub struct RunQuery {
     pub limit: usize,
 }
 
-/// Everything stored durably; what replication later replaces sits behind the first six methods.
+/// Everything stored durably; what replication later replaces sits behind the first seven methods.
 pub trait Store: Send + Sync + 'static {
     fn tasks(&self) -> Result<Vec<Task>, StoreError>;
     fn cluster_settings(&self) -> Result<Option<ClusterSettings>, StoreError>;
     fn node_settings(&self) -> Result<Option<NodeSettings>, StoreError>;
     fn last_fired(&self) -> Result<BTreeMap<TaskId, DateTime<Utc>>, StoreError>;
     fn cluster(&self) -> Result<Option<ClusterIdentity>, StoreError>;
+    /// The replicated run ledger.
+    fn cluster_runs(&self) -> Result<Vec<Run>, StoreError>;
     /// Commits the writes in one durable transaction before returning.
     fn write(&self, batch: &[Write]) -> Result<(), StoreError>;
 

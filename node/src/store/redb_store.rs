@@ -12,14 +12,16 @@ use serde::de::DeserializeOwned;
 use super::{RunQuery, Store, StoreError, Write};
 use crate::model::{ClusterIdentity, ClusterSettings, NodeSettings, Run, RunId, Task, TaskId};
 
-pub(crate) const TASKS: TableDefinition<&str, &[u8]> = TableDefinition::new("tasks");
+const TASKS: TableDefinition<&str, &[u8]> = TableDefinition::new("tasks");
 /// Settings: `cluster_settings` and `cluster` (replicated), `node_settings` (node-local).
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 /// Task id → the newest fired slot, in Unix milliseconds.
-pub(crate) const LAST_FIRED: TableDefinition<&str, i64> = TableDefinition::new("last_fired");
+const LAST_FIRED: TableDefinition<&str, i64> = TableDefinition::new("last_fired");
 const RUNS: TableDefinition<&str, &[u8]> = TableDefinition::new("runs");
 /// `<task id>/<run id>` → (), to list and prune one task's runs.
 const RUNS_BY_TASK: TableDefinition<&str, ()> = TableDefinition::new("runs_by_task");
+/// The replicated run ledger: run id → run (every node's recent runs, bounded per task).
+const CLUSTER_RUNS: TableDefinition<&str, &[u8]> = TableDefinition::new("cluster_runs");
 /// Ids of runs not yet final, so a restart finds what it left unfinished without reading history.
 const UNFINISHED: TableDefinition<&str, ()> = TableDefinition::new("unfinished_runs");
 
@@ -71,6 +73,7 @@ impl RedbStore {
             txn.open_table(RUNS).map_err(db_err)?;
             txn.open_table(RUNS_BY_TASK).map_err(db_err)?;
             txn.open_table(UNFINISHED).map_err(db_err)?;
+            txn.open_table(CLUSTER_RUNS).map_err(db_err)?;
         }
         txn.commit().map_err(db_err)?;
         Ok(Self { db: Arc::new(db) })
@@ -97,6 +100,7 @@ pub(crate) fn write_in(txn: &WriteTransaction, batch: &[Write]) -> Result<(), St
     let mut tasks = txn.open_table(TASKS).map_err(db_err)?;
     let mut meta = txn.open_table(META).map_err(db_err)?;
     let mut fired = txn.open_table(LAST_FIRED).map_err(db_err)?;
+    let mut cluster_runs = txn.open_table(CLUSTER_RUNS).map_err(db_err)?;
     for write in batch {
         match write {
             Write::PutTask(task) => {
@@ -122,6 +126,14 @@ pub(crate) fn write_in(txn: &WriteTransaction, batch: &[Write]) -> Result<(), St
             Write::Cluster(None) => {
                 meta.remove(CLUSTER).map_err(db_err)?;
             }
+            Write::ClusterRun(run) => {
+                cluster_runs
+                    .insert(run.id.0.as_str(), encode(run).as_slice())
+                    .map_err(db_err)?;
+            }
+            Write::ForgetClusterRun(id) => {
+                cluster_runs.remove(id.0.as_str()).map_err(db_err)?;
+            }
             Write::LastFired(id, at) => {
                 fired
                     .insert(id.0.as_str(), at.timestamp_millis())
@@ -132,10 +144,12 @@ pub(crate) fn write_in(txn: &WriteTransaction, batch: &[Write]) -> Result<(), St
     Ok(())
 }
 
-/// Empties the replicated tables in `txn`: tasks, fired slots, cluster settings and identity.
+/// Empties the replicated tables in `txn`: tasks, fired slots, the run ledger, cluster settings
+/// and identity.
 pub(crate) fn clear_replicated_in(txn: &WriteTransaction) -> Result<(), redb::Error> {
     txn.open_table(TASKS)?.retain(|_, _| false)?;
     txn.open_table(LAST_FIRED)?.retain(|_, _| false)?;
+    txn.open_table(CLUSTER_RUNS)?.retain(|_, _| false)?;
     let mut meta = txn.open_table(META)?;
     meta.remove(CLUSTER_SETTINGS)?;
     meta.remove(CLUSTER)?;
@@ -164,6 +178,17 @@ impl Store for RedbStore {
 
     fn cluster(&self) -> Result<Option<ClusterIdentity>, StoreError> {
         self.meta(CLUSTER)
+    }
+
+    fn cluster_runs(&self) -> Result<Vec<Run>, StoreError> {
+        let txn = self.db.begin_read().map_err(db_err)?;
+        let table = txn.open_table(CLUSTER_RUNS).map_err(db_err)?;
+        let mut out = Vec::new();
+        for entry in table.iter().map_err(db_err)? {
+            let (k, v) = entry.map_err(db_err)?;
+            out.push(decode("cluster_runs", k.value(), v.value())?);
+        }
+        Ok(out)
     }
 
     fn last_fired(&self) -> Result<BTreeMap<TaskId, DateTime<Utc>>, StoreError> {

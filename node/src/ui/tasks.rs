@@ -301,10 +301,16 @@ pub async fn view_tasks_get(State(node): State<NodeHandle>) -> TasksTemplate {
                 tracing::warn!(task = %task.id, error = %e, "reading the last run");
                 Vec::new()
             });
+        // The newest run anywhere: this node's history (which wins a tie: it is live), or another
+        // node's in the run ledger.
+        let last = [state.last_run_of(&task.id), last.first()]
+            .into_iter()
+            .flatten()
+            .max_by(|a, b| a.id.cmp(&b.id));
         let running = active.iter().find(|r| r.task_id == task.id);
         rows.push(TaskRow::new(
             task,
-            last.first(),
+            last,
             running,
             daemons.get(&task.id),
             now,

@@ -31,7 +31,7 @@ use tokio::sync::watch;
 use super::log_store::{Context, encode, write_txn};
 use super::{Applied, MeshNode, NodeId, TypeConfig};
 use crate::consensus::State;
-use crate::store::{LAST_FIRED, RedbStore, TASKS, Write, write_in};
+use crate::store::{RedbStore, Write, clear_replicated_in, write_in};
 
 /// `last_applied`, `membership` → JSON.
 const SM_META: TableDefinition<&str, &[u8]> = TableDefinition::new("raft_sm_meta");
@@ -239,11 +239,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                         let base = self.state.borrow().clone();
                         State::clone(&base)
                     });
-                    // Apply to a scratch copy, so that a rejected change leaves no trace.
-                    let mut candidate = current.clone();
-                    match candidate.apply(change) {
+                    // `apply` changes nothing when it refuses, so no scratch copy is needed.
+                    match current.apply(change) {
                         Ok(w) => {
-                            *current = candidate;
                             writes.extend(w);
                             Applied::Ok
                         }
@@ -337,6 +335,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let mut writes: Vec<Write> = state.tasks.values().cloned().map(Write::PutTask).collect();
         writes.push(Write::ClusterSettings(state.settings.clone()));
         writes.push(Write::Cluster(state.cluster));
+        writes.extend(state.runs.values().cloned().map(Write::ClusterRun));
         writes.extend(
             state
                 .last_fired
@@ -345,14 +344,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         );
         let meta_owned = meta.clone();
         write_txn(&self.db, subject(), Durability::Immediate, move |txn| {
-            txn.open_table(TASKS)
-                .context("opening table tasks")?
-                .retain(|_, _| false)
-                .context("clearing tasks")?;
-            txn.open_table(LAST_FIRED)
-                .context("opening table last_fired")?
-                .retain(|_, _| false)
-                .context("clearing last_fired")?;
+            clear_replicated_in(txn).context("clearing the replicated state")?;
             write_in(txn, &writes).context("writing the state")?;
             {
                 let mut sm = txn
