@@ -1,7 +1,7 @@
 //! Raft (openraft 0.9) for the replicated state: the type configuration, the redb log and
 //! state-machine storage, and the network over the mesh.
 //!
-//! [`super::replica`] runs the instance; this module holds its parts.
+//! `consensus::replica` runs the instance; this module holds its parts.
 
 // openraft's error types are large by design; its traits return them.
 #![allow(clippy::result_large_err)]
