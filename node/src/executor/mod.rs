@@ -304,19 +304,19 @@ impl Executor {
         tokio::spawn(async move {
             let task = order.task.clone();
             let (run, stopped) = process::execute(order, &ctx, stop).await;
-            let _ = done.send(Msg::Done(run.id.clone())).await;
-            if finished
-                .send(Finished {
-                    run: run.clone(),
-                    task,
-                    stopped,
-                })
-                .await
-                .is_err()
-            {
+            let id = run.id.clone();
+            let ended = Finished {
+                run: run.clone(),
+                task,
+                stopped,
+            };
+            if finished.send(ended).await.is_err() {
                 // No supervisor (shutting down): record the outcome ourselves.
                 ctx.ledger.record(&run).await;
             }
+            // Only now: once the executor has seen every `Done`, every outcome is recorded or
+            // with the supervisor, so shutdown can close the ledger after both.
+            let _ = done.send(Msg::Done(id)).await;
         });
     }
 

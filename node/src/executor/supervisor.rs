@@ -155,6 +155,12 @@ impl Supervisor {
                 _ = sleep_until_opt(next_restart) => self.restart_due().await,
             }
         }
+        // Shutting down: record the outcomes already handed over (no rules act on runs that
+        // shutdown stopped); later ones are recorded by their process tasks.
+        self.inbox.close();
+        while let Some(finished) = self.inbox.recv().await {
+            self.ledger.record(&finished.run).await;
+        }
     }
 
     /// Starts always-tasks that have no process, and stops processes whose task was removed,
