@@ -215,6 +215,11 @@ impl Consensus {
         self.state.clone()
     }
 
+    /// Whether this node is the Raft leader now.
+    pub fn is_leader(&self) -> bool {
+        self.replica.raft().metrics().borrow().state == openraft::ServerState::Leader
+    }
+
     /// What this node announces about its place in the cluster.
     pub fn badge(&self) -> Option<ClusterBadge> {
         status::badge(&self.replica.raft().metrics().borrow(), &self.state())

@@ -40,10 +40,13 @@ pub enum Change {
     PutTask(Task),
     RemoveTask(TaskId),
     Settings(ClusterSettings),
-    /// Record that `slot` of `task` fired; slots only move forward.
-    FireSlot {
+    /// `slot` of `task` fired, with the runs it makes (placed, waiting for a place, or closed
+    /// with the reason none could run); one decision, committed together. Slots only move
+    /// forward, so a slot fires once.
+    Fire {
         task: TaskId,
         slot: DateTime<Utc>,
+        runs: Vec<Run>,
     },
     SetEnabled {
         task: TaskId,
@@ -136,7 +139,7 @@ impl State {
                 self.settings = settings.clone();
                 Ok(vec![Write::ClusterSettings(settings)])
             }
-            Change::FireSlot { task, slot } => {
+            Change::Fire { task, slot, runs } => {
                 if !self.tasks.contains_key(&task) {
                     return Err(Invalid::field("id", format!("no task {task}")));
                 }
@@ -147,7 +150,9 @@ impl State {
                     ));
                 }
                 self.last_fired.insert(task.clone(), slot);
-                Ok(vec![Write::LastFired(task, slot)])
+                let mut writes = vec![Write::LastFired(task, slot)];
+                writes.extend(self.apply_runs(runs));
+                Ok(writes)
             }
             Change::SetEnabled { task, enabled } => {
                 let Some(t) = self.tasks.get_mut(&task) else {
@@ -204,34 +209,37 @@ impl State {
                 identity.merged_into = Some(cluster);
                 Ok(vec![Write::Cluster(Some(*identity))])
             }
-            Change::Runs(runs) => {
-                let mut writes = Vec::new();
-                let mut touched = Vec::new();
-                for run in runs {
-                    if !self.tasks.contains_key(&run.task_id) {
-                        continue;
-                    }
-                    let regresses = self
-                        .runs
-                        .get(&run.id)
-                        .is_some_and(|known| known.status.is_final() && !run.status.is_final());
-                    if regresses {
-                        continue;
-                    }
-                    if !touched.contains(&run.task_id) {
-                        touched.push(run.task_id.clone());
-                    }
-                    self.runs.insert(run.id.clone(), run.clone());
-                    writes.push(Write::ClusterRun(run));
-                }
-                for task in touched {
-                    for id in self.prune_runs(&task) {
-                        writes.push(Write::ForgetClusterRun(id));
-                    }
-                }
-                Ok(writes)
+            Change::Runs(runs) => Ok(self.apply_runs(runs)),
+        }
+    }
+
+    /// Inserts or updates runs of the run ledger and keeps it bounded; returns the writes.
+    fn apply_runs(&mut self, runs: Vec<Run>) -> Vec<Write> {
+        let mut writes = Vec::new();
+        let mut touched = Vec::new();
+        for run in runs {
+            if !self.tasks.contains_key(&run.task_id) {
+                continue;
+            }
+            let regresses = self
+                .runs
+                .get(&run.id)
+                .is_some_and(|known| known.status.is_final() && !run.status.is_final());
+            if regresses {
+                continue;
+            }
+            if !touched.contains(&run.task_id) {
+                touched.push(run.task_id.clone());
+            }
+            self.runs.insert(run.id.clone(), run.clone());
+            writes.push(Write::ClusterRun(run));
+        }
+        for task in touched {
+            for id in self.prune_runs(&task) {
+                writes.push(Write::ForgetClusterRun(id));
             }
         }
+        writes
     }
 
     /// Drops the oldest finished runs of `task` beyond [`RUNS_PER_TASK`]; returns their ids.
@@ -288,26 +296,14 @@ mod tests {
         s.apply(Change::PutTask(task("a", "renamed")))
             .expect("rename self");
         let t0 = Utc::now();
-        s.apply(Change::FireSlot {
-            task: TaskId("a".into()),
+        let fire = |task: &str| Change::Fire {
+            task: TaskId(task.into()),
             slot: t0,
-        })
-        .expect("fire");
-        assert!(
-            s.apply(Change::FireSlot {
-                task: TaskId("a".into()),
-                slot: t0
-            })
-            .is_err(),
-            "twice"
-        );
-        assert!(
-            s.apply(Change::FireSlot {
-                task: TaskId("zz".into()),
-                slot: t0
-            })
-            .is_err()
-        );
+            runs: vec![],
+        };
+        s.apply(fire("a")).expect("fire");
+        assert!(s.apply(fire("a")).is_err(), "twice");
+        assert!(s.apply(fire("zz")).is_err());
         s.apply(Change::RemoveTask(TaskId("a".into())))
             .expect("remove");
         assert!(s.last_fired.is_empty());

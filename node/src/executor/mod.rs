@@ -61,6 +61,8 @@ pub struct ExecutorHandle {
     tx: mpsc::Sender<Msg>,
     ledger: RunLedger,
     node: watch::Receiver<NodeSettings>,
+    /// This node's PeerId, recorded on the runs it makes.
+    peer_id: String,
 }
 
 impl ExecutorHandle {
@@ -73,7 +75,8 @@ impl ExecutorHandle {
         settings: &ClusterSettings,
     ) -> Run {
         let node = self.node.borrow().name.clone();
-        let run = Run::new(task.id.clone(), task.name.clone(), trigger, attempt, node);
+        let mut run = Run::new(task.id.clone(), task.name.clone(), trigger, attempt, node);
+        run.node_id = Some(self.peer_id.clone());
         self.ledger.record(&run).await;
         self.start(RunOrder {
             run: run.clone(),
@@ -175,6 +178,7 @@ impl Executor {
         logs: LogPaths,
         events: Events,
         node: watch::Receiver<NodeSettings>,
+        peer_id: String,
         finished: mpsc::Sender<Finished>,
         cancel: CancellationToken,
     ) -> (Self, ExecutorHandle) {
@@ -183,6 +187,7 @@ impl Executor {
             tx: tx.clone(),
             ledger: ledger.clone(),
             node: node.clone(),
+            peer_id,
         };
         let executor = Executor {
             inbox,

@@ -25,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use keys::{ClusterKey, load_or_create_identity};
 pub use libp2p::PeerId;
-pub use peers::{Announcement, ClusterBadge, PeerInfo, PeerTable};
+pub use peers::{Announcement, ClusterBadge, PeerInfo, PeerTable, load_average};
 
 /// How a mesh endpoint starts.
 #[derive(Debug, Clone)]

@@ -44,6 +44,14 @@ pub struct ClusterBadge {
     pub last_log: u64,
 }
 
+/// The 1-minute load average, rounded to a tenth (so that noise does not count as a change).
+pub fn load_average() -> f32 {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<f32>().ok())
+        .map_or(0.0, |l| (l * 10.0).round() / 10.0)
+}
+
 /// Limits on a peer's announcement, so a bad peer cannot flood memory.
 const MAX_LIST: usize = 256;
 const MAX_TEXT: usize = 512;

@@ -120,7 +120,11 @@ pub struct Run {
     pub trigger: Trigger,
     /// 1 for the first try; retries count up.
     pub attempt: u32,
+    /// The name of the node it runs on (for people).
     pub node: String,
+    /// The PeerId of the node it is placed on; `None` while it waits on the leader for a place.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_id: Option<String>,
     pub status: RunStatus,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub outcome: Option<Outcome>,
@@ -155,6 +159,7 @@ impl Run {
             trigger,
             attempt,
             node,
+            node_id: None,
             status: RunStatus::Queued,
             outcome: None,
             exit_code: None,

@@ -1,15 +1,25 @@
-//! Turns due cron slots, `@reboot`, and run requests (Execute now, retries, exit rules) into runs.
+//! Turns due cron slots, `@reboot`, and run requests (Execute now, retries, exit rules) into
+//! runs, and places them on the live nodes (issue 5; DESIGN.md "scheduler").
 //!
-//! A cron slot's "last fired" mark is committed *before* its run is dispatched (guarantee 1): the
-//! scheduler wakes [`LEAD`] ahead of the slot, commits, then starts the run on the slot. A slot
-//! found more than [`LATE`] in the past was missed; the task's catch-up policy decides what runs,
-//! and slots it skips are recorded as a `skipped` run, never dropped silently. On a single node
-//! every run is placed on the local executor; the mesh issue adds placement across peers.
+//! Only the Raft leader schedules. It fires cron slots and places runs on nodes whose
+//! dependencies match ([`placement`]), committing each slot together with its runs
+//! (`Change::Fire`) ahead of the slot (guarantee 1: the assignment is committed before
+//! dispatch); each node's [`dispatch::Dispatcher`] starts what is committed to it. A slot found
+//! more than [`LATE`] in the past was missed; the task's catch-up policy decides what runs, and
+//! slots it skips are recorded as a `skipped` run, never dropped silently. A new leader starts
+//! from the committed state, so it catches up what its predecessor missed by the same policy.
+//!
+//! Requests come in on any node. The leader places them at once; another node commits them as
+//! waiting runs (no node yet), and the leader places them when it sees them. Runs that find no
+//! free slot wait in the ledger, by priority, until one frees up. Runs on a node that stopped
+//! answering become `lost` and are retried on another node while attempts remain.
 
 pub mod cron;
+pub mod dispatch;
+pub mod placement;
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::{BinaryHeap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,12 +27,15 @@ use chrono::{DateTime, Utc};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use crate::consensus::{Change, Consensus, ProposeError, State};
 use crate::executor::{ExecutorHandle, RunRequest};
-use crate::ledger::RunLedger;
-use crate::model::{CatchUp, NodeSettings, Run, RunStatus, Task, TaskId, Trigger, When};
+use crate::mesh::MeshHandle;
+use crate::model::{
+    CatchUp, NodeSettings, Outcome, Run, RunId, RunStatus, Task, TaskId, Trigger, When,
+};
+use placement::{Candidate, NoPlace};
 
 pub use cron::{CatchUpPlan, Schedule, ScheduleError, catch_up};
 
@@ -32,6 +45,10 @@ pub const LEAD: Duration = Duration::from_millis(50);
 pub const LATE: Duration = Duration::from_secs(1);
 /// At most this many missed slots run under the `all` policy.
 const CATCH_UP_CAP: usize = 100;
+/// The leader looks at least this often (for lost runs and waiting runs) when nothing changes.
+const TICK: Duration = Duration::from_millis(250);
+/// A peer whose announcement is younger than this is live (it can take runs).
+const LIVE: Duration = Duration::from_secs(5);
 
 /// A cloneable handle for asking the scheduler for runs.
 #[derive(Clone)]
@@ -86,37 +103,52 @@ pub struct Scheduler {
     consensus: Consensus,
     state: watch::Receiver<Arc<State>>,
     node: watch::Receiver<NodeSettings>,
+    mesh: watch::Receiver<Option<MeshHandle>>,
+    /// This node's PeerId.
+    peer_id: String,
     executor: ExecutorHandle,
-    ledger: RunLedger,
     inbox: mpsc::Receiver<RunRequest>,
     delayed: BinaryHeap<Reverse<Delayed>>,
     seq: u64,
     schedules: HashMap<TaskId, (DateTime<Utc>, Schedule)>,
+    /// Since when this node leads (`None` while it does not).
+    leading_since: Option<Instant>,
+    /// When each peer was last live, as this leader saw it.
+    last_seen: HashMap<String, Instant>,
     cancel: CancellationToken,
+}
+
+/// What the scheduler needs from the node.
+pub struct Parts {
+    pub consensus: Consensus,
+    pub node: watch::Receiver<NodeSettings>,
+    pub mesh: watch::Receiver<Option<MeshHandle>>,
+    pub peer_id: String,
+    pub executor: ExecutorHandle,
 }
 
 impl Scheduler {
     /// The request channel is made by the caller, because the supervisor sends on it too.
     pub fn new(
-        consensus: Consensus,
-        node: watch::Receiver<NodeSettings>,
-        executor: ExecutorHandle,
-        ledger: RunLedger,
+        parts: Parts,
         requests: (mpsc::Sender<RunRequest>, mpsc::Receiver<RunRequest>),
         cancel: CancellationToken,
     ) -> (Self, SchedulerHandle) {
-        let state = consensus.subscribe();
+        let state = parts.consensus.subscribe();
         let (tx, inbox) = requests;
         let scheduler = Scheduler {
-            consensus,
+            consensus: parts.consensus,
             state,
-            node,
-            executor,
-            ledger,
+            node: parts.node,
+            mesh: parts.mesh,
+            peer_id: parts.peer_id,
+            executor: parts.executor,
             inbox,
             delayed: BinaryHeap::new(),
             seq: 0,
             schedules: HashMap::new(),
+            leading_since: None,
+            last_seen: HashMap::new(),
             cancel,
         };
         (scheduler, SchedulerHandle { tx })
@@ -125,10 +157,18 @@ impl Scheduler {
     pub async fn run(mut self) {
         self.fire_reboot().await;
         loop {
-            let next_cron = self.fire_due().await;
+            let next_cron = match self.lead() {
+                true => {
+                    self.reap_lost().await;
+                    self.place_waiting().await;
+                    self.fire_due().await
+                }
+                false => None,
+            };
             let wake = [next_cron, self.delayed.peek().map(|d| d.0.at)]
                 .into_iter()
                 .flatten()
+                .chain([Instant::now() + TICK])
                 .min();
             tokio::select! {
                 biased;
@@ -140,13 +180,74 @@ impl Scheduler {
         }
     }
 
+    /// Whether this node leads now; notes when it starts to.
+    fn lead(&mut self) -> bool {
+        let leading = self.consensus.is_leader();
+        match (leading, self.leading_since) {
+            (true, None) => {
+                info!("this node leads: it schedules and places runs for the cluster");
+                self.leading_since = Some(Instant::now());
+                self.last_seen.clear();
+            }
+            (false, Some(_)) => self.leading_since = None,
+            _ => {}
+        }
+        leading
+    }
+
+    /// The live nodes that can take runs: this node and the peers of its cluster.
+    fn candidates(&mut self, state: &State) -> Vec<Candidate> {
+        let node = self.node.borrow().clone();
+        let mut out = vec![Candidate {
+            peer_id: self.peer_id.clone(),
+            name: node.name.clone(),
+            dependencies: node.fulfilled(),
+            slots: node.slots,
+            load: crate::mesh::load_average(),
+        }];
+        let cluster = state.cluster.map(|c| c.id);
+        let peers = self
+            .mesh
+            .borrow()
+            .as_ref()
+            .map(|m| m.peers())
+            .unwrap_or_default();
+        let now = Instant::now();
+        for p in peers.iter() {
+            let a = &p.announcement;
+            if Duration::from_millis(p.last_seen_ms) >= LIVE || a.cluster.map(|b| b.id) != cluster {
+                continue;
+            }
+            self.last_seen.insert(a.peer_id.clone(), now);
+            out.push(Candidate {
+                peer_id: a.peer_id.clone(),
+                name: a.name.clone(),
+                dependencies: a.dependencies.clone(),
+                slots: a.slots_total,
+                load: a.load,
+            });
+        }
+        out
+    }
+
+    /// `@reboot` tasks run on every node that fulfils them, when that node starts.
     async fn fire_reboot(&mut self) {
         let state = self.state.borrow().clone();
         for task in state.tasks.values().filter(|t| t.enabled) {
-            if self.schedule(task).is_some_and(|s| s.is_reboot()) {
-                if let Err(e) = self.launch(task, Trigger::Reboot, 1, &state).await {
-                    warn!(task = %task.name, error = %e, "@reboot run not started");
-                }
+            if !self.schedule(task).is_some_and(|s| s.is_reboot()) {
+                continue;
+            }
+            let missing = self
+                .node
+                .borrow()
+                .missing(&task.spec.dependencies)
+                .join(", ");
+            if missing.is_empty() {
+                self.executor
+                    .launch(task, Trigger::Reboot, 1, &state.settings)
+                    .await;
+            } else {
+                debug!(task = %task.name, missing = %missing, "@reboot task not for this node");
             }
         }
     }
@@ -176,7 +277,8 @@ impl Scheduler {
         self.schedules.get(&task.id).map(|(_, s)| s)
     }
 
-    /// Fires every cron slot that is due (committing first), and returns when to look again.
+    /// On the leader: fires every cron slot that is due, committing it with its runs, and
+    /// returns when to look again.
     async fn fire_due(&mut self) -> Option<Instant> {
         let state = self.state.borrow_and_update().clone();
         self.schedules.retain(|id, _| state.tasks.contains_key(id));
@@ -184,7 +286,9 @@ impl Scheduler {
         let lead = chrono::Duration::from_std(LEAD).unwrap_or_default();
         let late = chrono::Duration::from_std(LATE).unwrap_or_default();
         let mut wake: Option<DateTime<Utc>> = None;
-        let mut fired = Vec::new();
+        let candidates = self.candidates(&state);
+        let mut busy = busy(&state);
+        let mut fires = Vec::new();
         for task in state.tasks.values().filter(|t| t.enabled) {
             let When::Cron {
                 catch_up: policy, ..
@@ -202,14 +306,6 @@ impl Scheduler {
             let Some(schedule) = self.schedule(task).cloned() else {
                 continue;
             };
-            if !self
-                .node
-                .borrow()
-                .missing(&task.spec.dependencies)
-                .is_empty()
-            {
-                continue;
-            }
             let Some(next) = schedule.next_after(baseline) else {
                 continue;
             };
@@ -217,72 +313,98 @@ impl Scheduler {
                 wake = Some(wake.map_or(next - lead, |w| w.min(next - lead)));
                 continue;
             }
-            if next >= now - late {
-                fired.push((task.clone(), next, vec![next], 0));
-                continue;
-            }
-            let plan = catch_up(&schedule, baseline, now, policy, CATCH_UP_CAP);
-            // The newest missed slot is the plan's last run; only `none` has to look it up.
-            let latest = match plan.run.last() {
-                Some(slot) => *slot,
-                None => catch_up(&schedule, baseline, now, CatchUp::One, 1)
-                    .run
-                    .last()
-                    .copied()
-                    .unwrap_or(next),
+            let (mark, slots, skipped) = if next >= now - late {
+                (next, vec![next], 0)
+            } else {
+                let plan = catch_up(&schedule, baseline, now, policy, CATCH_UP_CAP);
+                // The newest missed slot is the plan's last run; only `none` has to look it up.
+                let latest = match plan.run.last() {
+                    Some(slot) => *slot,
+                    None => catch_up(&schedule, baseline, now, CatchUp::One, 1)
+                        .run
+                        .last()
+                        .copied()
+                        .unwrap_or(next),
+                };
+                (latest, plan.run, plan.skipped)
             };
-            fired.push((task.clone(), latest, plan.run, plan.skipped));
-        }
-        if fired.is_empty() {
-            return wake.map(instant_at);
-        }
-        let commits = fired.iter().map(|(task, slot, _, _)| {
-            self.consensus.propose(Change::FireSlot {
-                task: task.id.clone(),
-                slot: *slot,
-            })
-        });
-        let results = futures::future::join_all(commits).await;
-        for ((task, mark, slots, skipped), result) in fired.into_iter().zip(results) {
-            match result {
-                Ok(()) => {}
-                // In a cluster every node's scheduler proposes the slot; the first commit wins.
-                Err(ProposeError::Rejected(_)) => {
-                    debug!(task = %task.name, slot = %mark, "another node fired this slot");
-                    continue;
-                }
-                Err(e) => {
-                    warn!(task = %task.name, slot = %mark, error = %e, "could not commit the slot; not running it");
-                    continue;
-                }
-            }
+            let mut runs = Vec::new();
             if skipped > 0 {
                 warn!(task = %task.name, skipped, "missed cron slots skipped by the catch-up policy");
-                self.record_skipped(&task, mark, skipped, slots.is_empty())
-                    .await;
+                runs.push(self.skipped_record(task, mark, skipped, slots.is_empty()));
             }
             for slot in slots {
-                let executor = self.executor.clone();
-                let (task, settings) = (task.clone(), state.settings.clone());
-                tokio::spawn(async move {
-                    tokio::time::sleep_until(instant_at(slot)).await;
-                    executor
-                        .launch(&task, Trigger::Cron { slot }, 1, &settings)
-                        .await;
-                });
+                runs.extend(self.runs_for(task, Trigger::Cron { slot }, 1, &candidates, &mut busy));
+            }
+            fires.push(Change::Fire {
+                task: task.id.clone(),
+                slot: mark,
+                runs,
+            });
+        }
+        if fires.is_empty() {
+            return wake.map(instant_at);
+        }
+        let commits = fires
+            .into_iter()
+            .map(|change| self.consensus.propose(change));
+        for result in futures::future::join_all(commits).await {
+            match result {
+                Ok(()) => {}
+                Err(ProposeError::Rejected(e)) => debug!(error = %e, "slot already fired"),
+                Err(e) => warn!(error = %e, "could not commit a cron slot; it is tried again"),
             }
         }
         // The commits changed the state; the loop comes straight back to compute the next slots.
         Some(Instant::now())
     }
 
-    async fn record_skipped(
+    /// The runs one trigger of `task` makes: placed on nodes, waiting for a free slot (no node
+    /// yet), or one run closed with the reason no node can take it.
+    fn runs_for(
+        &self,
+        task: &Task,
+        trigger: Trigger,
+        attempt: u32,
+        candidates: &[Candidate],
+        busy: &mut HashMap<String, u32>,
+    ) -> Vec<Run> {
+        let mut run = Run::new(
+            task.id.clone(),
+            task.name.clone(),
+            trigger,
+            attempt,
+            String::new(),
+        );
+        match placement::place(task, candidates, busy) {
+            Ok(nodes) => nodes
+                .into_iter()
+                .enumerate()
+                .map(|(i, node)| {
+                    let mut r = run.clone();
+                    if i > 0 {
+                        r.id = RunId::generate();
+                    }
+                    assign(&mut r, node, busy);
+                    r
+                })
+                .collect(),
+            Err(NoPlace::Full) => vec![run],
+            Err(NoPlace::NoMatch(why)) => {
+                warn!(task = %task.name, why = %why, "no node can run this task");
+                run.close(RunStatus::Skipped, format!("not run: {why}"), Utc::now());
+                vec![run]
+            }
+        }
+    }
+
+    fn skipped_record(
         &self,
         task: &Task,
         latest: DateTime<Utc>,
         skipped: u64,
         none_ran: bool,
-    ) {
+    ) -> Run {
         let node = self.node.borrow().name.clone();
         let mut run = Run::new(
             task.id.clone(),
@@ -291,6 +413,7 @@ impl Scheduler {
             1,
             node,
         );
+        run.node_id = Some(self.peer_id.clone());
         let policy = match &task.when {
             When::Cron { catch_up, .. } => format!("{catch_up:?}").to_lowercase(),
             _ => String::new(),
@@ -301,7 +424,128 @@ impl Scheduler {
             if none_ran { "" } else { "; the latest one ran" }
         );
         run.close(RunStatus::Skipped, note, Utc::now());
-        self.ledger.record(&run).await;
+        run
+    }
+
+    /// On the leader: places the runs that wait for a node, by priority, then age.
+    async fn place_waiting(&mut self) {
+        let state = self.state.borrow().clone();
+        let mut waiting: Vec<&Run> = state
+            .runs
+            .values()
+            .filter(|r| r.status == RunStatus::Queued && r.node_id.is_none())
+            .collect();
+        if waiting.is_empty() {
+            return;
+        }
+        let priority = |r: &Run| state.tasks.get(&r.task_id).map_or(0, |t| t.spec.priority);
+        waiting.sort_by(|a, b| priority(b).cmp(&priority(a)).then(a.id.cmp(&b.id)));
+        let candidates = self.candidates(&state);
+        let mut busy = busy(&state);
+        let mut placed = Vec::new();
+        for run in waiting {
+            let Some(task) = state.tasks.get(&run.task_id) else {
+                continue;
+            };
+            match placement::place(task, &candidates, &busy) {
+                Ok(nodes) => {
+                    for (i, node) in nodes.into_iter().enumerate() {
+                        let mut r = run.clone();
+                        if i > 0 {
+                            // Placement `all`: one run per matching node.
+                            r.id = RunId::generate();
+                        }
+                        assign(&mut r, node, &mut busy);
+                        placed.push(r);
+                    }
+                }
+                Err(NoPlace::Full) => {}
+                Err(NoPlace::NoMatch(why)) => {
+                    let mut r = run.clone();
+                    r.close(RunStatus::Skipped, format!("not run: {why}"), Utc::now());
+                    placed.push(r);
+                }
+            }
+        }
+        if placed.is_empty() {
+            return;
+        }
+        if let Err(e) = self.consensus.propose(Change::Runs(placed)).await {
+            warn!(error = %e, "placing waiting runs failed; tried again");
+        }
+    }
+
+    /// On the leader: runs on nodes that stopped answering become `lost`, and are retried on
+    /// another node while attempts remain (also those a restarted node reported lost itself).
+    async fn reap_lost(&mut self) {
+        let state = self.state.borrow().clone();
+        let Some(since) = self.leading_since else {
+            return;
+        };
+        let timeout = state.settings.peer_timeout.0;
+        let now = Instant::now();
+        let live: HashSet<String> = self
+            .candidates(&state)
+            .into_iter()
+            .map(|c| c.peer_id)
+            .collect();
+        let gone = |peer: &str| {
+            !live.contains(peer)
+                && now - self.last_seen.get(peer).copied().unwrap_or(since) > timeout
+        };
+        let retried: HashSet<&RunId> = state
+            .runs
+            .values()
+            .filter_map(|r| match &r.trigger {
+                Trigger::Retry { of } => Some(of),
+                _ => None,
+            })
+            .collect();
+        let mut changes = Vec::new();
+        for run in state.runs.values() {
+            let mut run = run.clone();
+            let on_dead_node = !run.status.is_final()
+                && run
+                    .node_id
+                    .as_deref()
+                    .is_some_and(|p| p != self.peer_id && gone(p));
+            if on_dead_node {
+                run.finish(Outcome::Lost, Utc::now());
+                run.actions.push(format!(
+                    "node {} stopped answering while the run was unfinished",
+                    run.node
+                ));
+                changes.push(run.clone());
+            }
+            if run.status != RunStatus::Lost || retried.contains(&run.id) {
+                continue;
+            }
+            let Some(task) = state.tasks.get(&run.task_id) else {
+                continue;
+            };
+            if run.attempt > state.settings.max_retries || task.is_always() {
+                continue;
+            }
+            let mut retry = Run::new(
+                task.id.clone(),
+                task.name.clone(),
+                Trigger::Retry { of: run.id.clone() },
+                run.attempt + 1,
+                String::new(),
+            );
+            retry.actions.push(format!("retry of lost run {}", run.id));
+            if let Some(last) = changes.last_mut().filter(|r| r.id == run.id) {
+                last.actions.push(format!("retried as {}", retry.id));
+            }
+            changes.push(retry);
+        }
+        if changes.is_empty() {
+            return;
+        }
+        info!(count = changes.len(), "lost runs and their retries");
+        if let Err(e) = self.consensus.propose(Change::Runs(changes)).await {
+            warn!(error = %e, "recording lost runs failed; tried again");
+        }
     }
 
     async fn on_request(&mut self, request: RunRequest) {
@@ -331,7 +575,7 @@ impl Scheduler {
         let state = self.state.borrow().clone();
         let result = match state.tasks.get(&request.task) {
             Some(task) => {
-                self.launch(task, request.trigger, request.attempt, &state)
+                self.enqueue(task, request.trigger, request.attempt, &state)
                     .await
             }
             None => Err(format!("there is no task {}", request.task)),
@@ -344,28 +588,64 @@ impl Scheduler {
         }
     }
 
-    /// Places a run of `task` on this node, if the node fulfils the task's dependencies.
-    async fn launch(
-        &self,
+    /// Commits a run of `task`: placed at once on the leader, else waiting for the leader to
+    /// place it. Refused when no live node fulfils the task's dependencies.
+    async fn enqueue(
+        &mut self,
         task: &Task,
         trigger: Trigger,
         attempt: u32,
         state: &State,
     ) -> Result<Run, String> {
-        let missing = self
-            .node
-            .borrow()
-            .missing(&task.spec.dependencies)
-            .join(", ");
-        if !missing.is_empty() {
-            warn!(task = %task.name, missing = %missing, "no node can run this task");
-            return Err(format!("no live node fulfils {missing}"));
+        let candidates = self.candidates(state);
+        let mut busy = busy(state);
+        let runs = match self.lead() {
+            true => self.runs_for(task, trigger, attempt, &candidates, &mut busy),
+            false => {
+                if let Err(NoPlace::NoMatch(why)) = placement::place(task, &candidates, &busy) {
+                    return Err(why);
+                }
+                vec![Run::new(
+                    task.id.clone(),
+                    task.name.clone(),
+                    trigger,
+                    attempt,
+                    String::new(),
+                )]
+            }
+        };
+        let first = runs.first().cloned().ok_or("no run was made")?;
+        if first.status == RunStatus::Skipped {
+            return Err(first.actions.join("; "));
         }
-        Ok(self
-            .executor
-            .launch(task, trigger, attempt, &state.settings)
-            .await)
+        self.consensus
+            .propose(Change::Runs(runs))
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(first)
     }
+}
+
+/// Runs each node has (queued or running on it), which count against its slots. Always-tasks
+/// do not take slots.
+fn busy(state: &State) -> HashMap<String, u32> {
+    let mut busy = HashMap::new();
+    for run in state.runs.values().filter(|r| !r.status.is_final()) {
+        let Some(node) = &run.node_id else {
+            continue;
+        };
+        if state.tasks.get(&run.task_id).is_some_and(|t| t.is_always()) {
+            continue;
+        }
+        *busy.entry(node.clone()).or_insert(0) += 1;
+    }
+    busy
+}
+
+fn assign(run: &mut Run, node: &Candidate, busy: &mut HashMap<String, u32>) {
+    run.node = node.name.clone();
+    run.node_id = Some(node.peer_id.clone());
+    *busy.entry(node.peer_id.clone()).or_insert(0) += 1;
 }
 
 fn instant_at(at: DateTime<Utc>) -> Instant {

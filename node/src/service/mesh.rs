@@ -167,7 +167,7 @@ impl MeshRunner {
             dependencies: node.fulfilled(),
             slots_total: node.slots,
             slots_free: node.slots.saturating_sub(busy as u32),
-            load: load_average(),
+            load: mesh::load_average(),
             running: running.len() as u32,
             ui_url: self.ui_url.clone(),
             addrs: Vec::new(),
@@ -175,14 +175,6 @@ impl MeshRunner {
             cluster: self.consensus.badge(),
         }
     }
-}
-
-/// The 1-minute load average, rounded to a tenth (so that noise does not count as a change).
-fn load_average() -> f32 {
-    std::fs::read_to_string("/proc/loadavg")
-        .ok()
-        .and_then(|s| s.split_whitespace().next()?.parse::<f32>().ok())
-        .map_or(0.0, |l| (l * 10.0).round() / 10.0)
 }
 
 /// The key this node uses: the one given at start, else the stored one, else a new one. Returns

@@ -203,11 +203,13 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Starte
 
     let (finished_tx, finished_rx) = mpsc::channel(1024);
     let requests = mpsc::channel(1024);
+    let peer_id = identity.public().to_peer_id().to_string();
     let (executor, executor_handle) = Executor::new(
         ledger.clone(),
         logs.clone(),
         events.clone(),
         node_rx.clone(),
+        peer_id.clone(),
         finished_tx,
         work.clone(),
     );
@@ -221,13 +223,24 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Starte
         work.clone(),
     );
     let (scheduler, scheduler_handle) = Scheduler::new(
-        consensus.clone(),
-        node_rx,
-        executor_handle.clone(),
-        ledger.clone(),
+        crate::scheduler::Parts {
+            consensus: consensus.clone(),
+            node: node_rx,
+            mesh: mesh_rx.clone(),
+            peer_id: peer_id.clone(),
+            executor: executor_handle.clone(),
+        },
         requests,
         work.clone(),
     );
+    let dispatcher = crate::scheduler::dispatch::Dispatcher {
+        peer_id,
+        state: consensus.subscribe(),
+        executor: executor_handle.clone(),
+        ledger: ledger.clone(),
+        cancel: work.clone(),
+    };
+    tokio::spawn(dispatcher.run());
     let executor_task = tokio::spawn(executor.run());
     let supervisor_task = tokio::spawn(supervisor.run());
     let scheduler_task = tokio::spawn(scheduler.run());
@@ -491,19 +504,39 @@ impl NodeHandle {
         Ok(run)
     }
 
+    /// Runs, newest first: this node's history, merged with the cluster's run ledger (runs on
+    /// other nodes, and runs waiting for a place). This node's own record of a run wins.
     pub async fn runs(&self, query: RunQuery) -> Result<Vec<Run>, NodeError> {
-        Ok(self.inner.ledger.list(query).await?)
+        let mut runs = self.inner.ledger.list(query.clone()).await?;
+        let state = self.state();
+        let known: std::collections::HashSet<RunId> = runs.iter().map(|r| r.id.clone()).collect();
+        runs.extend(
+            state
+                .runs
+                .values()
+                .filter(|r| query.task.as_ref().is_none_or(|t| *t == r.task_id))
+                .filter(|r| query.before.as_ref().is_none_or(|b| r.id < *b))
+                .filter(|r| !known.contains(&r.id))
+                .cloned(),
+        );
+        runs.sort_by(|a, b| b.id.cmp(&a.id));
+        runs.truncate(query.limit);
+        Ok(runs)
     }
 
     pub fn active_runs(&self) -> Vec<Run> {
         self.inner.ledger.active()
     }
 
+    /// A run: this node's record, else the cluster's run ledger.
     pub async fn run(&self, id: &RunId) -> Result<Run, NodeError> {
-        self.inner
-            .ledger
+        if let Some(run) = self.inner.ledger.get(id).await? {
+            return Ok(run);
+        }
+        self.state()
+            .runs
             .get(id)
-            .await?
+            .cloned()
             .ok_or_else(|| NodeError::NotFound(format!("there is no run {id}")))
     }
 

@@ -476,9 +476,10 @@ mod tests {
             normal(2, Change::PutTask(task("a", "one"))),
             normal(
                 3,
-                Change::FireSlot {
+                Change::Fire {
                     task: TaskId("a".into()),
                     slot,
+                    runs: vec![],
                 },
             ),
         ];
@@ -585,9 +586,10 @@ mod tests {
                 normal(2, Change::PutTask(task("b", "two"))),
                 normal(
                     3,
-                    Change::FireSlot {
+                    Change::Fire {
                         task: TaskId("b".into()),
                         slot,
+                        runs: vec![],
                     },
                 ),
                 normal(
@@ -635,9 +637,10 @@ mod tests {
                 normal(1, Change::PutTask(task("a", "one"))),
                 normal(
                     2,
-                    Change::FireSlot {
+                    Change::Fire {
                         task: TaskId("a".into()),
                         slot,
+                        runs: vec![],
                     },
                 ),
             ])

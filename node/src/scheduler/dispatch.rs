@@ -1,0 +1,109 @@
+//! The node's side of placement: starts the runs the leader committed to this node.
+//!
+//! A run reaches its node through the replicated run ledger: the leader commits it as `queued`
+//! with this node's PeerId (guarantee 1: the assignment is committed before dispatch), every
+//! node applies it, and this node's dispatcher hands it to the local executor, on its slot for
+//! a cron run. A run id starts at most once: the dispatcher remembers what it handed over, the
+//! executor refuses an id it has seen, and a run that this node had already applied when it
+//! started (it may have started it before a crash without the start reaching its history) is
+//! not started at all: it is reported `lost`, and the leader retries it by policy. Runs applied
+//! after the start were never seen before, so they start.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use chrono::Utc;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info};
+
+use crate::consensus::State;
+use crate::executor::{ExecutorHandle, RunOrder};
+use crate::ledger::RunLedger;
+use crate::model::{Outcome, Run, RunStatus, Trigger};
+
+pub struct Dispatcher {
+    pub peer_id: String,
+    pub state: watch::Receiver<Arc<State>>,
+    pub executor: ExecutorHandle,
+    pub ledger: RunLedger,
+    pub cancel: CancellationToken,
+}
+
+impl Dispatcher {
+    pub async fn run(mut self) {
+        let mut handed: HashSet<crate::model::RunId> = HashSet::new();
+        let before = self.state.borrow_and_update().clone();
+        for run in self.queued_here(&before) {
+            handed.insert(run.id.clone());
+            self.give_up(run.clone()).await;
+        }
+        loop {
+            let state = self.state.borrow_and_update().clone();
+            // Forget runs that left the queue (started, ended, or pruned).
+            handed.retain(|id| {
+                state
+                    .runs
+                    .get(id)
+                    .is_some_and(|r| r.status == RunStatus::Queued)
+            });
+            let mine: Vec<&Run> = self
+                .queued_here(&state)
+                .filter(|r| !handed.contains(&r.id))
+                .collect();
+            for run in mine {
+                handed.insert(run.id.clone());
+                self.dispatch(run.clone(), &state).await;
+            }
+            tokio::select! {
+                _ = self.cancel.cancelled() => return,
+                changed = self.state.changed() => if changed.is_err() { return },
+            }
+        }
+    }
+
+    fn queued_here<'a>(&self, state: &'a State) -> impl Iterator<Item = &'a Run> {
+        let me = self.peer_id.clone();
+        state
+            .runs
+            .values()
+            .filter(|r| r.status == RunStatus::Queued)
+            .filter(move |r| r.node_id.as_deref() == Some(me.as_str()))
+    }
+
+    /// A run assigned here before this process started: reported lost, never started.
+    async fn give_up(&self, mut run: Run) {
+        info!(run_id = %run.id, task = %run.task_name, "assigned before this node restarted; not starting it");
+        run.finish(Outcome::Lost, Utc::now());
+        run.actions
+            .push("the node restarted before the run could start".into());
+        self.ledger.record(&run).await;
+    }
+
+    async fn dispatch(&self, run: Run, state: &State) {
+        let Some(task) = state.tasks.get(&run.task_id) else {
+            debug!(run_id = %run.id, "the run's task is gone");
+            return;
+        };
+        let order = RunOrder {
+            run: run.clone(),
+            task: task.clone(),
+            kill_grace: state.settings.kill_grace.0,
+            daily_logs: state.settings.daily_logs,
+        };
+        self.ledger.record(&run).await;
+        let executor = self.executor.clone();
+        match run.trigger {
+            // A cron run is committed ahead of its slot and starts on it.
+            Trigger::Cron { slot } if slot > Utc::now() => {
+                let at =
+                    tokio::time::Instant::now() + (slot - Utc::now()).to_std().unwrap_or_default();
+                tokio::spawn(async move {
+                    tokio::time::sleep_until(at).await;
+                    executor.start(order).await;
+                });
+            }
+            _ => executor.start(order).await,
+        }
+    }
+}
