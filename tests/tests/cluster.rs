@@ -350,3 +350,92 @@ async fn two_clusters_that_meet_merge_and_keep_every_task() -> Result<()> {
     all_have(&all, &names).await?;
     Ok(())
 }
+
+#[tokio::test]
+async fn runs_land_only_on_nodes_whose_dependencies_match() -> Result<()> {
+    let members = cluster(3).await?;
+    let all: Vec<&Member> = members.iter().collect();
+    let leader = formed(&all, 3, 0).await?;
+    // One node has a GPU; the others do not.
+    let gpu = (leader + 2) % 3;
+    let mut settings = members[gpu].node.handle.settings(true);
+    settings.node.dependencies = vec!["gpu=nvidia".into()];
+    members[gpu].node.handle.put_settings(settings).await?;
+    let gpu_peer = members[gpu]
+        .node
+        .handle
+        .peers()
+        .this
+        .peer_id
+        .expect("peer id");
+    wait_for(
+        "every node to see the GPU node's dependencies",
+        FORM,
+        || async {
+            all.iter()
+                .filter(|m| m.name != members[gpu].name)
+                .all(|m| {
+                    m.node.handle.peers().peers.iter().any(|p| {
+                        p.announcement.peer_id == gpu_peer
+                            && p.announcement
+                                .dependencies
+                                .contains(&"gpu=nvidia".to_string())
+                    })
+                })
+                .then_some(())
+        },
+    )
+    .await?;
+
+    // Execute now on a node without a GPU: the run goes to the GPU node.
+    let asker = (gpu + 1) % 3;
+    let api = &members[asker].node.api;
+    api.create_task(&json!({
+        "name": "train",
+        "spec": {"command": ["true"], "dependencies": ["gpu=nvidia"]},
+        "when": {"mode": "manual"}
+    }))
+    .await?;
+    for _ in 0..5 {
+        let run = api.execute("train").await?;
+        let id = run["id"].as_str().unwrap_or_default().to_owned();
+        let done = wait_for("the run to finish", FORM, || async {
+            let (_, run) = api.get(&format!("/api/runs/{id}")).await.ok()?;
+            (run["status"] == "succeeded").then_some(run)
+        })
+        .await?;
+        ensure!(
+            done["node_id"] == gpu_peer.as_str(),
+            "the run ran on the GPU node: {done}"
+        );
+    }
+    // The GPU node has them in its own history, with their logs.
+    let (_, runs) = members[gpu].node.api.get("/api/runs?limit=10").await?;
+    ensure!(runs.as_array().map_or(0, Vec::len) >= 5, "{runs}");
+
+    // A task no live node can run is refused, saying why.
+    api.create_task(&json!({
+        "name": "riscv",
+        "spec": {"command": ["true"], "dependencies": ["arch=riscv64"]},
+        "when": {"mode": "manual"}
+    }))
+    .await?;
+    let (code, body) = api.post("/api/tasks/riscv/run", &Value::Null).await?;
+    ensure!(code == 503, "answered {code}: {body}");
+    ensure!(
+        body["error"] == "no live node has arch=riscv64",
+        "it says why: {body}"
+    );
+    let page = api
+        .http
+        .get(format!("{}/", api.base))
+        .send()
+        .await?
+        .text()
+        .await?;
+    ensure!(
+        page.contains("no live node has arch=riscv64") && !page.contains("no live node has gpu"),
+        "the task list says which task no node can run"
+    );
+    Ok(())
+}

@@ -47,8 +47,6 @@ pub const LATE: Duration = Duration::from_secs(1);
 const CATCH_UP_CAP: usize = 100;
 /// The leader looks at least this often (for lost runs and waiting runs) when nothing changes.
 const TICK: Duration = Duration::from_millis(250);
-/// A peer whose announcement is younger than this is live (it can take runs).
-const LIVE: Duration = Duration::from_secs(5);
 
 /// A cloneable handle for asking the scheduler for runs.
 #[derive(Clone)]
@@ -197,37 +195,19 @@ impl Scheduler {
 
     /// The live nodes that can take runs: this node and the peers of its cluster.
     fn candidates(&mut self, state: &State) -> Vec<Candidate> {
-        let node = self.node.borrow().clone();
-        let mut out = vec![Candidate {
-            peer_id: self.peer_id.clone(),
-            name: node.name.clone(),
-            dependencies: node.fulfilled(),
-            slots: node.slots,
-            load: crate::mesh::load_average(),
-        }];
-        let cluster = state.cluster.map(|c| c.id);
+        let this = Candidate::this_node(&self.peer_id, &self.node.borrow());
         let peers = self
             .mesh
             .borrow()
             .as_ref()
             .map(|m| m.peers())
             .unwrap_or_default();
+        let live = placement::live(this, &peers, state.cluster.map(|c| c.id));
         let now = Instant::now();
-        for p in peers.iter() {
-            let a = &p.announcement;
-            if Duration::from_millis(p.last_seen_ms) >= LIVE || a.cluster.map(|b| b.id) != cluster {
-                continue;
-            }
-            self.last_seen.insert(a.peer_id.clone(), now);
-            out.push(Candidate {
-                peer_id: a.peer_id.clone(),
-                name: a.name.clone(),
-                dependencies: a.dependencies.clone(),
-                slots: a.slots_total,
-                load: a.load,
-            });
+        for c in &live {
+            self.last_seen.insert(c.peer_id.clone(), now);
         }
-        out
+        live
     }
 
     /// `@reboot` tasks run on every node that fulfils them, when that node starts.
@@ -599,25 +579,20 @@ impl Scheduler {
     ) -> Result<Run, String> {
         let candidates = self.candidates(state);
         let mut busy = busy(state);
+        if let Err(NoPlace::NoMatch(why)) = placement::place(task, &candidates, &busy) {
+            return Err(why);
+        }
         let runs = match self.lead() {
             true => self.runs_for(task, trigger, attempt, &candidates, &mut busy),
-            false => {
-                if let Err(NoPlace::NoMatch(why)) = placement::place(task, &candidates, &busy) {
-                    return Err(why);
-                }
-                vec![Run::new(
-                    task.id.clone(),
-                    task.name.clone(),
-                    trigger,
-                    attempt,
-                    String::new(),
-                )]
-            }
+            false => vec![Run::new(
+                task.id.clone(),
+                task.name.clone(),
+                trigger,
+                attempt,
+                String::new(),
+            )],
         };
         let first = runs.first().cloned().ok_or("no run was made")?;
-        if first.status == RunStatus::Skipped {
-            return Err(first.actions.join("; "));
-        }
         self.consensus
             .propose(Change::Runs(runs))
             .await

@@ -6,8 +6,13 @@
 //! node queues beyond its slots itself).
 
 use std::collections::HashMap;
+use std::time::Duration;
 
-use crate::model::{Placement, Task};
+use crate::mesh::PeerInfo;
+use crate::model::{NodeSettings, Placement, Task};
+
+/// A peer whose announcement is younger than this is live (it can take runs).
+pub const LIVE: Duration = Duration::from_secs(5);
 
 /// A live node as the leader sees it.
 #[derive(Debug, Clone, PartialEq)]
@@ -17,6 +22,46 @@ pub struct Candidate {
     pub dependencies: Vec<String>,
     pub slots: u32,
     pub load: f32,
+}
+
+impl Candidate {
+    /// This node, from its settings.
+    pub fn this_node(peer_id: &str, node: &NodeSettings) -> Self {
+        Self {
+            peer_id: peer_id.to_owned(),
+            name: node.name.clone(),
+            dependencies: node.fulfilled(),
+            slots: node.slots,
+            load: crate::mesh::load_average(),
+        }
+    }
+}
+
+/// The nodes that can take runs: `this` and the live peers of the same cluster.
+pub fn live(this: Candidate, peers: &[PeerInfo], cluster: Option<u64>) -> Vec<Candidate> {
+    let others = peers
+        .iter()
+        .filter(|p| Duration::from_millis(p.last_seen_ms) < LIVE)
+        .filter(|p| p.announcement.cluster.map(|b| b.id) == cluster)
+        .map(|p| {
+            let a = &p.announcement;
+            Candidate {
+                peer_id: a.peer_id.clone(),
+                name: a.name.clone(),
+                dependencies: a.dependencies.clone(),
+                slots: a.slots_total,
+                load: a.load,
+            }
+        });
+    std::iter::once(this).chain(others).collect()
+}
+
+/// Why no live node can run `task`, if none can.
+pub fn why_not(task: &Task, candidates: &[Candidate]) -> Option<String> {
+    match place(task, candidates, &HashMap::new()) {
+        Err(NoPlace::NoMatch(why)) => Some(why),
+        _ => None,
+    }
 }
 
 /// Why a run has no place.

@@ -637,6 +637,17 @@ impl NodeHandle {
         }
     }
 
+    /// Why no live node can run `task`, if none can ("no live node has gpu=nvidia").
+    pub fn why_unplaceable(&self, task: &Task) -> Option<String> {
+        let peer_id = self.peers().this.peer_id.unwrap_or_default();
+        let this =
+            crate::scheduler::placement::Candidate::this_node(&peer_id, &self.node_settings());
+        let peers = self.mesh().map(|m| m.peers()).unwrap_or_default();
+        let cluster = self.state().cluster.map(|c| c.id);
+        let live = crate::scheduler::placement::live(this, &peers, cluster);
+        crate::scheduler::placement::why_not(task, &live)
+    }
+
     /// The p2p endpoint, while it runs.
     pub fn mesh(&self) -> Option<crate::mesh::MeshHandle> {
         self.inner.mesh.borrow().clone()

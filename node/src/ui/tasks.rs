@@ -73,6 +73,8 @@ pub struct TaskRow {
     pub state: StateView,
     /// Where it runs (or ran last).
     pub node: String,
+    /// Why no live node can run it, when none can.
+    pub unplaceable: Option<String>,
     pub panel: TaskPanel,
 }
 
@@ -268,6 +270,7 @@ impl TaskRow {
             when_text: when_text(&task.when),
             enabled: task.enabled,
             node: active.or(last).map(|r| r.node.clone()).unwrap_or_default(),
+            unplaceable: None,
             last_run,
             state,
             panel: TaskPanel::of(task),
@@ -290,6 +293,7 @@ pub async fn view_tasks_get(State(node): State<NodeHandle>) -> TasksTemplate {
     let now = Utc::now();
     let mut rows = Vec::with_capacity(state.tasks.len());
     for task in state.tasks_in_order() {
+        // The newest run anywhere: this node's history and the cluster's run ledger.
         let last = node
             .runs(RunQuery {
                 task: Some(task.id.clone()),
@@ -301,20 +305,10 @@ pub async fn view_tasks_get(State(node): State<NodeHandle>) -> TasksTemplate {
                 tracing::warn!(task = %task.id, error = %e, "reading the last run");
                 Vec::new()
             });
-        // The newest run anywhere: this node's history (which wins a tie: it is live), or another
-        // node's in the run ledger.
-        let last = [state.last_run_of(&task.id), last.first()]
-            .into_iter()
-            .flatten()
-            .max_by(|a, b| a.id.cmp(&b.id));
         let running = active.iter().find(|r| r.task_id == task.id);
-        rows.push(TaskRow::new(
-            task,
-            last,
-            running,
-            daemons.get(&task.id),
-            now,
-        ));
+        let mut row = TaskRow::new(task, last.first(), running, daemons.get(&task.id), now);
+        row.unplaceable = node.why_unplaceable(task);
+        rows.push(row);
     }
     TasksTemplate {
         layout: Layout::new(&node, "tasks"),
@@ -443,6 +437,18 @@ mod tests {
         let html = page(vec![TaskRow::new(&evil, None, None, None, sample::now())]);
         assert!(!html.contains(EVIL), "raw user text in the page");
         assert!(html.contains("&#60;script&#62;alert(1)&#60;/script&#62;"));
+    }
+
+    #[test]
+    fn a_task_no_node_can_run_says_why() {
+        let mut row = TaskRow::new(&Task::sample("t", "train"), None, None, None, sample::now());
+        row.unplaceable = Some(format!("no live node has {EVIL}"));
+        let html = page(vec![row]);
+        assert!(
+            html.contains("class=\"field-error small unplaceable\">no live node has "),
+            "{html}"
+        );
+        assert!(!html.contains(EVIL), "escaped");
     }
 
     #[test]
