@@ -162,54 +162,73 @@ fn task_names(http: &reqwest::blocking::Client, url: &str) -> Option<BTreeSet<St
     )
 }
 
-#[test]
-fn a_cluster_keeps_every_acknowledged_write_through_kill_9_of_its_leader() {
+/// Three nodes on loopback with fixed p2p ports, each given the others as peers, so a node
+/// restarts on the same address.
+struct Cluster {
+    dirs: Vec<tempfile::TempDir>,
+    ports: Vec<u16>,
+    nodes: Vec<Option<Node>>,
+}
+
+impl Cluster {
     const KEY: &str = "3e1c0a9e3b7d2a6c8e4f1b3d5a7c9e0b2d4f6a8c0e1b3d5f7a9c1e3b5d7f9a1c";
-    const WRITES: usize = 1000;
-    const WRITERS: usize = 4;
-    let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().expect("tmp")).collect();
-    let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
-    let launch = |i: usize| {
-        let listen = format!("/ip4/127.0.0.1/tcp/{}", ports[i]);
-        let name = format!("n{i}");
+
+    fn start(n: usize) -> Self {
+        let mut cluster = Self {
+            dirs: (0..n).map(|_| tempfile::tempdir().expect("tmp")).collect(),
+            ports: (0..n).map(|_| free_port()).collect(),
+            nodes: Vec::new(),
+        };
+        cluster.nodes = (0..n).map(|i| Some(cluster.launch(i))).collect();
+        cluster
+    }
+
+    fn launch(&self, i: usize) -> Node {
         let mut args = vec![
             "--p2p-listen".to_string(),
-            listen,
+            format!("/ip4/127.0.0.1/tcp/{}", self.ports[i]),
             "--cluster-key".into(),
-            KEY.into(),
+            Self::KEY.into(),
             "--name".into(),
-            name,
+            format!("n{i}"),
         ];
-        for (j, port) in ports.iter().enumerate() {
+        for (j, port) in self.ports.iter().enumerate() {
             if j != i {
                 args.extend(["--peer".to_string(), format!("127.0.0.1:{port}")]);
             }
         }
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        start_with(dirs[i].path(), &args)
-    };
-    let mut nodes: Vec<Option<Node>> = (0..3).map(|i| Some(launch(i))).collect();
-    let urls: Vec<String> = nodes.iter().flatten().map(|n| n.url.clone()).collect();
-    let http = client();
-    let leader = wait_until(
-        "one cluster of three voters",
-        Duration::from_secs(30),
-        || {
+        start_with(self.dirs[i].path(), &args)
+    }
+
+    fn urls(&self) -> Vec<String> {
+        self.nodes.iter().flatten().map(|n| n.url.clone()).collect()
+    }
+
+    fn url(&self, i: usize) -> String {
+        self.nodes[i].as_ref().expect("running").url.clone()
+    }
+
+    /// Waits until every running node sees one cluster of `voters` voters with a leader;
+    /// returns the leader's index.
+    fn formed(&self, voters: usize, http: &reqwest::blocking::Client) -> usize {
+        wait_until("one cluster with a leader", Duration::from_secs(30), || {
             let mut leader = None;
-            for (i, url) in urls.iter().enumerate() {
+            for (i, node) in self.nodes.iter().enumerate() {
+                let Some(node) = node else { continue };
                 let peers: Value = http
-                    .get(format!("{url}/api/peers"))
+                    .get(format!("{}/api/peers", node.url))
                     .send()
                     .ok()?
                     .json()
                     .ok()?;
                 let cluster = &peers["cluster"];
-                let voters = cluster["members"]
+                let live_voters = cluster["members"]
                     .as_array()?
                     .iter()
-                    .filter(|m| m["voter"] == true)
+                    .filter(|m| m["voter"] == true && m["live"] == true)
                     .count();
-                if voters != 3 || cluster["leader"].is_null() {
+                if live_voters < voters || cluster["leader"].is_null() {
                     return None;
                 }
                 if cluster["role"] == "leader" {
@@ -217,8 +236,30 @@ fn a_cluster_keeps_every_acknowledged_write_through_kill_9_of_its_leader() {
                 }
             }
             leader
-        },
-    );
+        })
+    }
+
+    fn kill_9(&mut self, i: usize) {
+        let mut node = self.nodes[i].take().expect("running");
+        kill(Pid::from_raw(node.child.id() as i32), Signal::SIGKILL).expect("kill -9");
+        node.child.wait().expect("reap");
+    }
+
+    fn stop_all(self) {
+        for node in self.nodes.into_iter().flatten() {
+            stop(node);
+        }
+    }
+}
+
+#[test]
+fn a_cluster_keeps_every_acknowledged_write_through_kill_9_of_its_leader() {
+    const WRITES: usize = 1000;
+    const WRITERS: usize = 4;
+    let mut cluster = Cluster::start(3);
+    let urls = cluster.urls();
+    let http = client();
+    let leader = cluster.formed(3, &http);
 
     // Writers spread their writes over all nodes, and move on to the next node when one fails;
     // a write counts once a node answered 201 (or said it exists: a retry of a write that did
@@ -250,18 +291,15 @@ fn a_cluster_keeps_every_acknowledged_write_through_kill_9_of_its_leader() {
     wait_until("half of the writes", Duration::from_secs(120), || {
         (acked.lock().expect("lock").len() >= WRITES / 2).then_some(())
     });
-    let mut victim = nodes[leader].take().expect("the leader");
-    kill(Pid::from_raw(victim.child.id() as i32), Signal::SIGKILL).expect("kill -9");
-    victim.child.wait().expect("reap");
+    cluster.kill_9(leader);
     for writer in writers {
         writer.join().expect("writer");
     }
     let acked = acked.lock().expect("lock").clone();
     assert_eq!(acked.len(), WRITES);
 
-    nodes[leader] = Some(launch(leader));
-    let urls: Vec<String> = nodes.iter().flatten().map(|n| n.url.clone()).collect();
-    for url in &urls {
+    cluster.nodes[leader] = Some(cluster.launch(leader));
+    for url in &cluster.urls() {
         let names = wait_until(
             "every acknowledged write on every node",
             Duration::from_secs(60),
@@ -269,9 +307,109 @@ fn a_cluster_keeps_every_acknowledged_write_through_kill_9_of_its_leader() {
         );
         assert_eq!(names, acked, "{url} holds exactly the acknowledged writes");
     }
-    for node in nodes.into_iter().flatten() {
-        stop(node);
-    }
+    cluster.stop_all();
+}
+
+#[test]
+fn a_run_whose_node_dies_is_lost_and_retried_on_another_node() {
+    let mut cluster = Cluster::start(3);
+    let http = client();
+    let leader = cluster.formed(3, &http);
+    let url = cluster.url(leader);
+    let mut settings: Value = http
+        .get(format!("{url}/api/settings"))
+        .send()
+        .expect("get")
+        .json()
+        .expect("json");
+    settings["cluster"]["max_retries"] = json!(1);
+    let r = http
+        .put(format!("{url}/api/settings"))
+        .json(&settings)
+        .send()
+        .expect("put");
+    assert_eq!(r.status().as_u16(), 200);
+    let body =
+        json!({"name": "long", "spec": {"command": ["sleep", "300"]}, "when": {"mode": "manual"}});
+    let r = http
+        .post(format!("{url}/api/tasks"))
+        .json(&body)
+        .send()
+        .expect("post");
+    assert_eq!(r.status().as_u16(), 201);
+
+    // The run lands somewhere; that node dies with it.
+    let run: Value = http
+        .post(format!("{url}/api/tasks/long/run"))
+        .send()
+        .expect("run")
+        .json()
+        .expect("json");
+    let first = run["id"].as_str().expect("id").to_owned();
+    let get = |url: &str, id: &str| -> Option<Value> {
+        http.get(format!("{url}/api/runs/{id}"))
+            .send()
+            .ok()?
+            .json()
+            .ok()
+    };
+    let running = wait_until("the run to start", Duration::from_secs(20), || {
+        get(&url, &first).filter(|r| r["status"] == "running")
+    });
+    let victim_peer = running["node_id"].as_str().expect("placed").to_owned();
+    let victim = (0..3)
+        .find(|&i| {
+            let peers: Value = http
+                .get(format!("{}/api/peers", cluster.url(i)))
+                .send()
+                .and_then(|r| r.json())
+                .unwrap_or(Value::Null);
+            peers["self"]["peer_id"] == victim_peer.as_str()
+        })
+        .expect("the node of the run");
+    cluster.kill_9(victim);
+
+    // A survivor marks it lost and retries it elsewhere, once (max_retries = 1).
+    let survivor = cluster.urls()[0].clone();
+    let retry = wait_until(
+        "the run to be retried elsewhere",
+        Duration::from_secs(60),
+        || {
+            let lost = get(&survivor, &first)?;
+            if lost["status"] != "lost" {
+                return None;
+            }
+            let runs: Vec<Value> = http
+                .get(format!("{survivor}/api/runs?limit=50"))
+                .send()
+                .ok()?
+                .json()
+                .ok()?;
+            runs.into_iter().find(|r| {
+                r["trigger"]["kind"] == "retry"
+                    && r["trigger"]["of"] == first.as_str()
+                    && r["status"] == "running"
+            })
+        },
+    );
+    assert_eq!(retry["attempt"], 2, "{retry}");
+    assert_ne!(
+        retry["node_id"],
+        victim_peer.as_str(),
+        "retried on another node: {retry}"
+    );
+    let runs: Vec<Value> = http
+        .get(format!("{survivor}/api/runs?limit=50"))
+        .send()
+        .expect("runs")
+        .json()
+        .expect("json");
+    let retries = runs
+        .iter()
+        .filter(|r| r["trigger"]["kind"] == "retry")
+        .count();
+    assert_eq!(retries, 1, "one retry, no more: {runs:?}");
+    cluster.stop_all();
 }
 
 #[test]
