@@ -392,7 +392,7 @@ async fn runs_land_only_on_nodes_whose_dependencies_match() -> Result<()> {
     let api = &members[asker].node.api;
     api.create_task(&json!({
         "name": "train",
-        "spec": {"command": ["true"], "dependencies": ["gpu=nvidia"]},
+        "spec": {"command": ["echo", "trained on the gpu"], "dependencies": ["gpu=nvidia"]},
         "when": {"mode": "manual"}
     }))
     .await?;
@@ -407,6 +407,22 @@ async fn runs_land_only_on_nodes_whose_dependencies_match() -> Result<()> {
         ensure!(
             done["node_id"] == gpu_peer.as_str(),
             "the run ran on the GPU node: {done}"
+        );
+        // Its log, on the node that asked, comes from the GPU node over the mesh: as text, and
+        // as the live stream the run page follows.
+        let log_url = format!("{}/api/runs/{id}/log", api.base);
+        let text = api.http.get(&log_url).send().await?.text().await?;
+        ensure!(text.contains("trained on the gpu"), "remote log: {text}");
+        let stream = api
+            .http
+            .get(format!("{log_url}?follow=true"))
+            .send()
+            .await?
+            .text()
+            .await?;
+        ensure!(
+            stream.contains("trained on the gpu") && stream.contains("event: end"),
+            "followed remote log: {stream}"
         );
     }
     // The GPU node has them in its own history, with their logs.

@@ -18,8 +18,9 @@ use crate::service::NodeHandle;
 
 /// Largest piece of log sent at once.
 const CHUNK: usize = 64 * 1024;
-/// A follower re-checks the run this often even without events (events can be skipped).
-const RECHECK: Duration = Duration::from_secs(1);
+/// A follower re-checks the run this often even without events (events can be skipped, and a
+/// run on another node grows without local events: its log is fetched over the mesh).
+const RECHECK: Duration = Duration::from_millis(250);
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -38,7 +38,7 @@ pub struct MeshConfig {
     pub peers: Vec<String>,
     pub announce_every: Duration,
     pub peer_ttl: Duration,
-    /// Where requests the mesh does not answer itself go (Raft RPCs, later run dispatch).
+    /// Where requests the mesh does not answer itself go (Raft RPCs, run logs).
     pub inbound: Option<mpsc::Sender<Inbound>>,
 }
 
@@ -49,12 +49,17 @@ pub enum Request {
     Announcement,
     /// A Raft RPC, opaque to the mesh (the consensus layer encodes and answers it).
     Raft(serde_json::Value),
+    /// A piece of a run's log, from byte `from`, at most `max` bytes (the node that ran it
+    /// answers).
+    RunLog { run: String, from: u64, max: u32 },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum Response {
     Announcement(Option<Box<Announcement>>),
     Raft(serde_json::Value),
+    /// The log piece; `None` when the node has no log for that run.
+    RunLog(Option<Vec<u8>>),
     /// The receiving node could not handle the request (no handler, or it failed).
     Error(String),
 }

@@ -29,6 +29,8 @@ use crate::store::{RedbStore, RunQuery, Store, StoreError, Write};
 
 /// How often the retention sweep runs.
 const SWEEP_EVERY: Duration = Duration::from_secs(3600);
+/// The largest piece of a run's log one mesh request carries.
+const LOG_PIECE: usize = 256 * 1024;
 /// How long a node without a cluster looks for peers before founding one (see the autopilot).
 const DISCOVERY: Duration = Duration::from_secs(2);
 
@@ -161,7 +163,10 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Starte
     let core = CancellationToken::new();
     let work = shutdown.child_token();
     let (mesh_tx, mesh_rx) = watch::channel(None);
+    // Requests from peers: consensus requests go to the consensus layer, log requests are
+    // answered from this node's log files.
     let (inbound_tx, inbound_rx) = mpsc::channel(256);
+    let (consensus_tx, consensus_rx) = mpsc::channel(256);
     // A node that can find no one (no peers configured, no mDNS) founds its cluster at once;
     // others look for a moment first, so that nodes started together form one cluster.
     let alone = node_rx.borrow().peers.is_empty()
@@ -172,7 +177,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Starte
             peer_id: identity.public().to_peer_id(),
             store: redb.clone(),
             mesh: mesh_rx.clone(),
-            inbound: inbound_rx,
+            inbound: consensus_rx,
             timing: config.raft,
             discovery: if alone { Duration::ZERO } else { DISCOVERY },
             node: node_rx.clone(),
@@ -181,6 +186,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Starte
     )
     .await
     .map_err(|e| NodeError::Unavailable(e.to_string()))?;
+    tokio::spawn(route_inbound(inbound_rx, consensus_tx, logs.clone()));
     let (report_tx, report_rx) = mpsc::unbounded_channel();
     let (ledger, ledger_writer) = RunLedger::start(
         store.clone(),
@@ -339,6 +345,44 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Starte
         info!("shut down");
     });
     Ok(Started { handle, addr, done })
+}
+
+/// Routes the requests peers send: consensus requests to the consensus layer; log requests are
+/// answered here, from this node's run logs.
+async fn route_inbound(
+    mut inbound: mpsc::Receiver<crate::mesh::Inbound>,
+    consensus: mpsc::Sender<crate::mesh::Inbound>,
+    logs: LogPaths,
+) {
+    use crate::mesh::{Request, Response};
+    while let Some(request) = inbound.recv().await {
+        match request.request {
+            Request::RunLog { run, from, max } => {
+                let path = match crate::model::RunId::parse(&run) {
+                    Some(id) => logs.run_log(&id),
+                    None => {
+                        let _ = request
+                            .reply
+                            .send(Response::Error(format!("`{run}` is not a run id")));
+                        continue;
+                    }
+                };
+                let max = (max as usize).min(LOG_PIECE);
+                tokio::task::spawn_blocking(move || {
+                    let answer = match read_from(&path, from, max) {
+                        Ok(piece) => Response::RunLog(piece),
+                        Err(e) => Response::Error(format!("reading the log of {run}: {e}")),
+                    };
+                    let _ = request.reply.send(answer);
+                });
+            }
+            _ => {
+                if consensus.send(request).await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
 }
 
 async fn forward_state_changes(
@@ -542,6 +586,8 @@ impl NodeHandle {
 
     /// The run's log from byte `from` on (at most `max` bytes), or None when the file is gone
     /// (deleted by retention, or the run never wrote one).
+    ///
+    /// A run that ran on another node is read from that node over the mesh.
     pub async fn run_log(
         &self,
         id: &RunId,
@@ -549,13 +595,54 @@ impl NodeHandle {
         max: usize,
     ) -> Result<Option<Vec<u8>>, NodeError> {
         let path: PathBuf = self.inner.logs.run_log(id);
-        tokio::task::spawn_blocking(move || read_from(&path, from, max))
+        let local = tokio::task::spawn_blocking(move || read_from(&path, from, max))
             .await
             .map_err(|e| NodeError::Unavailable(e.to_string()))?
             .map_err(|source| NodeError::Io {
                 context: "reading the run log".into(),
                 source,
-            })
+            })?;
+        if local.is_some() {
+            return Ok(local);
+        }
+        let elsewhere = self.state().runs.get(id).and_then(|r| r.node_id.clone());
+        let me = self.peers().this.peer_id;
+        match elsewhere {
+            Some(node) if Some(&node) != me.as_ref() => self.remote_log(id, &node, from, max).await,
+            _ => Ok(None),
+        }
+    }
+
+    async fn remote_log(
+        &self,
+        id: &RunId,
+        node: &str,
+        from: u64,
+        max: usize,
+    ) -> Result<Option<Vec<u8>>, NodeError> {
+        let unavailable = |why: String| {
+            NodeError::Unavailable(format!(
+                "the log of run {id} is on node {node}, which {why}"
+            ))
+        };
+        let peer: crate::mesh::PeerId = node
+            .parse()
+            .map_err(|_| unavailable("has no valid id".into()))?;
+        let mesh = self
+            .mesh()
+            .ok_or_else(|| unavailable("cannot be reached: the p2p endpoint is down".into()))?;
+        let request = crate::mesh::Request::RunLog {
+            run: id.to_string(),
+            from,
+            max: max.min(LOG_PIECE) as u32,
+        };
+        match tokio::time::timeout(Duration::from_secs(5), mesh.request(peer, request)).await {
+            Ok(Ok(crate::mesh::Response::RunLog(piece))) => Ok(piece),
+            Ok(Ok(crate::mesh::Response::Error(e))) => Err(unavailable(format!("answered: {e}"))),
+            Ok(Ok(_)) => Err(unavailable("answered something else".into())),
+            Ok(Err(e)) => Err(unavailable(format!("cannot be reached: {e}"))),
+            Err(_) => Err(unavailable("did not answer within 5 s".into())),
+        }
     }
 
     /// All settings; secrets masked unless `reveal`.
