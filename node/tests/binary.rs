@@ -413,6 +413,85 @@ fn a_run_whose_node_dies_is_lost_and_retried_on_another_node() {
 }
 
 #[test]
+fn an_always_task_whose_node_dies_runs_on_another_node_once() {
+    let mut cluster = Cluster::start(3);
+    let http = client();
+    let leader = cluster.formed(3, &http);
+    let url = cluster.url(leader);
+    let mut settings: Value = http
+        .get(format!("{url}/api/settings"))
+        .send()
+        .expect("get")
+        .json()
+        .expect("json");
+    settings["cluster"]["peer_timeout"] = json!("3s");
+    let r = http
+        .put(format!("{url}/api/settings"))
+        .json(&settings)
+        .send()
+        .expect("put");
+    assert_eq!(r.status().as_u16(), 200);
+    let body = json!({"name": "daemon", "spec": {"command": ["sleep", "300"]}, "when": {"mode": "always"}});
+    let r = http
+        .post(format!("{url}/api/tasks"))
+        .json(&body)
+        .send()
+        .expect("post");
+    assert_eq!(r.status().as_u16(), 201);
+
+    // Which nodes run it: each node's own active runs of the daemon.
+    let running_on = |cluster: &Cluster| -> Vec<usize> {
+        (0..3)
+            .filter(|&i| cluster.nodes[i].is_some())
+            .filter(|&i| {
+                let runs: Vec<Value> = http
+                    .get(format!("{}/api/runs?task=daemon&limit=20", cluster.url(i)))
+                    .send()
+                    .and_then(|r| r.json())
+                    .unwrap_or_default();
+                let me: Value = http
+                    .get(format!("{}/api/peers", cluster.url(i)))
+                    .send()
+                    .and_then(|r| r.json())
+                    .unwrap_or(Value::Null);
+                runs.iter()
+                    .any(|r| r["status"] == "running" && r["node_id"] == me["self"]["peer_id"])
+            })
+            .collect()
+    };
+    let holder = wait_until(
+        "the daemon to run on one node",
+        Duration::from_secs(20),
+        || match running_on(&cluster)[..] {
+            [one] => Some(one),
+            _ => None,
+        },
+    );
+    cluster.kill_9(holder);
+    let killed = Instant::now();
+    let next = wait_until(
+        "the daemon to run on another node",
+        Duration::from_secs(30),
+        || match running_on(&cluster)[..] {
+            [one] => Some(one),
+            _ => None,
+        },
+    );
+    let took = killed.elapsed();
+    assert_ne!(next, holder);
+    // The stated bound: the peer timeout (here 3 s, but a peer counts as live for 5 s after its
+    // last announcement) plus about a second to place it and start it.
+    assert!(took < Duration::from_secs(10), "moved after {took:?}");
+    eprintln!("the always-task ran again on another node {took:?} after its node was killed");
+    // And it stays at one instance (nothing else starts it) for a while.
+    let until = Instant::now() + Duration::from_secs(2);
+    while Instant::now() < until {
+        assert_eq!(running_on(&cluster), vec![next], "exactly one instance");
+    }
+    cluster.stop_all();
+}
+
+#[test]
 fn sigterm_stops_children_and_flushes_their_runs() {
     let dir = tempfile::tempdir().expect("tmp");
     let marker = dir.path().join("got-term");

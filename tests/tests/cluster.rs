@@ -5,7 +5,7 @@
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use anyhow::{Result, ensure};
+use anyhow::{Context, Result, ensure};
 use serde_json::{Value, json};
 use taskmesh::consensus::{ClusterStatus, Timing};
 use taskmesh_tests::{TestNode, wait_for};
@@ -142,21 +142,31 @@ async fn three_nodes_replicate_elect_a_new_leader_and_catch_up_by_snapshot() -> 
     );
     all_have(&members.iter().collect::<Vec<_>>(), &expected).await?;
 
-    // A run on one node reaches every node's run ledger, finished.
+    // A run, wherever the leader placed it, reaches every node's run ledger, finished.
     let run = members[follower].node.api.execute("first").await?;
     let run_id = taskmesh::model::RunId(run["id"].as_str().unwrap_or_default().to_owned());
+    let mut ran_on = BTreeSet::new();
     for m in &members {
-        wait_for(
+        let seen = std::sync::Mutex::new(None);
+        let node = wait_for(
             &format!("{} to list the run as finished", m.name),
             FORM,
             || async {
                 let state = m.node.handle.state();
-                let entry = state.runs.get(&run_id)?;
-                (entry.status.is_final() && entry.node == members[follower].name).then_some(())
+                let entry = state.runs.get(&run_id);
+                *seen.lock().expect("lock") = entry.cloned();
+                let entry = entry?;
+                (entry.status.is_final() && !entry.node.is_empty()).then(|| entry.node.clone())
             },
         )
-        .await?;
+        .await
+        .with_context(|| format!("last seen: {:?}", seen.lock().expect("lock")))?;
+        ran_on.insert(node);
     }
+    ensure!(
+        ran_on.len() == 1,
+        "every node agrees where it ran: {ran_on:?}"
+    );
 
     // The leader stops: the other two elect a new one and take writes.
     let gone = members.remove(leader);

@@ -24,6 +24,10 @@ pub struct State {
     /// logs, in its own store.)
     #[serde(default)]
     pub runs: BTreeMap<RunId, Run>,
+    /// The nodes (PeerIds) that keep each always-task running, as the leader placed them. Each
+    /// node's supervisor runs the always-tasks it holds, and only those.
+    #[serde(default)]
+    pub holders: BTreeMap<TaskId, Vec<String>>,
 }
 
 /// A task handed over by a cluster that merges into this one, with its newest fired slot.
@@ -70,6 +74,11 @@ pub enum Change {
     /// New or changed runs for the run ledger. A finished run stays finished; runs of a task
     /// that no longer exists are left out.
     Runs(Vec<Run>),
+    /// The nodes that hold an always-task (none: nobody runs it).
+    Hold {
+        task: TaskId,
+        nodes: Vec<String>,
+    },
 }
 
 impl State {
@@ -88,6 +97,7 @@ impl State {
                 .into_iter()
                 .map(|r| (r.id.clone(), r))
                 .collect(),
+            holders: store.holders()?,
         })
     }
 
@@ -123,6 +133,9 @@ impl State {
                 }
                 self.last_fired.remove(&id);
                 let mut writes = vec![Write::RemoveTask(id.clone())];
+                if self.holders.remove(&id).is_some() {
+                    writes.push(Write::Holders(self.holders.clone()));
+                }
                 let gone: Vec<RunId> = self
                     .runs
                     .values()
@@ -210,6 +223,16 @@ impl State {
                 Ok(vec![Write::Cluster(Some(*identity))])
             }
             Change::Runs(runs) => Ok(self.apply_runs(runs)),
+            Change::Hold { task, nodes } => {
+                if !self.tasks.contains_key(&task) {
+                    return Err(Invalid::field("id", format!("no task {task}")));
+                }
+                match nodes.is_empty() {
+                    true => self.holders.remove(&task),
+                    false => self.holders.insert(task, nodes),
+                };
+                Ok(vec![Write::Holders(self.holders.clone())])
+            }
         }
     }
 

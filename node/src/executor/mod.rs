@@ -66,6 +66,11 @@ pub struct ExecutorHandle {
 }
 
 impl ExecutorHandle {
+    /// This node's PeerId.
+    pub fn peer_id(&self) -> &str {
+        &self.peer_id
+    }
+
     /// Makes a run of `task`, records it, and hands it to the executor.
     pub async fn launch(
         &self,

@@ -163,14 +163,17 @@ impl Supervisor {
         }
     }
 
-    /// Starts always-tasks that have no process, and stops processes whose task was removed,
-    /// disabled, changed or is no longer an always-task.
+    /// Starts the always-tasks this node holds (the leader places them, `State::holders`) that
+    /// have no process, and stops processes whose task was removed, disabled, changed, is no
+    /// longer an always-task, or moved to another node.
     async fn reconcile(&mut self) {
         let state = self.state.borrow_and_update().clone();
+        let me = self.executor.peer_id().to_owned();
         let wanted: HashMap<&TaskId, &Task> = state
             .tasks
             .values()
             .filter(|t| t.enabled && t.is_always())
+            .filter(|t| state.holders.get(&t.id).is_some_and(|h| h.contains(&me)))
             .map(|t| (&t.id, t))
             .collect();
         let gone: Vec<TaskId> = self
@@ -182,7 +185,7 @@ impl Supervisor {
         for id in gone {
             if let Some(d) = self.daemons.remove(&id) {
                 if let Some(run) = d.run {
-                    info!(task_id = %id, run_id = %run, "always-task removed or disabled; stopping it");
+                    info!(task_id = %id, run_id = %run, "always-task removed, disabled or moved to another node; stopping it");
                     self.executor.stop(&run).await;
                 }
             }

@@ -33,7 +33,7 @@ use crate::consensus::{Change, Consensus, ProposeError, State};
 use crate::executor::{ExecutorHandle, RunRequest};
 use crate::mesh::MeshHandle;
 use crate::model::{
-    CatchUp, NodeSettings, Outcome, Run, RunId, RunStatus, Task, TaskId, Trigger, When,
+    CatchUp, NodeSettings, Outcome, Placement, Run, RunId, RunStatus, Task, TaskId, Trigger, When,
 };
 use placement::{Candidate, NoPlace};
 
@@ -158,6 +158,7 @@ impl Scheduler {
             let next_cron = match self.lead() {
                 true => {
                     self.reap_lost().await;
+                    self.place_daemons().await;
                     self.place_waiting().await;
                     self.fire_due().await
                 }
@@ -455,24 +456,94 @@ impl Scheduler {
         }
     }
 
+    /// The nodes that have not been live for `cluster.peer_timeout`, as this leader saw them
+    /// (a node it never saw counts from when it began to lead).
+    fn gone(&self, state: &State, live: &[Candidate]) -> impl Fn(&str) -> bool + use<> {
+        let since = self.leading_since.unwrap_or_else(Instant::now);
+        let timeout = state.settings.peer_timeout.0;
+        let now = Instant::now();
+        let live: HashSet<String> = live.iter().map(|c| c.peer_id.clone()).collect();
+        let last_seen = self.last_seen.clone();
+        move |peer: &str| {
+            !live.contains(peer) && now - last_seen.get(peer).copied().unwrap_or(since) > timeout
+        }
+    }
+
+    /// On the leader: gives each enabled always-task its holders: one live matching node (the
+    /// same one while it lives), or every matching node for placement `all`. A holder that is
+    /// gone is replaced; the new holder's supervisor starts the task.
+    async fn place_daemons(&mut self) {
+        let state = self.state.borrow().clone();
+        let candidates = self.candidates(&state);
+        let gone = self.gone(&state, &candidates);
+        // Tasks that are no longer enabled always-tasks lose their holders.
+        let mut changes: Vec<Change> = state
+            .holders
+            .keys()
+            .filter(|id| {
+                !state
+                    .tasks
+                    .get(id)
+                    .is_some_and(|t| t.enabled && t.is_always())
+            })
+            .map(|id| Change::Hold {
+                task: id.clone(),
+                nodes: Vec::new(),
+            })
+            .collect();
+        for task in state.tasks.values().filter(|t| t.enabled && t.is_always()) {
+            let held = state.holders.get(&task.id).cloned().unwrap_or_default();
+            let matching: Vec<String> = match placement::place(
+                &Task {
+                    placement: Placement::All,
+                    ..task.clone()
+                },
+                &candidates,
+                &HashMap::new(),
+            ) {
+                Ok(nodes) => nodes.into_iter().map(|c| c.peer_id.clone()).collect(),
+                Err(_) => Vec::new(),
+            };
+            // Holders that are still around keep the task (no restart for a missed announcement).
+            let staying: Vec<String> = held.iter().filter(|h| !gone(h)).cloned().collect();
+            let mut nodes = match task.placement {
+                Placement::All => {
+                    let mut all = matching.clone();
+                    all.extend(staying.into_iter().filter(|h| !matching.contains(h)));
+                    all
+                }
+                Placement::One => match staying.into_iter().next() {
+                    Some(holder) => vec![holder],
+                    None => placement::place(task, &candidates, &HashMap::new())
+                        .map(|c| vec![c[0].peer_id.clone()])
+                        .unwrap_or_default(),
+                },
+            };
+            nodes.sort();
+            if nodes != held {
+                info!(task = %task.name, ?nodes, "always-task placed");
+                changes.push(Change::Hold {
+                    task: task.id.clone(),
+                    nodes,
+                });
+            }
+        }
+        for change in changes {
+            if let Err(e) = self.consensus.propose(change).await {
+                warn!(error = %e, "placing an always-task failed; tried again");
+            }
+        }
+    }
+
     /// On the leader: runs on nodes that stopped answering become `lost`, and are retried on
     /// another node while attempts remain (also those a restarted node reported lost itself).
     async fn reap_lost(&mut self) {
         let state = self.state.borrow().clone();
-        let Some(since) = self.leading_since else {
+        if self.leading_since.is_none() {
             return;
-        };
-        let timeout = state.settings.peer_timeout.0;
-        let now = Instant::now();
-        let live: HashSet<String> = self
-            .candidates(&state)
-            .into_iter()
-            .map(|c| c.peer_id)
-            .collect();
-        let gone = |peer: &str| {
-            !live.contains(peer)
-                && now - self.last_seen.get(peer).copied().unwrap_or(since) > timeout
-        };
+        }
+        let candidates = self.candidates(&state);
+        let gone = self.gone(&state, &candidates);
         let retried: HashSet<&RunId> = state
             .runs
             .values()

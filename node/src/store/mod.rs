@@ -43,6 +43,8 @@ pub enum Write {
     LastFired(TaskId, DateTime<Utc>),
     /// `None` clears it (a node that leaves its cluster to join another).
     Cluster(Option<ClusterIdentity>),
+    /// Which nodes hold each always-task (see `consensus::State::holders`).
+    Holders(BTreeMap<TaskId, Vec<String>>),
     /// A run in the replicated run ledger (see `consensus::State::runs`).
     ClusterRun(Run),
     ForgetClusterRun(RunId),
@@ -57,7 +59,7 @@ pub struct RunQuery {
     pub limit: usize,
 }
 
-/// Everything stored durably; what replication later replaces sits behind the first seven methods.
+/// Everything stored durably; what replication later replaces sits behind the first eight methods.
 pub trait Store: Send + Sync + 'static {
     fn tasks(&self) -> Result<Vec<Task>, StoreError>;
     fn cluster_settings(&self) -> Result<Option<ClusterSettings>, StoreError>;
@@ -66,6 +68,7 @@ pub trait Store: Send + Sync + 'static {
     fn cluster(&self) -> Result<Option<ClusterIdentity>, StoreError>;
     /// The replicated run ledger.
     fn cluster_runs(&self) -> Result<Vec<Run>, StoreError>;
+    fn holders(&self) -> Result<BTreeMap<TaskId, Vec<String>>, StoreError>;
     /// Commits the writes in one durable transaction before returning.
     fn write(&self, batch: &[Write]) -> Result<(), StoreError>;
 

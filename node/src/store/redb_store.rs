@@ -28,6 +28,7 @@ const UNFINISHED: TableDefinition<&str, ()> = TableDefinition::new("unfinished_r
 const CLUSTER_SETTINGS: &str = "cluster_settings";
 const NODE_SETTINGS: &str = "node_settings";
 const CLUSTER: &str = "cluster";
+const HOLDERS: &str = "holders";
 
 pub struct RedbStore {
     /// Shared with the Raft log and state machine (`consensus::raft`), which keep their own
@@ -126,6 +127,9 @@ pub(crate) fn write_in(txn: &WriteTransaction, batch: &[Write]) -> Result<(), St
             Write::Cluster(None) => {
                 meta.remove(CLUSTER).map_err(db_err)?;
             }
+            Write::Holders(h) => {
+                meta.insert(HOLDERS, encode(h).as_slice()).map_err(db_err)?;
+            }
             Write::ClusterRun(run) => {
                 cluster_runs
                     .insert(run.id.0.as_str(), encode(run).as_slice())
@@ -153,6 +157,7 @@ pub(crate) fn clear_replicated_in(txn: &WriteTransaction) -> Result<(), redb::Er
     let mut meta = txn.open_table(META)?;
     meta.remove(CLUSTER_SETTINGS)?;
     meta.remove(CLUSTER)?;
+    meta.remove(HOLDERS)?;
     Ok(())
 }
 
@@ -178,6 +183,10 @@ impl Store for RedbStore {
 
     fn cluster(&self) -> Result<Option<ClusterIdentity>, StoreError> {
         self.meta(CLUSTER)
+    }
+
+    fn holders(&self) -> Result<BTreeMap<TaskId, Vec<String>>, StoreError> {
+        Ok(self.meta(HOLDERS)?.unwrap_or_default())
     }
 
     fn cluster_runs(&self) -> Result<Vec<Run>, StoreError> {

@@ -336,6 +336,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         writes.push(Write::ClusterSettings(state.settings.clone()));
         writes.push(Write::Cluster(state.cluster));
         writes.extend(state.runs.values().cloned().map(Write::ClusterRun));
+        writes.push(Write::Holders(state.holders.clone()));
         writes.extend(
             state
                 .last_fired
