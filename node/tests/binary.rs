@@ -491,6 +491,92 @@ fn an_always_task_whose_node_dies_runs_on_another_node_once() {
     cluster.stop_all();
 }
 
+/// Sleeps until half a second past the next whole second: between cron slots, when no
+/// one-second run of the chaos test is in flight.
+fn between_slots() {
+    let now = chrono::Utc::now();
+    let into = now.timestamp_subsec_millis() as u64;
+    let wait = if into < 500 { 500 - into } else { 1500 - into };
+    std::thread::sleep(Duration::from_millis(wait));
+}
+
+#[test]
+fn every_cron_slot_runs_exactly_once_while_the_leader_is_killed_twice() {
+    let mut cluster = Cluster::start(3);
+    let http = client();
+    let mut leader = cluster.formed(3, &http);
+    let out = tempfile::tempdir().expect("tmp");
+    let slots_file = out.path().join("slots");
+    let task = |enabled: bool| {
+        json!({
+            "name": "tick",
+            "spec": {"shell": format!("echo $TASKMESH_SLOT >> {}", slots_file.display())},
+            "when": {"mode": "cron", "schedule": "* * * * * *", "timezone": "UTC", "catch_up": "all"},
+            "enabled": enabled,
+        })
+    };
+    let r = http
+        .post(format!("{}/api/tasks", cluster.url(leader)))
+        .json(&task(true))
+        .send()
+        .expect("post");
+    assert_eq!(r.status().as_u16(), 201);
+    let read_slots = || -> Vec<String> {
+        std::fs::read_to_string(&slots_file)
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    };
+    wait_until("the first slot", Duration::from_secs(10), || {
+        (!read_slots().is_empty()).then_some(())
+    });
+
+    // Twice: kill -9 the leader between two slots, let the others go on, start it again.
+    for _ in 0..2 {
+        std::thread::sleep(Duration::from_secs(8));
+        between_slots();
+        cluster.kill_9(leader);
+        std::thread::sleep(Duration::from_secs(4));
+        cluster.nodes[leader] = Some(cluster.launch(leader));
+        leader = cluster.formed(3, &http);
+    }
+    std::thread::sleep(Duration::from_secs(8));
+    let r = http
+        .put(format!("{}/api/tasks/tick", cluster.url(leader)))
+        .json(&task(false))
+        .send()
+        .expect("put");
+    assert_eq!(r.status().as_u16(), 200);
+    let stopped = chrono::Utc::now();
+
+    // Every second from the first slot until the task was disabled ran exactly once.
+    let parse = |s: &str| {
+        chrono::DateTime::parse_from_rfc3339(s)
+            .expect("slot")
+            .to_utc()
+    };
+    let complete = wait_until("the slots to be complete", Duration::from_secs(20), || {
+        let slots: BTreeSet<_> = read_slots().iter().map(|s| parse(s)).collect();
+        let (first, last) = (*slots.first()?, *slots.last()?);
+        let span = (last - first).num_seconds() + 1;
+        (last >= stopped - chrono::Duration::seconds(2) && slots.len() as i64 == span)
+            .then_some(span)
+    });
+    let lines = read_slots();
+    let unique: BTreeSet<&String> = lines.iter().collect();
+    assert_eq!(
+        lines.len(),
+        unique.len(),
+        "no slot ran twice: {} runs for {} slots",
+        lines.len(),
+        unique.len()
+    );
+    assert!(complete >= 30, "the test covered {complete} slots");
+    eprintln!("{complete} slots, each ran once, across two leader kills");
+    cluster.stop_all();
+}
+
 #[test]
 fn sigterm_stops_children_and_flushes_their_runs() {
     let dir = tempfile::tempdir().expect("tmp");
