@@ -298,7 +298,10 @@ async fn missed_slots_follow_the_catch_up_policy_and_are_never_silent() -> Resul
         },
     )
     .await?;
-    assert!(caught_up.iter().all(|r| r["status"] != "skipped"));
+    assert!(
+        caught_up.iter().all(|r| r["status"] != "skipped"),
+        "{caught_up:?}"
+    );
     let skipped = wait_for(
         "a skipped record for `none`",
         Duration::from_secs(10),
@@ -783,5 +786,79 @@ async fn reboot_tasks_run_once_per_node_start() -> Result<()> {
     assert_eq!(runs.len(), 1);
     assert_eq!(runs[0]["trigger"]["kind"], "reboot");
     drop(tmp);
+    Ok(())
+}
+
+#[tokio::test]
+async fn concurrency_forbid_refuses_allow_overlaps_replace_stops_the_earlier_run() -> Result<()> {
+    let node = TestNode::start().await?;
+    let task = |name: &str, policy: &str| json!({"name": name, "spec": {"command": ["sleep", "30"], "concurrency": policy}, "when": {"mode": "manual"}});
+    let status_of = |id: String| {
+        let api = node.api.clone();
+        async move {
+            let (_, run) = api.get(&format!("/api/runs/{id}")).await.ok()?;
+            run["status"].as_str().map(str::to_owned)
+        }
+    };
+    let running = |id: String| {
+        let status_of = &status_of;
+        async move {
+            wait_for("the run to start", Duration::from_secs(10), || {
+                let id = id.clone();
+                async move { (status_of(id).await? == "running").then_some(()) }
+            })
+            .await
+        }
+    };
+    for (name, policy) in [("f", "forbid"), ("a", "allow"), ("r", "replace")] {
+        node.api.create_task(&task(name, policy)).await?;
+    }
+
+    let first = node.api.execute("f").await?["id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    running(first.clone()).await?;
+    let (code, body) = node.api.post("/api/tasks/f/run", &Value::Null).await?;
+    assert_eq!(code, 503, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("concurrency `forbid`"),
+        "{body}"
+    );
+
+    let a1 = node.api.execute("a").await?["id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let a2 = node.api.execute("a").await?["id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    running(a1).await?;
+    running(a2).await?;
+
+    let r1 = node.api.execute("r").await?["id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    running(r1.clone()).await?;
+    let r2 = node.api.execute("r").await?["id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    running(r2).await?;
+    wait_for(
+        "the earlier run to be stopped",
+        Duration::from_secs(10),
+        || {
+            let r1 = r1.clone();
+            let status_of = &status_of;
+            async move { (status_of(r1).await? == "killed").then_some(()) }
+        },
+    )
+    .await?;
     Ok(())
 }

@@ -1,6 +1,6 @@
 //! The replicated state machine's data and its pure transition function.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use chrono::{DateTime, Utc};
 
@@ -28,6 +28,10 @@ pub struct State {
     /// node's supervisor runs the always-tasks it holds, and only those.
     #[serde(default)]
     pub holders: BTreeMap<TaskId, Vec<String>>,
+    /// Unfinished runs asked to stop; the node running one stops it, and the id goes when the
+    /// run ends.
+    #[serde(default)]
+    pub stops: BTreeSet<RunId>,
 }
 
 /// A task handed over by a cluster that merges into this one, with its newest fired slot.
@@ -79,6 +83,8 @@ pub enum Change {
         task: TaskId,
         nodes: Vec<String>,
     },
+    /// Stop an unfinished run, wherever it runs (a waiting run just ends, `killed`).
+    Stop(RunId),
 }
 
 impl State {
@@ -98,6 +104,7 @@ impl State {
                 .map(|r| (r.id.clone(), r))
                 .collect(),
             holders: store.holders()?,
+            stops: store.stops()?,
         })
     }
 
@@ -223,6 +230,28 @@ impl State {
                 Ok(vec![Write::Cluster(Some(*identity))])
             }
             Change::Runs(runs) => Ok(self.apply_runs(runs)),
+            Change::Stop(id) => {
+                let Some(run) = self.runs.get_mut(&id) else {
+                    return Err(Invalid::field(
+                        "id",
+                        format!("no run {id} in the run ledger"),
+                    ));
+                };
+                if run.status.is_final() {
+                    return Err(Invalid::field("id", format!("run {id} has already ended")));
+                }
+                if run.node_id.is_none() {
+                    // Still waiting for a place: it ends here.
+                    run.close(
+                        crate::model::RunStatus::Killed,
+                        "stopped before it started".into(),
+                        Utc::now(),
+                    );
+                    return Ok(vec![Write::ClusterRun(run.clone())]);
+                }
+                self.stops.insert(id);
+                Ok(vec![Write::Stops(self.stops.clone())])
+            }
             Change::Hold { task, nodes } => {
                 if !self.tasks.contains_key(&task) {
                     return Err(Invalid::field("id", format!("no task {task}")));
@@ -253,6 +282,9 @@ impl State {
             }
             if !touched.contains(&run.task_id) {
                 touched.push(run.task_id.clone());
+            }
+            if run.status.is_final() && self.stops.remove(&run.id) {
+                writes.push(Write::Stops(self.stops.clone()));
             }
             self.runs.insert(run.id.clone(), run.clone());
             writes.push(Write::ClusterRun(run));

@@ -14,5 +14,5 @@ pub use settings::{
     ClusterIdentity, ClusterSettings, ExportOrigin, MASK, MysqlSettings, NodeSettings,
     NotifyChannel, Settings, SlackSettings, TelegramSettings, hostname,
 };
-pub use task::{CatchUp, Placement, Spec, Task, TaskId, TaskInput, When};
+pub use task::{CatchUp, Concurrency, Placement, Spec, Task, TaskId, TaskInput, When};
 pub use validate::{FieldError, Invalid, parse_json};

@@ -75,6 +75,29 @@ pub struct Spec {
     /// Run as this user (only when the node runs as root).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user: Option<String>,
+    /// What a new run does while an earlier run of the task is unfinished.
+    #[serde(default, skip_serializing_if = "Concurrency::is_default")]
+    pub concurrency: Concurrency,
+}
+
+/// What a new run of a task does while an earlier one is queued or running (always-tasks have
+/// one process per holder and ignore it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Concurrency {
+    /// It does not run; it is recorded as `skipped`, saying why (Nomad's and Dkron's default).
+    #[default]
+    Forbid,
+    /// It runs alongside.
+    Allow,
+    /// The earlier runs are stopped, and it runs.
+    Replace,
+}
+
+impl Concurrency {
+    fn is_default(&self) -> bool {
+        *self == Concurrency::Forbid
+    }
 }
 
 /// When a task runs.

@@ -17,13 +17,16 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
-use crate::consensus::State;
+use crate::consensus::{Change, Consensus, State};
 use crate::executor::{ExecutorHandle, RunOrder};
 use crate::ledger::RunLedger;
 use crate::model::{Outcome, Run, RunStatus, Trigger};
 
 pub struct Dispatcher {
     pub peer_id: String,
+    pub consensus: Consensus,
+    /// Set once the runs abandoned by the previous start are settled.
+    pub ready: watch::Sender<bool>,
     pub state: watch::Receiver<Arc<State>>,
     pub executor: ExecutorHandle,
     pub ledger: RunLedger,
@@ -33,11 +36,21 @@ pub struct Dispatcher {
 impl Dispatcher {
     pub async fn run(mut self) {
         let mut handed: HashSet<crate::model::RunId> = HashSet::new();
+        let mut stopping: HashSet<crate::model::RunId> = HashSet::new();
         let before = self.state.borrow_and_update().clone();
+        let mut abandoned = Vec::new();
         for run in self.queued_here(&before) {
             handed.insert(run.id.clone());
-            self.give_up(run.clone()).await;
+            abandoned.push(self.give_up(run.clone()).await);
         }
+        // The scheduler waits for this: a stale `queued` would hold back a task's next run
+        // under concurrency `forbid`.
+        if !abandoned.is_empty() {
+            if let Err(e) = self.consensus.propose(Change::Runs(abandoned)).await {
+                info!(error = %e, "the runs abandoned at start are reported later");
+            }
+        }
+        let _ = self.ready.send(true);
         loop {
             let state = self.state.borrow_and_update().clone();
             // Forget runs that left the queue (started, ended, or pruned).
@@ -53,8 +66,23 @@ impl Dispatcher {
                 .collect();
             for run in mine {
                 handed.insert(run.id.clone());
+                if state.stops.contains(&run.id) {
+                    self.never_started(run.clone()).await;
+                    continue;
+                }
                 self.dispatch(run.clone(), &state).await;
             }
+            // Runs here that someone asked to stop (the Stop button on any node, or a task's
+            // concurrency `replace`).
+            for id in &state.stops {
+                let here = state.runs.get(id).is_some_and(|r| {
+                    r.node_id.as_deref() == Some(self.peer_id.as_str()) && !r.status.is_final()
+                });
+                if here && stopping.insert(id.clone()) {
+                    self.executor.stop(id).await;
+                }
+            }
+            stopping.retain(|id| state.stops.contains(id));
             tokio::select! {
                 _ = self.cancel.cancelled() => return,
                 changed = self.state.changed() => if changed.is_err() { return },
@@ -72,11 +100,22 @@ impl Dispatcher {
     }
 
     /// A run assigned here before this process started: reported lost, never started.
-    async fn give_up(&self, mut run: Run) {
+    async fn give_up(&self, mut run: Run) -> Run {
         info!(run_id = %run.id, task = %run.task_name, "assigned before this node restarted; not starting it");
         run.finish(Outcome::Lost, Utc::now());
         run.actions
             .push("the node restarted before the run could start".into());
+        self.ledger.record(&run).await;
+        run
+    }
+
+    /// A run asked to stop before it started here.
+    async fn never_started(&self, mut run: Run) {
+        run.close(
+            RunStatus::Killed,
+            "stopped before it started".into(),
+            Utc::now(),
+        );
         self.ledger.record(&run).await;
     }
 

@@ -31,9 +31,11 @@ use tracing::{debug, info, warn};
 
 use crate::consensus::{Change, Consensus, ProposeError, State};
 use crate::executor::{ExecutorHandle, RunRequest};
+use crate::ledger::RunLedger;
 use crate::mesh::MeshHandle;
 use crate::model::{
-    CatchUp, NodeSettings, Outcome, Placement, Run, RunId, RunStatus, Task, TaskId, Trigger, When,
+    CatchUp, Concurrency, NodeSettings, Outcome, Placement, Run, RunId, RunStatus, Task, TaskId,
+    Trigger, When,
 };
 use placement::{Candidate, NoPlace};
 
@@ -113,6 +115,9 @@ pub struct Scheduler {
     leading_since: Option<Instant>,
     /// When each peer was last live, as this leader saw it.
     last_seen: HashMap<String, Instant>,
+    /// This node's runs (its running ones count for concurrency before the ledger shows them).
+    ledger: RunLedger,
+    dispatcher_ready: watch::Receiver<bool>,
     cancel: CancellationToken,
 }
 
@@ -123,6 +128,9 @@ pub struct Parts {
     pub mesh: watch::Receiver<Option<MeshHandle>>,
     pub peer_id: String,
     pub executor: ExecutorHandle,
+    pub ledger: RunLedger,
+    /// Becomes true once the dispatcher has settled the runs the previous start left queued.
+    pub dispatcher_ready: watch::Receiver<bool>,
 }
 
 impl Scheduler {
@@ -147,12 +155,19 @@ impl Scheduler {
             schedules: HashMap::new(),
             leading_since: None,
             last_seen: HashMap::new(),
+            ledger: parts.ledger,
+            dispatcher_ready: parts.dispatcher_ready,
             cancel,
         };
         (scheduler, SchedulerHandle { tx })
     }
 
     pub async fn run(mut self) {
+        // The dispatcher first settles what the previous start left queued here.
+        tokio::select! {
+            _ = self.cancel.cancelled() => return,
+            _ = self.dispatcher_ready.wait_for(|ready| *ready) => {}
+        }
         self.fire_reboot().await;
         loop {
             let next_cron = match self.lead() {
@@ -270,6 +285,7 @@ impl Scheduler {
         let candidates = self.candidates(&state);
         let mut busy = busy(&state);
         let mut fires = Vec::new();
+        let mut stops = Vec::new();
         for task in state.tasks.values().filter(|t| t.enabled) {
             let When::Cron {
                 catch_up: policy, ..
@@ -315,7 +331,16 @@ impl Scheduler {
                 runs.push(self.skipped_record(task, mark, skipped, slots.is_empty()));
             }
             for slot in slots {
-                runs.extend(self.runs_for(task, Trigger::Cron { slot }, 1, &candidates, &mut busy));
+                let trigger = Trigger::Cron { slot };
+                match gate(task, &state, None, &self.ledger.active()) {
+                    Gate::Go => {}
+                    Gate::Skip(why) => {
+                        runs.push(closed(task, trigger, why));
+                        continue;
+                    }
+                    Gate::Replace(earlier) => stops.extend(earlier),
+                }
+                runs.extend(self.runs_for(task, trigger, 1, &candidates, &mut busy));
             }
             fires.push(Change::Fire {
                 task: task.id.clone(),
@@ -326,6 +351,7 @@ impl Scheduler {
         if fires.is_empty() {
             return wake.map(instant_at);
         }
+        self.stop_runs(stops).await;
         let commits = fires
             .into_iter()
             .map(|change| self.consensus.propose(change));
@@ -424,10 +450,21 @@ impl Scheduler {
         let candidates = self.candidates(&state);
         let mut busy = busy(&state);
         let mut placed = Vec::new();
+        let mut stops = Vec::new();
         for run in waiting {
             let Some(task) = state.tasks.get(&run.task_id) else {
                 continue;
             };
+            match gate(task, &state, Some(&run.id), &self.ledger.active()) {
+                Gate::Go => {}
+                Gate::Skip(why) => {
+                    let mut r = run.clone();
+                    r.close(RunStatus::Skipped, why, Utc::now());
+                    placed.push(r);
+                    continue;
+                }
+                Gate::Replace(earlier) => stops.extend(earlier),
+            }
             match placement::place(task, &candidates, &busy) {
                 Ok(nodes) => {
                     for (i, node) in nodes.into_iter().enumerate() {
@@ -448,6 +485,7 @@ impl Scheduler {
                 }
             }
         }
+        self.stop_runs(stops).await;
         if placed.is_empty() {
             return;
         }
@@ -599,6 +637,16 @@ impl Scheduler {
         }
     }
 
+    /// Asks for earlier runs to stop (concurrency `replace`).
+    async fn stop_runs(&self, runs: Vec<RunId>) {
+        for id in runs {
+            info!(run_id = %id, "stopping an earlier run (concurrency `replace`)");
+            if let Err(e) = self.consensus.propose(Change::Stop(id)).await {
+                warn!(error = %e, "asking a run to stop failed");
+            }
+        }
+    }
+
     async fn on_request(&mut self, request: RunRequest) {
         if request.delay.is_zero() {
             self.start_request(request).await;
@@ -653,6 +701,13 @@ impl Scheduler {
         if let Err(NoPlace::NoMatch(why)) = placement::place(task, &candidates, &busy) {
             return Err(why);
         }
+        match gate(task, state, None, &self.ledger.active()) {
+            Gate::Go => {}
+            Gate::Skip(why) => return Err(why),
+            // A follower leaves the stopping to the leader, which sees the same gate.
+            Gate::Replace(earlier) if self.lead() => self.stop_runs(earlier).await,
+            Gate::Replace(_) => {}
+        }
         let runs = match self.lead() {
             true => self.runs_for(task, trigger, attempt, &candidates, &mut busy),
             false => vec![Run::new(
@@ -670,6 +725,67 @@ impl Scheduler {
             .map_err(|e| e.to_string())?;
         Ok(first)
     }
+}
+
+/// What the task's concurrency policy says about a new run.
+enum Gate {
+    Go,
+    /// It does not run, for this reason.
+    Skip(String),
+    /// It runs once these earlier runs are asked to stop.
+    Replace(Vec<RunId>),
+}
+
+/// The concurrency policy of `task` against its running runs (other than `except`, the run
+/// being placed): those the run ledger shows running, and those running on this node (which the
+/// ledger learns of a few milliseconds later). As Nomad's `prohibit_overlap`, only runs with a
+/// process count: a run still waiting for its start does not hold back the next (a lost run's
+/// retry does not block the catch-up of the slots after it). Always-tasks are supervised per
+/// holder and pass.
+fn gate(task: &Task, state: &State, except: Option<&RunId>, here: &[Run]) -> Gate {
+    if task.is_always() {
+        return Gate::Go;
+    }
+    let running =
+        |r: &&Run| r.task_id == task.id && r.status == RunStatus::Running && Some(&r.id) != except;
+    let mut earlier: Vec<&Run> = state.runs.values().filter(running).collect();
+    // A run this node knows to be running may still be `queued` in the ledger.
+    for local in here.iter().filter(running) {
+        if !earlier.iter().any(|r| r.id == local.id) {
+            earlier.push(local);
+        }
+    }
+    let Some(first) = earlier.first() else {
+        return Gate::Go;
+    };
+    match task.spec.concurrency {
+        Concurrency::Allow => Gate::Go,
+        Concurrency::Forbid => Gate::Skip(format!(
+            "not run: run {} is still {} (concurrency `forbid`)",
+            first.id,
+            first.status.as_str()
+        )),
+        Concurrency::Replace => Gate::Replace(
+            earlier
+                .iter()
+                .filter(|r| !state.stops.contains(&r.id))
+                .map(|r| r.id.clone())
+                .collect(),
+        ),
+    }
+}
+
+/// A run of `task` that does not happen, recorded with the reason.
+fn closed(task: &Task, trigger: Trigger, why: String) -> Run {
+    let mut run = Run::new(
+        task.id.clone(),
+        task.name.clone(),
+        trigger,
+        1,
+        String::new(),
+    );
+    run.close(RunStatus::Skipped, why, Utc::now());
+    run
 }
 
 /// Runs each node has (queued or running on it), which count against its slots. Always-tasks

@@ -228,6 +228,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Starte
         events.clone(),
         work.clone(),
     );
+    let (ready_tx, ready_rx) = watch::channel(false);
     let (scheduler, scheduler_handle) = Scheduler::new(
         crate::scheduler::Parts {
             consensus: consensus.clone(),
@@ -235,12 +236,16 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Starte
             mesh: mesh_rx.clone(),
             peer_id: peer_id.clone(),
             executor: executor_handle.clone(),
+            ledger: ledger.clone(),
+            dispatcher_ready: ready_rx,
         },
         requests,
         work.clone(),
     );
     let dispatcher = crate::scheduler::dispatch::Dispatcher {
         peer_id,
+        consensus: consensus.clone(),
+        ready: ready_tx,
         state: consensus.subscribe(),
         executor: executor_handle.clone(),
         ledger: ledger.clone(),
@@ -541,10 +546,18 @@ impl NodeHandle {
             .map_err(NodeError::Unavailable)
     }
 
-    /// Stops a queued or running run on this node.
+    /// Stops a queued or running run: at once when it runs here, else through the cluster
+    /// (the node running it stops it).
     pub async fn stop_run(&self, id: &RunId) -> Result<Run, NodeError> {
         let run = self.run(id).await?;
-        self.inner.executor.stop(id).await;
+        if self.active_runs().iter().any(|r| &r.id == id) {
+            self.inner.executor.stop(id).await;
+        } else if !run.status.is_final() {
+            self.inner
+                .consensus
+                .propose(Change::Stop(id.clone()))
+                .await?;
+        }
         Ok(run)
     }
 

@@ -5,7 +5,7 @@
 
 mod redb_store;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use chrono::{DateTime, Utc};
 
@@ -43,6 +43,8 @@ pub enum Write {
     LastFired(TaskId, DateTime<Utc>),
     /// `None` clears it (a node that leaves its cluster to join another).
     Cluster(Option<ClusterIdentity>),
+    /// Runs asked to stop (see `consensus::State::stops`).
+    Stops(BTreeSet<RunId>),
     /// Which nodes hold each always-task (see `consensus::State::holders`).
     Holders(BTreeMap<TaskId, Vec<String>>),
     /// A run in the replicated run ledger (see `consensus::State::runs`).
@@ -59,7 +61,7 @@ pub struct RunQuery {
     pub limit: usize,
 }
 
-/// Everything stored durably; what replication later replaces sits behind the first eight methods.
+/// Everything stored durably; what replication later replaces sits behind the first nine methods.
 pub trait Store: Send + Sync + 'static {
     fn tasks(&self) -> Result<Vec<Task>, StoreError>;
     fn cluster_settings(&self) -> Result<Option<ClusterSettings>, StoreError>;
@@ -69,6 +71,7 @@ pub trait Store: Send + Sync + 'static {
     /// The replicated run ledger.
     fn cluster_runs(&self) -> Result<Vec<Run>, StoreError>;
     fn holders(&self) -> Result<BTreeMap<TaskId, Vec<String>>, StoreError>;
+    fn stops(&self) -> Result<BTreeSet<RunId>, StoreError>;
     /// Commits the writes in one durable transaction before returning.
     fn write(&self, batch: &[Write]) -> Result<(), StoreError>;
 

@@ -1,6 +1,6 @@
 //! The redb implementation of [`Store`]: JSON values in a handful of tables, fsynced on commit.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -29,6 +29,7 @@ const CLUSTER_SETTINGS: &str = "cluster_settings";
 const NODE_SETTINGS: &str = "node_settings";
 const CLUSTER: &str = "cluster";
 const HOLDERS: &str = "holders";
+const STOPS: &str = "stops";
 
 pub struct RedbStore {
     /// Shared with the Raft log and state machine (`consensus::raft`), which keep their own
@@ -127,6 +128,10 @@ pub(crate) fn write_in(txn: &WriteTransaction, batch: &[Write]) -> Result<(), St
             Write::Cluster(None) => {
                 meta.remove(CLUSTER).map_err(db_err)?;
             }
+            Write::Stops(stops) => {
+                meta.insert(STOPS, encode(stops).as_slice())
+                    .map_err(db_err)?;
+            }
             Write::Holders(h) => {
                 meta.insert(HOLDERS, encode(h).as_slice()).map_err(db_err)?;
             }
@@ -158,6 +163,7 @@ pub(crate) fn clear_replicated_in(txn: &WriteTransaction) -> Result<(), redb::Er
     meta.remove(CLUSTER_SETTINGS)?;
     meta.remove(CLUSTER)?;
     meta.remove(HOLDERS)?;
+    meta.remove(STOPS)?;
     Ok(())
 }
 
@@ -183,6 +189,10 @@ impl Store for RedbStore {
 
     fn cluster(&self) -> Result<Option<ClusterIdentity>, StoreError> {
         self.meta(CLUSTER)
+    }
+
+    fn stops(&self) -> Result<BTreeSet<RunId>, StoreError> {
+        Ok(self.meta(STOPS)?.unwrap_or_default())
     }
 
     fn holders(&self) -> Result<BTreeMap<TaskId, Vec<String>>, StoreError> {

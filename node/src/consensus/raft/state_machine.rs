@@ -337,6 +337,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         writes.push(Write::Cluster(state.cluster));
         writes.extend(state.runs.values().cloned().map(Write::ClusterRun));
         writes.push(Write::Holders(state.holders.clone()));
+        writes.push(Write::Stops(state.stops.clone()));
         writes.extend(
             state
                 .last_fired
