@@ -85,7 +85,7 @@ async fn throughput(node: &TestNode) -> Result<()> {
     let id = node
         .api
         .create_task(
-            &json!({"name": "trivial", "spec": {"command": ["true"]}, "when": {"mode": "manual"}}),
+            &json!({"name": "trivial", "spec": {"command": ["true"], "concurrency": "allow"}, "when": {"mode": "manual"}}),
         )
         .await?;
     let mut rx = node.handle.subscribe();
