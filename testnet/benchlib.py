@@ -49,6 +49,21 @@ def call(state, i, path, body=None, method=None, timeout=2):
         return None, None
 
 
+def call_text(state, i, path, timeout=2):
+    """(status, body text) of a GET on node i's API, or (None, None) when it does not answer."""
+    req = urllib.request.Request(
+        f"http://198.18.0.{10 + i}:8080{path}",
+        headers={"Authorization": f"Bearer {token(state, i)}"},
+    )
+    try:
+        with OPENER.open(req, timeout=timeout) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, None
+    except OSError:
+        return None, None
+
+
 def wait(what, deadline, check, interval=0.01):
     """Polls check() until it is true; returns the seconds it took, or fails after deadline."""
     start = time.monotonic()
