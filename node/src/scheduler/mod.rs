@@ -332,7 +332,7 @@ impl Scheduler {
             }
             for slot in slots {
                 let trigger = Trigger::Cron { slot };
-                match gate(task, &state, None, &self.ledger.active()) {
+                match gate(task, &state, None, &self.ledger.active(), &self.peer_id) {
                     Gate::Go => {}
                     Gate::Skip(why) => {
                         runs.push(closed(task, trigger, why));
@@ -455,7 +455,13 @@ impl Scheduler {
             let Some(task) = state.tasks.get(&run.task_id) else {
                 continue;
             };
-            match gate(task, &state, Some(&run.id), &self.ledger.active()) {
+            match gate(
+                task,
+                &state,
+                Some(&run.id),
+                &self.ledger.active(),
+                &self.peer_id,
+            ) {
                 Gate::Go => {}
                 Gate::Skip(why) => {
                     let mut r = run.clone();
@@ -701,7 +707,7 @@ impl Scheduler {
         if let Err(NoPlace::NoMatch(why)) = placement::place(task, &candidates, &busy) {
             return Err(why);
         }
-        match gate(task, state, None, &self.ledger.active()) {
+        match gate(task, state, None, &self.ledger.active(), &self.peer_id) {
             Gate::Go => {}
             Gate::Skip(why) => return Err(why),
             // A follower leaves the stopping to the leader, which sees the same gate.
@@ -737,18 +743,24 @@ enum Gate {
 }
 
 /// The concurrency policy of `task` against its running runs (other than `except`, the run
-/// being placed): those the run ledger shows running, and those running on this node (which the
-/// ledger learns of a few milliseconds later). As Nomad's `prohibit_overlap`, only runs with a
+/// being placed): those the run ledger shows running on other nodes, and those running on this
+/// node by its own record (the ledger learns of starts and ends a few milliseconds later). As Nomad's `prohibit_overlap`, only runs with a
 /// process count: a run still waiting for its start does not hold back the next (a lost run's
 /// retry does not block the catch-up of the slots after it). Always-tasks are supervised per
 /// holder and pass.
-fn gate(task: &Task, state: &State, except: Option<&RunId>, here: &[Run]) -> Gate {
+fn gate(task: &Task, state: &State, except: Option<&RunId>, here: &[Run], me: &str) -> Gate {
     if task.is_always() {
         return Gate::Go;
     }
     let running =
         |r: &&Run| r.task_id == task.id && r.status == RunStatus::Running && Some(&r.id) != except;
-    let mut earlier: Vec<&Run> = state.runs.values().filter(running).collect();
+    // For this node's own runs, its own record is newer than the ledger's.
+    let mut earlier: Vec<&Run> = state
+        .runs
+        .values()
+        .filter(running)
+        .filter(|r| r.node_id.as_deref() != Some(me) || here.iter().any(|h| h.id == r.id))
+        .collect();
     // A run this node knows to be running may still be `queued` in the ledger.
     for local in here.iter().filter(running) {
         if !earlier.iter().any(|r| r.id == local.id) {
