@@ -47,6 +47,8 @@ pub const LEAD: Duration = Duration::from_millis(50);
 pub const LATE: Duration = Duration::from_secs(1);
 /// At most this many missed slots run under the `all` policy.
 const CATCH_UP_CAP: usize = 100;
+/// At most this many run requests are committed in one entry.
+const MAX_BATCH: usize = 256;
 /// The leader looks at least this often (for lost runs and waiting runs) when nothing changes.
 const TICK: Duration = Duration::from_millis(250);
 
@@ -187,7 +189,17 @@ impl Scheduler {
             tokio::select! {
                 biased;
                 _ = self.cancel.cancelled() => break,
-                Some(request) = self.inbox.recv() => self.on_request(request).await,
+                Some(request) = self.inbox.recv() => {
+                    // Requests that arrive together are committed together (group commit).
+                    let mut batch = vec![request];
+                    while batch.len() < MAX_BATCH {
+                        match self.inbox.try_recv() {
+                            Ok(request) => batch.push(request),
+                            Err(_) => break,
+                        }
+                    }
+                    self.on_requests(batch).await
+                }
                 Ok(()) = self.state.changed() => {}
                 _ = sleep_until_opt(wake) => self.start_delayed().await,
             }
@@ -653,10 +665,13 @@ impl Scheduler {
         }
     }
 
-    async fn on_request(&mut self, request: RunRequest) {
-        if request.delay.is_zero() {
-            self.start_request(request).await;
-        } else {
+    async fn on_requests(&mut self, requests: Vec<RunRequest>) {
+        let mut now = Vec::new();
+        for request in requests {
+            if request.delay.is_zero() {
+                now.push(request);
+                continue;
+            }
             self.seq += 1;
             let at = Instant::now() + request.delay;
             self.delayed.push(Reverse(Delayed {
@@ -665,57 +680,101 @@ impl Scheduler {
                 request,
             }));
         }
+        self.start_requests(now).await;
     }
 
     async fn start_delayed(&mut self) {
         let now = Instant::now();
+        let mut due = Vec::new();
         while self.delayed.peek().is_some_and(|d| d.0.at <= now) {
             if let Some(Reverse(d)) = self.delayed.pop() {
-                self.start_request(d.request).await;
+                due.push(d.request);
             }
         }
+        self.start_requests(due).await;
     }
 
-    async fn start_request(&mut self, request: RunRequest) {
+    /// Commits a run for each request in one entry: placed at once on the leader, else waiting
+    /// for the leader to place it. A request is refused when no live node fulfils the task's
+    /// dependencies, or its concurrency policy says no.
+    async fn start_requests(&mut self, requests: Vec<RunRequest>) {
+        if requests.is_empty() {
+            return;
+        }
         let state = self.state.borrow().clone();
-        let result = match state.tasks.get(&request.task) {
-            Some(task) => {
-                self.enqueue(task, request.trigger, request.attempt, &state)
-                    .await
+        let candidates = self.candidates(&state);
+        let mut busy = busy(&state);
+        let leading = self.lead();
+        let here = self.ledger.active();
+        let mut runs = Vec::new();
+        let mut stops = Vec::new();
+        let mut answers = Vec::new();
+        for request in requests {
+            let result = match state.tasks.get(&request.task) {
+                Some(task) => self.prepare(
+                    task,
+                    &request,
+                    (&state, &candidates, &here),
+                    &mut busy,
+                    &mut stops,
+                ),
+                None => Err(format!("there is no task {}", request.task)),
+            };
+            let answer = result.map(|made| {
+                let first = made[0].clone();
+                runs.extend(made);
+                first
+            });
+            if let Err(e) = &answer {
+                debug!(task_id = %request.task, error = %e, "run request refused");
             }
-            None => Err(format!("there is no task {}", request.task)),
-        };
-        if let Err(e) = &result {
-            debug!(task_id = %request.task, error = %e, "run request refused");
+            answers.push((request.reply, answer));
         }
-        if let Some(reply) = request.reply {
-            let _ = reply.send(result);
+        if leading {
+            self.stop_runs(stops).await;
+        }
+        let committed = match runs.is_empty() {
+            true => Ok(()),
+            false => self
+                .consensus
+                .propose(Change::Runs(runs))
+                .await
+                .map_err(|e| e.to_string()),
+        };
+        for (reply, answer) in answers {
+            let answer = match (&committed, answer) {
+                (Err(e), Ok(_)) => Err(e.clone()),
+                (_, answer) => answer,
+            };
+            if let Some(reply) = reply {
+                let _ = reply.send(answer);
+            }
         }
     }
 
-    /// Commits a run of `task`: placed at once on the leader, else waiting for the leader to
-    /// place it. Refused when no live node fulfils the task's dependencies.
-    async fn enqueue(
-        &mut self,
+    /// The runs one request makes (the first is the answer), or why it makes none. On the leader
+    /// they are placed; elsewhere the one run waits for the leader. Runs that `replace` stops
+    /// are added to `stops`.
+    fn prepare(
+        &self,
         task: &Task,
-        trigger: Trigger,
-        attempt: u32,
-        state: &State,
-    ) -> Result<Run, String> {
-        let candidates = self.candidates(state);
-        let mut busy = busy(state);
-        if let Err(NoPlace::NoMatch(why)) = placement::place(task, &candidates, &busy) {
+        request: &RunRequest,
+        (state, candidates, here): (&State, &[Candidate], &[Run]),
+        busy: &mut HashMap<String, u32>,
+        stops: &mut Vec<RunId>,
+    ) -> Result<Vec<Run>, String> {
+        if let Err(NoPlace::NoMatch(why)) = placement::place(task, candidates, busy) {
             return Err(why);
         }
-        match gate(task, state, None, &self.ledger.active(), &self.peer_id) {
+        match gate(task, state, None, here, &self.peer_id) {
             Gate::Go => {}
             Gate::Skip(why) => return Err(why),
             // A follower leaves the stopping to the leader, which sees the same gate.
-            Gate::Replace(earlier) if self.lead() => self.stop_runs(earlier).await,
-            Gate::Replace(_) => {}
+            Gate::Replace(earlier) => stops.extend(earlier),
         }
-        let runs = match self.lead() {
-            true => self.runs_for(task, trigger, attempt, &candidates, &mut busy),
+        let (trigger, attempt) = (request.trigger.clone(), request.attempt);
+        let runs = match self.consensus.is_leader() {
+            true => self.runs_for(task, trigger, attempt, candidates, busy),
             false => vec![Run::new(
                 task.id.clone(),
                 task.name.clone(),
@@ -724,12 +783,10 @@ impl Scheduler {
                 String::new(),
             )],
         };
-        let first = runs.first().cloned().ok_or("no run was made")?;
-        self.consensus
-            .propose(Change::Runs(runs))
-            .await
-            .map_err(|e| e.to_string())?;
-        Ok(first)
+        match runs.first() {
+            Some(_) => Ok(runs),
+            None => Err("no run was made".into()),
+        }
     }
 }
 
