@@ -397,8 +397,8 @@ async fn runs_land_only_on_nodes_whose_dependencies_match() -> Result<()> {
     )
     .await?;
 
-    // Execute now on a node without a GPU: the run goes to the GPU node.
-    let asker = (gpu + 1) % 3;
+    // Execute now on a follower without a GPU: the run goes to the GPU node.
+    let asker = (leader + 1) % 3;
     let api = &members[asker].node.api;
     api.create_task(&json!({
         "name": "train",

@@ -427,12 +427,44 @@ async fn task_names(api: &Api) -> Option<BTreeSet<String>> {
     )
 }
 
+/// This node's PeerId.
+async fn cluster_peer(api: &Api) -> Option<String> {
+    let (status, body) = api.get("/api/peers").await.ok()?;
+    (status == 200).then(|| body["self"]["peer_id"].as_str().map(str::to_owned))?
+}
+
+/// The ids of the `tick` runs a node lists as started after `after` (on node `on`, if given).
+async fn started_after(
+    api: &Api,
+    after: chrono::DateTime<chrono::Utc>,
+    on: Option<&str>,
+) -> Option<Vec<String>> {
+    let (status, runs) = api.get("/api/runs?task=tick&limit=200").await.ok()?;
+    if status != 200 {
+        return None;
+    }
+    Some(
+        runs.as_array()?
+            .iter()
+            .filter(|r| on.is_none_or(|p| r["node_id"] == p))
+            .filter(|r| {
+                r["started_at"]
+                    .as_str()
+                    .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+                    .is_some_and(|t| t.to_utc() > after)
+            })
+            .filter_map(|r| r["id"].as_str().map(str::to_owned))
+            .collect(),
+    )
+}
+
 fn task(name: &str) -> serde_json::Value {
     serde_json::json!({"name": name, "spec": {"command": ["true"]}, "when": {"mode": "manual"}})
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_leader_cut_off_loses_its_writes_the_majority_goes_on_and_all_converge() -> Result<()> {
+async fn a_leader_cut_off_starts_and_saves_nothing_the_majority_goes_on_and_all_converge()
+-> Result<()> {
     if !is_root() {
         return Ok(());
     }
@@ -463,9 +495,28 @@ async fn a_leader_cut_off_loses_its_writes_the_majority_goes_on_and_all_converge
         let (_, first) = &apis[0];
         let (code, body) = first.post("/api/tasks", &task("before")).await?;
         ensure!(code == 201, "the first write answered {code}: {body}");
+        // A task every second, to see which side starts runs.
+        let tick = serde_json::json!({
+            "name": "tick",
+            "spec": {"command": ["true"], "concurrency": "allow"},
+            "when": {"mode": "cron", "schedule": "* * * * * *", "timezone": "UTC", "catch_up": "none"},
+        });
+        let (code, body) = first.post("/api/tasks", &tick).await?;
+        ensure!(code == 201, "the cron task answered {code}: {body}");
+        wait_for("the cron task to run", DISCOVERY, || async {
+            (!started_after(first, chrono::Utc::now() - chrono::Duration::seconds(5), None)
+                .await?
+                .is_empty())
+            .then_some(())
+        })
+        .await?;
 
         // Cut the leader off from everyone.
+        let minority_peer = cluster_peer(&apis.iter().find(|(i, _)| *i == leader).expect("leader").1)
+            .await
+            .context("the leader's peer id")?;
         net.script("isolate", &[&leader.to_string()])?;
+        let cut_at = chrono::Utc::now();
         let majority: Vec<&(u32, Api)> = apis.iter().filter(|(i, _)| *i != leader).collect();
         let minority = &apis.iter().find(|(i, _)| *i == leader).expect("leader").1;
 
@@ -505,9 +556,23 @@ async fn a_leader_cut_off_loses_its_writes_the_majority_goes_on_and_all_converge
         );
         ensure!(waited < Duration::from_secs(5), "it answered in {waited:?}");
 
+        // The majority goes on running the cron task; the cut-off side starts nothing new.
+        let settled = cut_at + chrono::Duration::seconds(2);
+        wait_for("the majority to run the cron task", Duration::from_secs(20), || async {
+            (!started_after(&majority[0].1, settled, None).await?.is_empty()).then_some(())
+        })
+        .await?;
+        let on_minority = started_after(minority, settled, Some(&minority_peer))
+            .await
+            .context("the cut-off node's runs")?;
+        ensure!(
+            on_minority.is_empty(),
+            "the cut-off node started runs: {on_minority:?}"
+        );
+
         // Heal: every node ends with the same tasks, without the refused one.
         net.script("heal", &[])?;
-        let want: BTreeSet<String> = ["before", "majority"].map(String::from).into();
+        let want: BTreeSet<String> = ["before", "majority", "tick"].map(String::from).into();
         for (i, api) in &apis {
             wait_for(&format!("node{i} to converge"), RECOVERY, || async {
                 (task_names(api).await? == want).then_some(())
