@@ -72,6 +72,33 @@ fn client() -> reqwest::blocking::Client {
         .expect("client")
 }
 
+/// Sets one cluster setting through `url`'s API.
+fn set_cluster_setting(http: &reqwest::blocking::Client, url: &str, key: &str, value: Value) {
+    let mut settings: Value = http
+        .get(format!("{url}/api/settings"))
+        .send()
+        .expect("get")
+        .json()
+        .expect("json");
+    settings["cluster"][key] = value;
+    let r = http
+        .put(format!("{url}/api/settings"))
+        .json(&settings)
+        .send()
+        .expect("put");
+    assert_eq!(r.status().as_u16(), 200, "setting cluster.{key}");
+}
+
+/// Creates a task through `url`'s API.
+fn create_task(http: &reqwest::blocking::Client, url: &str, body: &Value) {
+    let r = http
+        .post(format!("{url}/api/tasks"))
+        .json(body)
+        .send()
+        .expect("post");
+    assert_eq!(r.status().as_u16(), 201, "creating {}", body["name"]);
+}
+
 fn wait_until<T>(what: &str, deadline: Duration, mut check: impl FnMut() -> Option<T>) -> T {
     let until = Instant::now() + deadline;
     loop {
@@ -88,27 +115,10 @@ fn everything_answered_ok_survives_kill_9() {
     let dir = tempfile::tempdir().expect("tmp");
     let mut node = start(dir.path());
     let http = client();
-    let mut settings: Value = http
-        .get(format!("{}/api/settings", node.url))
-        .send()
-        .expect("get")
-        .json()
-        .expect("json");
-    settings["cluster"]["retention_days"] = json!(3);
-    let r = http
-        .put(format!("{}/api/settings", node.url))
-        .json(&settings)
-        .send()
-        .expect("put");
-    assert_eq!(r.status().as_u16(), 200);
+    set_cluster_setting(&http, &node.url, "retention_days", json!(3));
     for i in 0..30 {
         let body = json!({"name": format!("task-{i}"), "spec": {"command": ["true"]}, "when": {"mode": "manual"}});
-        let r = http
-            .post(format!("{}/api/tasks", node.url))
-            .json(&body)
-            .send()
-            .expect("post");
-        assert_eq!(r.status().as_u16(), 201);
+        create_task(&http, &node.url, &body);
     }
     // kill -9 right after the last OK answer.
     kill(Pid::from_raw(node.child.id() as i32), Signal::SIGKILL).expect("kill -9");
@@ -316,27 +326,10 @@ fn a_run_whose_node_dies_is_lost_and_retried_on_another_node() {
     let http = client();
     let leader = cluster.formed(3, &http);
     let url = cluster.url(leader);
-    let mut settings: Value = http
-        .get(format!("{url}/api/settings"))
-        .send()
-        .expect("get")
-        .json()
-        .expect("json");
-    settings["cluster"]["max_retries"] = json!(1);
-    let r = http
-        .put(format!("{url}/api/settings"))
-        .json(&settings)
-        .send()
-        .expect("put");
-    assert_eq!(r.status().as_u16(), 200);
+    set_cluster_setting(&http, &url, "max_retries", json!(1));
     let body =
         json!({"name": "long", "spec": {"command": ["sleep", "300"]}, "when": {"mode": "manual"}});
-    let r = http
-        .post(format!("{url}/api/tasks"))
-        .json(&body)
-        .send()
-        .expect("post");
-    assert_eq!(r.status().as_u16(), 201);
+    create_task(&http, &url, &body);
 
     // The run lands somewhere; that node dies with it.
     let run: Value = http
@@ -418,26 +411,9 @@ fn an_always_task_whose_node_dies_runs_on_another_node_once() {
     let http = client();
     let leader = cluster.formed(3, &http);
     let url = cluster.url(leader);
-    let mut settings: Value = http
-        .get(format!("{url}/api/settings"))
-        .send()
-        .expect("get")
-        .json()
-        .expect("json");
-    settings["cluster"]["peer_timeout"] = json!("3s");
-    let r = http
-        .put(format!("{url}/api/settings"))
-        .json(&settings)
-        .send()
-        .expect("put");
-    assert_eq!(r.status().as_u16(), 200);
+    set_cluster_setting(&http, &url, "peer_timeout", json!("3s"));
     let body = json!({"name": "daemon", "spec": {"command": ["sleep", "300"]}, "when": {"mode": "always"}});
-    let r = http
-        .post(format!("{url}/api/tasks"))
-        .json(&body)
-        .send()
-        .expect("post");
-    assert_eq!(r.status().as_u16(), 201);
+    create_task(&http, &url, &body);
 
     // Which nodes run it: each node's own active runs of the daemon.
     let running_on = |cluster: &Cluster| -> Vec<usize> {
@@ -519,12 +495,7 @@ fn every_cron_slot_runs_exactly_once_while_the_leader_is_killed_twice() {
             "enabled": enabled,
         })
     };
-    let r = http
-        .post(format!("{}/api/tasks", cluster.url(leader)))
-        .json(&task(true))
-        .send()
-        .expect("post");
-    assert_eq!(r.status().as_u16(), 201);
+    create_task(&http, &cluster.url(leader), &task(true));
     let read_slots = || -> Vec<String> {
         std::fs::read_to_string(&slots_file)
             .unwrap_or_default()
@@ -592,12 +563,7 @@ fn sigterm_stops_children_and_flushes_their_runs() {
         marker.display()
     );
     let body = json!({"name": "daemon", "spec": {"shell": script}, "when": {"mode": "always"}});
-    let r = http
-        .post(format!("{}/api/tasks", node.url))
-        .json(&body)
-        .send()
-        .expect("post");
-    assert_eq!(r.status().as_u16(), 201);
+    create_task(&http, &node.url, &body);
     let run_id = wait_until("the daemon to run", Duration::from_secs(10), || {
         let runs: Vec<Value> = http
             .get(format!("{}/api/runs", node.url))
