@@ -408,6 +408,8 @@ async fn runs_land_only_on_nodes_whose_dependencies_match() -> Result<()> {
     .await?;
     for _ in 0..5 {
         let run = api.execute("train").await?;
+        // The follower handed the request to the leader, which answered with the placed run.
+        ensure!(run["node_id"] == gpu_peer.as_str(), "placed at once: {run}");
         let id = run["id"].as_str().unwrap_or_default().to_owned();
         let done = wait_for("the run to finish", FORM, || async {
             let (_, run) = api.get(&format!("/api/runs/{id}")).await.ok()?;

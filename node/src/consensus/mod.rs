@@ -215,6 +215,11 @@ impl Consensus {
         self.state.clone()
     }
 
+    /// The leader's PeerId, as this node knows it.
+    pub fn leader_peer(&self) -> Option<String> {
+        self.replica.leader().map(|n| n.peer_id)
+    }
+
     /// Whether this node is the Raft leader now.
     pub fn is_leader(&self) -> bool {
         self.replica.raft().metrics().borrow().state == openraft::ServerState::Leader

@@ -47,6 +47,8 @@ pub struct RunRequest {
     pub attempt: u32,
     pub delay: Duration,
     pub reply: Option<tokio::sync::oneshot::Sender<Result<Run, String>>>,
+    /// Forwarded by another node to this one as the leader: never forwarded again.
+    pub forwarded: bool,
 }
 
 enum Msg {

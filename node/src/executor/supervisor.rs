@@ -303,6 +303,7 @@ impl Supervisor {
                         attempt,
                         delay,
                         reply: None,
+                        forwarded: false,
                     };
                     match self.requests.send(request).await {
                         Ok(()) => format!(
@@ -331,6 +332,7 @@ impl Supervisor {
                             attempt: 1,
                             delay: Duration::ZERO,
                             reply: None,
+                            forwarded: false,
                         };
                         let _ = self.requests.send(request).await;
                         format!("run {name}: requested")

@@ -61,13 +61,31 @@ pub struct SchedulerHandle {
 impl SchedulerHandle {
     /// Asks for a run of `task` now; answers with the run, or why there is none.
     pub async fn request(&self, task: TaskId, trigger: Trigger) -> Result<Run, String> {
+        self.ask(
+            Forwarded {
+                task,
+                trigger,
+                attempt: 1,
+            },
+            false,
+        )
+        .await
+    }
+
+    /// A run request another node forwarded to this one as the leader.
+    pub async fn forwarded(&self, request: Forwarded) -> Result<Run, String> {
+        self.ask(request, true).await
+    }
+
+    async fn ask(&self, request: Forwarded, forwarded: bool) -> Result<Run, String> {
         let (reply, rx) = oneshot::channel();
         let request = RunRequest {
-            task,
-            trigger,
-            attempt: 1,
+            task: request.task,
+            trigger: request.trigger,
+            attempt: request.attempt,
             delay: Duration::ZERO,
             reply: Some(reply),
+            forwarded,
         };
         self.tx
             .send(request)
@@ -77,6 +95,17 @@ impl SchedulerHandle {
             .map_err(|_| "the node is shutting down".to_owned())?
     }
 }
+
+/// A run request as it travels to the leader (`mesh::Request::Schedule`).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct Forwarded {
+    pub task: TaskId,
+    pub trigger: Trigger,
+    pub attempt: u32,
+}
+
+/// How long a follower waits for the leader's answer before it commits the run as waiting.
+const FORWARD_TTL: Duration = Duration::from_secs(2);
 
 struct Delayed {
     at: Instant,
@@ -120,6 +149,8 @@ pub struct Scheduler {
     /// This node's runs (its running ones count for concurrency before the ledger shows them).
     ledger: RunLedger,
     dispatcher_ready: watch::Receiver<bool>,
+    /// This scheduler's own inbox, for requests the leader did not take.
+    own: mpsc::Sender<RunRequest>,
     cancel: CancellationToken,
 }
 
@@ -159,6 +190,7 @@ impl Scheduler {
             last_seen: HashMap::new(),
             ledger: parts.ledger,
             dispatcher_ready: parts.dispatcher_ready,
+            own: tx.clone(),
             cancel,
         };
         (scheduler, SchedulerHandle { tx })
@@ -701,10 +733,20 @@ impl Scheduler {
         if requests.is_empty() {
             return;
         }
+        let leading = self.lead();
+        // A follower hands requests to the leader, which places them in one commit; those the
+        // leader forwarded here, or that it does not answer, wait in the ledger instead.
+        let (requests, to_leader): (Vec<_>, Vec<_>) =
+            requests.into_iter().partition(|r| leading || r.forwarded);
+        if !to_leader.is_empty() {
+            self.forward(to_leader);
+        }
+        if requests.is_empty() {
+            return;
+        }
         let state = self.state.borrow().clone();
         let candidates = self.candidates(&state);
         let mut busy = busy(&state);
-        let leading = self.lead();
         let here = self.ledger.active();
         let mut runs = Vec::new();
         let mut stops = Vec::new();
@@ -752,6 +794,43 @@ impl Scheduler {
         }
     }
 
+    /// Sends requests to the leader's scheduler and answers them with the leader's answer. A
+    /// request the leader does not answer comes back here marked forwarded, and is committed as
+    /// a waiting run.
+    fn forward(&self, requests: Vec<RunRequest>) {
+        let leader = self
+            .consensus
+            .leader_peer()
+            .filter(|l| *l != self.peer_id)
+            .and_then(|l| l.parse::<crate::mesh::PeerId>().ok());
+        let mesh = self.mesh.borrow().clone();
+        let back = self.own.clone();
+        tokio::spawn(async move {
+            for mut request in requests {
+                let body = Forwarded {
+                    task: request.task.clone(),
+                    trigger: request.trigger.clone(),
+                    attempt: request.attempt,
+                };
+                let answer = match (&mesh, leader) {
+                    (Some(mesh), Some(leader)) => ask_leader(mesh, leader, &body).await,
+                    _ => None,
+                };
+                match answer {
+                    Some(answer) => {
+                        if let Some(reply) = request.reply.take() {
+                            let _ = reply.send(answer);
+                        }
+                    }
+                    None => {
+                        request.forwarded = true;
+                        let _ = back.send(request).await;
+                    }
+                }
+            }
+        });
+    }
+
     /// The runs one request makes (the first is the answer), or why it makes none. On the leader
     /// they are placed; elsewhere the one run waits for the leader. Runs that `replace` stops
     /// are added to `stops`.
@@ -787,6 +866,26 @@ impl Scheduler {
             Some(_) => Ok(runs),
             None => Err("no run was made".into()),
         }
+    }
+}
+
+/// The leader's answer to a forwarded request, or `None` when it gave none.
+async fn ask_leader(
+    mesh: &MeshHandle,
+    leader: crate::mesh::PeerId,
+    request: &Forwarded,
+) -> Option<Result<Run, String>> {
+    let body = serde_json::to_value(request).ok()?;
+    let answer = tokio::time::timeout(
+        FORWARD_TTL,
+        mesh.request(leader, crate::mesh::Request::Schedule(body)),
+    )
+    .await
+    .ok()?
+    .ok()?;
+    match answer {
+        crate::mesh::Response::Schedule(value) => serde_json::from_value(value).ok(),
+        _ => None,
     }
 }
 

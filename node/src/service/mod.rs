@@ -186,7 +186,6 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Starte
     )
     .await
     .map_err(|e| NodeError::Unavailable(e.to_string()))?;
-    tokio::spawn(route_inbound(inbound_rx, consensus_tx, logs.clone()));
     let (report_tx, report_rx) = mpsc::unbounded_channel();
     let (ledger, ledger_writer) = RunLedger::start(
         store.clone(),
@@ -252,6 +251,12 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Starte
         cancel: work.clone(),
     };
     tokio::spawn(dispatcher.run());
+    tokio::spawn(route_inbound(
+        inbound_rx,
+        consensus_tx,
+        scheduler_handle.clone(),
+        logs.clone(),
+    ));
     let executor_task = tokio::spawn(executor.run());
     let supervisor_task = tokio::spawn(supervisor.run());
     let scheduler_task = tokio::spawn(scheduler.run());
@@ -352,16 +357,30 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Starte
     Ok(Started { handle, addr, done })
 }
 
-/// Routes the requests peers send: consensus requests to the consensus layer; log requests are
-/// answered here, from this node's run logs.
+/// Routes the requests peers send: consensus requests to the consensus layer, forwarded run
+/// requests to the scheduler, and log requests are answered here, from this node's run logs.
 async fn route_inbound(
     mut inbound: mpsc::Receiver<crate::mesh::Inbound>,
     consensus: mpsc::Sender<crate::mesh::Inbound>,
+    scheduler: SchedulerHandle,
     logs: LogPaths,
 ) {
     use crate::mesh::{Request, Response};
     while let Some(request) = inbound.recv().await {
         match request.request {
+            Request::Schedule(body) => {
+                let scheduler = scheduler.clone();
+                tokio::spawn(async move {
+                    let answer = match serde_json::from_value(body) {
+                        Ok(forwarded) => scheduler.forwarded(forwarded).await,
+                        Err(e) => Err(format!("not a run request: {e}")),
+                    };
+                    let answer = serde_json::to_value(answer)
+                        .map(Response::Schedule)
+                        .unwrap_or_else(|e| Response::Error(e.to_string()));
+                    let _ = request.reply.send(answer);
+                });
+            }
             Request::RunLog { run, from, max } => {
                 let path = match crate::model::RunId::parse(&run) {
                     Some(id) => logs.run_log(&id),
