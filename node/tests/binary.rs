@@ -17,6 +17,16 @@ struct Node {
     url: String,
 }
 
+/// A node a failing test leaves behind is killed, not left running.
+impl Drop for Node {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
 /// Starts the binary on port 0 and reads the address it logs.
 fn start(dir: &Path) -> Node {
     start_with(dir, &["--p2p-listen", "/ip4/127.0.0.1/tcp/0"])
