@@ -206,10 +206,13 @@ impl Scheduler {
         loop {
             let next_cron = match self.lead() {
                 true => {
-                    self.reap_lost().await;
-                    self.place_daemons().await;
-                    self.place_waiting().await;
-                    self.fire_due().await
+                    // The live nodes, once per pass (it reads the node's load from /proc).
+                    let state = self.state.borrow().clone();
+                    let candidates = self.candidates(&state);
+                    self.reap_lost(&candidates).await;
+                    self.place_daemons(&candidates).await;
+                    self.place_waiting(&candidates).await;
+                    self.fire_due(&candidates).await
                 }
                 false => None,
             };
@@ -319,14 +322,13 @@ impl Scheduler {
 
     /// On the leader: fires every cron slot that is due, committing it with its runs, and
     /// returns when to look again.
-    async fn fire_due(&mut self) -> Option<Instant> {
+    async fn fire_due(&mut self, candidates: &[Candidate]) -> Option<Instant> {
         let state = self.state.borrow_and_update().clone();
         self.schedules.retain(|id, _| state.tasks.contains_key(id));
         let now = Utc::now();
         let lead = chrono::Duration::from_std(LEAD).unwrap_or_default();
         let late = chrono::Duration::from_std(LATE).unwrap_or_default();
         let mut wake: Option<DateTime<Utc>> = None;
-        let candidates = self.candidates(&state);
         let mut busy = busy(&state);
         let mut fires = Vec::new();
         let mut stops = Vec::new();
@@ -384,7 +386,7 @@ impl Scheduler {
                     }
                     Gate::Replace(earlier) => stops.extend(earlier),
                 }
-                runs.extend(self.runs_for(task, trigger, 1, &candidates, &mut busy));
+                runs.extend(self.runs_for(task, trigger, 1, candidates, &mut busy));
             }
             fires.push(Change::Fire {
                 task: task.id.clone(),
@@ -479,7 +481,7 @@ impl Scheduler {
     }
 
     /// On the leader: places the runs that wait for a node, by priority, then age.
-    async fn place_waiting(&mut self) {
+    async fn place_waiting(&mut self, candidates: &[Candidate]) {
         let state = self.state.borrow().clone();
         let mut waiting: Vec<&Run> = state
             .runs
@@ -491,7 +493,6 @@ impl Scheduler {
         }
         let priority = |r: &Run| state.tasks.get(&r.task_id).map_or(0, |t| t.spec.priority);
         waiting.sort_by(|a, b| priority(b).cmp(&priority(a)).then(a.id.cmp(&b.id)));
-        let candidates = self.candidates(&state);
         let mut busy = busy(&state);
         let mut placed = Vec::new();
         let mut stops = Vec::new();
@@ -515,7 +516,7 @@ impl Scheduler {
                 }
                 Gate::Replace(earlier) => stops.extend(earlier),
             }
-            match placement::place(task, &candidates, &busy) {
+            match placement::place(task, candidates, &busy) {
                 Ok(nodes) => {
                     for (i, node) in nodes.into_iter().enumerate() {
                         let mut r = run.clone();
@@ -560,10 +561,9 @@ impl Scheduler {
     /// On the leader: gives each enabled always-task its holders: one live matching node (the
     /// same one while it lives), or every matching node for placement `all`. A holder that is
     /// gone is replaced; the new holder's supervisor starts the task.
-    async fn place_daemons(&mut self) {
+    async fn place_daemons(&mut self, candidates: &[Candidate]) {
         let state = self.state.borrow().clone();
-        let candidates = self.candidates(&state);
-        let gone = self.gone(&state, &candidates);
+        let gone = self.gone(&state, candidates);
         // Tasks that are no longer enabled always-tasks lose their holders.
         let mut changes: Vec<Change> = state
             .holders
@@ -586,7 +586,7 @@ impl Scheduler {
                     placement: Placement::All,
                     ..task.clone()
                 },
-                &candidates,
+                candidates,
                 &HashMap::new(),
             ) {
                 Ok(nodes) => nodes.into_iter().map(|c| c.peer_id.clone()).collect(),
@@ -602,7 +602,7 @@ impl Scheduler {
                 }
                 Placement::One => match staying.into_iter().next() {
                     Some(holder) => vec![holder],
-                    None => placement::place(task, &candidates, &HashMap::new())
+                    None => placement::place(task, candidates, &HashMap::new())
                         .map(|c| vec![c[0].peer_id.clone()])
                         .unwrap_or_default(),
                 },
@@ -625,13 +625,12 @@ impl Scheduler {
 
     /// On the leader: runs on nodes that stopped answering become `lost`, and are retried on
     /// another node while attempts remain (also those a restarted node reported lost itself).
-    async fn reap_lost(&mut self) {
+    async fn reap_lost(&mut self, candidates: &[Candidate]) {
         let state = self.state.borrow().clone();
         if self.leading_since.is_none() {
             return;
         }
-        let candidates = self.candidates(&state);
-        let gone = self.gone(&state, &candidates);
+        let gone = self.gone(&state, candidates);
         let retried: HashSet<&RunId> = state
             .runs
             .values()
