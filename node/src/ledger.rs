@@ -15,7 +15,7 @@ use crate::store::{RunQuery, Store, StoreError};
 
 enum Msg {
     Put(Box<Run>),
-    Flush(oneshot::Sender<()>),
+    Flush(oneshot::Sender<Result<(), StoreError>>),
     /// Store what is queued, then stop (shutdown).
     Close,
 }
@@ -123,12 +123,16 @@ impl RunLedger {
             .ok_or_else(|| StoreError::Db("the node has shut down".into()))
     }
 
-    /// Waits until everything recorded so far is durable.
-    pub async fn flush(&self) {
+    /// Waits until everything recorded so far is durable. This is a durable commit of the
+    /// node's database, so it also makes durable what the Raft state machine applied before.
+    pub async fn flush(&self) -> Result<(), StoreError> {
+        let stopped = || StoreError::Db("the run ledger writer has stopped".into());
         let (tx, rx) = oneshot::channel();
-        if self.writes.send(Msg::Flush(tx)).await.is_ok() {
-            let _ = rx.await;
-        }
+        self.writes
+            .send(Msg::Flush(tx))
+            .await
+            .map_err(|_| stopped())?;
+        rx.await.map_err(|_| stopped())?
     }
 
     pub async fn get(&self, id: &RunId) -> Result<Option<Run>, StoreError> {
@@ -207,11 +211,15 @@ impl Writer {
                     Msg::Close => closing = true,
                 }
             }
-            if !runs.is_empty() {
-                self.write(runs).await;
-            }
+            let written = match runs.is_empty() {
+                true => Ok(()),
+                false => self.write(runs).await,
+            };
             for tx in flushes {
-                let _ = tx.send(());
+                let _ = tx.send(match &written {
+                    Ok(()) => Ok(()),
+                    Err(e) => Err(StoreError::Db(e.to_string())),
+                });
             }
             if closing {
                 break;
@@ -219,7 +227,7 @@ impl Writer {
         }
     }
 
-    async fn write(&mut self, runs: Vec<Run>) {
+    async fn write(&mut self, runs: Vec<Run>) -> Result<(), StoreError> {
         let keep = self.state.borrow().settings.history_per_task;
         let store = self.store.clone();
         let (result, runs) =
@@ -238,9 +246,11 @@ impl Writer {
                 for id in pruned {
                     let _ = std::fs::remove_file(self.logs.run_log(&id));
                 }
+                Ok(())
             }
             Err(e) => {
-                warn!(error = %e, count = runs.len(), "storing runs failed; they stay in memory")
+                warn!(error = %e, count = runs.len(), "storing runs failed; they stay in memory");
+                Err(e)
             }
         }
     }

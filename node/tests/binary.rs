@@ -259,6 +259,21 @@ impl Cluster {
         })
     }
 
+    /// The index of the running node with this PeerId.
+    fn index_of(&self, peer_id: &str, http: &reqwest::blocking::Client) -> usize {
+        (0..self.nodes.len())
+            .filter(|&i| self.nodes[i].is_some())
+            .find(|&i| {
+                let peers: Value = http
+                    .get(format!("{}/api/peers", self.url(i)))
+                    .send()
+                    .and_then(|r| r.json())
+                    .unwrap_or(Value::Null);
+                peers["self"]["peer_id"] == peer_id
+            })
+            .expect("a running node with that PeerId")
+    }
+
     fn kill_9(&mut self, i: usize) {
         let mut node = self.nodes[i].take().expect("running");
         kill(Pid::from_raw(node.child.id() as i32), Signal::SIGKILL).expect("kill -9");
@@ -360,16 +375,7 @@ fn a_run_whose_node_dies_is_lost_and_retried_on_another_node() {
         get(&url, &first).filter(|r| r["status"] == "running")
     });
     let victim_peer = running["node_id"].as_str().expect("placed").to_owned();
-    let victim = (0..3)
-        .find(|&i| {
-            let peers: Value = http
-                .get(format!("{}/api/peers", cluster.url(i)))
-                .send()
-                .and_then(|r| r.json())
-                .unwrap_or(Value::Null);
-            peers["self"]["peer_id"] == victim_peer.as_str()
-        })
-        .expect("the node of the run");
+    let victim = cluster.index_of(&victim_peer, &http);
     cluster.kill_9(victim);
 
     // A survivor marks it lost and retries it elsewhere, once (max_retries = 1).
@@ -412,6 +418,79 @@ fn a_run_whose_node_dies_is_lost_and_retried_on_another_node() {
         .filter(|r| r["trigger"]["kind"] == "retry")
         .count();
     assert_eq!(retries, 1, "one retry, no more: {runs:?}");
+    cluster.stop_all();
+}
+
+#[test]
+fn a_retry_waiting_for_its_backoff_outlives_the_node_that_asked_for_it() {
+    let mut cluster = Cluster::start(3);
+    let http = client();
+    let leader = cluster.formed(3, &http);
+    let url = cluster.url(leader);
+    set_cluster_setting(&http, &url, "max_retries", json!(1));
+    set_cluster_setting(&http, &url, "retry_backoff", json!("6s"));
+    // The leader knows the asker is gone (3 s) before the backoff ends (6 s).
+    set_cluster_setting(&http, &url, "peer_timeout", json!("3s"));
+    // Fails on its first attempt; its exit rule asks for a retry, after the backoff.
+    let body = json!({
+        "name": "flaky",
+        "spec": {"shell": "test \"$TASKMESH_ATTEMPT\" -gt 1"},
+        "when": {"mode": "manual"},
+        "exit_rules": [{"on": "!0", "action": "retry"}],
+    });
+    create_task(&http, &url, &body);
+    let run: Value = http
+        .post(format!("{url}/api/tasks/flaky/run"))
+        .send()
+        .expect("run")
+        .json()
+        .expect("json");
+    let first = run["id"].as_str().expect("id").to_owned();
+    let runs = |url: &str| -> Option<Vec<Value>> {
+        http.get(format!("{url}/api/runs?limit=50"))
+            .send()
+            .ok()?
+            .json()
+            .ok()
+    };
+    let retry_of_first = |r: &&Value| r["trigger"]["of"] == first.as_str();
+
+    // The node that ran it asked for the retry, which waits in the cluster's ledger. That node
+    // dies before the backoff ends.
+    let waiting = wait_until(
+        "the retry to wait for its backoff",
+        Duration::from_secs(20),
+        || {
+            runs(&url)?
+                .iter()
+                .find(|r| retry_of_first(r) && r["status"] == "queued")
+                .cloned()
+        },
+    );
+    let failed = runs(&url)
+        .expect("runs")
+        .into_iter()
+        .find(|r| r["id"] == first.as_str())
+        .expect("the first run");
+    assert_eq!(failed["status"], "failed", "{failed}");
+    let asker = cluster.index_of(failed["node_id"].as_str().expect("placed"), &http);
+    cluster.kill_9(asker);
+
+    // A survivor's leader places it once the backoff is over; it runs, once, and succeeds.
+    let survivor = cluster.urls()[0].clone();
+    let done = wait_until("the retry to succeed", Duration::from_secs(60), || {
+        runs(&survivor)?
+            .into_iter()
+            .find(|r| r["id"] == waiting["id"] && r["status"] == "succeeded")
+    });
+    assert_eq!(done["attempt"], 2, "{done}");
+    assert_ne!(done["node_id"], failed["node_id"], "{done}");
+    let retries = runs(&survivor)
+        .expect("runs")
+        .iter()
+        .filter(retry_of_first)
+        .count();
+    assert_eq!(retries, 1, "one retry");
     cluster.stop_all();
 }
 

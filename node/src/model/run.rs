@@ -142,6 +142,9 @@ pub struct Run {
     /// What exit-code rules did after this run ("retry → run …", "notify ops: recorded").
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub actions: Vec<String>,
+    /// A waiting run is not placed before this time (a retry's backoff).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_before: Option<DateTime<Utc>>,
 }
 
 impl Run {
@@ -169,6 +172,7 @@ impl Run {
             started_at: None,
             ended_at: None,
             actions: Vec::new(),
+            not_before: None,
         }
     }
 
@@ -189,6 +193,14 @@ impl Run {
         self.status = status;
         self.ended_at = Some(at);
         self.actions.push(note);
+    }
+
+    /// Whether the leader may place this run at `now`: it waits for a place, and its backoff
+    /// (if any) is over.
+    pub fn placeable(&self, now: DateTime<Utc>) -> bool {
+        self.status == RunStatus::Queued
+            && self.node_id.is_none()
+            && self.not_before.is_none_or(|t| t <= now)
     }
 
     pub fn duration(&self) -> Option<chrono::Duration> {

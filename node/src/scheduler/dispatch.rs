@@ -8,6 +8,14 @@
 //! started (it may have started it before a crash without the start reaching its history) is
 //! not started at all: it is reported `lost`, and the leader retries it by policy. Runs applied
 //! after the start were never seen before, so they start.
+//!
+//! The cluster's ledger learns of a start a few milliseconds after it (the run reporter), so a
+//! crash in between leaves a run there `queued` that did start. So the dispatcher stores the
+//! runs it is about to start in the node's own history first, durably (one commit for all it
+//! starts at once). After a restart, a run the cluster's ledger shows unfinished on this node is
+//! settled by that history: known there, its record (final by then: the history marks what it
+//! left unfinished `lost`) goes to the cluster again; unknown, it never started, and is reported
+//! `lost`.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -15,7 +23,7 @@ use std::sync::Arc;
 use chrono::Utc;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use crate::consensus::{Change, Consensus, State};
 use crate::executor::{ExecutorHandle, RunOrder};
@@ -39,9 +47,20 @@ impl Dispatcher {
         let mut stopping: HashSet<crate::model::RunId> = HashSet::new();
         let before = self.state.borrow_and_update().clone();
         let mut abandoned = Vec::new();
-        for run in self.queued_here(&before) {
+        let live: HashSet<_> = self.ledger.active().into_iter().map(|r| r.id).collect();
+        let previous = before.runs.values().filter(|r| {
+            r.node_id.as_deref() == Some(self.peer_id.as_str())
+                && !r.status.is_final()
+                && !live.contains(&r.id)
+        });
+        for run in previous {
             handed.insert(run.id.clone());
-            abandoned.push(self.give_up(run.clone()).await);
+            // This node's history knows every run it handed to its executor (stored before the
+            // start); the cluster's ledger may lag behind it, and learns its record again.
+            match self.ledger.get(&run.id).await {
+                Ok(Some(known)) => abandoned.push(known),
+                _ => abandoned.push(self.give_up(run.clone()).await),
+            }
         }
         // The scheduler waits for this: a stale `queued` would hold back a task's next run
         // under concurrency `forbid`.
@@ -60,17 +79,29 @@ impl Dispatcher {
                     .get(id)
                     .is_some_and(|r| r.status == RunStatus::Queued)
             });
-            let mine: Vec<&Run> = self
+            let (stopped, mine): (Vec<&Run>, Vec<&Run>) = self
                 .queued_here(&state)
                 .filter(|r| !handed.contains(&r.id))
-                .collect();
-            for run in mine {
+                .partition(|r| state.stops.contains(&r.id));
+            for run in stopped {
                 handed.insert(run.id.clone());
-                if state.stops.contains(&run.id) {
-                    self.never_started(run.clone()).await;
-                    continue;
+                self.never_started(run.clone()).await;
+            }
+            // Guarantee 2: the node's history holds these runs, durably, before any starts, so
+            // that a restart knows them.
+            for run in &mine {
+                handed.insert(run.id.clone());
+                self.ledger.record(run).await;
+            }
+            let durable = match mine.is_empty() {
+                true => Ok(()),
+                false => self.ledger.flush().await,
+            };
+            for run in mine {
+                match &durable {
+                    Ok(()) => self.dispatch(run.clone(), &state).await,
+                    Err(e) => self.not_durable(run.clone(), e).await,
                 }
-                self.dispatch(run.clone(), &state).await;
             }
             // Runs here that someone asked to stop (the Stop button on any node, or a task's
             // concurrency `replace`).
@@ -99,14 +130,28 @@ impl Dispatcher {
             .filter(move |r| r.node_id.as_deref() == Some(me.as_str()))
     }
 
-    /// A run assigned here before this process started: reported lost, never started.
+    /// A run assigned here before this process started: reported lost, never started (again).
     async fn give_up(&self, mut run: Run) -> Run {
         info!(run_id = %run.id, task = %run.task_name, "assigned before this node restarted; not starting it");
+        let why = match run.status {
+            RunStatus::Queued => "the node restarted before the run could start",
+            _ => "the node restarted while the run was running",
+        };
         run.finish(Outcome::Lost, Utc::now());
-        run.actions
-            .push("the node restarted before the run could start".into());
+        run.actions.push(why.into());
         self.ledger.record(&run).await;
         run
+    }
+
+    /// A run this node cannot start safely: its assignment could not be made durable here, so a
+    /// crash could make the node start it again. Reported lost; the leader retries it by policy.
+    async fn not_durable(&self, mut run: Run, error: &crate::store::StoreError) {
+        warn!(run_id = %run.id, %error, "not starting a run whose assignment is not durable here");
+        run.finish(Outcome::Lost, Utc::now());
+        run.actions.push(format!(
+            "not started: this node could not store it ({error})"
+        ));
+        self.ledger.record(&run).await;
     }
 
     /// A run asked to stop before it started here.
@@ -130,7 +175,6 @@ impl Dispatcher {
             kill_grace: state.settings.kill_grace.0,
             daily_logs: state.settings.daily_logs,
         };
-        self.ledger.record(&run).await;
         let executor = self.executor.clone();
         match run.trigger {
             // A cron run is committed ahead of its slot and starts on it.

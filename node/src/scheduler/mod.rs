@@ -18,8 +18,7 @@ pub mod cron;
 pub mod dispatch;
 pub mod placement;
 
-use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -107,29 +106,6 @@ pub struct Forwarded {
 /// How long a follower waits for the leader's answer before it commits the run as waiting.
 const FORWARD_TTL: Duration = Duration::from_secs(2);
 
-struct Delayed {
-    at: Instant,
-    seq: u64,
-    request: RunRequest,
-}
-
-impl PartialEq for Delayed {
-    fn eq(&self, other: &Self) -> bool {
-        (self.at, self.seq) == (other.at, other.seq)
-    }
-}
-impl Eq for Delayed {}
-impl PartialOrd for Delayed {
-    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(other))
-    }
-}
-impl Ord for Delayed {
-    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        (self.at, self.seq).cmp(&(other.at, other.seq))
-    }
-}
-
 pub struct Scheduler {
     consensus: Consensus,
     state: watch::Receiver<Arc<State>>,
@@ -139,8 +115,6 @@ pub struct Scheduler {
     peer_id: String,
     executor: ExecutorHandle,
     inbox: mpsc::Receiver<RunRequest>,
-    delayed: BinaryHeap<Reverse<Delayed>>,
-    seq: u64,
     schedules: HashMap<TaskId, (DateTime<Utc>, Schedule)>,
     /// Since when this node leads (`None` while it does not).
     leading_since: Option<Instant>,
@@ -183,8 +157,6 @@ impl Scheduler {
             peer_id: parts.peer_id,
             executor: parts.executor,
             inbox,
-            delayed: BinaryHeap::new(),
-            seq: 0,
             schedules: HashMap::new(),
             leading_since: None,
             last_seen: HashMap::new(),
@@ -216,7 +188,7 @@ impl Scheduler {
                 }
                 false => None,
             };
-            let wake = [next_cron, self.delayed.peek().map(|d| d.0.at)]
+            let wake = [next_cron, self.next_waiting()]
                 .into_iter()
                 .flatten()
                 .chain([Instant::now() + TICK])
@@ -236,7 +208,7 @@ impl Scheduler {
                     self.on_requests(batch).await
                 }
                 Ok(()) = self.state.changed() => {}
-                _ = sleep_until_opt(wake) => self.start_delayed().await,
+                _ = sleep_until_opt(wake) => {}
             }
         }
     }
@@ -483,11 +455,8 @@ impl Scheduler {
     /// On the leader: places the runs that wait for a node, by priority, then age.
     async fn place_waiting(&mut self, candidates: &[Candidate]) {
         let state = self.state.borrow().clone();
-        let mut waiting: Vec<&Run> = state
-            .runs
-            .values()
-            .filter(|r| r.status == RunStatus::Queued && r.node_id.is_none())
-            .collect();
+        let now = Utc::now();
+        let mut waiting: Vec<&Run> = state.runs.values().filter(|r| r.placeable(now)).collect();
         if waiting.is_empty() {
             return;
         }
@@ -697,32 +666,69 @@ impl Scheduler {
     }
 
     async fn on_requests(&mut self, requests: Vec<RunRequest>) {
-        let mut now = Vec::new();
-        for request in requests {
-            if request.delay.is_zero() {
-                now.push(request);
-                continue;
-            }
-            self.seq += 1;
-            let at = Instant::now() + request.delay;
-            self.delayed.push(Reverse(Delayed {
-                at,
-                seq: self.seq,
-                request,
-            }));
-        }
+        let (now, later): (Vec<_>, Vec<_>) = requests.into_iter().partition(|r| r.delay.is_zero());
         self.start_requests(now).await;
+        self.commit_later(later).await;
     }
 
-    async fn start_delayed(&mut self) {
-        let now = Instant::now();
-        let mut due = Vec::new();
-        while self.delayed.peek().is_some_and(|d| d.0.at <= now) {
-            if let Some(Reverse(d)) = self.delayed.pop() {
-                due.push(d.request);
-            }
+    /// Requests with a delay (a retry's backoff) are committed at once as waiting runs that the
+    /// leader places once their time has come, so that they outlive the node that asked.
+    async fn commit_later(&mut self, requests: Vec<RunRequest>) {
+        if requests.is_empty() {
+            return;
         }
-        self.start_requests(due).await;
+        let state = self.state.borrow().clone();
+        let mut runs = Vec::new();
+        for request in &requests {
+            let Some(task) = state.tasks.get(&request.task) else {
+                continue;
+            };
+            let mut run = Run::new(
+                task.id.clone(),
+                task.name.clone(),
+                request.trigger.clone(),
+                request.attempt,
+                String::new(),
+            );
+            let at = Utc::now() + chrono::Duration::from_std(request.delay).unwrap_or_default();
+            run.not_before = Some(at);
+            run.actions.push(format!(
+                "waits until {} before it runs",
+                at.format("%H:%M:%S%.3f UTC")
+            ));
+            runs.push(run);
+        }
+        if runs.is_empty() {
+            return;
+        }
+        if let Err(e) = self.consensus.propose(Change::Runs(runs)).await {
+            // Without a quorum the requests wait here, and are asked again.
+            warn!(error = %e, count = requests.len(), "committing delayed runs failed; tried again in 1 s");
+            let own = self.own.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                for mut request in requests {
+                    request.delay = request.delay.saturating_sub(Duration::from_secs(1));
+                    request.delay = request.delay.max(Duration::from_millis(1));
+                    let _ = own.send(request).await;
+                }
+            });
+        }
+    }
+
+    /// On the leader: when the earliest waiting run's backoff ends.
+    fn next_waiting(&self) -> Option<Instant> {
+        self.leading_since?;
+        let now = Utc::now();
+        let state = self.state.borrow();
+        let at = state
+            .runs
+            .values()
+            .filter(|r| r.status == RunStatus::Queued && r.node_id.is_none())
+            .filter_map(|r| r.not_before)
+            .filter(|at| *at > now)
+            .min()?;
+        Some(Instant::now() + (at - now).to_std().unwrap_or_default())
     }
 
     /// Commits a run for each request in one entry: placed at once on the leader, else waiting
