@@ -11,6 +11,7 @@ pub mod ledger;
 pub mod logs;
 pub mod mesh;
 pub mod model;
+pub mod notify;
 pub mod scheduler;
 pub mod service;
 pub mod store;

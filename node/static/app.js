@@ -187,7 +187,11 @@
     const editor = $("#settings-editor");
     const errors = $("#settings-errors");
     const status = $("#settings-status");
-    const show = (settings) => { editor.value = JSON.stringify(settings, null, 2); };
+    const show = (settings) => {
+      editor.value = JSON.stringify(settings, null, 2);
+      showChannels(settings.cluster && settings.cluster.channels);
+    };
+    try { showChannels(JSON.parse(editor.value).cluster.channels); } catch { showChannels({}); }
 
     form.addEventListener("submit", async (e) => {
       e.preventDefault();
@@ -226,6 +230,36 @@
       }
     });
     initTransfer((settings) => { show(settings); errors.textContent = ""; });
+  }
+
+  /** The saved notification channels, each with a "Send test" button. */
+  function showChannels(channels) {
+    const rows = $("#channel-rows");
+    if (!rows) return;
+    const names = Object.keys(channels || {}).sort();
+    $("#channel-table").hidden = names.length === 0;
+    $("#channels-none").hidden = names.length > 0;
+    rows.replaceChildren(...names.map((name) => {
+      const result = el("td", { class: "result", role: "status", "aria-live": "polite" });
+      const button = el("button", { type: "button", class: "btn small" }, "Send test");
+      button.addEventListener("click", async () => {
+        button.disabled = true;
+        setStatus(result, "Sending…");
+        try {
+          const answer = await api("POST", `/api/channels/${encodeURIComponent(name)}/test`);
+          setStatus(result, `Delivered (${answer.kind}).`, "ok");
+        } catch (err) {
+          setStatus(result, err.message, "bad");
+        } finally {
+          button.disabled = false;
+        }
+      });
+      return el("tr", { "data-channel": name },
+        el("td", {}, el("code", {}, name)),
+        el("td", {}, String(channels[name].kind || "?")),
+        el("td", {}, button),
+        result);
+    }));
   }
 
   // --------------------------------------------------------------- tasks page

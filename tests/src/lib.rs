@@ -1,6 +1,7 @@
 //! Helpers shared by the integration tests: in-process nodes on port 0 in temp dirs, an HTTP
 //! client for their API, and polling with a deadline.
 
+pub mod fake_http;
 pub mod webdriver;
 
 use std::future::Future;

@@ -46,6 +46,7 @@ pub fn router(node: NodeHandle) -> Router {
         .route("/api/settings", get(get_settings).put(put_settings))
         .route("/api/settings/export", get(export_settings))
         .route("/api/settings/import", post(import_settings))
+        .route("/api/channels/{name}/test", post(test_channel))
         // Unknown API paths answer JSON; other unknown paths get the UI's page.
         .route("/api/{*rest}", axum::routing::any(not_found))
         .layer(DefaultBodyLimit::max(MAX_BODY))
@@ -255,6 +256,25 @@ async fn stop_run(
         StatusCode::ACCEPTED,
         Json(node.stop_run(&parse_run_id(&id)?).await?),
     ))
+}
+
+/// Sends a test message to a notification channel: 200 when it was delivered, 404 for an
+/// unknown channel, 502 with the receiver's answer when it was not.
+async fn test_channel(
+    State(node): State<NodeHandle>,
+    Path(name): Path<String>,
+) -> Result<impl IntoResponse, ApiError> {
+    match node.notifier().test(&name).await {
+        Ok(kind) => Ok(Json(serde_json::json!({
+            "channel": name,
+            "kind": kind,
+            "delivered": true,
+        }))),
+        Err(e @ crate::notify::TestError::NoChannel(_)) => {
+            Err(ApiError::new(StatusCode::NOT_FOUND, e.to_string()))
+        }
+        Err(e) => Err(ApiError::new(StatusCode::BAD_GATEWAY, e.to_string())),
+    }
 }
 
 async fn get_settings(State(node): State<NodeHandle>) -> impl IntoResponse {

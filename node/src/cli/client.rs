@@ -148,6 +148,21 @@ pub async fn run_command(command: super::Command) -> Result<ExitCode, ClientErro
         )),
         super::Command::Task(c) => task(c).await,
         super::Command::Settings(c) => settings(c).await,
+        super::Command::Notify(super::NotifyCommand::Test { channel, remote }) => {
+            let api = Api::new(&remote);
+            let answer = api
+                .write(
+                    reqwest::Method::POST,
+                    &format!("/api/channels/{}/test", enc(&channel)),
+                    None,
+                )
+                .await?;
+            println!(
+                "test message delivered to {channel} ({})",
+                answer["kind"].as_str().unwrap_or("?")
+            );
+            Ok(0)
+        }
         super::Command::Key(super::KeyCommand::Gen) => {
             let key = crate::mesh::ClusterKey::generate().map_err(|source| ClientError::Io {
                 context: "reading random bytes".into(),

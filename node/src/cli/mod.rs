@@ -36,6 +36,20 @@ pub enum Command {
     /// Cluster keys.
     #[command(subcommand)]
     Key(KeyCommand),
+    /// Notification channels.
+    #[command(subcommand)]
+    Notify(NotifyCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum NotifyCommand {
+    /// Send a test message to a channel of `cluster.channels`; fails with the receiver's answer.
+    Test {
+        /// The channel's name.
+        channel: String,
+        #[command(flatten)]
+        remote: Remote,
+    },
 }
 
 #[derive(Debug, Subcommand)]

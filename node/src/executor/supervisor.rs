@@ -16,6 +16,7 @@ use crate::consensus::{Change, Consensus, State};
 use crate::events::{Event, Events};
 use crate::ledger::RunLedger;
 use crate::model::{Action, ClusterSettings, Run, RunId, Task, TaskId, Trigger, matching_actions};
+use crate::notify::{self, Notice, Notifier, sending_note};
 
 /// A daemon that exits sooner than this after starting counts towards a crash loop.
 const QUICK_EXIT: Duration = Duration::from_secs(10);
@@ -111,6 +112,7 @@ pub struct Supervisor {
     requests: mpsc::Sender<RunRequest>,
     status: watch::Sender<BTreeMap<TaskId, DaemonStatus>>,
     events: Events,
+    notifier: Notifier,
     daemons: HashMap<TaskId, Daemon>,
     cancel: CancellationToken,
 }
@@ -124,6 +126,7 @@ impl Supervisor {
         ledger: RunLedger,
         requests: mpsc::Sender<RunRequest>,
         events: Events,
+        notifier: Notifier,
         cancel: CancellationToken,
     ) -> (Self, watch::Receiver<BTreeMap<TaskId, DaemonStatus>>) {
         let (status, status_rx) = watch::channel(BTreeMap::new());
@@ -137,6 +140,7 @@ impl Supervisor {
             requests,
             status,
             events,
+            notifier,
             daemons: HashMap::new(),
             cancel,
         };
@@ -255,10 +259,15 @@ impl Supervisor {
             stopped,
         } = finished;
         let state = self.state.borrow().clone();
-        if !stopped {
-            self.apply_rules(&mut run, &task, &state).await;
-        }
+        let notices = match stopped {
+            false => self.apply_rules(&mut run, &task, &state).await,
+            true => Vec::new(),
+        };
         self.ledger.record(&run).await;
+        // After the record: a delivery's outcome replaces the "sending" note in it.
+        for notice in notices {
+            self.notifier.notify(notice);
+        }
 
         let Some(d) = self.daemons.get_mut(&task.id) else {
             return;
@@ -292,8 +301,10 @@ impl Supervisor {
         self.restart_due().await;
     }
 
-    /// Carries out the exit-code rules for `run`, noting each step on the run.
-    async fn apply_rules(&mut self, run: &mut Run, task: &Task, state: &State) {
+    /// Carries out the exit-code rules for `run`, noting each step on the run; returns the
+    /// notifications to send once the run is recorded.
+    async fn apply_rules(&mut self, run: &mut Run, task: &Task, state: &State) -> Vec<Notice> {
+        let mut notices = Vec::new();
         for step in plan(task, run, &state.settings) {
             let note = match step {
                 Step::Retry { attempt, delay } => {
@@ -317,9 +328,14 @@ impl Supervisor {
                     format!("retry: no attempts left ({max} retries allowed)")
                 }
                 Step::Notify { channel } => match state.settings.channels.get(&channel) {
-                    Some(_) => format!(
-                        "notify {channel}: recorded (delivery comes with the notify module)"
-                    ),
+                    Some(target) => {
+                        let note = sending_note(&channel, notify::kind(target));
+                        notices.push(Notice {
+                            channel,
+                            run: run.clone(),
+                        });
+                        note
+                    }
                     None => format!("notify {channel}: no such channel in the settings"),
                 },
                 Step::RunTask { name } => match state.task_by_name(&name) {
@@ -355,6 +371,7 @@ impl Supervisor {
             };
             run.actions.push(note);
         }
+        notices
     }
 
     fn publish(&self) {

@@ -11,8 +11,9 @@ pub use duration::HumanDuration;
 pub use exit::{Action, ExitMatch, ExitRule, Outcome, matching_actions};
 pub use run::{Run, RunId, RunStatus, Trigger};
 pub use settings::{
-    ClusterIdentity, ClusterSettings, ExportOrigin, MASK, MysqlSettings, NodeSettings,
-    NotifyChannel, Settings, SlackSettings, TelegramSettings, hostname,
+    ClusterIdentity, ClusterSettings, ExportOrigin, MASK, MysqlSettings, NOTIFY_PLACEHOLDERS,
+    NodeSettings, NotifyChannel, NotifySettings, Settings, SlackSettings, TelegramSettings,
+    hostname,
 };
 pub use task::{CatchUp, Concurrency, Placement, Spec, Task, TaskId, TaskInput, When};
 pub use validate::{FieldError, Invalid, parse_json};

@@ -81,6 +81,8 @@ pub struct ClusterSettings {
     pub slack: SlackSettings,
     /// Named notification targets that exit-code rules refer to.
     pub channels: BTreeMap<String, NotifyChannel>,
+    /// What notifications say, and where their links point.
+    pub notify: NotifySettings,
     /// Run records (and optionally log lines) also go to this MySQL/MariaDB database.
     pub mysql: Option<MysqlSettings>,
     /// A peer that has not announced itself for this long is gone.
@@ -110,6 +112,7 @@ impl Default for ClusterSettings {
             telegram: TelegramSettings::default(),
             slack: SlackSettings::default(),
             channels: BTreeMap::new(),
+            notify: NotifySettings::default(),
             mysql: None,
             peer_timeout: HumanDuration::from_secs(10),
             voter_timeout: HumanDuration::from_secs(30),
@@ -147,6 +150,59 @@ impl Default for SlackSettings {
             api_base: "https://slack.com/api".into(),
         }
     }
+}
+
+/// The text of notifications: a template with `{placeholders}`, see [`NOTIFY_PLACEHOLDERS`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NotifySettings {
+    pub template: String,
+    /// The address people open the UI at (`https://taskmesh.example.com`), for the link to the
+    /// run; without it, the link points at the UI of the node that ran it.
+    pub ui_url: Option<String>,
+}
+
+/// The placeholders a notification template may use.
+pub const NOTIFY_PLACEHOLDERS: &[&str] = &[
+    "task",
+    "status",
+    "node",
+    "exit_code",
+    "duration",
+    "attempt",
+    "trigger",
+    "run_id",
+    "link",
+    "log_tail",
+];
+
+impl Default for NotifySettings {
+    fn default() -> Self {
+        Self {
+            template: "taskmesh: {task} {status} on {node} (exit code {exit_code}, {duration}, \
+                       attempt {attempt})\n{link}\n\n{log_tail}"
+                .into(),
+            ui_url: None,
+        }
+    }
+}
+
+/// The `{name}` placeholders in `template`, or where one is not closed.
+pub fn template_placeholders(template: &str) -> Result<Vec<&str>, String> {
+    let mut names = Vec::new();
+    let mut rest = template;
+    while let Some(open) = rest.find('{') {
+        let after = &rest[open + 1..];
+        let close = after.find('}').ok_or_else(|| {
+            format!(
+                "`{{` at byte {} is not closed",
+                template.len() - rest.len() + open
+            )
+        })?;
+        names.push(&after[..close]);
+        rest = &after[close + 1..];
+    }
+    Ok(names)
 }
 
 /// Where a notify action delivers.
@@ -294,6 +350,34 @@ impl Settings {
         ] {
             if !is_http_url(base) {
                 errors.push(FieldError::new(path, "an http:// or https:// URL"));
+            }
+        }
+        match template_placeholders(&c.notify.template) {
+            Err(e) => errors.push(FieldError::new("cluster.notify.template", e)),
+            Ok(names) => {
+                for name in names.iter().filter(|n| !NOTIFY_PLACEHOLDERS.contains(n)) {
+                    errors.push(FieldError::new(
+                        "cluster.notify.template",
+                        format!(
+                            "unknown placeholder {{{name}}}; known: {}",
+                            NOTIFY_PLACEHOLDERS.join(", ")
+                        ),
+                    ));
+                }
+            }
+        }
+        if c.notify.template.trim().is_empty() {
+            errors.push(FieldError::new(
+                "cluster.notify.template",
+                "must not be empty",
+            ));
+        }
+        if let Some(url) = &c.notify.ui_url {
+            if !is_http_url(url) {
+                errors.push(FieldError::new(
+                    "cluster.notify.ui_url",
+                    "an http:// or https:// URL",
+                ));
             }
         }
         for (name, channel) in &c.channels {

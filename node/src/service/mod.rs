@@ -24,6 +24,7 @@ use crate::executor::{DaemonStatus, Executor, ExecutorHandle, Supervisor};
 use crate::ledger::RunLedger;
 use crate::logs::{self, LogPaths};
 use crate::model::{Invalid, NodeSettings, Run, RunId, Settings, Task, TaskId, TaskInput, Trigger};
+use crate::notify::Notifier;
 use crate::scheduler::{Scheduler, SchedulerHandle};
 use crate::store::{RedbStore, RunQuery, Store, StoreError, Write};
 
@@ -78,6 +79,7 @@ struct Inner {
     /// Weak: the database closes once the node's actors have stopped, even if handles remain.
     store: std::sync::Weak<dyn Store>,
     events: Events,
+    notifier: Notifier,
     logs: LogPaths,
     config: Config,
     started_at: chrono::DateTime<Utc>,
@@ -218,6 +220,24 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Starte
         finished_tx,
         work.clone(),
     );
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(io(format!("listening on {}", config.listen)))?;
+    let addr = listener
+        .local_addr()
+        .map_err(io("reading the listen address".into()))?;
+    let ui_url = match addr.ip().is_unspecified() {
+        true => format!("http://{}:{}", crate::model::hostname(), addr.port()),
+        false => format!("http://{addr}"),
+    };
+    let notifier = Notifier::new(
+        consensus.subscribe(),
+        node_rx.clone(),
+        ledger.clone(),
+        logs.clone(),
+        ui_url.clone(),
+        work.clone(),
+    );
     let (supervisor, daemons) = Supervisor::new(
         finished_rx,
         consensus.clone(),
@@ -225,6 +245,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Starte
         ledger.clone(),
         requests.0.clone(),
         events.clone(),
+        notifier.clone(),
         work.clone(),
     );
     let (ready_tx, ready_rx) = watch::channel(false);
@@ -281,6 +302,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Starte
             node: node_tx,
             store: Arc::downgrade(&store),
             events,
+            notifier,
             logs,
             config: config.clone(),
             started_at: Utc::now(),
@@ -288,16 +310,6 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Starte
         }),
     };
 
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
-        .map_err(io(format!("listening on {}", config.listen)))?;
-    let addr = listener
-        .local_addr()
-        .map_err(io("reading the listen address".into()))?;
-    let ui_url = match addr.ip().is_unspecified() {
-        true => format!("http://{}:{}", crate::model::hostname(), addr.port()),
-        false => format!("http://{addr}"),
-    };
     let runner = mesh::MeshRunner {
         config: config.clone(),
         identity,
@@ -499,6 +511,11 @@ impl NodeHandle {
 
     pub fn logs(&self) -> &LogPaths {
         &self.inner.logs
+    }
+
+    /// Sends notifications (and test messages) to the cluster's channels.
+    pub fn notifier(&self) -> &Notifier {
+        &self.inner.notifier
     }
 
     pub fn daemons(&self) -> BTreeMap<TaskId, DaemonStatus> {

@@ -41,6 +41,10 @@ pub const CLUSTER_HELP: &[(&str, &str)] = &[
         "bot_token (secret) and api_base of the Slack bot used by notify rules",
     ),
     (
+        "notify",
+        "template: the text of notifications, with {task} {status} {node} {exit_code} {duration} {attempt} {trigger} {run_id} {link} {log_tail}; ui_url: the UI address for links (default: the node that ran it)",
+    ),
+    (
         "channels",
         "named notification targets for notify rules: {\"kind\": \"telegram\", \"chat_id\"}, {\"kind\": \"slack\", \"channel\" or \"webhook_url\"}, {\"kind\": \"webhook\", \"url\"}",
     ),

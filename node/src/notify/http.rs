@@ -1,0 +1,99 @@
+//! The notifier's HTTP client: JSON POSTs over HTTP or HTTPS (rustls with ring, the system's CA
+//! certificates), each with a time limit.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use tracing::warn;
+
+/// Answers are read up to this size.
+const MAX_ANSWER: usize = 64 << 10;
+
+#[derive(Clone)]
+pub struct Http {
+    client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
+}
+
+impl Http {
+    pub fn new() -> Self {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let builder = hyper_rustls::HttpsConnectorBuilder::new();
+        let builder = match builder.with_provider_and_native_roots(provider.clone()) {
+            Ok(b) => b,
+            Err(e) => {
+                warn!(error = %e, "no CA certificates found; HTTPS notifications will fail (install ca-certificates)");
+                let config = rustls::ClientConfig::builder_with_provider(provider)
+                    .with_safe_default_protocol_versions()
+                    .expect("ring supports the default TLS versions")
+                    .with_root_certificates(rustls::RootCertStore::empty())
+                    .with_no_client_auth();
+                hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(config)
+            }
+        };
+        let connector = builder.https_or_http().enable_http1().build();
+        Self {
+            client: Client::builder(TokioExecutor::new()).build(connector),
+        }
+    }
+
+    /// POSTs `body` as JSON; the answer's status and text, or why there is none (without the
+    /// URL, which may hold a token).
+    pub async fn post_json(
+        &self,
+        url: &str,
+        bearer: Option<&str>,
+        body: &serde_json::Value,
+        limit: Duration,
+    ) -> Result<(hyper::StatusCode, String), String> {
+        let uri: hyper::Uri = url.parse().map_err(|_| "not a valid URL".to_owned())?;
+        let mut request = hyper::Request::post(uri)
+            .header(hyper::header::CONTENT_TYPE, "application/json")
+            .header(
+                hyper::header::USER_AGENT,
+                concat!("taskmesh/", env!("CARGO_PKG_VERSION")),
+            );
+        if let Some(token) = bearer {
+            request = request.header(hyper::header::AUTHORIZATION, format!("Bearer {token}"));
+        }
+        let request = request
+            .body(Full::new(Bytes::from(body.to_string())))
+            .map_err(|e| format!("building the request: {e}"))?;
+        let exchange = async {
+            let response = self.client.request(request).await.map_err(describe)?;
+            let status = response.status();
+            let body = http_body_util::Limited::new(response.into_body(), MAX_ANSWER)
+                .collect()
+                .await
+                .map_err(|e| format!("reading the answer: {e}"))?
+                .to_bytes();
+            Ok((status, String::from_utf8_lossy(&body).into_owned()))
+        };
+        tokio::time::timeout(limit, exchange)
+            .await
+            .map_err(|_| format!("no answer within {} s", limit.as_secs()))?
+    }
+}
+
+impl Default for Http {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// The cause chain of a client error (hyper's own text is just "client error (Connect)").
+fn describe(e: hyper_util::client::legacy::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = std::error::Error::source(&e);
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
