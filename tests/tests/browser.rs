@@ -190,3 +190,56 @@ async fn user_text_is_escaped_and_settings_validate_in_place() -> Result<()> {
     screenshot(&browser, "node").await;
     Ok(())
 }
+
+#[tokio::test]
+async fn settings_send_a_test_notification_and_show_the_answer() -> Result<()> {
+    let fake = taskmesh_tests::fake_http::FakeHttp::start().await?;
+    let node = TestNode::start().await?;
+    let base = node.api.base.clone();
+    let mut settings = node.handle.settings(true);
+    settings.cluster.channels = serde_json::from_value(json!({
+        "hook": {"kind": "webhook", "url": format!("{}/hook", fake.url)}
+    }))?;
+    node.handle.put_settings(settings).await?;
+
+    let browser = Browser::start().await?;
+    browser.goto(&format!("{base}/settings")).await?;
+    wait_text(&browser, "#channel-rows", "hook").await?;
+    let button = browser
+        .find("#channel-rows tr[data-channel=hook] button")
+        .await?;
+    browser.click(&button).await?;
+    wait_text(
+        &browser,
+        "#channel-rows tr[data-channel=hook] td.result",
+        "Delivered (webhook).",
+    )
+    .await?;
+    assert_eq!(fake.seen().len(), 1);
+    assert_eq!(fake.seen()[0].path, "/hook");
+    screenshot(&browser, "settings-channels").await;
+
+    // A receiver's refusal shows next to the button.
+    fake.answer_next(403, json!({"error": "forbidden"}));
+    browser.click(&button).await?;
+    wait_text(
+        &browser,
+        "#channel-rows tr[data-channel=hook] td.result",
+        "the webhook answered 403 Forbidden: forbidden",
+    )
+    .await?;
+
+    // A channel saved in the editor is listed at once.
+    let editor = browser.find("#settings-editor").await?;
+    browser.clear(&editor).await?;
+    let doc = json!({"cluster": {"channels": {
+        "hook": {"kind": "webhook", "url": format!("{}/hook", fake.url)},
+        "chat": {"kind": "telegram", "chat_id": "42"},
+    }}});
+    browser.type_text(&editor, &doc.to_string()).await?;
+    browser
+        .click(&browser.find("#settings-form button[type=submit]").await?)
+        .await?;
+    wait_text(&browser, "#channel-rows", "chat").await?;
+    Ok(())
+}

@@ -467,3 +467,61 @@ async fn runs_land_only_on_nodes_whose_dependencies_match() -> Result<()> {
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn each_notification_leaves_the_mesh_once() -> Result<()> {
+    let fake = taskmesh_tests::fake_http::FakeHttp::start().await?;
+    let members = cluster(3).await?;
+    let all: Vec<&Member> = members.iter().collect();
+    let leader = formed(&all, 3, 0).await?;
+    let mut settings = members[leader].node.handle.settings(true);
+    settings.cluster.channels = serde_json::from_value(json!({
+        "hook": {"kind": "webhook", "url": format!("{}/hook", fake.url)}
+    }))?;
+    members[leader].node.handle.put_settings(settings).await?;
+    members[leader]
+        .node
+        .api
+        .create_task(&json!({
+            "name": "fails",
+            "spec": {"command": ["false"], "concurrency": "allow"},
+            "when": {"mode": "manual"},
+            "exit_rules": [{"on": "!0", "action": "notify", "channel": "hook"}],
+        }))
+        .await?;
+    // Runs asked for on every node, placed wherever the leader likes.
+    let mut ids = BTreeSet::new();
+    for i in 0..6 {
+        let run = members[i % 3].node.api.execute("fails").await?;
+        ids.insert(run["id"].as_str().context("run id")?.to_owned());
+    }
+    // Each run says its notification was delivered (by the node that ran it) ...
+    for id in &ids {
+        wait_for("the notification's outcome", FORM, || async {
+            let (_, run) = members[0]
+                .node
+                .api
+                .get(&format!("/api/runs/{id}"))
+                .await
+                .ok()?;
+            run["actions"]
+                .as_array()?
+                .iter()
+                .any(|a| a == "notify hook: delivered (webhook, 1 try)")
+                .then_some(())
+        })
+        .await?;
+    }
+    // ... and the receiver got exactly one message per run.
+    let seen: Vec<String> = fake
+        .seen()
+        .iter()
+        .map(|s| s.body["run_id"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    ensure!(seen.len() == ids.len(), "one message per run: {seen:?}");
+    ensure!(
+        seen.iter().cloned().collect::<BTreeSet<_>>() == ids,
+        "each run's own message: {seen:?}"
+    );
+    Ok(())
+}
