@@ -78,8 +78,9 @@ pub struct RunArgs {
     /// The mesh's cluster key (64 hex digits, from `taskmesh key gen`); the node keeps it.
     #[arg(long, env = "TASKMESH_CLUSTER_KEY", hide_env_values = true)]
     pub cluster_key: Option<String>,
-    /// Do not use multicast DNS to find other nodes at this start.
-    #[arg(long, env = "TASKMESH_NO_MDNS")]
+    /// Do not use multicast DNS to find other nodes at this start (TASKMESH_NO_MDNS takes
+    /// 1/0, true/false, yes/no, on/off).
+    #[arg(long, env = "TASKMESH_NO_MDNS", value_parser = clap::builder::BoolishValueParser::new())]
     pub no_mdns: bool,
     /// Another node's p2p address (host:port or multiaddr) to dial; repeatable.
     #[arg(long = "peer", value_name = "ADDR")]
