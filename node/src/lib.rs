@@ -13,6 +13,7 @@ pub mod mesh;
 pub mod model;
 pub mod scheduler;
 pub mod service;
+pub mod sink;
 pub mod store;
 pub mod ui;
 
