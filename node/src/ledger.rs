@@ -11,6 +11,7 @@ use crate::consensus::State;
 use crate::events::{Event, Events};
 use crate::logs::LogPaths;
 use crate::model::{Outcome, Run, RunId};
+use crate::sink::Outbox;
 use crate::store::{RunQuery, Store, StoreError};
 
 enum Msg {
@@ -33,17 +34,20 @@ pub struct RunLedger {
 }
 
 impl RunLedger {
-    /// Marks runs a previous process left unfinished as lost, and starts the writer.
+    /// Marks runs a previous process left unfinished as lost, and starts the writer. With an
+    /// `outbox`, every change is also staged for the MySQL sink while `cluster.mysql` is set.
     pub async fn start(
         store: Arc<dyn Store>,
         events: Events,
         state: watch::Receiver<Arc<State>>,
         logs: LogPaths,
         report: mpsc::UnboundedSender<Run>,
+        outbox: Option<Outbox>,
     ) -> Result<(Self, tokio::task::JoinHandle<()>), StoreError> {
         let keep = state.borrow().settings.history_per_task;
         let orphans = {
             let store = store.clone();
+            let staging = sink_outbox(&outbox, &state);
             tokio::task::spawn_blocking(move || {
                 let now = chrono::Utc::now();
                 let orphans: Vec<Run> = store
@@ -56,6 +60,7 @@ impl RunLedger {
                         r
                     })
                     .collect();
+                stage(staging.as_ref(), &orphans);
                 store.put_runs(&orphans, keep)?;
                 Ok::<_, StoreError>(orphans)
             })
@@ -79,6 +84,7 @@ impl RunLedger {
             inbox: rx,
             state,
             logs,
+            outbox,
         };
         let store = Arc::downgrade(&writer.store);
         let writer = tokio::spawn(writer.run());
@@ -192,6 +198,7 @@ struct Writer {
     inbox: mpsc::Receiver<Msg>,
     state: watch::Receiver<Arc<State>>,
     logs: LogPaths,
+    outbox: Option<Outbox>,
 }
 
 impl Writer {
@@ -230,10 +237,13 @@ impl Writer {
     async fn write(&mut self, runs: Vec<Run>) -> Result<(), StoreError> {
         let keep = self.state.borrow().settings.history_per_task;
         let store = self.store.clone();
-        let (result, runs) =
-            tokio::task::spawn_blocking(move || (store.put_runs(&runs, keep), runs))
-                .await
-                .unwrap_or_else(|e| (Err(StoreError::Db(e.to_string())), Vec::new()));
+        let staging = sink_outbox(&self.outbox, &self.state);
+        let (result, runs) = tokio::task::spawn_blocking(move || {
+            stage(staging.as_ref(), &runs);
+            (store.put_runs(&runs, keep), runs)
+        })
+        .await
+        .unwrap_or_else(|e| (Err(StoreError::Db(e.to_string())), Vec::new()));
         match result {
             Ok(pruned) => {
                 let mut live = self.live.write().expect("ledger lock");
@@ -252,6 +262,30 @@ impl Writer {
                 warn!(error = %e, count = runs.len(), "storing runs failed; they stay in memory");
                 Err(e)
             }
+        }
+    }
+}
+
+/// The outbox while the MySQL sink is configured.
+fn sink_outbox(outbox: &Option<Outbox>, state: &watch::Receiver<Arc<State>>) -> Option<Outbox> {
+    outbox
+        .clone()
+        .filter(|_| state.borrow().settings.mysql.is_some())
+}
+
+/// Stages runs for the MySQL sink without an fsync: the durable commit of the same runs that
+/// follows at once makes it durable too (see [`Outbox::stage`]).
+fn stage(outbox: Option<&Outbox>, runs: &[Run]) {
+    let Some(outbox) = outbox else { return };
+    match outbox.stage(runs, redb::Durability::None) {
+        Ok(0) => {}
+        Ok(dropped) => warn!(
+            dropped,
+            limit = crate::sink::LIMIT,
+            "the MySQL outbox is full: the oldest waiting runs were dropped"
+        ),
+        Err(e) => {
+            warn!(error = %e, count = runs.len(), "staging runs for MySQL failed; they are not sent")
         }
     }
 }

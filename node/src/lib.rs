@@ -14,6 +14,7 @@ pub mod model;
 pub mod notify;
 pub mod scheduler;
 pub mod service;
+pub mod sink;
 pub mod store;
 pub mod ui;
 

@@ -31,6 +31,7 @@ pub fn router(node: NodeHandle) -> Router {
     Router::new()
         .route("/api/health", get(health))
         .route("/api/peers", get(peers))
+        .route("/api/sink", get(sink))
         .route("/api/cluster-key", get(cluster_key))
         .route("/api/tasks", get(list_tasks).post(create_task))
         .route(
@@ -145,6 +146,10 @@ async fn not_found() -> ApiError {
 
 async fn health(State(node): State<NodeHandle>) -> impl IntoResponse {
     Json(node.health())
+}
+
+async fn sink(State(node): State<NodeHandle>) -> impl IntoResponse {
+    Json(node.sink_status())
 }
 
 async fn peers(State(node): State<NodeHandle>) -> impl IntoResponse {

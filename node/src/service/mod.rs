@@ -85,6 +85,7 @@ struct Inner {
     started_at: chrono::DateTime<Utc>,
     /// The p2p endpoint while it runs (it restarts when the cluster key or mesh settings change).
     mesh: watch::Receiver<Option<crate::mesh::MeshHandle>>,
+    sink: watch::Receiver<crate::sink::SinkStatus>,
 }
 
 /// A started node: its handle, the address its UI listens on, and its end.
@@ -189,14 +190,35 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Starte
     .await
     .map_err(|e| NodeError::Unavailable(e.to_string()))?;
     let (report_tx, report_rx) = mpsc::unbounded_channel();
+    let outbox = {
+        let db = redb.database();
+        tokio::task::spawn_blocking(move || crate::sink::Outbox::open(db))
+            .await
+            .map_err(|e| NodeError::Unavailable(format!("opening the MySQL outbox: {e}")))??
+    };
     let (ledger, ledger_writer) = RunLedger::start(
         store.clone(),
         events.clone(),
         consensus.subscribe(),
         logs.clone(),
         report_tx,
+        Some(outbox.clone()),
     )
     .await?;
+    // Stopped after the ledger has stored (and staged) the last runs' ends; what the sink has
+    // not sent by then waits in the outbox for the next start.
+    let sinking = CancellationToken::new();
+    let (sink_tx, sink_rx) = watch::channel(crate::sink::SinkStatus::default());
+    let sink = tokio::spawn(
+        crate::sink::Sink {
+            outbox,
+            state: consensus.subscribe(),
+            logs: logs.clone(),
+            status: sink_tx,
+            cancel: sinking.clone(),
+        }
+        .run(),
+    );
     // Stopped after the ledger, so that the last runs' ends are reported too.
     let reporting = CancellationToken::new();
     let reporter = tokio::spawn(
@@ -307,6 +329,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Starte
             config: config.clone(),
             started_at: Utc::now(),
             mesh: mesh_rx,
+            sink: sink_rx,
         }),
     };
 
@@ -360,6 +383,8 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Starte
         let _ = ledger_writer.await;
         reporting.cancel();
         let _ = reporter.await;
+        sinking.cancel();
+        let _ = sink.await;
         core.cancel();
         let _ = committer.await;
         // Open SSE streams do not end by themselves; the server gets a moment to finish requests.
@@ -782,6 +807,11 @@ impl NodeHandle {
         let cluster = self.state().cluster.map(|c| c.id);
         let live = crate::scheduler::placement::live(this, &peers, cluster);
         crate::scheduler::placement::why_not(task, &live)
+    }
+
+    /// What the MySQL sink is doing: its target, runs waiting, the last error.
+    pub fn sink_status(&self) -> crate::sink::SinkStatus {
+        self.inner.sink.borrow().clone()
     }
 
     /// The p2p endpoint, while it runs.

@@ -13,6 +13,7 @@ use super::view::{Layout, Moment, RunSummary, bytes};
 use crate::NodeHandle;
 use crate::executor::DaemonStatus;
 use crate::model::{Run, TaskId};
+use crate::sink::SinkStatus;
 use crate::store::RunQuery;
 
 /// Runs shown under "ran before".
@@ -28,6 +29,32 @@ pub struct NodeTemplate {
     pub recent: Vec<RunSummary>,
     pub daemons: Vec<DaemonRow>,
     pub key: ClusterKeyView,
+    pub sink: SinkView,
+}
+
+/// The MySQL sink's card: where runs go, how many wait, what failed last.
+#[derive(Debug, Clone)]
+pub struct SinkView {
+    /// `user@host:port/database`, or None when `cluster.mysql` is not set.
+    pub target: Option<String>,
+    pub pending: u64,
+    pub failing: bool,
+    pub delivered: u64,
+    pub last_error: Option<String>,
+    pub last_error_at: Option<Moment>,
+}
+
+impl SinkView {
+    pub fn of(status: &SinkStatus, now: DateTime<Utc>) -> Self {
+        Self {
+            target: status.target.clone(),
+            pending: status.pending,
+            failing: status.failing,
+            delivered: status.delivered,
+            last_error: status.last_error.clone(),
+            last_error_at: status.last_error_at.map(|at| Moment::new(at, now)),
+        }
+    }
 }
 
 /// Facts about this node.
@@ -138,6 +165,7 @@ pub async fn view_node_get(State(node): State<NodeHandle>) -> NodeTemplate {
             .map(|(id, status)| DaemonRow::of(id, names.get(id).copied(), status))
             .collect(),
         key: ClusterKeyView::of(&node),
+        sink: SinkView::of(&node.sink_status(), now),
     }
 }
 
@@ -148,6 +176,10 @@ mod tests {
     use crate::ui::view::sample::{self, EVIL};
 
     fn page(name: &str, runs: Vec<Run>, daemons: Vec<DaemonRow>) -> String {
+        page_with(name, runs, daemons, SinkStatus::default())
+    }
+
+    fn page_with(name: &str, runs: Vec<Run>, daemons: Vec<DaemonRow>, sink: SinkStatus) -> String {
         let now = sample::now();
         let active = runs
             .iter()
@@ -178,6 +210,7 @@ mod tests {
                 fingerprint: Some("a1b2c3".into()),
                 peer_id: Some("12D3KooW".into()),
             },
+            sink: SinkView::of(&sink, now),
         }
         .render()
         .expect("render")
@@ -214,6 +247,30 @@ mod tests {
             "crash loop",
             "in 1.5 s",
             "href=\"/api/settings/export\"",
+        ] {
+            assert!(html.contains(needle), "missing {needle}");
+        }
+    }
+
+    #[test]
+    fn shows_the_mysql_sink() {
+        let off = page("node-a", vec![], vec![]);
+        assert!(off.contains("MySQL") && off.contains("Not configured"));
+        let failing = SinkStatus {
+            target: Some("taskmesh@db:3306/ops".into()),
+            pending: 42,
+            failing: true,
+            last_error: Some("connecting to MySQL taskmesh@db:3306/ops: refused".into()),
+            last_error_at: Some(sample::now()),
+            delivered: 7,
+            ..SinkStatus::default()
+        };
+        let html = page_with("node-a", vec![], vec![], failing);
+        for needle in [
+            "taskmesh@db:3306/ops",
+            "42 runs waiting",
+            "retrying",
+            "connecting to MySQL taskmesh@db:3306/ops: refused",
         ] {
             assert!(html.contains(needle), "missing {needle}");
         }
