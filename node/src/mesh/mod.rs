@@ -52,7 +52,7 @@ pub enum Request {
     /// A piece of a run's log, from byte `from`, at most `max` bytes (the node that ran it
     /// answers).
     RunLog { run: String, from: u64, max: u32 },
-    /// A run request forwarded to the leader's scheduler, opaque to the mesh.
+    /// Run requests a follower hands to the leader's scheduler (a list), opaque to the mesh.
     Schedule(serde_json::Value),
 }
 
@@ -62,7 +62,7 @@ pub enum Response {
     Raft(serde_json::Value),
     /// The log piece; `None` when the node has no log for that run.
     RunLog(Option<Vec<u8>>),
-    /// The leader's answer to a forwarded run request.
+    /// The leader's answer to each handed-over run request, in order.
     Schedule(serde_json::Value),
     /// The receiving node could not handle the request (no handler, or it failed).
     Error(String),

@@ -16,6 +16,7 @@
 
 pub mod cron;
 pub mod dispatch;
+mod forward;
 pub mod placement;
 
 use std::collections::{HashMap, HashSet};
@@ -39,6 +40,8 @@ use crate::model::{
 use placement::{Candidate, NoPlace};
 
 pub use cron::{CatchUpPlan, Schedule, ScheduleError, catch_up};
+use forward::Forwarder;
+pub use forward::{Answers, Forwarded};
 
 /// How far ahead of a slot its firing is committed.
 pub const LEAD: Duration = Duration::from_millis(50);
@@ -71,12 +74,38 @@ impl SchedulerHandle {
         .await
     }
 
-    /// A run request another node forwarded to this one as the leader.
-    pub async fn forwarded(&self, request: Forwarded) -> Result<Run, String> {
-        self.ask(request, true).await
+    /// The run requests another node handed to this one as the leader; answers each, in order.
+    pub async fn forwarded(&self, requests: Vec<Forwarded>) -> Answers {
+        // All are queued before any answer is awaited, so that they are committed together.
+        let mut pending = Vec::with_capacity(requests.len());
+        for request in requests {
+            pending.push(self.queue(request, true).await);
+        }
+        let mut answers = Vec::with_capacity(pending.len());
+        for rx in pending {
+            answers.push(match rx {
+                Ok(rx) => rx
+                    .await
+                    .unwrap_or_else(|_| Err("the node is shutting down".to_owned())),
+                Err(e) => Err(e),
+            });
+        }
+        answers
     }
 
     async fn ask(&self, request: Forwarded, forwarded: bool) -> Result<Run, String> {
+        self.queue(request, forwarded)
+            .await?
+            .await
+            .map_err(|_| "the node is shutting down".to_owned())?
+    }
+
+    /// Puts a request in the scheduler's inbox; the receiver gets its answer.
+    async fn queue(
+        &self,
+        request: Forwarded,
+        forwarded: bool,
+    ) -> Result<oneshot::Receiver<Result<Run, String>>, String> {
         let (reply, rx) = oneshot::channel();
         let request = RunRequest {
             task: request.task,
@@ -90,21 +119,9 @@ impl SchedulerHandle {
             .send(request)
             .await
             .map_err(|_| "the node is shutting down".to_owned())?;
-        rx.await
-            .map_err(|_| "the node is shutting down".to_owned())?
+        Ok(rx)
     }
 }
-
-/// A run request as it travels to the leader (`mesh::Request::Schedule`).
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-pub struct Forwarded {
-    pub task: TaskId,
-    pub trigger: Trigger,
-    pub attempt: u32,
-}
-
-/// How long a follower waits for the leader's answer before it commits the run as waiting.
-const FORWARD_TTL: Duration = Duration::from_secs(2);
 
 pub struct Scheduler {
     consensus: Consensus,
@@ -125,6 +142,10 @@ pub struct Scheduler {
     dispatcher_ready: watch::Receiver<bool>,
     /// This scheduler's own inbox, for requests the leader did not take.
     own: mpsc::Sender<RunRequest>,
+    /// Requests for the leader, on a follower.
+    to_leader: mpsc::UnboundedSender<RunRequest>,
+    /// Started with the scheduler.
+    forwarder: Option<Forwarder>,
     cancel: CancellationToken,
 }
 
@@ -149,6 +170,15 @@ impl Scheduler {
     ) -> (Self, SchedulerHandle) {
         let state = parts.consensus.subscribe();
         let (tx, inbox) = requests;
+        let (to_leader, forwards) = mpsc::unbounded_channel();
+        let forwarder = Forwarder {
+            inbox: forwards,
+            consensus: parts.consensus.clone(),
+            mesh: parts.mesh.clone(),
+            peer_id: parts.peer_id.clone(),
+            back: tx.clone(),
+            cancel: cancel.clone(),
+        };
         let scheduler = Scheduler {
             consensus: parts.consensus,
             state,
@@ -163,12 +193,17 @@ impl Scheduler {
             ledger: parts.ledger,
             dispatcher_ready: parts.dispatcher_ready,
             own: tx.clone(),
+            to_leader,
+            forwarder: Some(forwarder),
             cancel,
         };
         (scheduler, SchedulerHandle { tx })
     }
 
     pub async fn run(mut self) {
+        if let Some(forwarder) = self.forwarder.take() {
+            tokio::spawn(forwarder.run());
+        }
         // The dispatcher first settles what the previous start left queued here.
         tokio::select! {
             _ = self.cancel.cancelled() => return,
@@ -743,8 +778,8 @@ impl Scheduler {
         // leader forwarded here, or that it does not answer, wait in the ledger instead.
         let (requests, to_leader): (Vec<_>, Vec<_>) =
             requests.into_iter().partition(|r| leading || r.forwarded);
-        if !to_leader.is_empty() {
-            self.forward(to_leader);
+        for request in to_leader {
+            let _ = self.to_leader.send(request);
         }
         if requests.is_empty() {
             return;
@@ -799,43 +834,6 @@ impl Scheduler {
         }
     }
 
-    /// Sends requests to the leader's scheduler and answers them with the leader's answer. A
-    /// request the leader does not answer comes back here marked forwarded, and is committed as
-    /// a waiting run.
-    fn forward(&self, requests: Vec<RunRequest>) {
-        let leader = self
-            .consensus
-            .leader_peer()
-            .filter(|l| *l != self.peer_id)
-            .and_then(|l| l.parse::<crate::mesh::PeerId>().ok());
-        let mesh = self.mesh.borrow().clone();
-        let back = self.own.clone();
-        tokio::spawn(async move {
-            for mut request in requests {
-                let body = Forwarded {
-                    task: request.task.clone(),
-                    trigger: request.trigger.clone(),
-                    attempt: request.attempt,
-                };
-                let answer = match (&mesh, leader) {
-                    (Some(mesh), Some(leader)) => ask_leader(mesh, leader, &body).await,
-                    _ => None,
-                };
-                match answer {
-                    Some(answer) => {
-                        if let Some(reply) = request.reply.take() {
-                            let _ = reply.send(answer);
-                        }
-                    }
-                    None => {
-                        request.forwarded = true;
-                        let _ = back.send(request).await;
-                    }
-                }
-            }
-        });
-    }
-
     /// The runs one request makes (the first is the answer), or why it makes none. On the leader
     /// they are placed; elsewhere the one run waits for the leader. Runs that `replace` stops
     /// are added to `stops`.
@@ -871,26 +869,6 @@ impl Scheduler {
             Some(_) => Ok(runs),
             None => Err("no run was made".into()),
         }
-    }
-}
-
-/// The leader's answer to a forwarded request, or `None` when it gave none.
-async fn ask_leader(
-    mesh: &MeshHandle,
-    leader: crate::mesh::PeerId,
-    request: &Forwarded,
-) -> Option<Result<Run, String>> {
-    let body = serde_json::to_value(request).ok()?;
-    let answer = tokio::time::timeout(
-        FORWARD_TTL,
-        mesh.request(leader, crate::mesh::Request::Schedule(body)),
-    )
-    .await
-    .ok()?
-    .ok()?;
-    match answer {
-        crate::mesh::Response::Schedule(value) => serde_json::from_value(value).ok(),
-        _ => None,
     }
 }
 

@@ -409,12 +409,11 @@ async fn route_inbound(
                 let scheduler = scheduler.clone();
                 tokio::spawn(async move {
                     let answer = match serde_json::from_value(body) {
-                        Ok(forwarded) => scheduler.forwarded(forwarded).await,
-                        Err(e) => Err(format!("not a run request: {e}")),
+                        Ok(forwarded) => serde_json::to_value(scheduler.forwarded(forwarded).await)
+                            .map(Response::Schedule)
+                            .unwrap_or_else(|e| Response::Error(e.to_string())),
+                        Err(e) => Response::Error(format!("not a list of run requests: {e}")),
                     };
-                    let answer = serde_json::to_value(answer)
-                        .map(Response::Schedule)
-                        .unwrap_or_else(|e| Response::Error(e.to_string()));
                     let _ = request.reply.send(answer);
                 });
             }
