@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock, Weak};
 
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, watch};
 use tracing::warn;
 
 use crate::consensus::State;
@@ -16,7 +16,6 @@ use crate::store::{RunQuery, Store, StoreError};
 
 enum Msg {
     Put(Box<Run>),
-    Flush(oneshot::Sender<Result<(), StoreError>>),
     /// Store what is queued, then stop (shutdown).
     Close,
 }
@@ -129,18 +128,6 @@ impl RunLedger {
             .ok_or_else(|| StoreError::Db("the node has shut down".into()))
     }
 
-    /// Waits until everything recorded so far is durable. This is a durable commit of the
-    /// node's database, so it also makes durable what the Raft state machine applied before.
-    pub async fn flush(&self) -> Result<(), StoreError> {
-        let stopped = || StoreError::Db("the run ledger writer has stopped".into());
-        let (tx, rx) = oneshot::channel();
-        self.writes
-            .send(Msg::Flush(tx))
-            .await
-            .map_err(|_| stopped())?;
-        rx.await.map_err(|_| stopped())?
-    }
-
     pub async fn get(&self, id: &RunId) -> Result<Option<Run>, StoreError> {
         if let Some(run) = self.live.read().expect("ledger lock").get(id) {
             return Ok(Some(run.clone()));
@@ -206,7 +193,6 @@ impl Writer {
         let mut batch = Vec::with_capacity(512);
         while self.inbox.recv_many(&mut batch, 512).await > 0 {
             let mut runs: Vec<Run> = Vec::new();
-            let mut flushes = Vec::new();
             let mut closing = false;
             for msg in batch.drain(..) {
                 match msg {
@@ -214,19 +200,11 @@ impl Writer {
                         Some(older) => *older = *run,
                         None => runs.push(*run),
                     },
-                    Msg::Flush(tx) => flushes.push(tx),
                     Msg::Close => closing = true,
                 }
             }
-            let written = match runs.is_empty() {
-                true => Ok(()),
-                false => self.write(runs).await,
-            };
-            for tx in flushes {
-                let _ = tx.send(match &written {
-                    Ok(()) => Ok(()),
-                    Err(e) => Err(StoreError::Db(e.to_string())),
-                });
+            if !runs.is_empty() {
+                self.write(runs).await;
             }
             if closing {
                 break;
@@ -234,7 +212,7 @@ impl Writer {
         }
     }
 
-    async fn write(&mut self, runs: Vec<Run>) -> Result<(), StoreError> {
+    async fn write(&mut self, runs: Vec<Run>) {
         let keep = self.state.borrow().settings.history_per_task;
         let store = self.store.clone();
         let staging = sink_outbox(&self.outbox, &self.state);
@@ -256,11 +234,9 @@ impl Writer {
                 for id in pruned {
                     let _ = std::fs::remove_file(self.logs.run_log(&id));
                 }
-                Ok(())
             }
             Err(e) => {
-                warn!(error = %e, count = runs.len(), "storing runs failed; they stay in memory");
-                Err(e)
+                warn!(error = %e, count = runs.len(), "storing runs failed; they stay in memory")
             }
         }
     }

@@ -51,7 +51,9 @@ pub struct Notifier {
 }
 
 struct Inner {
-    http: http::Http,
+    /// Made at the first notification: loading the system's CA certificates costs memory that a
+    /// node which never notifies need not pay.
+    http: std::sync::OnceLock<http::Http>,
     state: watch::Receiver<Arc<State>>,
     node: watch::Receiver<NodeSettings>,
     ledger: RunLedger,
@@ -86,7 +88,7 @@ impl Notifier {
     ) -> Self {
         Self {
             inner: Arc::new(Inner {
-                http: http::Http::new(),
+                http: std::sync::OnceLock::new(),
                 state,
                 node,
                 ledger,
@@ -120,7 +122,7 @@ impl Notifier {
             .ok_or_else(|| TestError::NoChannel(channel.to_owned()))?;
         let message = Message::test(&self.inner.node.borrow().name, channel);
         let kind = kind(target);
-        deliver::send(&self.inner.http, &settings, target, &message)
+        deliver::send(self.inner.http(), &settings, target, &message)
             .await
             .map(|()| kind)
             .map_err(|failure| TestError::Failed {
@@ -132,6 +134,10 @@ impl Notifier {
 }
 
 impl Inner {
+    fn http(&self) -> &http::Http {
+        self.http.get_or_init(http::Http::new)
+    }
+
     async fn deliver(&self, notice: Notice) {
         let Ok(_turn) = self.turns.acquire().await else {
             return;
@@ -159,7 +165,7 @@ impl Inner {
         let mut tries = 0;
         let outcome = loop {
             tries += 1;
-            match deliver::send(&self.http, &settings, &target, &message).await {
+            match deliver::send(self.http(), &settings, &target, &message).await {
                 Ok(()) => break Ok(()),
                 Err(failure) if failure.transient && tries < TRIES => {
                     info!(channel = %notice.channel, run_id = %notice.run.id, try_no = tries, error = %failure, "notification not delivered; trying again");

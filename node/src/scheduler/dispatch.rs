@@ -9,13 +9,14 @@
 //! not started at all: it is reported `lost`, and the leader retries it by policy. Runs applied
 //! after the start were never seen before, so they start.
 //!
-//! The cluster's ledger learns of a start a few milliseconds after it (the run reporter), so a
-//! crash in between leaves a run there `queued` that did start. So the dispatcher stores the
-//! runs it is about to start in the node's own history first, durably (one commit for all it
-//! starts at once). After a restart, a run the cluster's ledger shows unfinished on this node is
-//! settled by that history: known there, its record (final by then: the history marks what it
-//! left unfinished `lost`) goes to the cluster again; unknown, it never started, and is reported
-//! `lost`.
+//! The cluster's ledger learns of a start some milliseconds after it (the run reporter batches),
+//! the node's own history sooner (its writer commits in batches). After a restart, a run the
+//! cluster's ledger shows unfinished on this node is settled by that history: known there, its
+//! record (final by then: the history marks what it left unfinished `lost`) goes to the cluster
+//! again; unknown, it is reported `lost`. A run started in the moment before a crash that had
+//! not yet reached the history is the one case where a `lost` run did start (and its retry makes
+//! that run at-least-once); a durable write before each start would close it, at the price of an
+//! fsync on every start's path.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -23,7 +24,7 @@ use std::sync::Arc;
 use chrono::Utc;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{debug, info};
 
 use crate::consensus::{Change, Consensus, State};
 use crate::executor::{ExecutorHandle, RunOrder};
@@ -87,21 +88,10 @@ impl Dispatcher {
                 handed.insert(run.id.clone());
                 self.never_started(run.clone()).await;
             }
-            // Guarantee 2: the node's history holds these runs, durably, before any starts, so
-            // that a restart knows them.
-            for run in &mine {
+            for run in mine {
                 handed.insert(run.id.clone());
                 self.ledger.record(run).await;
-            }
-            let durable = match mine.is_empty() {
-                true => Ok(()),
-                false => self.ledger.flush().await,
-            };
-            for run in mine {
-                match &durable {
-                    Ok(()) => self.dispatch(run.clone(), &state).await,
-                    Err(e) => self.not_durable(run.clone(), e).await,
-                }
+                self.dispatch(run.clone(), &state).await;
             }
             // Runs here that someone asked to stop (the Stop button on any node, or a task's
             // concurrency `replace`).
@@ -141,17 +131,6 @@ impl Dispatcher {
         run.actions.push(why.into());
         self.ledger.record(&run).await;
         run
-    }
-
-    /// A run this node cannot start safely: its assignment could not be made durable here, so a
-    /// crash could make the node start it again. Reported lost; the leader retries it by policy.
-    async fn not_durable(&self, mut run: Run, error: &crate::store::StoreError) {
-        warn!(run_id = %run.id, %error, "not starting a run whose assignment is not durable here");
-        run.finish(Outcome::Lost, Utc::now());
-        run.actions.push(format!(
-            "not started: this node could not store it ({error})"
-        ));
-        self.ledger.record(&run).await;
     }
 
     /// A run asked to stop before it started here.
