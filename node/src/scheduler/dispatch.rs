@@ -111,12 +111,17 @@ impl Dispatcher {
         }
     }
 
+    /// The runs the leader placed here that wait for their start. Always-task and `@reboot` runs
+    /// are this node's own (its supervisor and scheduler start them), and the ledger only
+    /// mirrors them: handing one to the executor again would replace its newer record here with
+    /// the ledger's older one.
     fn queued_here<'a>(&self, state: &'a State) -> impl Iterator<Item = &'a Run> {
         let me = self.peer_id.clone();
         state
             .runs
             .values()
             .filter(|r| r.status == RunStatus::Queued)
+            .filter(|r| !matches!(r.trigger, Trigger::Always { .. } | Trigger::Reboot))
             .filter(move |r| r.node_id.as_deref() == Some(me.as_str()))
     }
 
