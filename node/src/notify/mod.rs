@@ -61,6 +61,9 @@ struct Inner {
     /// The UI of this node, for links when `cluster.notify.ui_url` is not set.
     own_ui: String,
     turns: Semaphore,
+    /// Notes on runs are read, changed and written back one at a time: two notifications of
+    /// one run that end together must not overwrite each other's note.
+    noting: tokio::sync::Mutex<()>,
     cancel: CancellationToken,
 }
 
@@ -95,6 +98,7 @@ impl Notifier {
                 logs,
                 own_ui,
                 turns: Semaphore::new(AT_ONCE),
+                noting: tokio::sync::Mutex::new(()),
                 cancel,
             }),
         }
@@ -191,6 +195,7 @@ impl Inner {
 
     /// Replaces the rule's "sending" note on the run with `outcome`.
     async fn note(&self, notice: &Notice, outcome: String) {
+        let _one_at_a_time = self.noting.lock().await;
         let mut run = match self.ledger.get(&notice.run.id).await {
             Ok(Some(run)) => run,
             _ => notice.run.clone(),
