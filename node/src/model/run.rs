@@ -207,3 +207,32 @@ impl Run {
         Some(self.ended_at.unwrap_or_else(Utc::now) - self.started_at?)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::Duration;
+
+    #[test]
+    fn a_waiting_run_is_placeable_once_its_backoff_is_over() {
+        let now = Utc::now();
+        let mut run = Run::new(
+            TaskId("t".into()),
+            "task".into(),
+            Trigger::Manual,
+            2,
+            String::new(),
+        );
+        assert!(run.placeable(now), "no backoff: placeable at once");
+        run.not_before = Some(now + Duration::seconds(4));
+        assert!(!run.placeable(now));
+        assert!(!run.placeable(now + Duration::milliseconds(3999)));
+        assert!(run.placeable(now + Duration::seconds(4)));
+        // Placed on a node, or ended: not for the leader to place any more.
+        run.node_id = Some("12D3KooW".into());
+        assert!(!run.placeable(now + Duration::seconds(5)));
+        run.node_id = None;
+        run.close(RunStatus::Killed, "stopped".into(), now);
+        assert!(!run.placeable(now + Duration::seconds(5)));
+    }
+}
