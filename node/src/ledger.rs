@@ -33,15 +33,15 @@ pub struct RunLedger {
 }
 
 impl RunLedger {
-    /// Marks runs a previous process left unfinished as lost, and starts the writer. With an
-    /// `outbox`, every change is also staged for the MySQL sink while `cluster.mysql` is set.
+    /// Marks runs a previous process left unfinished as lost, and starts the writer. Every change
+    /// is also staged in `outbox` for the MySQL sink while `cluster.mysql` is set.
     pub async fn start(
         store: Arc<dyn Store>,
         events: Events,
         state: watch::Receiver<Arc<State>>,
         logs: LogPaths,
         report: mpsc::UnboundedSender<Run>,
-        outbox: Option<Outbox>,
+        outbox: Outbox,
     ) -> Result<(Self, tokio::task::JoinHandle<()>), StoreError> {
         let keep = state.borrow().settings.history_per_task;
         let orphans = {
@@ -185,7 +185,7 @@ struct Writer {
     inbox: mpsc::Receiver<Msg>,
     state: watch::Receiver<Arc<State>>,
     logs: LogPaths,
-    outbox: Option<Outbox>,
+    outbox: Outbox,
 }
 
 impl Writer {
@@ -243,10 +243,13 @@ impl Writer {
 }
 
 /// The outbox while the MySQL sink is configured.
-fn sink_outbox(outbox: &Option<Outbox>, state: &watch::Receiver<Arc<State>>) -> Option<Outbox> {
-    outbox
-        .clone()
-        .filter(|_| state.borrow().settings.mysql.is_some())
+fn sink_outbox(outbox: &Outbox, state: &watch::Receiver<Arc<State>>) -> Option<Outbox> {
+    state
+        .borrow()
+        .settings
+        .mysql
+        .is_some()
+        .then(|| outbox.clone())
 }
 
 /// Stages runs for the MySQL sink without an fsync: the durable commit of the same runs that

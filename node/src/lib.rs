@@ -5,6 +5,7 @@ pub mod api;
 pub mod cli;
 pub mod config;
 pub mod consensus;
+pub mod error_text;
 pub mod events;
 pub mod executor;
 pub mod ledger;

@@ -195,12 +195,15 @@ impl Run {
         self.actions.push(note);
     }
 
-    /// Whether the leader may place this run at `now`: it waits for a place, and its backoff
-    /// (if any) is over.
+    /// Whether it waits for the leader to give it a node.
+    pub fn waits_for_a_node(&self) -> bool {
+        self.status == RunStatus::Queued && self.node_id.is_none()
+    }
+
+    /// Whether the leader may place this run at `now`: it waits for a node, and its backoff (if
+    /// any) is over.
     pub fn placeable(&self, now: DateTime<Utc>) -> bool {
-        self.status == RunStatus::Queued
-            && self.node_id.is_none()
-            && self.not_before.is_none_or(|t| t <= now)
+        self.waits_for_a_node() && self.not_before.is_none_or(|t| t <= now)
     }
 
     pub fn duration(&self) -> Option<chrono::Duration> {

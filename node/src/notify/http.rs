@@ -65,7 +65,11 @@ impl Http {
             .body(Full::new(Bytes::from(body.to_string())))
             .map_err(|e| format!("building the request: {e}"))?;
         let exchange = async {
-            let response = self.client.request(request).await.map_err(describe)?;
+            let response = self
+                .client
+                .request(request)
+                .await
+                .map_err(|e| crate::error_text::error_text(&e))?;
             let status = response.status();
             let body = http_body_util::Limited::new(response.into_body(), MAX_ANSWER)
                 .collect()
@@ -78,22 +82,4 @@ impl Http {
             .await
             .map_err(|_| format!("no answer within {} s", limit.as_secs()))?
     }
-}
-
-impl Default for Http {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-/// The cause chain of a client error (hyper's own text is just "client error (Connect)").
-fn describe(e: hyper_util::client::legacy::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = std::error::Error::source(&e);
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
 }

@@ -56,8 +56,8 @@ impl Dispatcher {
         });
         for run in previous {
             handed.insert(run.id.clone());
-            // This node's history knows every run it handed to its executor (stored before the
-            // start); the cluster's ledger may lag behind it, and learns its record again.
+            // This node's history learns of a start before the cluster's ledger does; a run it
+            // knows goes to the ledger again with its record.
             match self.ledger.get(&run.id).await {
                 Ok(Some(known)) => abandoned.push(known),
                 _ => abandoned.push(self.give_up(run.clone()).await),
@@ -80,17 +80,16 @@ impl Dispatcher {
                     .get(id)
                     .is_some_and(|r| r.status == RunStatus::Queued)
             });
-            let (stopped, mine): (Vec<&Run>, Vec<&Run>) = self
+            let mine: Vec<&Run> = self
                 .queued_here(&state)
                 .filter(|r| !handed.contains(&r.id))
-                .partition(|r| state.stops.contains(&r.id));
-            for run in stopped {
-                handed.insert(run.id.clone());
-                self.never_started(run.clone()).await;
-            }
+                .collect();
             for run in mine {
                 handed.insert(run.id.clone());
-                self.ledger.record(run).await;
+                if state.stops.contains(&run.id) {
+                    self.never_started(run.clone()).await;
+                    continue;
+                }
                 self.dispatch(run.clone(), &state).await;
             }
             // Runs here that someone asked to stop (the Stop button on any node, or a task's
@@ -159,6 +158,7 @@ impl Dispatcher {
             kill_grace: state.settings.kill_grace.0,
             daily_logs: state.settings.daily_logs,
         };
+        self.ledger.record(&run).await;
         let executor = self.executor.clone();
         match run.trigger {
             // A cron run is committed ahead of its slot and starts on it.

@@ -759,7 +759,7 @@ impl Scheduler {
         let at = state
             .runs
             .values()
-            .filter(|r| r.status == RunStatus::Queued && r.node_id.is_none())
+            .filter(|r| r.waits_for_a_node())
             .filter_map(|r| r.not_before)
             .filter(|at| *at > now)
             .min()?;

@@ -202,7 +202,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Starte
         consensus.subscribe(),
         logs.clone(),
         report_tx,
-        Some(outbox.clone()),
+        outbox.clone(),
     )
     .await?;
     // Stopped after the ledger has stored (and staged) the last runs' ends; what the sink has

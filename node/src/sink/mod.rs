@@ -22,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::consensus::State;
+use crate::error_text::error_text;
 use crate::logs::LogPaths;
 use crate::model::{MysqlSettings, Run};
 
@@ -143,7 +144,7 @@ impl Sink {
                     }
                     Some(Err(e)) => {
                         link = None;
-                        let error = report(&e);
+                        let error = error_text(&e);
                         if retry_at.is_none() {
                             warn!(
                                 target = target.as_deref().unwrap_or_default(),
@@ -272,7 +273,7 @@ impl Sink {
                     changed
                 });
             }
-            Err(e) => warn!(error = %report(&e), "reading the MySQL outbox failed"),
+            Err(e) => warn!(error = %error_text(&e), "reading the MySQL outbox failed"),
         }
     }
 }
@@ -285,24 +286,6 @@ async fn blocking<T: Send + 'static>(
         .await
         .unwrap_or_else(|e| Err(crate::store::StoreError::Db(e.to_string())))
         .map_err(SinkError::from)
-}
-
-/// An error with its causes, each once: "connecting to MySQL u@h:3306/db: Access denied …".
-pub fn report(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        let more = c.to_string();
-        if !text.contains(&more) {
-            text.push_str(": ");
-            text.push_str(&more);
-        }
-        cause = c.source();
-    }
-    // The driver nests its I/O errors: "Input/output error: Input/output error: refused".
-    let mut parts: Vec<&str> = text.split(": ").collect();
-    parts.dedup();
-    parts.join(": ")
 }
 
 #[cfg(test)]
@@ -319,17 +302,5 @@ mod tests {
         );
         b.reset();
         assert_eq!(b.next_wait(), Backoff::FIRST);
-    }
-
-    #[test]
-    fn a_report_names_each_cause_once() {
-        #[derive(Debug, thiserror::Error)]
-        #[error("connecting to MySQL u@h:1/d")]
-        struct Outer(#[source] std::io::Error);
-        let e = Outer(std::io::Error::other("Connection refused"));
-        assert_eq!(
-            report(&e),
-            "connecting to MySQL u@h:1/d: Connection refused"
-        );
     }
 }
