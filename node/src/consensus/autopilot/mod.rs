@@ -224,8 +224,13 @@ impl Autopilot {
         now: Instant,
     ) {
         let membership = metrics.membership_config.membership();
-        if membership.get_joint_config().len() > 1 {
-            return; // A change is under way.
+        if let [_, .., newest] = membership.get_joint_config().as_slice() {
+            // A change left half done: its second step lost the race with another membership
+            // change (a learner joining in between), and nothing else would finish it. (This
+            // leader's own changes are awaited below, so none is under way here.)
+            info!(voters = ?newest, "finishing a voter change left half done");
+            self.change_voters(newest.clone()).await;
+            return;
         }
         let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
         let timeout = state.settings.voter_timeout.0;
@@ -259,8 +264,13 @@ impl Autopilot {
             return;
         }
         info!(?voters, ?desired, ?dead, "changing the voters");
+        self.change_voters(desired).await;
+    }
+
+    /// Makes `voters` the voters (keeping the others as learners), within [`STEP_TTL`].
+    async fn change_voters(&self, voters: BTreeSet<NodeId>) {
         let raft = self.consensus.replica.raft();
-        match tokio::time::timeout(STEP_TTL, raft.change_membership(desired, true)).await {
+        match tokio::time::timeout(STEP_TTL, raft.change_membership(voters, true)).await {
             Ok(Ok(_)) => info!("voters changed"),
             Ok(Err(e)) => warn!(error = %e, "changing the voters failed; trying again"),
             Err(_) => warn!("changing the voters took too long; trying again"),

@@ -5,16 +5,19 @@
 //! - `raft_log`: log index → the JSON-encoded [`openraft::Entry`];
 //! - `raft_log_meta`: `vote`, `committed`, `last_purged` → JSON-encoded [`Vote`] / [`LogId`].
 //!
-//! Every write is one redb transaction, run on the blocking pool and awaited before the next, so
-//! writes are serialised as openraft requires. The vote, appended entries, truncation and purge
-//! commit with redb's default `Immediate` durability (fsynced before `commit` returns), and
-//! `append` calls openraft's flush callback only after that. The committed log id is advisory
-//! (openraft re-applies up to it at start, and a stale one only means less of that), so it
-//! commits with `Durability::None` and reaches the disk with the next durable commit.
+//! Every write goes to the log's writer thread, which runs them in order, as openraft requires.
+//! `append` keeps its entries in memory (readable at once) and returns; the writer commits the
+//! appends waiting at one time in one transaction and then calls their flush callbacks. The vote,
+//! appended entries, truncation and purge commit with redb's default `Immediate` durability
+//! (fsynced before `commit` returns). The committed log id is advisory (openraft re-applies up to
+//! it at start, and a stale one only means less of that), so it commits with `Durability::None`,
+//! unawaited, and reaches the disk with the next durable commit.
 
+use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
-use std::sync::Arc;
+use std::sync::mpsc as std_mpsc;
+use std::sync::{Arc, Mutex, Weak};
 
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{
@@ -26,6 +29,7 @@ use redb::{
 };
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use tokio::sync::oneshot;
 
 use super::{NodeId, TypeConfig};
 
@@ -63,17 +67,11 @@ where
     F: FnOnce(&WriteTransaction) -> std::result::Result<(), AnyError> + Send + 'static,
 {
     let db = db.clone();
-    tokio::task::spawn_blocking(move || -> std::result::Result<(), AnyError> {
-        let mut txn = db.begin_write().context("beginning a write transaction")?;
-        txn.set_durability(durability)
-            .context("setting the durability")?;
-        f(&txn)?;
-        txn.commit().context("committing")
-    })
-    .await
-    .context("running the storage writer task")
-    .and_then(|result| result)
-    .map_err(|e| StorageIOError::new(subject, ErrorVerb::Write, e).into())
+    tokio::task::spawn_blocking(move || commit(&db, durability, f))
+        .await
+        .context("running the storage writer task")
+        .and_then(|result| result)
+        .map_err(|e| StorageIOError::new(subject, ErrorVerb::Write, e).into())
 }
 
 /// JSON for a table; a failure is reported as a write to `subject`.
@@ -88,14 +86,139 @@ pub(super) fn encode<T: Serialize>(
 }
 
 /// The redb Raft log. Cheap to clone: replication tasks read through clones of it.
+///
+/// Appends return at once: the entries wait in memory (`tail`, readable from then on) while the
+/// log's writer thread commits them, and openraft hears of each append when it is on disk. So
+/// the leader sends new entries to its followers while its own fsync runs, and appends that
+/// arrive during one fsync share the next. Every other write also goes through the writer, in
+/// order, and (but for the advisory committed id) is awaited.
 #[derive(Clone)]
 pub struct LogStore {
     db: Arc<Database>,
+    tail: Arc<Tail>,
+    writer: std_mpsc::Sender<Job>,
+}
+
+/// Appended entries not yet known to be on disk, by index.
+type Tail = Mutex<BTreeMap<u64, Entry<TypeConfig>>>;
+/// Appended entries as they are stored: their log ids and JSON.
+type Rows = Vec<(LogId<NodeId>, Vec<u8>)>;
+/// A write for the writer thread to run in a transaction of its own.
+type TxnWrite = Box<dyn FnOnce(&WriteTransaction) -> std::result::Result<(), AnyError> + Send>;
+
+/// One write for the log's writer thread.
+enum Job {
+    /// Entries to commit durably; `flushed` hears when they are on disk.
+    Append {
+        rows: Rows,
+        flushed: LogFlushed<TypeConfig>,
+    },
+    /// Any other write, after every job before it; `done` (if any) hears how it went.
+    Write {
+        durability: Durability,
+        write: TxnWrite,
+        done: Option<oneshot::Sender<std::result::Result<(), AnyError>>>,
+    },
+    /// Answered once every job before it is done.
+    Barrier(oneshot::Sender<()>),
+}
+
+/// The log's writer: runs the jobs in order. The appends among the jobs waiting at one time
+/// commit together (one fsync), up to the next other write.
+fn write_log(db: Weak<Database>, tail: Arc<Tail>, jobs: std_mpsc::Receiver<Job>) {
+    let mut appends = Vec::new();
+    while let Ok(first) = jobs.recv() {
+        for job in std::iter::once(first).chain(jobs.try_iter()) {
+            match job {
+                Job::Append { rows, flushed } => appends.push((rows, flushed)),
+                Job::Write {
+                    durability,
+                    write,
+                    done,
+                } => {
+                    commit_appends(&db, &tail, &mut appends);
+                    let result = commit_held(&db, durability, write);
+                    if let Some(done) = done {
+                        let _ = done.send(result);
+                    } else if let Err(e) = result {
+                        tracing::warn!(error = %e, "writing to the raft log failed");
+                    }
+                }
+                Job::Barrier(done) => {
+                    commit_appends(&db, &tail, &mut appends);
+                    let _ = done.send(());
+                }
+            }
+        }
+        commit_appends(&db, &tail, &mut appends);
+    }
+}
+
+/// Commits `appends` in one durable transaction, tells each of them, and lets go of the entries
+/// kept in memory for them (unless a truncation has replaced them since).
+fn commit_appends(
+    db: &Weak<Database>,
+    tail: &Tail,
+    appends: &mut Vec<(Rows, LogFlushed<TypeConfig>)>,
+) {
+    if appends.is_empty() {
+        return;
+    }
+    let batch = std::mem::take(appends);
+    let result = commit_held(db, Durability::Immediate, |txn| {
+        let mut log = txn.open_table(LOG).context("opening table raft_log")?;
+        for (id, bytes) in batch.iter().flat_map(|(rows, _)| rows) {
+            log.insert(id.index, bytes.as_slice())
+                .context("appending to raft_log")?;
+        }
+        Ok(())
+    });
+    if result.is_ok() {
+        let mut tail = tail.lock().expect("log tail");
+        for (id, _) in batch.iter().flat_map(|(rows, _)| rows) {
+            if tail.get(&id.index).is_some_and(|e| e.log_id == *id) {
+                tail.remove(&id.index);
+            }
+        }
+    }
+    for (_, flushed) in batch {
+        flushed.log_io_completed(match &result {
+            Ok(()) => Ok(()),
+            Err(e) => Err(std::io::Error::other(e.to_string())),
+        });
+    }
+}
+
+/// One write transaction, committed with `durability`.
+fn commit(
+    db: &Database,
+    durability: Durability,
+    write: impl FnOnce(&WriteTransaction) -> std::result::Result<(), AnyError>,
+) -> std::result::Result<(), AnyError> {
+    let mut txn = db.begin_write().context("beginning a write transaction")?;
+    txn.set_durability(durability)
+        .context("setting the durability")?;
+    write(&txn)?;
+    txn.commit().context("committing")
+}
+
+/// [`commit`] for the writer, which holds the database only meanwhile, so that it closes with
+/// the last of the node's own handles.
+fn commit_held(
+    db: &Weak<Database>,
+    durability: Durability,
+    write: impl FnOnce(&WriteTransaction) -> std::result::Result<(), AnyError>,
+) -> std::result::Result<(), AnyError> {
+    let db = db
+        .upgrade()
+        .ok_or_else(|| AnyError::error("the database is closed"))?;
+    commit(&db, durability, write)
 }
 
 impl LogStore {
     /// Opens the log in `db` (the node's database, see [`crate::store::RedbStore::database`]),
-    /// creating its tables on first use.
+    /// creating its tables on first use, and starts its writer thread (which ends with the last
+    /// clone).
     pub fn open(db: Arc<Database>) -> Result<Self> {
         let create = || -> std::result::Result<(), AnyError> {
             let txn = db.begin_write().context("beginning a write transaction")?;
@@ -105,7 +228,46 @@ impl LogStore {
             txn.commit().context("committing")
         };
         create().map_err(StorageIOError::write_logs)?;
-        Ok(Self { db })
+        let tail = Arc::new(Mutex::new(BTreeMap::new()));
+        let (writer, jobs) = std_mpsc::channel();
+        let (thread_db, thread_tail) = (Arc::downgrade(&db), tail.clone());
+        std::thread::Builder::new()
+            .name("raft-log".into())
+            .spawn(move || write_log(thread_db, thread_tail, jobs))
+            .context("starting the raft log's writer")
+            .map_err(StorageIOError::write_logs)?;
+        Ok(Self { db, tail, writer })
+    }
+
+    /// Queues `write` after every write before it and waits until it is committed.
+    async fn write(
+        &self,
+        subject: ErrorSubject<NodeId>,
+        durability: Durability,
+        write: impl FnOnce(&WriteTransaction) -> std::result::Result<(), AnyError> + Send + 'static,
+    ) -> Result<()> {
+        let (done, result) = oneshot::channel();
+        let job = Job::Write {
+            durability,
+            write: Box::new(write),
+            done: Some(done),
+        };
+        let result = match self.writer.send(job) {
+            Ok(()) => result
+                .await
+                .context("waiting for the raft log's writer")
+                .and_then(|r| r),
+            Err(_) => Err(AnyError::error("the raft log's writer has stopped")),
+        };
+        result.map_err(|e| StorageIOError::new(subject, ErrorVerb::Write, e).into())
+    }
+
+    /// Waits until every write queued so far is done.
+    async fn settle(&self) {
+        let (done, settled) = oneshot::channel();
+        if self.writer.send(Job::Barrier(done)).is_ok() {
+            let _ = settled.await;
+        }
     }
 
     /// Reads one JSON value from `raft_log_meta`.
@@ -129,23 +291,17 @@ impl LogStore {
         read().map_err(|e| StorageIOError::new(subject, ErrorVerb::Read, e).into())
     }
 
-    /// Writes one JSON value to `raft_log_meta` in its own transaction.
+    /// Writes one JSON value to `raft_log_meta` in its own transaction, after every write queued
+    /// before it.
     async fn write_meta<T: Serialize>(
         &self,
         key: &'static str,
         value: &T,
         subject: ErrorSubject<NodeId>,
-        durability: Durability,
     ) -> Result<()> {
         let bytes = encode(value, subject.clone(), "encoding a value for raft_log_meta")?;
-        write_txn(&self.db, subject, durability, move |txn| {
-            txn.open_table(LOG_META)
-                .context("opening table raft_log_meta")?
-                .insert(key, bytes.as_slice())
-                .context("writing raft_log_meta")?;
-            Ok(())
-        })
-        .await
+        self.write(subject, Durability::Immediate, meta_write(key, bytes))
+            .await
     }
 
     fn decode_entry(index: u64, bytes: &[u8]) -> Result<Entry<TypeConfig>> {
@@ -201,6 +357,15 @@ impl RaftLogReader<TypeConfig> for LogStore {
         if empty {
             return Ok(Vec::new());
         }
+        // The entries still in memory first: one that reaches the disk meanwhile is then read
+        // from there, and none falls between the two reads.
+        let mut entries: BTreeMap<u64, Entry<TypeConfig>> = self
+            .tail
+            .lock()
+            .expect("log tail")
+            .range((Bound::Included(start), end))
+            .map(|(i, e)| (*i, e.clone()))
+            .collect();
         let read = || -> std::result::Result<Vec<(u64, Vec<u8>)>, AnyError> {
             let txn = self.db.begin_read().context("beginning a read")?;
             let table = txn.open_table(LOG).context("opening table raft_log")?;
@@ -210,15 +375,16 @@ impl RaftLogReader<TypeConfig> for LogStore {
                 .context("reading raft_log")?
             {
                 let (k, v) = row.context("reading raft_log")?;
-                rows.push((k.value(), v.value().to_vec()));
+                if !entries.contains_key(&k.value()) {
+                    rows.push((k.value(), v.value().to_vec()));
+                }
             }
             Ok(rows)
         };
-        read()
-            .map_err(StorageIOError::read_logs)?
-            .into_iter()
-            .map(|(index, bytes)| Self::decode_entry(index, &bytes))
-            .collect()
+        for (index, bytes) in read().map_err(StorageIOError::read_logs)? {
+            entries.insert(index, Self::decode_entry(index, &bytes)?);
+        }
+        Ok(entries.into_values().collect())
     }
 }
 
@@ -226,6 +392,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     type LogReader = Self;
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>> {
+        self.settle().await;
         let last_purged_log_id: Option<LogId<NodeId>> =
             self.read_meta(LAST_PURGED, ErrorSubject::Logs)?;
         let last_log_id = match self.last_entry()? {
@@ -243,8 +410,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<()> {
-        self.write_meta(VOTE, vote, ErrorSubject::Vote, Durability::Immediate)
-            .await
+        self.write_meta(VOTE, vote, ErrorSubject::Vote).await
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote<NodeId>>> {
@@ -252,8 +418,25 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_committed(&mut self, committed: Option<LogId<NodeId>>) -> Result<()> {
-        self.write_meta(COMMITTED, &committed, ErrorSubject::Store, Durability::None)
-            .await
+        // Advisory (see the module): not waited for, and not fsynced on its own.
+        let bytes = encode(
+            &committed,
+            ErrorSubject::Store,
+            "encoding the committed log id",
+        )?;
+        let job = Job::Write {
+            durability: Durability::None,
+            write: Box::new(meta_write(COMMITTED, bytes)),
+            done: None,
+        };
+        self.writer.send(job).map_err(|_| {
+            StorageIOError::new(
+                ErrorSubject::Store,
+                ErrorVerb::Write,
+                AnyError::error("the raft log's writer has stopped"),
+            )
+            .into()
+        })
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId<NodeId>>> {
@@ -268,46 +451,44 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I::IntoIter: OptionalSend,
     {
         let mut rows = Vec::new();
+        let mut kept = Vec::new();
         for entry in entries {
             let bytes = serde_json::to_vec(&entry)
                 .context("encoding a log entry")
                 .map_err(|e| StorageIOError::write_log_entry(entry.log_id, e))?;
-            rows.push((entry.log_id.index, bytes));
+            rows.push((entry.log_id, bytes));
+            kept.push(entry);
         }
-        if !rows.is_empty() {
-            write_txn(
-                &self.db,
-                ErrorSubject::Logs,
-                Durability::Immediate,
-                move |txn| {
-                    let mut log = txn.open_table(LOG).context("opening table raft_log")?;
-                    for (index, bytes) in &rows {
-                        log.insert(*index, bytes.as_slice())
-                            .context("appending to raft_log")?;
-                    }
-                    Ok(())
-                },
-            )
-            .await?;
+        if rows.is_empty() {
+            callback.log_io_completed(Ok(()));
+            return Ok(());
         }
-        // Only now: the transaction above has committed durably (or there was nothing to write).
-        callback.log_io_completed(Ok(()));
-        Ok(())
+        // Readable from now on; the writer calls `callback` once they are on disk.
+        self.tail
+            .lock()
+            .expect("log tail")
+            .extend(kept.into_iter().map(|e| (e.log_id.index, e)));
+        let job = Job::Append {
+            rows,
+            flushed: callback,
+        };
+        self.writer.send(job).map_err(|_| {
+            StorageIOError::write_logs(AnyError::error("the raft log's writer has stopped")).into()
+        })
     }
 
     async fn truncate(&mut self, log_id: LogId<NodeId>) -> Result<()> {
         tracing::debug!(%log_id, "truncating the raft log from this entry on");
-        write_txn(
-            &self.db,
-            ErrorSubject::Logs,
-            Durability::Immediate,
-            move |txn| {
-                txn.open_table(LOG)
-                    .context("opening table raft_log")?
-                    .retain_in(log_id.index.., |_, _| false)
-                    .context("truncating raft_log")
-            },
-        )
+        self.tail
+            .lock()
+            .expect("log tail")
+            .retain(|index, _| *index < log_id.index);
+        self.write(ErrorSubject::Logs, Durability::Immediate, move |txn| {
+            txn.open_table(LOG)
+                .context("opening table raft_log")?
+                .retain_in(log_id.index.., |_, _| false)
+                .context("truncating raft_log")
+        })
         .await
     }
 
@@ -318,22 +499,35 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             ErrorSubject::Logs,
             "encoding the last purged log id",
         )?;
-        write_txn(
-            &self.db,
-            ErrorSubject::Logs,
-            Durability::Immediate,
-            move |txn| {
-                txn.open_table(LOG_META)
-                    .context("opening table raft_log_meta")?
-                    .insert(LAST_PURGED, bytes.as_slice())
-                    .context("writing the last purged log id")?;
-                txn.open_table(LOG)
-                    .context("opening table raft_log")?
-                    .retain_in(..=log_id.index, |_, _| false)
-                    .context("purging raft_log")
-            },
-        )
+        self.tail
+            .lock()
+            .expect("log tail")
+            .retain(|index, _| *index > log_id.index);
+        self.write(ErrorSubject::Logs, Durability::Immediate, move |txn| {
+            txn.open_table(LOG_META)
+                .context("opening table raft_log_meta")?
+                .insert(LAST_PURGED, bytes.as_slice())
+                .context("writing the last purged log id")?;
+            txn.open_table(LOG)
+                .context("opening table raft_log")?
+                .retain_in(..=log_id.index, |_, _| false)
+                .context("purging raft_log")
+        })
         .await
+    }
+}
+
+/// A write of one JSON value to `raft_log_meta`.
+fn meta_write(
+    key: &'static str,
+    bytes: Vec<u8>,
+) -> impl FnOnce(&WriteTransaction) -> std::result::Result<(), AnyError> + Send + 'static {
+    move |txn| {
+        txn.open_table(LOG_META)
+            .context("opening table raft_log_meta")?
+            .insert(key, bytes.as_slice())
+            .context("writing raft_log_meta")?;
+        Ok(())
     }
 }
 
