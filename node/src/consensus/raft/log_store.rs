@@ -10,8 +10,8 @@
 //! appends waiting at one time in one transaction and then calls their flush callbacks. The vote,
 //! appended entries, truncation and purge commit with redb's default `Immediate` durability
 //! (fsynced before `commit` returns). The committed log id is advisory (openraft re-applies up to
-//! it at start, and a stale one only means less of that), so it commits with `Durability::None`,
-//! unawaited, and reaches the disk with the next durable commit.
+//! it at start, and a stale one only means less of that), so it is not awaited and has no
+//! transaction of its own: it goes with the writer's next one.
 
 use std::collections::BTreeMap;
 use std::fmt::Debug;
@@ -87,7 +87,7 @@ pub(super) fn encode<T: Serialize>(
 
 /// The redb Raft log. Cheap to clone: replication tasks read through clones of it.
 ///
-/// Appends return at once: the entries wait in memory (`tail`, readable from then on) while the
+/// Appends return at once: the entries wait in memory ([`Tail`], readable from then on) while the
 /// log's writer thread commits them, and openraft hears of each append when it is on disk. So
 /// the leader sends new entries to its followers while its own fsync runs, and appends that
 /// arrive during one fsync share the next. Every other write also goes through the writer, in
@@ -95,12 +95,56 @@ pub(super) fn encode<T: Serialize>(
 #[derive(Clone)]
 pub struct LogStore {
     db: Arc<Database>,
-    tail: Arc<Tail>,
+    tail: Arc<Mutex<Tail>>,
     writer: std_mpsc::Sender<Job>,
 }
 
-/// Appended entries not yet known to be on disk, by index.
-type Tail = Mutex<BTreeMap<u64, Entry<TypeConfig>>>;
+/// Recent entries, by index, kept in memory for readers.
+#[derive(Default)]
+struct Tail {
+    /// Appended, not yet known to be on disk.
+    pending: BTreeMap<u64, Entry<TypeConfig>>,
+    /// The newest [`RECENT`] entries on disk, so that replication seldom decodes the table.
+    recent: BTreeMap<u64, Entry<TypeConfig>>,
+}
+
+/// How many entries on disk the [`Tail`] keeps.
+const RECENT: usize = 64;
+
+impl Tail {
+    /// The kept entries in `range`; a pending one wins over one on disk at its index.
+    fn range(&self, range: (Bound<u64>, Bound<u64>)) -> BTreeMap<u64, Entry<TypeConfig>> {
+        let mut entries: BTreeMap<u64, Entry<TypeConfig>> = self
+            .recent
+            .range(range)
+            .map(|(i, e)| (*i, e.clone()))
+            .collect();
+        entries.extend(self.pending.range(range).map(|(i, e)| (*i, e.clone())));
+        entries
+    }
+
+    /// Drops every kept entry for which `keep` says no.
+    fn retain(&mut self, keep: impl Fn(u64) -> bool) {
+        self.pending.retain(|i, _| keep(*i));
+        self.recent.retain(|i, _| keep(*i));
+    }
+
+    /// The entries `written` are on disk: the pending ones among them (unless a truncation has
+    /// replaced them since) become recent ones.
+    fn written(&mut self, written: impl Iterator<Item = LogId<NodeId>>) {
+        for id in written {
+            if self.pending.get(&id.index).is_some_and(|e| e.log_id == id)
+                && let Some(entry) = self.pending.remove(&id.index)
+            {
+                self.recent.insert(id.index, entry);
+            }
+        }
+        while self.recent.len() > RECENT {
+            self.recent.pop_first();
+        }
+    }
+}
+
 /// Appended entries as they are stored: their log ids and JSON.
 type Rows = Vec<(LogId<NodeId>, Vec<u8>)>;
 /// A write for the writer thread to run in a transaction of its own.
@@ -113,79 +157,97 @@ enum Job {
         rows: Rows,
         flushed: LogFlushed<TypeConfig>,
     },
-    /// Any other write, after every job before it; `done` (if any) hears how it went.
+    /// The committed log id (JSON): it goes with the next transaction.
+    Committed(Vec<u8>),
+    /// Any other write, after every job before it; `done` hears how it went.
     Write {
         durability: Durability,
         write: TxnWrite,
-        done: Option<oneshot::Sender<std::result::Result<(), AnyError>>>,
+        done: oneshot::Sender<std::result::Result<(), AnyError>>,
     },
     /// Answered once every job before it is done.
     Barrier(oneshot::Sender<()>),
 }
 
-/// The log's writer: runs the jobs in order. The appends among the jobs waiting at one time
-/// commit together (one fsync), up to the next other write.
-fn write_log(db: Weak<Database>, tail: Arc<Tail>, jobs: std_mpsc::Receiver<Job>) {
-    let mut appends = Vec::new();
-    while let Ok(first) = jobs.recv() {
-        for job in std::iter::once(first).chain(jobs.try_iter()) {
-            match job {
-                Job::Append { rows, flushed } => appends.push((rows, flushed)),
-                Job::Write {
-                    durability,
-                    write,
-                    done,
-                } => {
-                    commit_appends(&db, &tail, &mut appends);
-                    let result = commit_held(&db, durability, write);
-                    if let Some(done) = done {
-                        let _ = done.send(result);
-                    } else if let Err(e) = result {
-                        tracing::warn!(error = %e, "writing to the raft log failed");
-                    }
-                }
-                Job::Barrier(done) => {
-                    commit_appends(&db, &tail, &mut appends);
-                    let _ = done.send(());
-                }
-            }
-        }
-        commit_appends(&db, &tail, &mut appends);
-    }
+/// The log's writer thread: runs the jobs in order. The appends among the jobs waiting at one
+/// time commit together (one fsync), up to the next other write.
+struct Writer {
+    /// Held only during a commit, so the database closes with the last of the node's handles.
+    db: Weak<Database>,
+    tail: Arc<Mutex<Tail>>,
+    appends: Vec<(Rows, LogFlushed<TypeConfig>)>,
+    committed: Option<Vec<u8>>,
 }
 
-/// Commits `appends` in one durable transaction, tells each of them, and lets go of the entries
-/// kept in memory for them (unless a truncation has replaced them since).
-fn commit_appends(
-    db: &Weak<Database>,
-    tail: &Tail,
-    appends: &mut Vec<(Rows, LogFlushed<TypeConfig>)>,
-) {
-    if appends.is_empty() {
-        return;
-    }
-    let batch = std::mem::take(appends);
-    let result = commit_held(db, Durability::Immediate, |txn| {
-        let mut log = txn.open_table(LOG).context("opening table raft_log")?;
-        for (id, bytes) in batch.iter().flat_map(|(rows, _)| rows) {
-            log.insert(id.index, bytes.as_slice())
-                .context("appending to raft_log")?;
-        }
-        Ok(())
-    });
-    if result.is_ok() {
-        let mut tail = tail.lock().expect("log tail");
-        for (id, _) in batch.iter().flat_map(|(rows, _)| rows) {
-            if tail.get(&id.index).is_some_and(|e| e.log_id == *id) {
-                tail.remove(&id.index);
+impl Writer {
+    fn run(mut self, jobs: std_mpsc::Receiver<Job>) {
+        while let Ok(first) = jobs.recv() {
+            for job in std::iter::once(first).chain(jobs.try_iter()) {
+                match job {
+                    Job::Append { rows, flushed } => self.appends.push((rows, flushed)),
+                    Job::Committed(bytes) => self.committed = Some(bytes),
+                    Job::Write {
+                        durability,
+                        write,
+                        done,
+                    } => {
+                        self.commit_appends();
+                        let _ = done.send(self.commit(durability, write));
+                    }
+                    Job::Barrier(done) => {
+                        self.commit_appends();
+                        let _ = done.send(());
+                    }
+                }
             }
+            self.commit_appends();
         }
     }
-    for (_, flushed) in batch {
-        flushed.log_io_completed(match &result {
-            Ok(()) => Ok(()),
-            Err(e) => Err(std::io::Error::other(e.to_string())),
+
+    /// Commits the waiting appends in one durable transaction, then tells each of them.
+    fn commit_appends(&mut self) {
+        if self.appends.is_empty() {
+            return;
+        }
+        let batch = std::mem::take(&mut self.appends);
+        let result = self.commit(Durability::Immediate, |txn| {
+            let mut log = txn.open_table(LOG).context("opening table raft_log")?;
+            for (id, bytes) in batch.iter().flat_map(|(rows, _)| rows) {
+                log.insert(id.index, bytes.as_slice())
+                    .context("appending to raft_log")?;
+            }
+            Ok(())
         });
+        if result.is_ok() {
+            let written = batch.iter().flat_map(|(rows, _)| rows).map(|(id, _)| *id);
+            self.tail.lock().expect("log tail").written(written);
+        }
+        for (_, flushed) in batch {
+            flushed.log_io_completed(match &result {
+                Ok(()) => Ok(()),
+                Err(e) => Err(std::io::Error::other(e.to_string())),
+            });
+        }
+    }
+
+    /// One transaction with `write`, and the committed log id if a newer one waits.
+    fn commit(
+        &mut self,
+        durability: Durability,
+        write: impl FnOnce(&WriteTransaction) -> std::result::Result<(), AnyError>,
+    ) -> std::result::Result<(), AnyError> {
+        let db = self
+            .db
+            .upgrade()
+            .ok_or_else(|| AnyError::error("the database is closed"))?;
+        let committed = self.committed.take();
+        commit(&db, durability, |txn| {
+            write(txn)?;
+            match committed {
+                Some(bytes) => meta_write(COMMITTED, bytes)(txn),
+                None => Ok(()),
+            }
+        })
     }
 }
 
@@ -202,19 +264,6 @@ fn commit(
     txn.commit().context("committing")
 }
 
-/// [`commit`] for the writer, which holds the database only meanwhile, so that it closes with
-/// the last of the node's own handles.
-fn commit_held(
-    db: &Weak<Database>,
-    durability: Durability,
-    write: impl FnOnce(&WriteTransaction) -> std::result::Result<(), AnyError>,
-) -> std::result::Result<(), AnyError> {
-    let db = db
-        .upgrade()
-        .ok_or_else(|| AnyError::error("the database is closed"))?;
-    commit(&db, durability, write)
-}
-
 impl LogStore {
     /// Opens the log in `db` (the node's database, see [`crate::store::RedbStore::database`]),
     /// creating its tables on first use, and starts its writer thread (which ends with the last
@@ -228,12 +277,17 @@ impl LogStore {
             txn.commit().context("committing")
         };
         create().map_err(StorageIOError::write_logs)?;
-        let tail = Arc::new(Mutex::new(BTreeMap::new()));
+        let tail = Arc::new(Mutex::new(Tail::default()));
         let (writer, jobs) = std_mpsc::channel();
-        let (thread_db, thread_tail) = (Arc::downgrade(&db), tail.clone());
+        let thread = Writer {
+            db: Arc::downgrade(&db),
+            tail: tail.clone(),
+            appends: Vec::new(),
+            committed: None,
+        };
         std::thread::Builder::new()
             .name("raft-log".into())
-            .spawn(move || write_log(thread_db, thread_tail, jobs))
+            .spawn(move || thread.run(jobs))
             .context("starting the raft log's writer")
             .map_err(StorageIOError::write_logs)?;
         Ok(Self { db, tail, writer })
@@ -250,7 +304,7 @@ impl LogStore {
         let job = Job::Write {
             durability,
             write: Box::new(write),
-            done: Some(done),
+            done,
         };
         let result = match self.writer.send(job) {
             Ok(()) => result
@@ -357,15 +411,13 @@ impl RaftLogReader<TypeConfig> for LogStore {
         if empty {
             return Ok(Vec::new());
         }
-        // The entries still in memory first: one that reaches the disk meanwhile is then read
+        // The entries kept in memory first: one that reaches the disk meanwhile is then read
         // from there, and none falls between the two reads.
-        let mut entries: BTreeMap<u64, Entry<TypeConfig>> = self
+        let mut entries = self
             .tail
             .lock()
             .expect("log tail")
-            .range((Bound::Included(start), end))
-            .map(|(i, e)| (*i, e.clone()))
-            .collect();
+            .range((Bound::Included(start), end));
         let read = || -> std::result::Result<Vec<(u64, Vec<u8>)>, AnyError> {
             let txn = self.db.begin_read().context("beginning a read")?;
             let table = txn.open_table(LOG).context("opening table raft_log")?;
@@ -418,18 +470,13 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_committed(&mut self, committed: Option<LogId<NodeId>>) -> Result<()> {
-        // Advisory (see the module): not waited for, and not fsynced on its own.
+        // Advisory (see the module): it goes with the next transaction, unawaited.
         let bytes = encode(
             &committed,
             ErrorSubject::Store,
             "encoding the committed log id",
         )?;
-        let job = Job::Write {
-            durability: Durability::None,
-            write: Box::new(meta_write(COMMITTED, bytes)),
-            done: None,
-        };
-        self.writer.send(job).map_err(|_| {
+        self.writer.send(Job::Committed(bytes)).map_err(|_| {
             StorageIOError::new(
                 ErrorSubject::Store,
                 ErrorVerb::Write,
@@ -467,6 +514,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         self.tail
             .lock()
             .expect("log tail")
+            .pending
             .extend(kept.into_iter().map(|e| (e.log_id.index, e)));
         let job = Job::Append {
             rows,
@@ -482,7 +530,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         self.tail
             .lock()
             .expect("log tail")
-            .retain(|index, _| *index < log_id.index);
+            .retain(|index| index < log_id.index);
         self.write(ErrorSubject::Logs, Durability::Immediate, move |txn| {
             txn.open_table(LOG)
                 .context("opening table raft_log")?
@@ -502,7 +550,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         self.tail
             .lock()
             .expect("log tail")
-            .retain(|index, _| *index > log_id.index);
+            .retain(|index| index > log_id.index);
         self.write(ErrorSubject::Logs, Durability::Immediate, move |txn| {
             txn.open_table(LOG_META)
                 .context("opening table raft_log_meta")?
