@@ -38,8 +38,8 @@ pub async fn answer_inbound(replica: Arc<Replica>, mut inbound: mpsc::Receiver<I
         };
         let replica = replica.clone();
         tokio::spawn(async move {
-            let response = match serde_json::from_value::<RaftRpc>(body) {
-                Ok(rpc) => match serde_json::to_value(answer(&replica, rpc).await) {
+            let response = match serde_json::from_str::<RaftRpc>(body.get()) {
+                Ok(rpc) => match serde_json::value::to_raw_value(&answer(&replica, rpc).await) {
                     Ok(value) => Response::Raft(value),
                     Err(e) => Response::Error(format!("encoding the Raft reply: {e}")),
                 },

@@ -20,6 +20,7 @@ use std::time::Duration;
 use libp2p::Multiaddr;
 use libp2p::identity::Keypair;
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
@@ -47,23 +48,24 @@ pub struct MeshConfig {
 pub enum Request {
     /// "Who are you?": the peer's current announcement (the mesh answers it itself).
     Announcement,
-    /// A Raft RPC, opaque to the mesh (the consensus layer encodes and answers it).
-    Raft(serde_json::Value),
+    /// A Raft RPC, opaque to the mesh (the consensus layer encodes and answers it). Raw JSON:
+    /// the mesh carries it as it is, without building a tree of it.
+    Raft(Box<RawValue>),
     /// A piece of a run's log, from byte `from`, at most `max` bytes (the node that ran it
     /// answers).
     RunLog { run: String, from: u64, max: u32 },
     /// Run requests a follower hands to the leader's scheduler (a list), opaque to the mesh.
-    Schedule(serde_json::Value),
+    Schedule(Box<RawValue>),
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum Response {
     Announcement(Option<Box<Announcement>>),
-    Raft(serde_json::Value),
+    Raft(Box<RawValue>),
     /// The log piece; `None` when the node has no log for that run.
     RunLog(Option<Vec<u8>>),
     /// The leader's answer to each handed-over run request, in order.
-    Schedule(serde_json::Value),
+    Schedule(Box<RawValue>),
     /// The receiving node could not handle the request (no handler, or it failed).
     Error(String),
 }
@@ -204,6 +206,10 @@ mod tests {
         }
     }
 
+    fn raw(value: &serde_json::Value) -> Box<RawValue> {
+        serde_json::value::to_raw_value(value).expect("json")
+    }
+
     #[tokio::test]
     async fn requests_the_mesh_does_not_answer_reach_the_node_and_come_back() {
         let key = ClusterKey::generate().expect("key");
@@ -223,14 +229,17 @@ mod tests {
                 };
                 let _ = inbound
                     .reply
-                    .send(Response::Raft(serde_json::json!({"echo": value})));
+                    .send(Response::Raft(raw(&serde_json::json!({"echo": value}))));
             }
         });
         // The first request may race the connection; retry until the peer is reachable.
         let until = tokio::time::Instant::now() + Duration::from_secs(10);
         let answer = loop {
             match b
-                .request(a.local_peer_id(), Request::Raft(serde_json::json!(42)))
+                .request(
+                    a.local_peer_id(),
+                    Request::Raft(raw(&serde_json::json!(42))),
+                )
                 .await
             {
                 Ok(answer) => break answer,
@@ -242,12 +251,12 @@ mod tests {
             }
         };
         match answer {
-            Response::Raft(v) => assert_eq!(v, serde_json::json!({"echo": 42})),
+            Response::Raft(v) => assert_eq!(v.get(), r#"{"echo":42}"#),
             other => panic!("unexpected answer {other:?}"),
         }
         // A node without a handler says so instead of hanging.
         match a
-            .request(b.local_peer_id(), Request::Raft(serde_json::json!(1)))
+            .request(b.local_peer_id(), Request::Raft(raw(&serde_json::json!(1))))
             .await
         {
             Ok(Response::Error(message)) => {

@@ -88,14 +88,14 @@ impl Forwarder {
                 attempt: r.attempt,
             })
             .collect();
-        let body = serde_json::to_value(bodies).ok()?;
+        let body = serde_json::value::to_raw_value(&bodies).ok()?;
         let answer =
             tokio::time::timeout(FORWARD_TTL, mesh.request(leader, Request::Schedule(body)))
                 .await
                 .ok()?
                 .ok()?;
         match answer {
-            Response::Schedule(value) => serde_json::from_value(value).ok(),
+            Response::Schedule(value) => serde_json::from_str(value.get()).ok(),
             _ => None,
         }
     }

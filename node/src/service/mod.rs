@@ -408,10 +408,12 @@ async fn route_inbound(
             Request::Schedule(body) => {
                 let scheduler = scheduler.clone();
                 tokio::spawn(async move {
-                    let answer = match serde_json::from_value(body) {
-                        Ok(forwarded) => serde_json::to_value(scheduler.forwarded(forwarded).await)
-                            .map(Response::Schedule)
-                            .unwrap_or_else(|e| Response::Error(e.to_string())),
+                    let answer = match serde_json::from_str(body.get()) {
+                        Ok(forwarded) => {
+                            serde_json::value::to_raw_value(&scheduler.forwarded(forwarded).await)
+                                .map(Response::Schedule)
+                                .unwrap_or_else(|e| Response::Error(e.to_string()))
+                        }
                         Err(e) => Response::Error(format!("not a list of run requests: {e}")),
                     };
                     let _ = request.reply.send(answer);

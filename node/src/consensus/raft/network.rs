@@ -105,13 +105,14 @@ pub async fn send(
     rpc: &RaftRpc,
     ttl: Duration,
 ) -> Result<RaftReply, SendError> {
-    let body = serde_json::to_value(rpc).map_err(|e| SendError::Garbled(e.to_string()))?;
+    let body =
+        serde_json::value::to_raw_value(rpc).map_err(|e| SendError::Garbled(e.to_string()))?;
     let answer = tokio::time::timeout(ttl, mesh.request(peer, Request::Raft(body)))
         .await
         .map_err(|_| SendError::Unreachable(format!("{peer} gave no answer within {ttl:?}")))?;
     match answer {
         Ok(Response::Raft(value)) => {
-            serde_json::from_value(value).map_err(|e| SendError::Garbled(e.to_string()))
+            serde_json::from_str(value.get()).map_err(|e| SendError::Garbled(e.to_string()))
         }
         Ok(Response::Error(message)) => Err(SendError::Unreachable(format!("{peer}: {message}"))),
         Ok(other) => Err(SendError::Garbled(format!("unexpected answer {other:?}"))),
