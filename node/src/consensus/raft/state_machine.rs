@@ -265,12 +265,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             Some(m) => Some(encode(m, subject(), "encoding the membership")?),
             None => None,
         };
-        // Published before it is on disk, so the node acts on it (a run placed here starts)
-        // while the commit runs. The entries are committed Raft log: after a crash they are
-        // applied again, and openraft answers a proposal only once this `apply` has returned.
-        if let (false, Some(next)) = (writes.is_empty(), next) {
-            self.state.send_replace(Arc::new(next));
-        }
+        let changed = !writes.is_empty();
         write_txn(&self.db, subject(), Durability::Immediate, move |txn| {
             write_in(txn, &writes).context("writing the state")?;
             let mut meta = txn
@@ -289,6 +284,12 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         self.last_applied = last_applied;
         if let Some(m) = membership {
             self.membership = m;
+        }
+        // Published only now that it is on disk: the node acts on what it sees (starts runs,
+        // records them in its history), and after a restart it must find that state again before
+        // it acts; openraft re-applies the log only once it learns the commit index anew.
+        if let (true, Some(next)) = (changed, next) {
+            self.state.send_replace(Arc::new(next));
         }
         Ok(replies)
     }
