@@ -1,6 +1,7 @@
 //! The autopilot's decisions, as pure functions over what a node knows: whether a node without a
-//! cluster founds one, joins one or waits; which cluster gives way when two meet; and which
-//! members should be voters. The actor in `autopilot/mod.rs` acts on them.
+//! cluster founds one, joins one or waits; which cluster gives way when two meet; which members
+//! should be voters; and where a voter change left half done should end. The actor in
+//! `autopilot/mod.rs` acts on them.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -90,6 +91,17 @@ pub fn desired_voters(
     candidates.into_iter().take(count).collect()
 }
 
+/// The voters to finish a change with, when `configs` (a membership's configurations, oldest
+/// first) is joint: its newest half. A change's second step can lose the race with another
+/// membership change (a learner's join) and leave the cluster joint, and nothing else finishes
+/// it. A settled membership has one configuration and nothing to finish.
+pub fn unfinished_change(configs: &[BTreeSet<u64>]) -> Option<&BTreeSet<u64>> {
+    match configs {
+        [_, .., newest] => Some(newest),
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -149,6 +161,21 @@ mod tests {
         assert_eq!(merge_into(9, &[5, 3, 12]), Some(3));
         assert_eq!(merge_into(3, &[3]), None, "not into itself");
         assert_eq!(merge_into(3, &[]), None);
+    }
+
+    #[test]
+    fn a_joint_membership_is_finished_towards_its_newest_half() {
+        assert_eq!(unfinished_change(&[set(&[1, 2, 3])]), None, "settled");
+        assert_eq!(unfinished_change(&[]), None);
+        assert_eq!(
+            unfinished_change(&[set(&[1]), set(&[1, 2, 3])]),
+            Some(&set(&[1, 2, 3]))
+        );
+        assert_eq!(
+            unfinished_change(&[set(&[1, 2, 3, 4, 5]), set(&[1, 2, 3])]),
+            Some(&set(&[1, 2, 3])),
+            "a shrinking change too"
+        );
     }
 
     #[test]

@@ -224,10 +224,9 @@ impl Autopilot {
         now: Instant,
     ) {
         let membership = metrics.membership_config.membership();
-        if let [_, .., newest] = membership.get_joint_config().as_slice() {
-            // A change left half done: its second step lost the race with another membership
-            // change (a learner joining in between), and nothing else would finish it. (This
-            // leader's own changes are awaited below, so none is under way here.)
+        // This leader's own changes are awaited below, so a joint membership here is one left
+        // half done.
+        if let Some(newest) = decide::unfinished_change(membership.get_joint_config()) {
             info!(voters = ?newest, "finishing a voter change left half done");
             self.change_voters(newest.clone()).await;
             return;
