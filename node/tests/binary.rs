@@ -467,11 +467,13 @@ fn a_retry_waiting_for_its_backoff_outlives_the_node_that_asked_for_it() {
                 .cloned()
         },
     );
-    let failed = runs(&url)
-        .expect("runs")
-        .into_iter()
-        .find(|r| r["id"] == first.as_str())
-        .expect("the first run");
+    // The run's own report (its node sends reports every 20 ms) may reach the ledger just
+    // after the retry its exit rule asked for.
+    let failed = wait_until("the first run to end", Duration::from_secs(10), || {
+        runs(&url)?.into_iter().find(|r| {
+            r["id"] == first.as_str() && r["status"] != "queued" && r["status"] != "running"
+        })
+    });
     assert_eq!(failed["status"], "failed", "{failed}");
     let asker = cluster.index_of(failed["node_id"].as_str().expect("placed"), &http);
     cluster.kill_9(asker);
