@@ -306,14 +306,20 @@ impl LogStore {
             write: Box::new(write),
             done,
         };
-        let result = match self.writer.send(job) {
-            Ok(()) => result
-                .await
-                .context("waiting for the raft log's writer")
-                .and_then(|r| r),
-            Err(_) => Err(AnyError::error("the raft log's writer has stopped")),
-        };
-        result.map_err(|e| StorageIOError::new(subject, ErrorVerb::Write, e).into())
+        self.queue(job, subject.clone())?;
+        result
+            .await
+            .context("waiting for the raft log's writer")
+            .and_then(|r| r)
+            .map_err(|e| StorageIOError::new(subject, ErrorVerb::Write, e).into())
+    }
+
+    /// Hands `job` to the writer; a writer that has stopped is a failed write to `subject`.
+    fn queue(&self, job: Job, subject: ErrorSubject<NodeId>) -> Result<()> {
+        self.writer.send(job).map_err(|_| {
+            let stopped = AnyError::error("the raft log's writer has stopped");
+            StorageIOError::new(subject, ErrorVerb::Write, stopped).into()
+        })
     }
 
     /// Waits until every write queued so far is done.
@@ -476,14 +482,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             ErrorSubject::Store,
             "encoding the committed log id",
         )?;
-        self.writer.send(Job::Committed(bytes)).map_err(|_| {
-            StorageIOError::new(
-                ErrorSubject::Store,
-                ErrorVerb::Write,
-                AnyError::error("the raft log's writer has stopped"),
-            )
-            .into()
-        })
+        self.queue(Job::Committed(bytes), ErrorSubject::Store)
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId<NodeId>>> {
@@ -520,9 +519,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             rows,
             flushed: callback,
         };
-        self.writer.send(job).map_err(|_| {
-            StorageIOError::write_logs(AnyError::error("the raft log's writer has stopped")).into()
-        })
+        self.queue(job, ErrorSubject::Logs)
     }
 
     async fn truncate(&mut self, log_id: LogId<NodeId>) -> Result<()> {
