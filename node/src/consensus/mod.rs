@@ -220,9 +220,16 @@ impl Consensus {
         self.replica.leader().map(|n| n.peer_id)
     }
 
-    /// Whether this node is the Raft leader now.
-    pub fn is_leader(&self) -> bool {
-        self.replica.raft().metrics().borrow().state == openraft::ServerState::Leader
+    /// Whether this node is the Raft leader now and its state holds everything committed before
+    /// its term. A new leader's state may lag its log until it has applied the first entry of its
+    /// own term; deciding from that older state could, say, fire a slot again.
+    pub fn leads(&self) -> bool {
+        let metrics = self.replica.raft().metrics();
+        let metrics = metrics.borrow();
+        metrics.state == openraft::ServerState::Leader
+            && metrics
+                .last_applied
+                .is_some_and(|applied| applied.leader_id.term == metrics.current_term)
     }
 
     /// What this node announces about its place in the cluster.

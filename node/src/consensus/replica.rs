@@ -271,7 +271,7 @@ async fn open_raft(
     mesh: watch::Receiver<Option<MeshHandle>>,
 ) -> Result<Raft<TypeConfig>, OpenError> {
     let log = LogStore::open(parts.store.database()).map_err(|e| OpenError(e.to_string()))?;
-    let sm = StateMachine::open_into(&parts.store, parts.state.clone())
+    let sm = StateMachine::open_into(&parts.store, parts.state.clone(), log.on_disk())
         .map_err(|e| OpenError(e.to_string()))?;
     Raft::new(id, parts.config.clone(), MeshNetwork { mesh }, log, sm)
         .await

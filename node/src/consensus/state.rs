@@ -32,6 +32,11 @@ pub struct State {
     /// run ends.
     #[serde(default)]
     pub stops: BTreeSet<RunId>,
+    /// Not agreed, this node's own: whether this state holds every entry this node's Raft log
+    /// held when the node started, that is everything the node may have acted on before a
+    /// restart (set by the state machine; never replicated).
+    #[serde(skip)]
+    pub caught_up: bool,
 }
 
 /// A task handed over by a cluster that merges into this one, with its newest fired slot.
@@ -88,6 +93,7 @@ pub enum Change {
 }
 
 impl State {
+    /// The state as stored (not yet known to be caught up).
     pub fn load(store: &dyn Store) -> Result<Self, StoreError> {
         Ok(Self {
             tasks: store
@@ -105,6 +111,7 @@ impl State {
                 .collect(),
             holders: store.holders()?,
             stops: store.stops()?,
+            caught_up: false,
         })
     }
 

@@ -4,10 +4,13 @@
 //! with this node's PeerId (guarantee 1: the assignment is committed before dispatch), every
 //! node applies it, and this node's dispatcher hands it to the local executor, on its slot for
 //! a cron run. A run id starts at most once: the dispatcher remembers what it handed over, the
-//! executor refuses an id it has seen, and a run that this node had already applied when it
-//! started (it may have started it before a crash without the start reaching its history) is
-//! not started at all: it is reported `lost`, and the leader retries it by policy. Runs applied
-//! after the start were never seen before, so they start.
+//! executor refuses an id it has seen, and a run that this node may have seen before it started
+//! (and started before a crash without the start reaching its history) is not started at all:
+//! it is reported `lost`, and the leader retries it by policy. Those are the runs in the state
+//! the node starts with, and in every state until [`State::caught_up`]: the node acts only on
+//! entries on disk in its log, but its state tables may lag the log after a crash, so the runs
+//! of entries its log held at the start can reach it again after the start. Runs first seen
+//! later were never seen before, so they start.
 //!
 //! The cluster's ledger learns of a start some milliseconds after it (the run reporter batches),
 //! the node's own history sooner (its writer commits in batches). After a restart, a run the
@@ -29,7 +32,7 @@ use tracing::{debug, info};
 use crate::consensus::{Change, Consensus, State};
 use crate::executor::{ExecutorHandle, RunOrder};
 use crate::ledger::RunLedger;
-use crate::model::{Outcome, Run, RunStatus, Trigger};
+use crate::model::{Outcome, Run, RunId, RunStatus, Trigger};
 
 pub struct Dispatcher {
     pub peer_id: String,
@@ -44,35 +47,31 @@ pub struct Dispatcher {
 
 impl Dispatcher {
     pub async fn run(mut self) {
-        let mut handed: HashSet<crate::model::RunId> = HashSet::new();
-        let mut stopping: HashSet<crate::model::RunId> = HashSet::new();
-        let before = self.state.borrow_and_update().clone();
-        let mut abandoned = Vec::new();
-        let live: HashSet<_> = self.ledger.active().into_iter().map(|r| r.id).collect();
-        let previous = before.runs.values().filter(|r| {
-            r.node_id.as_deref() == Some(self.peer_id.as_str())
-                && !r.status.is_final()
-                && !live.contains(&r.id)
-        });
-        for run in previous {
-            handed.insert(run.id.clone());
-            // This node's history learns of a start before the cluster's ledger does; a run it
-            // knows goes to the ledger again with its record.
-            match self.ledger.get(&run.id).await {
-                Ok(Some(known)) => abandoned.push(known),
-                _ => abandoned.push(self.give_up(run.clone()).await),
-            }
-        }
-        // The scheduler waits for this: a stale `queued` would hold back a task's next run
-        // under concurrency `forbid`.
-        if !abandoned.is_empty() {
-            if let Err(e) = self.consensus.propose(Change::Runs(abandoned)).await {
-                info!(error = %e, "the runs abandoned at start are reported later");
-            }
-        }
-        let _ = self.ready.send(true);
+        // Runs handed to the executor, or settled below, while they are queued.
+        let mut handed: HashSet<RunId> = HashSet::new();
+        // Runs this node may have started before it restarted, once settled.
+        let mut settled: HashSet<RunId> = HashSet::new();
+        let mut stopping: HashSet<RunId> = HashSet::new();
+        let mut first = true;
         loop {
             let state = self.state.borrow_and_update().clone();
+            // What the node saw before this start, and what reaches it until its state holds
+            // every entry its log held at the start, it may have acted on before.
+            if first || !state.caught_up {
+                let abandoned = self.settle(&state, &mut settled, &mut handed).await;
+                // The scheduler waits for this: a stale `queued` would hold back a task's next
+                // run under concurrency `forbid`.
+                if !abandoned.is_empty() {
+                    if let Err(e) = self.consensus.propose(Change::Runs(abandoned)).await {
+                        info!(error = %e, "the runs abandoned at start are reported later");
+                    }
+                }
+                if first {
+                    let _ = self.ready.send(true);
+                    first = false;
+                }
+            }
+            settled.retain(|id| state.runs.get(id).is_some_and(|r| !r.status.is_final()));
             // Forget runs that left the queue (started, ended, or pruned).
             handed.retain(|id| {
                 state
@@ -108,6 +107,39 @@ impl Dispatcher {
                 changed = self.state.changed() => if changed.is_err() { return },
             }
         }
+    }
+
+    /// The unfinished runs on this node in `state` that this process has not started and not
+    /// settled yet: they may have started before the node restarted, so none starts (again).
+    /// This node's history learns of a start before the cluster's ledger does; a run it knows
+    /// goes to the ledger again with its record, any other is given up. Returns what to report.
+    async fn settle(
+        &self,
+        state: &State,
+        settled: &mut HashSet<RunId>,
+        handed: &mut HashSet<RunId>,
+    ) -> Vec<Run> {
+        let live: HashSet<_> = self.ledger.active().into_iter().map(|r| r.id).collect();
+        let previous: Vec<&Run> = state
+            .runs
+            .values()
+            .filter(|r| {
+                r.node_id.as_deref() == Some(self.peer_id.as_str())
+                    && !r.status.is_final()
+                    && !live.contains(&r.id)
+                    && !settled.contains(&r.id)
+            })
+            .collect();
+        let mut abandoned = Vec::new();
+        for run in previous {
+            settled.insert(run.id.clone());
+            handed.insert(run.id.clone());
+            match self.ledger.get(&run.id).await {
+                Ok(Some(known)) => abandoned.push(known),
+                _ => abandoned.push(self.give_up(run.clone()).await),
+            }
+        }
+        abandoned
     }
 
     /// The runs the leader placed here that wait for their start. Always-task and `@reboot` runs

@@ -250,7 +250,7 @@ impl Scheduler {
 
     /// Whether this node leads now; notes when it starts to.
     fn lead(&mut self) -> bool {
-        let leading = self.consensus.is_leader();
+        let leading = self.consensus.leads();
         match (leading, self.leading_since) {
             (true, None) => {
                 info!("this node leads: it schedules and places runs for the cluster");
@@ -855,7 +855,7 @@ impl Scheduler {
             Gate::Replace(earlier) => stops.extend(earlier),
         }
         let (trigger, attempt) = (request.trigger.clone(), request.attempt);
-        let runs = match self.consensus.is_leader() {
+        let runs = match self.consensus.leads() {
             true => self.runs_for(task, trigger, attempt, candidates, busy),
             false => vec![Run::new(
                 task.id.clone(),

@@ -12,6 +12,10 @@
 //! (fsynced before `commit` returns). The committed log id is advisory (openraft re-applies up to
 //! it at start, and a stale one only means less of that), so it is not awaited and has no
 //! transaction of its own: it goes with the writer's next one.
+//!
+//! [`OnDisk`] tells the state machine how far the log is on disk, and where it ended when it was
+//! opened: the state machine's own commits are not durable by themselves (see
+//! [`super::state_machine`]), and each durable commit here makes them durable too.
 
 use std::collections::BTreeMap;
 use std::fmt::Debug;
@@ -29,7 +33,7 @@ use redb::{
 };
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 
 use super::{NodeId, TypeConfig};
 
@@ -97,6 +101,34 @@ pub struct LogStore {
     db: Arc<Database>,
     tail: Arc<Mutex<Tail>>,
     writer: std_mpsc::Sender<Job>,
+    on_disk: OnDisk,
+}
+
+/// How far this node's log is on disk. The state machine acts on an applied entry only once the
+/// entry is on disk here (see [`super::state_machine`]).
+#[derive(Clone)]
+pub struct OnDisk {
+    tail: Arc<Mutex<Tail>>,
+    /// Changes after each commit of appends; closed when the writer stops.
+    commits: watch::Receiver<u64>,
+    /// The index of the newest entry in the log when it was opened.
+    pub opened_at: Option<u64>,
+}
+
+impl OnDisk {
+    /// Waits until no entry up to `index` waits for the writer.
+    pub async fn through(&mut self, index: u64) -> std::result::Result<(), AnyError> {
+        loop {
+            self.commits.borrow_and_update();
+            if !self.tail.lock().expect("log tail").waiting_through(index) {
+                return Ok(());
+            }
+            self.commits
+                .changed()
+                .await
+                .map_err(|_| AnyError::error("the raft log's writer has stopped"))?;
+        }
+    }
 }
 
 /// Recent entries, by index, kept in memory for readers.
@@ -121,6 +153,11 @@ impl Tail {
             .collect();
         entries.extend(self.pending.range(range).map(|(i, e)| (*i, e.clone())));
         entries
+    }
+
+    /// Whether an entry up to `index` is appended but not yet on disk.
+    fn waiting_through(&self, index: u64) -> bool {
+        self.pending.range(..=index).next().is_some()
     }
 
     /// Drops every kept entry for which `keep` says no.
@@ -177,6 +214,8 @@ struct Writer {
     tail: Arc<Mutex<Tail>>,
     appends: Vec<(Rows, LogFlushed<TypeConfig>)>,
     committed: Option<Vec<u8>>,
+    /// Counts the commits of appends, for [`OnDisk`].
+    commits: watch::Sender<u64>,
 }
 
 impl Writer {
@@ -222,6 +261,7 @@ impl Writer {
             let written = batch.iter().flat_map(|(rows, _)| rows).map(|(id, _)| *id);
             self.tail.lock().expect("log tail").written(written);
         }
+        self.commits.send_modify(|n| *n += 1);
         for (_, flushed) in batch {
             flushed.log_io_completed(match &result {
                 Ok(()) => Ok(()),
@@ -269,28 +309,51 @@ impl LogStore {
     /// creating its tables on first use, and starts its writer thread (which ends with the last
     /// clone).
     pub fn open(db: Arc<Database>) -> Result<Self> {
-        let create = || -> std::result::Result<(), AnyError> {
+        let create = || -> std::result::Result<Option<u64>, AnyError> {
             let txn = db.begin_write().context("beginning a write transaction")?;
-            txn.open_table(LOG).context("creating table raft_log")?;
+            let last = txn
+                .open_table(LOG)
+                .context("creating table raft_log")?
+                .last()
+                .context("reading the last log entry")?
+                .map(|(k, _)| k.value());
             txn.open_table(LOG_META)
                 .context("creating table raft_log_meta")?;
-            txn.commit().context("committing")
+            txn.commit().context("committing")?;
+            Ok(last)
         };
-        create().map_err(StorageIOError::write_logs)?;
+        let opened_at = create().map_err(StorageIOError::write_logs)?;
         let tail = Arc::new(Mutex::new(Tail::default()));
         let (writer, jobs) = std_mpsc::channel();
+        let (commits, commits_rx) = watch::channel(0);
         let thread = Writer {
             db: Arc::downgrade(&db),
             tail: tail.clone(),
             appends: Vec::new(),
             committed: None,
+            commits,
         };
         std::thread::Builder::new()
             .name("raft-log".into())
             .spawn(move || thread.run(jobs))
             .context("starting the raft log's writer")
             .map_err(StorageIOError::write_logs)?;
-        Ok(Self { db, tail, writer })
+        let on_disk = OnDisk {
+            tail: tail.clone(),
+            commits: commits_rx,
+            opened_at,
+        };
+        Ok(Self {
+            db,
+            tail,
+            writer,
+            on_disk,
+        })
+    }
+
+    /// How far this log is on disk.
+    pub fn on_disk(&self) -> OnDisk {
+        self.on_disk.clone()
     }
 
     /// Queues `write` after every write before it and waits until it is committed.
@@ -645,5 +708,58 @@ mod tests {
                 .expect("past the end")
                 .is_empty()
         );
+    }
+
+    #[tokio::test]
+    async fn on_disk_waits_for_the_writer_and_knows_where_the_log_began() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let path = dir.path().join("db");
+        {
+            let store = RedbStore::open(&path).expect("open");
+            let mut log = LogStore::open(store.database()).expect("log");
+            assert_eq!(log.on_disk().opened_at, None);
+            log.blocking_append((1..=3).map(|i| blank(1, i)))
+                .await
+                .expect("append");
+        }
+        let store = RedbStore::open(&path).expect("reopen");
+        let db = store.database();
+        let log = LogStore::open(db.clone()).expect("log");
+        let mut on_disk = log.on_disk();
+        assert_eq!(on_disk.opened_at, Some(3));
+        on_disk.through(3).await.expect("on disk since before");
+
+        // Hold the database's write lock, so the writer cannot commit the next appends.
+        let held = db.begin_write().expect("write lock");
+        let mut appender = log.clone();
+        let append =
+            tokio::spawn(
+                async move { appender.blocking_append((4..=5).map(|i| blank(1, i))).await },
+            );
+        let mut reader = log.clone();
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+        while reader
+            .try_get_log_entries(5..6)
+            .await
+            .expect("read")
+            .is_empty()
+        {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the append never arrived"
+            );
+            tokio::task::yield_now().await;
+        }
+        on_disk.through(3).await.expect("older entries are on disk");
+        let waiting =
+            tokio::time::timeout(std::time::Duration::from_millis(200), on_disk.through(4)).await;
+        assert!(waiting.is_err(), "entry 4 cannot be on disk yet");
+
+        drop(held);
+        tokio::time::timeout(std::time::Duration::from_secs(5), on_disk.through(5))
+            .await
+            .expect("on disk once the writer could commit")
+            .expect("the writer runs");
+        append.await.expect("task").expect("append");
     }
 }

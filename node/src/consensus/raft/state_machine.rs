@@ -13,6 +13,15 @@
 //! batch, one per installed snapshot), so after a crash the state on disk is exactly the state
 //! after `last_applied`, and openraft re-applies from there. `meta.node_settings`, `runs` and
 //! `runs_by_task` are node-local and never touched here.
+//!
+//! **What the node acts on is on disk in its log, not necessarily in these tables.** An applied
+//! batch commits without an fsync of its own (redb's `Durability::None`: the log's writer, which
+//! commits durably all the time in the same file, makes it durable with its next commit), and is
+//! published once every entry in it is on disk in this node's log. After a crash the tables may
+//! therefore be behind what the node acted on, but its log is not. [`State::caught_up`] marks the
+//! published states that hold every entry the log held when the node started; the dispatcher
+//! treats runs it first sees in an earlier state as runs it may have started before (see
+//! `scheduler/dispatch.rs`).
 
 use std::io::Cursor;
 use std::sync::Arc;
@@ -28,7 +37,7 @@ use redb::{
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
-use super::log_store::{Context, encode, write_txn};
+use super::log_store::{Context, OnDisk, encode, write_txn};
 use super::{Applied, MeshNode, NodeId, TypeConfig};
 use crate::consensus::State;
 use crate::store::{RedbStore, Write, clear_replicated_in, write_in};
@@ -61,19 +70,25 @@ pub struct StateMachine {
     last_applied: Option<LogId<NodeId>>,
     membership: Membership,
     state: watch::Sender<Arc<State>>,
+    /// How far this node's log is on disk.
+    log: OnDisk,
 }
 
 impl StateMachine {
-    /// Opens the state machine on `store`'s database: loads the state, the last applied log id and
-    /// the membership. Returns it with a receiver of the committed state.
-    pub fn open(store: &RedbStore) -> Result<(Self, watch::Receiver<Arc<State>>)> {
+    /// Opens the state machine on `store`'s database, next to its `log`: loads the state, the
+    /// last applied log id and the membership. Returns it with a receiver of the committed state.
+    pub fn open(store: &RedbStore, log: OnDisk) -> Result<(Self, watch::Receiver<Arc<State>>)> {
         let (tx, rx) = watch::channel(Arc::default());
-        Ok((Self::open_into(store, tx)?, rx))
+        Ok((Self::open_into(store, tx, log)?, rx))
     }
 
     /// Like [`Self::open`], but publishes on an existing channel (which outlives one Raft
     /// instance when a node leaves its cluster to join another).
-    pub fn open_into(store: &RedbStore, state: watch::Sender<Arc<State>>) -> Result<Self> {
+    pub fn open_into(
+        store: &RedbStore,
+        state: watch::Sender<Arc<State>>,
+        log: OnDisk,
+    ) -> Result<Self> {
         let db = store.database();
         let create = || -> std::result::Result<(), AnyError> {
             let txn = db.begin_write().context("beginning a write transaction")?;
@@ -109,15 +124,17 @@ impl StateMachine {
             Ok((last_applied, membership))
         };
         let (last_applied, membership) = read().map_err(StorageIOError::read_state_machine)?;
-        let loaded = State::load(store)
+        let mut loaded = State::load(store)
             .context("loading the state")
             .map_err(StorageIOError::read_state_machine)?;
+        loaded.caught_up = reaches(&log, last_applied);
         state.send_replace(Arc::new(loaded));
         Ok(Self {
             db,
             last_applied,
             membership,
             state,
+            log,
         })
     }
 
@@ -129,6 +146,15 @@ impl StateMachine {
     /// The committed state now.
     pub fn state(&self) -> Arc<State> {
         self.state.borrow().clone()
+    }
+}
+
+/// Whether a state applied up to `applied` holds every entry `log` held when it was opened.
+fn reaches(log: &OnDisk, applied: Option<LogId<NodeId>>) -> bool {
+    match (log.opened_at, applied) {
+        (None, _) => true,
+        (Some(start), Some(applied)) => applied.index >= start,
+        (Some(_), None) => false,
     }
 }
 
@@ -266,7 +292,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             None => None,
         };
         let changed = !writes.is_empty();
-        write_txn(&self.db, subject(), Durability::Immediate, move |txn| {
+        // No fsync of its own: what the node acts on is on disk in its log (see the module).
+        write_txn(&self.db, subject(), Durability::None, move |txn| {
             write_in(txn, &writes).context("writing the state")?;
             let mut meta = txn
                 .open_table(SM_META)
@@ -285,10 +312,22 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         if let Some(m) = membership {
             self.membership = m;
         }
-        // Published only now that it is on disk: the node acts on what it sees (starts runs,
-        // records them in its history), and after a restart it must find that state again before
-        // it acts; openraft re-applies the log only once it learns the commit index anew.
-        if let (true, Some(next)) = (changed, next) {
+        // Published only once its entries are on disk here: the node acts on what it sees
+        // (starts runs, records them in its history), and after a restart it must find it in its
+        // log again. openraft applies an entry that a majority has on disk, and this node's own
+        // copy may still be on its way there.
+        self.log
+            .through(last.index)
+            .await
+            .map_err(StorageIOError::write_state_machine)?;
+        let caught_up = !self.state.borrow().caught_up && reaches(&self.log, last_applied);
+        let next = match (changed, next) {
+            (true, Some(next)) => Some(next),
+            _ if caught_up => Some(State::clone(&self.state.borrow())),
+            _ => None,
+        };
+        if let Some(mut next) = next {
+            next.caught_up |= caught_up;
             self.state.send_replace(Arc::new(next));
         }
         Ok(replies)
@@ -325,7 +364,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             )))
             .into());
         }
-        let state = payload.state;
+        let mut state = payload.state;
+        state.caught_up = self.state.borrow().caught_up || reaches(&self.log, meta.last_log_id);
 
         let subject = || ErrorSubject::Snapshot(signature.clone());
         let meta_json = encode(meta, subject(), "encoding the snapshot's meta")?;
@@ -434,7 +474,7 @@ mod tests {
             let dir = tempfile::tempdir().expect("tmp");
             let store = RedbStore::open(&dir.path().join("db")).expect("open");
             let log = LogStore::open(store.database())?;
-            let (sm, _state) = StateMachine::open(&store)?;
+            let (sm, _state) = StateMachine::open(&store, log.on_disk())?;
             Ok((dir, log, sm))
         }
     }
@@ -491,7 +531,7 @@ mod tests {
         let before = {
             let store = RedbStore::open(&path).expect("open");
             let mut log = LogStore::open(store.database()).expect("log");
-            let (mut sm, mut rx) = StateMachine::open(&store).expect("sm");
+            let (mut sm, mut rx) = StateMachine::open(&store, log.on_disk()).expect("sm");
             log.save_vote(&Vote::new(1, 1)).await.expect("vote");
             log.blocking_append(entries.clone()).await.expect("append");
             let replies = sm.apply(entries).await.expect("apply");
@@ -504,7 +544,7 @@ mod tests {
 
         let store = RedbStore::open(&path).expect("reopen");
         let mut log = LogStore::open(store.database()).expect("log");
-        let (mut sm, rx) = StateMachine::open(&store).expect("sm");
+        let (mut sm, rx) = StateMachine::open(&store, log.on_disk()).expect("sm");
         assert_eq!(log.read_vote().await.expect("vote"), Some(Vote::new(1, 1)));
         let ids: Vec<_> = log
             .try_get_log_entries(..)
@@ -527,10 +567,68 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_state_is_caught_up_once_it_holds_every_entry_the_log_held_at_start() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let path = dir.path().join("db");
+        let blank = Entry {
+            log_id: log_id(1, 3),
+            payload: EntryPayload::Blank,
+        };
+        {
+            let store = RedbStore::open(&path).expect("open");
+            let mut log = LogStore::open(store.database()).expect("log");
+            let (mut sm, rx) = StateMachine::open(&store, log.on_disk()).expect("sm");
+            assert!(
+                rx.borrow().caught_up,
+                "an empty log holds nothing to catch up"
+            );
+            log.blocking_append([
+                membership(1),
+                normal(2, Change::PutTask(task("a", "one"))),
+                blank.clone(),
+            ])
+            .await
+            .expect("append");
+            // The node stops having applied only the first entry (its commit index was older).
+            sm.apply([membership(1)]).await.expect("apply");
+        }
+        let store = RedbStore::open(&path).expect("reopen");
+        let log = LogStore::open(store.database()).expect("log");
+        let (mut sm, mut rx) = StateMachine::open(&store, log.on_disk()).expect("sm");
+        assert!(
+            !rx.borrow_and_update().caught_up,
+            "the log holds entries 2 and 3, the state does not"
+        );
+        sm.apply([normal(2, Change::PutTask(task("a", "one")))])
+            .await
+            .expect("apply");
+        let state = rx.borrow_and_update().clone();
+        assert!(state.tasks.contains_key(&TaskId("a".into())));
+        assert!(!state.caught_up, "entry 3 is still missing");
+        // An entry that changes nothing still brings the news.
+        sm.apply([blank]).await.expect("apply");
+        assert!(rx.has_changed().expect("open"), "a new state was sent");
+        let state = rx.borrow_and_update().clone();
+        assert!(state.caught_up, "it holds everything the log held at start");
+        assert!(state.tasks.contains_key(&TaskId("a".into())));
+
+        // Opened again with everything applied, it is caught up at once; a batch that changes
+        // nothing then sends nothing.
+        drop((sm, rx));
+        let (mut sm, mut rx) = StateMachine::open(&store, log.on_disk()).expect("sm");
+        assert!(rx.borrow_and_update().caught_up);
+        sm.apply([normal(4, Change::RemoveTask(TaskId("zz".into())))])
+            .await
+            .expect("apply");
+        assert!(!rx.has_changed().expect("open"), "nothing new to send");
+    }
+
+    #[tokio::test]
     async fn a_rejected_change_advances_last_applied_and_leaves_the_state() {
         let dir = tempfile::tempdir().expect("tmp");
         let store = RedbStore::open(&dir.path().join("db")).expect("open");
-        let (mut sm, mut rx) = StateMachine::open(&store).expect("sm");
+        let log = LogStore::open(store.database()).expect("log");
+        let (mut sm, mut rx) = StateMachine::open(&store, log.on_disk()).expect("sm");
         sm.apply([normal(1, Change::PutTask(task("a", "one")))])
             .await
             .expect("apply");
@@ -570,7 +668,8 @@ mod tests {
         assert_eq!(replies[1], Applied::Ok);
         assert_eq!(sm.state().tasks.len(), 2);
         drop(sm);
-        let (mut sm, _rx) = StateMachine::open(&store).expect("reopen");
+        let log = LogStore::open(store.database()).expect("log");
+        let (mut sm, _rx) = StateMachine::open(&store, log.on_disk()).expect("reopen");
         assert_eq!(
             sm.applied_state().await.expect("applied").0,
             Some(log_id(1, 4))
@@ -583,7 +682,8 @@ mod tests {
         // The leader's state: task `b`, a fired slot, and its own cluster settings.
         let leader_dir = tempfile::tempdir().expect("tmp");
         let leader_store = RedbStore::open(&leader_dir.path().join("db")).expect("open");
-        let (mut leader, _rx) = StateMachine::open(&leader_store).expect("sm");
+        let log = LogStore::open(leader_store.database()).expect("log");
+        let (mut leader, _rx) = StateMachine::open(&leader_store, log.on_disk()).expect("sm");
         let slot = Utc::now();
         leader
             .apply([
@@ -637,7 +737,8 @@ mod tests {
             store
                 .put_runs(std::slice::from_ref(&run), 10)
                 .expect("runs");
-            let (mut sm, mut rx) = StateMachine::open(&store).expect("sm");
+            let log = LogStore::open(store.database()).expect("log");
+            let (mut sm, mut rx) = StateMachine::open(&store, log.on_disk()).expect("sm");
             sm.apply([
                 normal(1, Change::PutTask(task("a", "one"))),
                 normal(
@@ -671,7 +772,8 @@ mod tests {
 
         // After a restart: the tables hold the snapshot's state; runs and node settings stayed.
         let store = RedbStore::open(&path).expect("reopen");
-        let (mut sm, rx) = StateMachine::open(&store).expect("sm");
+        let log = LogStore::open(store.database()).expect("log");
+        let (mut sm, rx) = StateMachine::open(&store, log.on_disk()).expect("sm");
         let ids: Vec<_> = store
             .tasks()
             .expect("tasks")
