@@ -365,6 +365,32 @@ async fn the_log_follows_a_running_task_and_daily_files_are_written() -> Result<
             && daily.contains(&format!("{run_id} err two")),
         "{daily}"
     );
+    let runs = node.dir.join("logs/.runs");
+    assert!(runs.join(format!("{run_id}.log")).is_file());
+
+    // A run that prints nothing leaves no file, and its log reads as empty.
+    let quiet = node
+        .api
+        .create_task(
+            &json!({"name": "quiet", "spec": {"command": ["true"]}, "when": {"mode": "manual"}}),
+        )
+        .await?;
+    let run = node.api.execute(&quiet).await?;
+    let quiet_id = run["id"].as_str().expect("id").to_owned();
+    wait_for("the quiet run to end", Duration::from_secs(10), || async {
+        let (_, run) = node.api.get(&format!("/api/runs/{quiet_id}")).await.ok()?;
+        (run["status"] == "succeeded").then_some(())
+    })
+    .await?;
+    let response = node
+        .api
+        .http
+        .get(format!("{}/api/runs/{quiet_id}/log", node.api.base))
+        .send()
+        .await?;
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.text().await?, "");
+    assert!(!runs.join(format!("{quiet_id}.log")).exists());
     Ok(())
 }
 

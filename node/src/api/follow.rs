@@ -7,13 +7,14 @@ use axum::extract::{Path, Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
+use chrono::Utc;
 use futures::Stream;
 use serde::Deserialize;
 use tokio::sync::broadcast;
 
 use super::{ApiError, parse_run_id};
 use crate::events::Event;
-use crate::model::RunId;
+use crate::model::{Run, RunId};
 use crate::service::NodeHandle;
 
 /// Largest piece of log sent at once.
@@ -41,18 +42,20 @@ pub(super) async fn run_log(
     let id = parse_run_id(&id)?;
     let run = node.run(&id).await?;
     if !p.follow {
-        let text = node
-            .run_log(&id, p.offset, 16 << 20)
-            .await?
-            .ok_or_else(|| {
-                ApiError::new(
+        let text = match node.run_log(&id, p.offset, 16 << 20).await? {
+            Some(text) => text,
+            // A run that printed nothing has no file.
+            None if run.started_at.is_some() && !expired(&run, &node) => Vec::new(),
+            None => {
+                return Err(ApiError::new(
                     StatusCode::NOT_FOUND,
                     format!(
                         "run {} has no log (never started, or deleted by retention)",
                         run.id
                     ),
-                )
-            })?;
+                ));
+            }
+        };
         return Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], text).into_response());
     }
     let events = node.subscribe();
@@ -69,6 +72,12 @@ pub(super) async fn run_log(
     Ok(Sse::new(stream)
         .keep_alive(KeepAlive::default())
         .into_response())
+}
+
+/// Whether retention may have deleted the run's log: it ended longer ago than the logs are kept.
+fn expired(run: &Run, node: &NodeHandle) -> bool {
+    let kept = chrono::Duration::days(i64::from(node.state().settings.retention_days));
+    run.ended_at.is_some_and(|ended| Utc::now() - ended > kept)
 }
 
 struct Follow {

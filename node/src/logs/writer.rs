@@ -2,6 +2,7 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
+use std::path::PathBuf;
 
 use chrono::{NaiveDate, Utc};
 
@@ -14,9 +15,12 @@ pub enum Stream {
     Stderr,
 }
 
+/// Files open on the first line: a run that prints nothing leaves no file (creating and later
+/// deleting a file per trivial run is a large part of what such a run costs).
 pub struct RunLogWriter {
     run_id: RunId,
-    run_log: File,
+    path: PathBuf,
+    run_log: Option<File>,
     len: u64,
     daily: Option<Daily>,
 }
@@ -36,13 +40,17 @@ fn append(path: &std::path::Path) -> io::Result<File> {
 }
 
 impl RunLogWriter {
+    /// A writer for the run's log; fails only if the folder of run logs cannot be made.
     pub fn create(
         paths: &LogPaths,
         run_id: &RunId,
         task_name: &str,
         daily_logs: bool,
     ) -> io::Result<Self> {
-        let run_log = append(&paths.run_log(run_id))?;
+        let path = paths.run_log(run_id);
+        if let Some(dir) = path.parent() {
+            fs::create_dir_all(dir)?;
+        }
         let daily = daily_logs.then(|| Daily {
             paths: paths.clone(),
             task_name: task_name.to_owned(),
@@ -51,7 +59,8 @@ impl RunLogWriter {
         });
         Ok(Self {
             run_id: run_id.clone(),
-            run_log,
+            path,
+            run_log: None,
             len: 0,
             daily,
         })
@@ -68,7 +77,11 @@ impl RunLogWriter {
 
     /// Appends one line (with its newline, if it had one).
     pub fn write_line(&mut self, stream: Stream, line: &[u8]) -> io::Result<()> {
-        self.run_log.write_all(line)?;
+        let run_log = match &mut self.run_log {
+            Some(file) => file,
+            None => self.run_log.insert(append(&self.path)?),
+        };
+        run_log.write_all(line)?;
         self.len += line.len() as u64;
         if let Some(daily) = &mut self.daily {
             let now = Utc::now();
