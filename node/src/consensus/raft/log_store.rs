@@ -487,6 +487,16 @@ impl RaftLogReader<TypeConfig> for LogStore {
             .lock()
             .expect("log tail")
             .range((Bound::Included(start), end));
+        // Replication asks for the newest entries, which are all in memory. A read would wait
+        // for a commit under way: redb's readers wait for a commit's fsync.
+        let wanted = match end {
+            Bound::Included(e) => Some(e - start + 1),
+            Bound::Excluded(e) => Some(e - start),
+            Bound::Unbounded => None,
+        };
+        if wanted.is_some_and(|n| entries.len() as u64 == n) {
+            return Ok(entries.into_values().collect());
+        }
         let read = || -> std::result::Result<Vec<(u64, Vec<u8>)>, AnyError> {
             let txn = self.db.begin_read().context("beginning a read")?;
             let table = txn.open_table(LOG).context("opening table raft_log")?;
