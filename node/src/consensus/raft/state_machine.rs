@@ -28,7 +28,7 @@ use std::sync::Arc;
 
 use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{
-    AnyError, Entry, EntryPayload, ErrorSubject, LogId, OptionalSend, RaftSnapshotBuilder,
+    AnyError, Entry, EntryPayload, ErrorSubject, ErrorVerb, LogId, OptionalSend, RaftSnapshotBuilder,
     SnapshotMeta, StorageError, StorageIOError, StoredMembership,
 };
 use redb::{
@@ -292,30 +292,30 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             None => None,
         };
         let changed = !writes.is_empty();
-        // No fsync of its own: what the node acts on is on disk in its log (see the module).
-        write_txn(&self.db, subject(), Durability::None, move |txn| {
-            write_in(txn, &writes).context("writing the state")?;
-            let mut meta = txn
-                .open_table(SM_META)
-                .context("opening table raft_sm_meta")?;
-            meta.insert(LAST_APPLIED, last_json.as_slice())
-                .context("writing the last applied log id")?;
-            if let Some(m) = &membership_json {
-                meta.insert(MEMBERSHIP, m.as_slice())
-                    .context("writing the membership")?;
-            }
-            Ok(())
-        })
-        .await?;
+        // No fsync of its own: what the node acts on is on disk in its log (see the module). The
+        // tables are written while the batch is published.
+        let (db, write_subject) = (self.db.clone(), subject());
+        let written = tokio::spawn(async move {
+            write_txn(&db, write_subject, Durability::None, move |txn| {
+                write_in(txn, &writes).context("writing the state")?;
+                let mut meta = txn
+                    .open_table(SM_META)
+                    .context("opening table raft_sm_meta")?;
+                meta.insert(LAST_APPLIED, last_json.as_slice())
+                    .context("writing the last applied log id")?;
+                if let Some(m) = &membership_json {
+                    meta.insert(MEMBERSHIP, m.as_slice())
+                        .context("writing the membership")?;
+                }
+                Ok(())
+            })
+            .await
+        });
 
-        self.last_applied = last_applied;
-        if let Some(m) = membership {
-            self.membership = m;
-        }
-        // Published only once its entries are on disk here: the node acts on what it sees
-        // (starts runs, records them in its history), and after a restart it must find it in its
-        // log again. openraft applies an entry that a majority has on disk, and this node's own
-        // copy may still be on its way there.
+        // Published once its entries are on disk here: the node acts on what it sees (starts
+        // runs, records them in its history), and after a restart it must find it in its log
+        // again. openraft applies an entry that a majority has on disk, and this node's own copy
+        // may still be on its way there.
         self.log
             .through(last.index)
             .await
@@ -329,6 +329,14 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         if let Some(mut next) = next {
             next.caught_up |= caught_up;
             self.state.send_replace(Arc::new(next));
+        }
+        written
+            .await
+            .context("running the state machine's writer task")
+            .map_err(|e| StorageIOError::new(subject(), ErrorVerb::Write, e))??;
+        self.last_applied = last_applied;
+        if let Some(m) = membership {
+            self.membership = m;
         }
         Ok(replies)
     }
