@@ -487,8 +487,8 @@ impl RaftLogReader<TypeConfig> for LogStore {
             .lock()
             .expect("log tail")
             .range((Bound::Included(start), end));
-        // Replication asks for the newest entries, which are all in memory. A read would wait
-        // for a commit under way: redb's readers wait for a commit's fsync.
+        // Replication asks for the newest entries, which are all in memory: no read transaction
+        // for those.
         let wanted = match end {
             Bound::Included(e) => Some(e - start + 1),
             Bound::Excluded(e) => Some(e - start),
