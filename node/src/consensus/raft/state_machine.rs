@@ -17,7 +17,8 @@
 //! **What the node acts on is on disk in its log, not necessarily in these tables.** An applied
 //! batch commits without an fsync of its own (redb's `Durability::None`: the log's writer, which
 //! commits durably all the time in the same file, makes it durable with its next commit), and is
-//! published once every entry in it is on disk in this node's log. After a crash the tables may
+//! published once every entry in it is on disk in this node's log, while its tables are still
+//! being written (they are only needed after a restart). After a crash the tables may
 //! therefore be behind what the node acted on, but its log is not. [`State::caught_up`] marks the
 //! published states that hold every entry the log held when the node started; the dispatcher
 //! treats runs it first sees in an earlier state as runs it may have started before (see
