@@ -92,9 +92,9 @@ pub(super) fn encode<T: Serialize>(
 /// The redb Raft log. Cheap to clone: replication tasks read through clones of it.
 ///
 /// Appends return at once: the entries wait in memory (readable from then on) while the
-/// log's writer thread commits them, and openraft hears of each append when it is on disk. So
-/// the leader sends new entries to its followers while its own fsync runs, and appends that
-/// arrive during one fsync share the next. Every other write also goes through the writer, in
+/// log's writer thread commits them, and openraft hears of each append when it is on disk.
+/// (openraft 0.9 awaits that before its next command, so the leader still replicates only after
+/// its own fsync; see docs/consensus.md.) Every other write also goes through the writer, in
 /// order, and (but for the advisory committed id) is awaited.
 #[derive(Clone)]
 pub struct LogStore {

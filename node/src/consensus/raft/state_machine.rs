@@ -29,8 +29,8 @@ use std::sync::Arc;
 
 use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{
-    AnyError, Entry, EntryPayload, ErrorSubject, ErrorVerb, LogId, OptionalSend,
-    RaftSnapshotBuilder, SnapshotMeta, StorageError, StorageIOError, StoredMembership,
+    AnyError, Entry, EntryPayload, ErrorSubject, LogId, OptionalSend, RaftSnapshotBuilder,
+    SnapshotMeta, StorageError, StorageIOError, StoredMembership,
 };
 use redb::{
     Database, Durability, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction,
@@ -295,46 +295,43 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let changed = !writes.is_empty();
         // No fsync of its own: what the node acts on is on disk in its log (see the module). The
         // tables are written while the batch is published.
-        let (db, write_subject) = (self.db.clone(), subject());
-        let written = tokio::spawn(async move {
-            write_txn(&db, write_subject, Durability::None, move |txn| {
-                write_in(txn, &writes).context("writing the state")?;
-                let mut meta = txn
-                    .open_table(SM_META)
-                    .context("opening table raft_sm_meta")?;
-                meta.insert(LAST_APPLIED, last_json.as_slice())
-                    .context("writing the last applied log id")?;
-                if let Some(m) = &membership_json {
-                    meta.insert(MEMBERSHIP, m.as_slice())
-                        .context("writing the membership")?;
-                }
-                Ok(())
-            })
-            .await
+        let write = write_txn(&self.db, subject(), Durability::None, move |txn| {
+            write_in(txn, &writes).context("writing the state")?;
+            let mut meta = txn
+                .open_table(SM_META)
+                .context("opening table raft_sm_meta")?;
+            meta.insert(LAST_APPLIED, last_json.as_slice())
+                .context("writing the last applied log id")?;
+            if let Some(m) = &membership_json {
+                meta.insert(MEMBERSHIP, m.as_slice())
+                    .context("writing the membership")?;
+            }
+            Ok(())
         });
-
         // Published once its entries are on disk here: the node acts on what it sees (starts
         // runs, records them in its history), and after a restart it must find it in its log
         // again. openraft applies an entry that a majority has on disk, and this node's own copy
         // may still be on its way there.
-        self.log
-            .through(last.index)
-            .await
-            .map_err(StorageIOError::write_state_machine)?;
-        let caught_up = !self.state.borrow().caught_up && reaches(&self.log, last_applied);
-        let next = match (changed, next) {
-            (true, Some(next)) => Some(next),
-            _ if caught_up => Some(State::clone(&self.state.borrow())),
-            _ => None,
+        let (log, state) = (&mut self.log, &self.state);
+        let publish = async move {
+            log.through(last.index)
+                .await
+                .map_err(StorageIOError::write_state_machine)?;
+            let catches_up = !state.borrow().caught_up && reaches(log, last_applied);
+            let next = match (changed, next) {
+                (true, Some(next)) => Some(next),
+                _ if catches_up => Some(State::clone(&state.borrow())),
+                _ => None,
+            };
+            if let Some(mut next) = next {
+                next.caught_up |= catches_up;
+                state.send_replace(Arc::new(next));
+            }
+            Ok::<(), StorageError<NodeId>>(())
         };
-        if let Some(mut next) = next {
-            next.caught_up |= caught_up;
-            self.state.send_replace(Arc::new(next));
-        }
-        written
-            .await
-            .context("running the state machine's writer task")
-            .map_err(|e| StorageIOError::new(subject(), ErrorVerb::Write, e))??;
+        let (written, published) = tokio::join!(write, publish);
+        written?;
+        published?;
         self.last_applied = last_applied;
         if let Some(m) = membership {
             self.membership = m;
