@@ -103,6 +103,9 @@ impl Started {
 }
 
 /// Runs a node until `shutdown` is cancelled, then stops its processes and flushes its state.
+/// How long the web server waits at start for the state to catch up with the Raft log.
+const CATCH_UP_WAIT: Duration = Duration::from_secs(3);
+
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), NodeError> {
     let started = start(config, shutdown).await?;
     info!(url = %format!("http://{}", started.addr), "taskmesh node is up");
@@ -363,7 +366,16 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Starte
             crate::api::auth::require,
         ));
     let server_stop = work.clone();
+    let mut applied = handle.inner.consensus.subscribe();
     let server = tokio::spawn(async move {
+        // After a crash the state tables may lag the Raft log (docs/consensus.md, "Applying"):
+        // answer once the state holds what the log held at start, so a read right after a
+        // restart sees every acknowledged write; a node cut off from its cluster answers after
+        // `CATCH_UP_WAIT` with what it has. Connections wait in the listener's backlog.
+        tokio::select! {
+            _ = server_stop.cancelled() => {}
+            _ = tokio::time::timeout(CATCH_UP_WAIT, applied.wait_for(|s| s.caught_up)) => {}
+        }
         let serve =
             axum::serve(listener, app).with_graceful_shutdown(server_stop.cancelled_owned());
         if let Err(e) = serve.await {
