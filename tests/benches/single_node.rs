@@ -257,7 +257,8 @@ fn main() -> Result<()> {
     if std::env::args().any(|a| a == "--list") {
         return Ok(());
     }
-    let rt = tokio::runtime::Runtime::new()?;
+    // The node's own runtime, as in the binary.
+    let rt = taskmesh::runtime()?;
     rt.block_on(async {
         let node = TestNode::start().await?;
         let mut settings = node.api.get("/api/settings").await?.1;
