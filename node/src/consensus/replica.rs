@@ -13,7 +13,7 @@ use openraft::{Raft, ServerState};
 use tokio::sync::watch;
 
 use super::State;
-use super::raft::log_store::LogStore;
+use super::raft::log_store::{self, LogStore};
 use super::raft::network::{MeshNetwork, RaftReply, RaftRpc, Refusal, SendError, send};
 use super::raft::state_machine::StateMachine;
 use super::raft::{Applied, MeshNode, NodeId, TypeConfig};
@@ -245,7 +245,8 @@ impl Replica {
         let old = self.raft();
         let _ = old.shutdown().await;
         let db = self.parts.store.database();
-        tokio::task::spawn_blocking(move || super::raft::clear(&db))
+        let log = log_store::path(self.parts.store.path());
+        tokio::task::spawn_blocking(move || super::raft::clear(&db, &log))
             .await
             .map_err(|e| OpenError(e.to_string()))?
             .map_err(|e| OpenError(format!("clearing the Raft state: {e}")))?;
@@ -270,7 +271,7 @@ async fn open_raft(
     parts: &Parts,
     mesh: watch::Receiver<Option<MeshHandle>>,
 ) -> Result<Raft<TypeConfig>, OpenError> {
-    let log = LogStore::open(parts.store.database()).map_err(|e| OpenError(e.to_string()))?;
+    let log = LogStore::beside(&parts.store).map_err(|e| OpenError(e.to_string()))?;
     let sm = StateMachine::open_into(&parts.store, parts.state.clone(), log.on_disk())
         .map_err(|e| OpenError(e.to_string()))?;
     Raft::new(id, parts.config.clone(), MeshNetwork { mesh }, log, sm)

@@ -32,9 +32,10 @@ const HOLDERS: &str = "holders";
 const STOPS: &str = "stops";
 
 pub struct RedbStore {
-    /// Shared with the Raft log and state machine (`consensus::raft`), which keep their own
-    /// tables in the same file.
+    /// Shared with the Raft state machine (`consensus::raft`), which keeps its own tables in the
+    /// same file.
     db: Arc<Database>,
+    path: std::path::PathBuf,
 }
 
 fn db_err(e: impl std::fmt::Display) -> StoreError {
@@ -78,12 +79,20 @@ impl RedbStore {
             txn.open_table(CLUSTER_RUNS).map_err(db_err)?;
         }
         txn.commit().map_err(db_err)?;
-        Ok(Self { db: Arc::new(db) })
+        Ok(Self {
+            db: Arc::new(db),
+            path: path.to_owned(),
+        })
     }
 
-    /// The database itself, for the Raft storage that lives in the same file.
+    /// The database itself, for the Raft state machine, which keeps its tables in it.
     pub fn database(&self) -> Arc<Database> {
         self.db.clone()
+    }
+
+    /// The database file's path (the Raft log's file goes beside it).
+    pub fn path(&self) -> &Path {
+        &self.path
     }
 
     fn meta<T: DeserializeOwned>(&self, key: &'static str) -> Result<Option<T>, StoreError> {

@@ -1,105 +1,60 @@
-//! The Raft log on redb: log entries, the vote, the committed log id and the last purged log id.
-//!
-//! Tables (in the node's one database file, next to the [`crate::store`] tables):
-//!
-//! - `raft_log`: log index → the JSON-encoded [`openraft::Entry`];
-//! - `raft_log_meta`: `vote`, `committed`, `last_purged` → JSON-encoded [`Vote`] / [`LogId`].
+//! The Raft log: entries, the vote, the committed log id and the last purged log id, in an
+//! append-only file beside the node's database (`raft.log`, see `log_file.rs`).
 //!
 //! Every write goes to the log's writer thread, which runs them in order, as openraft requires.
-//! `append` keeps its entries in memory (readable at once) and returns; the writer commits the
-//! appends waiting at one time in one transaction and then calls their flush callbacks. The vote,
-//! appended entries, truncation and purge commit with redb's default `Immediate` durability
-//! (fsynced before `commit` returns). The committed log id is advisory (openraft re-applies up to
-//! it at start, and a stale one only means less of that), so it is not awaited and has no
-//! transaction of its own: it goes with the writer's next one.
+//! `append` keeps its entries in memory (readable at once) and returns; the writer writes the
+//! records of every job waiting at one time in one append and one `fdatasync`, and then calls
+//! their flush callbacks and answers the other writes (vote, truncation, purge). The committed log
+//! id is advisory (openraft re-applies up to it at start, and a stale one only means less of
+//! that), so it is not awaited and forces no fsync: it goes with the writer's next write.
+//!
+//! Readers find the vote and the log ids in memory, the newest entries decoded in memory too,
+//! and older ones by their place in the file.
 //!
 //! [`OnDisk`] tells the state machine how far the log is on disk, and where it ended when it was
 //! opened: the state machine's own commits are not durable by themselves (see
-//! [`super::state_machine`]), and each durable commit here makes them durable too.
+//! [`super::state_machine`]).
+//!
+//! Before session 6 the log lived in redb tables (`raft_log`, `raft_log_meta`) in the node's
+//! database; [`LogStore::open`] moves such a log into the file once.
 
 use std::collections::BTreeMap;
 use std::fmt::Debug;
+use std::fs::File;
 use std::ops::{Bound, RangeBounds};
+use std::path::{Path, PathBuf};
 use std::sync::mpsc as std_mpsc;
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex};
 
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{
     AnyError, Entry, ErrorSubject, ErrorVerb, LogId, OptionalSend, RaftLogReader, StorageError,
     StorageIOError, Vote,
 };
-use redb::{
-    Database, Durability, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction,
-};
-use serde::Serialize;
-use serde::de::DeserializeOwned;
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use tokio::sync::{oneshot, watch};
 
-use super::{NodeId, TypeConfig};
-
-/// Log index → JSON-encoded entry.
-const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("raft_log");
-/// `vote`, `committed`, `last_purged` → JSON.
-const LOG_META: TableDefinition<&str, &[u8]> = TableDefinition::new("raft_log_meta");
-
-const VOTE: &str = "vote";
-const COMMITTED: &str = "committed";
-const LAST_PURGED: &str = "last_purged";
+use super::log_file::{self, Batch, Contents, LogFile, Record, Slot};
+use super::{Context, NodeId, TypeConfig};
+use crate::store::RedbStore;
 
 type Result<T> = std::result::Result<T, StorageError<NodeId>>;
 
-/// Adds a note on what was being done to an error, as openraft's [`AnyError`].
-pub(super) trait Context<T> {
-    fn context(self, doing: &'static str) -> std::result::Result<T, AnyError>;
+/// The log file for the node database at `db_path`: `raft.log` in the same folder.
+pub fn path(db_path: &Path) -> PathBuf {
+    db_path.with_file_name("raft.log")
 }
 
-impl<T, E: std::error::Error + 'static> Context<T> for std::result::Result<T, E> {
-    fn context(self, doing: &'static str) -> std::result::Result<T, AnyError> {
-        self.map_err(|e| AnyError::new(&e).add_context(|| doing))
-    }
-}
-
-/// Runs `f` in one write transaction on the blocking pool and commits it with `durability`;
-/// a failure is reported as a write to `subject`.
-pub(super) async fn write_txn<F>(
-    db: &Arc<Database>,
-    subject: ErrorSubject<NodeId>,
-    durability: Durability,
-    f: F,
-) -> Result<()>
-where
-    F: FnOnce(&WriteTransaction) -> std::result::Result<(), AnyError> + Send + 'static,
-{
-    let db = db.clone();
-    tokio::task::spawn_blocking(move || commit(&db, durability, f))
-        .await
-        .context("running the storage writer task")
-        .and_then(|result| result)
-        .map_err(|e| StorageIOError::new(subject, ErrorVerb::Write, e).into())
-}
-
-/// JSON for a table; a failure is reported as a write to `subject`.
-pub(super) fn encode<T: Serialize>(
-    value: &T,
-    subject: ErrorSubject<NodeId>,
-    what: &'static str,
-) -> Result<Vec<u8>> {
-    serde_json::to_vec(value)
-        .context(what)
-        .map_err(|e| StorageIOError::new(subject, ErrorVerb::Write, e).into())
-}
-
-/// The redb Raft log. Cheap to clone: replication tasks read through clones of it.
+/// The Raft log. Cheap to clone: replication tasks read through clones of it.
 ///
 /// Appends return at once: the entries wait in memory (readable from then on) while the
-/// log's writer thread commits them, and openraft hears of each append when it is on disk.
+/// log's writer thread writes them, and openraft hears of each append when it is on disk.
 /// (openraft 0.9 awaits that before its next command, so the leader still replicates only after
 /// its own fsync; see docs/consensus.md.) Every other write also goes through the writer, in
 /// order, and (but for the advisory committed id) is awaited.
 #[derive(Clone)]
 pub struct LogStore {
-    db: Arc<Database>,
-    tail: Arc<Mutex<Tail>>,
+    log: Arc<Mutex<Log>>,
     writer: std_mpsc::Sender<Job>,
     on_disk: OnDisk,
 }
@@ -108,9 +63,9 @@ pub struct LogStore {
 /// entry is on disk here (see [`super::state_machine`]).
 #[derive(Clone)]
 pub struct OnDisk {
-    tail: Arc<Mutex<Tail>>,
-    /// Changes after each commit of appends; closed when the writer stops.
-    commits: watch::Receiver<u64>,
+    log: Arc<Mutex<Log>>,
+    /// Changes after each write of the writer; closed when the writer stops.
+    writes: watch::Receiver<u64>,
     /// The index of the newest entry in the log when it was opened.
     pub opened_at: Option<u64>,
 }
@@ -119,11 +74,11 @@ impl OnDisk {
     /// Waits until no entry up to `index` waits for the writer.
     pub async fn through(&mut self, index: u64) -> std::result::Result<(), AnyError> {
         loop {
-            self.commits.borrow_and_update();
-            if !self.tail.lock().expect("log tail").waiting_through(index) {
+            self.writes.borrow_and_update();
+            if !self.log.lock().expect("log").waiting_through(index) {
                 return Ok(());
             }
-            self.commits
+            self.writes
                 .changed()
                 .await
                 .map_err(|_| AnyError::error("the raft log's writer has stopped"))?;
@@ -131,33 +86,54 @@ impl OnDisk {
     }
 }
 
-/// Recent entries, by index, kept in memory for readers.
-#[derive(Default)]
-struct Tail {
+/// The log as readers see it: what the file holds (from the writer, after each write), the
+/// entries waiting for the writer, and the newest entries on disk, decoded.
+struct Log {
+    disk: Contents,
+    /// The file the entries in `disk` are in (compaction replaces it).
+    file: Arc<File>,
     /// Appended, not yet known to be on disk.
     pending: BTreeMap<u64, Entry<TypeConfig>>,
-    /// The newest [`RECENT`] entries on disk, so that replication seldom decodes the table.
+    /// The newest [`RECENT`] entries on disk, so that replication seldom reads the file.
     recent: BTreeMap<u64, Entry<TypeConfig>>,
 }
 
-/// How many entries on disk the [`Tail`] keeps.
+/// How many entries on disk the [`Log`] keeps decoded.
 const RECENT: usize = 64;
 
-impl Tail {
-    /// The kept entries in `range`; a pending one wins over one on disk at its index.
-    fn range(&self, range: (Bound<u64>, Bound<u64>)) -> BTreeMap<u64, Entry<TypeConfig>> {
+impl Log {
+    /// The entries in `range` kept decoded (a pending one wins over one on disk at its index),
+    /// and the places of the others on disk.
+    fn range(
+        &self,
+        range: (Bound<u64>, Bound<u64>),
+    ) -> (BTreeMap<u64, Entry<TypeConfig>>, Vec<Slot>) {
         let mut entries: BTreeMap<u64, Entry<TypeConfig>> = self
             .recent
             .range(range)
             .map(|(i, e)| (*i, e.clone()))
             .collect();
         entries.extend(self.pending.range(range).map(|(i, e)| (*i, e.clone())));
-        entries
+        let slots = self
+            .disk
+            .entries
+            .range(range)
+            .filter(|(i, _)| !entries.contains_key(i))
+            .map(|(_, slot)| *slot)
+            .collect();
+        (entries, slots)
     }
 
     /// Whether an entry up to `index` is appended but not yet on disk.
     fn waiting_through(&self, index: u64) -> bool {
         self.pending.range(..=index).next().is_some()
+    }
+
+    /// The newest log id, appended or on disk, else the last purged one.
+    fn last_log_id(&self) -> Option<LogId<NodeId>> {
+        let pending = self.pending.last_key_value().map(|(_, e)| e.log_id);
+        let disk = self.disk.entries.last_key_value().map(|(_, s)| s.log_id);
+        pending.max(disk).or(self.disk.last_purged)
     }
 
     /// Drops every kept entry for which `keep` says no.
@@ -182,156 +158,209 @@ impl Tail {
     }
 }
 
-/// Appended entries as they are stored: their log ids and JSON.
-type Rows = Vec<(LogId<NodeId>, Vec<u8>)>;
-/// A write for the writer thread to run in a transaction of its own.
-type TxnWrite = Box<dyn FnOnce(&WriteTransaction) -> std::result::Result<(), AnyError> + Send>;
+/// How a job hears that its write is done.
+type Done = oneshot::Sender<std::result::Result<(), String>>;
 
 /// One write for the log's writer thread.
 enum Job {
-    /// Entries to commit durably; `flushed` hears when they are on disk.
+    /// Entries (log id and JSON) to write durably; `flushed` hears when they are on disk.
     Append {
-        rows: Rows,
+        rows: Vec<(LogId<NodeId>, Vec<u8>)>,
         flushed: LogFlushed<TypeConfig>,
     },
-    /// The committed log id (JSON): it goes with the next transaction.
-    Committed(Vec<u8>),
-    /// Any other write, after every job before it; `done` hears how it went.
-    Write {
-        durability: Durability,
-        write: TxnWrite,
-        done: oneshot::Sender<std::result::Result<(), AnyError>>,
-    },
+    /// The committed log id: it goes with the next write, which need not be synced for it.
+    Committed(Option<LogId<NodeId>>),
+    /// A durable write of one record; `done` hears how it went.
+    Write(Record, Done),
     /// Answered once every job before it is done.
+    Barrier(oneshot::Sender<()>),
+    /// Holds the writer until the sender is dropped (tests stall the writer with it).
+    #[cfg(test)]
+    Hold(std_mpsc::Receiver<()>),
+}
+
+/// Who hears about a write when it is done.
+enum Notice {
+    Flushed(LogFlushed<TypeConfig>),
+    Done(Done),
     Barrier(oneshot::Sender<()>),
 }
 
-/// The log's writer thread: runs the jobs in order. The appends among the jobs waiting at one
-/// time commit together (one fsync), up to the next other write.
+/// The log's writer thread: runs the jobs in order. The jobs waiting at one time go to disk in
+/// one write and (unless all of them are committed ids) one fsync.
 struct Writer {
-    /// Held only during a commit, so the database closes with the last of the node's handles.
-    db: Weak<Database>,
-    tail: Arc<Mutex<Tail>>,
-    appends: Vec<(Rows, LogFlushed<TypeConfig>)>,
-    committed: Option<Vec<u8>>,
-    /// Counts the commits of appends, for [`OnDisk`].
-    commits: watch::Sender<u64>,
+    file: LogFile,
+    log: Arc<Mutex<Log>>,
+    /// Counts the writes, for [`OnDisk`].
+    writes: watch::Sender<u64>,
 }
 
 impl Writer {
     fn run(mut self, jobs: std_mpsc::Receiver<Job>) {
         while let Ok(first) = jobs.recv() {
+            let mut batch = Batch::default();
+            let mut notices = Vec::new();
+            let mut sync = false;
             for job in std::iter::once(first).chain(jobs.try_iter()) {
                 match job {
-                    Job::Append { rows, flushed } => self.appends.push((rows, flushed)),
-                    Job::Committed(bytes) => self.committed = Some(bytes),
-                    Job::Write {
-                        durability,
-                        write,
-                        done,
-                    } => {
-                        self.commit_appends();
-                        let _ = done.send(self.commit(durability, write));
+                    Job::Append { rows, flushed } => {
+                        for (id, json) in rows {
+                            batch.push(Record::Entry(id, json));
+                        }
+                        notices.push(Notice::Flushed(flushed));
+                        sync = true;
                     }
-                    Job::Barrier(done) => {
-                        self.commit_appends();
-                        let _ = done.send(());
+                    Job::Committed(id) => batch.push(Record::Committed(id)),
+                    Job::Write(record, done) => {
+                        batch.push(record);
+                        notices.push(Notice::Done(done));
+                        sync = true;
+                    }
+                    Job::Barrier(done) => notices.push(Notice::Barrier(done)),
+                    #[cfg(test)]
+                    Job::Hold(held) => {
+                        self.write(
+                            std::mem::take(&mut batch),
+                            sync,
+                            std::mem::take(&mut notices),
+                        );
+                        let _ = held.recv();
                     }
                 }
             }
-            self.commit_appends();
+            self.write(batch, sync, notices);
         }
     }
 
-    /// Commits the waiting appends in one durable transaction, then tells each of them.
-    fn commit_appends(&mut self) {
-        if self.appends.is_empty() {
-            return;
-        }
-        let batch = std::mem::take(&mut self.appends);
-        let result = self.commit(Durability::Immediate, |txn| {
-            let mut log = txn.open_table(LOG).context("opening table raft_log")?;
-            for (id, bytes) in batch.iter().flat_map(|(rows, _)| rows) {
-                log.insert(id.index, bytes.as_slice())
-                    .context("appending to raft_log")?;
-            }
-            Ok(())
+    /// Writes `batch` (fsynced with `sync`), updates what readers see, and tells `notices`.
+    fn write(&mut self, batch: Batch, sync: bool, notices: Vec<Notice>) {
+        let result = self.file.write(&batch, sync).map(|at| {
+            let mut log = self.log.lock().expect("log");
+            batch.apply(&mut log.disk, at);
+            log.written(batch.entry_ids());
         });
-        if result.is_ok() {
-            let written = batch.iter().flat_map(|(rows, _)| rows).map(|(id, _)| *id);
-            self.tail.lock().expect("log tail").written(written);
+        if result.is_ok()
+            && let Err(e) = self.compact_if_due()
+        {
+            tracing::warn!(error = %e, "compacting the raft log failed; it goes on in the old file");
         }
-        self.commits.send_modify(|n| *n += 1);
-        for (_, flushed) in batch {
-            flushed.log_io_completed(match &result {
-                Ok(()) => Ok(()),
-                Err(e) => Err(std::io::Error::other(e.to_string())),
-            });
+        self.writes.send_modify(|n| *n += 1);
+        let error = result.err().map(|e| {
+            tracing::error!(error = %e, "writing the raft log failed");
+            e.to_string()
+        });
+        for notice in notices {
+            match notice {
+                Notice::Flushed(flushed) => flushed.log_io_completed(match &error {
+                    None => Ok(()),
+                    Some(e) => Err(std::io::Error::other(e.clone())),
+                }),
+                Notice::Done(done) => {
+                    let _ = done.send(error.clone().map_or(Ok(()), Err));
+                }
+                Notice::Barrier(done) => {
+                    let _ = done.send(());
+                }
+            }
         }
     }
 
-    /// One transaction with `write`, and the committed log id if a newer one waits.
-    fn commit(
-        &mut self,
-        durability: Durability,
-        write: impl FnOnce(&WriteTransaction) -> std::result::Result<(), AnyError>,
-    ) -> std::result::Result<(), AnyError> {
-        let db = self
-            .db
-            .upgrade()
-            .ok_or_else(|| AnyError::error("the database is closed"))?;
-        let committed = self.committed.take();
-        commit(&db, durability, |txn| {
-            write(txn)?;
-            match committed {
-                Some(bytes) => meta_write(COMMITTED, bytes)(txn),
-                None => Ok(()),
+    /// Rewrites the file once dead records take most of it (after purges).
+    fn compact_if_due(&mut self) -> std::io::Result<()> {
+        let disk = {
+            let log = self.log.lock().expect("log");
+            if !self.file.wants_compaction(&log.disk) {
+                return Ok(());
             }
-        })
+            log.disk.clone()
+        };
+        let compacted = self.file.compact(&disk)?;
+        tracing::debug!(entries = compacted.entries.len(), "compacted the raft log");
+        let mut log = self.log.lock().expect("log");
+        log.disk = compacted;
+        log.file = self.file.reader();
+        Ok(())
     }
 }
 
-/// One write transaction, committed with `durability`.
-fn commit(
-    db: &Database,
-    durability: Durability,
-    write: impl FnOnce(&WriteTransaction) -> std::result::Result<(), AnyError>,
-) -> std::result::Result<(), AnyError> {
-    let mut txn = db.begin_write().context("beginning a write transaction")?;
-    txn.set_durability(durability)
-        .context("setting the durability")?;
-    write(&txn)?;
+/// The tables the log lived in before it had its own file (see the module).
+const LEGACY_LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("raft_log");
+const LEGACY_META: TableDefinition<&str, &[u8]> = TableDefinition::new("raft_log_meta");
+
+/// Moves a log from the legacy tables in `db` into a new file at `path`, unless that file
+/// exists; then drops the tables. Each step is durable before the next, so a crash repeats
+/// at most the last.
+fn migrate(db: &Database, path: &Path) -> std::result::Result<(), AnyError> {
+    let read = db.begin_read().context("beginning a read")?;
+    let log = match read.open_table(LEGACY_LOG) {
+        Ok(table) => table,
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(()),
+        Err(e) => return Err(AnyError::new(&e).add_context(|| "opening table raft_log")),
+    };
+    if !path.exists() {
+        let mut records = Vec::new();
+        if let Ok(meta) = read.open_table(LEGACY_META) {
+            let json = |key: &str| -> std::result::Result<Option<Vec<u8>>, AnyError> {
+                Ok(meta
+                    .get(key)
+                    .context("reading raft_log_meta")?
+                    .map(|v| v.value().to_vec()))
+            };
+            if let Some(vote) = json("vote")? {
+                records.push(Record::Vote(decode_meta(&vote)?));
+            }
+            if let Some(committed) = json("committed")? {
+                records.push(Record::Committed(decode_meta(&committed)?));
+            }
+            if let Some(purged) = json("last_purged")? {
+                records.push(Record::Purge(decode_meta(&purged)?));
+            }
+        }
+        for row in log.iter().context("reading raft_log")? {
+            let (_, json) = row.context("reading raft_log")?;
+            let entry: Entry<TypeConfig> =
+                serde_json::from_slice(json.value()).context("decoding a log entry")?;
+            records.push(Record::Entry(entry.log_id, json.value().to_vec()));
+        }
+        tracing::info!(path = %path.display(), records = records.len(), "moving the raft log from the database into its own file");
+        LogFile::create(path, records).context("writing the raft log file")?;
+    }
+    drop(log);
+    drop(read);
+    let txn = db.begin_write().context("beginning a write transaction")?;
+    txn.delete_table(LEGACY_LOG)
+        .context("dropping table raft_log")?;
+    txn.delete_table(LEGACY_META)
+        .context("dropping table raft_log_meta")?;
     txn.commit().context("committing")
 }
 
+fn decode_meta<T: serde::de::DeserializeOwned>(json: &[u8]) -> std::result::Result<T, AnyError> {
+    serde_json::from_slice(json).context("decoding raft_log_meta")
+}
+
 impl LogStore {
-    /// Opens the log in `db` (the node's database, see [`crate::store::RedbStore::database`]),
-    /// creating its tables on first use, and starts its writer thread (which ends with the last
-    /// clone).
-    pub fn open(db: Arc<Database>) -> Result<Self> {
-        let create = || -> std::result::Result<Option<u64>, AnyError> {
-            let txn = db.begin_write().context("beginning a write transaction")?;
-            let last = txn
-                .open_table(LOG)
-                .context("creating table raft_log")?
-                .last()
-                .context("reading the last log entry")?
-                .map(|(k, _)| k.value());
-            txn.open_table(LOG_META)
-                .context("creating table raft_log_meta")?;
-            txn.commit().context("committing")?;
-            Ok(last)
-        };
-        let opened_at = create().map_err(StorageIOError::write_logs)?;
-        let tail = Arc::new(Mutex::new(Tail::default()));
+    /// Opens the log file at `path` (see [`path`]), creating it on first use (or moving a log
+    /// from the legacy tables of `db` into it), and starts its writer thread (which ends with the
+    /// last clone).
+    pub fn open(db: &Database, path: &Path) -> Result<Self> {
+        migrate(db, path).map_err(StorageIOError::write_logs)?;
+        let (file, disk) = LogFile::open(path)
+            .context("opening the raft log")
+            .map_err(StorageIOError::read_logs)?;
+        let opened_at = disk.entries.last_key_value().map(|(i, _)| *i);
+        let log = Arc::new(Mutex::new(Log {
+            disk,
+            file: file.reader(),
+            pending: BTreeMap::new(),
+            recent: BTreeMap::new(),
+        }));
         let (writer, jobs) = std_mpsc::channel();
-        let (commits, commits_rx) = watch::channel(0);
+        let (writes, writes_rx) = watch::channel(0);
         let thread = Writer {
-            db: Arc::downgrade(&db),
-            tail: tail.clone(),
-            appends: Vec::new(),
-            committed: None,
-            commits,
+            file,
+            log: log.clone(),
+            writes,
         };
         std::thread::Builder::new()
             .name("raft-log".into())
@@ -339,16 +368,20 @@ impl LogStore {
             .context("starting the raft log's writer")
             .map_err(StorageIOError::write_logs)?;
         let on_disk = OnDisk {
-            tail: tail.clone(),
-            commits: commits_rx,
+            log: log.clone(),
+            writes: writes_rx,
             opened_at,
         };
         Ok(Self {
-            db,
-            tail,
+            log,
             writer,
             on_disk,
         })
+    }
+
+    /// Opens the log of the node whose database is `store`, beside it (see [`path`]).
+    pub fn beside(store: &RedbStore) -> Result<Self> {
+        Self::open(&store.database(), &path(store.path()))
     }
 
     /// How far this log is on disk.
@@ -356,24 +389,14 @@ impl LogStore {
         self.on_disk.clone()
     }
 
-    /// Queues `write` after every write before it and waits until it is committed.
-    async fn write(
-        &self,
-        subject: ErrorSubject<NodeId>,
-        durability: Durability,
-        write: impl FnOnce(&WriteTransaction) -> std::result::Result<(), AnyError> + Send + 'static,
-    ) -> Result<()> {
+    /// Writes `record` after every write queued before it and waits until it is on disk.
+    async fn write(&self, record: Record, subject: ErrorSubject<NodeId>) -> Result<()> {
         let (done, result) = oneshot::channel();
-        let job = Job::Write {
-            durability,
-            write: Box::new(write),
-            done,
-        };
-        self.queue(job, subject.clone())?;
+        self.queue(Job::Write(record, done), subject.clone())?;
         result
             .await
             .context("waiting for the raft log's writer")
-            .and_then(|r| r)
+            .and_then(|r| r.map_err(AnyError::error))
             .map_err(|e| StorageIOError::new(subject, ErrorVerb::Write, e).into())
     }
 
@@ -390,70 +413,6 @@ impl LogStore {
         let (done, settled) = oneshot::channel();
         if self.writer.send(Job::Barrier(done)).is_ok() {
             let _ = settled.await;
-        }
-    }
-
-    /// Reads one JSON value from `raft_log_meta`.
-    fn read_meta<T: DeserializeOwned>(
-        &self,
-        key: &'static str,
-        subject: ErrorSubject<NodeId>,
-    ) -> Result<Option<T>> {
-        let read = || -> std::result::Result<Option<T>, AnyError> {
-            let txn = self.db.begin_read().context("beginning a read")?;
-            let table = txn
-                .open_table(LOG_META)
-                .context("opening table raft_log_meta")?;
-            let Some(value) = table.get(key).context("reading raft_log_meta")? else {
-                return Ok(None);
-            };
-            serde_json::from_slice(value.value())
-                .map(Some)
-                .context("decoding a value in raft_log_meta")
-        };
-        read().map_err(|e| StorageIOError::new(subject, ErrorVerb::Read, e).into())
-    }
-
-    /// Writes one JSON value to `raft_log_meta` in its own transaction, after every write queued
-    /// before it.
-    async fn write_meta<T: Serialize>(
-        &self,
-        key: &'static str,
-        value: &T,
-        subject: ErrorSubject<NodeId>,
-    ) -> Result<()> {
-        let bytes = encode(value, subject.clone(), "encoding a value for raft_log_meta")?;
-        self.write(subject, Durability::Immediate, meta_write(key, bytes))
-            .await
-    }
-
-    fn decode_entry(index: u64, bytes: &[u8]) -> Result<Entry<TypeConfig>> {
-        let entry: Entry<TypeConfig> = serde_json::from_slice(bytes)
-            .context("decoding a log entry")
-            .map_err(|e| StorageIOError::read_log_at_index(index, e))?;
-        if entry.log_id.index != index {
-            return Err(StorageIOError::read_log_at_index(
-                index,
-                AnyError::error(format!(
-                    "the entry stored at index {index} has log id {}",
-                    entry.log_id
-                )),
-            )
-            .into());
-        }
-        Ok(entry)
-    }
-
-    fn last_entry(&self) -> Result<Option<Entry<TypeConfig>>> {
-        let read = || -> std::result::Result<_, AnyError> {
-            let txn = self.db.begin_read().context("beginning a read")?;
-            let table = txn.open_table(LOG).context("opening table raft_log")?;
-            let last = table.last().context("reading the last log entry")?;
-            Ok(last.map(|(k, v)| (k.value(), v.value().to_vec())))
-        };
-        match read().map_err(StorageIOError::read_logs)? {
-            Some((index, bytes)) => Self::decode_entry(index, &bytes).map(Some),
-            None => Ok(None),
         }
     }
 }
@@ -480,40 +439,20 @@ impl RaftLogReader<TypeConfig> for LogStore {
         if empty {
             return Ok(Vec::new());
         }
-        // The entries kept in memory first: one that reaches the disk meanwhile is then read
-        // from there, and none falls between the two reads.
-        let mut entries = self
-            .tail
-            .lock()
-            .expect("log tail")
-            .range((Bound::Included(start), end));
-        // Replication asks for the newest entries, which are all in memory: no read transaction
-        // for those.
-        let wanted = match end {
-            Bound::Included(e) => Some(e - start + 1),
-            Bound::Excluded(e) => Some(e - start),
-            Bound::Unbounded => None,
+        // One look under the lock: the entries kept decoded, and the places of the others in
+        // the file they are in. (Replication asks for the newest entries, all kept decoded.)
+        let (mut entries, slots, file) = {
+            let log = self.log.lock().expect("log");
+            let (entries, slots) = log.range((Bound::Included(start), end));
+            (entries, slots, log.file.clone())
         };
-        if wanted.is_some_and(|n| entries.len() as u64 == n) {
-            return Ok(entries.into_values().collect());
-        }
-        let read = || -> std::result::Result<Vec<(u64, Vec<u8>)>, AnyError> {
-            let txn = self.db.begin_read().context("beginning a read")?;
-            let table = txn.open_table(LOG).context("opening table raft_log")?;
-            let mut rows = Vec::new();
-            for row in table
-                .range((Bound::Included(start), end))
-                .context("reading raft_log")?
-            {
-                let (k, v) = row.context("reading raft_log")?;
-                if !entries.contains_key(&k.value()) {
-                    rows.push((k.value(), v.value().to_vec()));
-                }
-            }
-            Ok(rows)
-        };
-        for (index, bytes) in read().map_err(StorageIOError::read_logs)? {
-            entries.insert(index, Self::decode_entry(index, &bytes)?);
+        for slot in slots {
+            let index = slot.log_id.index;
+            let entry = log_file::read_entry(&file, &slot)
+                .context("reading the raft log")
+                .and_then(|json| log_file::decode_entry(&slot, &json).map_err(AnyError::error))
+                .map_err(|e| StorageIOError::read_log_at_index(index, e))?;
+            entries.insert(index, entry);
         }
         Ok(entries.into_values().collect())
     }
@@ -524,15 +463,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>> {
         self.settle().await;
-        let last_purged_log_id: Option<LogId<NodeId>> =
-            self.read_meta(LAST_PURGED, ErrorSubject::Logs)?;
-        let last_log_id = match self.last_entry()? {
-            Some(entry) => Some(entry.log_id),
-            None => last_purged_log_id,
-        };
+        let log = self.log.lock().expect("log");
         Ok(LogState {
-            last_purged_log_id,
-            last_log_id,
+            last_purged_log_id: log.disk.last_purged,
+            last_log_id: log.last_log_id(),
         })
     }
 
@@ -541,27 +475,21 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<()> {
-        self.write_meta(VOTE, vote, ErrorSubject::Vote).await
+        self.write(Record::Vote(*vote), ErrorSubject::Vote).await
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote<NodeId>>> {
-        self.read_meta(VOTE, ErrorSubject::Vote)
+        Ok(self.log.lock().expect("log").disk.vote)
     }
 
     async fn save_committed(&mut self, committed: Option<LogId<NodeId>>) -> Result<()> {
-        // Advisory (see the module): it goes with the next transaction, unawaited.
-        let bytes = encode(
-            &committed,
-            ErrorSubject::Store,
-            "encoding the committed log id",
-        )?;
-        self.queue(Job::Committed(bytes), ErrorSubject::Store)
+        // Advisory (see the module): it goes with the next write, unawaited.
+        self.queue(Job::Committed(committed), ErrorSubject::Store)
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId<NodeId>>> {
-        Ok(self
-            .read_meta::<Option<LogId<NodeId>>>(COMMITTED, ErrorSubject::Store)?
-            .flatten())
+        self.settle().await;
+        Ok(self.log.lock().expect("log").disk.committed)
     }
 
     async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<()>
@@ -572,10 +500,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let mut rows = Vec::new();
         let mut kept = Vec::new();
         for entry in entries {
-            let bytes = serde_json::to_vec(&entry)
+            let json = serde_json::to_vec(&entry)
                 .context("encoding a log entry")
                 .map_err(|e| StorageIOError::write_log_entry(entry.log_id, e))?;
-            rows.push((entry.log_id, bytes));
+            rows.push((entry.log_id, json));
             kept.push(entry);
         }
         if rows.is_empty() {
@@ -583,9 +511,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             return Ok(());
         }
         // Readable from now on; the writer calls `callback` once they are on disk.
-        self.tail
+        self.log
             .lock()
-            .expect("log tail")
+            .expect("log")
             .pending
             .extend(kept.into_iter().map(|e| (e.log_id.index, e)));
         let job = Job::Append {
@@ -597,63 +525,22 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn truncate(&mut self, log_id: LogId<NodeId>) -> Result<()> {
         tracing::debug!(%log_id, "truncating the raft log from this entry on");
-        self.tail
+        self.log
             .lock()
-            .expect("log tail")
+            .expect("log")
             .retain(|index| index < log_id.index);
-        self.write(ErrorSubject::Logs, Durability::Immediate, move |txn| {
-            txn.open_table(LOG)
-                .context("opening table raft_log")?
-                .retain_in(log_id.index.., |_, _| false)
-                .context("truncating raft_log")
-        })
-        .await
+        self.write(Record::Truncate(log_id.index), ErrorSubject::Logs)
+            .await
     }
 
     async fn purge(&mut self, log_id: LogId<NodeId>) -> Result<()> {
         tracing::debug!(%log_id, "purging the raft log up to this entry");
-        let bytes = encode(
-            &log_id,
-            ErrorSubject::Logs,
-            "encoding the last purged log id",
-        )?;
-        self.tail
+        self.log
             .lock()
-            .expect("log tail")
+            .expect("log")
             .retain(|index| index > log_id.index);
-        self.write(ErrorSubject::Logs, Durability::Immediate, move |txn| {
-            txn.open_table(LOG_META)
-                .context("opening table raft_log_meta")?
-                .insert(LAST_PURGED, bytes.as_slice())
-                .context("writing the last purged log id")?;
-            txn.open_table(LOG)
-                .context("opening table raft_log")?
-                .retain_in(..=log_id.index, |_, _| false)
-                .context("purging raft_log")
-        })
-        .await
+        self.write(Record::Purge(log_id), ErrorSubject::Logs).await
     }
-}
-
-/// A write of one JSON value to `raft_log_meta`.
-fn meta_write(
-    key: &'static str,
-    bytes: Vec<u8>,
-) -> impl FnOnce(&WriteTransaction) -> std::result::Result<(), AnyError> + Send + 'static {
-    move |txn| {
-        txn.open_table(LOG_META)
-            .context("opening table raft_log_meta")?
-            .insert(key, bytes.as_slice())
-            .context("writing raft_log_meta")?;
-        Ok(())
-    }
-}
-
-/// Empties the log tables in `txn` (a node leaving its cluster).
-pub(super) fn clear_in(txn: &WriteTransaction) -> std::result::Result<(), redb::Error> {
-    txn.open_table(LOG)?.retain(|_, _| false)?;
-    txn.open_table(LOG_META)?.retain(|_, _| false)?;
-    Ok(())
 }
 
 #[cfg(test)]
@@ -681,7 +568,7 @@ mod tests {
         let path = dir.path().join("db");
         {
             let store = RedbStore::open(&path).expect("open");
-            let mut log = LogStore::open(store.database()).expect("log");
+            let mut log = LogStore::beside(&store).expect("log");
             log.save_vote(&Vote::new(3, 7)).await.expect("vote");
             log.blocking_append((1..=5).map(|i| blank(3, i)))
                 .await
@@ -693,12 +580,12 @@ mod tests {
             log.truncate(log_id(3, 5)).await.expect("truncate");
         }
         let store = RedbStore::open(&path).expect("reopen");
-        let mut log = LogStore::open(store.database()).expect("log");
+        let mut log = LogStore::beside(&store).expect("log");
         assert_eq!(log.read_vote().await.expect("vote"), Some(Vote::new(3, 7)));
         assert_eq!(
             log.read_committed().await.expect("committed"),
             Some(log_id(3, 4)),
-            "the committed id rode on the durable commits after it"
+            "the committed id rode on the durable writes after it"
         );
         let entries = log.try_get_log_entries(..).await.expect("read");
         let ids: Vec<_> = entries.iter().map(|e| e.log_id).collect();
@@ -726,21 +613,22 @@ mod tests {
         let path = dir.path().join("db");
         {
             let store = RedbStore::open(&path).expect("open");
-            let mut log = LogStore::open(store.database()).expect("log");
+            let mut log = LogStore::beside(&store).expect("log");
             assert_eq!(log.on_disk().opened_at, None);
             log.blocking_append((1..=3).map(|i| blank(1, i)))
                 .await
                 .expect("append");
         }
         let store = RedbStore::open(&path).expect("reopen");
-        let db = store.database();
-        let log = LogStore::open(db.clone()).expect("log");
+        let log = LogStore::beside(&store).expect("log");
         let mut on_disk = log.on_disk();
         assert_eq!(on_disk.opened_at, Some(3));
         on_disk.through(3).await.expect("on disk since before");
 
-        // Hold the database's write lock, so the writer cannot commit the next appends.
-        let held = db.begin_write().expect("write lock");
+        // Hold the writer, so that it cannot write the next appends.
+        let (held, hold) = std_mpsc::channel::<()>();
+        log.queue(Job::Hold(hold), ErrorSubject::Logs)
+            .expect("hold");
         let mut appender = log.clone();
         let append =
             tokio::spawn(
@@ -771,5 +659,152 @@ mod tests {
             .expect("on disk once the writer could commit")
             .expect("the writer runs");
         append.await.expect("task").expect("append");
+    }
+
+    /// Entries 1..=n of term 1, appended and on disk.
+    async fn filled(n: u64) -> (tempfile::TempDir, RedbStore, LogStore) {
+        let dir = tempfile::tempdir().expect("tmp");
+        let store = RedbStore::open(&dir.path().join("db")).expect("open");
+        let mut log = LogStore::beside(&store).expect("log");
+        log.blocking_append((1..=n).map(|i| blank(1, i)))
+            .await
+            .expect("append");
+        (dir, store, log)
+    }
+
+    async fn ids(log: &mut LogStore) -> Vec<u64> {
+        let entries = log.try_get_log_entries(..).await.expect("read");
+        entries.iter().map(|e| e.log_id.index).collect()
+    }
+
+    #[tokio::test]
+    async fn a_torn_record_at_the_end_is_cut_off_and_the_log_goes_on() {
+        let (dir, store, log) = filled(3).await;
+        drop(log);
+        let file = path(store.path());
+        let whole = std::fs::metadata(&file).expect("file").len();
+        // A crash in the middle of the next write: a header that promises more than follows.
+        let mut torn = std::fs::read(&file).expect("read");
+        torn.extend_from_slice(&[200, 0, 0, 0, 1, 2, 3, 4, 1, b'{']);
+        std::fs::write(&file, &torn).expect("write");
+
+        let mut log = LogStore::beside(&store).expect("reopens");
+        assert_eq!(ids(&mut log).await, vec![1, 2, 3]);
+        assert_eq!(
+            std::fs::metadata(&file).expect("file").len(),
+            whole,
+            "cut at the torn record"
+        );
+        log.blocking_append([blank(1, 4)]).await.expect("append");
+        drop(log);
+        let mut log = LogStore::beside(&store).expect("reopens");
+        assert_eq!(ids(&mut log).await, vec![1, 2, 3, 4]);
+        drop(dir);
+    }
+
+    #[tokio::test]
+    async fn a_record_that_checks_out_but_does_not_decode_is_an_error_naming_the_file() {
+        let (_dir, store, log) = filled(1).await;
+        drop(log);
+        let file = path(store.path());
+        let mut batch = Batch::default();
+        batch.push(Record::Entry(log_id(1, 2), b"not json".to_vec()));
+        let mut bytes = std::fs::read(&file).expect("read");
+        let at = bytes.len();
+        bytes.extend_from_slice(batch.bytes());
+        std::fs::write(&file, &bytes).expect("write");
+
+        let error = LogStore::beside(&store).err().expect("refused").to_string();
+        assert!(
+            error.contains("raft.log") && error.contains(&format!("at byte {at}")),
+            "{error}"
+        );
+        assert_eq!(
+            std::fs::read(&file).expect("read"),
+            bytes,
+            "nothing was cut"
+        );
+    }
+
+    #[tokio::test]
+    async fn purges_compact_the_file_and_readers_follow_it() {
+        // Entries big enough that the purged ones pass the compaction's slack.
+        let big = |index| Entry::<TypeConfig> {
+            log_id: log_id(1, index),
+            payload: EntryPayload::Normal(crate::consensus::Change::Adopt {
+                from: "x".repeat(4000),
+                tasks: Vec::new(),
+            }),
+        };
+        let dir = tempfile::tempdir().expect("tmp");
+        let store = RedbStore::open(&dir.path().join("db")).expect("open");
+        let mut log = LogStore::beside(&store).expect("log");
+        log.save_vote(&Vote::new(1, 7)).await.expect("vote");
+        log.blocking_append((1..=600).map(big))
+            .await
+            .expect("append");
+        let file = path(store.path());
+        let before = std::fs::metadata(&file).expect("file").len();
+        let mut reader = log.clone();
+
+        log.purge(log_id(1, 590)).await.expect("purge");
+        let after = std::fs::metadata(&file).expect("file").len();
+        assert!(after < before / 10, "{before} bytes became {after}");
+        assert_eq!(ids(&mut reader).await, (591..=600).collect::<Vec<_>>());
+        log.blocking_append([big(601)]).await.expect("append after");
+        assert_eq!(ids(&mut reader).await, (591..=601).collect::<Vec<_>>());
+
+        drop((log, reader));
+        let mut log = LogStore::beside(&store).expect("reopen");
+        assert_eq!(ids(&mut log).await, (591..=601).collect::<Vec<_>>());
+        assert_eq!(log.read_vote().await.expect("vote"), Some(Vote::new(1, 7)));
+        let state = log.get_log_state().await.expect("state");
+        assert_eq!(state.last_purged_log_id, Some(log_id(1, 590)));
+    }
+
+    #[tokio::test]
+    async fn a_log_in_the_legacy_tables_moves_into_the_file_once() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let store = RedbStore::open(&dir.path().join("db")).expect("open");
+        let db = store.database();
+        fn json(value: &impl serde::Serialize) -> Vec<u8> {
+            serde_json::to_vec(value).expect("json")
+        }
+        {
+            let txn = db.begin_write().expect("write");
+            {
+                let mut log = txn.open_table(LEGACY_LOG).expect("raft_log");
+                for i in 3..=5 {
+                    let entry = serde_json::to_vec(&blank(2, i)).expect("json");
+                    log.insert(i, entry.as_slice()).expect("insert");
+                }
+                let mut meta = txn.open_table(LEGACY_META).expect("raft_log_meta");
+                meta.insert("vote", json(&Vote::<NodeId>::new(2, 7)).as_slice())
+                    .expect("vote");
+                meta.insert("committed", json(&Some(log_id(2, 4))).as_slice())
+                    .expect("committed");
+                meta.insert("last_purged", json(&log_id(1, 2)).as_slice())
+                    .expect("purged");
+            }
+            txn.commit().expect("commit");
+        }
+
+        for _ in 0..2 {
+            let mut log = LogStore::beside(&store).expect("log");
+            assert_eq!(ids(&mut log).await, vec![3, 4, 5]);
+            assert_eq!(log.read_vote().await.expect("vote"), Some(Vote::new(2, 7)));
+            assert_eq!(
+                log.read_committed().await.expect("committed"),
+                Some(log_id(2, 4))
+            );
+            let state = log.get_log_state().await.expect("state");
+            assert_eq!(state.last_purged_log_id, Some(log_id(1, 2)));
+            assert_eq!(state.last_log_id, Some(log_id(2, 5)));
+            let read = db.begin_read().expect("read");
+            assert!(
+                read.open_table(LEGACY_LOG).is_err(),
+                "the legacy table is gone"
+            );
+        }
     }
 }

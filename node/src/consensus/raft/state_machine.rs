@@ -15,10 +15,12 @@
 //! `runs_by_task` are node-local and never touched here.
 //!
 //! **What the node acts on is on disk in its log, not necessarily in these tables.** An applied
-//! batch commits without an fsync of its own (redb's `Durability::None`: the log's writer, which
-//! commits durably all the time in the same file, makes it durable with its next commit), and is
-//! published once every entry in it is on disk in this node's log, while its tables are still
-//! being written (they are only needed after a restart). After a crash the tables may
+//! batch commits without an fsync of its own (redb's `Durability::None`: the database's next
+//! durable commit, of the run history, a snapshot or settings, makes it durable too), and is
+//! published once every entry in it is on disk in this node's log (its own file, see
+//! [`super::log_store`]), while its tables are still being written (they are only needed after a
+//! restart). The log keeps every entry the tables may lack: openraft purges it only up to a
+//! snapshot, and building or installing one commits durably. After a crash the tables may
 //! therefore be behind what the node acted on, but its log is not. [`State::caught_up`] marks the
 //! published states that hold every entry the log held when the node started; the dispatcher
 //! treats runs it first sees in an earlier state as runs it may have started before (see
@@ -38,8 +40,9 @@ use redb::{
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
-use super::log_store::{Context, OnDisk, encode, write_txn};
+use super::log_store::OnDisk;
 use super::{Applied, MeshNode, NodeId, TypeConfig};
+use super::{Context, encode, write_txn};
 use crate::consensus::State;
 use crate::store::{RedbStore, Write, clear_replicated_in, write_in};
 
@@ -479,7 +482,7 @@ mod tests {
         async fn build(&self) -> Result<(TempDir, LogStore, StateMachine)> {
             let dir = tempfile::tempdir().expect("tmp");
             let store = RedbStore::open(&dir.path().join("db")).expect("open");
-            let log = LogStore::open(store.database())?;
+            let log = LogStore::beside(&store)?;
             let (sm, _state) = StateMachine::open(&store, log.on_disk())?;
             Ok((dir, log, sm))
         }
@@ -536,7 +539,7 @@ mod tests {
         ];
         let before = {
             let store = RedbStore::open(&path).expect("open");
-            let mut log = LogStore::open(store.database()).expect("log");
+            let mut log = LogStore::beside(&store).expect("log");
             let (mut sm, mut rx) = StateMachine::open(&store, log.on_disk()).expect("sm");
             log.save_vote(&Vote::new(1, 1)).await.expect("vote");
             log.blocking_append(entries.clone()).await.expect("append");
@@ -549,7 +552,7 @@ mod tests {
         };
 
         let store = RedbStore::open(&path).expect("reopen");
-        let mut log = LogStore::open(store.database()).expect("log");
+        let mut log = LogStore::beside(&store).expect("log");
         let (mut sm, rx) = StateMachine::open(&store, log.on_disk()).expect("sm");
         assert_eq!(log.read_vote().await.expect("vote"), Some(Vote::new(1, 1)));
         let ids: Vec<_> = log
@@ -582,7 +585,7 @@ mod tests {
         };
         {
             let store = RedbStore::open(&path).expect("open");
-            let mut log = LogStore::open(store.database()).expect("log");
+            let mut log = LogStore::beside(&store).expect("log");
             let (mut sm, rx) = StateMachine::open(&store, log.on_disk()).expect("sm");
             assert!(
                 rx.borrow().caught_up,
@@ -599,7 +602,7 @@ mod tests {
             sm.apply([membership(1)]).await.expect("apply");
         }
         let store = RedbStore::open(&path).expect("reopen");
-        let log = LogStore::open(store.database()).expect("log");
+        let log = LogStore::beside(&store).expect("log");
         let (mut sm, mut rx) = StateMachine::open(&store, log.on_disk()).expect("sm");
         assert!(
             !rx.borrow_and_update().caught_up,
@@ -633,7 +636,7 @@ mod tests {
     async fn a_rejected_change_advances_last_applied_and_leaves_the_state() {
         let dir = tempfile::tempdir().expect("tmp");
         let store = RedbStore::open(&dir.path().join("db")).expect("open");
-        let log = LogStore::open(store.database()).expect("log");
+        let log = LogStore::beside(&store).expect("log");
         let (mut sm, mut rx) = StateMachine::open(&store, log.on_disk()).expect("sm");
         sm.apply([normal(1, Change::PutTask(task("a", "one")))])
             .await
@@ -674,7 +677,7 @@ mod tests {
         assert_eq!(replies[1], Applied::Ok);
         assert_eq!(sm.state().tasks.len(), 2);
         drop(sm);
-        let log = LogStore::open(store.database()).expect("log");
+        let log = LogStore::beside(&store).expect("log");
         let (mut sm, _rx) = StateMachine::open(&store, log.on_disk()).expect("reopen");
         assert_eq!(
             sm.applied_state().await.expect("applied").0,
@@ -688,7 +691,7 @@ mod tests {
         // The leader's state: task `b`, a fired slot, and its own cluster settings.
         let leader_dir = tempfile::tempdir().expect("tmp");
         let leader_store = RedbStore::open(&leader_dir.path().join("db")).expect("open");
-        let log = LogStore::open(leader_store.database()).expect("log");
+        let log = LogStore::beside(&leader_store).expect("log");
         let (mut leader, _rx) = StateMachine::open(&leader_store, log.on_disk()).expect("sm");
         let slot = Utc::now();
         leader
@@ -743,7 +746,7 @@ mod tests {
             store
                 .put_runs(std::slice::from_ref(&run), 10)
                 .expect("runs");
-            let log = LogStore::open(store.database()).expect("log");
+            let log = LogStore::beside(&store).expect("log");
             let (mut sm, mut rx) = StateMachine::open(&store, log.on_disk()).expect("sm");
             sm.apply([
                 normal(1, Change::PutTask(task("a", "one"))),
@@ -778,7 +781,7 @@ mod tests {
 
         // After a restart: the tables hold the snapshot's state; runs and node settings stayed.
         let store = RedbStore::open(&path).expect("reopen");
-        let log = LogStore::open(store.database()).expect("log");
+        let log = LogStore::beside(&store).expect("log");
         let (mut sm, rx) = StateMachine::open(&store, log.on_disk()).expect("sm");
         let ids: Vec<_> = store
             .tasks()
