@@ -15,7 +15,7 @@
 //! opened: the state machine's own commits are not durable by themselves (see
 //! [`super::state_machine`]).
 //!
-//! Before session 6 the log lived in redb tables (`raft_log`, `raft_log_meta`) in the node's
+//! Earlier versions kept the log in redb tables (`raft_log`, `raft_log_meta`) in the node's
 //! database; [`LogStore::open`] moves such a log into the file once.
 
 use std::collections::BTreeMap;
