@@ -9,25 +9,27 @@
 //! - `raft_snapshot`: `meta` (the current snapshot's [`SnapshotMeta`], JSON) and `data` (its
 //!   bytes: a JSON [`SnapshotPayload`]).
 //!
-//! *Invariant:* the state tables and `last_applied` change in one transaction (one per applied
-//! batch, one per installed snapshot), so after a crash the state on disk is exactly the state
-//! after `last_applied`, and openraft re-applies from there. `meta.node_settings`, `runs` and
+//! *Invariant:* the state tables and `last_applied` change in one transaction (one for the
+//! batches applied in `TABLES_EVERY` (50 ms), one before each snapshot is built, one per
+//! installed snapshot), so after a crash the state on disk is exactly the state after
+//! `last_applied`, and openraft re-applies from there. `meta.node_settings`, `runs` and
 //! `runs_by_task` are node-local and never touched here.
 //!
-//! **What the node acts on is on disk in its log, not necessarily in these tables.** An applied
-//! batch commits without an fsync of its own (redb's `Durability::None`: the database's next
-//! durable commit, of the run history, a snapshot or settings, makes it durable too), and is
-//! published once every entry in it is on disk in this node's log (its own file, see
-//! [`super::log_store`]), while its tables are still being written (they are only needed after a
-//! restart). The log keeps every entry the tables may lack: openraft purges it only up to a
-//! snapshot, and building or installing one commits durably. After a crash the tables may
-//! therefore be behind what the node acted on, but its log is not. [`State::caught_up`] marks the
-//! published states that hold every entry the log held when the node started; the dispatcher
-//! treats runs it first sees in an earlier state as runs it may have started before (see
-//! `scheduler/dispatch.rs`).
+//! **What the node acts on is on disk in its log, not necessarily in these tables.** The tables
+//! are only read at start, so applied batches are written to them together, at most every
+//! `TABLES_EVERY`, without an fsync of their own (redb's `Durability::None`: the database's next
+//! durable commit, of the run history, a snapshot or settings, makes them durable too). A batch
+//! is published once every entry in it is on disk in this node's log (its own file, see
+//! [`super::log_store`]). The log keeps every entry the tables may lack: openraft purges it only
+//! up to a snapshot, and a snapshot is built only after the tables are written up to it, and
+//! commits durably (an installed one too). After a crash the tables may therefore be behind
+//! what the node acted on, but its log is not. [`State::caught_up`] marks the published states
+//! that hold every entry the log held when the node started; the dispatcher treats runs it first
+//! sees in an earlier state as runs it may have started before (see `scheduler/dispatch.rs`).
 
 use std::io::Cursor;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{
@@ -76,7 +78,28 @@ pub struct StateMachine {
     state: watch::Sender<Arc<State>>,
     /// How far this node's log is on disk.
     log: OnDisk,
+    /// What applied batches have not written to the tables yet.
+    unwritten: Unwritten,
 }
+
+/// The state tables are written at most this often (and when a snapshot is built): they are only
+/// read at start, and the log holds what they lack.
+const TABLES_EVERY: Duration = Duration::from_millis(50);
+/// ... or once this many writes wait.
+const TABLES_MAX: usize = 4096;
+
+/// Table writes of applied batches not yet written, in order.
+#[derive(Default)]
+struct Unwritten {
+    writes: Vec<Write>,
+    /// Whether the membership changed since the tables were last written.
+    membership: bool,
+    /// When the oldest of them was applied.
+    since: Option<Instant>,
+}
+
+/// One transaction's work on the tables.
+type TablesJob = Box<dyn FnOnce(&WriteTransaction) -> std::result::Result<(), AnyError> + Send>;
 
 impl StateMachine {
     /// Opens the state machine on `store`'s database, next to its `log`: loads the state, the
@@ -139,7 +162,54 @@ impl StateMachine {
             membership,
             state,
             log,
+            unwritten: Unwritten::default(),
         })
+    }
+
+    /// The waiting table writes, with the last applied log id and (if it changed) the
+    /// membership, as one transaction's work; none if nothing waits.
+    fn take_unwritten(&mut self, subject: ErrorSubject<NodeId>) -> Result<Option<TablesJob>> {
+        if self.unwritten.since.is_none() {
+            return Ok(None);
+        }
+        let last_json = encode(
+            &self.last_applied,
+            subject.clone(),
+            "encoding the last applied log id",
+        )?;
+        let membership_json = if self.unwritten.membership {
+            Some(encode(
+                &self.membership,
+                subject,
+                "encoding the membership",
+            )?)
+        } else {
+            None
+        };
+        let writes = std::mem::take(&mut self.unwritten).writes;
+        Ok(Some(Box::new(move |txn: &WriteTransaction| {
+            write_in(txn, &writes).context("writing the state")?;
+            let mut meta = txn
+                .open_table(SM_META)
+                .context("opening table raft_sm_meta")?;
+            meta.insert(LAST_APPLIED, last_json.as_slice())
+                .context("writing the last applied log id")?;
+            if let Some(m) = &membership_json {
+                meta.insert(MEMBERSHIP, m.as_slice())
+                    .context("writing the membership")?;
+            }
+            Ok(())
+        })))
+    }
+
+    /// Writes the waiting table writes now (without an fsync; see the module).
+    pub async fn write_tables(&mut self) -> Result<()> {
+        match self.take_unwritten(ErrorSubject::StateMachine)? {
+            Some(job) => {
+                write_txn(&self.db, ErrorSubject::StateMachine, Durability::None, job).await
+            }
+            None => Ok(()),
+        }
     }
 
     /// Another receiver of the committed state.
@@ -196,6 +266,8 @@ fn stage_snapshot(
 
 /// Builds a snapshot of the state as it was when the builder was made.
 pub struct SnapshotBuilder {
+    /// Whether the state tables were written up to the snapshot first; without them, no snapshot.
+    tables: std::result::Result<(), String>,
     db: Arc<Database>,
     last_applied: Option<LogId<NodeId>>,
     membership: Membership,
@@ -204,6 +276,10 @@ pub struct SnapshotBuilder {
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>> {
+        if let Err(e) = &self.tables {
+            let e = AnyError::error(format!("writing the state tables before the snapshot: {e}"));
+            return Err(StorageIOError::write_snapshot(None, e).into());
+        }
         let data = serde_json::to_vec(&SnapshotPayload {
             last_applied: self.last_applied,
             membership: self.membership.clone(),
@@ -290,27 +366,28 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         };
 
         let subject = || ErrorSubject::Apply(last);
-        let last_json = encode(&last_applied, subject(), "encoding the last applied log id")?;
-        let membership_json = match &membership {
-            Some(m) => Some(encode(m, subject(), "encoding the membership")?),
-            None => None,
-        };
         let changed = !writes.is_empty();
-        // No fsync of its own: what the node acts on is on disk in its log (see the module). The
-        // tables are written while the batch is published.
-        let write = write_txn(&self.db, subject(), Durability::None, move |txn| {
-            write_in(txn, &writes).context("writing the state")?;
-            let mut meta = txn
-                .open_table(SM_META)
-                .context("opening table raft_sm_meta")?;
-            meta.insert(LAST_APPLIED, last_json.as_slice())
-                .context("writing the last applied log id")?;
-            if let Some(m) = &membership_json {
-                meta.insert(MEMBERSHIP, m.as_slice())
-                    .context("writing the membership")?;
+        self.last_applied = last_applied;
+        if let Some(m) = membership {
+            self.membership = m;
+            self.unwritten.membership = true;
+        }
+        self.unwritten.writes.extend(writes);
+        let since = *self.unwritten.since.get_or_insert_with(Instant::now);
+        // No fsync of its own, and only every so often: what the node acts on is on disk in its
+        // log (see the module). The tables are written while the batch is published.
+        let job = if since.elapsed() >= TABLES_EVERY || self.unwritten.writes.len() >= TABLES_MAX {
+            self.take_unwritten(subject())?
+        } else {
+            None
+        };
+        let db = &self.db;
+        let write = async move {
+            match job {
+                Some(job) => write_txn(db, subject(), Durability::None, job).await,
+                None => Ok(()),
             }
-            Ok(())
-        });
+        };
         // Published once its entries are on disk here: the node acts on what it sees (starts
         // runs, records them in its history), and after a restart it must find it in its log
         // again. openraft applies an entry that a majority has on disk, and this node's own copy
@@ -335,15 +412,14 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let (written, published) = tokio::join!(write, publish);
         written?;
         published?;
-        self.last_applied = last_applied;
-        if let Some(m) = membership {
-            self.membership = m;
-        }
         Ok(replies)
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        // The tables first: the snapshot commits durably, and the log is purged up to it after.
+        let tables = self.write_tables().await.map_err(|e| e.to_string());
         SnapshotBuilder {
+            tables,
             db: self.db.clone(),
             last_applied: self.last_applied,
             membership: self.membership.clone(),
@@ -397,6 +473,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 .map(|(task, slot)| Write::LastFired(task.clone(), *slot)),
         );
         let meta_owned = meta.clone();
+        // The snapshot is ahead of every applied batch whose tables wait.
+        self.unwritten = Unwritten::default();
         write_txn(&self.db, subject(), Durability::Immediate, move |txn| {
             clear_replicated_in(txn).context("clearing the replicated state")?;
             write_in(txn, &writes).context("writing the state")?;
@@ -548,6 +626,8 @@ mod tests {
             assert!(rx.has_changed().expect("open"), "the watch saw the batch");
             let state = rx.borrow_and_update().clone();
             assert!(state.tasks.contains_key(&TaskId("a".into())));
+            // The tables are written every TABLES_EVERY; this node stops before that.
+            sm.write_tables().await.expect("tables");
             state
         };
 
@@ -621,8 +701,9 @@ mod tests {
         assert!(state.caught_up, "it holds everything the log held at start");
         assert!(state.tasks.contains_key(&TaskId("a".into())));
 
-        // Opened again with everything applied, it is caught up at once; a batch that changes
-        // nothing then sends nothing.
+        // Opened again with everything applied (and written), it is caught up at once; a batch
+        // that changes nothing then sends nothing.
+        sm.write_tables().await.expect("tables");
         drop((sm, rx));
         let (mut sm, mut rx) = StateMachine::open(&store, log.on_disk()).expect("sm");
         assert!(rx.borrow_and_update().caught_up);
@@ -657,6 +738,7 @@ mod tests {
         );
         assert!(!rx.has_changed().expect("open"), "no new state was sent");
         assert_eq!(*sm.state(), *before);
+        sm.write_tables().await.expect("tables");
         let stored: Vec<_> = store
             .tasks()
             .expect("tasks")
@@ -676,8 +758,18 @@ mod tests {
         assert!(matches!(replies[0], Applied::Rejected(_)));
         assert_eq!(replies[1], Applied::Ok);
         assert_eq!(sm.state().tasks.len(), 2);
+
+        // Not in the tables yet (they follow every TABLES_EVERY): opened now, they stand at
+        // entry 2, and openraft would re-apply the rest from the log.
+        let (mut lagging, _rx) = StateMachine::open(&store, log.on_disk()).expect("reopen");
+        assert_eq!(
+            lagging.applied_state().await.expect("applied").0,
+            Some(log_id(1, 2))
+        );
+        assert_eq!(lagging.state().tasks.len(), 1);
+        // A snapshot writes them first: the log is purged up to it afterwards.
+        let _builder = sm.get_snapshot_builder().await;
         drop(sm);
-        let log = LogStore::beside(&store).expect("log");
         let (mut sm, _rx) = StateMachine::open(&store, log.on_disk()).expect("reopen");
         assert_eq!(
             sm.applied_state().await.expect("applied").0,
