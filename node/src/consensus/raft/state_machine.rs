@@ -80,6 +80,9 @@ pub struct StateMachine {
     log: OnDisk,
     /// What applied batches have not written to the tables yet.
     unwritten: Unwritten,
+    /// Why writing the tables failed, if it did: the writes it took are gone, so nothing is
+    /// applied after it (openraft stops on the error, as on any storage error).
+    failed: Option<String>,
 }
 
 /// The state tables are written at most this often (and when a snapshot is built): they are only
@@ -163,6 +166,7 @@ impl StateMachine {
             state,
             log,
             unwritten: Unwritten::default(),
+            failed: None,
         })
     }
 
@@ -204,11 +208,19 @@ impl StateMachine {
 
     /// Writes the waiting table writes now (without an fsync; see the module).
     pub async fn write_tables(&mut self) -> Result<()> {
-        match self.take_unwritten(ErrorSubject::StateMachine)? {
-            Some(job) => {
-                write_txn(&self.db, ErrorSubject::StateMachine, Durability::None, job).await
-            }
+        let subject = ErrorSubject::StateMachine;
+        let result = match self.take_unwritten(subject.clone())? {
+            Some(job) => write_txn(&self.db, subject, Durability::None, job).await,
             None => Ok(()),
+        };
+        self.note_failure(&result);
+        result
+    }
+
+    /// Remembers a failed table write (see [`Self::failed`]).
+    fn note_failure(&mut self, result: &Result<()>) {
+        if let Err(e) = result {
+            self.failed.get_or_insert_with(|| e.to_string());
         }
     }
 
@@ -331,6 +343,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
+        if let Some(e) = &self.failed {
+            let e = AnyError::error(format!("an earlier write of the state tables failed: {e}"));
+            return Err(StorageIOError::write_state_machine(e).into());
+        }
         let mut next: Option<State> = None;
         let mut writes: Vec<Write> = Vec::new();
         let mut replies = Vec::new();
@@ -410,6 +426,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             Ok::<(), StorageError<NodeId>>(())
         };
         let (written, published) = tokio::join!(write, publish);
+        self.note_failure(&written);
         written?;
         published?;
         Ok(replies)
