@@ -31,9 +31,37 @@ pub use service::{NodeError, NodeHandle, Started, run, start};
 /// *Execute now* on a follower reached the remote process about 0.5 ms sooner than with a worker
 /// per core (docs/performance.md, session 6).
 pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
-    if std::env::var_os("TOKIO_WORKER_THREADS").is_none() {
-        builder.worker_threads(1);
+    let setting = std::env::var("TOKIO_WORKER_THREADS").ok();
+    let workers = worker_threads(setting.as_deref())
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
+        .enable_all()
+        .build()
+}
+
+/// The number of worker threads `TOKIO_WORKER_THREADS` asks for (1 without it).
+fn worker_threads(setting: Option<&str>) -> Result<usize, String> {
+    let Some(text) = setting else {
+        return Ok(1);
+    };
+    match text.trim().parse::<usize>() {
+        Ok(n) if n > 0 => Ok(n),
+        _ => Err(format!(
+            "TOKIO_WORKER_THREADS is `{text}`: it takes a number of threads, 1 or more"
+        )),
     }
-    builder.enable_all().build()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn worker_threads_default_to_one_and_refuse_what_is_not_a_count() {
+        assert_eq!(super::worker_threads(None), Ok(1));
+        assert_eq!(super::worker_threads(Some("4")), Ok(4));
+        for bad in ["0", "two", "-1", ""] {
+            let error = super::worker_threads(Some(bad)).expect_err(bad);
+            assert!(error.contains(&format!("`{bad}`")), "{error}");
+        }
+    }
 }
