@@ -59,7 +59,7 @@ pub(super) struct Contents {
 }
 
 /// One change to the log, as written and as replayed.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub(super) enum Record {
     /// The entry's log id and its JSON.
     Entry(LogId<NodeId>, Vec<u8>),
@@ -162,6 +162,14 @@ impl Batch {
         for (record, offset) in &self.records {
             contents.apply(record, at + offset);
         }
+    }
+
+    /// Whether this batch drops entries (a truncation or a purge), after which the file may want
+    /// compacting.
+    pub fn drops_entries(&self) -> bool {
+        self.records
+            .iter()
+            .any(|(r, _)| matches!(r, Record::Truncate(_) | Record::Purge(_)))
     }
 
     /// The log ids of the entries in this batch.

@@ -240,6 +240,7 @@ impl Writer {
             log.written(batch.entry_ids());
         });
         if result.is_ok()
+            && batch.drops_entries()
             && let Err(e) = self.compact_if_due()
         {
             tracing::warn!(error = %e, "compacting the raft log failed; it goes on in the old file");
@@ -265,7 +266,7 @@ impl Writer {
         }
     }
 
-    /// Rewrites the file once dead records take most of it (after purges).
+    /// Rewrites the file once dead records take most of it.
     fn compact_if_due(&mut self) -> std::io::Result<()> {
         let disk = {
             let log = self.log.lock().expect("log");

@@ -113,7 +113,7 @@ pub(crate) fn encode<T: Serialize>(
 }
 
 /// One write transaction, committed with `durability`.
-pub(crate) fn commit(
+fn commit(
     db: &Database,
     durability: Durability,
     write: impl FnOnce(&WriteTransaction) -> std::result::Result<(), AnyError>,

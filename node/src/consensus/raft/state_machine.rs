@@ -193,26 +193,14 @@ impl StateMachine {
         let writes = std::mem::take(&mut self.unwritten).writes;
         Ok(Some(Box::new(move |txn: &WriteTransaction| {
             write_in(txn, &writes).context("writing the state")?;
-            let mut meta = txn
-                .open_table(SM_META)
-                .context("opening table raft_sm_meta")?;
-            meta.insert(LAST_APPLIED, last_json.as_slice())
-                .context("writing the last applied log id")?;
-            if let Some(m) = &membership_json {
-                meta.insert(MEMBERSHIP, m.as_slice())
-                    .context("writing the membership")?;
-            }
-            Ok(())
+            stage_applied(txn, &last_json, membership_json.as_deref())
         })))
     }
 
     /// Writes the waiting table writes now (without an fsync; see the module).
     pub async fn write_tables(&mut self) -> Result<()> {
-        let subject = ErrorSubject::StateMachine;
-        let result = match self.take_unwritten(subject.clone())? {
-            Some(job) => write_txn(&self.db, subject, Durability::None, job).await,
-            None => Ok(()),
-        };
+        let job = self.take_unwritten(ErrorSubject::StateMachine)?;
+        let result = write_tables_job(&self.db, ErrorSubject::StateMachine, job).await;
         self.note_failure(&result);
         result
     }
@@ -241,6 +229,36 @@ fn reaches(log: &OnDisk, applied: Option<LogId<NodeId>>) -> bool {
         (None, _) => true,
         (Some(start), Some(applied)) => applied.index >= start,
         (Some(_), None) => false,
+    }
+}
+
+/// Stages the last applied log id and, if given, the membership (JSON) in `txn`.
+fn stage_applied(
+    txn: &WriteTransaction,
+    last_applied: &[u8],
+    membership: Option<&[u8]>,
+) -> std::result::Result<(), AnyError> {
+    let mut meta = txn
+        .open_table(SM_META)
+        .context("opening table raft_sm_meta")?;
+    meta.insert(LAST_APPLIED, last_applied)
+        .context("writing the last applied log id")?;
+    if let Some(m) = membership {
+        meta.insert(MEMBERSHIP, m)
+            .context("writing the membership")?;
+    }
+    Ok(())
+}
+
+/// Writes a table job from [`StateMachine::take_unwritten`] (without an fsync; see the module).
+async fn write_tables_job(
+    db: &Arc<Database>,
+    subject: ErrorSubject<NodeId>,
+    job: Option<TablesJob>,
+) -> Result<()> {
+    match job {
+        Some(job) => write_txn(db, subject, Durability::None, job).await,
+        None => Ok(()),
     }
 }
 
@@ -397,13 +415,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         } else {
             None
         };
-        let db = &self.db;
-        let write = async move {
-            match job {
-                Some(job) => write_txn(db, subject(), Durability::None, job).await,
-                None => Ok(()),
-            }
-        };
+        let write = write_tables_job(&self.db, subject(), job);
         // Published once its entries are on disk here: the node acts on what it sees (starts
         // runs, records them in its history), and after a restart it must find it in its log
         // again. openraft applies an entry that a majority has on disk, and this node's own copy
@@ -495,15 +507,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         write_txn(&self.db, subject(), Durability::Immediate, move |txn| {
             clear_replicated_in(txn).context("clearing the replicated state")?;
             write_in(txn, &writes).context("writing the state")?;
-            {
-                let mut sm = txn
-                    .open_table(SM_META)
-                    .context("opening table raft_sm_meta")?;
-                sm.insert(LAST_APPLIED, last_json.as_slice())
-                    .context("writing the last applied log id")?;
-                sm.insert(MEMBERSHIP, membership_json.as_slice())
-                    .context("writing the membership")?;
-            }
+            stage_applied(txn, &last_json, Some(&membership_json))?;
             stage_snapshot(txn, &meta_owned, &meta_json, &data, false)
         })
         .await?;
