@@ -9,28 +9,24 @@ use futures::StreamExt;
 use libp2p::core::transport::upgrade::Version;
 use libp2p::multiaddr::Protocol;
 use libp2p::pnet::{PnetConfig, PreSharedKey};
-use libp2p::request_response::{self, OutboundRequestId, ProtocolSupport};
 use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
 use libp2p::{
-    Multiaddr, PeerId, StreamProtocol, Swarm, Transport, gossipsub, identify, mdns, noise, ping,
-    tcp, yamux,
+    Multiaddr, PeerId, Swarm, Transport, gossipsub, identify, mdns, noise, ping, tcp, yamux,
 };
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use super::rpc::{self, Rpc};
 use super::{
-    Announcement, Command, Inbound, MeshConfig, MeshError, MeshHandle, PeerTable, Request,
-    Response, peer_multiaddr,
+    Announcement, Command, MeshConfig, MeshError, MeshHandle, PeerTable, Request, Response,
+    peer_multiaddr,
 };
 
 const TOPIC: &str = "taskmesh/announce/1";
-const RPC: &str = "/taskmesh/rpc/1";
-/// The largest request or response on the RPC protocol, in bytes.
-const MAX_MESSAGE: u64 = 16 << 20;
 /// Configured peers are redialled after this, doubling up to [`MAX_REDIAL`].
 const FIRST_REDIAL: Duration = Duration::from_secs(1);
 const MAX_REDIAL: Duration = Duration::from_secs(30);
@@ -46,7 +42,8 @@ struct Behaviour {
     identify: identify::Behaviour,
     ping: ping::Behaviour,
     gossipsub: gossipsub::Behaviour,
-    rpc: request_response::json::Behaviour<Request, Response>,
+    /// The streams requests travel on (see [`rpc`]).
+    streams: libp2p_stream::Behaviour,
 }
 
 struct Configured {
@@ -67,15 +64,13 @@ struct Actor {
     peers_tx: watch::Sender<Arc<Vec<super::PeerInfo>>>,
     listen_tx: watch::Sender<Vec<Multiaddr>>,
     own: Option<Announcement>,
+    /// `own` for the request streams, which answer "who are you?" themselves.
+    own_tx: watch::Sender<Option<Announcement>>,
+    rpc: Rpc,
     publish_at: Option<Instant>,
     last_publish: Instant,
     configured: Vec<Configured>,
-    pending: HashMap<OutboundRequestId, oneshot::Sender<Result<Response, MeshError>>>,
     connected: HashSet<PeerId>,
-    /// Inbound requests handed to the node, waiting for its answer.
-    answering: HashMap<u64, request_response::ResponseChannel<Response>>,
-    next_answer: u64,
-    inbound: Option<mpsc::Sender<Inbound>>,
     /// Discovered peers we left to dial us, and when we dial them ourselves if they did not.
     fallback: HashMap<PeerId, (Instant, Vec<Multiaddr>)>,
     announce_every: Duration,
@@ -124,15 +119,6 @@ fn build_swarm(config: &MeshConfig) -> Result<Swarm<Behaviour>, MeshError> {
                 gossipsub::MessageAuthenticity::Signed(key.clone()),
                 gossip_config,
             )?;
-            // Raft appends and snapshot chunks ride on requests: allow more than the default 1 MiB.
-            let codec = request_response::json::codec::Codec::default()
-                .set_request_size_maximum(MAX_MESSAGE)
-                .set_response_size_maximum(MAX_MESSAGE);
-            let rpc = request_response::Behaviour::with_codec(
-                codec,
-                [(StreamProtocol::new(RPC), ProtocolSupport::Full)],
-                request_response::Config::default().with_request_timeout(Duration::from_secs(10)),
-            );
             Ok(Behaviour {
                 mdns: Toggle::from(mdns),
                 identify: identify::Behaviour::new(
@@ -141,12 +127,12 @@ fn build_swarm(config: &MeshConfig) -> Result<Swarm<Behaviour>, MeshError> {
                 ),
                 ping: ping::Behaviour::new(ping::Config::new()),
                 gossipsub,
-                rpc,
+                streams: libp2p_stream::Behaviour::new(),
             })
         })
         .map_err(|e| MeshError::Build(e.to_string()))?
         // A substream sends its first message with its protocol's name instead of waiting for
-        // the peer to confirm the name: one round trip less for every request. Every node
+        // the peer to confirm the name: one round trip less for each new stream. Every node
         // speaks the same protocols, and a dialer offering several still waits for all but the
         // last.
         .with_swarm_config(|c| {
@@ -191,6 +177,18 @@ pub(super) async fn start(
         }
     };
     let local = *swarm.local_peer_id();
+    let mut control = swarm.behaviour().streams.new_control();
+    let incoming = control
+        .accept(rpc::PROTOCOL)
+        .map_err(|e| MeshError::Build(e.to_string()))?;
+    let (own_tx, own_rx) = watch::channel(None);
+    tokio::spawn(rpc::serve(
+        incoming,
+        own_rx,
+        config.inbound.clone(),
+        cancel.clone(),
+    ));
+    let rpc = Rpc::new(control, cancel.clone());
     let (tx, inbox) = mpsc::channel(256);
     let (peers_tx, peers_rx) = watch::channel(Arc::new(Vec::new()));
     let (listen_tx, listen_rx) = watch::channel(vec![first]);
@@ -204,6 +202,8 @@ pub(super) async fn start(
         peers_tx,
         listen_tx,
         own: None,
+        own_tx,
+        rpc: rpc.clone(),
         publish_at: None,
         last_publish: now,
         configured: config
@@ -217,12 +217,8 @@ pub(super) async fn start(
                 dialing: false,
             })
             .collect(),
-        pending: HashMap::new(),
         connected: HashSet::new(),
         fallback: HashMap::new(),
-        answering: HashMap::new(),
-        next_answer: 0,
-        inbound: config.inbound.clone(),
         announce_every: config.announce_every,
         peer_ttl: config.peer_ttl,
         listen_is_loopback: is_loopback(&config.listen),
@@ -236,6 +232,7 @@ pub(super) async fn start(
             peers: peers_rx,
             listen: listen_rx,
             local,
+            rpc,
         },
         task,
     ))
@@ -277,9 +274,6 @@ impl Actor {
                 _ = tick.tick() => self.on_tick(),
             }
         }
-        for (_, reply) in self.pending.drain() {
-            let _ = reply.send(Err(MeshError::Stopped));
-        }
     }
 
     fn local(&self) -> PeerId {
@@ -294,24 +288,13 @@ impl Actor {
                 announcement.seq = self.own.as_ref().map_or(0, |a| a.seq);
                 if self.own.as_ref() != Some(&announcement) {
                     self.own = Some(*announcement);
+                    self.own_tx.send_replace(self.own.clone());
                     self.publish_soon();
                 }
             }
-            Command::Request {
-                peer,
-                request,
-                reply,
-            } => {
-                let id = self.swarm.behaviour_mut().rpc.send_request(&peer, request);
-                self.pending.insert(id, reply);
-            }
-            Command::Respond { key, response } => {
-                if let Some(channel) = self.answering.remove(&key) {
-                    let _ = self
-                        .swarm
-                        .behaviour_mut()
-                        .rpc
-                        .send_response(channel, response);
+            Command::Observe(peer, announcement) => {
+                if announcement.peer_id == peer.to_string() {
+                    self.observe(*announcement);
                 }
             }
             Command::Dial(addrs) => {
@@ -355,6 +338,7 @@ impl Actor {
             .map_or(0, |d| d.as_millis() as u64);
         own.seq = (own.seq + 1).max(now_ms);
         own.addrs = addrs;
+        self.own_tx.send_replace(Some(own.clone()));
         let data = serde_json::to_vec(own).expect("announcements serialise");
         match self
             .swarm
@@ -499,10 +483,16 @@ impl Actor {
                 if num_established.get() == 1 {
                     debug!(%peer_id, "connected");
                     // Ask directly, so a new peer is listed without waiting for gossip.
-                    self.swarm
-                        .behaviour_mut()
-                        .rpc
-                        .send_request(&peer_id, Request::Announcement);
+                    let (rpc, me) = (self.rpc.clone(), self.self_tx.clone());
+                    tokio::spawn(async move {
+                        match rpc.request(peer_id, &Request::Announcement).await {
+                            Ok(Response::Announcement(Some(a))) => {
+                                let _ = me.send(Command::Observe(peer_id, a)).await;
+                            }
+                            Ok(_) => {}
+                            Err(e) => debug!(%peer_id, error = %e, "no announcement"),
+                        }
+                    });
                 }
             }
             SwarmEvent::ConnectionClosed {
@@ -565,94 +555,8 @@ impl Actor {
                 // A new listener: tell it (and, through it, everyone) who we are.
                 self.publish_soon();
             }
-            BehaviourEvent::Rpc(request_response::Event::Message { peer, message, .. }) => {
-                match message {
-                    request_response::Message::Request {
-                        request: Request::Announcement,
-                        channel,
-                        ..
-                    } => {
-                        let own = self.own.clone().map(Box::new);
-                        let _ = self
-                            .swarm
-                            .behaviour_mut()
-                            .rpc
-                            .send_response(channel, Response::Announcement(own));
-                    }
-                    request_response::Message::Request {
-                        request, channel, ..
-                    } => self.hand_over(peer, request, channel),
-                    request_response::Message::Response {
-                        request_id,
-                        response,
-                    } => match self.pending.remove(&request_id) {
-                        Some(reply) => {
-                            let _ = reply.send(Ok(response));
-                        }
-                        None => {
-                            if let Response::Announcement(Some(a)) = response {
-                                if a.peer_id == peer.to_string() {
-                                    self.observe(*a);
-                                }
-                            }
-                        }
-                    },
-                }
-            }
-            BehaviourEvent::Rpc(request_response::Event::OutboundFailure {
-                peer,
-                request_id,
-                error,
-                ..
-            }) => {
-                if let Some(reply) = self.pending.remove(&request_id) {
-                    let _ = reply.send(Err(MeshError::Request {
-                        peer,
-                        message: error.to_string(),
-                    }));
-                }
-            }
             _ => {}
         }
-    }
-
-    /// Passes a request to the node's handler; its answer comes back as `Command::Respond`.
-    fn hand_over(
-        &mut self,
-        from: PeerId,
-        request: Request,
-        channel: request_response::ResponseChannel<Response>,
-    ) {
-        let Some(inbound) = self.inbound.clone() else {
-            let answer = Response::Error("this node handles no such request".into());
-            let _ = self
-                .swarm
-                .behaviour_mut()
-                .rpc
-                .send_response(channel, answer);
-            return;
-        };
-        let key = self.next_answer;
-        self.next_answer += 1;
-        self.answering.insert(key, channel);
-        let (reply, answer) = oneshot::channel();
-        let me = self.self_tx.clone();
-        tokio::spawn(async move {
-            let response = match inbound
-                .send(Inbound {
-                    from,
-                    request,
-                    reply,
-                })
-                .await
-            {
-                Ok(()) => answer
-                    .await
-                    .unwrap_or_else(|_| Response::Error("the request was dropped".into())),
-                Err(_) => Response::Error("the node is shutting down".into()),
-            };
-            let _ = me.send(Command::Respond { key, response }).await;
-        });
     }
 
     fn observe(&mut self, announcement: Announcement) {

@@ -1,5 +1,7 @@
 //! The mesh: one actor owns the libp2p Swarm (tcp + pnet + noise + yamux; mdns, identify, ping,
-//! gossipsub, request-response). Everyone else talks to it through a cloneable [`MeshHandle`].
+//! gossipsub, and streams for requests). Everyone else talks to it through a cloneable
+//! [`MeshHandle`]; requests go over one long-lived stream per peer ([`rpc`]), not through the
+//! actor.
 //!
 //! - **Closed by key.** Every connection first runs a pnet handshake with the cluster key, then
 //!   noise: a node without the key cannot connect, gossip, or send a request.
@@ -13,6 +15,7 @@
 mod actor;
 pub mod keys;
 mod peers;
+mod rpc;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,12 +24,13 @@ use libp2p::Multiaddr;
 use libp2p::identity::Keypair;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 pub use keys::{ClusterKey, load_or_create_identity};
 pub use libp2p::PeerId;
 pub use peers::{Announcement, ClusterBadge, PeerInfo, PeerTable, load_average};
+pub use rpc::Reply;
 
 /// How a mesh endpoint starts.
 #[derive(Debug, Clone)]
@@ -76,7 +80,7 @@ pub enum Response {
 pub struct Inbound {
     pub from: PeerId,
     pub request: Request,
-    pub reply: oneshot::Sender<Response>,
+    pub reply: Reply,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -93,16 +97,9 @@ pub enum MeshError {
 
 pub(crate) enum Command {
     Announce(Box<Announcement>),
-    Request {
-        peer: PeerId,
-        request: Request,
-        reply: oneshot::Sender<Result<Response, MeshError>>,
-    },
     Dial(Vec<Multiaddr>),
-    Respond {
-        key: u64,
-        response: Response,
-    },
+    /// A peer's answer to "who are you?", asked when it connected.
+    Observe(PeerId, Box<Announcement>),
 }
 
 /// A cloneable handle on the mesh actor.
@@ -112,6 +109,7 @@ pub struct MeshHandle {
     peers: watch::Receiver<Arc<Vec<PeerInfo>>>,
     listen: watch::Receiver<Vec<Multiaddr>>,
     local: PeerId,
+    rpc: rpc::Rpc,
 }
 
 impl MeshHandle {
@@ -142,18 +140,9 @@ impl MeshHandle {
             .await;
     }
 
-    /// Sends a request to a peer and waits for its answer.
+    /// Sends a request to a peer and waits for its answer (at most 10 s).
     pub async fn request(&self, peer: PeerId, request: Request) -> Result<Response, MeshError> {
-        let (reply, rx) = oneshot::channel();
-        self.tx
-            .send(Command::Request {
-                peer,
-                request,
-                reply,
-            })
-            .await
-            .map_err(|_| MeshError::Stopped)?;
-        rx.await.map_err(|_| MeshError::Stopped)?
+        self.rpc.request(peer, &request).await
     }
 }
 
@@ -265,5 +254,107 @@ mod tests {
             other => panic!("unexpected answer {other:?}"),
         }
         cancel.cancel();
+    }
+
+    /// Starts `a` (answering with `handler`) and `b` (knowing `a`'s address), and waits until a
+    /// request from `b` reaches `a`.
+    async fn pair(
+        cancel_a: &CancellationToken,
+        cancel_b: &CancellationToken,
+    ) -> (MeshHandle, MeshHandle, mpsc::Receiver<Inbound>) {
+        let key = ClusterKey::generate().expect("key");
+        let (tx, mut rx) = mpsc::channel(256);
+        let (a, _) = start(config(&key, vec![], Some(tx)), cancel_a.clone())
+            .await
+            .expect("a");
+        let addr = a.listen_addrs()[0].to_string();
+        let (b, _) = start(config(&key, vec![addr], None), cancel_b.clone())
+            .await
+            .expect("b");
+        let until = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let ask = b.request(a.local_peer_id(), Request::Raft(raw(&serde_json::json!(0))));
+            tokio::pin!(ask);
+            let answer = loop {
+                tokio::select! {
+                    answer = &mut ask => break answer,
+                    Some(inbound) = rx.recv() => {
+                        let _ = inbound.reply.send(Response::Raft(raw(&serde_json::json!(0))));
+                    }
+                }
+            };
+            if answer.is_ok() {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < until,
+                "b never reached a: {answer:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        (a, b, rx)
+    }
+
+    #[tokio::test]
+    async fn concurrent_requests_each_get_their_own_answer_whatever_the_order() {
+        let cancel = CancellationToken::new();
+        let (a, b, mut rx) = pair(&cancel, &cancel).await;
+        // The node answers 50 requests only once all have arrived, last first.
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while held.len() < 50 {
+                held.push(rx.recv().await.expect("a request"));
+            }
+            for inbound in held.into_iter().rev() {
+                let Request::Raft(value) = inbound.request else {
+                    panic!("not a Raft request")
+                };
+                let _ = inbound
+                    .reply
+                    .send(Response::Raft(raw(&serde_json::json!({"echo": value}))));
+            }
+        });
+        let asks = (0..50).map(|i| {
+            let (b, peer) = (b.clone(), a.local_peer_id());
+            async move {
+                (
+                    i,
+                    b.request(peer, Request::Raft(raw(&serde_json::json!(i))))
+                        .await,
+                )
+            }
+        });
+        for (i, answer) in futures::future::join_all(asks).await {
+            match answer {
+                Ok(Response::Raft(v)) => assert_eq!(v.get(), format!(r#"{{"echo":{i}}}"#)),
+                other => panic!("request {i}: unexpected answer {other:?}"),
+            }
+        }
+        cancel.cancel();
+    }
+
+    #[tokio::test]
+    async fn requests_waiting_on_a_peer_that_stops_fail_at_once() {
+        let (cancel_a, cancel_b) = (CancellationToken::new(), CancellationToken::new());
+        let (a, b, mut rx) = pair(&cancel_a, &cancel_b).await;
+        let peer = a.local_peer_id();
+        let ask = tokio::spawn(async move {
+            let asked = tokio::time::Instant::now();
+            let answer = b
+                .request(peer, Request::Raft(raw(&serde_json::json!(1))))
+                .await;
+            (answer, asked.elapsed())
+        });
+        // `a` holds the request unanswered, then stops.
+        let held = rx.recv().await.expect("the request arrived");
+        cancel_a.cancel();
+        let (answer, took) = ask.await.expect("asker");
+        drop(held);
+        assert!(answer.is_err(), "answered by a stopped node: {answer:?}");
+        assert!(
+            took < Duration::from_secs(5),
+            "the request waited {took:?}, as if for its timeout"
+        );
+        cancel_b.cancel();
     }
 }
