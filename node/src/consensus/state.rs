@@ -1,6 +1,7 @@
 //! The replicated state machine's data and its pure transition function.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 
@@ -13,7 +14,9 @@ use crate::store::{Store, StoreError, Write};
 /// What every node agrees on.
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct State {
-    pub tasks: BTreeMap<TaskId, Task>,
+    /// Tasks and runs sit behind `Arc`s: the state machine copies the state for every batch it
+    /// applies (readers keep the one before), and this copies pointers, not every task and run.
+    pub tasks: BTreeMap<TaskId, Arc<Task>>,
     pub settings: ClusterSettings,
     /// The newest cron slot each task has fired (committed before the run is dispatched).
     pub last_fired: BTreeMap<TaskId, DateTime<Utc>>,
@@ -23,7 +26,7 @@ pub struct State {
     /// ones of each task, as the nodes report them. (Each node keeps its full history, with the
     /// logs, in its own store.)
     #[serde(default)]
-    pub runs: BTreeMap<RunId, Run>,
+    pub runs: BTreeMap<RunId, Arc<Run>>,
     /// The nodes (PeerIds) that keep each always-task running, as the leader placed them. Each
     /// node's supervisor runs the always-tasks it holds, and only those.
     #[serde(default)]
@@ -99,7 +102,7 @@ impl State {
             tasks: store
                 .tasks()?
                 .into_iter()
-                .map(|t| (t.id.clone(), t))
+                .map(|t| (t.id.clone(), Arc::new(t)))
                 .collect(),
             settings: store.cluster_settings()?.unwrap_or_default(),
             last_fired: store.last_fired()?,
@@ -107,7 +110,7 @@ impl State {
             runs: store
                 .cluster_runs()?
                 .into_iter()
-                .map(|r| (r.id.clone(), r))
+                .map(|r| (r.id.clone(), Arc::new(r)))
                 .collect(),
             holders: store.holders()?,
             stops: store.stops()?,
@@ -116,12 +119,15 @@ impl State {
     }
 
     pub fn task_by_name(&self, name: &str) -> Option<&Task> {
-        self.tasks.values().find(|t| t.name == name)
+        self.tasks
+            .values()
+            .map(Arc::as_ref)
+            .find(|t| t.name == name)
     }
 
     /// Tasks in the order the UI lists them: oldest first (ids are time-ordered).
     pub fn tasks_in_order(&self) -> impl Iterator<Item = &Task> {
-        self.tasks.values()
+        self.tasks.values().map(Arc::as_ref)
     }
 
     /// Applies `change` and returns what must be stored, or why it was refused. *Invariant:* a
@@ -138,7 +144,7 @@ impl State {
                         ),
                     ));
                 }
-                self.tasks.insert(task.id.clone(), task.clone());
+                self.tasks.insert(task.id.clone(), Arc::new(task.clone()));
                 Ok(vec![Write::PutTask(task)])
             }
             Change::RemoveTask(id) => {
@@ -185,6 +191,7 @@ impl State {
                 let Some(t) = self.tasks.get_mut(&task) else {
                     return Err(Invalid::field("id", format!("no task {task}")));
                 };
+                let t = Arc::make_mut(t);
                 t.enabled = enabled;
                 t.updated_at = Utc::now();
                 Ok(vec![Write::PutTask(t.clone())])
@@ -218,7 +225,7 @@ impl State {
                         self.last_fired.insert(task.id.clone(), slot);
                         writes.push(Write::LastFired(task.id.clone(), slot));
                     }
-                    self.tasks.insert(task.id.clone(), task.clone());
+                    self.tasks.insert(task.id.clone(), Arc::new(task.clone()));
                     writes.push(Write::PutTask(task));
                 }
                 Ok(writes)
@@ -249,12 +256,13 @@ impl State {
                 }
                 if run.node_id.is_none() {
                     // Still waiting for a place: it ends here.
+                    let run = Arc::make_mut(run);
                     run.close(
                         crate::model::RunStatus::Killed,
                         "stopped before it started".into(),
                         Utc::now(),
                     );
-                    return Ok(vec![Write::ClusterRun(run.clone())]);
+                    return Ok(vec![Write::ClusterRun(Arc::new(run.clone()))]);
                 }
                 self.stops.insert(id);
                 Ok(vec![Write::Stops(self.stops.clone())])
@@ -293,6 +301,7 @@ impl State {
             if run.status.is_final() && self.stops.remove(&run.id) {
                 writes.push(Write::Stops(self.stops.clone()));
             }
+            let run = Arc::new(run);
             self.runs.insert(run.id.clone(), run.clone());
             writes.push(Write::ClusterRun(run));
         }

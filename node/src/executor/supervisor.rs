@@ -178,7 +178,7 @@ impl Supervisor {
             .values()
             .filter(|t| t.enabled && t.is_always())
             .filter(|t| state.holders.get(&t.id).is_some_and(|h| h.contains(&me)))
-            .map(|t| (&t.id, t))
+            .map(|t| (&t.id, &**t))
             .collect();
         let gone: Vec<TaskId> = self
             .daemons

@@ -32,7 +32,7 @@ use tracing::{debug, info};
 use crate::consensus::{Change, Consensus, State};
 use crate::executor::{ExecutorHandle, RunOrder};
 use crate::ledger::RunLedger;
-use crate::model::{Outcome, Run, RunId, RunStatus, Trigger};
+use crate::model::{Outcome, Run, RunId, RunStatus, Task, Trigger};
 
 pub struct Dispatcher {
     pub peer_id: String,
@@ -123,6 +123,7 @@ impl Dispatcher {
         let previous: Vec<&Run> = state
             .runs
             .values()
+            .map(Arc::as_ref)
             .filter(|r| {
                 r.node_id.as_deref() == Some(self.peer_id.as_str())
                     && !r.status.is_final()
@@ -151,6 +152,7 @@ impl Dispatcher {
         state
             .runs
             .values()
+            .map(Arc::as_ref)
             .filter(|r| r.status == RunStatus::Queued)
             .filter(|r| !matches!(r.trigger, Trigger::Always { .. } | Trigger::Reboot))
             .filter(move |r| r.node_id.as_deref() == Some(me.as_str()))
@@ -186,7 +188,7 @@ impl Dispatcher {
         };
         let order = RunOrder {
             run: run.clone(),
-            task: task.clone(),
+            task: Task::clone(task),
             kill_grace: state.settings.kill_grace.0,
             daily_logs: state.settings.daily_logs,
         };

@@ -491,7 +491,12 @@ impl Scheduler {
     async fn place_waiting(&mut self, candidates: &[Candidate]) {
         let state = self.state.borrow().clone();
         let now = Utc::now();
-        let mut waiting: Vec<&Run> = state.runs.values().filter(|r| r.placeable(now)).collect();
+        let mut waiting: Vec<&Run> = state
+            .runs
+            .values()
+            .map(Arc::as_ref)
+            .filter(|r| r.placeable(now))
+            .collect();
         if waiting.is_empty() {
             return;
         }
@@ -588,7 +593,7 @@ impl Scheduler {
             let matching: Vec<String> = match placement::place(
                 &Task {
                     placement: Placement::All,
-                    ..task.clone()
+                    ..Task::clone(task)
                 },
                 candidates,
                 &HashMap::new(),
@@ -645,7 +650,7 @@ impl Scheduler {
             .collect();
         let mut changes = Vec::new();
         for run in state.runs.values() {
-            let mut run = run.clone();
+            let mut run = Run::clone(run);
             let on_dead_node = !run.status.is_final()
                 && run
                     .node_id
@@ -897,6 +902,7 @@ fn gate(task: &Task, state: &State, except: Option<&RunId>, here: &[Run], me: &s
     let mut earlier: Vec<&Run> = state
         .runs
         .values()
+        .map(Arc::as_ref)
         .filter(running)
         .filter(|r| r.node_id.as_deref() != Some(me) || here.iter().any(|h| h.id == r.id))
         .collect();

@@ -577,6 +577,7 @@ impl NodeHandle {
         state
             .tasks
             .get(&TaskId(key.to_owned()))
+            .map(Arc::as_ref)
             .or_else(|| state.task_by_name(key))
             .cloned()
             .ok_or_else(|| NodeError::NotFound(format!("there is no task `{key}`")))
@@ -645,6 +646,7 @@ impl NodeHandle {
             state
                 .runs
                 .values()
+                .map(Arc::as_ref)
                 .filter(|r| query.task.as_ref().is_none_or(|t| *t == r.task_id))
                 .filter(|r| query.before.as_ref().is_none_or(|b| r.id < *b))
                 .filter(|r| !known.contains(&r.id))
@@ -667,7 +669,7 @@ impl NodeHandle {
         self.state()
             .runs
             .get(id)
-            .cloned()
+            .map(|r| Run::clone(r))
             .ok_or_else(|| NodeError::NotFound(format!("there is no run {id}")))
     }
 

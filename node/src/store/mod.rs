@@ -48,7 +48,7 @@ pub enum Write {
     /// Which nodes hold each always-task (see `consensus::State::holders`).
     Holders(BTreeMap<TaskId, Vec<String>>),
     /// A run in the replicated run ledger (see `consensus::State::runs`).
-    ClusterRun(Run),
+    ClusterRun(std::sync::Arc<Run>),
     ForgetClusterRun(RunId),
 }
 

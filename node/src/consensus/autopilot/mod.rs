@@ -28,7 +28,7 @@ use super::raft::network::{RaftReply, RaftRpc, Refusal};
 use super::raft::{MeshNode, NodeId};
 use super::{Adopted, Change, Consensus, State};
 use crate::mesh::PeerInfo;
-use crate::model::NodeSettings;
+use crate::model::{NodeSettings, Task};
 use decide::{PeerSeen, Start};
 
 /// How often the autopilot looks.
@@ -301,7 +301,7 @@ impl Autopilot {
             .tasks
             .values()
             .map(|task| Adopted {
-                task: task.clone(),
+                task: Task::clone(task),
                 last_fired: state.last_fired.get(&task.id).copied(),
             })
             .collect();

@@ -46,6 +46,7 @@ use super::log_store::OnDisk;
 use super::{Applied, MeshNode, NodeId, TypeConfig};
 use super::{Context, encode, write_txn};
 use crate::consensus::State;
+use crate::model::Task;
 use crate::store::{RedbStore, Write, clear_replicated_in, write_in};
 
 /// `last_applied`, `membership` → JSON.
@@ -489,7 +490,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             "encoding the last applied log id",
         )?;
         let membership_json = encode(&meta.last_membership, subject(), "encoding the membership")?;
-        let mut writes: Vec<Write> = state.tasks.values().cloned().map(Write::PutTask).collect();
+        let mut writes: Vec<Write> = state
+            .tasks
+            .values()
+            .map(|t| Write::PutTask(Task::clone(t)))
+            .collect();
         writes.push(Write::ClusterSettings(state.settings.clone()));
         writes.push(Write::Cluster(state.cluster));
         writes.extend(state.runs.values().cloned().map(Write::ClusterRun));
