@@ -503,19 +503,14 @@ impl Scheduler {
         let priority = |r: &Run| state.tasks.get(&r.task_id).map_or(0, |t| t.spec.priority);
         waiting.sort_by(|a, b| priority(b).cmp(&priority(a)).then(a.id.cmp(&b.id)));
         let mut busy = busy(&state);
+        let here = self.ledger.active();
         let mut placed = Vec::new();
         let mut stops = Vec::new();
         for run in waiting {
             let Some(task) = state.tasks.get(&run.task_id) else {
                 continue;
             };
-            match gate(
-                task,
-                &state,
-                Some(&run.id),
-                &self.ledger.active(),
-                &self.peer_id,
-            ) {
+            match gate(task, &state, Some(&run.id), &here, &self.peer_id) {
                 Gate::Go => {}
                 Gate::Skip(why) => {
                     let mut r = run.clone();
@@ -896,6 +891,12 @@ fn gate(task: &Task, state: &State, except: Option<&RunId>, here: &[Run], me: &s
     if task.is_always() {
         return Gate::Go;
     }
+    // Decided before the ledger is searched: the leader gates every waiting run on each pass.
+    let forbid = match task.spec.concurrency {
+        Concurrency::Allow => return Gate::Go,
+        Concurrency::Forbid => true,
+        Concurrency::Replace => false,
+    };
     let running =
         |r: &&Run| r.task_id == task.id && r.status == RunStatus::Running && Some(&r.id) != except;
     // For this node's own runs, its own record is newer than the ledger's.
@@ -915,14 +916,13 @@ fn gate(task: &Task, state: &State, except: Option<&RunId>, here: &[Run], me: &s
     let Some(first) = earlier.first() else {
         return Gate::Go;
     };
-    match task.spec.concurrency {
-        Concurrency::Allow => Gate::Go,
-        Concurrency::Forbid => Gate::Skip(format!(
+    match forbid {
+        true => Gate::Skip(format!(
             "not run: run {} is still {} (concurrency `forbid`)",
             first.id,
             first.status.as_str()
         )),
-        Concurrency::Replace => Gate::Replace(
+        false => Gate::Replace(
             earlier
                 .iter()
                 .filter(|r| !state.stops.contains(&r.id))

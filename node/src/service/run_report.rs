@@ -1,7 +1,9 @@
 //! Reports this node's runs to the cluster's run ledger (`consensus::State::runs`): every change
 //! the node's `RunLedger` records is coalesced by run id and proposed in batches
-//! (`Change::Runs`), so a run costs a small share of one Raft entry. While there is no quorum the
-//! changes wait (the newest per run) and go out when one is back.
+//! (`Change::Runs`), so a run costs a small share of one Raft entry. One proposal is on its way
+//! at a time; whatever arrives meanwhile goes in the next one, at once (group commit). So a run's
+//! end reaches the leader one commit after it happened, and frees its slot there. While there is
+//! no quorum the changes wait (the newest per run) and go out when one is back.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -13,8 +15,6 @@ use tracing::{info, warn};
 use crate::consensus::{Change, Consensus, ProposeError};
 use crate::model::{Run, RunId};
 
-/// Changes arriving within this time go out in one proposal.
-const GATHER: Duration = Duration::from_millis(20);
 /// After a failed proposal, the next try comes this much later.
 const RETRY: Duration = Duration::from_secs(1);
 /// At most this many runs wait; beyond it the oldest finished ones are dropped from the report
@@ -33,36 +33,34 @@ impl RunReporter {
         let mut pending: BTreeMap<RunId, Run> = BTreeMap::new();
         let mut failing = false;
         loop {
-            let pause = match (pending.is_empty(), failing) {
-                (true, _) => None,
-                (false, false) => Some(GATHER),
-                (false, true) => Some(RETRY),
-            };
-            let until = pause.map(|p| tokio::time::Instant::now() + p);
+            // After a failure, gather for a while before the next try; else go at once.
+            let retry_at = failing.then(|| tokio::time::Instant::now() + RETRY);
             let stop = loop {
+                if !pending.is_empty() && retry_at.is_none() {
+                    break false;
+                }
                 tokio::select! {
                     _ = self.cancel.cancelled() => break true,
-                    _ = async { tokio::time::sleep_until(until.expect("set")).await }, if until.is_some() => break false,
+                    _ = async { tokio::time::sleep_until(retry_at.expect("set")).await }, if retry_at.is_some() => break false,
                     run = self.runs.recv() => match run {
                         Some(run) => {
                             pending.insert(run.id.clone(), run);
-                            if until.is_none() {
-                                break false;
-                            }
                         }
                         None => break true,
                     },
                 }
             };
+            // Everything that arrived meanwhile goes in this proposal.
+            while let Ok(run) = self.runs.try_recv() {
+                pending.insert(run.id.clone(), run);
+            }
             if stop {
                 if !pending.is_empty() {
                     self.report(&mut pending, &mut failing).await;
                 }
                 return;
             }
-            if until.is_some() {
-                self.report(&mut pending, &mut failing).await;
-            }
+            self.report(&mut pending, &mut failing).await;
         }
     }
 
