@@ -91,8 +91,6 @@ pub enum MeshError {
     Build(String),
     #[error("request to {peer} failed: {message}")]
     Request { peer: PeerId, message: String },
-    #[error("the mesh has stopped")]
-    Stopped,
 }
 
 pub(crate) enum Command {

@@ -916,20 +916,20 @@ fn gate(task: &Task, state: &State, except: Option<&RunId>, here: &[Run], me: &s
     let Some(first) = earlier.first() else {
         return Gate::Go;
     };
-    match forbid {
-        true => Gate::Skip(format!(
+    if forbid {
+        return Gate::Skip(format!(
             "not run: run {} is still {} (concurrency `forbid`)",
             first.id,
             first.status.as_str()
-        )),
-        false => Gate::Replace(
-            earlier
-                .iter()
-                .filter(|r| !state.stops.contains(&r.id))
-                .map(|r| r.id.clone())
-                .collect(),
-        ),
+        ));
     }
+    Gate::Replace(
+        earlier
+            .iter()
+            .filter(|r| !state.stops.contains(&r.id))
+            .map(|r| r.id.clone())
+            .collect(),
+    )
 }
 
 /// A run of `task` that does not happen, recorded with the reason.
