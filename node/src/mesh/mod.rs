@@ -1,6 +1,6 @@
 //! The mesh: one actor owns the libp2p Swarm (tcp + pnet + noise + yamux; mdns, identify, ping,
 //! gossipsub, and streams for requests). Everyone else talks to it through a cloneable
-//! [`MeshHandle`]; requests go over one long-lived stream per peer ([`rpc`]), not through the
+//! [`MeshHandle`]; requests go over one long-lived stream per peer (`rpc.rs`), not through the
 //! actor.
 //!
 //! - **Closed by key.** Every connection first runs a pnet handshake with the cluster key, then
