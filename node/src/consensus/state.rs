@@ -256,13 +256,12 @@ impl State {
                 }
                 if run.node_id.is_none() {
                     // Still waiting for a place: it ends here.
-                    let run = Arc::make_mut(run);
-                    run.close(
+                    Arc::make_mut(run).close(
                         crate::model::RunStatus::Killed,
                         "stopped before it started".into(),
                         Utc::now(),
                     );
-                    return Ok(vec![Write::ClusterRun(Arc::new(run.clone()))]);
+                    return Ok(vec![Write::ClusterRun(Arc::clone(run))]);
                 }
                 self.stops.insert(id);
                 Ok(vec![Write::Stops(self.stops.clone())])

@@ -54,13 +54,12 @@ impl RunReporter {
             while let Ok(run) = self.runs.try_recv() {
                 pending.insert(run.id.clone(), run);
             }
+            if !pending.is_empty() {
+                self.report(&mut pending, &mut failing).await;
+            }
             if stop {
-                if !pending.is_empty() {
-                    self.report(&mut pending, &mut failing).await;
-                }
                 return;
             }
-            self.report(&mut pending, &mut failing).await;
         }
     }
 
