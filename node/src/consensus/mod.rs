@@ -25,7 +25,7 @@ use crate::store::RedbStore;
 
 use raft::MeshNode;
 use raft::network::{RaftReply, RaftRpc, Refusal};
-pub use replica::Timing;
+pub use replica::{Ending, Timing};
 use replica::{OpenError, Replica};
 pub use state::{Adopted, Change, RUNS_PER_TASK, State};
 pub use status::{ClusterStatus, MemberStatus};
@@ -203,6 +203,11 @@ impl Consensus {
         change: Change,
     ) -> Result<u64, ProposeError> {
         self.commit(Some(via), change).await
+    }
+
+    /// On the leader: the runs that changes on their way through it end (see [`Ending`]).
+    pub fn ending(&self) -> &Ending {
+        &self.replica.ending
     }
 
     /// The current state.

@@ -5,7 +5,8 @@
 //! a merge: [`Replica::reset`] shuts it down, clears the Raft tables and the replicated state, and
 //! opens a fresh, uninitialised one that publishes on the same state channel.
 
-use std::sync::{Arc, RwLock};
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use openraft::error::{ClientWriteError, RaftError};
@@ -19,6 +20,7 @@ use super::raft::state_machine::StateMachine;
 use super::raft::{Applied, MeshNode, NodeId, TypeConfig};
 use crate::consensus::Change;
 use crate::mesh::{MeshHandle, PeerId};
+use crate::model::RunId;
 use crate::store::RedbStore;
 
 /// Raft timing and log bounds.
@@ -86,6 +88,72 @@ pub struct Replica {
     raft: RwLock<Raft<TypeConfig>>,
     mesh: watch::Receiver<Option<MeshHandle>>,
     parts: Parts,
+    pub ending: Ending,
+}
+
+/// The runs that changes on their way through this leader end, from when the leader takes such
+/// a change until it is applied or refused. A run's end reaches the leader as a proposal from
+/// the node that ran it, one commit before the state shows it; the scheduler counts these runs
+/// as ended, so their slots are given again one commit sooner. The node has freed the slot
+/// already, and each node's executor bounds its own runs whatever the leader counts.
+#[derive(Debug, Default)]
+pub struct Ending {
+    /// Each run with the number of changes on their way that end it.
+    runs: Mutex<HashMap<RunId, usize>>,
+    /// Sent when runs are added.
+    added: watch::Sender<()>,
+}
+
+impl Ending {
+    /// The runs ended by changes on their way.
+    pub fn runs(&self) -> HashSet<RunId> {
+        self.lock().keys().cloned().collect()
+    }
+
+    /// Changes when runs are added.
+    pub fn subscribe(&self) -> watch::Receiver<()> {
+        self.added.subscribe()
+    }
+
+    /// Notes the runs `change` ends until the returned guard drops.
+    fn hold(&self, change: &Change) -> EndingGuard<'_> {
+        let ids: Vec<RunId> = change.ended_runs().cloned().collect();
+        if !ids.is_empty() {
+            let mut runs = self.lock();
+            for id in &ids {
+                *runs.entry(id.clone()).or_default() += 1;
+            }
+            drop(runs);
+            self.added.send_replace(());
+        }
+        EndingGuard { ending: self, ids }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<RunId, usize>> {
+        self.runs.lock().expect("the ending lock is never poisoned")
+    }
+}
+
+struct EndingGuard<'a> {
+    ending: &'a Ending,
+    ids: Vec<RunId>,
+}
+
+impl Drop for EndingGuard<'_> {
+    fn drop(&mut self) {
+        if self.ids.is_empty() {
+            return;
+        }
+        let mut runs = self.ending.lock();
+        for id in &self.ids {
+            if let Some(count) = runs.get_mut(id) {
+                *count -= 1;
+                if *count == 0 {
+                    runs.remove(id);
+                }
+            }
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -115,6 +183,7 @@ impl Replica {
             raft: RwLock::new(raft),
             mesh,
             parts,
+            ending: Ending::default(),
         })
     }
 
@@ -169,6 +238,8 @@ impl Replica {
                 )));
             }
         }
+        // Until the change is applied (client_write answers after that) or refused.
+        let _ending = self.ending.hold(&change);
         match tokio::time::timeout(ttl, raft.client_write(change)).await {
             Err(_) => Err(no_quorum(format!(
                 "a majority of the voters did not confirm the change within {} ms",
@@ -277,4 +348,53 @@ async fn open_raft(
     Raft::new(id, parts.config.clone(), MeshNetwork { mesh }, log, sm)
         .await
         .map_err(|e| OpenError(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Outcome, Run, TaskId, Trigger};
+
+    fn run(ended: bool) -> Run {
+        let mut run = Run::new(
+            TaskId("t".into()),
+            "t".into(),
+            Trigger::Manual,
+            1,
+            "a".into(),
+        );
+        if ended {
+            run.finish(Outcome::Exited { code: 0 }, chrono::Utc::now());
+        }
+        run
+    }
+
+    #[test]
+    fn ending_holds_the_runs_a_change_ends_until_it_is_done() {
+        let ending = Ending::default();
+        let mut added = ending.subscribe();
+        let (ended, running) = (run(true), run(false));
+        let starts = Change::Runs(vec![running.clone()]);
+        let ends = Change::Runs(vec![ended.clone(), running]);
+
+        drop(ending.hold(&starts));
+        assert!(
+            !added.has_changed().unwrap(),
+            "a change that ends nothing is not news"
+        );
+
+        let first = ending.hold(&ends);
+        assert!(added.has_changed().unwrap());
+        added.mark_unchanged();
+        assert_eq!(ending.runs(), HashSet::from([ended.id.clone()]));
+        let again = ending.hold(&ends);
+        drop(first);
+        assert_eq!(
+            ending.runs(),
+            HashSet::from([ended.id.clone()]),
+            "held while any change that ends it is on its way"
+        );
+        drop(again);
+        assert!(ending.runs().is_empty());
+    }
 }

@@ -95,6 +95,17 @@ pub enum Change {
     Stop(RunId),
 }
 
+impl Change {
+    /// The runs this change ends: those it carries with a final status.
+    pub fn ended_runs(&self) -> impl Iterator<Item = &RunId> {
+        let runs: &[Run] = match self {
+            Change::Runs(runs) | Change::Fire { runs, .. } => runs,
+            _ => &[],
+        };
+        runs.iter().filter(|r| r.status.is_final()).map(|r| &r.id)
+    }
+}
+
 impl State {
     /// The state as stored (not yet known to be caught up).
     pub fn load(store: &dyn Store) -> Result<Self, StoreError> {

@@ -132,6 +132,8 @@ pub struct Scheduler {
     peer_id: String,
     executor: ExecutorHandle,
     inbox: mpsc::Receiver<RunRequest>,
+    /// Changes when runs are ending on their way through this node as the leader.
+    ending: watch::Receiver<()>,
     schedules: HashMap<TaskId, (DateTime<Utc>, Schedule)>,
     /// Since when this node leads (`None` while it does not).
     leading_since: Option<Instant>,
@@ -169,6 +171,7 @@ impl Scheduler {
         cancel: CancellationToken,
     ) -> (Self, SchedulerHandle) {
         let state = parts.consensus.subscribe();
+        let ending = parts.consensus.ending().subscribe();
         let (tx, inbox) = requests;
         let (to_leader, forwards) = mpsc::unbounded_channel();
         let forwarder = Forwarder {
@@ -187,6 +190,7 @@ impl Scheduler {
             peer_id: parts.peer_id,
             executor: parts.executor,
             inbox,
+            ending,
             schedules: HashMap::new(),
             leading_since: None,
             last_seen: HashMap::new(),
@@ -243,6 +247,8 @@ impl Scheduler {
                     self.on_requests(batch).await
                 }
                 Ok(()) = self.state.changed() => {}
+                // Ended runs free their slots for the waiting ones before their commit.
+                Ok(()) = self.ending.changed() => {}
                 _ = sleep_until_opt(wake) => {}
             }
         }
@@ -261,6 +267,11 @@ impl Scheduler {
             _ => {}
         }
         leading
+    }
+
+    /// The runs each node has, as this leader knows them (see [`busy`]).
+    fn busy(&self, state: &State) -> HashMap<String, u32> {
+        busy(state, &self.consensus.ending().runs())
     }
 
     /// The live nodes that can take runs: this node and the peers of its cluster.
@@ -336,7 +347,7 @@ impl Scheduler {
         let lead = chrono::Duration::from_std(LEAD).unwrap_or_default();
         let late = chrono::Duration::from_std(LATE).unwrap_or_default();
         let mut wake: Option<DateTime<Utc>> = None;
-        let mut busy = busy(&state);
+        let mut busy = self.busy(&state);
         let mut fires = Vec::new();
         let mut stops = Vec::new();
         for task in state.tasks.values().filter(|t| t.enabled) {
@@ -502,7 +513,7 @@ impl Scheduler {
         }
         let priority = |r: &Run| state.tasks.get(&r.task_id).map_or(0, |t| t.spec.priority);
         waiting.sort_by(|a, b| priority(b).cmp(&priority(a)).then(a.id.cmp(&b.id)));
-        let mut busy = busy(&state);
+        let mut busy = self.busy(&state);
         let here = self.ledger.active();
         let mut placed = Vec::new();
         let mut stops = Vec::new();
@@ -786,7 +797,7 @@ impl Scheduler {
         }
         let state = self.state.borrow().clone();
         let candidates = self.candidates(&state);
-        let mut busy = busy(&state);
+        let mut busy = self.busy(&state);
         let here = self.ledger.active();
         let mut runs = Vec::new();
         let mut stops = Vec::new();
@@ -945,11 +956,12 @@ fn closed(task: &Task, trigger: Trigger, why: String) -> Run {
     run
 }
 
-/// Runs each node has (queued or running on it), which count against its slots. Always-tasks
-/// do not take slots.
-fn busy(state: &State) -> HashMap<String, u32> {
+/// Runs each node has (queued or running on it), which count against its slots, but for those
+/// in `ending` (their end is on its way to the ledger). Always-tasks do not take slots.
+fn busy(state: &State, ending: &HashSet<RunId>) -> HashMap<String, u32> {
     let mut busy = HashMap::new();
-    for run in state.runs.values().filter(|r| !r.status.is_final()) {
+    let counts = |r: &&Arc<Run>| !r.status.is_final() && !ending.contains(&r.id);
+    for run in state.runs.values().filter(counts) {
         let Some(node) = &run.node_id else {
             continue;
         };
@@ -976,5 +988,52 @@ async fn sleep_until_opt(at: Option<Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Outcome, RunStatus, When};
+
+    fn run_on(task: &Task, node: &str, status: RunStatus) -> Run {
+        let mut run = Run::new(
+            task.id.clone(),
+            task.name.clone(),
+            Trigger::Manual,
+            1,
+            node.into(),
+        );
+        run.node_id = Some(node.into());
+        run.status = status;
+        run
+    }
+
+    #[test]
+    fn a_run_whose_end_is_on_its_way_frees_its_slot() {
+        let task = Task::sample("t", "t");
+        let mut daemon = Task::sample("d", "d");
+        daemon.when = When::Always;
+        let queued = run_on(&task, "a", RunStatus::Queued);
+        let running = run_on(&task, "a", RunStatus::Running);
+        let on_b = run_on(&task, "b", RunStatus::Running);
+        let mut done = run_on(&task, "a", RunStatus::Running);
+        done.finish(Outcome::Exited { code: 0 }, Utc::now());
+        let supervised = run_on(&daemon, "a", RunStatus::Running);
+        let mut state = State::default();
+        for t in [&task, &daemon] {
+            state.tasks.insert(t.id.clone(), Arc::new(t.clone()));
+        }
+        for r in [&queued, &running, &on_b, &done, &supervised] {
+            state.runs.insert(r.id.clone(), Arc::new(r.clone()));
+        }
+        let count = |ending: &[&Run]| {
+            let ending = ending.iter().map(|r| r.id.clone()).collect();
+            let busy = busy(&state, &ending);
+            (busy.get("a").copied(), busy.get("b").copied())
+        };
+        assert_eq!(count(&[]), (Some(2), Some(1)), "queued and running count");
+        assert_eq!(count(&[&running]), (Some(1), Some(1)));
+        assert_eq!(count(&[&running, &queued, &on_b]), (None, None));
     }
 }
