@@ -118,7 +118,7 @@ impl Consensus {
     /// Commits `change` through the leader; returns once this node has applied it. Fails with
     /// [`ProposeError::NoQuorum`] within [`PROPOSE_TIMEOUT`] when no majority confirms it.
     pub async fn propose(&self, change: Change) -> Result<(), ProposeError> {
-        let index = self.commit(None, change).await?;
+        let index = self.commit_via(None, change).await?;
         let remaining = PROPOSE_TIMEOUT;
         // Committed; wait (briefly) until this node shows it too, so a reader sees its write.
         let _ = self
@@ -130,9 +130,16 @@ impl Consensus {
         Ok(())
     }
 
+    /// Commits `change` through the leader, as [`propose`](Self::propose), but returns once a
+    /// majority has it, without waiting for this node to apply it: for a writer that does not
+    /// read its own write (a follower applies a commit one message from the leader later).
+    pub async fn commit(&self, change: Change) -> Result<(), ProposeError> {
+        self.commit_via(None, change).await.map(|_| ())
+    }
+
     /// Commits `change` in the cluster that `via` belongs to (this node's own cluster when
     /// `None`), following the leader hints the members give. Returns the log index.
-    async fn commit(&self, via: Option<MeshNode>, change: Change) -> Result<u64, ProposeError> {
+    async fn commit_via(&self, via: Option<MeshNode>, change: Change) -> Result<u64, ProposeError> {
         let deadline = tokio::time::Instant::now() + PROPOSE_TIMEOUT;
         let me = self.replica.peer_id.to_string();
         // In this node's own cluster the leader it knows is the one to ask; in another cluster
@@ -202,7 +209,7 @@ impl Consensus {
         via: MeshNode,
         change: Change,
     ) -> Result<u64, ProposeError> {
-        self.commit(Some(via), change).await
+        self.commit_via(Some(via), change).await
     }
 
     /// On the leader: the runs that changes on their way through it end (see [`Ending`]).

@@ -1,8 +1,9 @@
 //! Reports this node's runs to the cluster's run ledger (`consensus::State::runs`): every change
 //! the node's `RunLedger` records is coalesced by run id and proposed in batches
 //! (`Change::Runs`), so a run costs a small share of one Raft entry. One proposal is on its way
-//! at a time; whatever arrives meanwhile goes in the next one, at once (group commit). So a run's
-//! end reaches the leader one commit after it happened, and frees its slot there. While there is
+//! at a time, until it is committed; whatever arrives meanwhile goes in the next one, at once
+//! (group commit). So a run's end reaches the leader within one commit after it happened, and
+//! the leader gives its slot again at once (`consensus::Ending`). While there is
 //! no quorum the changes wait (the newest per run) and go out when one is back.
 
 use std::collections::BTreeMap;
@@ -66,7 +67,8 @@ impl RunReporter {
     async fn report(&self, pending: &mut BTreeMap<RunId, Run>, failing: &mut bool) {
         bound(pending);
         let batch: Vec<Run> = pending.values().cloned().collect();
-        match self.consensus.propose(Change::Runs(batch)).await {
+        // Committed is enough: nothing here reads the ledger back.
+        match self.consensus.commit(Change::Runs(batch)).await {
             Ok(()) | Err(ProposeError::Rejected(_)) => {
                 if *failing {
                     info!("run reports reach the cluster again");
