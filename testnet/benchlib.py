@@ -1,14 +1,12 @@
 """Shared by the testnet benchmarks (testnet/bench, testnet/bench-consensus): running the testnet
 scripts, calling a node's API with its token, polling, and percentiles."""
 
-import http.client
 import json
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -48,35 +46,6 @@ def call(state, i, path, body=None, method=None, timeout=2):
         except ValueError:
             return e.code, None
     except (OSError, ValueError):
-        return None, None
-
-
-class Client:
-    """POSTs to the nodes' APIs over kept-alive connections, one per node and thread, as a busy
-    API client would (`call` opens a connection per request)."""
-
-    def __init__(self, state, timeout=10):
-        self.state, self.timeout = state, timeout
-        self.tokens = {}
-        self.local = threading.local()
-
-    def post(self, i, path, body):
-        """(status, body bytes), or (None, None) when node i does not answer."""
-        conns = self.local.__dict__.setdefault("conns", {})
-        if i not in self.tokens:
-            self.tokens[i] = token(self.state, i)
-        headers = {"Authorization": f"Bearer {self.tokens[i]}", "Content-Type": "application/json"}
-        data = json.dumps(body).encode()
-        for _ in range(2):  # a kept connection the node has closed meanwhile gets one retry
-            conn = conns.get(i) or http.client.HTTPConnection(f"198.18.0.{10 + i}", 8080, timeout=self.timeout)
-            conns[i] = conn
-            try:
-                conn.request("POST", path, body=data, headers=headers)
-                r = conn.getresponse()
-                return r.status, r.read()
-            except (OSError, http.client.HTTPException):
-                conn.close()
-                del conns[i]
         return None, None
 
 
