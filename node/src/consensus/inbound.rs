@@ -25,6 +25,7 @@ pub async fn answer(replica: &Replica, rpc: RaftRpc) -> RaftReply {
             RaftReply::Propose(replica.write_here(change, LEADER_TTL).await)
         }
         RaftRpc::Join(node) => RaftReply::Join(replica.join_here(node, LEADER_TTL).await),
+        RaftRpc::Ended(runs) => RaftReply::Ended(replica.hint_here(&runs)),
     }
 }
 

@@ -20,7 +20,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::mesh::{ClusterBadge, Inbound, MeshHandle, PeerId};
-use crate::model::{Invalid, NodeSettings};
+use crate::model::{Invalid, NodeSettings, RunId};
 use crate::store::RedbStore;
 
 use raft::MeshNode;
@@ -33,6 +33,8 @@ pub use status::{ClusterStatus, MemberStatus};
 /// How long a proposal may take before it fails (it fails sooner when the leader knows it has
 /// no majority).
 pub const PROPOSE_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long the news that runs ended may take to the leader (its report follows regardless).
+const HINT_TIMEOUT: Duration = Duration::from_secs(1);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProposeError {
@@ -212,7 +214,26 @@ impl Consensus {
         self.commit_via(Some(via), change).await
     }
 
-    /// On the leader: the runs that changes on their way through it end (see [`Ending`]).
+    /// Tells the leader that these runs of this node's have ended, ahead of the proposal that
+    /// reports them, so that it gives their slots again sooner (see [`Ending`]). Best effort:
+    /// the proposal is what counts.
+    pub fn hint_ended(&self, runs: Vec<RunId>) {
+        if runs.is_empty() || self.replica.hint_here(&runs) {
+            return;
+        }
+        let Some(leader) = self.replica.leader() else {
+            return;
+        };
+        let replica = self.replica.clone();
+        tokio::spawn(async move {
+            let _ = replica
+                .ask(&leader, &RaftRpc::Ended(runs), HINT_TIMEOUT)
+                .await;
+        });
+    }
+
+    /// On the leader: the runs it knows to have ended before the state shows it (see
+    /// [`Ending`]).
     pub fn ending(&self) -> &Ending {
         &self.replica.ending
     }

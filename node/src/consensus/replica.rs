@@ -7,7 +7,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use openraft::error::{ClientWriteError, RaftError};
 use openraft::{Raft, ServerState};
@@ -91,23 +91,44 @@ pub struct Replica {
     pub ending: Ending,
 }
 
-/// The runs that changes on their way through this leader end, from when the leader takes such
-/// a change until it is applied or refused. A run's end reaches the leader as a proposal from
-/// the node that ran it, one commit before the state shows it; the scheduler counts these runs
-/// as ended, so their slots are given again one commit sooner. The node has freed the slot
-/// already, and each node's executor bounds its own runs whatever the leader counts.
+/// The runs this leader knows to have ended before the state shows it: those that changes on
+/// their way through it end (from when it takes such a change until the change is applied or
+/// refused), and those their node said had ended while their report waited for an earlier one
+/// ([`Ending::hint`]). The scheduler counts them as ended, so their slots are given again sooner.
+/// The node has freed the slot already, and each node's executor bounds its own runs whatever
+/// the leader counts.
 #[derive(Debug, Default)]
 pub struct Ending {
-    /// Each run with the number of changes on their way that end it.
-    runs: Mutex<HashMap<RunId, usize>>,
+    inner: Mutex<EndingInner>,
     /// Sent when runs are added.
     added: watch::Sender<()>,
 }
 
+#[derive(Debug, Default)]
+struct EndingInner {
+    /// Each run with the number of changes on their way that end it.
+    held: HashMap<RunId, usize>,
+    /// Runs their node said had ended, until when that counts.
+    hinted: HashMap<RunId, Instant>,
+}
+
+/// How long a run's node's word that it ended counts; its report commits long before.
+const HINT_TTL: Duration = Duration::from_secs(5);
+/// At most this many such runs are kept.
+const MAX_HINTS: usize = 10_000;
+
 impl Ending {
-    /// The runs ended by changes on their way.
+    /// The runs known to have ended.
     pub fn runs(&self) -> HashSet<RunId> {
-        self.lock().keys().cloned().collect()
+        let now = Instant::now();
+        let inner = self.lock();
+        let hinted = inner.hinted.iter().filter(|(_, until)| **until > now);
+        inner
+            .held
+            .keys()
+            .chain(hinted.map(|(id, _)| id))
+            .cloned()
+            .collect()
     }
 
     /// Changes when runs are added.
@@ -119,18 +140,33 @@ impl Ending {
     fn hold(&self, change: &Change) -> EndingGuard<'_> {
         let ids: Vec<RunId> = change.ended_runs().cloned().collect();
         if !ids.is_empty() {
-            let mut runs = self.lock();
+            let mut inner = self.lock();
             for id in &ids {
-                *runs.entry(id.clone()).or_default() += 1;
+                *inner.held.entry(id.clone()).or_default() += 1;
             }
-            drop(runs);
+            drop(inner);
             self.added.send_replace(());
         }
         EndingGuard { ending: self, ids }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<RunId, usize>> {
-        self.runs.lock().expect("the ending lock is never poisoned")
+    /// Notes runs that their node says have ended, for [`HINT_TTL`].
+    fn hint(&self, ids: &[RunId]) {
+        let now = Instant::now();
+        let mut inner = self.lock();
+        inner.hinted.retain(|_, until| *until > now);
+        let room = MAX_HINTS.saturating_sub(inner.hinted.len());
+        inner
+            .hinted
+            .extend(ids.iter().take(room).map(|id| (id.clone(), now + HINT_TTL)));
+        drop(inner);
+        self.added.send_replace(());
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, EndingInner> {
+        self.inner
+            .lock()
+            .expect("the ending lock is never poisoned")
     }
 }
 
@@ -144,12 +180,12 @@ impl Drop for EndingGuard<'_> {
         if self.ids.is_empty() {
             return;
         }
-        let mut runs = self.ending.lock();
+        let mut inner = self.ending.lock();
         for id in &self.ids {
-            if let Some(count) = runs.get_mut(id) {
+            if let Some(count) = inner.held.get_mut(id) {
                 *count -= 1;
                 if *count == 0 {
-                    runs.remove(id);
+                    inner.held.remove(id);
                 }
             }
         }
@@ -256,6 +292,15 @@ impl Replica {
             }
             Ok(Err(e)) => Err(Refusal::Failed(e.to_string())),
         }
+    }
+
+    /// Notes runs that their node says have ended (see [`Ending`]), if this node leads.
+    pub fn hint_here(&self, ended: &[RunId]) -> bool {
+        let leads = self.raft().metrics().borrow().state == ServerState::Leader;
+        if leads {
+            self.ending.hint(ended);
+        }
+        leads
     }
 
     /// Adds `node` as a learner if this node leads. The autopilot promotes it later.
@@ -396,5 +441,17 @@ mod tests {
         );
         drop(again);
         assert!(ending.runs().is_empty());
+    }
+
+    #[test]
+    fn ending_takes_a_nodes_word_that_runs_ended_up_to_a_bound() {
+        let ending = Ending::default();
+        let added = ending.subscribe();
+        let ids: Vec<RunId> = (0..MAX_HINTS + 10).map(|_| run(true).id).collect();
+        ending.hint(&ids[..2]);
+        assert!(added.has_changed().unwrap());
+        assert_eq!(ending.runs(), ids[..2].iter().cloned().collect());
+        ending.hint(&ids[2..]);
+        assert_eq!(ending.runs().len(), MAX_HINTS, "bounded");
     }
 }

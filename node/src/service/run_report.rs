@@ -2,9 +2,10 @@
 //! the node's `RunLedger` records is coalesced by run id and proposed in batches
 //! (`Change::Runs`), so a run costs a small share of one Raft entry. One proposal is on its way
 //! at a time, until it is committed; whatever arrives meanwhile goes in the next one, at once
-//! (group commit). So a run's end reaches the leader within one commit after it happened, and
-//! the leader gives its slot again at once (`consensus::Ending`). While there is
-//! no quorum the changes wait (the newest per run) and go out when one is back.
+//! (group commit). The ends of runs that arrive meanwhile are told to the leader at once
+//! (`Consensus::hint_ended`), which gives their slots again without waiting for their report
+//! (`consensus::Ending`). While there is no quorum the changes wait (the newest per run) and go
+//! out when one is back.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -56,7 +57,7 @@ impl RunReporter {
                 pending.insert(run.id.clone(), run);
             }
             if !pending.is_empty() {
-                self.report(&mut pending, &mut failing).await;
+                pending = self.report(pending, &mut failing).await;
             }
             if stop {
                 return;
@@ -64,23 +65,51 @@ impl RunReporter {
         }
     }
 
-    async fn report(&self, pending: &mut BTreeMap<RunId, Run>, failing: &mut bool) {
-        bound(pending);
+    /// Proposes `pending`; returns what waits for the next proposal: what arrived meanwhile, and
+    /// `pending` too if the proposal failed. Runs that end meanwhile are told to the leader at
+    /// once, so that it need not wait for their report to give their slots again.
+    async fn report(
+        &mut self,
+        mut pending: BTreeMap<RunId, Run>,
+        failing: &mut bool,
+    ) -> BTreeMap<RunId, Run> {
+        bound(&mut pending);
         let batch: Vec<Run> = pending.values().cloned().collect();
         // Committed is enough: nothing here reads the ledger back.
-        match self.consensus.commit(Change::Runs(batch)).await {
+        let proposal = self.consensus.commit(Change::Runs(batch));
+        tokio::pin!(proposal);
+        let mut arrived = BTreeMap::new();
+        let mut buffer = Vec::new();
+        let result = loop {
+            tokio::select! {
+                result = &mut proposal => break result,
+                n = self.runs.recv_many(&mut buffer, 1024) => {
+                    if n == 0 {
+                        break (&mut proposal).await;
+                    }
+                    if !*failing {
+                        let ended = buffer.iter().filter(|r| r.status.is_final());
+                        self.consensus.hint_ended(ended.map(|r| r.id.clone()).collect());
+                    }
+                    arrived.extend(buffer.drain(..).map(|r| (r.id.clone(), r)));
+                }
+            }
+        };
+        match result {
             Ok(()) | Err(ProposeError::Rejected(_)) => {
                 if *failing {
                     info!("run reports reach the cluster again");
                 }
                 *failing = false;
-                pending.clear();
+                arrived
             }
             Err(e) => {
                 if !*failing {
                     warn!(error = %e, waiting = pending.len(), "run reports cannot reach the cluster; they wait");
                 }
                 *failing = true;
+                pending.extend(arrived);
+                pending
             }
         }
     }

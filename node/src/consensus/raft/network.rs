@@ -17,7 +17,7 @@ use tokio::sync::watch;
 use super::{MeshNode, NodeId, TypeConfig};
 use crate::consensus::Change;
 use crate::mesh::{MeshHandle, PeerId, Request, Response};
-use crate::model::Invalid;
+use crate::model::{Invalid, RunId};
 
 /// A request between consensus layers, as it travels in `mesh::Request::Raft`: the three Raft
 /// RPCs, and the two requests a non-leader makes of the leader.
@@ -30,6 +30,9 @@ pub enum RaftRpc {
     Propose(Change),
     /// Take this node in as a learner (answered by the leader only).
     Join(MeshNode),
+    /// These runs of the sender's have ended; the proposal that reports them follows (taken by
+    /// the leader only, to count slots).
+    Ended(Vec<RunId>),
 }
 
 /// The answer, in `mesh::Response::Raft`.
@@ -41,6 +44,8 @@ pub enum RaftReply {
     /// The log index the change was committed at.
     Propose(Result<u64, Refusal>),
     Join(Result<(), Refusal>),
+    /// Whether this node leads and took the news.
+    Ended(bool),
 }
 
 /// Why a node did not take a proposal or a join.
