@@ -7,6 +7,7 @@
 //! cluster without an operator. See docs/consensus.md.
 
 pub mod autopilot;
+mod ending;
 mod inbound;
 pub mod raft;
 mod replica;
@@ -23,9 +24,10 @@ use crate::mesh::{ClusterBadge, Inbound, MeshHandle, PeerId};
 use crate::model::{Invalid, NodeSettings, RunId};
 use crate::store::RedbStore;
 
+pub use ending::Ending;
 use raft::MeshNode;
 use raft::network::{RaftReply, RaftRpc, Refusal};
-pub use replica::{Ending, Timing};
+pub use replica::Timing;
 use replica::{OpenError, Replica};
 pub use state::{Adopted, Change, RUNS_PER_TASK, State};
 pub use status::{ClusterStatus, MemberStatus};
@@ -120,7 +122,7 @@ impl Consensus {
     /// Commits `change` through the leader; returns once this node has applied it. Fails with
     /// [`ProposeError::NoQuorum`] within [`PROPOSE_TIMEOUT`] when no majority confirms it.
     pub async fn propose(&self, change: Change) -> Result<(), ProposeError> {
-        let index = self.commit_via(None, change).await?;
+        let index = self.commit(None, change).await?;
         let remaining = PROPOSE_TIMEOUT;
         // Committed; wait (briefly) until this node shows it too, so a reader sees its write.
         let _ = self
@@ -132,16 +134,9 @@ impl Consensus {
         Ok(())
     }
 
-    /// Commits `change` through the leader, as [`propose`](Self::propose), but returns once a
-    /// majority has it, without waiting for this node to apply it: for a writer that does not
-    /// read its own write (a follower applies a commit one message from the leader later).
-    pub async fn commit(&self, change: Change) -> Result<(), ProposeError> {
-        self.commit_via(None, change).await.map(|_| ())
-    }
-
     /// Commits `change` in the cluster that `via` belongs to (this node's own cluster when
     /// `None`), following the leader hints the members give. Returns the log index.
-    async fn commit_via(&self, via: Option<MeshNode>, change: Change) -> Result<u64, ProposeError> {
+    async fn commit(&self, via: Option<MeshNode>, change: Change) -> Result<u64, ProposeError> {
         let deadline = tokio::time::Instant::now() + PROPOSE_TIMEOUT;
         let me = self.replica.peer_id.to_string();
         // In this node's own cluster the leader it knows is the one to ask; in another cluster
@@ -211,7 +206,7 @@ impl Consensus {
         via: MeshNode,
         change: Change,
     ) -> Result<u64, ProposeError> {
-        self.commit_via(Some(via), change).await
+        self.commit(Some(via), change).await
     }
 
     /// Tells the leader that these runs of this node's have ended, ahead of the proposal that

@@ -132,8 +132,10 @@ pub struct Scheduler {
     peer_id: String,
     executor: ExecutorHandle,
     inbox: mpsc::Receiver<RunRequest>,
-    /// Changes when runs are ending on their way through this node as the leader.
+    /// Changes when this node, as the leader, learns of runs that ended (`Consensus::ending`).
     ending: watch::Receiver<()>,
+    /// Whether the last pass left runs waiting for a free slot (then an ended run is news).
+    short_of_slots: bool,
     schedules: HashMap<TaskId, (DateTime<Utc>, Schedule)>,
     /// Since when this node leads (`None` while it does not).
     leading_since: Option<Instant>,
@@ -191,6 +193,7 @@ impl Scheduler {
             executor: parts.executor,
             inbox,
             ending,
+            short_of_slots: false,
             schedules: HashMap::new(),
             leading_since: None,
             last_seen: HashMap::new(),
@@ -248,7 +251,7 @@ impl Scheduler {
                 }
                 Ok(()) = self.state.changed() => {}
                 // Ended runs free their slots for the waiting ones before their commit.
-                Ok(()) = self.ending.changed() => {}
+                Ok(()) = self.ending.changed(), if self.short_of_slots => {}
                 _ = sleep_until_opt(wake) => {}
             }
         }
@@ -508,6 +511,7 @@ impl Scheduler {
             .map(Arc::as_ref)
             .filter(|r| r.placeable(now))
             .collect();
+        self.short_of_slots = false;
         if waiting.is_empty() {
             return;
         }
@@ -543,7 +547,7 @@ impl Scheduler {
                         placed.push(r);
                     }
                 }
-                Err(NoPlace::Full) => {}
+                Err(NoPlace::Full) => self.short_of_slots = true,
                 Err(NoPlace::NoMatch(why)) => {
                     let mut r = run.clone();
                     r.close(RunStatus::Skipped, format!("not run: {why}"), Utc::now());

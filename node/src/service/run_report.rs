@@ -1,11 +1,11 @@
 //! Reports this node's runs to the cluster's run ledger (`consensus::State::runs`): every change
 //! the node's `RunLedger` records is coalesced by run id and proposed in batches
 //! (`Change::Runs`), so a run costs a small share of one Raft entry. One proposal is on its way
-//! at a time, until it is committed; whatever arrives meanwhile goes in the next one, at once
-//! (group commit). The ends of runs that arrive meanwhile are told to the leader at once
-//! (`Consensus::hint_ended`), which gives their slots again without waiting for their report
-//! (`consensus::Ending`). While there is no quorum the changes wait (the newest per run) and go
-//! out when one is back.
+//! at a time, until it is applied here; whatever arrives meanwhile goes in the next one, at once
+//! (group commit). While runs wait for slots, the ends that arrive meanwhile are told to the
+//! leader at once (`Consensus::hint_ended`), which gives their slots again without waiting for
+//! their report (`consensus::Ending`). While there is no quorum the changes wait (the newest per
+//! run) and go out when one is back.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -67,7 +67,20 @@ impl RunReporter {
 
     /// Proposes `pending`; returns what waits for the next proposal: what arrived meanwhile, and
     /// `pending` too if the proposal failed. Runs that end meanwhile are told to the leader at
-    /// once, so that it need not wait for their report to give their slots again.
+    /// once while runs wait for slots, so that it need not wait for their report to give their
+    /// slots again.
+    /// Whether the ledger shows runs that wait for the leader to place them: only then is an
+    /// end worth telling ahead of its report (when nothing waits, the news would cost the leader
+    /// work and change nothing).
+    fn runs_wait_for_slots(&self) -> bool {
+        let now = chrono::Utc::now();
+        self.consensus
+            .state()
+            .runs
+            .values()
+            .any(|r| r.placeable(now))
+    }
+
     async fn report(
         &mut self,
         mut pending: BTreeMap<RunId, Run>,
@@ -75,8 +88,9 @@ impl RunReporter {
     ) -> BTreeMap<RunId, Run> {
         bound(&mut pending);
         let batch: Vec<Run> = pending.values().cloned().collect();
-        // Committed is enough: nothing here reads the ledger back.
-        let proposal = self.consensus.commit(Change::Runs(batch));
+        // Waiting for this node's apply too makes the batches larger, and the ends go to the
+        // leader at once anyway.
+        let proposal = self.consensus.propose(Change::Runs(batch));
         tokio::pin!(proposal);
         let mut arrived = BTreeMap::new();
         let mut buffer = Vec::new();
@@ -87,7 +101,7 @@ impl RunReporter {
                     if n == 0 {
                         break (&mut proposal).await;
                     }
-                    if !*failing {
+                    if !*failing && self.runs_wait_for_slots() {
                         let ended = buffer.iter().filter(|r| r.status.is_final());
                         self.consensus.hint_ended(ended.map(|r| r.id.clone()).collect());
                     }

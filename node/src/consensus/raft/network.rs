@@ -20,7 +20,7 @@ use crate::mesh::{MeshHandle, PeerId, Request, Response};
 use crate::model::{Invalid, RunId};
 
 /// A request between consensus layers, as it travels in `mesh::Request::Raft`: the three Raft
-/// RPCs, and the two requests a non-leader makes of the leader.
+/// RPCs, and the three requests a non-leader makes of the leader.
 #[derive(Debug, Serialize, Deserialize)]
 pub enum RaftRpc {
     Append(AppendEntriesRequest<TypeConfig>),
