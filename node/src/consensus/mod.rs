@@ -430,6 +430,19 @@ mod tests {
                 .tasks
                 .contains_key(&TaskId("other".into()))
         );
+
+        // A follower's word that its runs ended reaches the leader's count, not its own.
+        let leader = all
+            .iter()
+            .find(|m| m.consensus.badge().expect("badge").leader)
+            .expect("a leader");
+        let ended = RunId::generate();
+        follower.consensus.hint_ended(vec![ended.clone()]);
+        until("the leader knows the run ended", || {
+            leader.consensus.ending().runs().contains(&ended)
+        })
+        .await;
+        assert!(follower.consensus.ending().runs().is_empty());
         cancel.cancel();
     }
 }
