@@ -65,10 +65,6 @@ impl RunReporter {
         }
     }
 
-    /// Proposes `pending`; returns what waits for the next proposal: what arrived meanwhile, and
-    /// `pending` too if the proposal failed. Runs that end meanwhile are told to the leader at
-    /// once while runs wait for slots, so that it need not wait for their report to give their
-    /// slots again.
     /// Whether the ledger shows runs that wait for the leader to place them: only then is an
     /// end worth telling ahead of its report (when nothing waits, the news would cost the leader
     /// work and change nothing).
@@ -81,6 +77,10 @@ impl RunReporter {
             .any(|r| r.placeable(now))
     }
 
+    /// Proposes `pending`; returns what waits for the next proposal: what arrived meanwhile, and
+    /// `pending` too if the proposal failed. Runs that end meanwhile are told to the leader at
+    /// once while runs wait for slots, so that it need not wait for their report to give their
+    /// slots again.
     async fn report(
         &mut self,
         mut pending: BTreeMap<RunId, Run>,
