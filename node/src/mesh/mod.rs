@@ -199,16 +199,8 @@ mod tests {
 
     #[tokio::test]
     async fn requests_the_mesh_does_not_answer_reach_the_node_and_come_back() {
-        let key = ClusterKey::generate().expect("key");
         let cancel = CancellationToken::new();
-        let (tx, mut rx) = mpsc::channel(8);
-        let (a, _ta) = start(config(&key, vec![], Some(tx)), cancel.clone())
-            .await
-            .expect("a");
-        let addr = a.listen_addrs()[0].to_string();
-        let (b, _tb) = start(config(&key, vec![addr], None), cancel.clone())
-            .await
-            .expect("b");
+        let (a, b, mut rx) = pair(&cancel, &cancel).await;
         tokio::spawn(async move {
             while let Some(inbound) = rx.recv().await {
                 let Request::Raft(value) = inbound.request else {
@@ -219,24 +211,13 @@ mod tests {
                     .send(Response::Raft(raw(&serde_json::json!({"echo": value}))));
             }
         });
-        // The first request may race the connection; retry until the peer is reachable.
-        let until = tokio::time::Instant::now() + Duration::from_secs(10);
-        let answer = loop {
-            match b
-                .request(
-                    a.local_peer_id(),
-                    Request::Raft(raw(&serde_json::json!(42))),
-                )
-                .await
-            {
-                Ok(answer) => break answer,
-                Err(e) if tokio::time::Instant::now() < until => {
-                    tracing::debug!(error = %e, "not yet");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-                Err(e) => panic!("no answer: {e}"),
-            }
-        };
+        let answer = b
+            .request(
+                a.local_peer_id(),
+                Request::Raft(raw(&serde_json::json!(42))),
+            )
+            .await
+            .expect("an answer");
         match answer {
             Response::Raft(v) => assert_eq!(v.get(), r#"{"echo":42}"#),
             other => panic!("unexpected answer {other:?}"),
@@ -254,8 +235,8 @@ mod tests {
         cancel.cancel();
     }
 
-    /// Starts `a` (answering with `handler`) and `b` (knowing `a`'s address), and waits until a
-    /// request from `b` reaches `a`.
+    /// Starts `a` (its node's requests come out of the returned receiver) and `b` (knowing `a`'s
+    /// address, and handling no requests), and waits until a request from `b` reaches `a`.
     async fn pair(
         cancel_a: &CancellationToken,
         cancel_b: &CancellationToken,

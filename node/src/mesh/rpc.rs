@@ -452,6 +452,17 @@ mod tests {
         assert!(error.contains("ended inside a frame"), "{error}");
     }
 
+    /// The id and answer of the next queued frame.
+    fn next_answer(
+        queued: &mut mpsc::UnboundedReceiver<Vec<u8>>,
+    ) -> (u64, Result<Response, String>) {
+        let frame = queued.try_recv().expect("an answer");
+        let (id, body) = block(read_frame(&mut &frame[..]))
+            .expect("read")
+            .expect("frame");
+        (id, decode(&body))
+    }
+
     #[test]
     fn a_reply_dropped_unanswered_answers_with_an_error() {
         let (answers, mut queued) = mpsc::unbounded_channel();
@@ -459,29 +470,18 @@ mod tests {
             id: 5,
             answers: Some(answers.clone()),
         });
-        let frame = queued.try_recv().expect("an answer");
-        let (id, body) = block(read_frame(&mut &frame[..]))
-            .expect("read")
-            .expect("frame");
+        let (id, answer) = next_answer(&mut queued);
         assert_eq!(id, 5);
-        assert!(
-            matches!(decode::<Response>(&body), Ok(Response::Error(m)) if m.contains("dropped"))
-        );
+        assert!(matches!(answer, Ok(Response::Error(m)) if m.contains("dropped")));
 
         let reply = Reply {
             id: 6,
             answers: Some(answers),
         };
         reply.send(Response::RunLog(None)).expect("sent");
-        let frame = queued.try_recv().expect("an answer");
-        let (id, body) = block(read_frame(&mut &frame[..]))
-            .expect("read")
-            .expect("frame");
+        let (id, answer) = next_answer(&mut queued);
         assert_eq!(id, 6);
-        assert!(matches!(
-            decode::<Response>(&body),
-            Ok(Response::RunLog(None))
-        ));
+        assert!(matches!(answer, Ok(Response::RunLog(None))));
         assert!(queued.try_recv().is_err(), "answered once");
     }
 }

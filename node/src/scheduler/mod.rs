@@ -19,6 +19,7 @@ pub mod dispatch;
 mod forward;
 pub mod placement;
 
+use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
@@ -660,19 +661,21 @@ impl Scheduler {
             .collect();
         let mut changes = Vec::new();
         for run in state.runs.values() {
-            let mut run = Run::clone(run);
+            // Copied only when it changes: this pass runs on every change of the state.
+            let mut run = Cow::Borrowed(run.as_ref());
             let on_dead_node = !run.status.is_final()
                 && run
                     .node_id
                     .as_deref()
                     .is_some_and(|p| p != self.peer_id && gone(p));
             if on_dead_node {
-                run.finish(Outcome::Lost, Utc::now());
-                run.actions.push(format!(
+                let lost = run.to_mut();
+                lost.finish(Outcome::Lost, Utc::now());
+                lost.actions.push(format!(
                     "node {} stopped answering while the run was unfinished",
-                    run.node
+                    lost.node
                 ));
-                changes.push(run.clone());
+                changes.push(lost.clone());
             }
             if run.status != RunStatus::Lost || retried.contains(&run.id) {
                 continue;
