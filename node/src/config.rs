@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
@@ -24,9 +25,21 @@ pub struct Config {
     pub peers: Vec<String>,
     /// The node's name at its first start (later: node.name in the settings).
     pub name: Option<String>,
-    /// Require a login (the access token) for the UI and API. Default: only when `listen` is
-    /// not a loopback address.
-    pub require_login: Option<bool>,
+    /// Host names the UI and API answer to, besides IP literals, `localhost`, the machine's
+    /// host name and the host of `cluster.notify.ui_url` (DNS rebinding protection).
+    pub allowed_hosts: Vec<String>,
+    /// How long a browser session lasts ("8h", "30m").
+    #[serde(with = "duration_text")]
+    pub session_ttl: Duration,
+    /// A web connection that has not sent a whole request head within this time is closed
+    /// (also the idle time between keep-alive requests, and the TLS handshake's bound).
+    #[serde(with = "duration_text")]
+    pub header_read_timeout: Duration,
+    /// Web connections open at once; more are closed as soon as they are accepted.
+    pub max_connections: usize,
+    /// Serve the UI and API over TLS: `[tls]` with `cert` and `key` (PEM files), or an empty
+    /// `[tls]` table for a self-signed certificate made in the data directory.
+    pub tls: Option<TlsConfig>,
     /// Raft timing and log bounds; not in the file (tests shorten them).
     #[serde(skip)]
     pub raft: crate::consensus::Timing,
@@ -42,7 +55,11 @@ impl Default for Config {
             cluster_key: None,
             peers: Vec::new(),
             name: None,
-            require_login: None,
+            allowed_hosts: Vec::new(),
+            session_ttl: Duration::from_secs(8 * 3600),
+            header_read_timeout: Duration::from_secs(10),
+            max_connections: 4096,
+            tls: None,
             raft: crate::consensus::Timing::default(),
         }
     }
@@ -60,6 +77,19 @@ pub enum ConfigError {
     Parse { path: PathBuf, message: String },
 }
 
+/// `[tls]` of the config file.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsConfig {
+    /// The certificate chain (PEM).
+    pub cert: Option<PathBuf>,
+    /// Its private key (PEM).
+    pub key: Option<PathBuf>,
+}
+
+/// The config key that once turned the login off on loopback.
+const REMOVED_REQUIRE_LOGIN: &str = "require_login";
+
 impl Config {
     /// Reads a TOML config file; unknown keys are errors that name the key and line.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
@@ -67,16 +97,33 @@ impl Config {
             path: path.to_owned(),
             source,
         })?;
-        toml::from_str(&text).map_err(|e| ConfigError::Parse {
+        Self::parse(&text).map_err(|message| ConfigError::Parse {
             path: path.to_owned(),
-            message: e.to_string(),
+            message,
         })
     }
 
-    /// Whether the UI and API need a login.
-    pub fn login_required(&self) -> bool {
-        self.require_login
-            .unwrap_or(!self.listen.ip().is_loopback())
+    /// Parses a config file's text. `require_login` is gone (every node requires the access
+    /// token): `false` is refused, `true` is accepted and ignored.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let table: toml::Table = text.parse().map_err(|e: toml::de::Error| e.to_string())?;
+        match table.get(REMOVED_REQUIRE_LOGIN) {
+            None => toml::from_str(text).map_err(|e| e.to_string()),
+            Some(toml::Value::Boolean(true)) => {
+                tracing::warn!("`require_login = true` in the config is no longer needed: every node requires the access token");
+                let mut table = table;
+                table.remove(REMOVED_REQUIRE_LOGIN);
+                toml::Value::Table(table)
+                    .try_into()
+                    .map_err(|e: toml::de::Error| e.to_string())
+            }
+            Some(_) => Err(
+                "`require_login` cannot be turned off: every node requires the access token, \
+                 loopback included (the CLI reads it from <data dir>/access-token; the browser \
+                 logs in with the link from `taskmesh login-url`). Remove the line."
+                    .into(),
+            ),
+        }
     }
 
     /// The file holding the node's access token.
@@ -105,5 +152,54 @@ pub fn default_data_dir() -> PathBuf {
     match std::env::var_os("HOME") {
         Some(home) => PathBuf::from(home).join(".local/share/taskmesh"),
         None => PathBuf::from("taskmesh-data"),
+    }
+}
+
+/// Durations in the config file as text: "8h", "10s", "1h 30m".
+mod duration_text {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&humantime::format_duration(*d).to_string())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let text = String::deserialize(d)?;
+        let duration = humantime::parse_duration(&text).map_err(|e| {
+            serde::de::Error::custom(format!("`{text}` is not a duration (\"8h\", \"30s\"): {e}"))
+        })?;
+        if duration.is_zero() {
+            return Err(serde::de::Error::custom("a duration of zero is not allowed"));
+        }
+        Ok(duration)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn require_login_cannot_be_turned_off() {
+        let refused = Config::parse("require_login = false\n").expect_err("false");
+        assert!(refused.contains("cannot be turned off"), "{refused}");
+        let config = Config::parse("require_login = true\nallowed_hosts = [\"a.lab\"]\n")
+            .expect("true is ignored");
+        assert_eq!(config.allowed_hosts, ["a.lab"]);
+    }
+
+    #[test]
+    fn web_keys_have_defaults_and_read_durations() {
+        let config = Config::parse("session_ttl = \"30m\"\n[tls]\n").expect("parse");
+        assert_eq!(config.session_ttl, Duration::from_secs(1800));
+        assert_eq!(config.header_read_timeout, Duration::from_secs(10));
+        assert_eq!(config.tls, Some(TlsConfig::default()));
+        assert_eq!(Config::parse("").expect("empty"), Config::default());
+        let bad = Config::parse("session_ttl = \"soon\"\n").expect_err("bad");
+        assert!(bad.contains("session_ttl"), "{bad}");
+        let unknown = Config::parse("listn = \"x\"\n").expect_err("unknown");
+        assert!(unknown.contains("line 1"), "{unknown}");
     }
 }

@@ -1,117 +1,400 @@
-//! Who may use the UI and API. On a loopback listener: anyone on the machine. Elsewhere (or when
-//! `require_login` is set): holders of the node's access token, sent as `Authorization: Bearer`,
-//! or a browser session made by logging in with it at `/login`.
+//! Who may use the UI and API: holders of the node's access token, sent as
+//! `Authorization: Bearer`, or a browser session made at `/login` (with the token, or with a
+//! one-time login link). Loopback is no exception: other local users are attackers too.
+//!
+//! Invariants: the token lives in `<data dir>/access-token` (0600, written atomically on
+//! rotation); sessions and login codes live in memory only, are bounded in number, expire, and
+//! all die when the token is rotated. Failed logins are counted per client address; an address
+//! with [`MAX_FAILURES`] failures in [`FAILURE_WINDOW`] is refused (429) before its next guess is
+//! even checked.
 
-use std::collections::HashMap;
-use std::io::{Read, Write};
-use std::path::Path;
-use std::sync::{Arc, RwLock};
+use std::collections::{HashMap, VecDeque};
+use std::io::Write;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
+use axum::extract::connect_info::ConnectInfo;
 use axum::extract::{Request, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::Next;
-use axum::response::{IntoResponse, Redirect, Response};
+use axum::response::{IntoResponse, Response};
+use subtle::ConstantTimeEq;
+use tracing::warn;
 
 use super::ApiError;
 
 /// The session cookie's name.
 pub const COOKIE: &str = "taskmesh_session";
-/// A browser session lasts this long.
-const SESSION_TTL: Duration = Duration::from_secs(12 * 3600);
+/// Browser sessions alive at once; the oldest is dropped for a new one beyond it.
 const MAX_SESSIONS: usize = 10_000;
+/// A login link works once, within this time.
+pub const CODE_TTL: Duration = Duration::from_secs(600);
+/// Unused login links kept at once; the oldest is dropped for a new one beyond it.
+const MAX_CODES: usize = 100;
+/// Failed logins an address may make within [`FAILURE_WINDOW`] before it is refused.
+pub const MAX_FAILURES: usize = 5;
+pub const FAILURE_WINDOW: Duration = Duration::from_secs(60);
+/// Client addresses whose failures are remembered at once.
+const MAX_TRACKED: usize = 4096;
+
+/// How a node's access is set up.
+#[derive(Debug, Clone)]
+pub struct AccessOptions {
+    /// `<data dir>/access-token`.
+    pub token_path: PathBuf,
+    pub session_ttl: Duration,
+    /// Cookies get `Secure` (the UI is served over TLS).
+    pub secure_cookies: bool,
+    /// The node's UI address (`http://127.0.0.1:8080`), for login links.
+    pub ui_url: String,
+}
 
 /// The access rules of one node.
 pub struct Access {
-    /// None: no login needed.
-    token: Option<String>,
-    sessions: RwLock<HashMap<String, Instant>>,
+    options: AccessOptions,
+    token: RwLock<String>,
+    /// Session id → when it expires.
+    sessions: Mutex<HashMap<String, Instant>>,
+    /// Login code → when it expires.
+    codes: Mutex<HashMap<String, Instant>>,
+    failures: Mutex<HashMap<IpAddr, VecDeque<Instant>>>,
+}
+
+/// Why a login did not make a session.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum LoginRefused {
+    #[error("that is not this node's access token")]
+    WrongToken,
+    #[error("this login link is not valid: it was used already, has expired, or is from another node (run `taskmesh login-url` for a new one)")]
+    BadCode,
+    #[error("too many failed logins from {client}; try again in {} s", retry_after.as_secs())]
+    Limited {
+        client: IpAddr,
+        retry_after: Duration,
+    },
+    #[error("no random bytes: {0}")]
+    Random(String),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TokenError {
+    #[error("reading or creating the access token {path}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("making a random access token: {0}")]
+    Random(String),
 }
 
 impl Access {
-    pub fn open() -> Arc<Self> {
-        Arc::new(Self {
-            token: None,
-            sessions: RwLock::default(),
-        })
+    /// Loads the token file (creating it, 0600, if missing or too short).
+    pub fn start(options: AccessOptions) -> Result<Arc<Self>, TokenError> {
+        let token = load_or_create_token(&options.token_path)?;
+        Ok(Arc::new(Self {
+            options,
+            token: RwLock::new(token),
+            sessions: Mutex::default(),
+            codes: Mutex::default(),
+            failures: Mutex::default(),
+        }))
     }
 
-    pub fn with_token(token: String) -> Arc<Self> {
-        Arc::new(Self {
-            token: Some(token),
-            sessions: RwLock::default(),
-        })
-    }
-
-    pub fn requires_login(&self) -> bool {
-        self.token.is_some()
-    }
-
-    /// Reads the node's access token from `path`, creating a random one (mode 0600) if missing.
-    pub fn load_or_create_token(path: &Path) -> std::io::Result<String> {
-        if let Ok(token) = std::fs::read_to_string(path) {
-            let token = token.trim().to_owned();
-            if token.len() >= 32 {
-                return Ok(token);
-            }
-        }
-        let token = random_hex(32)?;
-        let mut file = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(path)?;
-        std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
-        file.write_all(format!("{token}\n").as_bytes())?;
-        file.sync_all()?;
-        Ok(token)
+    pub fn options(&self) -> &AccessOptions {
+        &self.options
     }
 
     fn token_matches(&self, given: &str) -> bool {
-        self.token
-            .as_deref()
-            .is_some_and(|t| constant_time_eq(t.as_bytes(), given.as_bytes()))
+        let token = self.token.read().expect("token lock");
+        bool::from(token.as_bytes().ct_eq(given.trim().as_bytes()))
     }
 
-    /// Whether the request carries the token or a live session.
-    pub fn allows(&self, headers: &HeaderMap) -> bool {
-        if self.token.is_none() {
-            return true;
+    /// Whether the request carries the token or a live session; a wrong bearer token counts as
+    /// a failed login of `client`.
+    pub fn check(&self, headers: &HeaderMap, client: IpAddr) -> Result<(), Denied> {
+        if let Some(given) = bearer(headers) {
+            self.limited(client).map_err(Denied::Login)?;
+            if self.token_matches(given) {
+                return Ok(());
+            }
+            return Err(Denied::Login(self.failed(client, LoginRefused::WrongToken)));
         }
-        let bearer = headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
-        if bearer.is_some_and(|t| self.token_matches(t.trim())) {
-            return true;
+        if self.session_alive(headers) {
+            return Ok(());
         }
-        let session = cookie(headers, COOKIE);
-        session.is_some_and(|s| {
-            self.sessions
-                .read()
-                .expect("sessions lock")
-                .get(s)
-                .is_some_and(|at| at.elapsed() < SESSION_TTL)
-        })
+        Err(Denied::NoCredentials)
+    }
+
+    fn session_alive(&self, headers: &HeaderMap) -> bool {
+        let Some(id) = cookie(headers, COOKIE) else {
+            return false;
+        };
+        let mut sessions = self.sessions.lock().expect("sessions lock");
+        match sessions.get(id) {
+            Some(expires) if *expires > Instant::now() => true,
+            Some(_) => {
+                sessions.remove(id);
+                false
+            }
+            None => false,
+        }
     }
 
     /// Makes a session for someone who gave the right token.
-    pub fn login(&self, token: &str) -> Option<String> {
-        if !self.token_matches(token.trim()) {
-            return None;
+    pub fn login_with_token(&self, token: &str, client: IpAddr) -> Result<String, LoginRefused> {
+        self.limited(client)?;
+        if !self.token_matches(token) {
+            return Err(self.failed(client, LoginRefused::WrongToken));
         }
-        let id = random_hex(32).ok()?;
-        let mut sessions = self.sessions.write().expect("sessions lock");
-        sessions.retain(|_, at| at.elapsed() < SESSION_TTL);
-        if sessions.len() >= MAX_SESSIONS {
-            return None;
+        self.new_session()
+    }
+
+    /// Makes a session for someone who brought an unused, unexpired login code; the code is
+    /// used up.
+    pub fn login_with_code(&self, code: &str, client: IpAddr) -> Result<String, LoginRefused> {
+        self.limited(client)?;
+        let valid = {
+            let mut codes = self.codes.lock().expect("codes lock");
+            codes
+                .remove(code)
+                .is_some_and(|expires| expires > Instant::now())
+        };
+        if !valid {
+            return Err(self.failed(client, LoginRefused::BadCode));
         }
-        sessions.insert(id.clone(), Instant::now());
-        Some(id)
+        self.new_session()
+    }
+
+    fn new_session(&self) -> Result<String, LoginRefused> {
+        let id = random_hex(32).map_err(LoginRefused::Random)?;
+        let now = Instant::now();
+        let mut sessions = self.sessions.lock().expect("sessions lock");
+        sessions.retain(|_, expires| *expires > now);
+        if sessions.len() >= MAX_SESSIONS
+            && let Some(oldest) = sessions
+                .iter()
+                .min_by_key(|(_, expires)| **expires)
+                .map(|(id, _)| id.clone())
+        {
+            sessions.remove(&oldest);
+        }
+        sessions.insert(id.clone(), now + self.options.session_ttl);
+        Ok(id)
+    }
+
+    /// Ends the session the request carries, if any.
+    pub fn logout(&self, headers: &HeaderMap) {
+        if let Some(id) = cookie(headers, COOKIE) {
+            self.sessions.lock().expect("sessions lock").remove(id);
+        }
+    }
+
+    /// A new one-time login code.
+    pub fn new_code(&self) -> Result<String, LoginRefused> {
+        let code = random_hex(32).map_err(LoginRefused::Random)?;
+        let now = Instant::now();
+        let mut codes = self.codes.lock().expect("codes lock");
+        codes.retain(|_, expires| *expires > now);
+        if codes.len() >= MAX_CODES
+            && let Some(oldest) = codes
+                .iter()
+                .min_by_key(|(_, expires)| **expires)
+                .map(|(c, _)| c.clone())
+        {
+            codes.remove(&oldest);
+        }
+        codes.insert(code.clone(), now + CODE_TTL);
+        Ok(code)
+    }
+
+    /// The login link for `code`.
+    pub fn login_url(&self, code: &str) -> String {
+        format!(
+            "{}/login?code={code}",
+            self.options.ui_url.trim_end_matches('/')
+        )
+    }
+
+    /// Replaces the token (the file first, atomically, 0600), and ends every session and
+    /// unused login link: the old token stops working at once.
+    pub fn rotate(&self) -> Result<(), TokenError> {
+        let token = random_hex(32).map_err(TokenError::Random)?;
+        write_token(&self.options.token_path, &token).map_err(|source| TokenError::Io {
+            path: self.options.token_path.clone(),
+            source,
+        })?;
+        *self.token.write().expect("token lock") = token;
+        self.sessions.lock().expect("sessions lock").clear();
+        self.codes.lock().expect("codes lock").clear();
+        Ok(())
+    }
+
+    /// Refuses an address that failed too often lately.
+    fn limited(&self, client: IpAddr) -> Result<(), LoginRefused> {
+        let now = Instant::now();
+        let mut failures = self.failures.lock().expect("failures lock");
+        let Some(times) = failures.get_mut(&client) else {
+            return Ok(());
+        };
+        while times
+            .front()
+            .is_some_and(|t| now.duration_since(*t) >= FAILURE_WINDOW)
+        {
+            times.pop_front();
+        }
+        if times.len() < MAX_FAILURES {
+            return Ok(());
+        }
+        let oldest = *times.front().expect("full");
+        let retry_after = (oldest + FAILURE_WINDOW).saturating_duration_since(now);
+        Err(LoginRefused::Limited {
+            client,
+            retry_after: retry_after.max(Duration::from_secs(1)),
+        })
+    }
+
+    /// Counts and logs a failed login (never what was given).
+    fn failed(&self, client: IpAddr, why: LoginRefused) -> LoginRefused {
+        warn!(client = %client, reason = %why, "login failed");
+        let now = Instant::now();
+        let mut failures = self.failures.lock().expect("failures lock");
+        if failures.len() >= MAX_TRACKED && !failures.contains_key(&client) {
+            failures.retain(|_, times| {
+                times
+                    .back()
+                    .is_some_and(|t| now.duration_since(*t) < FAILURE_WINDOW)
+            });
+            if failures.len() >= MAX_TRACKED
+                && let Some(stalest) = failures
+                    .iter()
+                    .min_by_key(|(_, times)| times.back().copied())
+                    .map(|(ip, _)| *ip)
+            {
+                failures.remove(&stalest);
+            }
+        }
+        let times = failures.entry(client).or_default();
+        times.push_back(now);
+        while times.len() > MAX_FAILURES {
+            times.pop_front();
+        }
+        why
+    }
+
+    /// The Set-Cookie value for a new session.
+    pub fn session_cookie(&self, id: &str) -> String {
+        format!(
+            "{COOKIE}={id}; HttpOnly; SameSite=Strict; Path=/; Max-Age={}{}",
+            self.options.session_ttl.as_secs(),
+            if self.options.secure_cookies {
+                "; Secure"
+            } else {
+                ""
+            }
+        )
+    }
+
+    /// The Set-Cookie value that deletes the session cookie.
+    pub fn cleared_cookie(&self) -> String {
+        format!(
+            "{COOKIE}=; HttpOnly; SameSite=Strict; Path=/; Max-Age=0{}",
+            if self.options.secure_cookies {
+                "; Secure"
+            } else {
+                ""
+            }
+        )
     }
 }
 
-fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+/// Why a request was not let in.
+#[derive(Debug)]
+pub enum Denied {
+    /// Neither a token nor a session.
+    NoCredentials,
+    /// A wrong token, or too many wrong ones.
+    Login(LoginRefused),
+}
+
+impl LoginRefused {
+    /// The answer to a refused API call: 401, or 429 with Retry-After.
+    pub fn api_response(&self) -> Response {
+        match self {
+            LoginRefused::Limited { retry_after, .. } => (
+                [(header::RETRY_AFTER, retry_after.as_secs().to_string())],
+                ApiError::new(StatusCode::TOO_MANY_REQUESTS, self.to_string()),
+            )
+                .into_response(),
+            LoginRefused::Random(_) => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, self.to_string()).into_response()
+            }
+            _ => ApiError::new(StatusCode::UNAUTHORIZED, self.to_string()).into_response(),
+        }
+    }
+}
+
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+}
+
+/// Reads the node's access token from `path`, creating a random one (mode 0600) if missing.
+pub fn load_or_create_token(path: &Path) -> Result<String, TokenError> {
+    let io = |source| TokenError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    match std::fs::read_to_string(path) {
+        Ok(token) if token.trim().len() >= 32 => {
+            let mode = std::fs::metadata(path).map_err(io)?.permissions().mode();
+            if mode & 0o077 != 0 {
+                warn!(path = %path.display(), mode = format!("{:o}", mode & 0o777), "the access token file was readable by others; made it 0600 (consider `taskmesh token rotate`)");
+                std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+                    .map_err(io)?;
+            }
+            return Ok(token.trim().to_owned());
+        }
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io(e)),
+    }
+    let token = random_hex(32).map_err(TokenError::Random)?;
+    write_token(path, &token).map_err(io)?;
+    Ok(token)
+}
+
+/// Writes the token to a new file created 0600 beside `path`, then renames it over `path`.
+fn write_token(path: &Path, token: &str) -> std::io::Result<()> {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "access-token".into());
+    let tmp = path.with_file_name(format!(".{name}.new"));
+    match std::fs::remove_file(&tmp) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    file.write_all(format!("{token}\n").as_bytes())?;
+    file.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}
+
+pub(crate) fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers
         .get_all(header::COOKIE)
         .iter()
@@ -122,37 +405,63 @@ fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
         .map(|(_, v)| v)
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
-fn random_hex(bytes: usize) -> std::io::Result<String> {
+fn random_hex(bytes: usize) -> Result<String, String> {
     let mut buf = vec![0u8; bytes];
-    std::fs::File::open("/dev/urandom")?.read_exact(&mut buf)?;
+    getrandom::fill(&mut buf).map_err(|e| e.to_string())?;
     Ok(buf.iter().map(|b| format!("{b:02x}")).collect())
 }
 
-/// Paths anyone may reach: the login page, static assets, and the health check.
-fn is_public(path: &str) -> bool {
-    path == "/login" || path.starts_with("/static/") || path == "/api/health"
+/// The client's address (set by the web server); unspecified when the request did not come
+/// through it (router tests).
+pub fn client_of(request: &Request) -> IpAddr {
+    request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip())
+        .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED))
 }
 
-/// Middleware: lets allowed requests through; API calls get 401, pages a redirect to /login.
+/// Paths anyone may reach: the login page, static assets, and the health check (which tells
+/// nothing secret: the node's name, version, start time and counts).
+fn is_public(path: &str) -> bool {
+    matches!(path, "/login" | "/logout" | "/api/health") || path.starts_with("/static/")
+}
+
+/// Middleware: lets allowed requests through; API calls get 401 (or 429), pages a redirect to
+/// /login.
 pub async fn require(State(access): State<Arc<Access>>, request: Request, next: Next) -> Response {
     let path = request.uri().path();
-    if is_public(path) || access.allows(request.headers()) {
+    if is_public(path) {
         return next.run(request).await;
     }
+    let client = client_of(&request);
+    let denied = match access.check(request.headers(), client) {
+        Ok(()) => return next.run(request).await,
+        Err(denied) => denied,
+    };
     if path.starts_with("/api/") {
-        return ApiError::new(StatusCode::UNAUTHORIZED, "log in: send `Authorization: Bearer <token>` (the token is in <data dir>/access-token)")
-            .into_response();
+        return match denied {
+            Denied::Login(refused) => refused.api_response(),
+            Denied::NoCredentials => ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "log in: send `Authorization: Bearer <token>` (the token is in <data dir>/access-token)",
+            )
+            .into_response(),
+        };
     }
     let target = request
         .uri()
         .path_and_query()
         .map(|p| p.as_str())
         .unwrap_or("/");
-    Redirect::to(&format!("/login?next={}", percent_encode(target))).into_response()
+    redirect(&format!("/login?next={}", percent_encode(target)))
+}
+
+/// A 303 to a local path; a path that cannot be a header value goes to /index instead.
+pub fn redirect(to: &str) -> Response {
+    let location =
+        HeaderValue::from_str(to).unwrap_or_else(|_| HeaderValue::from_static("/index"));
+    (StatusCode::SEE_OTHER, [(header::LOCATION, location)]).into_response()
 }
 
 pub(crate) fn percent_encode(s: &str) -> String {
@@ -166,63 +475,142 @@ pub(crate) fn percent_encode(s: &str) -> String {
         .collect()
 }
 
-/// Where to go after logging in: only paths on this site.
+/// Where to go after logging in: only paths on this site. Refused (→ `/index`): anything not
+/// starting with one `/`, `//` and `/\` (other hosts to a browser), and any control character,
+/// whitespace, backslash or non-ASCII byte (browsers drop tabs and newlines, so `/\t/evil` would
+/// be `//evil`; CR/LF would split the header).
 pub fn safe_next(next: Option<&str>) -> String {
     match next {
-        Some(n) if n.starts_with('/') && !n.starts_with("//") && !n.contains('\\') => n.to_owned(),
+        Some(n)
+            if n.starts_with('/')
+                && !n.starts_with("//")
+                && n.bytes().all(|b| b.is_ascii_graphic() && b != b'\\') =>
+        {
+            n.to_owned()
+        }
         _ => "/index".to_owned(),
     }
-}
-
-/// The Set-Cookie value for a new session.
-pub fn session_cookie(id: &str) -> String {
-    format!(
-        "{COOKIE}={id}; HttpOnly; SameSite=Strict; Path=/; Max-Age={}",
-        SESSION_TTL.as_secs()
-    )
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn tokens_and_sessions() {
-        let access = Access::with_token("a".repeat(64));
+    fn access(dir: &Path) -> Arc<Access> {
+        Access::start(AccessOptions {
+            token_path: dir.join("access-token"),
+            session_ttl: Duration::from_secs(60),
+            secure_cookies: false,
+            ui_url: "http://127.0.0.1:8080".into(),
+        })
+        .expect("access")
+    }
+
+    fn with_bearer(token: &str) -> HeaderMap {
         let mut headers = HeaderMap::new();
-        assert!(!access.allows(&headers));
         headers.insert(
             header::AUTHORIZATION,
-            format!("Bearer {}", "a".repeat(64))
-                .parse()
-                .expect("header"),
+            format!("Bearer {token}").parse().expect("header"),
         );
-        assert!(access.allows(&headers));
-        assert!(access.login("wrong").is_none());
-        let session = access.login(&"a".repeat(64)).expect("session");
+        headers
+    }
+
+    fn with_session(id: &str) -> HeaderMap {
         let mut headers = HeaderMap::new();
         headers.insert(
             header::COOKIE,
-            format!("x=1; {COOKIE}={session}").parse().expect("header"),
+            format!("x=1; {COOKIE}={id}").parse().expect("header"),
         );
-        assert!(access.allows(&headers));
-        assert!(Access::open().allows(&HeaderMap::new()));
-        assert_eq!(safe_next(Some("//evil.example")), "/index");
-        assert_eq!(safe_next(Some("/runs/1")), "/runs/1");
+        headers
+    }
+
+    const HOME: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
+
+    #[test]
+    fn tokens_sessions_and_codes() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let access = access(dir.path());
+        let token = std::fs::read_to_string(dir.path().join("access-token")).expect("token");
+        let token = token.trim();
+        assert!(matches!(
+            access.check(&HeaderMap::new(), HOME),
+            Err(Denied::NoCredentials)
+        ));
+        assert!(access.check(&with_bearer(token), HOME).is_ok());
+        assert_eq!(
+            access.login_with_token("wrong", HOME),
+            Err(LoginRefused::WrongToken)
+        );
+        let session = access.login_with_token(token, HOME).expect("session");
+        assert!(access.check(&with_session(&session), HOME).is_ok());
+        access.logout(&with_session(&session));
+        assert!(access.check(&with_session(&session), HOME).is_err());
+
+        let code = access.new_code().expect("code");
+        assert!(access.login_url(&code).ends_with(&format!("/login?code={code}")));
+        let session = access.login_with_code(&code, HOME).expect("first use");
+        assert_eq!(
+            access.login_with_code(&code, HOME),
+            Err(LoginRefused::BadCode),
+            "a code works once"
+        );
+        access.rotate().expect("rotate");
+        assert!(access.check(&with_session(&session), HOME).is_err());
+        assert!(access.check(&with_bearer(token), HOME).is_err());
+        let new = std::fs::read_to_string(dir.path().join("access-token")).expect("token");
+        assert_ne!(new.trim(), token);
+        assert!(access.check(&with_bearer(new.trim()), HOME).is_ok());
+    }
+
+    #[test]
+    fn failed_logins_are_limited_per_address() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let access = access(dir.path());
+        let token = std::fs::read_to_string(dir.path().join("access-token")).expect("token");
+        let other = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2));
+        for _ in 0..MAX_FAILURES {
+            assert_eq!(
+                access.login_with_token("wrong", HOME),
+                Err(LoginRefused::WrongToken)
+            );
+        }
+        // Even the right token is not checked while the address is limited.
+        let refused = access.login_with_token(token.trim(), HOME);
+        assert!(
+            matches!(refused, Err(LoginRefused::Limited { retry_after, .. }) if retry_after <= FAILURE_WINDOW),
+            "{refused:?}"
+        );
+        assert!(access.login_with_token(token.trim(), other).is_ok());
+    }
+
+    #[test]
+    fn only_local_paths_are_next() {
+        for bad in [
+            "//evil.example",
+            "/\t/evil.example",
+            "/\\evil.example",
+            "\\\\evil",
+            "/a\r\nSet-Cookie: x=1",
+            "/ spaced",
+            "https://evil.example",
+            "/é",
+            "",
+        ] {
+            assert_eq!(safe_next(Some(bad)), "/index", "{bad:?}");
+        }
+        assert_eq!(safe_next(Some("/runs/1?x=2")), "/runs/1?x=2");
+        assert_eq!(safe_next(None), "/index");
     }
 
     #[test]
     fn the_token_file_is_private_and_stable() {
         let dir = tempfile::tempdir().expect("tmp");
         let path = dir.path().join("access-token");
-        let a = Access::load_or_create_token(&path).expect("create");
-        let b = Access::load_or_create_token(&path).expect("read");
+        let a = load_or_create_token(&path).expect("create");
+        let b = load_or_create_token(&path).expect("read");
         assert_eq!(a, b);
         assert_eq!(a.len(), 64);
-        let mode = std::fs::metadata(&path).expect("meta").permissions();
-        assert_eq!(
-            std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777,
-            0o600
-        );
+        let mode = std::fs::metadata(&path).expect("meta").permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
     }
 }

@@ -1,18 +1,21 @@
-//! The login page: trade the node's access token for a browser session.
+//! Getting in and out: the login page (the access token, or a one-time login link), logout, and
+//! the API that makes login links and rotates the token.
 
 use std::sync::Arc;
 
 use askama::Template;
 use askama_web::WebTemplate;
-use axum::Form;
+use axum::{Form, Json};
 use axum::Router;
-use axum::extract::{Query, State};
-use axum::http::{StatusCode, header};
-use axum::response::{IntoResponse, Redirect, Response};
-use axum::routing::get;
+use axum::extract::{FromRequest, Query, Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
 use serde::Deserialize;
+use tracing::info;
 
-use super::auth::{Access, safe_next, session_cookie};
+use super::ApiError;
+use super::auth::{Access, CODE_TTL, LoginRefused, client_of, redirect, safe_next};
 
 #[derive(Template, WebTemplate)]
 #[template(path = "login.html")]
@@ -21,9 +24,11 @@ struct LoginTemplate {
     error: Option<String>,
 }
 
+/// `/login?next=…&code=…`. Unknown parameters are ignored (a login page must always render).
 #[derive(Debug, Deserialize)]
-struct NextParam {
+struct LoginParams {
     next: Option<String>,
+    code: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -35,37 +40,126 @@ struct LoginForm {
 pub fn login_router(access: Arc<Access>) -> Router {
     Router::new()
         .route("/login", get(view_login_get).post(view_login_post))
+        .route("/logout", post(view_logout_post))
+        .route("/api/login-links", post(create_login_link))
+        .route("/api/token/rotate", post(rotate_token))
+        .layer(axum::middleware::from_fn(super::same_origin_writes))
         .with_state(access)
 }
 
-async fn view_login_get(State(access): State<Arc<Access>>, Query(p): Query<NextParam>) -> Response {
-    let next = safe_next(p.next.as_deref());
-    if !access.requires_login() {
-        return Redirect::to(&next).into_response();
-    }
-    LoginTemplate { next, error: None }.into_response()
+/// The query string as parameters; one that cannot be read (bad percent-encoding) is treated
+/// as empty rather than refused, so the page still shows.
+fn params(request: &Request) -> LoginParams {
+    request
+        .uri()
+        .query()
+        .and_then(|q| Query::<LoginParams>::try_from_uri(&format!("/login?{q}").parse().ok()?).ok())
+        .map(|Query(p)| p)
+        .unwrap_or(LoginParams {
+            next: None,
+            code: None,
+        })
 }
 
-async fn view_login_post(
-    State(access): State<Arc<Access>>,
-    Form(form): Form<LoginForm>,
-) -> Response {
-    let next = safe_next(form.next.as_deref());
-    match access.login(&form.token) {
-        Some(session) => (
-            [(header::SET_COOKIE, session_cookie(&session))],
-            Redirect::to(&next),
-        )
-            .into_response(),
-        None => (
-            StatusCode::UNAUTHORIZED,
-            LoginTemplate {
-                next,
-                error: Some("That is not this node's access token.".into()),
-            },
-        )
-            .into_response(),
+fn logged_in(access: &Access, session: &str, next: &str) -> Response {
+    let mut response = redirect(next);
+    if let Ok(cookie) = access.session_cookie(session).parse() {
+        response.headers_mut().insert(header::SET_COOKIE, cookie);
     }
+    response
+}
+
+fn refused_page(refused: &LoginRefused, next: String) -> Response {
+    let status = match refused {
+        LoginRefused::Limited { .. } => StatusCode::TOO_MANY_REQUESTS,
+        LoginRefused::Random(_) => StatusCode::SERVICE_UNAVAILABLE,
+        _ => StatusCode::UNAUTHORIZED,
+    };
+    let mut response = (
+        status,
+        LoginTemplate {
+            next,
+            error: Some(refused.to_string()),
+        },
+    )
+        .into_response();
+    if let LoginRefused::Limited { retry_after, .. } = refused
+        && let Ok(value) = retry_after.as_secs().to_string().parse()
+    {
+        response.headers_mut().insert(header::RETRY_AFTER, value);
+    }
+    response
+}
+
+async fn view_login_get(State(access): State<Arc<Access>>, request: Request) -> Response {
+    let p = params(&request);
+    let next = safe_next(p.next.as_deref());
+    match p.code {
+        Some(code) => match access.login_with_code(&code, client_of(&request)) {
+            Ok(session) => logged_in(&access, &session, &next),
+            Err(refused) => refused_page(&refused, next),
+        },
+        None => LoginTemplate { next, error: None }.into_response(),
+    }
+}
+
+async fn view_login_post(State(access): State<Arc<Access>>, request: Request) -> Response {
+    let client = client_of(&request);
+    let Form(form) = match Form::<LoginForm>::from_request(request, &()).await {
+        Ok(form) => form,
+        Err(rejection) => return rejection.into_response(),
+    };
+    let next = safe_next(form.next.as_deref());
+    match access.login_with_token(&form.token, client) {
+        Ok(session) => logged_in(&access, &session, &next),
+        Err(refused) => refused_page(&refused, next),
+    }
+}
+
+/// Ends the session (server-side) and deletes the cookie.
+async fn view_logout_post(State(access): State<Arc<Access>>, headers: HeaderMap) -> Response {
+    access.logout(&headers);
+    let mut response = redirect("/login");
+    if let Ok(cookie) = access.cleared_cookie().parse() {
+        response.headers_mut().insert(header::SET_COOKIE, cookie);
+    }
+    response
+}
+
+/// A one-time login link: 201 `{"url", "expires_in_s"}`.
+async fn create_login_link(State(access): State<Arc<Access>>) -> Result<Response, ApiError> {
+    let code = access
+        .new_code()
+        .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
+    Ok((
+        StatusCode::CREATED,
+        Json(serde_json::json!({
+            "url": access.login_url(&code),
+            "expires_in_s": CODE_TTL.as_secs(),
+        })),
+    )
+        .into_response())
+}
+
+/// Writes a new token to the token file and ends every session; the old token stops working.
+async fn rotate_token(State(access): State<Arc<Access>>) -> Result<Response, ApiError> {
+    let rotator = access.clone();
+    tokio::task::spawn_blocking(move || rotator.rotate())
+        .await
+        .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?
+        .map_err(|e| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                crate::error_text::error_text(&e),
+            )
+        })?;
+    let path = access.options().token_path.display().to_string();
+    info!(token_file = %path, "access token rotated; every session ended");
+    Ok(Json(serde_json::json!({
+        "rotated": true,
+        "token_file": path,
+    }))
+    .into_response())
 }
 
 #[cfg(test)]

@@ -4,7 +4,10 @@
 pub mod auth;
 mod error;
 mod follow;
+pub mod guard;
 mod login;
+pub mod serve;
+pub mod tls;
 
 use axum::Json;
 use axum::Router;
@@ -83,7 +86,7 @@ async fn json_errors(request: Request, next: Next) -> Response {
 /// CSRF protection: a browser must not be able to change anything on behalf of another site.
 /// Writes that a browser marks cross-site, or whose Origin is not this host, are refused. (JSON
 /// bodies also force a CORS preflight, which we never grant.)
-async fn same_origin_writes(request: Request, next: Next) -> Response {
+pub(crate) async fn same_origin_writes(request: Request, next: Next) -> Response {
     let write = !matches!(
         *request.method(),
         Method::GET | Method::HEAD | Method::OPTIONS

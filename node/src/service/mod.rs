@@ -92,10 +92,18 @@ struct Inner {
 pub struct Started {
     pub handle: NodeHandle,
     pub addr: SocketAddr,
+    /// `http://127.0.0.1:8080`, or `https://…` with TLS.
+    pub ui_url: String,
+    access: Arc<Access>,
     done: JoinHandle<()>,
 }
 
 impl Started {
+    /// A fresh one-time login link for the browser.
+    pub fn login_link(&self) -> Result<String, crate::api::auth::LoginRefused> {
+        Ok(self.access.login_url(&self.access.new_code()?))
+    }
+
     /// Waits until the node has shut down (after its cancel token fired) and flushed its state.
     pub async fn wait(self) {
         let _ = self.done.await;
@@ -108,7 +116,13 @@ const CATCH_UP_WAIT: Duration = Duration::from_secs(3);
 
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), NodeError> {
     let started = start(config, shutdown).await?;
-    info!(url = %format!("http://{}", started.addr), "taskmesh node is up");
+    info!(url = %started.ui_url, "taskmesh node is up");
+    // On its own line after the one above (tests read the first `url=`); the field's name
+    // does not contain `url=`.
+    match started.login_link() {
+        Ok(link) => info!(login_link = %link, "open this link to log in to the UI (it works once, for 10 minutes; `taskmesh login-url` makes another)"),
+        Err(e) => warn!(error = %e, "no login link"),
+    }
     started.wait().await;
     Ok(())
 }
@@ -251,9 +265,19 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Starte
     let addr = listener
         .local_addr()
         .map_err(io("reading the listen address".into()))?;
+    let tls = match &config.tls {
+        Some(tls) => {
+            let tls = crate::api::tls::load(tls, &config.data_dir)
+                .map_err(|e| NodeError::Unavailable(crate::error_text::error_text(&e)))?;
+            info!(cert = %tls.cert_path.display(), sha256 = %tls.fingerprint, self_signed = tls.generated, "serving the UI over TLS");
+            Some(tls)
+        }
+        None => None,
+    };
+    let scheme = if tls.is_some() { "https" } else { "http" };
     let ui_url = match addr.ip().is_unspecified() {
-        true => format!("http://{}:{}", crate::model::hostname(), addr.port()),
-        false => format!("http://{addr}"),
+        true => format!("{scheme}://{}:{}", crate::model::hostname(), addr.port()),
+        false => format!("{scheme}://{addr}"),
     };
     let notifier = Notifier::new(
         consensus.subscribe(),
@@ -339,7 +363,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Starte
     let runner = mesh::MeshRunner {
         config: config.clone(),
         identity,
-        ui_url,
+        ui_url: ui_url.clone(),
         node: handle.inner.node.subscribe(),
         state: handle.inner.consensus.subscribe(),
         consensus: handle.inner.consensus.clone(),
@@ -349,22 +373,30 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Starte
         cancel: work.clone(),
     };
     let mesh_task = tokio::spawn(runner.run());
-    let access = if config.login_required() {
-        let path = config.access_token_path();
-        let token = Access::load_or_create_token(&path)
-            .map_err(io(format!("reading or creating {}", path.display())))?;
-        info!(token_file = %path.display(), "login required: use the access token in this file");
-        Access::with_token(token)
-    } else {
-        Access::open()
-    };
+    let access = Access::start(crate::api::auth::AccessOptions {
+        token_path: config.access_token_path(),
+        session_ttl: config.session_ttl,
+        secure_cookies: tls.is_some(),
+        ui_url: ui_url.clone(),
+    })
+    .map_err(|e| NodeError::Unavailable(crate::error_text::error_text(&e)))?;
+    info!(token_file = %config.access_token_path().display(), "the UI and API require the access token in this file");
     let app = crate::api::router(handle.clone())
         .merge(crate::ui::router(handle.clone()))
         .merge(crate::api::login_router(access.clone()))
         .layer(axum::middleware::from_fn_with_state(
-            access,
+            access.clone(),
             crate::api::auth::require,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            crate::api::guard::HostAllowlist::new(&config.allowed_hosts, Some(handle.clone())),
+            crate::api::guard::guard,
         ));
+    let serve_options = crate::api::serve::ServeOptions {
+        header_read_timeout: config.header_read_timeout,
+        max_connections: config.max_connections,
+        tls: tls.map(|t| t.acceptor),
+    };
     let server_stop = work.clone();
     let mut applied = handle.inner.consensus.subscribe();
     let server = tokio::spawn(async move {
@@ -376,11 +408,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Starte
             _ = server_stop.cancelled() => {}
             _ = tokio::time::timeout(CATCH_UP_WAIT, applied.wait_for(|s| s.caught_up)) => {}
         }
-        let serve =
-            axum::serve(listener, app).with_graceful_shutdown(server_stop.cancelled_owned());
-        if let Err(e) = serve.await {
-            warn!(error = %e, "web server stopped");
-        }
+        crate::api::serve::serve(listener, app, serve_options, server_stop).await;
     });
 
     drop(store);
@@ -403,7 +431,13 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Starte
         let _ = tokio::time::timeout(Duration::from_secs(2), server).await;
         info!("shut down");
     });
-    Ok(Started { handle, addr, done })
+    Ok(Started {
+        handle,
+        addr,
+        ui_url: access.options().ui_url.clone(),
+        access,
+        done,
+    })
 }
 
 /// Routes the requests peers send: consensus requests to the consensus layer, forwarded run

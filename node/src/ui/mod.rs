@@ -28,6 +28,7 @@ pub fn router(node: NodeHandle) -> Router {
         .route("/runs/{id}", get(run::view_run_get))
         .route("/static/app.css", get(assets::app_css))
         .route("/static/app.js", get(assets::app_js))
+        .route("/static/favicon.svg", get(assets::favicon))
         .fallback(view_not_found)
         .with_state(node)
 }
