@@ -39,6 +39,24 @@ pub enum Command {
     /// Notification channels.
     #[command(subcommand)]
     Notify(NotifyCommand),
+    /// Print a one-time link that logs a browser in to the node's UI (valid for 10 minutes).
+    LoginUrl {
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// The node's access token.
+    #[command(subcommand)]
+    Token(TokenCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Replace the access token (the node writes a new <data dir>/access-token); the old token
+    /// and every browser session stop working at once.
+    Rotate {
+        #[command(flatten)]
+        remote: Remote,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -97,6 +115,40 @@ pub struct Remote {
         default_value = "http://127.0.0.1:8080"
     )]
     pub url: String,
+    /// The file holding the node's access token [default: <data dir>/access-token; the
+    /// TASKMESH_TOKEN environment variable, if set, is the token itself].
+    #[arg(long, global = true, env = "TASKMESH_TOKEN_FILE", value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
+    /// The node's data directory, where its access token is [default: ~/.local/share/taskmesh,
+    /// /var/lib/taskmesh as root].
+    #[arg(long, global = true, env = "TASKMESH_DATA_DIR", value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+}
+
+/// Where a client command finds the node's access token.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TokenSource {
+    /// `TASKMESH_TOKEN`: the token itself.
+    Given(String),
+    /// A file: `--token-file`, or `<data dir>/access-token`.
+    File(PathBuf),
+}
+
+impl Remote {
+    /// The token source, by precedence: `--token-file`, `TASKMESH_TOKEN`, the data dir's file.
+    pub fn token_source(&self, env_token: Option<String>) -> TokenSource {
+        if let Some(path) = &self.token_file {
+            return TokenSource::File(path.clone());
+        }
+        if let Some(token) = env_token.filter(|t| !t.trim().is_empty()) {
+            return TokenSource::Given(token.trim().to_owned());
+        }
+        let dir = self
+            .data_dir
+            .clone()
+            .unwrap_or_else(crate::config::default_data_dir);
+        TokenSource::File(crate::config::Config::access_token_path_in(&dir))
+    }
 }
 
 #[derive(Debug, Subcommand)]
