@@ -26,6 +26,24 @@ async fn text_of(browser: &Browser, css: &str) -> String {
     }
 }
 
+/// A browser logged in to `node` through a one-time login link, as a user would be.
+async fn logged_in(node: &TestNode) -> Result<Browser> {
+    let (status, link) = node
+        .api
+        .post("/api/login-links", &serde_json::Value::Null)
+        .await?;
+    anyhow::ensure!(status == 201, "login-links answered {status}: {link}");
+    let url = link["url"].as_str().unwrap_or_default().to_owned();
+    let browser = Browser::start().await?;
+    browser.goto(&format!("{url}&next=/peers")).await?;
+    wait_for("the login to land on /peers", Duration::from_secs(10), || async {
+        let at = browser.script("return location.pathname", vec![]).await.ok()?;
+        (at == json!("/peers")).then_some(())
+    })
+    .await?;
+    Ok(browser)
+}
+
 async fn wait_text(browser: &Browser, css: &str, needle: &str) -> Result<String> {
     wait_for(
         &format!("`{needle}` in {css}"),
@@ -42,7 +60,7 @@ async fn wait_text(browser: &Browser, css: &str, needle: &str) -> Result<String>
 async fn the_task_flow_of_the_seed_works_in_a_browser() -> Result<()> {
     let node = TestNode::start().await?;
     let base = node.api.base.clone();
-    let browser = Browser::start().await?;
+    let browser = logged_in(&node).await?;
     browser.goto(&format!("{base}/index")).await?;
 
     // New Task appends an empty task at the bottom, already expanded.
@@ -128,7 +146,7 @@ async fn user_text_is_escaped_and_settings_validate_in_place() -> Result<()> {
     node.api
         .create_task(&json!({"name": evil, "spec": {"command": ["echo", "<b>bold</b>"]}, "when": {"mode": "manual"}}))
         .await?;
-    let browser = Browser::start().await?;
+    let browser = logged_in(&node).await?;
     browser.goto(&format!("{base}/index")).await?;
     let row = browser.find("tbody.task tr.summary td").await?;
     assert!(browser.text(&row).await?.contains(evil));
@@ -202,7 +220,7 @@ async fn settings_send_a_test_notification_and_show_the_answer() -> Result<()> {
     }))?;
     node.handle.put_settings(settings).await?;
 
-    let browser = Browser::start().await?;
+    let browser = logged_in(&node).await?;
     browser.goto(&format!("{base}/settings")).await?;
     wait_text(&browser, "#channel-rows", "hook").await?;
     let button = browser
@@ -241,5 +259,30 @@ async fn settings_send_a_test_notification_and_show_the_answer() -> Result<()> {
         .click(&browser.find("#settings-form button[type=submit]").await?)
         .await?;
     wait_text(&browser, "#channel-rows", "chat").await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_browser_gets_in_by_a_login_link_only_and_logs_out() -> Result<()> {
+    let node = TestNode::start().await?;
+    let base = node.api.base.clone();
+    // Without logging in: the login page, whatever was asked for.
+    let stranger = Browser::start().await?;
+    stranger.goto(&format!("{base}/settings")).await?;
+    stranger.find("input[name=token]").await?;
+    screenshot(&stranger, "login").await;
+    drop(stranger);
+
+    let browser = logged_in(&node).await?;
+    browser.goto(&format!("{base}/index")).await?;
+    // The page's script runs under the CSP: New Task opens a panel.
+    browser.click(&browser.find("#new-task").await?).await?;
+    browser.find("tbody.new form.panel .f-name").await?;
+    browser.click(&browser.find("#logout").await?).await?;
+    browser.find("input[name=token]").await?;
+    // The session is gone on the server: pages send the browser back to the login page.
+    browser.goto(&format!("{base}/settings")).await?;
+    browser.find("input[name=token]").await?;
+    assert!(browser.find_all("#settings-editor").await?.is_empty());
     Ok(())
 }
