@@ -110,7 +110,9 @@ impl Config {
         match table.get(REMOVED_REQUIRE_LOGIN) {
             None => toml::from_str(text).map_err(|e| e.to_string()),
             Some(toml::Value::Boolean(true)) => {
-                tracing::warn!("`require_login = true` in the config is no longer needed: every node requires the access token");
+                tracing::warn!(
+                    "`require_login = true` in the config is no longer needed: every node requires the access token"
+                );
                 let mut table = table;
                 table.remove(REMOVED_REQUIRE_LOGIN);
                 toml::Value::Table(table)
@@ -176,7 +178,9 @@ mod duration_text {
             serde::de::Error::custom(format!("`{text}` is not a duration (\"8h\", \"30s\"): {e}"))
         })?;
         if duration.is_zero() {
-            return Err(serde::de::Error::custom("a duration of zero is not allowed"));
+            return Err(serde::de::Error::custom(
+                "a duration of zero is not allowed",
+            ));
         }
         Ok(duration)
     }

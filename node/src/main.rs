@@ -65,6 +65,16 @@ async fn run_node(args: RunArgs) -> anyhow::Result<()> {
         config.mdns = Some(false);
     }
     config.peers.extend(args.peers);
+    config.allowed_hosts.extend(args.allowed_hosts);
+    if args.tls {
+        config.tls = Some(taskmesh::config::TlsConfig::default());
+    }
+    if let (Some(cert), Some(key)) = (args.tls_cert, args.tls_key) {
+        config.tls = Some(taskmesh::config::TlsConfig {
+            cert: Some(cert),
+            key: Some(key),
+        });
+    }
     let shutdown = CancellationToken::new();
     let signals = shutdown.clone();
     tokio::spawn(async move {

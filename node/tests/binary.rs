@@ -801,3 +801,135 @@ fn the_cli_adds_runs_and_removes_a_task() {
     assert!(String::from_utf8_lossy(&help.stdout).contains("Run a node"));
     stop(node);
 }
+
+#[test]
+fn the_start_log_has_a_login_link_and_the_cli_makes_more_and_rotates_the_token() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let mut child = Command::new(BIN)
+        .args(["run", "--listen", "127.0.0.1:0", "--no-mdns"])
+        .args(["--p2p-listen", "/ip4/127.0.0.1/tcp/0", "--data-dir"])
+        .arg(dir.path())
+        .env("NO_COLOR", "1")
+        .env("TASKMESH_LOG", "info")
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("spawn taskmesh");
+    let stderr = child.stderr.take().expect("stderr");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    // The first line with `url=` is the node's address; the login link follows on its own line.
+    let field = |line: &str, name: &str| {
+        line.find(name).map(|i| {
+            line[i + name.len()..]
+                .split_whitespace()
+                .next()
+                .unwrap_or("")
+                .to_owned()
+        })
+    };
+    let mut url = None;
+    let link = loop {
+        let line = rx
+            .recv_timeout(Duration::from_secs(20))
+            .expect("the node logs its URL and a login link");
+        if url.is_none() {
+            url = field(&line, "url=");
+            assert!(!line.contains("login_link="), "{line}");
+            continue;
+        }
+        if let Some(link) = field(&line, "login_link=") {
+            break link;
+        }
+    };
+    let url = url.expect("url");
+    let node = Node { child, url };
+    assert!(
+        link.starts_with(&format!("{}/login?code=", node.url)),
+        "{link}"
+    );
+    let http = reqwest::blocking::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("client");
+    let r = http.get(&link).send().expect("login");
+    assert_eq!(r.status().as_u16(), 303);
+    assert_eq!(
+        http.get(&link).send().expect("again").status().as_u16(),
+        401
+    );
+
+    let cli = |args: &[&str]| {
+        Command::new(BIN)
+            .args(args)
+            .env("TASKMESH_URL", &node.url)
+            .env("TASKMESH_DATA_DIR", dir.path())
+            .env_remove("TASKMESH_TOKEN")
+            .env_remove("TASKMESH_TOKEN_FILE")
+            .output()
+            .expect("run the cli")
+    };
+    let out = cli(&["login-url"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let fresh = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    assert!(
+        fresh.starts_with(&format!("{}/login?code=", node.url)),
+        "{fresh}"
+    );
+    assert_eq!(
+        http.get(&fresh).send().expect("fresh").status().as_u16(),
+        303
+    );
+
+    let token_file = dir.path().join("access-token");
+    let old = std::fs::read_to_string(&token_file).expect("token");
+    let out = cli(&["token", "rotate"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let new = std::fs::read_to_string(&token_file).expect("token");
+    assert_ne!(old, new);
+    let tasks = |token: &str| {
+        http.get(format!("{}/api/tasks", node.url))
+            .bearer_auth(token.trim())
+            .send()
+            .expect("tasks")
+            .status()
+            .as_u16()
+    };
+    assert_eq!(tasks(&old), 401);
+    assert_eq!(tasks(&new), 200);
+    // The CLI reads the new token from the file by itself.
+    assert!(cli(&["task", "ls"]).status.success());
+    stop(node);
+}
+
+#[test]
+fn a_config_that_turns_the_login_off_is_refused() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let config = dir.path().join("taskmesh.toml");
+    std::fs::write(&config, "require_login = false\n").expect("write");
+    let out = Command::new(BIN)
+        .args(["run", "--no-mdns", "--config"])
+        .arg(&config)
+        .arg("--data-dir")
+        .arg(dir.path())
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("require_login") && err.contains("cannot be turned off"),
+        "{err}"
+    );
+}

@@ -36,10 +36,17 @@ async fn logged_in(node: &TestNode) -> Result<Browser> {
     let url = link["url"].as_str().unwrap_or_default().to_owned();
     let browser = Browser::start().await?;
     browser.goto(&format!("{url}&next=/peers")).await?;
-    wait_for("the login to land on /peers", Duration::from_secs(10), || async {
-        let at = browser.script("return location.pathname", vec![]).await.ok()?;
-        (at == json!("/peers")).then_some(())
-    })
+    wait_for(
+        "the login to land on /peers",
+        Duration::from_secs(10),
+        || async {
+            let at = browser
+                .script("return location.pathname", vec![])
+                .await
+                .ok()?;
+            (at == json!("/peers")).then_some(())
+        },
+    )
     .await?;
     Ok(browser)
 }

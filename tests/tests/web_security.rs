@@ -77,7 +77,10 @@ async fn nothing_but_health_and_the_login_page_is_open_on_loopback() -> Result<(
         let r = http.get(format!("{base}{path}")).send().await?;
         assert_eq!(r.status().as_u16(), 401, "{path}");
         let body: Value = r.json().await?;
-        assert!(body["error"].as_str().unwrap_or("").contains("Bearer"), "{body}");
+        assert!(
+            body["error"].as_str().unwrap_or("").contains("Bearer"),
+            "{body}"
+        );
     }
     let create = http
         .post(format!("{base}/api/tasks"))
@@ -91,7 +94,10 @@ async fn nothing_but_health_and_the_login_page_is_open_on_loopback() -> Result<(
             .json(&json!({}))
             .send()
             .await?;
-        assert_eq!(r.status().as_u16(), if method == "POST" { 401 } else { 401 });
+        assert_eq!(
+            r.status().as_u16(),
+            if method == "POST" { 401 } else { 401 }
+        );
     }
     assert_eq!(
         status_of(http.post(format!("{base}/api/token/rotate"))).await?,
@@ -128,7 +134,14 @@ async fn nothing_but_health_and_the_login_page_is_open_on_loopback() -> Result<(
     keys.sort();
     assert_eq!(
         keys,
-        ["active_runs", "node", "started_at", "status", "tasks", "version"]
+        [
+            "active_runs",
+            "node",
+            "started_at",
+            "status",
+            "tasks",
+            "version"
+        ]
     );
     let text = health.to_string();
     let token = access_token(&node.dir)?;
@@ -333,7 +346,10 @@ async fn every_answer_carries_the_security_headers() -> Result<()> {
         .await?
         .text()
         .await?;
-    assert!(!page.contains("<script>") && !page.contains("style="), "{page}");
+    assert!(
+        !page.contains("<script>") && !page.contains("style="),
+        "{page}"
+    );
     assert!(!page.contains("data:"), "{page}");
     Ok(())
 }
@@ -344,7 +360,10 @@ async fn logout_ends_the_session_on_the_server() -> Result<()> {
     let base = &node.api.base;
     let cookie = session_of(&node).await?;
     let http = bare();
-    let page = |c: &str| http.get(format!("{base}/index")).header("cookie", c.to_owned());
+    let page = |c: &str| {
+        http.get(format!("{base}/index"))
+            .header("cookie", c.to_owned())
+    };
     assert_eq!(status_of(page(&cookie)).await?, 200);
     // Another site cannot log a user out.
     let r = http
@@ -382,13 +401,20 @@ async fn a_session_ends_after_its_lifetime() -> Result<()> {
     let base = node.api.base.clone();
     let http = bare();
     assert_eq!(
-        status_of(http.get(format!("{base}/api/tasks")).header("cookie", &cookie)).await?,
+        status_of(
+            http.get(format!("{base}/api/tasks"))
+                .header("cookie", &cookie)
+        )
+        .await?,
         200
     );
     wait_for("the session to expire", Duration::from_secs(10), || async {
-        let status = status_of(http.get(format!("{base}/api/tasks")).header("cookie", &cookie))
-            .await
-            .ok()?;
+        let status = status_of(
+            http.get(format!("{base}/api/tasks"))
+                .header("cookie", &cookie),
+        )
+        .await
+        .ok()?;
         (status == 401).then_some(())
     })
     .await?;
@@ -421,7 +447,11 @@ async fn rotating_the_token_ends_the_old_token_and_every_session() -> Result<()>
         401
     );
     assert_eq!(
-        tasks(http.get(format!("{base}/api/tasks")).header("cookie", &cookie)).await?,
+        tasks(
+            http.get(format!("{base}/api/tasks"))
+                .header("cookie", &cookie)
+        )
+        .await?,
         401
     );
     assert_eq!(status_of(http.get(&unused_link)).await?, 401);
@@ -526,7 +556,10 @@ async fn bad_login_input_answers_4xx_or_a_local_redirect() -> Result<()> {
     .await?;
     assert!(raw.starts_with("HTTP/1.1 4"), "{raw}");
     let raw = raw_request(node.addr, b"GET /login HTTP/1.0\r\n\r\n").await?;
-    assert!(raw.starts_with("HTTP/1.0 4") || raw.starts_with("HTTP/1.1 4"), "{raw}");
+    assert!(
+        raw.starts_with("HTTP/1.0 4") || raw.starts_with("HTTP/1.1 4"),
+        "{raw}"
+    );
     Ok(())
 }
 
@@ -638,8 +671,8 @@ async fn a_tls_node_answers_over_tls_with_secure_cookies() -> Result<()> {
             let mut tls = connector.connect(name, tcp).await?;
             tls.write_all(request.as_bytes()).await?;
             let mut answer = Vec::new();
-            let _ = tokio::time::timeout(Duration::from_secs(10), tls.read_to_end(&mut answer))
-                .await?;
+            let _ =
+                tokio::time::timeout(Duration::from_secs(10), tls.read_to_end(&mut answer)).await?;
             anyhow::Ok(String::from_utf8_lossy(&answer).into_owned())
         }
     };

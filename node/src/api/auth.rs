@@ -68,7 +68,9 @@ pub struct Access {
 pub enum LoginRefused {
     #[error("that is not this node's access token")]
     WrongToken,
-    #[error("this login link is not valid: it was used already, has expired, or is from another node (run `taskmesh login-url` for a new one)")]
+    #[error(
+        "this login link is not valid: it was used already, has expired, or is from another node (run `taskmesh login-url` for a new one)"
+    )]
     BadCode,
     #[error("too many failed logins from {client}; try again in {} s", retry_after.as_secs())]
     Limited {
@@ -459,8 +461,7 @@ pub async fn require(State(access): State<Arc<Access>>, request: Request, next: 
 
 /// A 303 to a local path; a path that cannot be a header value goes to /index instead.
 pub fn redirect(to: &str) -> Response {
-    let location =
-        HeaderValue::from_str(to).unwrap_or_else(|_| HeaderValue::from_static("/index"));
+    let location = HeaderValue::from_str(to).unwrap_or_else(|_| HeaderValue::from_static("/index"));
     (StatusCode::SEE_OTHER, [(header::LOCATION, location)]).into_response()
 }
 
@@ -547,7 +548,11 @@ mod tests {
         assert!(access.check(&with_session(&session), HOME).is_err());
 
         let code = access.new_code().expect("code");
-        assert!(access.login_url(&code).ends_with(&format!("/login?code={code}")));
+        assert!(
+            access
+                .login_url(&code)
+                .ends_with(&format!("/login?code={code}"))
+        );
         let session = access.login_with_code(&code, HOME).expect("first use");
         assert_eq!(
             access.login_with_code(&code, HOME),

@@ -79,7 +79,10 @@ fn host_part(host: &str) -> Option<&str> {
         if !(after.is_empty() || after.starts_with(':')) {
             return None;
         }
-        return inside.parse::<std::net::Ipv6Addr>().is_ok().then_some(inside);
+        return inside
+            .parse::<std::net::Ipv6Addr>()
+            .is_ok()
+            .then_some(inside);
     }
     let name = match host.rsplit_once(':') {
         Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name,
@@ -115,7 +118,10 @@ fn refused_host(allowlist: &HostAllowlist, request: &Request) -> Option<Response
         Some(h) => format!(
             "this node does not answer to the host name `{}` (DNS rebinding protection); \
              use its IP address, or add the name to `allowed_hosts` in the node's config",
-            h.chars().filter(|c| !c.is_control()).take(200).collect::<String>()
+            h.chars()
+                .filter(|c| !c.is_control())
+                .take(200)
+                .collect::<String>()
         ),
     };
     Some(if request.uri().path().starts_with("/api/") {

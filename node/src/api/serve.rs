@@ -80,10 +80,8 @@ pub async fn serve(
             match &options.tls {
                 None => connection(stream, peer, app, &options, shutdown).await,
                 Some(acceptor) => {
-                    let handshake = tokio::time::timeout(
-                        options.header_read_timeout,
-                        acceptor.accept(stream),
-                    );
+                    let handshake =
+                        tokio::time::timeout(options.header_read_timeout, acceptor.accept(stream));
                     match handshake.await {
                         Ok(Ok(tls)) => connection(tls, peer, app, &options, shutdown).await,
                         Ok(Err(e)) => debug!(client = %peer, error = %e, "TLS handshake failed"),

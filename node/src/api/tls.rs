@@ -78,11 +78,12 @@ pub fn load(config: &TlsConfig, data_dir: &Path) -> Result<Tls, TlsError> {
     let fingerprint = fingerprint(first.as_ref());
     let key = PrivateKeyDer::from_pem_slice(&read(&key_path)?)
         .map_err(|e| pem_error(&key_path, e.to_string()))?;
-    let mut server =
-        rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()?
-            .with_no_client_auth()
-            .with_single_cert(certs, key)?;
+    let mut server = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()?
+    .with_no_client_auth()
+    .with_single_cert(certs, key)?;
     server.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Tls {
         acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(server)),

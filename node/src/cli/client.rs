@@ -211,7 +211,9 @@ pub async fn run_command(command: super::Command) -> Result<ExitCode, ClientErro
                 .await?;
             println!(
                 "access token rotated: the new one is in {} on the node; every browser session ended",
-                answer["token_file"].as_str().unwrap_or("<data dir>/access-token")
+                answer["token_file"]
+                    .as_str()
+                    .unwrap_or("<data dir>/access-token")
             );
             Ok(0)
         }

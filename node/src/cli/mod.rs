@@ -103,6 +103,20 @@ pub struct RunArgs {
     /// Another node's p2p address (host:port or multiaddr) to dial; repeatable.
     #[arg(long = "peer", value_name = "ADDR")]
     pub peers: Vec<String>,
+    /// A host name the UI and API answer to (besides IP addresses, localhost, this machine's
+    /// name and the host of cluster.notify.ui_url); repeatable. Other `Host`s get 421.
+    #[arg(long = "allowed-host", value_name = "NAME")]
+    pub allowed_hosts: Vec<String>,
+    /// Serve the UI and API over TLS with a self-signed certificate made in the data directory
+    /// (its SHA-256 fingerprint is logged at start).
+    #[arg(long, conflicts_with_all = ["tls_cert", "tls_key"])]
+    pub tls: bool,
+    /// Serve the UI and API over TLS with this certificate chain (PEM); needs --tls-key.
+    #[arg(long, value_name = "PEM", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of --tls-cert.
+    #[arg(long, value_name = "PEM", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
 }
 
 #[derive(Debug, Args, Clone)]

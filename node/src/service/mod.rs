@@ -120,7 +120,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Node
     // On its own line after the one above (tests read the first `url=`); the field's name
     // does not contain `url=`.
     match started.login_link() {
-        Ok(link) => info!(login_link = %link, "open this link to log in to the UI (it works once, for 10 minutes; `taskmesh login-url` makes another)"),
+        Ok(link) => {
+            info!(login_link = %link, "open this link to log in to the UI (it works once, for 10 minutes; `taskmesh login-url` makes another)")
+        }
         Err(e) => warn!(error = %e, "no login link"),
     }
     started.wait().await;
