@@ -88,16 +88,13 @@ async fn nothing_but_health_and_the_login_page_is_open_on_loopback() -> Result<(
         .send()
         .await?;
     assert_eq!(create.status().as_u16(), 401);
-    for method in ["POST", "PUT"] {
+    for (method, path) in [("PUT", "/api/settings"), ("POST", "/api/settings/import")] {
         let r = http
-            .request(method.parse()?, format!("{base}/api/settings"))
+            .request(method.parse()?, format!("{base}{path}"))
             .json(&json!({}))
             .send()
             .await?;
-        assert_eq!(
-            r.status().as_u16(),
-            if method == "POST" { 401 } else { 401 }
-        );
+        assert_eq!(r.status().as_u16(), 401, "{method} {path}");
     }
     assert_eq!(
         status_of(http.post(format!("{base}/api/token/rotate"))).await?,
