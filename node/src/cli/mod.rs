@@ -51,7 +51,7 @@ pub enum Command {
 
 #[derive(Debug, Subcommand)]
 pub enum TokenCommand {
-    /// Replace the access token (the node writes a new <data dir>/access-token); the old token
+    /// Replace the access token (the node writes a new `<data dir>/access-token`); the old token
     /// and every browser session stop working at once.
     Rotate {
         #[command(flatten)]
@@ -129,7 +129,7 @@ pub struct Remote {
         default_value = "http://127.0.0.1:8080"
     )]
     pub url: String,
-    /// The file holding the node's access token [default: <data dir>/access-token; the
+    /// The file holding the node's access token [default: access-token in the data directory; the
     /// TASKMESH_TOKEN environment variable, if set, is the token itself].
     #[arg(long, global = true, env = "TASKMESH_TOKEN_FILE", value_name = "FILE")]
     pub token_file: Option<PathBuf>,
