@@ -911,6 +911,25 @@ fn the_start_log_has_a_login_link_and_the_cli_makes_more_and_rotates_the_token()
     assert_eq!(tasks(&new), 200);
     // The CLI reads the new token from the file by itself.
     assert!(cli(&["task", "ls"]).status.success());
+    // A failed login is logged with the client's address, never with what it gave.
+    let guess = "guess-5f3a9c";
+    assert_eq!(tasks(guess), 401);
+    let mut failures = Vec::new();
+    wait_until(
+        "both failed logins in the log",
+        Duration::from_secs(10),
+        || {
+            failures.extend(rx.try_iter().filter(|l| l.contains("login failed")));
+            (failures.len() >= 2).then_some(())
+        },
+    );
+    for line in &failures {
+        assert!(line.contains("client=127.0.0.1"), "{line}");
+        assert!(
+            !line.contains(guess) && !line.contains(old.trim()),
+            "{line}"
+        );
+    }
     stop(node);
 }
 
