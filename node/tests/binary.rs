@@ -952,3 +952,53 @@ fn a_config_that_turns_the_login_off_is_refused() {
         "{err}"
     );
 }
+
+#[test]
+fn the_cli_talks_to_a_tls_node_trusting_its_own_certificate() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let node = start_with(
+        dir.path(),
+        &["--p2p-listen", "/ip4/127.0.0.1/tcp/0", "--tls"],
+    );
+    assert!(node.url.starts_with("https://127.0.0.1:"), "{}", node.url);
+    let cli = |args: &[&str]| {
+        Command::new(BIN)
+            .args(args)
+            .env("TASKMESH_URL", &node.url)
+            .env("TASKMESH_DATA_DIR", dir.path())
+            .env_remove("TASKMESH_TOKEN")
+            .env_remove("TASKMESH_TOKEN_FILE")
+            .output()
+            .expect("run the cli")
+    };
+    let out = cli(&["login-url"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let link = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    assert!(
+        link.starts_with(&format!("{}/login?code=", node.url)),
+        "{link}"
+    );
+    let out = cli(&["task", "add", "tls", "--", "true"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Without the node's certificate, the CLI does not trust it.
+    let elsewhere = tempfile::tempdir().expect("tmp");
+    let out = Command::new(BIN)
+        .args(["task", "ls"])
+        .env("TASKMESH_URL", &node.url)
+        .env("TASKMESH_DATA_DIR", elsewhere.path())
+        .env("TASKMESH_TOKEN", TOKEN)
+        .output()
+        .expect("run the cli");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("cannot reach the node"), "{err}");
+    stop(node);
+}
