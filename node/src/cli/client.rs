@@ -39,12 +39,12 @@ struct Api {
 }
 
 impl Api {
-    fn new(remote: &Remote) -> Result<Self, ClientError> {
-        Ok(Self {
+    fn new(remote: &Remote) -> Self {
+        Self {
             base: remote.url.trim_end_matches('/').to_owned(),
-            http: http_client(remote)?,
+            http: reqwest::Client::new(),
             token: read_token(&remote.token_source(std::env::var("TASKMESH_TOKEN").ok())),
-        })
+        }
     }
 
     fn url(&self, path: &str) -> String {
@@ -120,40 +120,6 @@ impl Api {
 }
 
 /// The token from its source, or a sentence saying why there is none.
-/// The HTTP client; for an `https://` node it trusts the system's roots and the node's own
-/// self-signed certificate (`tls-cert.pem` in the data directory), when it can read it.
-fn http_client(remote: &Remote) -> Result<reqwest::Client, ClientError> {
-    if !remote.url.starts_with("https://") {
-        return Ok(reqwest::Client::new());
-    }
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls_native_certs::load_native_certs().certs {
-        let _ = roots.add(cert);
-    }
-    let dir = remote
-        .data_dir
-        .clone()
-        .unwrap_or_else(crate::config::default_data_dir);
-    let (own, _) = crate::api::tls::self_signed_paths(&dir);
-    if let Ok(pem) = std::fs::read(&own) {
-        use rustls::pki_types::pem::PemObject;
-        for cert in rustls::pki_types::CertificateDer::pem_slice_iter(&pem).flatten() {
-            let _ = roots.add(cert);
-        }
-    }
-    let tls = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .map_err(|e| ClientError::Usage(format!("setting up TLS: {e}")))?
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    reqwest::Client::builder()
-        .tls_backend_preconfigured(tls)
-        .build()
-        .map_err(|e| ClientError::Usage(format!("setting up TLS: {e}")))
-}
-
 fn read_token(source: &TokenSource) -> Result<String, String> {
     let path = match source {
         TokenSource::Given(token) => return Ok(token.clone()),
@@ -216,7 +182,7 @@ pub async fn run_command(command: super::Command) -> Result<ExitCode, ClientErro
         super::Command::Task(c) => task(c).await,
         super::Command::Settings(c) => settings(c).await,
         super::Command::Notify(super::NotifyCommand::Test { channel, remote }) => {
-            let api = Api::new(&remote)?;
+            let api = Api::new(&remote);
             let answer = api
                 .write(
                     reqwest::Method::POST,
@@ -231,7 +197,7 @@ pub async fn run_command(command: super::Command) -> Result<ExitCode, ClientErro
             Ok(0)
         }
         super::Command::LoginUrl { remote } => {
-            let api = Api::new(&remote)?;
+            let api = Api::new(&remote);
             let link = api
                 .write(reqwest::Method::POST, "/api/login-links", None)
                 .await?;
@@ -239,7 +205,7 @@ pub async fn run_command(command: super::Command) -> Result<ExitCode, ClientErro
             Ok(0)
         }
         super::Command::Token(super::TokenCommand::Rotate { remote }) => {
-            let api = Api::new(&remote)?;
+            let api = Api::new(&remote);
             let answer = api
                 .write(reqwest::Method::POST, "/api/token/rotate", None)
                 .await?;
@@ -265,7 +231,7 @@ pub async fn run_command(command: super::Command) -> Result<ExitCode, ClientErro
 async fn task(command: TaskCommand) -> Result<ExitCode, ClientError> {
     match command {
         TaskCommand::Ls { remote } => {
-            let api = Api::new(&remote)?;
+            let api = Api::new(&remote);
             let tasks = api.get("/api/tasks").await?;
             let runs = api.get("/api/runs?limit=1000").await?;
             println!("{:<24} {:<36} {:<8} LAST RUN", "NAME", "WHEN", "ENABLED");
@@ -297,7 +263,7 @@ async fn task(command: TaskCommand) -> Result<ExitCode, ClientError> {
             Ok(0)
         }
         TaskCommand::Show { task, remote } => {
-            let api = Api::new(&remote)?;
+            let api = Api::new(&remote);
             let t = api.get(&format!("/api/tasks/{}", enc(&task))).await?;
             print_json(&t);
             let runs = api
@@ -324,7 +290,7 @@ async fn task(command: TaskCommand) -> Result<ExitCode, ClientError> {
         }
         TaskCommand::Add(args) => add(args).await,
         TaskCommand::Edit { task, file, remote } => {
-            let api = Api::new(&remote)?;
+            let api = Api::new(&remote);
             let current = api.get(&format!("/api/tasks/{}", enc(&task))).await?;
             let text = match file {
                 Some(path) => read(&path)?,
@@ -347,7 +313,7 @@ async fn task(command: TaskCommand) -> Result<ExitCode, ClientError> {
             follow,
             remote,
         } => {
-            let api = Api::new(&remote)?;
+            let api = Api::new(&remote);
             let run = api
                 .write(
                     reqwest::Method::POST,
@@ -364,7 +330,7 @@ async fn task(command: TaskCommand) -> Result<ExitCode, ClientError> {
             follow_log(&api, &id).await
         }
         TaskCommand::Rm { task, remote } => {
-            let api = Api::new(&remote)?;
+            let api = Api::new(&remote);
             let removed = api
                 .write(
                     reqwest::Method::DELETE,
@@ -419,7 +385,7 @@ fn edit_in_editor(task: &Value) -> Result<String, ClientError> {
 }
 
 async fn add(args: AddArgs) -> Result<ExitCode, ClientError> {
-    let api = Api::new(&args.remote)?;
+    let api = Api::new(&args.remote);
     let body = match &args.file {
         Some(path) => {
             let text = read(path)?;
@@ -520,7 +486,7 @@ async fn settings(command: SettingsCommand) -> Result<ExitCode, ClientError> {
             output,
             remote,
         } => {
-            let api = Api::new(&remote)?;
+            let api = Api::new(&remote);
             let settings = api
                 .get(&format!("/api/settings/export?secrets={secrets}"))
                 .await?;
@@ -535,7 +501,7 @@ async fn settings(command: SettingsCommand) -> Result<ExitCode, ClientError> {
             Ok(0)
         }
         SettingsCommand::Import { file, remote } => {
-            let api = Api::new(&remote)?;
+            let api = Api::new(&remote);
             let text = read(&file)?;
             let request = api
                 .http
