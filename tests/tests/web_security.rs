@@ -604,35 +604,64 @@ async fn slow_connections_neither_block_the_api_nor_stay_open() -> Result<()> {
     Ok(())
 }
 
+const HEALTH: &[u8] = b"GET /api/health HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n";
+
+/// Whether the node closes `stream` within 10 s (an empty read or a reset).
+async fn closed(stream: &mut TcpStream) -> bool {
+    let mut buf = [0u8; 4096];
+    tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await
+    .is_ok()
+}
+
 #[tokio::test]
-async fn connections_beyond_the_cap_are_closed_at_once() -> Result<()> {
+async fn at_the_cap_a_silent_connection_makes_room_and_a_busy_one_does_not() -> Result<()> {
     let tmp = tempfile::tempdir()?;
     let node = TestNode::start_with(tmp.path(), |c| {
         c.max_connections = 20;
     })
     .await?;
-    // Up and answering before the cap is filled.
-    assert_eq!(node.api.get("/api/health").await?.0, 200);
-    let mut held = Vec::new();
-    for _ in 0..20 {
-        held.push(TcpStream::connect(node.addr).await?);
+    // (Raw requests that close: a pooled client connection would hold a slot.)
+    let answer = raw_request(node.addr, HEALTH).await?;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    // Silent connections fill the cap; a real request still gets through, by closing the
+    // oldest of them.
+    let mut silent = Vec::new();
+    for _ in 0..30 {
+        silent.push(TcpStream::connect(node.addr).await?);
     }
-    // Closed unanswered: an empty read, or a reset (the request was left unread).
-    let answer = raw_request(
-        node.addr,
-        b"GET /api/health HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n",
-    )
-    .await
-    .unwrap_or_default();
+    let answer = raw_request(node.addr, HEALTH).await?;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(
+        closed(&mut silent[0]).await,
+        "the oldest silent connection stays open"
+    );
+    drop(silent);
+
+    // Connections that have sent a request (kept alive) are not shed: beyond the cap a new
+    // connection is closed unanswered.
+    let mut busy = Vec::new();
+    for i in 0..20 {
+        let mut s = TcpStream::connect(node.addr).await?;
+        s.write_all(b"GET /api/health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+            .await?;
+        let mut buf = [0u8; 1024];
+        let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf)).await??;
+        assert!(buf[..n].starts_with(b"HTTP/1.1 200"), "connection {i}");
+        busy.push(s);
+    }
+    let answer = raw_request(node.addr, HEALTH).await.unwrap_or_default();
     assert!(answer.is_empty(), "answered beyond the cap: {answer}");
-    drop(held);
+    drop(busy);
     wait_for("a free slot", Duration::from_secs(10), || async {
-        let answer = raw_request(
-            node.addr,
-            b"GET /api/health HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n",
-        )
-        .await
-        .ok()?;
+        let answer = raw_request(node.addr, HEALTH).await.ok()?;
         answer.starts_with("HTTP/1.1 200").then_some(())
     })
     .await?;
