@@ -1,6 +1,6 @@
 //! Writes one run's output to its run log and, with daily logs on, to the task's daily file.
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::File;
 use std::io::{self, Write};
 use std::path::PathBuf;
 
@@ -8,6 +8,7 @@ use chrono::{NaiveDate, Utc};
 
 use super::LogPaths;
 use crate::model::RunId;
+use crate::private_files;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Stream {
@@ -32,11 +33,13 @@ struct Daily {
     file: Option<File>,
 }
 
+/// Opens a log file for appending: private (0600, in folders made 0700), and never through a
+/// symbolic link planted at its place.
 fn append(path: &std::path::Path) -> io::Result<File> {
     if let Some(dir) = path.parent() {
-        fs::create_dir_all(dir)?;
+        private_files::create_dir(dir)?;
     }
-    OpenOptions::new().create(true).append(true).open(path)
+    private_files::open_append(path)
 }
 
 impl RunLogWriter {
@@ -49,7 +52,7 @@ impl RunLogWriter {
     ) -> io::Result<Self> {
         let path = paths.run_log(run_id);
         if let Some(dir) = path.parent() {
-            fs::create_dir_all(dir)?;
+            private_files::create_dir(dir)?;
         }
         let daily = daily_logs.then(|| Daily {
             paths: paths.clone(),

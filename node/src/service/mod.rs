@@ -13,8 +13,11 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+pub mod cluster_key;
 mod mesh;
 mod run_report;
+
+pub use cluster_key::{FILE_NAME as CLUSTER_KEY_FILE, KeyError};
 
 use crate::api::auth::Access;
 use crate::config::Config;
@@ -45,6 +48,11 @@ pub enum NodeError {
     Unavailable(String),
     #[error("storage: {0}")]
     Store(#[from] StoreError),
+    /// The node refuses to start (an unsafe log path, a missing cluster key).
+    #[error("{0}")]
+    Refused(String),
+    #[error(transparent)]
+    Key(#[from] KeyError),
     #[error("{context}")]
     Io {
         context: String,
@@ -116,38 +124,15 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Node
 /// Starts a node and returns once its UI is listening.
 pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Started, NodeError> {
     let io = |context: String| move |source| NodeError::Io { context, source };
-    std::fs::create_dir_all(&config.data_dir).map_err(io(format!(
-        "creating the data directory {}",
-        config.data_dir.display()
-    )))?;
-    let redb: Arc<RedbStore> = {
-        let path = config.db_path();
-        Arc::new(
-            tokio::task::spawn_blocking(move || RedbStore::open(&path))
-                .await
-                .map_err(|e| NodeError::Unavailable(format!("opening the database: {e}")))??,
-        )
+    crate::process_setup::prepare();
+    let (redb, node_settings) = {
+        let config = config.clone();
+        tokio::task::spawn_blocking(move || open_data(&config))
+            .await
+            .map_err(|e| NodeError::Unavailable(format!("opening the data directory: {e}")))??
     };
+    let redb = Arc::new(redb);
     let store: Arc<dyn Store> = redb.clone();
-    let mut node_settings = match store.node_settings()? {
-        Some(s) => s,
-        None => {
-            let mut s = NodeSettings::default();
-            if let Some(name) = &config.name {
-                s.name = name.clone();
-            }
-            s
-        }
-    };
-    let (key, key_changed) = mesh::resolve_cluster_key(
-        config.cluster_key.as_deref(),
-        node_settings.cluster_key.as_deref(),
-    )
-    .map_err(|e| NodeError::Invalid(Invalid::field("cluster_key", e)))?;
-    if key_changed || store.node_settings()?.is_none() {
-        node_settings.cluster_key = Some(key);
-        store.write(&[Write::NodeSettings(node_settings.clone())])?;
-    }
     let identity = {
         let path = config.identity_path();
         crate::mesh::load_or_create_identity(&path).map_err(io(format!(
@@ -155,12 +140,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Starte
             path.display()
         )))?
     };
-    let logs = LogPaths::new(
-        node_settings
-            .log_path
-            .clone()
-            .unwrap_or_else(|| config.data_dir.join("logs")),
-    );
+    let logs = LogPaths::new(log_root(&config, &node_settings));
     let (node_tx, node_rx) = watch::channel(node_settings);
     let events = events::bus();
 
@@ -404,6 +384,90 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Starte
         info!("shut down");
     });
     Ok(Started { handle, addr, done })
+}
+
+/// Where the node's logs go: `node.log_path`, else `<data dir>/logs`.
+fn log_root(config: &Config, node: &NodeSettings) -> PathBuf {
+    node.log_path
+        .clone()
+        .unwrap_or_else(|| config.data_dir.join("logs"))
+}
+
+/// Makes the data dir private (creating it, or tightening an older install's modes), checks the
+/// log path, opens the database and finds the cluster key (moving one an older version kept in
+/// the database to its file). Returns the database and the node's settings, key included.
+fn open_data(config: &Config) -> Result<(RedbStore, NodeSettings), NodeError> {
+    let io = |context: String| move |source| NodeError::Io { context, source };
+    let data_dir = &config.data_dir;
+    crate::private_files::create_dir(data_dir).map_err(io(format!(
+        "creating the data directory {}",
+        data_dir.display()
+    )))?;
+    let mut fixed = crate::private_files::tighten(data_dir);
+    let mut redb = RedbStore::open(&config.db_path())?;
+    let stored = redb.node_settings()?;
+    let mut node_settings = stored.clone().unwrap_or_else(|| {
+        let mut s = NodeSettings::default();
+        if let Some(name) = &config.name {
+            s.name = name.clone();
+        }
+        s
+    });
+    let log_root = log_root(config, &node_settings);
+    logs::check_log_path(&log_root, nix::unistd::geteuid().as_raw()).map_err(|e| {
+        NodeError::Refused(format!(
+            "{e} (the log path is node.log_path in the settings, or <data dir>/logs)"
+        ))
+    })?;
+    let inside = |root: &std::path::Path| match (root.canonicalize(), data_dir.canonicalize()) {
+        (Ok(root), Ok(data)) => root.starts_with(data),
+        _ => false,
+    };
+    if !inside(&log_root) {
+        fixed += crate::private_files::tighten(&log_root);
+    }
+    if fixed > 0 {
+        info!(
+            fixed,
+            data_dir = %data_dir.display(),
+            logs = %log_root.display(),
+            "made files and folders of an older install private (folders 0700, files 0600)"
+        );
+    }
+
+    let old_key = node_settings.cluster_key.take();
+    let raft_log = crate::consensus::raft::log_store::path(&config.db_path());
+    let in_cluster =
+        redb.cluster()?.is_some() || std::fs::metadata(&raft_log).is_ok_and(|m| m.len() > 0);
+    let key_path = config.cluster_key_path();
+    let (key, origin) = cluster_key::resolve(&cluster_key::Sources {
+        key_file: config.cluster_key_file.as_deref(),
+        given: config.cluster_key.as_deref(),
+        kept: &key_path,
+        stored: old_key.as_deref(),
+        in_cluster,
+    })?;
+    cluster_key::keep(&key_path, &key)?;
+    if origin == cluster_key::Origin::New {
+        info!(file = %key_path.display(), fingerprint = %key.fingerprint(), "made a new cluster key");
+    }
+    if stored.is_none() || old_key.is_some() {
+        // The store never writes the key: this drops one an older version kept there.
+        redb.write(&[Write::NodeSettings(node_settings.clone())])?;
+    }
+    if let Some(old) = old_key {
+        let gone = redb.scrub(old.as_bytes())?;
+        info!(file = %key_path.display(), "moved the cluster key from the database to its own file");
+        if !gone {
+            warn!(
+                database = %config.db_path().display(),
+                "the database file may still hold the old cluster key in freed pages; \
+                 if copies of it may have been read, give the mesh a new key"
+            );
+        }
+    }
+    node_settings.cluster_key = Some(key.to_string());
+    Ok((redb, node_settings))
 }
 
 /// Routes the requests peers send: consensus requests to the consensus layer, forwarded run
@@ -750,9 +814,22 @@ impl NodeHandle {
         settings.unmask_from(&current);
         // A node always has a cluster key: a document without one keeps the current key.
         if settings.node.cluster_key.is_none() {
-            settings.node.cluster_key = current.node.cluster_key;
+            settings.node.cluster_key = current.node.cluster_key.clone();
         }
-        let errors = settings.check();
+        let mut errors = settings.check();
+        if let Some(path) = settings
+            .node
+            .log_path
+            .as_deref()
+            .filter(|p| p.is_absolute())
+        {
+            if let Err(e) = logs::check_log_path(path, nix::unistd::geteuid().as_raw()) {
+                errors.push(crate::model::FieldError::new(
+                    "node.log_path",
+                    e.to_string(),
+                ));
+            }
+        }
         if !errors.is_empty() {
             return Err(Invalid::new("the settings are not valid", errors).into());
         }
@@ -762,10 +839,25 @@ impl NodeHandle {
             .store
             .upgrade()
             .ok_or_else(|| NodeError::Unavailable("the node has shut down".into()))?;
+        // A new key goes to its file (the store never holds it) before anything uses it.
+        let new_key = match &node.cluster_key {
+            Some(key) if node.cluster_key != current.node.cluster_key => Some(
+                key.parse::<crate::mesh::ClusterKey>()
+                    .map_err(|e| Invalid::field("node.cluster_key", e))?,
+            ),
+            _ => None,
+        };
+        let key_path = self.inner.config.cluster_key_path();
         let write = node.clone();
-        tokio::task::spawn_blocking(move || store.write(&[Write::NodeSettings(write)]))
-            .await
-            .map_err(|e| NodeError::Unavailable(e.to_string()))??;
+        tokio::task::spawn_blocking(move || -> Result<(), NodeError> {
+            if let Some(key) = new_key {
+                cluster_key::keep(&key_path, &key)?;
+            }
+            store.write(&[Write::NodeSettings(write)])?;
+            Ok(())
+        })
+        .await
+        .map_err(|e| NodeError::Unavailable(e.to_string()))??;
         self.inner.node.send_replace(node);
         self.inner
             .consensus
@@ -874,7 +966,7 @@ impl NodeHandle {
 
 fn read_from(path: &std::path::Path, from: u64, max: usize) -> std::io::Result<Option<Vec<u8>>> {
     use std::io::{Read, Seek, SeekFrom};
-    let mut file = match std::fs::File::open(path) {
+    let mut file = match logs::open_log(path) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(e),
