@@ -115,3 +115,39 @@ impl RunLogWriter {
         self.write_line(Stream::Stderr, format!("[taskmesh] {text}\n").as_bytes())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::*;
+
+    #[test]
+    fn logs_are_private_and_a_link_planted_at_a_log_is_refused() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let paths = LogPaths::new(dir.path().join("logs"));
+        let run = RunId::generate();
+        let mut log = RunLogWriter::create(&paths, &run, "job", true).expect("writer");
+        log.write_line(Stream::Stdout, b"hello\n").expect("write");
+        let mode =
+            |p: &std::path::Path| std::fs::metadata(p).expect("stat").permissions().mode() & 0o777;
+        assert_eq!(mode(&paths.run_log(&run)), 0o600);
+        assert_eq!(mode(&paths.runs_dir()), 0o700);
+        let daily = paths.daily_log("job", Utc::now().date_naive());
+        assert_eq!(mode(&daily), 0o600);
+        assert_eq!(mode(daily.parent().expect("task folder")), 0o700);
+
+        // Another run whose log someone replaced by a link to a file of their choosing.
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, "untouched").expect("write");
+        let planted = RunId::generate();
+        std::os::unix::fs::symlink(&victim, paths.run_log(&planted)).expect("symlink");
+        let mut log = RunLogWriter::create(&paths, &planted, "other", false).expect("writer");
+        let error = log
+            .write_line(Stream::Stdout, b"root's output\n")
+            .expect_err("the link is refused");
+        assert_eq!(error.raw_os_error(), Some(nix::libc::ELOOP), "{error}");
+        assert_eq!(std::fs::read_to_string(&victim).expect("read"), "untouched");
+        assert!(crate::logs::open_log(&paths.run_log(&planted)).is_err());
+    }
+}

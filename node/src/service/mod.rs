@@ -979,3 +979,35 @@ fn read_from(path: &std::path::Path, from: u64, max: usize) -> std::io::Result<O
     file.take(max as u64).read_to_end(&mut buf)?;
     Ok(Some(buf))
 }
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use crate::store::Store;
+
+    #[test]
+    fn a_log_path_below_a_world_writable_folder_refuses_to_start() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let config = crate::Config {
+            data_dir: dir.path().join("data"),
+            ..crate::Config::default()
+        };
+        let open = dir.path().join("open");
+        std::fs::create_dir(&open).expect("mkdir");
+        std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).expect("chmod");
+        {
+            let (store, mut settings) = super::open_data(&config).expect("first start");
+            settings.log_path = Some(open.join("logs"));
+            store
+                .write(&[crate::store::Write::NodeSettings(settings)])
+                .expect("settings");
+        }
+        let error = super::open_data(&config).map(|_| ()).expect_err("refused");
+        let text = error.to_string();
+        assert!(
+            text.contains(&format!("{} is writable by everyone", open.display())),
+            "{text}"
+        );
+    }
+}

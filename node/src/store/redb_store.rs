@@ -126,6 +126,18 @@ impl RedbStore {
         Ok(!holds(&self.path)?)
     }
 
+    /// Stores node settings as an older version did, cluster key included (tests of the
+    /// migration).
+    #[cfg(test)]
+    pub(crate) fn put_node_settings_with_key(&self, settings: &NodeSettings) {
+        let txn = self.db.begin_write().expect("txn");
+        txn.open_table(META)
+            .expect("meta")
+            .insert(NODE_SETTINGS, encode(settings).as_slice())
+            .expect("insert");
+        txn.commit().expect("commit");
+    }
+
     /// The database itself, for the Raft state machine, which keeps its tables in it.
     pub fn database(&self) -> Arc<Database> {
         self.db.clone()
