@@ -78,7 +78,7 @@ pub struct RunArgs {
     #[arg(long, env = "TASKMESH_P2P_LISTEN")]
     pub p2p_listen: Option<String>,
     /// A file (best 0600) holding the mesh's cluster key (64 hex digits, from `taskmesh key
-    /// gen`); the node keeps it in <data dir>/cluster-key. TASKMESH_CLUSTER_KEY may hold the
+    /// gen`); the node keeps it in DATA_DIR/cluster-key. TASKMESH_CLUSTER_KEY may hold the
     /// key itself instead [default: the key kept in the data dir, or a new one].
     #[arg(long, env = "TASKMESH_CLUSTER_KEY_FILE", value_name = "FILE")]
     pub cluster_key_file: Option<PathBuf>,
