@@ -744,10 +744,11 @@ impl NodeHandle {
         if reveal { settings } else { settings.masked() }
     }
 
-    /// Replaces all settings. Masked secrets keep their stored values.
+    /// Replaces all settings. Masked secrets keep their stored values while their destination
+    /// is unchanged (see [`Settings::unmask_from`]); otherwise the save is refused.
     pub async fn put_settings(&self, mut settings: Settings) -> Result<Settings, NodeError> {
         let current = self.settings(true);
-        settings.unmask_from(&current);
+        settings.unmask_from(&current)?;
         // A node always has a cluster key: a document without one keeps the current key.
         if settings.node.cluster_key.is_none() {
             settings.node.cluster_key = current.node.cluster_key;
@@ -784,12 +785,10 @@ impl NodeHandle {
         let settings = match &settings.exported_by {
             Some(origin) if Some(&origin.peer_id) != own_id.as_ref() => {
                 info!(from = %origin.name, "importing another node's settings: joining its mesh");
-                let mut current = self.settings(true);
-                // Masked secrets in the file keep this node's values, as with any save.
-                let mut incoming = settings;
-                incoming.unmask_from(&current);
-                current.exported_by = None;
-                incoming.joined_from(&current)
+                let current = self.settings(true);
+                // Masked secrets in the file keep this node's values, as with any save, and
+                // only for the destinations this node sends them to.
+                settings.joined_from(&current)?
             }
             _ => settings,
         };
