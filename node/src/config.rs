@@ -81,7 +81,12 @@ impl Config {
 
     /// The file holding the node's access token.
     pub fn access_token_path(&self) -> PathBuf {
-        self.data_dir.join("access-token")
+        Self::access_token_path_in(&self.data_dir)
+    }
+
+    /// The access token file of the node whose data directory is `data_dir`.
+    pub fn access_token_path_in(data_dir: &Path) -> PathBuf {
+        data_dir.join("access-token")
     }
 
     /// The file holding the node's p2p identity (its PeerId).

@@ -32,8 +32,16 @@ fn start(dir: &Path) -> Node {
     start_with(dir, &["--p2p-listen", "/ip4/127.0.0.1/tcp/0"])
 }
 
+/// The access token every node of these tests is given (a node keeps a token it finds in its
+/// data directory), so one client talks to all of them.
+const TOKEN: &str = "7d0c5e9a3b1f4e6d8c2a0b9f7e5d3c1a9b8f6e4d2c0a1b3f5e7d9c2b4a6f8e0d";
+
 /// Starts the binary with more arguments for `run`.
 fn start_with(dir: &Path, args: &[&str]) -> Node {
+    let token_file = dir.join("access-token");
+    if !token_file.exists() {
+        std::fs::write(&token_file, format!("{TOKEN}\n")).expect("write the access token");
+    }
     let mut child = Command::new(BIN)
         .args(["run", "--listen", "127.0.0.1:0", "--no-mdns"])
         .args(args)
@@ -75,8 +83,15 @@ fn stop(mut node: Node) {
     assert!(exited.success(), "{exited:?}");
 }
 
+/// A client that sends the nodes' access token with every request.
 fn client() -> reqwest::blocking::Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(
+        reqwest::header::AUTHORIZATION,
+        format!("Bearer {TOKEN}").parse().expect("header"),
+    );
     reqwest::blocking::Client::builder()
+        .default_headers(headers)
         .timeout(Duration::from_secs(10))
         .build()
         .expect("client")
@@ -710,6 +725,10 @@ fn the_cli_adds_runs_and_removes_a_task() {
         Command::new(BIN)
             .args(args)
             .env("TASKMESH_URL", &node.url)
+            // The CLI finds the token in the node's data directory by itself.
+            .env("TASKMESH_DATA_DIR", dir.path())
+            .env_remove("TASKMESH_TOKEN")
+            .env_remove("TASKMESH_TOKEN_FILE")
             .output()
             .expect("run the cli")
     };

@@ -77,11 +77,12 @@ impl TestNode {
             .await
             .context("starting the node")?;
         let addr = started.addr;
+        let token = access_token(dir)?;
         Ok(Self {
             handle: started.handle.clone(),
             addr,
             dir: dir.to_owned(),
-            api: Api::new(&format!("http://{addr}")),
+            api: Api::with_token(&format!("http://{addr}"), &token),
             cancel,
             started: Some(started),
             _tmp: None,
@@ -104,18 +105,44 @@ impl Drop for TestNode {
     }
 }
 
+/// The access token of the node whose data directory is `dir`.
+pub fn access_token(dir: &Path) -> Result<String> {
+    let path = taskmesh::Config::access_token_path_in(dir);
+    let token = std::fs::read_to_string(&path)
+        .with_context(|| format!("reading the access token {}", path.display()))?;
+    Ok(token.trim().to_owned())
+}
+
 /// A small JSON client for a node's REST API.
 #[derive(Clone)]
 pub struct Api {
     pub base: String,
+    /// Sends the node's access token with every request.
     pub http: reqwest::Client,
 }
 
 impl Api {
-    pub fn new(base: &str) -> Self {
+    /// A client without the access token (to show what a stranger gets).
+    pub fn anonymous(base: &str) -> Self {
         Self {
             base: base.to_owned(),
             http: reqwest::Client::new(),
+        }
+    }
+
+    /// A client that sends `token` as `Authorization: Bearer` with every request.
+    pub fn with_token(base: &str, token: &str) -> Self {
+        let mut headers = reqwest::header::HeaderMap::new();
+        let mut value = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}"))
+            .expect("an access token is a valid header value");
+        value.set_sensitive(true);
+        headers.insert(reqwest::header::AUTHORIZATION, value);
+        Self {
+            base: base.to_owned(),
+            http: reqwest::Client::builder()
+                .default_headers(headers)
+                .build()
+                .expect("an HTTP client"),
         }
     }
 

@@ -252,6 +252,8 @@ async fn the_test_message_goes_out_from_the_api_and_the_cli() -> Result<()> {
     // The CLI, against the same node.
     let remote = Remote {
         url: format!("http://{}", node.addr),
+        token_file: None,
+        data_dir: Some(node.dir.clone()),
     };
     let code = taskmesh::cli::run_command(Command::Notify(NotifyCommand::Test {
         channel: "ops".into(),

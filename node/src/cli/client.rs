@@ -6,7 +6,7 @@ use std::path::Path;
 use futures::StreamExt;
 use serde_json::{Value, json};
 
-use super::{AddArgs, Remote, SettingsCommand, TaskCommand};
+use super::{AddArgs, Remote, SettingsCommand, TaskCommand, TokenSource};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -34,6 +34,8 @@ pub type ExitCode = i32;
 struct Api {
     base: String,
     http: reqwest::Client,
+    /// The access token, or why it could not be read (said when the node answers 401).
+    token: Result<String, String>,
 }
 
 impl Api {
@@ -41,6 +43,7 @@ impl Api {
         Self {
             base: remote.url.trim_end_matches('/').to_owned(),
             http: reqwest::Client::new(),
+            token: read_token(&remote.token_source(std::env::var("TASKMESH_TOKEN").ok())),
         }
     }
 
@@ -50,8 +53,11 @@ impl Api {
 
     async fn send(
         &self,
-        request: reqwest::RequestBuilder,
+        mut request: reqwest::RequestBuilder,
     ) -> Result<reqwest::Response, ClientError> {
+        if let Ok(token) = &self.token {
+            request = request.bearer_auth(token);
+        }
         let response = request
             .send()
             .await
@@ -64,6 +70,13 @@ impl Api {
         }
         let status = response.status();
         let body: Value = response.json().await.unwrap_or(Value::Null);
+        if status == reqwest::StatusCode::UNAUTHORIZED {
+            if let Err(why) = &self.token {
+                return Err(ClientError::Api(format!(
+                    "{status}: the node wants its access token, and {why}"
+                )));
+            }
+        }
         let mut message = format!(
             "{status}: {}",
             body["error"].as_str().unwrap_or("request failed")
@@ -103,6 +116,26 @@ impl Api {
         r.json()
             .await
             .map_err(|e| ClientError::Api(format!("unreadable answer: {e}")))
+    }
+}
+
+/// The token from its source, or a sentence saying why there is none.
+fn read_token(source: &TokenSource) -> Result<String, String> {
+    let path = match source {
+        TokenSource::Given(token) => return Ok(token.clone()),
+        TokenSource::File(path) => path,
+    };
+    match std::fs::read_to_string(path) {
+        Ok(text) if !text.trim().is_empty() => Ok(text.trim().to_owned()),
+        Ok(_) => Err(format!("{} is empty", path.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => Err(format!(
+            "{} is not readable by this user (run as the node's user, or pass --token-file)",
+            path.display()
+        )),
+        Err(e) => Err(format!(
+            "{} cannot be read: {e} (pass --data-dir or --token-file, or set TASKMESH_TOKEN)",
+            path.display()
+        )),
     }
 }
 
@@ -458,5 +491,59 @@ async fn settings(command: SettingsCommand) -> Result<ExitCode, ClientError> {
             println!("imported {}", file.display());
             Ok(0)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use super::*;
+
+    fn remote(token_file: Option<&str>, data_dir: Option<&str>) -> Remote {
+        Remote {
+            url: "http://127.0.0.1:8080".into(),
+            token_file: token_file.map(PathBuf::from),
+            data_dir: data_dir.map(PathBuf::from),
+        }
+    }
+
+    #[test]
+    fn the_token_comes_from_the_flag_then_the_environment_then_the_data_dir() {
+        let cases = [
+            (
+                remote(Some("/t"), Some("/d")),
+                Some("env"),
+                TokenSource::File("/t".into()),
+            ),
+            (
+                remote(None, Some("/d")),
+                Some(" env "),
+                TokenSource::Given("env".into()),
+            ),
+            (
+                remote(None, Some("/d")),
+                Some(""),
+                TokenSource::File("/d/access-token".into()),
+            ),
+            (
+                remote(None, Some("/d")),
+                None,
+                TokenSource::File("/d/access-token".into()),
+            ),
+        ];
+        for (remote, env, want) in cases {
+            assert_eq!(remote.token_source(env.map(str::to_owned)), want, "{env:?}");
+        }
+    }
+
+    #[test]
+    fn a_missing_token_file_is_named() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let path = dir.path().join("access-token");
+        let why = read_token(&TokenSource::File(path.clone())).expect_err("missing");
+        assert!(why.contains(&path.display().to_string()), "{why}");
+        std::fs::write(&path, "abc\n").expect("write");
+        assert_eq!(read_token(&TokenSource::File(path)), Ok("abc".into()));
     }
 }

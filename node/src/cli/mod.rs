@@ -97,6 +97,40 @@ pub struct Remote {
         default_value = "http://127.0.0.1:8080"
     )]
     pub url: String,
+    /// The file holding the node's access token [default: <data dir>/access-token; the
+    /// TASKMESH_TOKEN environment variable, if set, is the token itself].
+    #[arg(long, global = true, env = "TASKMESH_TOKEN_FILE", value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
+    /// The node's data directory, where its access token is [default: ~/.local/share/taskmesh,
+    /// /var/lib/taskmesh as root].
+    #[arg(long, global = true, env = "TASKMESH_DATA_DIR", value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+}
+
+/// Where a client command finds the node's access token.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TokenSource {
+    /// `TASKMESH_TOKEN`: the token itself.
+    Given(String),
+    /// A file: `--token-file`, or `<data dir>/access-token`.
+    File(PathBuf),
+}
+
+impl Remote {
+    /// The token source, by precedence: `--token-file`, `TASKMESH_TOKEN`, the data dir's file.
+    pub fn token_source(&self, env_token: Option<String>) -> TokenSource {
+        if let Some(path) = &self.token_file {
+            return TokenSource::File(path.clone());
+        }
+        if let Some(token) = env_token.filter(|t| !t.trim().is_empty()) {
+            return TokenSource::Given(token.trim().to_owned());
+        }
+        let dir = self
+            .data_dir
+            .clone()
+            .unwrap_or_else(crate::config::default_data_dir);
+        TokenSource::File(crate::config::Config::access_token_path_in(&dir))
+    }
 }
 
 #[derive(Debug, Subcommand)]

@@ -349,11 +349,14 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Starte
         cancel: work.clone(),
     };
     let mesh_task = tokio::spawn(runner.run());
-    let access = if config.login_required() {
+    // The token file always exists, so that the CLI and scripts on this machine find it.
+    let token = {
         let path = config.access_token_path();
-        let token = Access::load_or_create_token(&path)
-            .map_err(io(format!("reading or creating {}", path.display())))?;
-        info!(token_file = %path.display(), "login required: use the access token in this file");
+        Access::load_or_create_token(&path)
+            .map_err(io(format!("reading or creating {}", path.display())))?
+    };
+    let access = if config.login_required() {
+        info!(token_file = %config.access_token_path().display(), "login required: use the access token in this file");
         Access::with_token(token)
     } else {
         Access::open()
