@@ -8,6 +8,19 @@ use reqwest::header::{HeaderName, HeaderValue};
 use serde_json::{Value, json};
 use taskmesh_tests::{TestNode, wait_for};
 
+/// A request header: name and raw value.
+type Header = (&'static str, &'static [u8]);
+
+/// A bad request and its expected answer: method, path, headers, status, and the words its
+/// `error` must contain.
+type BadCase = (
+    &'static str,
+    String,
+    Vec<Header>,
+    u16,
+    &'static [&'static str],
+);
+
 /// A node with one finished run whose log is `hello\n`; returns the run id.
 async fn node_with_a_run() -> Result<(TestNode, String)> {
     let node = TestNode::start().await?;
@@ -32,7 +45,7 @@ async fn send(
     node: &TestNode,
     method: &str,
     path: &str,
-    headers: &[(&str, &[u8])],
+    headers: &[Header],
 ) -> Result<(u16, String)> {
     let method = reqwest::Method::from_bytes(method.as_bytes())?;
     let mut request = node
@@ -56,8 +69,7 @@ async fn bad_offsets_parameters_headers_and_ids_answer_4xx_with_the_reason() -> 
     let (node, run) = node_with_a_run().await?;
     let log = format!("/api/runs/{run}/log");
     let follow = format!("{log}?follow=true");
-    // (method, path, headers, status, words the error must contain)
-    let cases: Vec<(&str, String, Vec<(&str, &[u8])>, u16, &[&str])> = vec![
+    let cases: Vec<BadCase> = vec![
         // Log offsets: past the largest file offset (these answered 500), not a number.
         (
             "GET",
@@ -222,7 +234,7 @@ async fn bad_offsets_parameters_headers_and_ids_answer_4xx_with_the_reason() -> 
 async fn a_log_is_read_and_resumed_from_any_offset() -> Result<()> {
     let (node, run) = node_with_a_run().await?;
     let log = format!("/api/runs/{run}/log");
-    let cases: &[(&str, &[(&str, &[u8])], &str)] = &[
+    let cases: &[(&str, &[Header], &str)] = &[
         ("", &[], "hello\n"),
         ("?offset=3", &[], "lo\n"),
         ("?offset=6", &[], ""),

@@ -1,0 +1,194 @@
+//! The mesh under a flood of TCP connections without the key: the node holds only a bounded
+//! number of them, closes them all within its handshake timeout, and peers with the key keep
+//! talking and can still join. Alone in its test binary, so that the process's open file
+//! descriptors are the nodes' and this test's own.
+
+use std::io::ErrorKind;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use taskmesh::mesh::{CONNECTION_CAPS, HANDSHAKE_TIMEOUT, PeerId, Request, Response};
+use taskmesh_tests::{TestNode, wait_for};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+
+const KEY: &str = "5f1c0a9e3b7d2a6c8e4f1b3d5a7c9e0b2d4f6a8c0e1b3d5f7a9c1e3b5d7f9a1c";
+/// Connections that send nothing, then connections that send garbage.
+const SILENT: usize = 250;
+const GARBAGE: usize = 50;
+
+async fn node(name: &str, peers: Vec<String>) -> Result<(TestNode, tempfile::TempDir)> {
+    let dir = tempfile::tempdir()?;
+    let name = name.to_owned();
+    let node = TestNode::start_with(dir.path(), move |c| {
+        c.name = Some(name);
+        c.cluster_key = Some(KEY.into());
+        c.peers = peers;
+    })
+    .await?;
+    Ok((node, dir))
+}
+
+fn open_fds() -> usize {
+    std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count())
+}
+
+/// Reads what the node sent (its pnet nonce); true once the node has closed the connection.
+fn closed_by_node(stream: &TcpStream) -> bool {
+    let mut buf = [0u8; 256];
+    loop {
+        match stream.try_read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => continue,
+            Err(e) if e.kind() == ErrorKind::WouldBlock => return false,
+            Err(_) => return true,
+        }
+    }
+}
+
+/// Counts the flood's connections the node has closed, remembering each.
+fn count_closed(flood: &[TcpStream], closed: &mut [bool]) -> usize {
+    for (stream, done) in flood.iter().zip(closed.iter_mut()) {
+        *done = *done || closed_by_node(stream);
+    }
+    closed.iter().filter(|c| **c).count()
+}
+
+async fn peer_id(node: &TestNode) -> Result<PeerId> {
+    Ok(node
+        .handle
+        .peers()
+        .this
+        .peer_id
+        .context("peer id")?
+        .parse()?)
+}
+
+/// One request from `from` to `to` over the mesh, answered.
+async fn exchange(from: &TestNode, to: &TestNode) -> Result<()> {
+    let to_id = peer_id(to).await?;
+    let mesh = from.handle.mesh().context("mesh up")?;
+    wait_for(
+        "an answered request over the mesh",
+        Duration::from_secs(30),
+        || {
+            let mesh = mesh.clone();
+            async move {
+                let answer = tokio::time::timeout(
+                    Duration::from_secs(2),
+                    mesh.request(to_id, Request::Announcement),
+                )
+                .await;
+                matches!(answer, Ok(Ok(Response::Announcement(Some(_))))).then_some(())
+            }
+        },
+    )
+    .await
+}
+
+fn lists(node: &TestNode, name: &str) -> bool {
+    node.handle
+        .peers()
+        .peers
+        .iter()
+        .any(|p| p.announcement.name == name && p.connected)
+}
+
+#[tokio::test]
+async fn a_flood_of_connections_without_the_key_is_bounded_and_closed() -> Result<()> {
+    let (a, _da) = node("a", vec![]).await?;
+    let seed = wait_for("a's p2p address", Duration::from_secs(5), || async {
+        a.handle.peers().this.p2p_addrs.first().cloned()
+    })
+    .await?;
+    let port: u16 = seed
+        .split('/')
+        .skip_while(|p| *p != "tcp")
+        .nth(1)
+        .context("tcp port")?
+        .parse()?;
+    let (b, _db) = node("b", vec![seed.clone()]).await?;
+    wait_for("a and b to meet", Duration::from_secs(20), || async {
+        (lists(&a, "b") && lists(&b, "a")).then_some(())
+    })
+    .await?;
+    exchange(&b, &a).await?;
+    let baseline = open_fds();
+
+    // The flood: connections that never start the handshake, then some that send garbage.
+    let started = tokio::time::Instant::now();
+    let mut flood = Vec::new();
+    for _ in 0..SILENT {
+        flood.push(TcpStream::connect(("127.0.0.1", port)).await?);
+    }
+    for i in 0..GARBAGE {
+        let mut stream = TcpStream::connect(("127.0.0.1", port)).await?;
+        let garbage: Vec<u8> = (0..64).map(|j| (i * 31 + j * 7) as u8).collect();
+        // The node may already have refused it; that is fine.
+        let _ = stream.write_all(&garbage).await;
+        flood.push(stream);
+    }
+    let total = flood.len();
+    let mut closed = vec![false; total];
+    let mut most_fds = open_fds();
+    // Over the pending cap, connections are closed at once: long before any handshake could
+    // time out, the node holds at most the cap (this process holds all of its own ends).
+    let cap = CONNECTION_CAPS.pending_incoming as usize;
+    wait_for(
+        "the node to close what is over its pending cap",
+        HANDSHAKE_TIMEOUT / 2,
+        || {
+            let done = count_closed(&flood, &mut closed);
+            most_fds = most_fds.max(open_fds());
+            async move { (total - done <= cap).then_some(()) }
+        },
+    )
+    .await?;
+    assert!(started.elapsed() < HANDSHAKE_TIMEOUT, "too slow to tell");
+    assert!(
+        most_fds <= baseline + total + cap + 16,
+        "the node held more than its cap: {most_fds} descriptors open, {baseline} before the flood"
+    );
+
+    // Meanwhile the peers with the key keep talking.
+    exchange(&b, &a).await?;
+    exchange(&a, &b).await?;
+
+    // Every connection without the key is closed within the handshake timeout.
+    wait_for(
+        "the node to close every connection of the flood",
+        HANDSHAKE_TIMEOUT * 3,
+        || {
+            let done = count_closed(&flood, &mut closed);
+            async move { (done == total).then_some(()) }
+        },
+    )
+    .await?;
+
+    // A new peer with the key gets in once the pending slots are free.
+    let (c, dc) = node("c", vec![seed.clone()]).await?;
+    wait_for("a to list c", Duration::from_secs(40), || async {
+        lists(&a, "c").then_some(())
+    })
+    .await?;
+    exchange(&c, &a).await?;
+    c.stop().await;
+    drop(dc);
+
+    // With this test's ends closed too, the process is back near where it started.
+    drop(flood);
+    let fds = wait_for(
+        "open descriptors back near the baseline",
+        Duration::from_secs(20),
+        || async {
+            let now = open_fds();
+            (now <= baseline + 16).then_some(now)
+        },
+    )
+    .await?;
+    assert!(
+        fds <= baseline + 16,
+        "{fds} open, {baseline} before the flood"
+    );
+    Ok(())
+}
