@@ -1,20 +1,22 @@
 //! The mesh under a flood of TCP connections without the key: the node holds only a bounded
-//! number of them, closes them all within its handshake timeout, and peers with the key keep
-//! talking and can still join. Alone in its test binary, so that the process's open file
-//! descriptors are the nodes' and this test's own.
+//! number of them (in all, and from one address), closes them all within its handshake timeout,
+//! and peers with the key keep talking and can still join. Alone in its test binary, so that
+//! the process's open file descriptors are the nodes' and this test's own.
 
 use std::io::ErrorKind;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
 use taskmesh::mesh::{CONNECTION_CAPS, HANDSHAKE_TIMEOUT, PeerId, Request, Response};
 use taskmesh_tests::{TestNode, wait_for};
 use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
+use tokio::net::{TcpSocket, TcpStream};
 
 const KEY: &str = "5f1c0a9e3b7d2a6c8e4f1b3d5a7c9e0b2d4f6a8c0e1b3d5f7a9c1e3b5d7f9a1c";
-/// Connections that send nothing, then connections that send garbage.
-const SILENT: usize = 250;
+/// Connections that send nothing from one address, then from many, then ones that send garbage.
+const FROM_ONE: usize = 100;
+const FROM_MANY: usize = 250;
 const GARBAGE: usize = 50;
 
 async fn node(name: &str, peers: Vec<String>) -> Result<(TestNode, tempfile::TempDir)> {
@@ -27,6 +29,15 @@ async fn node(name: &str, peers: Vec<String>) -> Result<(TestNode, tempfile::Tem
     })
     .await?;
     Ok((node, dir))
+}
+
+/// A TCP connection to `port` on 127.0.0.1 from the loopback address `from` (127.0.0.x).
+async fn connect_from(from: Ipv4Addr, port: u16) -> Result<TcpStream> {
+    let socket = TcpSocket::new_v4()?;
+    socket.bind(SocketAddr::from((from, 0)))?;
+    Ok(socket
+        .connect(SocketAddr::from(([127, 0, 0, 1], port)))
+        .await?)
 }
 
 fn open_fds() -> usize {
@@ -114,26 +125,53 @@ async fn a_flood_of_connections_without_the_key_is_bounded_and_closed() -> Resul
     .await?;
     exchange(&b, &a).await?;
     let baseline = open_fds();
+    let per_address = CONNECTION_CAPS.pending_incoming_per_address as usize;
+    let cap = CONNECTION_CAPS.pending_incoming as usize;
 
-    // The flood: connections that never start the handshake, then some that send garbage.
+    // One host floods the port with connections that never start the handshake: it gets its
+    // few pending slots, the rest is closed at once, long before any handshake could time out.
     let started = tokio::time::Instant::now();
     let mut flood = Vec::new();
-    for _ in 0..SILENT {
-        flood.push(TcpStream::connect(("127.0.0.1", port)).await?);
+    for _ in 0..FROM_ONE {
+        flood.push(connect_from(Ipv4Addr::new(127, 0, 0, 2), port).await?);
+    }
+    let mut closed = vec![false; FROM_ONE];
+    wait_for(
+        "the node to close what is over one address's cap",
+        HANDSHAKE_TIMEOUT / 2,
+        || {
+            let done = count_closed(&flood, &mut closed);
+            async move { (FROM_ONE - done <= per_address).then_some(()) }
+        },
+    )
+    .await?;
+    // Meanwhile a new peer with the key, at another address, gets in at once.
+    let (c, dc) = node("c", vec![seed.clone()]).await?;
+    wait_for("a to list c", HANDSHAKE_TIMEOUT / 2, || async {
+        lists(&a, "c").then_some(())
+    })
+    .await?;
+    exchange(&c, &a).await?;
+    assert!(started.elapsed() < HANDSHAKE_TIMEOUT, "too slow to tell");
+    c.stop().await;
+    drop(dc);
+
+    // Many hosts flood it, some with garbage: the node holds at most its cap in all.
+    let started = tokio::time::Instant::now();
+    for i in 0..FROM_MANY {
+        let from = Ipv4Addr::new(127, 0, 1, (i % 50) as u8 + 1);
+        flood.push(connect_from(from, port).await?);
     }
     for i in 0..GARBAGE {
-        let mut stream = TcpStream::connect(("127.0.0.1", port)).await?;
+        let mut stream = connect_from(Ipv4Addr::new(127, 0, 2, (i % 50) as u8 + 1), port).await?;
         let garbage: Vec<u8> = (0..64).map(|j| (i * 31 + j * 7) as u8).collect();
         // The node may already have refused it; that is fine.
         let _ = stream.write_all(&garbage).await;
         flood.push(stream);
     }
     let total = flood.len();
-    let mut closed = vec![false; total];
+    closed.resize(total, false);
     let mut most_fds = open_fds();
-    // Over the pending cap, connections are closed at once: long before any handshake could
-    // time out, the node holds at most the cap (this process holds all of its own ends).
-    let cap = CONNECTION_CAPS.pending_incoming as usize;
     wait_for(
         "the node to close what is over its pending cap",
         HANDSHAKE_TIMEOUT / 2,
@@ -150,7 +188,7 @@ async fn a_flood_of_connections_without_the_key_is_bounded_and_closed() -> Resul
         "the node held more than its cap: {most_fds} descriptors open, {baseline} before the flood"
     );
 
-    // Meanwhile the peers with the key keep talking.
+    // The peers with the key keep talking.
     exchange(&b, &a).await?;
     exchange(&a, &b).await?;
 
@@ -164,16 +202,6 @@ async fn a_flood_of_connections_without_the_key_is_bounded_and_closed() -> Resul
         },
     )
     .await?;
-
-    // A new peer with the key gets in once the pending slots are free.
-    let (c, dc) = node("c", vec![seed.clone()]).await?;
-    wait_for("a to list c", Duration::from_secs(40), || async {
-        lists(&a, "c").then_some(())
-    })
-    .await?;
-    exchange(&c, &a).await?;
-    c.stop().await;
-    drop(dc);
 
     // With this test's ends closed too, the process is back near where it started.
     drop(flood);

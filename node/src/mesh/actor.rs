@@ -21,6 +21,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use super::limits::{OverAddressCap, PendingPerAddress};
 use super::rpc::{self, Rpc};
 use super::{
     Announcement, CONNECTION_CAPS, Command, HANDSHAKE_TIMEOUT, MeshConfig, MeshError, MeshHandle,
@@ -42,8 +43,9 @@ const CAP_WARNING_EVERY: Duration = Duration::from_secs(60);
 
 #[derive(NetworkBehaviour)]
 struct Behaviour {
-    /// Refuses connections over [`CONNECTION_CAPS`]; first, so it decides before the others.
+    /// Refuses connections over [`CONNECTION_CAPS`]; first, so they decide before the others.
     limits: connection_limits::Behaviour,
+    per_address: PendingPerAddress,
     mdns: Toggle<mdns::tokio::Behaviour>,
     identify: identify::Behaviour,
     ping: ping::Behaviour,
@@ -131,6 +133,7 @@ fn build_swarm(config: &MeshConfig) -> Result<Swarm<Behaviour>, MeshError> {
             )?;
             Ok(Behaviour {
                 limits: connection_limits::Behaviour::new(connection_limits()),
+                per_address: PendingPerAddress::new(CONNECTION_CAPS.pending_incoming_per_address),
                 mdns: Toggle::from(mdns),
                 identify: identify::Behaviour::new(
                     identify::Config::new("/taskmesh/1".into(), key.public())
@@ -548,7 +551,8 @@ impl Actor {
                 ..
             } => {
                 let over_cap = matches!(&error, ListenError::Denied { cause }
-                    if cause.downcast_ref::<connection_limits::Exceeded>().is_some());
+                    if cause.downcast_ref::<connection_limits::Exceeded>().is_some()
+                        || cause.downcast_ref::<OverAddressCap>().is_some());
                 if over_cap {
                     self.refused_over_cap += 1;
                     if self

@@ -17,6 +17,7 @@
 
 mod actor;
 pub mod keys;
+mod limits;
 mod peers;
 mod rpc;
 
@@ -32,6 +33,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use keys::{ClusterKey, load_or_create_identity};
 pub use libp2p::PeerId;
+pub use limits::OverAddressCap;
 pub use peers::{Announcement, ClusterBadge, PeerInfo, PeerTable, load_average};
 pub use rpc::Reply;
 
@@ -42,9 +44,12 @@ pub use rpc::Reply;
 /// timed out yet), and at most 29 handshakes at once (every peer redialling together). The caps
 /// leave room for twice that. Pending incoming connections (TCP accepted, handshakes not done)
 /// are what a stranger without the key can hold: at most 64, each for at most
-/// [`HANDSHAKE_TIMEOUT`]; connections already established are not affected by a flood of them.
+/// [`HANDSHAKE_TIMEOUT`], and 8 of them from one IP address, so that a host flooding the port
+/// leaves slots for peers at other addresses. Connections already established are not affected
+/// by a flood.
 pub const CONNECTION_CAPS: ConnectionCaps = ConnectionCaps {
     pending_incoming: 64,
+    pending_incoming_per_address: 8,
     pending_outgoing: 128,
     established_incoming: 128,
     established_per_peer: 4,
@@ -60,6 +65,8 @@ pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct ConnectionCaps {
     /// Incoming connections still in their handshakes.
     pub pending_incoming: u32,
+    /// Of those, from one IP address.
+    pub pending_incoming_per_address: u32,
     /// Dials still in their handshakes.
     pub pending_outgoing: u32,
     pub established_incoming: u32,
