@@ -1,6 +1,7 @@
 //! The mesh under a flood of TCP connections without the key: the node holds only a bounded
 //! number of them (in all, and from one address), closes them all within its handshake timeout,
-//! and peers with the key keep talking and can still join. Alone in its test binary, so that
+//! and meanwhile peers with the key keep talking and can still join, the API answers and runs
+//! start. Alone in its test binary, so that
 //! the process's open file descriptors are the nodes' and this test's own.
 
 use std::io::ErrorKind;
@@ -188,9 +189,25 @@ async fn a_flood_of_connections_without_the_key_is_bounded_and_closed() -> Resul
         "the node held more than its cap: {most_fds} descriptors open, {baseline} before the flood"
     );
 
-    // The peers with the key keep talking.
+    // The peers with the key keep talking, the API answers, and runs start.
     exchange(&b, &a).await?;
     exchange(&a, &b).await?;
+    let health = tokio::time::timeout(Duration::from_secs(1), a.api.get("/api/health")).await;
+    assert!(
+        matches!(health, Ok(Ok((200, _)))),
+        "/api/health did not answer within 1 s: {health:?}"
+    );
+    let task = a
+        .api
+        .create_task(&serde_json::json!({"name": "during-the-flood", "spec": {"command": ["true"]}, "when": {"mode": "manual"}}))
+        .await?;
+    let run = a.api.execute(&task).await?;
+    let run = run["id"].as_str().context("run id")?.to_owned();
+    wait_for("the run to succeed", Duration::from_secs(10), || async {
+        let (_, r) = a.api.get(&format!("/api/runs/{run}")).await.ok()?;
+        (r["status"] == "succeeded").then_some(())
+    })
+    .await?;
 
     // Every connection without the key is closed within the handshake timeout.
     wait_for(

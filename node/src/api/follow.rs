@@ -46,9 +46,14 @@ pub(super) async fn run_log(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let id = parse_run_id(&id)?;
-    let offset = match (p.follow, last_event_id(&headers)?) {
-        (true, Some(resume)) => resume,
-        _ => checked_offset(p.offset, "offset")?,
+    let resume = if p.follow {
+        last_event_id(&headers)?
+    } else {
+        None
+    };
+    let offset = match resume {
+        Some(offset) => offset,
+        None => checked_offset(p.offset, "offset")?,
     };
     let run = node.run(&id).await?;
     if !p.follow {
