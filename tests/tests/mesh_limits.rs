@@ -1,8 +1,8 @@
 //! The mesh under a flood of TCP connections without the key: the node holds only a bounded
 //! number of them (in all, and from one address), closes them all within its handshake timeout,
 //! and meanwhile peers with the key keep talking and can still join, the API answers and runs
-//! start. Alone in its test binary, so that
-//! the process's open file descriptors are the nodes' and this test's own.
+//! start. Alone in its test binary, so that the process's open file descriptors are the nodes'
+//! and this test's own.
 
 use std::io::ErrorKind;
 use std::net::{Ipv4Addr, SocketAddr};
