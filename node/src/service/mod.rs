@@ -811,10 +811,11 @@ impl NodeHandle {
         if reveal { settings } else { settings.masked() }
     }
 
-    /// Replaces all settings. Masked secrets keep their stored values.
+    /// Replaces all settings. Masked secrets keep their stored values while their destination
+    /// is unchanged (see [`Settings::unmask_from`]); otherwise the save is refused.
     pub async fn put_settings(&self, mut settings: Settings) -> Result<Settings, NodeError> {
         let current = self.settings(true);
-        settings.unmask_from(&current);
+        settings.unmask_from(&current)?;
         // A node always has a cluster key: a document without one keeps the current key.
         if settings.node.cluster_key.is_none() {
             settings.node.cluster_key = current.node.cluster_key.clone();
@@ -879,12 +880,10 @@ impl NodeHandle {
         let settings = match &settings.exported_by {
             Some(origin) if Some(&origin.peer_id) != own_id.as_ref() => {
                 info!(from = %origin.name, "importing another node's settings: joining its mesh");
-                let mut current = self.settings(true);
-                // Masked secrets in the file keep this node's values, as with any save.
-                let mut incoming = settings;
-                incoming.unmask_from(&current);
-                current.exported_by = None;
-                incoming.joined_from(&current)
+                let current = self.settings(true);
+                // Masked secrets in the file keep this node's values, as with any save, and
+                // only for the destinations this node sends them to.
+                settings.joined_from(&current)?
             }
             _ => settings,
         };
@@ -967,6 +966,9 @@ impl NodeHandle {
     }
 }
 
+/// Up to `max` bytes of the file at `path` from byte `from` on: empty at or past its end (any
+/// `from`, also one beyond the largest file offset, 2^63 - 1, which a seek would refuse), None
+/// when there is no file.
 fn read_from(path: &std::path::Path, from: u64, max: usize) -> std::io::Result<Option<Vec<u8>>> {
     use std::io::{Read, Seek, SeekFrom};
     let mut file = match logs::open_log(path) {
@@ -974,6 +976,9 @@ fn read_from(path: &std::path::Path, from: u64, max: usize) -> std::io::Result<O
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(e),
     };
+    if from >= file.metadata()?.len() {
+        return Ok(Some(Vec::new()));
+    }
     file.seek(SeekFrom::Start(from))?;
     let mut buf = Vec::new();
     file.take(max as u64).read_to_end(&mut buf)?;
@@ -985,6 +990,8 @@ mod tests {
     use std::os::unix::fs::PermissionsExt;
 
     use crate::store::Store;
+
+    use super::read_from;
 
     #[test]
     fn a_log_path_below_a_world_writable_folder_refuses_to_start() {
@@ -1009,5 +1016,27 @@ mod tests {
             text.contains(&format!("{} is writable by everyone", open.display())),
             "{text}"
         );
+    }
+
+    #[test]
+    fn a_log_is_read_from_any_offset_without_error() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("run.log");
+        std::fs::write(&path, b"hello\n").expect("write");
+        let cases: &[(u64, usize, Option<&[u8]>)] = &[
+            (0, 100, Some(b"hello\n")),
+            (2, 2, Some(b"ll")),
+            (6, 100, Some(b"")),
+            (7, 100, Some(b"")),
+            // Past the largest file offset: a seek there fails (EINVAL); reading gives nothing.
+            (1 << 63, 100, Some(b"")),
+            (u64::MAX, 100, Some(b"")),
+        ];
+        for (from, max, expected) in cases {
+            let read = read_from(&path, *from, *max).expect("read");
+            assert_eq!(read.as_deref(), *expected, "from {from}");
+        }
+        let missing = read_from(&dir.path().join("none.log"), u64::MAX, 1).expect("read");
+        assert_eq!(missing, None);
     }
 }
