@@ -144,7 +144,7 @@ tn_kill_ns() {
 # Starts node i in its namespace, in the background, with its own session and the key of
 # node<i>/cluster.key (falls back to the shared key). Does not wait.
 tn_start_node() {
-  local i=$1 bin dir ns ip key
+  local i=$1 bin dir ns ip
   bin=$(tn_bin)
   dir=$(tn_node_dir "$i")
   ns=$(tn_ns "$i")
@@ -154,7 +154,6 @@ tn_start_node() {
     [[ -s $TESTNET_DIR/cluster.key ]] || tn_die "no cluster key in $TESTNET_DIR (run testnet/up first)"
     cp "$TESTNET_DIR/cluster.key" "$dir/cluster.key"
   fi
-  key=$(<"$dir/cluster.key")
   rm -f "$dir/pid"
   {
     echo "=== $(date -Is) start node$i in $ns: $bin"
@@ -168,11 +167,12 @@ tn_start_node() {
     [[ $var == TASKMESH_LOG ]] || unset+=(-u "$var")
   done
   # shellcheck disable=SC2016 # $$ and $1 are the inner bash's
-  # The key goes in the environment, not the command line, where `ps` would show it.
-  env "${unset[@]}" TASKMESH_LOG="${TASKMESH_LOG:-info}" NO_COLOR=1 TASKMESH_CLUSTER_KEY="$key" \
+  # The key is given as a file (0600), never on the command line, where `ps` would show it.
+  env "${unset[@]}" TASKMESH_LOG="${TASKMESH_LOG:-info}" NO_COLOR=1 \
     ip netns exec "$ns" setsid bash -c 'echo $$ >"$1"; shift; exec "$@"' _ "$dir/pid" \
     "$bin" run \
     --data-dir "$dir/data" \
+    --cluster-key-file "$dir/cluster.key" \
     --listen "$ip:$TN_UI_PORT" \
     --p2p-listen "/ip4/$ip/tcp/$TN_P2P_PORT" \
     --name "node$i" \

@@ -19,7 +19,13 @@ pub struct Config {
     pub p2p_listen: String,
     /// Overrides `node.mdns` of the settings for this start (tests and shared machines turn it off).
     pub mdns: Option<bool>,
-    /// The cluster key to use (and keep); without it the node keeps its own, or makes one.
+    /// A file holding the cluster key to use (and keep in `<data dir>/cluster-key`);
+    /// `--cluster-key-file` on the command line.
+    pub cluster_key_file: Option<PathBuf>,
+    /// The cluster key to use (and keep), from `TASKMESH_CLUSTER_KEY` (tests set it in
+    /// process); never read from the config file, which is often readable by others. Without
+    /// it or a key file, the node keeps its own, or makes one.
+    #[serde(skip)]
     pub cluster_key: Option<String>,
     /// Peers to dial at this start, besides `node.peers` of the settings.
     pub peers: Vec<String>,
@@ -52,6 +58,7 @@ impl Default for Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             p2p_listen: "/ip4/0.0.0.0/tcp/7946".into(),
             mdns: None,
+            cluster_key_file: None,
             cluster_key: None,
             peers: Vec::new(),
             name: None,
@@ -141,6 +148,11 @@ impl Config {
     /// The file holding the node's p2p identity (its PeerId).
     pub fn identity_path(&self) -> PathBuf {
         self.data_dir.join("identity")
+    }
+
+    /// The file holding the node's cluster key (0600); the database never holds it.
+    pub fn cluster_key_path(&self) -> PathBuf {
+        self.data_dir.join(crate::service::CLUSTER_KEY_FILE)
     }
 
     pub fn db_path(&self) -> PathBuf {

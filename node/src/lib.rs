@@ -13,6 +13,8 @@ pub mod logs;
 pub mod mesh;
 pub mod model;
 pub mod notify;
+pub mod private_files;
+pub mod process_setup;
 pub mod scheduler;
 pub mod service;
 pub mod sink;

@@ -59,7 +59,21 @@ async fn run_node(args: RunArgs) -> anyhow::Result<()> {
         config.p2p_listen = addr;
     }
     if args.cluster_key.is_some() {
-        config.cluster_key = args.cluster_key;
+        anyhow::bail!(
+            "--cluster-key is no longer taken: every user of this machine could read the key in \
+             /proc/PID/cmdline. Put the key in a file only you can read and pass \
+             --cluster-key-file FILE, or set TASKMESH_CLUSTER_KEY"
+        );
+    }
+    if let Some(path) = args.cluster_key_file {
+        config.cluster_key_file = Some(path);
+    }
+    // The key itself, from the environment (never from argv); tasks do not inherit it.
+    if let Some(key) = std::env::var("TASKMESH_CLUSTER_KEY")
+        .ok()
+        .filter(|k| !k.trim().is_empty())
+    {
+        config.cluster_key = Some(key);
     }
     if args.no_mdns {
         config.mdns = Some(false);

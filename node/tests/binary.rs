@@ -15,6 +15,8 @@ const BIN: &str = env!("CARGO_BIN_EXE_taskmesh");
 struct Node {
     child: Child,
     url: String,
+    /// Every line the node logged so far.
+    log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 /// A node a failing test leaves behind is killed, not left running.
@@ -38,11 +40,17 @@ const TOKEN: &str = "7d0c5e9a3b1f4e6d8c2a0b9f7e5d3c1a9b8f6e4d2c0a1b3f5e7d9c2b4a6
 
 /// Starts the binary with more arguments for `run`.
 fn start_with(dir: &Path, args: &[&str]) -> Node {
+    start_via(Command::new(BIN), dir, args)
+}
+
+/// Starts a node with `command`, which is the binary or something that execs it with the
+/// arguments it is given (`run …`).
+fn start_via(mut command: Command, dir: &Path, args: &[&str]) -> Node {
     let token_file = dir.join("access-token");
     if !token_file.exists() {
         std::fs::write(&token_file, format!("{TOKEN}\n")).expect("write the access token");
     }
-    let mut child = Command::new(BIN)
+    let mut child = command
         .args(["run", "--listen", "127.0.0.1:0", "--no-mdns"])
         .args(args)
         .arg("--data-dir")
@@ -55,8 +63,11 @@ fn start_with(dir: &Path, args: &[&str]) -> Node {
         .expect("spawn taskmesh");
     let stderr = child.stderr.take().expect("stderr");
     let (tx, rx) = std::sync::mpsc::channel();
+    let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let lines = log.clone();
     std::thread::spawn(move || {
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            lines.lock().expect("log").push(line.clone());
             if let Some(i) = line.find("url=") {
                 let _ = tx.send(
                     line[i + 4..]
@@ -71,7 +82,7 @@ fn start_with(dir: &Path, args: &[&str]) -> Node {
     let url = rx
         .recv_timeout(Duration::from_secs(20))
         .expect("the node logs its URL");
-    Node { child, url }
+    Node { child, url, log }
 }
 
 /// Stops a node cleanly (SIGTERM), so that the processes it runs stop with it.
@@ -219,11 +230,13 @@ impl Cluster {
     }
 
     fn launch(&self, i: usize) -> Node {
+        let key_file = self.dirs[i].path().join("given-cluster-key");
+        std::fs::write(&key_file, Self::KEY).expect("write the key file");
         let mut args = vec![
             "--p2p-listen".to_string(),
             format!("/ip4/127.0.0.1/tcp/{}", self.ports[i]),
-            "--cluster-key".into(),
-            Self::KEY.into(),
+            "--cluster-key-file".into(),
+            key_file.display().to_string(),
             "--name".into(),
             format!("n{i}"),
         ];
@@ -802,6 +815,275 @@ fn the_cli_adds_runs_and_removes_a_task() {
     stop(node);
 }
 
+/// Every folder and file under `root` (`root` included; links neither listed nor followed) with
+/// its permission bits.
+fn modes(root: &Path) -> Vec<(std::path::PathBuf, u32, bool)> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_owned()];
+    while let Some(path) = stack.pop() {
+        let meta = std::fs::symlink_metadata(&path).expect("stat");
+        if meta.file_type().is_symlink() {
+            continue;
+        }
+        out.push((
+            path.clone(),
+            meta.permissions().mode() & 0o7777,
+            meta.is_dir(),
+        ));
+        if meta.is_dir() {
+            for entry in std::fs::read_dir(&path).expect("read dir") {
+                stack.push(entry.expect("entry").path());
+            }
+        }
+    }
+    out
+}
+
+/// Runs `task` (created before) on `node` and returns its log once it has ended.
+fn run_to_end(http: &reqwest::blocking::Client, node: &Node, task: &str) -> String {
+    let run: Value = http
+        .post(format!("{}/api/tasks/{task}/run", node.url))
+        .send()
+        .expect("run")
+        .json()
+        .expect("json");
+    let id = run["id"].as_str().expect("id").to_owned();
+    wait_until("the run to end", Duration::from_secs(15), || {
+        let run: Value = http
+            .get(format!("{}/api/runs/{id}", node.url))
+            .send()
+            .ok()?
+            .json()
+            .ok()?;
+        (run["status"] == "succeeded").then_some(())
+    });
+    http.get(format!("{}/api/runs/{id}/log", node.url))
+        .send()
+        .expect("log")
+        .text()
+        .expect("text")
+}
+
+/// Whether the file at `path` holds `needle` anywhere.
+fn file_holds(path: &Path, needle: &[u8]) -> bool {
+    std::fs::read(path)
+        .expect("read")
+        .windows(needle.len())
+        .any(|w| w == needle)
+}
+
+#[test]
+fn a_node_keeps_its_data_private_and_its_secrets_and_limits_from_tasks() {
+    const KEY: &str = "5f0e1d2c3b4a59687766554433221100ffeeddccbbaa99887766554433221100";
+    const USER_TOKEN: &str = "a-token-in-the-environment-no-task-may-see";
+    let dir = tempfile::tempdir().expect("tmp");
+    let out = tempfile::tempdir().expect("tmp");
+    // Started as a user would start it: umask 022, a soft open-file limit of 512, the key and
+    // a token in the environment.
+    let mut command = Command::new("sh");
+    command
+        .args(["-c", r#"umask 022; ulimit -Sn 512; exec "$0" "$@""#, BIN])
+        .env("TASKMESH_CLUSTER_KEY", KEY)
+        .env("TASKMESH_TOKEN", USER_TOKEN);
+    let node = start_via(
+        command,
+        dir.path(),
+        &["--p2p-listen", "/ip4/127.0.0.1/tcp/0"],
+    );
+    let http = client();
+    set_cluster_setting(&http, &node.url, "daily_logs", json!(true));
+    let made = out.path().join("made-by-task");
+    let script = format!(
+        "env; echo umask=$(umask); echo nofile=$(ulimit -n); touch '{}'",
+        made.display()
+    );
+    create_task(
+        &http,
+        &node.url,
+        &json!({"name": "probe", "spec": {"shell": script}, "when": {"mode": "manual"}}),
+    );
+    let log = run_to_end(&http, &node, "probe");
+
+    // The task sees its own TASKMESH_ variables, none of the node's.
+    assert!(log.contains("TASKMESH_RUN_ID="), "{log}");
+    assert!(
+        !log.contains(KEY),
+        "the cluster key reached the task: {log}"
+    );
+    assert!(
+        !log.contains(USER_TOKEN),
+        "the token reached the task: {log}"
+    );
+    assert!(
+        !log.contains("TASKMESH_CLUSTER_KEY") && !log.contains("TASKMESH_TOKEN"),
+        "{log}"
+    );
+    // It gets the umask and the open-file limit the node was started with.
+    assert!(log.contains("umask=0022"), "{log}");
+    assert!(log.contains("nofile=512\n"), "{log}");
+    let task_file = modes(&made);
+    assert_eq!(task_file[0].1, 0o644, "a file the task made");
+    // The node itself runs with its soft limit raised to the hard one.
+    let limits =
+        std::fs::read_to_string(format!("/proc/{}/limits", node.child.id())).expect("limits");
+    let open_files: Vec<&str> = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .expect("open files")
+        .split_whitespace()
+        .collect();
+    assert_eq!(open_files[3], open_files[4], "soft = hard: {limits}");
+
+    // The key given in the environment is kept in its own private file.
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("cluster-key"))
+            .expect("key file")
+            .trim(),
+        KEY
+    );
+    // A save that changes the key writes the file, and not the database.
+    let mut settings: Value = http
+        .get(format!("{}/api/settings?reveal=true", node.url))
+        .send()
+        .expect("get")
+        .json()
+        .expect("json");
+    let new_key = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
+    settings["node"]["cluster_key"] = json!(new_key);
+    let r = http
+        .put(format!("{}/api/settings", node.url))
+        .json(&settings)
+        .send()
+        .expect("put");
+    assert_eq!(r.status().as_u16(), 200, "{:?}", r.text());
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("cluster-key"))
+            .expect("key file")
+            .trim(),
+        new_key
+    );
+    stop(node);
+    let db = dir.path().join("taskmesh.redb");
+    for key in [KEY, new_key] {
+        assert!(!file_holds(&db, key.as_bytes()), "the database holds {key}");
+        let raw: Vec<u8> = (0..32)
+            .map(|i| u8::from_str_radix(&key[2 * i..2 * i + 2], 16).expect("hex"))
+            .collect();
+        assert!(!file_holds(&db, &raw), "the database holds the raw key");
+    }
+
+    // Everything the node made is its user's alone.
+    let all = modes(dir.path());
+    for name in [
+        "taskmesh.redb",
+        "raft.log",
+        "identity",
+        "access-token",
+        "cluster-key",
+    ] {
+        assert!(
+            all.iter().any(|(p, _, _)| p.ends_with(name)),
+            "no {name}: {all:?}"
+        );
+    }
+    assert!(
+        all.iter().any(|(p, _, _)| p.ends_with("logs/probe")),
+        "daily logs: {all:?}"
+    );
+    for (path, mode, is_dir) in &all {
+        let want = if *is_dir { 0o700 } else { 0o600 };
+        assert_eq!(*mode, want, "{} is {mode:o}", path.display());
+    }
+}
+
+#[test]
+fn an_old_install_is_made_private_at_start() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().expect("tmp");
+    let node = start(dir.path());
+    let http = client();
+    create_task(
+        &http,
+        &node.url,
+        &json!({"name": "hello", "spec": {"command": ["echo", "hi"]}, "when": {"mode": "manual"}}),
+    );
+    run_to_end(&http, &node, "hello");
+    stop(node);
+    // As an older version left it: folders 0755, files 0644.
+    let before = modes(dir.path());
+    for (path, _, is_dir) in &before {
+        let mode = if *is_dir { 0o755 } else { 0o644 };
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).expect("chmod");
+    }
+    let node = start(dir.path());
+    let line = wait_until(
+        "the line saying what was fixed",
+        Duration::from_secs(5),
+        || {
+            node.log
+                .lock()
+                .expect("log")
+                .iter()
+                .find(|l| l.contains("older install private"))
+                .cloned()
+        },
+    );
+    assert!(line.contains(&format!("fixed={}", before.len())), "{line}");
+    for (path, mode, is_dir) in modes(dir.path()) {
+        let want = if is_dir { 0o700 } else { 0o600 };
+        assert_eq!(mode, want, "{} is {mode:o}", path.display());
+    }
+    stop(node);
+}
+
+/// Starts the binary and expects it to exit with an error; returns what it printed.
+fn start_fails(args: &[&str]) -> String {
+    let mut child = Command::new(BIN)
+        .args(["run", "--listen", "127.0.0.1:0", "--no-mdns"])
+        .args(["--p2p-listen", "/ip4/127.0.0.1/tcp/0"])
+        .args(args)
+        .env("NO_COLOR", "1")
+        .env_remove("TASKMESH_CLUSTER_KEY")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let status = wait_until("the node to refuse", Duration::from_secs(15), || {
+        child.try_wait().ok().flatten()
+    });
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().expect("stderr"), &mut stderr)
+        .expect("stderr");
+    assert!(!status.success(), "it started: {stderr}");
+    stderr
+}
+
+#[test]
+fn a_copied_database_without_its_key_file_does_not_start() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let node = start(dir.path());
+    stop(node);
+    // Someone copies the database and the Raft log (not the key file) to start a node of theirs.
+    let copy = tempfile::tempdir().expect("tmp");
+    for name in ["taskmesh.redb", "raft.log"] {
+        std::fs::copy(dir.path().join(name), copy.path().join(name)).expect("copy");
+    }
+    let data_dir = copy.path().to_str().expect("path");
+    let stderr = start_fails(&["--data-dir", data_dir]);
+    let key_file = copy.path().join("cluster-key");
+    assert!(
+        stderr.contains(&format!("{} is missing", key_file.display())),
+        "{stderr}"
+    );
+    // A key on the command line is refused, with the way to give it instead.
+    let stderr = start_fails(&["--data-dir", data_dir, "--cluster-key", &"ab".repeat(32)]);
+    assert!(
+        stderr.contains("--cluster-key-file") && stderr.contains("TASKMESH_CLUSTER_KEY"),
+        "{stderr}"
+    );
+}
+
 #[test]
 fn the_start_log_has_a_login_link_and_the_cli_makes_more_and_rotates_the_token() {
     let dir = tempfile::tempdir().expect("tmp");
@@ -847,7 +1129,11 @@ fn the_start_log_has_a_login_link_and_the_cli_makes_more_and_rotates_the_token()
         }
     };
     let url = url.expect("url");
-    let node = Node { child, url };
+    let node = Node {
+        child,
+        url,
+        log: Default::default(),
+    };
     assert!(
         link.starts_with(&format!("{}/login?code=", node.url)),
         "{link}"

@@ -266,6 +266,33 @@ async fn settings_send_a_test_notification_and_show_the_answer() -> Result<()> {
         .click(&browser.find("#settings-form button[type=submit]").await?)
         .await?;
     wait_text(&browser, "#channel-rows", "chat").await?;
+
+    // The webhook URL carries a token: the editor shows it masked, and saving the masked
+    // settings as they are keeps it, so "Send test" still reaches the hook.
+    browser.goto(&format!("{base}/settings")).await?;
+    let editor = browser.find("#settings-editor").await?;
+    let shown = browser.value(&editor).await?;
+    assert!(
+        shown.contains("********") && !shown.contains(&fake.url),
+        "{shown}"
+    );
+    browser
+        .click(&browser.find("#settings-form button[type=submit]").await?)
+        .await?;
+    wait_text(&browser, "#settings-status", "Saved.").await?;
+    let before = fake.seen().len();
+    let button = browser
+        .find("#channel-rows tr[data-channel=hook] button")
+        .await?;
+    browser.click(&button).await?;
+    wait_text(
+        &browser,
+        "#channel-rows tr[data-channel=hook] td.result",
+        "Delivered (webhook).",
+    )
+    .await?;
+    assert_eq!(fake.seen().len(), before + 1);
+    assert_eq!(fake.seen()[before].path, "/hook");
     Ok(())
 }
 

@@ -301,3 +301,102 @@ async fn a_template_with_an_unknown_placeholder_is_refused_with_its_field() -> R
     node.stop().await;
     Ok(())
 }
+
+/// The paths of a refusal's field errors.
+fn refused_paths(answer: &Value) -> Vec<String> {
+    answer["details"]
+        .as_array()
+        .map(|d| {
+            d.iter()
+                .filter_map(|e| e["path"].as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn a_stored_token_never_follows_a_changed_api_base() -> Result<()> {
+    let fake = FakeHttp::start().await?;
+    let evil = FakeHttp::start().await?;
+    let node = TestNode::start().await?;
+    use_fake(&node, &fake).await?;
+
+    // Webhook URLs carry tokens: masked like the bot tokens.
+    let (_, masked) = node.api.get("/api/settings").await?;
+    let text = masked.to_string();
+    for secret in [TOKEN, SLACK_TOKEN, "/hooks/T1/B2", "/web"] {
+        assert!(!text.contains(secret), "{secret} shown: {text}");
+    }
+    assert_eq!(masked["cluster"]["channels"]["web"]["url"], "********");
+    assert_eq!(
+        masked["cluster"]["channels"]["hook"]["webhook_url"],
+        "********"
+    );
+
+    // The masked settings with Telegram and Slack pointed elsewhere: refused at each token.
+    let mut moved = masked.clone();
+    moved["cluster"]["telegram"]["api_base"] = json!(evil.url);
+    moved["cluster"]["slack"]["api_base"] = json!(format!("{}/slack", evil.url));
+    let (status, answer) = node
+        .api
+        .send(reqwest::Method::PUT, "/api/settings", Some(&moved))
+        .await?;
+    assert_eq!(status, 400, "{answer}");
+    assert_eq!(
+        refused_paths(&answer),
+        ["cluster.telegram.bot_token", "cluster.slack.bot_token"],
+        "{answer}"
+    );
+    assert!(
+        answer["details"][0]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("destination changed") && m.contains("api_base")),
+        "{answer}"
+    );
+    // An import of the same document is refused the same way.
+    let import = node
+        .api
+        .http
+        .post(format!("{}/api/settings/import", node.api.base))
+        .body(moved.to_string())
+        .send()
+        .await?;
+    assert_eq!(import.status().as_u16(), 400);
+    let answer: Value = import.json().await?;
+    assert_eq!(refused_paths(&answer)[0], "cluster.telegram.bot_token");
+    // Nothing changed: "Send test" still goes to the old base, and the new one hears nothing.
+    for channel in ["ops", "team", "hook", "web"] {
+        let (status, answer) = node
+            .api
+            .post(&format!("/api/channels/{channel}/test"), &Value::Null)
+            .await?;
+        assert_eq!(status, 200, "{channel}: {answer}");
+    }
+    assert_eq!(fake.seen().len(), 4, "{:#?}", fake.seen());
+    assert!(evil.seen().is_empty(), "{:#?}", evil.seen());
+
+    // With the token entered again, the new base is accepted and gets the new token only.
+    moved["cluster"]["telegram"]["bot_token"] = json!("777:entered-again");
+    moved["cluster"]["slack"]["bot_token"] = json!(null);
+    let (status, answer) = node
+        .api
+        .send(reqwest::Method::PUT, "/api/settings", Some(&moved))
+        .await?;
+    assert_eq!(status, 200, "{answer}");
+    let (status, answer) = node
+        .api
+        .post("/api/channels/ops/test", &Value::Null)
+        .await?;
+    assert_eq!(status, 200, "{answer}");
+    let seen = evil.seen();
+    assert_eq!(seen.len(), 1, "{seen:#?}");
+    assert_eq!(seen[0].path, "/bot777:entered-again/sendMessage");
+    // The webhook URLs, left masked, kept their stored values.
+    let (status, _) = node
+        .api
+        .post("/api/channels/web/test", &Value::Null)
+        .await?;
+    assert_eq!(status, 200);
+    assert_eq!(fake.seen().last().map(|s| s.path.as_str()), Some("/web"));
+    Ok(())
+}

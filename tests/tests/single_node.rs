@@ -822,3 +822,36 @@ async fn concurrency_forbid_refuses_allow_overlaps_replace_stops_the_earlier_run
     .await?;
     Ok(())
 }
+
+#[tokio::test]
+async fn a_log_path_others_can_write_to_is_refused_at_save() -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let node = TestNode::start().await?;
+    let open = tempfile::tempdir()?;
+    std::fs::set_permissions(open.path(), std::fs::Permissions::from_mode(0o777))?;
+    let mut settings = node.api.get("/api/settings").await?.1;
+    settings["node"]["log_path"] = json!(open.path().join("logs"));
+    let (status, err) = node
+        .api
+        .send(reqwest::Method::PUT, "/api/settings", Some(&settings))
+        .await?;
+    assert_eq!(status, 400, "{err}");
+    assert_eq!(err["details"][0]["path"], "node.log_path", "{err}");
+    let message = err["details"][0]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains(&format!(
+            "{} is writable by everyone",
+            open.path().display()
+        )),
+        "{err}"
+    );
+    assert_eq!(node.handle.node_settings().log_path, None);
+    // With the sticky bit (as /tmp has), nobody can replace the folder below: accepted.
+    std::fs::set_permissions(open.path(), std::fs::Permissions::from_mode(0o1777))?;
+    let (status, saved) = node
+        .api
+        .send(reqwest::Method::PUT, "/api/settings", Some(&settings))
+        .await?;
+    assert_eq!(status, 200, "{saved}");
+    Ok(())
+}

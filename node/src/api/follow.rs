@@ -4,7 +4,7 @@ use std::convert::Infallible;
 use std::time::Duration;
 
 use axum::extract::{Path, Query, State};
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use chrono::Utc;
@@ -23,6 +23,9 @@ const CHUNK: usize = 64 * 1024;
 /// run on another node grows without local events: its log is fetched over the mesh).
 const RECHECK: Duration = Duration::from_millis(250);
 
+/// The largest byte offset in a file (`off_t` is signed): a larger `offset` is refused.
+const MAX_OFFSET: u64 = i64::MAX as u64;
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct LogParams {
@@ -32,17 +35,29 @@ pub(super) struct LogParams {
     follow: bool,
 }
 
-/// `GET /api/runs/{id}/log`: the log as text, or with `follow=true` as events: `log` (a piece of
-/// output, `id` = the offset after it), then `end` with the finished run.
+/// `GET /api/runs/{id}/log`: the log as text from byte `offset` on, or with `follow=true` as
+/// events: `log` (a piece of output, `id` = the offset after it), then `end` with the finished
+/// run. A follower that reconnects with `Last-Event-ID` (as `EventSource` does) resumes at that
+/// offset.
 pub(super) async fn run_log(
     State(node): State<NodeHandle>,
     Path(id): Path<String>,
     Query(p): Query<LogParams>,
+    headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let id = parse_run_id(&id)?;
+    let resume = if p.follow {
+        last_event_id(&headers)?
+    } else {
+        None
+    };
+    let offset = match resume {
+        Some(offset) => offset,
+        None => checked_offset(p.offset, "offset")?,
+    };
     let run = node.run(&id).await?;
     if !p.follow {
-        let text = match node.run_log(&id, p.offset, 16 << 20).await? {
+        let text = match node.run_log(&id, offset, 16 << 20).await? {
             Some(text) => text,
             // A run that printed nothing has no file.
             None if run.started_at.is_some() && !expired(&run, &node) => Vec::new(),
@@ -63,7 +78,7 @@ pub(super) async fn run_log(
         Follow {
             node,
             id,
-            offset: p.offset,
+            offset,
             events,
             ended: false,
         },
@@ -72,6 +87,38 @@ pub(super) async fn run_log(
     Ok(Sse::new(stream)
         .keep_alive(KeepAlive::default())
         .into_response())
+}
+
+/// `offset` if it is a byte position a file can have, else a 400 naming `what`.
+fn checked_offset(offset: u64, what: &str) -> Result<u64, ApiError> {
+    if offset > MAX_OFFSET {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("{what}: {offset} is past the largest log offset, {MAX_OFFSET}"),
+        ));
+    }
+    Ok(offset)
+}
+
+/// The offset in a `Last-Event-ID` header (the `id` of the last `log` event a follower got), if
+/// there is one; a value that is not an offset is a 400.
+fn last_event_id(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
+    let Some(value) = headers.get("last-event-id") else {
+        return Ok(None);
+    };
+    let bad = || {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "Last-Event-ID: not a log offset (the `id` of a `log` event, a whole number of bytes)",
+        )
+    };
+    let text = value.to_str().map_err(|_| bad())?.trim();
+    if text.is_empty() {
+        // An empty id means none (an SSE `id:` line without a value resets it).
+        return Ok(None);
+    }
+    let offset = text.parse::<u64>().map_err(|_| bad())?;
+    checked_offset(offset, "Last-Event-ID").map(Some)
 }
 
 /// Whether retention may have deleted the run's log: it ended longer ago than the logs are kept.

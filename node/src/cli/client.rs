@@ -455,6 +455,8 @@ async fn follow_log(api: &Api, id: &str) -> Result<ExitCode, ClientError> {
             let data = data.join("\n");
             match event {
                 "log" => {
+                    // Task output reaches a terminal: no escape sequences or controls.
+                    let data = super::terminal::terminal_safe(&data);
                     let _ = stdout.write_all(data.as_bytes());
                     if !data.ends_with('\n') {
                         let _ = stdout.write_all(b"\n");

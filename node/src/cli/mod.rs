@@ -2,6 +2,7 @@
 //! REST API.
 
 mod client;
+mod terminal;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -72,7 +73,8 @@ pub enum NotifyCommand {
 
 #[derive(Debug, Subcommand)]
 pub enum KeyCommand {
-    /// Print a new random cluster key (give it to every node with --cluster-key or in the settings).
+    /// Print a new random cluster key (give it to every node with --cluster-key-file, in
+    /// TASKMESH_CLUSTER_KEY, or in the settings).
     Gen,
 }
 
@@ -93,8 +95,14 @@ pub struct RunArgs {
     /// Address of the p2p endpoint, a multiaddr [default: /ip4/0.0.0.0/tcp/7946].
     #[arg(long, env = "TASKMESH_P2P_LISTEN")]
     pub p2p_listen: Option<String>,
-    /// The mesh's cluster key (64 hex digits, from `taskmesh key gen`); the node keeps it.
-    #[arg(long, env = "TASKMESH_CLUSTER_KEY", hide_env_values = true)]
+    /// A file (best 0600) holding the mesh's cluster key (64 hex digits, from `taskmesh key
+    /// gen`); the node keeps it in DATA_DIR/cluster-key. TASKMESH_CLUSTER_KEY may hold the
+    /// key itself instead [default: the key kept in the data dir, or a new one].
+    #[arg(long, env = "TASKMESH_CLUSTER_KEY_FILE", value_name = "FILE")]
+    pub cluster_key_file: Option<PathBuf>,
+    /// Removed: a key on the command line is visible to every user (/proc/PID/cmdline). Kept
+    /// only to say so.
+    #[arg(long, hide = true, value_name = "KEY")]
     pub cluster_key: Option<String>,
     /// Do not use multicast DNS to find other nodes at this start (TASKMESH_NO_MDNS takes
     /// 1/0, true/false, yes/no, on/off).

@@ -191,6 +191,13 @@ async fn read_lines(
     }
 }
 
+/// The names among `names` that belong to the node's own configuration (`TASKMESH_…`).
+fn node_variables(
+    names: impl Iterator<Item = std::ffi::OsString>,
+) -> impl Iterator<Item = std::ffi::OsString> {
+    names.filter(|name| name.as_encoded_bytes().starts_with(b"TASKMESH_"))
+}
+
 fn program(spec: &Spec) -> String {
     match &spec.command {
         Some(argv) => argv.first().cloned().unwrap_or_default(),
@@ -215,6 +222,11 @@ fn command(task: &Task, run: &Run) -> Result<Command, String> {
         }
         _ => return Err("the task says neither `command` nor `shell`".into()),
     };
+    // The node's own configuration (TASKMESH_CLUSTER_KEY, TASKMESH_TOKEN, …) stays with the
+    // node: a task sees only the TASKMESH_ variables set below, and any its spec sets.
+    for name in node_variables(std::env::vars_os().map(|(name, _)| name)) {
+        cmd.env_remove(name);
+    }
     for (name, value) in &spec.parameters {
         cmd.env(name, Spec::parameter_text(value));
     }
@@ -252,10 +264,49 @@ fn command(task: &Task, run: &Run) -> Result<Command, String> {
             .env("LOGNAME", &user.name)
             .env("HOME", &user.dir);
     }
+    if let Some(inherited) = crate::process_setup::inherited() {
+        // The node runs with umask 077 and a raised open-file limit; the task gets the umask
+        // and limit the node was started with, as if it were started without taskmesh.
+        // SAFETY: the closure runs in the forked child before exec; it only makes system calls
+        // (umask, getrlimit, setrlimit), which are async-signal-safe, and allocates nothing.
+        #[allow(unsafe_code)]
+        unsafe {
+            cmd.pre_exec(move || inherited.restore_in_child());
+        }
+    }
     cmd.process_group(0)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(false);
     Ok(cmd)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::ffi::OsString;
+
+    #[test]
+    fn only_the_nodes_own_variables_are_held_back() {
+        let names = [
+            "TASKMESH_CLUSTER_KEY",
+            "TASKMESH_TOKEN",
+            "TASKMESH_TOKEN_FILE",
+            "PATH",
+            "MY_TASKMESH_THING",
+            "taskmesh_lower",
+            "TASKMESH",
+        ]
+        .map(OsString::from);
+        let held: Vec<OsString> = super::node_variables(names.into_iter()).collect();
+        assert_eq!(
+            held,
+            [
+                "TASKMESH_CLUSTER_KEY",
+                "TASKMESH_TOKEN",
+                "TASKMESH_TOKEN_FILE"
+            ]
+            .map(OsString::from)
+        );
+    }
 }

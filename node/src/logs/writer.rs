@@ -1,6 +1,6 @@
 //! Writes one run's output to its run log and, with daily logs on, to the task's daily file.
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::File;
 use std::io::{self, Write};
 use std::path::PathBuf;
 
@@ -8,6 +8,7 @@ use chrono::{NaiveDate, Utc};
 
 use super::LogPaths;
 use crate::model::RunId;
+use crate::private_files;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Stream {
@@ -32,11 +33,13 @@ struct Daily {
     file: Option<File>,
 }
 
+/// Opens a log file for appending: private (0600, in folders made 0700), and never through a
+/// symbolic link planted at its place.
 fn append(path: &std::path::Path) -> io::Result<File> {
     if let Some(dir) = path.parent() {
-        fs::create_dir_all(dir)?;
+        private_files::create_dir(dir)?;
     }
-    OpenOptions::new().create(true).append(true).open(path)
+    private_files::open_append(path)
 }
 
 impl RunLogWriter {
@@ -49,7 +52,7 @@ impl RunLogWriter {
     ) -> io::Result<Self> {
         let path = paths.run_log(run_id);
         if let Some(dir) = path.parent() {
-            fs::create_dir_all(dir)?;
+            private_files::create_dir(dir)?;
         }
         let daily = daily_logs.then(|| Daily {
             paths: paths.clone(),
@@ -110,5 +113,41 @@ impl RunLogWriter {
     /// A line of our own (spawn errors, kill notices), marked so it is not mistaken for output.
     pub fn note(&mut self, text: &str) -> io::Result<()> {
         self.write_line(Stream::Stderr, format!("[taskmesh] {text}\n").as_bytes())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::*;
+
+    #[test]
+    fn logs_are_private_and_a_link_planted_at_a_log_is_refused() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let paths = LogPaths::new(dir.path().join("logs"));
+        let run = RunId::generate();
+        let mut log = RunLogWriter::create(&paths, &run, "job", true).expect("writer");
+        log.write_line(Stream::Stdout, b"hello\n").expect("write");
+        let mode =
+            |p: &std::path::Path| std::fs::metadata(p).expect("stat").permissions().mode() & 0o777;
+        assert_eq!(mode(&paths.run_log(&run)), 0o600);
+        assert_eq!(mode(&paths.runs_dir()), 0o700);
+        let daily = paths.daily_log("job", Utc::now().date_naive());
+        assert_eq!(mode(&daily), 0o600);
+        assert_eq!(mode(daily.parent().expect("task folder")), 0o700);
+
+        // Another run whose log someone replaced by a link to a file of their choosing.
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, "untouched").expect("write");
+        let planted = RunId::generate();
+        std::os::unix::fs::symlink(&victim, paths.run_log(&planted)).expect("symlink");
+        let mut log = RunLogWriter::create(&paths, &planted, "other", false).expect("writer");
+        let error = log
+            .write_line(Stream::Stdout, b"root's output\n")
+            .expect_err("the link is refused");
+        assert_eq!(error.raw_os_error(), Some(nix::libc::ELOOP), "{error}");
+        assert_eq!(std::fs::read_to_string(&victim).expect("read"), "untouched");
+        assert!(crate::logs::open_log(&paths.run_log(&planted)).is_err());
     }
 }

@@ -11,19 +11,21 @@ use libp2p::multiaddr::Protocol;
 use libp2p::pnet::{PnetConfig, PreSharedKey};
 use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
-use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
+use libp2p::swarm::{ListenError, NetworkBehaviour, SwarmEvent};
 use libp2p::{
-    Multiaddr, PeerId, Swarm, Transport, gossipsub, identify, mdns, noise, ping, tcp, yamux,
+    Multiaddr, PeerId, Swarm, Transport, connection_limits, gossipsub, identify, mdns, noise, ping,
+    tcp, yamux,
 };
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use super::limits::{OverAddressCap, PendingPerAddress};
 use super::rpc::{self, Rpc};
 use super::{
-    Announcement, Command, MeshConfig, MeshError, MeshHandle, PeerTable, Request, Response,
-    peer_multiaddr,
+    Announcement, CONNECTION_CAPS, Command, HANDSHAKE_TIMEOUT, MeshConfig, MeshError, MeshHandle,
+    PeerTable, Request, Response, peer_multiaddr,
 };
 
 const TOPIC: &str = "taskmesh/announce/1";
@@ -35,9 +37,15 @@ const DEBOUNCE: Duration = Duration::from_millis(100);
 /// A discovered peer with a higher PeerId is expected to dial us; if it has not after this
 /// long (it may not have discovered us yet), we dial it after all.
 const FALLBACK_DIAL: Duration = Duration::from_millis(700);
+/// Connections refused over a cap are logged as a warning at most this often (a flood would
+/// otherwise flood the log too).
+const CAP_WARNING_EVERY: Duration = Duration::from_secs(60);
 
 #[derive(NetworkBehaviour)]
 struct Behaviour {
+    /// Refuses connections over [`CONNECTION_CAPS`]; first, so they decide before the others.
+    limits: connection_limits::Behaviour,
+    per_address: PendingPerAddress,
     mdns: Toggle<mdns::tokio::Behaviour>,
     identify: identify::Behaviour,
     ping: ping::Behaviour,
@@ -76,6 +84,9 @@ struct Actor {
     announce_every: Duration,
     peer_ttl: Duration,
     listen_is_loopback: bool,
+    /// Incoming connections refused over a cap since the last warning, and when that was.
+    refused_over_cap: u64,
+    cap_warned: Option<Instant>,
     cancel: CancellationToken,
 }
 
@@ -91,7 +102,8 @@ fn build_swarm(config: &MeshConfig) -> Result<Swarm<Behaviour>, MeshError> {
                 .upgrade(Version::V1Lazy)
                 .authenticate(noise)
                 .multiplex(yamux::Config::default())
-                .timeout(Duration::from_secs(10));
+                // In both directions: an incoming connection that never finishes is dropped.
+                .timeout(HANDSHAKE_TIMEOUT);
             Ok::<_, Box<dyn std::error::Error + Send + Sync>>(transport)
         })
         .map_err(|e| MeshError::Build(e.to_string()))?
@@ -120,6 +132,8 @@ fn build_swarm(config: &MeshConfig) -> Result<Swarm<Behaviour>, MeshError> {
                 gossip_config,
             )?;
             Ok(Behaviour {
+                limits: connection_limits::Behaviour::new(connection_limits()),
+                per_address: PendingPerAddress::new(CONNECTION_CAPS.pending_incoming_per_address),
                 mdns: Toggle::from(mdns),
                 identify: identify::Behaviour::new(
                     identify::Config::new("/taskmesh/1".into(), key.public())
@@ -141,6 +155,16 @@ fn build_swarm(config: &MeshConfig) -> Result<Swarm<Behaviour>, MeshError> {
         })
         .build();
     Ok(swarm)
+}
+
+fn connection_limits() -> connection_limits::ConnectionLimits {
+    let caps = CONNECTION_CAPS;
+    connection_limits::ConnectionLimits::default()
+        .with_max_pending_incoming(Some(caps.pending_incoming))
+        .with_max_pending_outgoing(Some(caps.pending_outgoing))
+        .with_max_established_incoming(Some(caps.established_incoming))
+        .with_max_established_per_peer(Some(caps.established_per_peer))
+        .with_max_established(Some(caps.established_total))
 }
 
 pub(super) async fn start(
@@ -222,6 +246,8 @@ pub(super) async fn start(
         announce_every: config.announce_every,
         peer_ttl: config.peer_ttl,
         listen_is_loopback: is_loopback(&config.listen),
+        refused_over_cap: 0,
+        cap_warned: None,
         cancel,
     };
     info!(peer_id = %local, listen = %config.listen, mdns = config.mdns, key = %config.key.fingerprint(), "mesh up");
@@ -524,8 +550,24 @@ impl Actor {
                 error,
                 ..
             } => {
-                // Typically a node with another cluster key.
-                debug!(from = %send_back_addr, %error, "incoming connection refused");
+                let over_cap = matches!(&error, ListenError::Denied { cause }
+                    if cause.downcast_ref::<connection_limits::Exceeded>().is_some()
+                        || cause.downcast_ref::<OverAddressCap>().is_some());
+                if over_cap {
+                    self.refused_over_cap += 1;
+                    if self
+                        .cap_warned
+                        .is_none_or(|at| at.elapsed() >= CAP_WARNING_EVERY)
+                    {
+                        warn!(from = %send_back_addr, refused = self.refused_over_cap, %error, "incoming p2p connections refused over the connection caps");
+                        self.refused_over_cap = 0;
+                        self.cap_warned = Some(Instant::now());
+                    }
+                } else {
+                    // Typically a node with another cluster key, or one that did not finish
+                    // its handshakes in time.
+                    debug!(from = %send_back_addr, %error, "incoming connection refused");
+                }
             }
             SwarmEvent::Behaviour(event) => self.on_behaviour(event),
             _ => {}

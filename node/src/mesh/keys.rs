@@ -2,6 +2,7 @@
 
 use std::fmt;
 use std::io::{Read, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::str::FromStr;
 
@@ -75,11 +76,12 @@ pub fn load_or_create_identity(path: &Path) -> std::io::Result<Keypair> {
     let bytes = keypair
         .to_protobuf_encoding()
         .map_err(|e| std::io::Error::other(e.to_string()))?;
+    // Private from its creation (not chmod-ed after, when another user could already open it).
     let mut file = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
+        .mode(0o600)
         .open(path)?;
-    std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
     file.write_all(&bytes)?;
     file.sync_all()?;
     Ok(keypair)
@@ -115,5 +117,9 @@ mod tests {
         let a = load_or_create_identity(&path).expect("create");
         let b = load_or_create_identity(&path).expect("load");
         assert_eq!(a.public().to_peer_id(), b.public().to_peer_id());
+        let mode = std::os::unix::fs::PermissionsExt::mode(
+            &std::fs::metadata(&path).expect("stat").permissions(),
+        );
+        assert_eq!(mode & 0o777, 0o600);
     }
 }

@@ -11,9 +11,13 @@
 //!   only the lower PeerId dials, so two nodes never dial each other at once.
 //! - **Announcements.** Each node gossips its [`Announcement`] on change and every few seconds;
 //!   a peer silent for longer than the peer TTL expires.
+//! - **Bounded.** Connections are capped ([`CONNECTION_CAPS`]), and one that has not finished
+//!   its handshakes within [`HANDSHAKE_TIMEOUT`] is closed, so connections without the key
+//!   cannot use up the node's file descriptors.
 
 mod actor;
 pub mod keys;
+mod limits;
 mod peers;
 mod rpc;
 
@@ -29,8 +33,48 @@ use tokio_util::sync::CancellationToken;
 
 pub use keys::{ClusterKey, load_or_create_identity};
 pub use libp2p::PeerId;
+pub use limits::OverAddressCap;
 pub use peers::{Announcement, ClusterBadge, PeerInfo, PeerTable, load_average};
 pub use rpc::Reply;
+
+/// How many connections the mesh holds at once; a connection over a cap is closed at once.
+///
+/// A mesh of 30 nodes needs at most 29 established connections per node, 58 if every pair
+/// briefly holds two (both dialled at once, or a restarted peer whose old connection has not
+/// timed out yet), and at most 29 handshakes at once (every peer redialling together). The caps
+/// leave room for twice that. Pending incoming connections (TCP accepted, handshakes not done)
+/// are what a stranger without the key can hold: at most 64, each for at most
+/// [`HANDSHAKE_TIMEOUT`], and 8 of them from one IP address, so that a host flooding the port
+/// leaves slots for peers at other addresses. Connections already established are not affected
+/// by a flood.
+pub const CONNECTION_CAPS: ConnectionCaps = ConnectionCaps {
+    pending_incoming: 64,
+    pending_incoming_per_address: 8,
+    pending_outgoing: 128,
+    established_incoming: 128,
+    established_per_peer: 4,
+    established_total: 192,
+};
+
+/// A connection must finish TCP, the pnet handshake (the cluster key), noise and yamux within
+/// this; one that does not (a client without the key that sends nothing) is closed.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Caps on the mesh's connections (see [`CONNECTION_CAPS`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnectionCaps {
+    /// Incoming connections still in their handshakes.
+    pub pending_incoming: u32,
+    /// Of those, from one IP address.
+    pub pending_incoming_per_address: u32,
+    /// Dials still in their handshakes.
+    pub pending_outgoing: u32,
+    pub established_incoming: u32,
+    /// Connections with one peer (normally one).
+    pub established_per_peer: u32,
+    /// Established connections, incoming and outgoing.
+    pub established_total: u32,
+}
 
 /// How a mesh endpoint starts.
 #[derive(Debug, Clone)]

@@ -39,8 +39,10 @@ pub struct ExportOrigin {
 impl Settings {
     /// What importing `self`, exported by another node, means for `current` (this node's
     /// settings): the cluster settings, the cluster key and the way into the mesh are taken;
-    /// this node's own name, log path, dependencies and slots stay.
-    pub fn joined_from(self, current: &Settings) -> Settings {
+    /// this node's own name, log path, dependencies and slots stay. Masked secrets in `self`
+    /// keep this node's values under the same rule as any save ([`Settings::unmask_from`]).
+    pub fn joined_from(mut self, current: &Settings) -> Result<Settings, Invalid> {
+        self.unmask_from(current)?;
         let mut node = current.node.clone();
         node.cluster_key = self.node.cluster_key.clone();
         node.mdns = self.node.mdns;
@@ -53,11 +55,11 @@ impl Settings {
                 node.peers.push(peer);
             }
         }
-        Settings {
+        Ok(Settings {
             cluster: self.cluster,
             node,
             exported_by: None,
-        }
+        })
     }
 }
 
@@ -467,54 +469,143 @@ impl Settings {
         errors
     }
 
-    /// A copy with every secret replaced by [`MASK`].
+    /// A copy with every secret replaced by [`MASK`]: tokens, passwords, the cluster key and
+    /// webhook URLs (which carry their token in the URL), each as a whole.
     pub fn masked(&self) -> Settings {
         let mut s = self.clone();
         s.for_each_secret(|secret| {
-            if secret.is_some() {
-                *secret = Some(MASK.to_owned());
+            if secret.value.is_some() {
+                *secret.value = Some(MASK.to_owned());
             }
         });
         s
     }
 
     /// Where `self` holds [`MASK`], takes the secret from `current` (an edit of a masked document
-    /// keeps the secrets it did not change).
-    pub fn unmask_from(&mut self, current: &Settings) {
-        let kept = current.clone().secret_paths();
-        self.for_each_secret_with_path(|path, secret| {
-            if secret.as_deref() == Some(MASK) {
-                *secret = kept.get(path).cloned().flatten();
+    /// keeps the secrets it did not change), but only while the secret would still go where it
+    /// went: a masked secret whose destination changed (`api_base`, the MySQL server), or with
+    /// nothing stored at its place (a renamed channel), is refused and must be entered again.
+    pub fn unmask_from(&mut self, current: &Settings) -> Result<(), Invalid> {
+        let stored = current.clone().secrets_by_path();
+        let mut errors = Vec::new();
+        self.for_each_secret(|secret| {
+            if secret.value.as_deref() != Some(MASK) {
+                return;
+            }
+            let Some((destination, Some(value))) = stored.get(&secret.path) else {
+                errors.push(FieldError::new(
+                    &secret.path,
+                    "no secret is stored here to keep: enter it",
+                ));
+                return;
+            };
+            let changed = changed_fields(destination, &secret.destination);
+            if changed.is_empty() {
+                *secret.value = Some(value.clone());
+            } else {
+                errors.push(FieldError::new(
+                    &secret.path,
+                    format!(
+                        "the destination changed ({}): enter the secret again",
+                        changed.join(", ")
+                    ),
+                ));
             }
         });
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(Invalid::new(
+                "a masked secret cannot be kept: enter it again",
+                errors,
+            ))
+        }
     }
 
-    fn secret_paths(mut self) -> BTreeMap<String, Option<String>> {
+    fn secrets_by_path(mut self) -> BTreeMap<String, (Destination, Option<String>)> {
         let mut out = BTreeMap::new();
-        self.for_each_secret_with_path(|path, secret| {
-            out.insert(path.to_owned(), secret.clone());
+        self.for_each_secret(|secret| {
+            out.insert(secret.path, (secret.destination, secret.value.clone()));
         });
         out
     }
 
-    fn for_each_secret(&mut self, mut f: impl FnMut(&mut Option<String>)) {
-        self.for_each_secret_with_path(|_, s| f(s));
-    }
-
-    fn for_each_secret_with_path(&mut self, mut f: impl FnMut(&str, &mut Option<String>)) {
-        f("node.cluster_key", &mut self.node.cluster_key);
+    /// Calls `f` with every secret, its path and its destination.
+    fn for_each_secret(&mut self, mut f: impl FnMut(Secret<'_>)) {
+        f(Secret {
+            path: "node.cluster_key".into(),
+            destination: Vec::new(),
+            value: &mut self.node.cluster_key,
+        });
         let c = &mut self.cluster;
-        f("cluster.telegram.bot_token", &mut c.telegram.bot_token);
-        f("cluster.slack.bot_token", &mut c.slack.bot_token);
+        f(Secret {
+            path: "cluster.telegram.bot_token".into(),
+            destination: vec![("cluster.telegram.api_base", c.telegram.api_base.clone())],
+            value: &mut c.telegram.bot_token,
+        });
+        f(Secret {
+            path: "cluster.slack.bot_token".into(),
+            destination: vec![("cluster.slack.api_base", c.slack.api_base.clone())],
+            value: &mut c.slack.bot_token,
+        });
         if let Some(m) = &mut c.mysql {
-            f("cluster.mysql.password", &mut m.password);
+            f(Secret {
+                path: "cluster.mysql.password".into(),
+                destination: vec![
+                    ("cluster.mysql.host", m.host.clone()),
+                    ("cluster.mysql.port", m.port.to_string()),
+                    ("cluster.mysql.user", m.user.clone()),
+                    ("cluster.mysql.database", m.database.clone()),
+                ],
+                value: &mut m.password,
+            });
         }
         for (name, channel) in &mut c.channels {
-            if let NotifyChannel::Slack { webhook_url, .. } = channel {
-                f(&format!("cluster.channels.{name}.webhook_url"), webhook_url);
+            match channel {
+                NotifyChannel::Slack { webhook_url, .. } => f(Secret {
+                    path: format!("cluster.channels.{name}.webhook_url"),
+                    destination: Vec::new(),
+                    value: webhook_url,
+                }),
+                NotifyChannel::Webhook { url } => {
+                    let mut value = Some(std::mem::take(url));
+                    f(Secret {
+                        path: format!("cluster.channels.{name}.url"),
+                        destination: Vec::new(),
+                        value: &mut value,
+                    });
+                    *url = value.unwrap_or_default();
+                }
+                NotifyChannel::Telegram { .. } => {}
             }
         }
     }
+}
+
+/// The fields that decide where a secret is sent, with their values. Empty for a secret that
+/// is its own destination (a webhook URL, masked as a whole) or never leaves the node (the
+/// cluster key).
+type Destination = Vec<(&'static str, String)>;
+
+/// One secret of the settings: its field path, where it is sent, and its value.
+struct Secret<'a> {
+    path: String,
+    destination: Destination,
+    value: &'a mut Option<String>,
+}
+
+/// The destination fields whose values differ between `before` and `after` (both of one secret).
+fn changed_fields(before: &Destination, after: &Destination) -> Vec<&'static str> {
+    after
+        .iter()
+        .filter(|(field, value)| {
+            before
+                .iter()
+                .find(|(f, _)| f == field)
+                .is_none_or(|(_, v)| v != value)
+        })
+        .map(|(field, _)| *field)
+        .collect()
 }
 
 fn is_http_url(s: &str) -> bool {
@@ -603,7 +694,7 @@ mod tests {
         );
         let mut edited = masked.clone();
         edited.cluster.retention_days = 3;
-        edited.unmask_from(&s);
+        edited.unmask_from(&s).expect("unmask");
         assert_eq!(
             edited.cluster.telegram.bot_token.as_deref(),
             Some("123:secret")
@@ -617,5 +708,260 @@ mod tests {
             Some("pw")
         );
         assert_eq!(edited.cluster.retention_days, 3);
+    }
+    /// Settings with every kind of secret: both bot tokens, a MySQL password, a Slack incoming
+    /// webhook and a generic webhook.
+    fn with_secrets() -> Settings {
+        let mut s = Settings::default();
+        s.node.cluster_key = Some("ab".repeat(32));
+        s.cluster.telegram.bot_token = Some("123:tg-secret".into());
+        s.cluster.slack.bot_token = Some("xoxb-slack-secret".into());
+        s.cluster.mysql = Some(MysqlSettings {
+            host: "db".into(),
+            port: 3306,
+            user: "tm".into(),
+            password: Some("db-secret".into()),
+            database: "taskmesh".into(),
+            log_lines: false,
+        });
+        s.cluster.channels.insert(
+            "hook".into(),
+            NotifyChannel::Slack {
+                channel: None,
+                webhook_url: Some("https://hooks.slack.com/services/T1/B2/hook-secret".into()),
+            },
+        );
+        s.cluster.channels.insert(
+            "web".into(),
+            NotifyChannel::Webhook {
+                url: "https://example.com/web?token=web-secret".into(),
+            },
+        );
+        s
+    }
+
+    const SECRETS: &[&str] = &[
+        "123:tg-secret",
+        "xoxb-slack-secret",
+        "db-secret",
+        "hook-secret",
+        "web-secret",
+    ];
+
+    #[test]
+    fn every_secret_and_webhook_url_is_masked_as_a_whole() {
+        let stored = with_secrets();
+        let masked = stored.masked();
+        let text = serde_json::to_string(&masked).expect("json");
+        for secret in SECRETS
+            .iter()
+            .chain(&[stored.node.cluster_key.as_deref().expect("key")])
+        {
+            assert!(!text.contains(secret), "{secret} shown: {text}");
+        }
+        assert_eq!(
+            masked.cluster.channels["web"],
+            NotifyChannel::Webhook { url: MASK.into() }
+        );
+        assert!(masked.check().is_empty(), "{:?}", masked.check());
+        // The masked document round-trips: saved back unchanged, it keeps every secret.
+        let mut back = Settings::parse(&text).expect("parse");
+        back.unmask_from(&stored).expect("unmask");
+        assert_eq!(back, stored);
+    }
+
+    /// An edit of the masked settings, and the paths it is refused at (none: accepted).
+    type Edit = fn(&mut Settings);
+
+    #[test]
+    fn a_masked_secret_is_kept_only_for_its_destination() {
+        fn mysql(s: &mut Settings) -> &mut MysqlSettings {
+            s.cluster.mysql.as_mut().expect("mysql")
+        }
+        let cases: &[(&str, Edit, &[&str])] = &[
+            ("nothing changed", |_| {}, &[]),
+            (
+                "another setting changed",
+                |s| s.cluster.retention_days = 3,
+                &[],
+            ),
+            (
+                "telegram api_base changed",
+                |s| s.cluster.telegram.api_base = "https://evil.example".into(),
+                &["cluster.telegram.bot_token"],
+            ),
+            (
+                "telegram api_base changed, token entered again",
+                |s| {
+                    s.cluster.telegram.api_base = "https://tg.example".into();
+                    s.cluster.telegram.bot_token = Some("456:new".into());
+                },
+                &[],
+            ),
+            (
+                "slack api_base changed",
+                |s| s.cluster.slack.api_base = "https://evil.example/api".into(),
+                &["cluster.slack.bot_token"],
+            ),
+            (
+                "slack api_base changed, token removed",
+                |s| {
+                    s.cluster.slack.api_base = "https://evil.example/api".into();
+                    s.cluster.slack.bot_token = None;
+                },
+                &[],
+            ),
+            (
+                "mysql host changed",
+                |s| mysql(s).host = "evil.example".into(),
+                &["cluster.mysql.password"],
+            ),
+            (
+                "mysql port changed",
+                |s| mysql(s).port = 3307,
+                &["cluster.mysql.password"],
+            ),
+            (
+                "mysql user changed",
+                |s| mysql(s).user = "other".into(),
+                &["cluster.mysql.password"],
+            ),
+            (
+                "mysql database changed",
+                |s| mysql(s).database = "other".into(),
+                &["cluster.mysql.password"],
+            ),
+            (
+                "mysql log_lines changed",
+                |s| mysql(s).log_lines = true,
+                &[],
+            ),
+            (
+                "mysql host changed, password entered again",
+                |s| {
+                    mysql(s).host = "db2".into();
+                    mysql(s).password = Some("pw2".into());
+                },
+                &[],
+            ),
+            (
+                "webhook channel renamed",
+                |s| {
+                    let web = s.cluster.channels.remove("web").expect("web");
+                    s.cluster.channels.insert("web2".into(), web);
+                },
+                &["cluster.channels.web2.url"],
+            ),
+            (
+                "slack webhook turned into a generic webhook",
+                |s| {
+                    s.cluster
+                        .channels
+                        .insert("hook".into(), NotifyChannel::Webhook { url: MASK.into() });
+                },
+                &["cluster.channels.hook.url"],
+            ),
+            (
+                "webhook URL entered again",
+                |s| {
+                    s.cluster.channels.insert(
+                        "web".into(),
+                        NotifyChannel::Webhook {
+                            url: "https://other.example/hook".into(),
+                        },
+                    );
+                },
+                &[],
+            ),
+            (
+                "several destinations changed",
+                |s| {
+                    s.cluster.telegram.api_base = "https://evil.example".into();
+                    mysql(s).host = "evil.example".into();
+                },
+                &["cluster.telegram.bot_token", "cluster.mysql.password"],
+            ),
+        ];
+        let stored = with_secrets();
+        for (what, edit, refused) in cases {
+            let mut edited = stored.masked();
+            edit(&mut edited);
+            let expected_plain = {
+                // What the edit means with the stored secrets in place of the masks.
+                let mut e = stored.clone();
+                edit(&mut e);
+                e
+            };
+            match edited.unmask_from(&stored) {
+                Ok(()) => {
+                    assert!(refused.is_empty(), "{what}: accepted, expected {refused:?}");
+                    assert_eq!(edited, expected_plain, "{what}");
+                }
+                Err(invalid) => {
+                    let paths: Vec<&str> = invalid.errors.iter().map(|e| e.path.as_str()).collect();
+                    assert_eq!(paths, *refused, "{what}: {invalid}");
+                    for error in &invalid.errors {
+                        assert!(error.message.contains("enter"), "{what}: {}", error.message);
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_refusal_names_what_changed() {
+        let stored = with_secrets();
+        let mut edited = stored.masked();
+        edited.cluster.telegram.api_base = "https://evil.example".into();
+        let err = edited.unmask_from(&stored).expect_err("refused");
+        assert_eq!(
+            err.errors,
+            vec![FieldError::new(
+                "cluster.telegram.bot_token",
+                "the destination changed (cluster.telegram.api_base): enter the secret again"
+            )]
+        );
+    }
+
+    #[test]
+    fn a_mask_with_nothing_stored_is_refused() {
+        let stored = Settings::default();
+        let mut edited = stored.clone();
+        edited.cluster.telegram.bot_token = Some(MASK.into());
+        let err = edited.unmask_from(&stored).expect_err("refused");
+        assert_eq!(err.errors[0].path, "cluster.telegram.bot_token");
+    }
+
+    #[test]
+    fn joining_from_another_nodes_export_follows_the_same_rule() {
+        let here = with_secrets();
+        let mut other = Settings::default();
+        other.node.name = "elsewhere".into();
+        other.node.cluster_key = Some("cd".repeat(32));
+        other.cluster.telegram.bot_token = Some("999:theirs".into());
+        other.exported_by = Some(ExportOrigin {
+            peer_id: "12D3KooWother".into(),
+            name: "elsewhere".into(),
+            p2p_addrs: vec!["/ip4/10.0.0.9/tcp/7946".into()],
+        });
+        // Their masked export, same destinations as here: this node's secrets are kept.
+        let joined = other.masked().joined_from(&here).expect("joined");
+        assert_eq!(
+            joined.cluster.telegram.bot_token,
+            here.cluster.telegram.bot_token
+        );
+        assert_eq!(joined.node.name, here.node.name);
+        assert!(joined.node.peers.contains(&"/ip4/10.0.0.9/tcp/7946".into()));
+        // Their export points Telegram elsewhere: this node's token does not follow.
+        let mut moved = other.clone();
+        moved.cluster.telegram.api_base = "https://evil.example".into();
+        let err = moved.masked().joined_from(&here).expect_err("refused");
+        assert_eq!(err.errors[0].path, "cluster.telegram.bot_token");
+        // With secrets in the file, theirs are taken.
+        let joined = moved.joined_from(&here).expect("joined");
+        assert_eq!(
+            joined.cluster.telegram.bot_token.as_deref(),
+            Some("999:theirs")
+        );
     }
 }

@@ -127,7 +127,7 @@ fn format_ms(ms: i64) -> String {
 
 /// The last [`TAIL_LINES`] lines of the log file at `path` (empty when there is none).
 pub fn log_tail(path: &Path) -> String {
-    let Ok(mut file) = std::fs::File::open(path) else {
+    let Ok(mut file) = crate::logs::open_log(path) else {
         return String::new();
     };
     let len = file.metadata().map(|m| m.len()).unwrap_or(0);

@@ -13,8 +13,11 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+pub mod cluster_key;
 mod mesh;
 mod run_report;
+
+pub use cluster_key::{FILE_NAME as CLUSTER_KEY_FILE, KeyError};
 
 use crate::api::auth::Access;
 use crate::config::Config;
@@ -45,6 +48,11 @@ pub enum NodeError {
     Unavailable(String),
     #[error("storage: {0}")]
     Store(#[from] StoreError),
+    /// The node refuses to start (an unsafe log path, a missing cluster key).
+    #[error("{0}")]
+    Refused(String),
+    #[error(transparent)]
+    Key(#[from] KeyError),
     #[error("{context}")]
     Io {
         context: String,
@@ -132,38 +140,15 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Node
 /// Starts a node and returns once its UI is listening.
 pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Started, NodeError> {
     let io = |context: String| move |source| NodeError::Io { context, source };
-    std::fs::create_dir_all(&config.data_dir).map_err(io(format!(
-        "creating the data directory {}",
-        config.data_dir.display()
-    )))?;
-    let redb: Arc<RedbStore> = {
-        let path = config.db_path();
-        Arc::new(
-            tokio::task::spawn_blocking(move || RedbStore::open(&path))
-                .await
-                .map_err(|e| NodeError::Unavailable(format!("opening the database: {e}")))??,
-        )
+    crate::process_setup::prepare();
+    let (redb, node_settings) = {
+        let config = config.clone();
+        tokio::task::spawn_blocking(move || open_data(&config))
+            .await
+            .map_err(|e| NodeError::Unavailable(format!("opening the data directory: {e}")))??
     };
+    let redb = Arc::new(redb);
     let store: Arc<dyn Store> = redb.clone();
-    let mut node_settings = match store.node_settings()? {
-        Some(s) => s,
-        None => {
-            let mut s = NodeSettings::default();
-            if let Some(name) = &config.name {
-                s.name = name.clone();
-            }
-            s
-        }
-    };
-    let (key, key_changed) = mesh::resolve_cluster_key(
-        config.cluster_key.as_deref(),
-        node_settings.cluster_key.as_deref(),
-    )
-    .map_err(|e| NodeError::Invalid(Invalid::field("cluster_key", e)))?;
-    if key_changed || store.node_settings()?.is_none() {
-        node_settings.cluster_key = Some(key);
-        store.write(&[Write::NodeSettings(node_settings.clone())])?;
-    }
     let identity = {
         let path = config.identity_path();
         crate::mesh::load_or_create_identity(&path).map_err(io(format!(
@@ -171,12 +156,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Starte
             path.display()
         )))?
     };
-    let logs = LogPaths::new(
-        node_settings
-            .log_path
-            .clone()
-            .unwrap_or_else(|| config.data_dir.join("logs")),
-    );
+    let logs = LogPaths::new(log_root(&config, &node_settings));
     let (node_tx, node_rx) = watch::channel(node_settings);
     let events = events::bus();
 
@@ -440,6 +420,90 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Starte
         access,
         done,
     })
+}
+
+/// Where the node's logs go: `node.log_path`, else `<data dir>/logs`.
+fn log_root(config: &Config, node: &NodeSettings) -> PathBuf {
+    node.log_path
+        .clone()
+        .unwrap_or_else(|| config.data_dir.join("logs"))
+}
+
+/// Makes the data dir private (creating it, or tightening an older install's modes), checks the
+/// log path, opens the database and finds the cluster key (moving one an older version kept in
+/// the database to its file). Returns the database and the node's settings, key included.
+fn open_data(config: &Config) -> Result<(RedbStore, NodeSettings), NodeError> {
+    let io = |context: String| move |source| NodeError::Io { context, source };
+    let data_dir = &config.data_dir;
+    crate::private_files::create_dir(data_dir).map_err(io(format!(
+        "creating the data directory {}",
+        data_dir.display()
+    )))?;
+    let mut fixed = crate::private_files::tighten(data_dir);
+    let mut redb = RedbStore::open(&config.db_path())?;
+    let stored = redb.node_settings()?;
+    let mut node_settings = stored.clone().unwrap_or_else(|| {
+        let mut s = NodeSettings::default();
+        if let Some(name) = &config.name {
+            s.name = name.clone();
+        }
+        s
+    });
+    let log_root = log_root(config, &node_settings);
+    logs::check_log_path(&log_root, nix::unistd::geteuid().as_raw()).map_err(|e| {
+        NodeError::Refused(format!(
+            "{e} (the log path is node.log_path in the settings, or <data dir>/logs)"
+        ))
+    })?;
+    let inside = |root: &std::path::Path| match (root.canonicalize(), data_dir.canonicalize()) {
+        (Ok(root), Ok(data)) => root.starts_with(data),
+        _ => false,
+    };
+    if !inside(&log_root) {
+        fixed += crate::private_files::tighten(&log_root);
+    }
+    if fixed > 0 {
+        info!(
+            fixed,
+            data_dir = %data_dir.display(),
+            logs = %log_root.display(),
+            "made files and folders of an older install private (folders 0700, files 0600)"
+        );
+    }
+
+    let old_key = node_settings.cluster_key.take();
+    let raft_log = crate::consensus::raft::log_store::path(&config.db_path());
+    let in_cluster =
+        redb.cluster()?.is_some() || std::fs::metadata(&raft_log).is_ok_and(|m| m.len() > 0);
+    let key_path = config.cluster_key_path();
+    let (key, origin) = cluster_key::resolve(&cluster_key::Sources {
+        key_file: config.cluster_key_file.as_deref(),
+        given: config.cluster_key.as_deref(),
+        kept: &key_path,
+        stored: old_key.as_deref(),
+        in_cluster,
+    })?;
+    cluster_key::keep(&key_path, &key)?;
+    if origin == cluster_key::Origin::New {
+        info!(file = %key_path.display(), fingerprint = %key.fingerprint(), "made a new cluster key");
+    }
+    if stored.is_none() || old_key.is_some() {
+        // The store never writes the key: this drops one an older version kept there.
+        redb.write(&[Write::NodeSettings(node_settings.clone())])?;
+    }
+    if let Some(old) = old_key {
+        let gone = redb.scrub(old.as_bytes())?;
+        info!(file = %key_path.display(), "moved the cluster key from the database to its own file");
+        if !gone {
+            warn!(
+                database = %config.db_path().display(),
+                "the database file may still hold the old cluster key in freed pages; \
+                 if copies of it may have been read, give the mesh a new key"
+            );
+        }
+    }
+    node_settings.cluster_key = Some(key.to_string());
+    Ok((redb, node_settings))
 }
 
 /// Routes the requests peers send: consensus requests to the consensus layer, forwarded run
@@ -780,15 +844,29 @@ impl NodeHandle {
         if reveal { settings } else { settings.masked() }
     }
 
-    /// Replaces all settings. Masked secrets keep their stored values.
+    /// Replaces all settings. Masked secrets keep their stored values while their destination
+    /// is unchanged (see [`Settings::unmask_from`]); otherwise the save is refused.
     pub async fn put_settings(&self, mut settings: Settings) -> Result<Settings, NodeError> {
         let current = self.settings(true);
-        settings.unmask_from(&current);
+        settings.unmask_from(&current)?;
         // A node always has a cluster key: a document without one keeps the current key.
         if settings.node.cluster_key.is_none() {
-            settings.node.cluster_key = current.node.cluster_key;
+            settings.node.cluster_key = current.node.cluster_key.clone();
         }
-        let errors = settings.check();
+        let mut errors = settings.check();
+        if let Some(path) = settings
+            .node
+            .log_path
+            .as_deref()
+            .filter(|p| p.is_absolute())
+        {
+            if let Err(e) = logs::check_log_path(path, nix::unistd::geteuid().as_raw()) {
+                errors.push(crate::model::FieldError::new(
+                    "node.log_path",
+                    e.to_string(),
+                ));
+            }
+        }
         if !errors.is_empty() {
             return Err(Invalid::new("the settings are not valid", errors).into());
         }
@@ -798,10 +876,25 @@ impl NodeHandle {
             .store
             .upgrade()
             .ok_or_else(|| NodeError::Unavailable("the node has shut down".into()))?;
+        // A new key goes to its file (the store never holds it) before anything uses it.
+        let new_key = match &node.cluster_key {
+            Some(key) if node.cluster_key != current.node.cluster_key => Some(
+                key.parse::<crate::mesh::ClusterKey>()
+                    .map_err(|e| Invalid::field("node.cluster_key", e))?,
+            ),
+            _ => None,
+        };
+        let key_path = self.inner.config.cluster_key_path();
         let write = node.clone();
-        tokio::task::spawn_blocking(move || store.write(&[Write::NodeSettings(write)]))
-            .await
-            .map_err(|e| NodeError::Unavailable(e.to_string()))??;
+        tokio::task::spawn_blocking(move || -> Result<(), NodeError> {
+            if let Some(key) = new_key {
+                cluster_key::keep(&key_path, &key)?;
+            }
+            store.write(&[Write::NodeSettings(write)])?;
+            Ok(())
+        })
+        .await
+        .map_err(|e| NodeError::Unavailable(e.to_string()))??;
         self.inner.node.send_replace(node);
         self.inner
             .consensus
@@ -820,12 +913,10 @@ impl NodeHandle {
         let settings = match &settings.exported_by {
             Some(origin) if Some(&origin.peer_id) != own_id.as_ref() => {
                 info!(from = %origin.name, "importing another node's settings: joining its mesh");
-                let mut current = self.settings(true);
-                // Masked secrets in the file keep this node's values, as with any save.
-                let mut incoming = settings;
-                incoming.unmask_from(&current);
-                current.exported_by = None;
-                incoming.joined_from(&current)
+                let current = self.settings(true);
+                // Masked secrets in the file keep this node's values, as with any save, and
+                // only for the destinations this node sends them to.
+                settings.joined_from(&current)?
             }
             _ => settings,
         };
@@ -908,15 +999,77 @@ impl NodeHandle {
     }
 }
 
+/// Up to `max` bytes of the file at `path` from byte `from` on: empty at or past its end (any
+/// `from`, also one beyond the largest file offset, 2^63 - 1, which a seek would refuse), None
+/// when there is no file.
 fn read_from(path: &std::path::Path, from: u64, max: usize) -> std::io::Result<Option<Vec<u8>>> {
     use std::io::{Read, Seek, SeekFrom};
-    let mut file = match std::fs::File::open(path) {
+    let mut file = match logs::open_log(path) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(e),
     };
+    if from >= file.metadata()?.len() {
+        return Ok(Some(Vec::new()));
+    }
     file.seek(SeekFrom::Start(from))?;
     let mut buf = Vec::new();
     file.take(max as u64).read_to_end(&mut buf)?;
     Ok(Some(buf))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use crate::store::Store;
+
+    use super::read_from;
+
+    #[test]
+    fn a_log_path_below_a_world_writable_folder_refuses_to_start() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let config = crate::Config {
+            data_dir: dir.path().join("data"),
+            ..crate::Config::default()
+        };
+        let open = dir.path().join("open");
+        std::fs::create_dir(&open).expect("mkdir");
+        std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).expect("chmod");
+        {
+            let (store, mut settings) = super::open_data(&config).expect("first start");
+            settings.log_path = Some(open.join("logs"));
+            store
+                .write(&[crate::store::Write::NodeSettings(settings)])
+                .expect("settings");
+        }
+        let error = super::open_data(&config).map(|_| ()).expect_err("refused");
+        let text = error.to_string();
+        assert!(
+            text.contains(&format!("{} is writable by everyone", open.display())),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_log_is_read_from_any_offset_without_error() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("run.log");
+        std::fs::write(&path, b"hello\n").expect("write");
+        let cases: &[(u64, usize, Option<&[u8]>)] = &[
+            (0, 100, Some(b"hello\n")),
+            (2, 2, Some(b"ll")),
+            (6, 100, Some(b"")),
+            (7, 100, Some(b"")),
+            // Past the largest file offset: a seek there fails (EINVAL); reading gives nothing.
+            (1 << 63, 100, Some(b"")),
+            (u64::MAX, 100, Some(b"")),
+        ];
+        for (from, max, expected) in cases {
+            let read = read_from(&path, *from, *max).expect("read");
+            assert_eq!(read.as_deref(), *expected, "from {from}");
+        }
+        let missing = read_from(&dir.path().join("none.log"), u64::MAX, 1).expect("read");
+        assert_eq!(missing, None);
+    }
 }

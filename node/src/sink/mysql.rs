@@ -183,7 +183,13 @@ impl Connection {
             warn!(run_id = %run.id, path = %path.display(), error = %e,
                 "reading a run log for MySQL failed; its lines are not sent");
         };
-        let file = match tokio::fs::File::open(&path).await {
+        // As every reader of logs: a link planted at the log's place is not followed.
+        let file = match tokio::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(nix::libc::O_NOFOLLOW)
+            .open(&path)
+            .await
+        {
             Ok(f) => f,
             // Skipped or never started runs have no log; retention may have deleted it.
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),

@@ -39,6 +39,8 @@ pub enum Write {
     PutTask(Task),
     RemoveTask(TaskId),
     ClusterSettings(ClusterSettings),
+    /// This node's settings, without the cluster key: the key is never stored in the database
+    /// (it lives in `<data dir>/cluster-key`, see `service::cluster_key`).
     NodeSettings(NodeSettings),
     LastFired(TaskId, DateTime<Utc>),
     /// `None` clears it (a node that leaves its cluster to join another).

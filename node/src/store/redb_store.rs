@@ -1,6 +1,7 @@
 //! The redb implementation of [`Store`]: JSON values in a handful of tables, fsynced on commit.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -61,6 +62,15 @@ fn decode<T: DeserializeOwned>(
 impl RedbStore {
     /// Opens (or creates) the database file and its tables.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
+        // redb makes the file with the process umask; made here first, it is private (0600)
+        // whatever the umask (redb takes an empty file as a new database).
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(crate::private_files::FILE_MODE)
+            .open(path)
+            .map_err(|e| StoreError::Db(format!("creating {}: {e}", path.display())))?;
         let db = Database::builder()
             .set_cache_size(8 << 20)
             .create(path)
@@ -83,6 +93,49 @@ impl RedbStore {
             db: Arc::new(db),
             path: path.to_owned(),
         })
+    }
+
+    /// Makes sure no copy of `secret` (a value this database held before) is left in its file:
+    /// redb writes changes to new pages and frees the old ones, whose bytes stay in the file
+    /// until a later commit reuses them. Commits (rewriting the node settings) until the file no
+    /// longer contains `secret`, then compacts if it still does. Returns whether it is gone.
+    ///
+    /// Reads the whole file a few times: meant for a one-time migration at start.
+    pub fn scrub(&mut self, secret: &[u8]) -> Result<bool, StoreError> {
+        const COMMITS: usize = 8;
+        let io =
+            |e: std::io::Error| StoreError::Db(format!("reading {}: {e}", self.path.display()));
+        let holds = |path: &Path| -> Result<bool, StoreError> {
+            let bytes = std::fs::read(path).map_err(io)?;
+            Ok(!secret.is_empty() && bytes.windows(secret.len()).any(|w| w == secret))
+        };
+        for _ in 0..COMMITS {
+            if !holds(&self.path)? {
+                return Ok(true);
+            }
+            let settings = self.node_settings()?;
+            let txn = self.db.begin_write().map_err(db_err)?;
+            if let Some(settings) = settings {
+                write_in(&txn, &[Write::NodeSettings(settings)])?;
+            }
+            txn.commit().map_err(db_err)?;
+        }
+        if let Some(db) = Arc::get_mut(&mut self.db) {
+            while db.compact().map_err(db_err)? {}
+        }
+        Ok(!holds(&self.path)?)
+    }
+
+    /// Stores node settings as an older version did, cluster key included (tests of the
+    /// migration).
+    #[cfg(test)]
+    pub(crate) fn put_node_settings_with_key(&self, settings: &NodeSettings) {
+        let txn = self.db.begin_write().expect("txn");
+        txn.open_table(META)
+            .expect("meta")
+            .insert(NODE_SETTINGS, encode(settings).as_slice())
+            .expect("insert");
+        txn.commit().expect("commit");
     }
 
     /// The database itself, for the Raft state machine, which keeps its tables in it.
@@ -128,7 +181,11 @@ pub(crate) fn write_in(txn: &WriteTransaction, batch: &[Write]) -> Result<(), St
                     .map_err(db_err)?;
             }
             Write::NodeSettings(s) => {
-                meta.insert(NODE_SETTINGS, encode(s).as_slice())
+                let without_key = NodeSettings {
+                    cluster_key: None,
+                    ..s.clone()
+                };
+                meta.insert(NODE_SETTINGS, encode(&without_key).as_slice())
                     .map_err(db_err)?;
             }
             Write::Cluster(Some(c)) => {
@@ -449,6 +506,83 @@ mod tests {
                 .get(&TaskId("x".into()))
                 .map(|t| t.timestamp_millis()),
             Some(at.timestamp_millis())
+        );
+    }
+
+    fn file_holds(path: &Path, needle: &[u8]) -> bool {
+        std::fs::read(path)
+            .expect("read")
+            .windows(needle.len())
+            .any(|w| w == needle)
+    }
+
+    #[test]
+    fn node_settings_are_stored_without_the_cluster_key() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let path = dir.path().join("db");
+        let store = RedbStore::open(&path).expect("open");
+        let key = crate::mesh::ClusterKey::generate().expect("key");
+        let settings = NodeSettings {
+            cluster_key: Some(key.to_string()),
+            ..NodeSettings::default()
+        };
+        store
+            .write(&[Write::NodeSettings(settings.clone())])
+            .expect("write");
+        let stored = store.node_settings().expect("read").expect("some");
+        assert_eq!(stored.cluster_key, None);
+        assert_eq!(stored.name, settings.name);
+        drop(store);
+        assert!(!file_holds(&path, key.to_string().as_bytes()));
+        assert!(!file_holds(&path, &key.bytes()));
+        let mode = std::os::unix::fs::PermissionsExt::mode(
+            &std::fs::metadata(&path).expect("stat").permissions(),
+        );
+        assert_eq!(mode & 0o777, 0o600);
+    }
+
+    #[test]
+    fn scrub_leaves_no_copy_of_a_removed_secret_in_the_file() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let path = dir.path().join("db");
+        let key = crate::mesh::ClusterKey::generate()
+            .expect("key")
+            .to_string();
+        let mut store = RedbStore::open(&path).expect("open");
+        // An older version's record, with the key, among some history.
+        let old = serde_json::json!({"name": "old", "cluster_key": key});
+        let txn = store.db.begin_write().expect("txn");
+        txn.open_table(META)
+            .expect("meta")
+            .insert(NODE_SETTINGS, old.to_string().as_bytes())
+            .expect("insert");
+        txn.commit().expect("commit");
+        let runs: Vec<Run> = (0..300).map(|i| run(&format!("t{}", i % 7))).collect();
+        store.put_runs(&runs, 100).expect("runs");
+        assert!(file_holds(&path, key.as_bytes()));
+        let mut settings = store.node_settings().expect("read").expect("some");
+        assert_eq!(settings.cluster_key.as_deref(), Some(key.as_str()));
+        settings.cluster_key = None;
+        store
+            .write(&[Write::NodeSettings(settings)])
+            .expect("strip");
+        assert!(store.scrub(key.as_bytes()).expect("scrub"));
+        drop(store);
+        assert!(!file_holds(&path, key.as_bytes()));
+        let store = RedbStore::open(&path).expect("reopen");
+        assert_eq!(
+            store.node_settings().expect("read").expect("some").name,
+            "old"
+        );
+        assert_eq!(
+            store
+                .runs(&RunQuery {
+                    limit: 1000,
+                    ..Default::default()
+                })
+                .expect("runs")
+                .len(),
+            300
         );
     }
 }

@@ -34,11 +34,11 @@ pub const CLUSTER_HELP: &[(&str, &str)] = &[
     ("history_per_task", "runs kept in each task's history"),
     (
         "telegram",
-        "bot_token (secret) and api_base of the Telegram bot used by notify rules",
+        "bot_token (secret) and api_base of the Telegram bot used by notify rules; a changed api_base needs the token again",
     ),
     (
         "slack",
-        "bot_token (secret) and api_base of the Slack bot used by notify rules",
+        "bot_token (secret) and api_base of the Slack bot used by notify rules; a changed api_base needs the token again",
     ),
     (
         "notify",
@@ -46,11 +46,11 @@ pub const CLUSTER_HELP: &[(&str, &str)] = &[
     ),
     (
         "channels",
-        "named notification targets for notify rules: {\"kind\": \"telegram\", \"chat_id\"}, {\"kind\": \"slack\", \"channel\" or \"webhook_url\"}, {\"kind\": \"webhook\", \"url\"}",
+        "named notification targets for notify rules: {\"kind\": \"telegram\", \"chat_id\"}, {\"kind\": \"slack\", \"channel\" or \"webhook_url\"}, {\"kind\": \"webhook\", \"url\"}; webhook URLs are secrets (they carry a token)",
     ),
     (
         "mysql",
-        "null, or host, port, user, password (secret), database, log_lines: run records also go to MySQL/MariaDB",
+        "null, or host, port, user, password (secret), database, log_lines: run records also go to MySQL/MariaDB; a changed host, port, user or database needs the password again",
     ),
     (
         "peer_timeout",
@@ -176,6 +176,12 @@ mod tests {
     fn renders_editor_help_and_transfer() {
         let mut settings = Settings::default();
         settings.cluster.telegram.bot_token = Some("123:very-secret".into());
+        settings.cluster.channels.insert(
+            "web".into(),
+            crate::model::NotifyChannel::Webhook {
+                url: "https://hooks.example/very-secret-hook".into(),
+            },
+        );
         settings.node.dependencies = vec!["python3".into()];
         let html = SettingsTemplate::new(
             Layout::named("node-a", "settings"),
@@ -205,7 +211,14 @@ mod tests {
         ] {
             assert!(html.contains(needle), "missing {needle}");
         }
-        assert!(!html.contains("very-secret"));
+        assert!(
+            !html.contains("very-secret"),
+            "a secret or webhook URL is shown"
+        );
+        assert!(
+            html.contains("&#34;web&#34;"),
+            "the channel itself is shown"
+        );
     }
 
     #[test]

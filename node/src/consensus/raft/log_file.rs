@@ -21,7 +21,7 @@
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::io;
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -197,6 +197,7 @@ impl LogFile {
             .write(true)
             .create(true)
             .truncate(false)
+            .mode(0o600)
             .open(path)?;
         let bytes = std::fs::read(path)?;
         let (contents, end) = replay(&bytes).map_err(|(at, e)| {
@@ -305,6 +306,7 @@ fn replace(path: &Path, batch: &Batch) -> io::Result<File> {
         .write(true)
         .create(true)
         .truncate(true)
+        .mode(0o600)
         .open(&tmp)?;
     file.write_all_at(&batch.buf, 0)?;
     file.sync_all()?;
