@@ -1,0 +1,453 @@
+//! The real binary under the threat model of docs/security.md: a node run as root, and another
+//! user of the same machine (`nobody`) who has no token. Needs root to switch users; as any other
+//! user these tests print a notice and pass without doing anything (CI runs them as root).
+
+use std::io::{BufRead, BufReader};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+const BIN: &str = env!("CARGO_BIN_EXE_taskmesh");
+/// The unprivileged user the attacker runs as.
+const NOBODY: &str = "65534";
+
+fn is_root() -> bool {
+    if nix::unistd::geteuid().is_root() {
+        return true;
+    }
+    eprintln!(
+        "NOTICE: the security tests need root (they switch to an unprivileged user); not run. \
+         CI runs them as root; locally: sudo -E cargo test -p taskmesh --test security"
+    );
+    false
+}
+
+struct Node {
+    child: Child,
+    url: String,
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts the binary as root with a key in its environment (where `ps` cannot see it).
+fn start(bin: &Path, dir: &Path, key: &str) -> Node {
+    let mut child = Command::new(bin)
+        .args(["run", "--listen", "127.0.0.1:0", "--no-mdns"])
+        .args(["--p2p-listen", "/ip4/127.0.0.1/tcp/0"])
+        .arg("--data-dir")
+        .arg(dir)
+        .env("NO_COLOR", "1")
+        .env("TASKMESH_LOG", "info")
+        .env("TASKMESH_CLUSTER_KEY", key)
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("spawn taskmesh");
+    let stderr = child.stderr.take().expect("stderr");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Some(i) = line.find(" url=") {
+                let url = line[i + 5..].split_whitespace().next().unwrap_or("");
+                let _ = tx.send(url.to_owned());
+            }
+        }
+    });
+    let url = rx
+        .recv_timeout(Duration::from_secs(20))
+        .expect("the node logs its URL");
+    Node { child, url }
+}
+
+/// Runs `program args` as `nobody`, with an environment of nothing but PATH.
+fn as_nobody(program: &str, args: &[&str], env: &[(&str, &str)]) -> Output {
+    Command::new("setpriv")
+        .args([
+            &format!("--reuid={NOBODY}"),
+            &format!("--regid={NOBODY}"),
+            "--clear-groups",
+            "--",
+            program,
+        ])
+        .args(args)
+        .env_clear()
+        .env("PATH", "/usr/local/bin:/usr/bin:/bin")
+        .envs(env.iter().copied())
+        .current_dir("/")
+        .output()
+        .expect("setpriv")
+}
+
+/// The HTTP status `nobody` gets for `method path` (curl prints it; 000 when refused).
+fn status_as_nobody(method: &str, url: &str, extra: &[&str]) -> u16 {
+    let mut args = vec![
+        "-s",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        "--noproxy",
+        "*",
+        "--max-time",
+        "5",
+        "-X",
+        method,
+    ];
+    args.extend_from_slice(extra);
+    args.push(url);
+    let out = as_nobody("curl", &args, &[]);
+    String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .unwrap_or(0)
+}
+
+fn wait_until<T>(what: &str, deadline: Duration, mut check: impl FnMut() -> Option<T>) -> T {
+    let until = Instant::now() + deadline;
+    loop {
+        if let Some(v) = check() {
+            return v;
+        }
+        assert!(Instant::now() < until, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Every path under `dir` (itself included), depth first.
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = vec![dir.to_owned()];
+    if dir.is_dir() && !dir.is_symlink() {
+        for entry in std::fs::read_dir(dir).expect("read_dir").flatten() {
+            out.extend(walk(&entry.path()));
+        }
+    }
+    out
+}
+
+/// A folder `nobody` may enter, holding a copy of the binary it may run: the build's own
+/// folder may sit under a home directory it cannot enter.
+fn public_folder() -> (tempfile::TempDir, PathBuf) {
+    let tmp = tempfile::tempdir().expect("tmp");
+    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let bin = tmp.path().join("taskmesh");
+    std::fs::copy(BIN, &bin).expect("copy the binary");
+    std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    (tmp, bin)
+}
+
+#[test]
+fn another_user_of_the_machine_gets_nothing_without_the_token() {
+    if !is_root() {
+        return;
+    }
+    let (public, bin) = public_folder();
+    let data = public.path().join("data");
+    let key = "5a1e".repeat(16);
+    let node = start(&bin, &data, &key);
+    let url = &node.url;
+    let token = std::fs::read_to_string(data.join("access-token"))
+        .expect("root reads the token")
+        .trim()
+        .to_owned();
+    let http = reqwest::blocking::Client::new();
+    let authed = |r: reqwest::blocking::RequestBuilder| {
+        r.bearer_auth(&token)
+            .timeout(Duration::from_secs(10))
+            .send()
+            .expect("request")
+    };
+
+    // A run of root's, so that there is a run log to try to read.
+    let r = authed(http.post(format!("{url}/api/tasks")).json(&json!({
+        "name": "roots", "spec": {"command": ["echo", "private output"]}, "when": {"mode": "manual"}
+    })));
+    assert_eq!(r.status().as_u16(), 201);
+    let run: Value = authed(http.post(format!("{url}/api/tasks/roots/run")))
+        .json()
+        .expect("run");
+    let run_id = run["id"].as_str().expect("run id").to_owned();
+    wait_until("root's run to end", Duration::from_secs(20), || {
+        let run: Value = authed(http.get(format!("{url}/api/runs/{run_id}")))
+            .json()
+            .ok()?;
+        (run["status"] == "succeeded").then_some(())
+    });
+
+    // Over TCP loopback, without the token: no write, no secret, no page.
+    let task = r#"{"name": "probe", "spec": {"command": ["id"]}, "when": {"mode": "manual"}}"#;
+    let json = ["-H", "Content-Type: application/json"];
+    let mut refused = vec![
+        (
+            "POST",
+            "/api/tasks".to_owned(),
+            vec![json[0], json[1], "-d", task],
+        ),
+        ("POST", "/api/tasks/roots/run".to_owned(), vec![]),
+        (
+            "PUT",
+            "/api/settings".to_owned(),
+            vec![json[0], json[1], "-d", "{}"],
+        ),
+        ("POST", "/api/settings/import".to_owned(), vec!["-d", "{}"]),
+        ("DELETE", "/api/tasks/roots".to_owned(), vec![]),
+        ("GET", "/api/cluster-key".to_owned(), vec![]),
+        (
+            "GET",
+            "/api/settings/export?secrets=true".to_owned(),
+            vec![],
+        ),
+        ("GET", "/api/settings".to_owned(), vec![]),
+        ("GET", "/api/tasks".to_owned(), vec![]),
+        ("GET", format!("/api/runs/{run_id}/log"), vec![]),
+        ("GET", "/api/events".to_owned(), vec![]),
+    ];
+    // A browser's credentials and a rebound Host do not help either.
+    refused.push((
+        "GET",
+        "/api/cluster-key".to_owned(),
+        vec![
+            "-H",
+            "Host: evil.example:8080",
+            "-H",
+            "Origin: http://evil.example:8080",
+            "-H",
+            "Sec-Fetch-Site: same-origin",
+        ],
+    ));
+    refused.push((
+        "GET",
+        "/api/cluster-key".to_owned(),
+        vec!["-H", "Authorization: Bearer 0000"],
+    ));
+    for (method, path, extra) in &refused {
+        let status = status_as_nobody(method, &format!("{url}{path}"), extra);
+        assert!(
+            matches!(status, 401 | 403 | 421),
+            "{method} {path} {extra:?} as nobody answered {status}"
+        );
+    }
+    // Pages send a stranger to the login page.
+    for page in ["/", "/index", "/settings", "/node", "/peers"] {
+        let status = status_as_nobody("GET", &format!("{url}{page}"), &[]);
+        assert!(
+            matches!(status, 303 | 302 | 307 | 401),
+            "GET {page} as nobody answered {status}"
+        );
+    }
+
+    // The CLI, as nobody: it cannot read the token and says so; nothing is created.
+    let bin_text = bin.to_str().expect("path");
+    let data_text = data.to_str().expect("path");
+    let out = as_nobody(
+        bin_text,
+        &["task", "add", "probe", "--", "id"],
+        &[("TASKMESH_URL", url), ("TASKMESH_DATA_DIR", data_text)],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "the CLI as nobody added a task");
+    assert!(
+        stderr.contains("access token") && stderr.contains("not readable"),
+        "the CLI says why: {stderr}"
+    );
+
+    // The files: nobody can list the data directory or read anything in it.
+    let out = as_nobody("ls", &[data_text], &[]);
+    assert!(!out.status.success(), "nobody listed the data directory");
+    let files = walk(&data);
+    assert!(
+        files
+            .iter()
+            .any(|p| p.to_string_lossy().ends_with(&format!("{run_id}.log"))),
+        "root's run log is among the files: {files:?}"
+    );
+    for path in &files {
+        let mode = std::fs::symlink_metadata(path)
+            .expect("meta")
+            .permissions()
+            .mode()
+            & 0o777;
+        let want = if path.is_dir() { 0o700 } else { 0o600 };
+        assert_eq!(mode, want, "{} has mode {mode:o}", path.display());
+        if path.is_file() {
+            let out = as_nobody("cat", &[path.to_str().expect("path")], &[]);
+            assert!(!out.status.success(), "nobody read {}", path.display());
+        }
+    }
+    // Nor from the node's process: its command line holds no secret, its environment is private.
+    let pid = node.child.id();
+    let cmdline = as_nobody("cat", &[&format!("/proc/{pid}/cmdline")], &[]);
+    let cmdline = String::from_utf8_lossy(&cmdline.stdout);
+    assert!(
+        cmdline.contains("run"),
+        "nobody can read the command line: {cmdline}"
+    );
+    assert!(
+        !cmdline.contains(&key) && !cmdline.contains(&token),
+        "{cmdline}"
+    );
+    let environ = as_nobody("cat", &[&format!("/proc/{pid}/environ")], &[]);
+    assert!(
+        !environ.status.success(),
+        "nobody read the node's environment"
+    );
+
+    // With the token, root sees that nothing of nobody's reached the node.
+    let tasks: Vec<Value> = authed(http.get(format!("{url}/api/tasks")))
+        .json()
+        .expect("tasks");
+    let names: Vec<&str> = tasks.iter().filter_map(|t| t["name"].as_str()).collect();
+    assert_eq!(names, ["roots"]);
+    let runs: Vec<Value> = authed(http.get(format!("{url}/api/runs?limit=100")))
+        .json()
+        .expect("runs");
+    assert_eq!(runs.len(), 1, "{runs:?}");
+}
+
+/// A TCP port on loopback that was free when asked.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+/// Lets this test process hold a few thousand sockets.
+fn raise_fd_limit(want: u64) {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).expect("getrlimit");
+    if soft < want {
+        setrlimit(Resource::RLIMIT_NOFILE, want.min(hard), hard).expect("setrlimit");
+    }
+}
+
+#[test]
+fn idle_p2p_and_slow_http_connections_leave_the_node_answering() {
+    const P2P: usize = 2000;
+    const HTTP: usize = 1000;
+    raise_fd_limit(8192);
+    let dir = tempfile::tempdir().expect("tmp");
+    let p2p_port = free_port();
+    // Started with the soft file limit many systems give (1024): the node raises its own.
+    let mut child = Command::new("sh")
+        .args(["-c", "ulimit -Sn 1024 && exec \"$@\"", "sh", BIN])
+        .args(["run", "--listen", "127.0.0.1:0", "--no-mdns"])
+        .args(["--p2p-listen", &format!("/ip4/127.0.0.1/tcp/{p2p_port}")])
+        .arg("--data-dir")
+        .arg(dir.path())
+        .env("NO_COLOR", "1")
+        .env("TASKMESH_LOG", "info")
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("spawn taskmesh");
+    let stderr = child.stderr.take().expect("stderr");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Some(i) = line.find(" url=") {
+                let url = line[i + 5..].split_whitespace().next().unwrap_or("");
+                let _ = tx.send(url.to_owned());
+            }
+        }
+    });
+    let node = Node {
+        url: rx
+            .recv_timeout(Duration::from_secs(20))
+            .expect("the node logs its URL"),
+        child,
+    };
+    let url = node.url.clone();
+    let http_addr: std::net::SocketAddr = url
+        .trim_start_matches("http://")
+        .parse()
+        .expect("the UI address");
+    let token = std::fs::read_to_string(dir.path().join("access-token"))
+        .expect("token")
+        .trim()
+        .to_owned();
+    let http = reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(1))
+        .build()
+        .expect("client");
+    let r = http
+        .post(format!("{url}/api/tasks"))
+        .bearer_auth(&token)
+        .json(&json!({"name": "after", "spec": {"command": ["true"]}, "when": {"mode": "manual"}}))
+        .send()
+        .expect("create");
+    assert_eq!(r.status().as_u16(), 201);
+
+    // Connections without the cluster key that never speak, and HTTP requests whose headers
+    // never end: what an attacker on the LAN or the machine can open for free.
+    let p2p: Vec<std::net::TcpStream> = (0..P2P)
+        .filter_map(|_| {
+            std::net::TcpStream::connect_timeout(
+                &std::net::SocketAddr::from(([127, 0, 0, 1], p2p_port)),
+                Duration::from_secs(1),
+            )
+            .ok()
+        })
+        .collect();
+    let slow: Vec<std::net::TcpStream> = (0..HTTP)
+        .filter_map(|_| {
+            use std::io::Write;
+            let mut s =
+                std::net::TcpStream::connect_timeout(&http_addr, Duration::from_secs(1)).ok()?;
+            s.write_all(b"GET /api/health HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ")
+                .ok()?;
+            Some(s)
+        })
+        .collect();
+    eprintln!(
+        "opened {} idle p2p and {} slow HTTP connections",
+        p2p.len(),
+        slow.len()
+    );
+    // A few connects may time out in a full listen backlog; the flood must still be a flood.
+    assert!(
+        p2p.len() >= P2P * 9 / 10,
+        "only {} p2p connections",
+        p2p.len()
+    );
+    assert!(
+        slow.len() >= HTTP * 9 / 10,
+        "only {} HTTP connections",
+        slow.len()
+    );
+
+    // The node still answers, each time within 1 s (the client's timeout), and runs start.
+    for _ in 0..20 {
+        let r = http
+            .get(format!("{url}/api/health"))
+            .send()
+            .expect("/api/health answers within 1 s");
+        assert!(r.status().is_success(), "{}", r.status());
+    }
+    let run: Value = http
+        .post(format!("{url}/api/tasks/after/run"))
+        .bearer_auth(&token)
+        .send()
+        .expect("execute")
+        .json()
+        .expect("run");
+    let id = run["id"].as_str().expect("run id").to_owned();
+    wait_until("the run to succeed", Duration::from_secs(20), || {
+        let run: Value = http
+            .get(format!("{url}/api/runs/{id}"))
+            .bearer_auth(&token)
+            .send()
+            .ok()?
+            .json()
+            .ok()?;
+        (run["status"] == "succeeded").then_some(())
+    });
+    drop((p2p, slow));
+}
