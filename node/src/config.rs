@@ -41,7 +41,8 @@ pub struct Config {
     /// (also the idle time between keep-alive requests, and the TLS handshake's bound).
     #[serde(with = "duration_text")]
     pub header_read_timeout: Duration,
-    /// Web connections open at once; more are closed as soon as they are accepted.
+    /// Web connections open at once. At the cap, the oldest connection that has not sent a
+    /// whole request head is closed to make room; when none is such, the new one is closed.
     pub max_connections: usize,
     /// Serve the UI and API over TLS: `[tls]` with `cert` and `key` (PEM files), or an empty
     /// `[tls]` table for a self-signed certificate made in the data directory.
