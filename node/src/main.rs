@@ -13,7 +13,9 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("TASKMESH_LOG")
-                .unwrap_or_else(|_| "info".into()),
+                // The node's own story at info; openraft's and libp2p's internals only when
+                // they warn, so the login link is not lost among them (TASKMESH_LOG=info shows all).
+                .unwrap_or_else(|_| "info,openraft=warn,libp2p=warn,libp2p_swarm=warn".into()),
         )
         .with_writer(std::io::stderr)
         .init();
