@@ -197,11 +197,26 @@ async fn a_flood_of_connections_without_the_key_is_bounded_and_closed() -> Resul
         matches!(health, Ok(Ok((200, _)))),
         "/api/health did not answer within 1 s: {health:?}"
     );
+    // Pinned to `a`: `c` stopped a moment ago and counts as live until its peer timeout, so
+    // a run placed there would wait to be found lost.
+    let (_, mut settings) = a.api.get("/api/settings").await?;
+    settings["node"]["dependencies"] = serde_json::json!(["flood-target"]);
+    let (status, answer) = a
+        .api
+        .send(reqwest::Method::PUT, "/api/settings", Some(&settings))
+        .await?;
+    anyhow::ensure!(status == 200, "setting a's dependencies: {status} {answer}");
     let task = a
         .api
-        .create_task(&serde_json::json!({"name": "during-the-flood", "spec": {"command": ["true"]}, "when": {"mode": "manual"}}))
+        .create_task(&serde_json::json!({"name": "during-the-flood", "spec": {"command": ["true"], "dependencies": ["flood-target"]}, "when": {"mode": "manual"}}))
         .await?;
-    let run = a.api.execute(&task).await?;
+    // Accepted once the leader has heard a's new dependency (announced within a second).
+    let run = wait_for(
+        "the pinned task to be accepted",
+        Duration::from_secs(10),
+        || async { a.api.execute(&task).await.ok() },
+    )
+    .await?;
     let run = run["id"].as_str().context("run id")?.to_owned();
     wait_for("the run to succeed", Duration::from_secs(10), || async {
         let (_, r) = a.api.get(&format!("/api/runs/{run}")).await.ok()?;
