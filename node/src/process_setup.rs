@@ -1,77 +1,54 @@
-//! The node's own process: a private umask and a raised open-file limit, set once at start, and
-//! what the processes it starts get back (the umask and limit the node was started with).
+//! The node's own process: an open-file limit raised once at start, high enough for its
+//! connection caps.
 //!
-//! The umask (0o077 added to the inherited one) makes every file the node and its libraries
-//! create (the redb database, the Raft log, logs, keys) private to its user, without relying on
-//! each `open` to say so. The open-file soft limit goes up to the hard limit, so that many
-//! connections and runs cannot exhaust descriptors at the usual 1,024. Tasks behave as they
-//! would without taskmesh: the executor puts both back in each child before it execs
-//! ([`Inherited::restore_in_child`]); programs that use `select()` expect the 1,024.
+//! The soft limit goes up to [`NOFILE_WANTED`] (or the hard limit, if lower), so that many
+//! connections and runs cannot exhaust descriptors at the usual 1,024: the web server holds up
+//! to `max_connections` (4,096 by default), the mesh a few hundred. Tasks inherit the raised
+//! soft limit, as supervisord's children inherit its `minfds`.
+//!
+//! Two things are deliberately not done here. The node's umask is left alone: every file it
+//! makes is created with an explicit private mode (`private_files`, and the few files other
+//! modules open with `.mode(0o600)`), so tasks inherit the umask the node was started with.
+//! And nothing is put back in each child before exec: a `pre_exec` hook makes the standard
+//! library `fork()` the node for every run instead of using `posix_spawn`, which measured
+//! 1.7-3.5 ms instead of 0.14-0.2 ms per spawn for a process of a node's size
+//! (docs/performance.md, "Spawning").
 
 use std::sync::OnceLock;
 
 use nix::sys::resource::{Resource, getrlimit, setrlimit};
-use nix::sys::stat::{Mode, umask};
 use tracing::{info, warn};
 
-/// What the node process was started with, before [`prepare`] changed it.
-#[derive(Debug, Clone, Copy)]
-pub struct Inherited {
-    /// The umask the node was started with.
-    pub umask: Mode,
-    /// The open-file limits (soft, hard) the node was started with; `None` if unreadable.
-    pub nofile: Option<(u64, u64)>,
-}
+/// The open-file soft limit the node wants: the web server's default cap, the mesh's caps,
+/// the runs' pipes and the database, with room to spare.
+pub const NOFILE_WANTED: u64 = 16_384;
 
-static INHERITED: OnceLock<Inherited> = OnceLock::new();
+/// The open-file limits (soft, hard) the node process was started with, once [`prepare`] ran.
+static STARTED_WITH: OnceLock<Option<(u64, u64)>> = OnceLock::new();
 
-/// Bits the node's umask always has: nothing it creates is readable or writable by others.
-const PRIVATE: u32 = 0o077;
-
-/// Sets the node's umask and open-file limit; the first call in a process does it and logs it,
-/// later calls (several in-process nodes in a test) return what the first one found.
-pub fn prepare() -> Inherited {
-    *INHERITED.get_or_init(|| {
-        let private = Mode::from_bits_truncate(PRIVATE);
-        let original = umask(private);
-        umask(original | private);
-        let nofile = getrlimit(Resource::RLIMIT_NOFILE).ok();
-        if let Some((soft, hard)) = nofile {
-            if soft < hard {
-                match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
-                    Ok(()) => info!(from = soft, to = hard, "open-file limit raised"),
+/// Raises the open-file soft limit; the first call in a process does it and logs it, later
+/// calls (several in-process nodes in a test) change nothing.
+pub fn prepare() {
+    STARTED_WITH.get_or_init(|| {
+        let limits = getrlimit(Resource::RLIMIT_NOFILE).ok();
+        if let Some((soft, hard)) = limits {
+            let wanted = wanted_soft_limit(soft, hard);
+            if wanted > soft {
+                match setrlimit(Resource::RLIMIT_NOFILE, wanted, hard) {
+                    Ok(()) => info!(from = soft, to = wanted, "open-file limit raised"),
                     Err(e) => {
                         warn!(soft, hard, error = %e, "raising the open-file limit failed; keeping it")
                     }
                 }
-            } else {
-                info!(limit = soft, "open-file limit already at its hard limit");
             }
         }
-        Inherited {
-            umask: original,
-            nofile,
-        }
-    })
+        limits
+    });
 }
 
-/// What the node was started with, once [`prepare`] ran.
-pub fn inherited() -> Option<Inherited> {
-    INHERITED.get().copied()
-}
-
-impl Inherited {
-    /// Puts the inherited umask and open-file soft limit back. Runs in a forked child before
-    /// exec, so it only makes system calls (async-signal-safe) and allocates nothing.
-    pub fn restore_in_child(&self) -> std::io::Result<()> {
-        umask(self.umask);
-        if let Some((soft, _)) = self.nofile {
-            // The hard limit is the current one (the node never lowers it).
-            let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE)?;
-            setrlimit(Resource::RLIMIT_NOFILE, soft.min(hard), hard)?;
-        }
-        Ok(())
-    }
+/// The soft limit a node wants, given the limits it was started with.
+pub fn wanted_soft_limit(soft: u64, hard: u64) -> u64 {
+    soft.max(NOFILE_WANTED.min(hard))
 }
 
 #[cfg(test)]
@@ -79,17 +56,18 @@ mod tests {
     use super::*;
 
     #[test]
-    fn prepare_makes_the_umask_private_and_raises_the_limit_once() {
-        let first = prepare();
-        let current = umask(Mode::empty());
-        umask(current);
-        assert_eq!(current.bits() & PRIVATE, PRIVATE, "{current:?}");
-        assert_eq!(current, first.umask | Mode::from_bits_truncate(PRIVATE));
+    fn the_soft_limit_goes_up_to_what_is_wanted_within_the_hard_limit() {
+        let cases = [
+            (1024, 1_048_576, NOFILE_WANTED),
+            (1024, 4096, 4096),
+            (1024, 1024, 1024),
+            (65_536, 1_048_576, 65_536),
+        ];
+        for (soft, hard, want) in cases {
+            assert_eq!(wanted_soft_limit(soft, hard), want, "{soft} / {hard}");
+        }
+        prepare();
         let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).expect("limit");
-        assert_eq!(soft, hard, "the soft limit is raised to the hard limit");
-        // A second node in the same process finds what the first one found.
-        let second = prepare();
-        assert_eq!(second.umask, first.umask);
-        assert_eq!(second.nofile, first.nofile);
+        assert!(soft >= NOFILE_WANTED.min(hard), "{soft} / {hard}");
     }
 }

@@ -264,16 +264,6 @@ fn command(task: &Task, run: &Run) -> Result<Command, String> {
             .env("LOGNAME", &user.name)
             .env("HOME", &user.dir);
     }
-    if let Some(inherited) = crate::process_setup::inherited() {
-        // The node runs with umask 077 and a raised open-file limit; the task gets the umask
-        // and limit the node was started with, as if it were started without taskmesh.
-        // SAFETY: the closure runs in the forked child before exec; it only makes system calls
-        // (umask, getrlimit, setrlimit), which are async-signal-safe, and allocates nothing.
-        #[allow(unsafe_code)]
-        unsafe {
-            cmd.pre_exec(move || inherited.restore_in_child());
-        }
-    }
     cmd.process_group(0)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
