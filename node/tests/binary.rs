@@ -1242,3 +1242,134 @@ fn a_config_that_turns_the_login_off_is_refused() {
         "{err}"
     );
 }
+
+#[test]
+fn the_cli_talks_to_a_tls_node_trusting_its_own_certificate_or_a_given_one() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let node = start_with(
+        dir.path(),
+        &["--p2p-listen", "/ip4/127.0.0.1/tcp/0", "--tls"],
+    );
+    assert!(node.url.starts_with("https://127.0.0.1:"), "{}", node.url);
+    // The node's data dir: its token and its self-signed tls-cert.pem.
+    let cli = |args: &[&str]| {
+        Command::new(BIN)
+            .args(args)
+            .env("TASKMESH_URL", &node.url)
+            .env("TASKMESH_DATA_DIR", dir.path())
+            .env_remove("TASKMESH_TOKEN")
+            .env_remove("TASKMESH_TOKEN_FILE")
+            .env_remove("TASKMESH_CA_CERT")
+            .output()
+            .expect("run the cli")
+    };
+    let ok = |out: &std::process::Output| {
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let link = ok(&cli(&["login-url"])).trim().to_owned();
+    assert!(
+        link.starts_with(&format!("{}/login?code=", node.url)),
+        "{link}"
+    );
+    ok(&cli(&[
+        "task",
+        "add",
+        "tls",
+        "--shell",
+        "echo over-tls; exit 3",
+    ]));
+    // The log streams over TLS to the end, and the run's exit code comes back.
+    let out = cli(&["task", "run", "tls", "--follow"]);
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("over-tls"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+
+    // Elsewhere (no tls-cert.pem), the node's certificate is not trusted, and the error says so.
+    let elsewhere = tempfile::tempdir().expect("tmp");
+    let cli_elsewhere = |extra: &[&str]| {
+        Command::new(BIN)
+            .args(["task", "ls"])
+            .args(extra)
+            .env("TASKMESH_URL", &node.url)
+            .env("TASKMESH_DATA_DIR", elsewhere.path())
+            .env("TASKMESH_TOKEN", TOKEN)
+            .env_remove("TASKMESH_TOKEN_FILE")
+            .env_remove("TASKMESH_CA_CERT")
+            .output()
+            .expect("run the cli")
+    };
+    let out = cli_elsewhere(&[]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("the node at {}", node.url))
+            && err.contains("certificate this CLI does not trust")
+            && err.contains("--ca-cert")
+            && err.contains(&format!(
+                "{}, which does not exist",
+                elsewhere.path().join("tls-cert.pem").display()
+            )),
+        "{err}"
+    );
+    // --ca-cert with the node's certificate (an operator's own CA works the same way).
+    let ca = elsewhere.path().join("node-ca.pem");
+    std::fs::copy(dir.path().join("tls-cert.pem"), &ca).expect("copy the certificate");
+    let out = cli_elsewhere(&["--ca-cert", ca.to_str().expect("utf-8")]);
+    assert!(ok(&out).contains("tls"));
+    let missing = elsewhere.path().join("missing.pem");
+    let out = cli_elsewhere(&["--ca-cert", missing.to_str().expect("utf-8")]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains(&format!("--ca-cert {}", missing.display())),
+        "{err}"
+    );
+
+    // http:// against the TLS node says to use https://.
+    let plain_url = node.url.replacen("https://", "http://", 1);
+    let out = Command::new(BIN)
+        .args(["task", "ls", "--url", &plain_url])
+        .env("TASKMESH_DATA_DIR", dir.path())
+        .output()
+        .expect("run the cli");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success()
+            && err.contains(&format!(
+                "the node at {plain_url} does not answer plain HTTP"
+            ))
+            && err.contains("https://"),
+        "{err}"
+    );
+    stop(node);
+
+    // https:// against a plain node says to use http://.
+    let plain_dir = tempfile::tempdir().expect("tmp");
+    let plain = start(plain_dir.path());
+    let tls_url = plain.url.replacen("http://", "https://", 1);
+    let out = Command::new(BIN)
+        .args(["task", "ls", "--url", &tls_url])
+        .env("TASKMESH_DATA_DIR", plain_dir.path())
+        .output()
+        .expect("run the cli");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success()
+            && err.contains(&format!("the node at {tls_url} does not answer over TLS"))
+            && err.contains("http://"),
+        "{err}"
+    );
+    stop(plain);
+}

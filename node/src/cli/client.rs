@@ -1,21 +1,40 @@
 //! The CLI's side of the REST API: requests, readable output, and errors that say what failed.
 
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-use futures::StreamExt;
+use http_body_util::{BodyExt, Full};
+use hyper::body::{Bytes, Incoming};
+use hyper::{Method, Request, Response, StatusCode, header};
+use rustls::pki_types::CertificateDer;
 use serde_json::{Value, json};
+
+use crate::https_client;
 
 use super::{AddArgs, Remote, SettingsCommand, TaskCommand, TokenSource};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    #[error("cannot reach the node at {url}: {source} (is `taskmesh run` running? see --url)")]
-    Connect {
+    #[error("cannot reach the node at {url}: {reason} (is `taskmesh run` running? see --url)")]
+    Connect { url: String, reason: String },
+    #[error(
+        "the node at {url} presented a certificate this CLI does not trust: {reason}\n  trusted here: {trusted}\n  pass --ca-cert FILE (or TASKMESH_CA_CERT) with the node's certificate or its CA, or --data-dir (TASKMESH_DATA_DIR) naming the node's data directory, whose tls-cert.pem is then trusted"
+    )]
+    Untrusted {
         url: String,
-        #[source]
-        source: reqwest::Error,
+        reason: String,
+        trusted: String,
     },
+    #[error(
+        "the node at {url} does not answer over TLS ({reason}): it serves plain HTTP here, so use an http:// URL"
+    )]
+    NotTls { url: String, reason: String },
+    #[error(
+        "the node at {url} does not answer plain HTTP ({reason}): it may serve HTTPS (`taskmesh run --tls`), so try an https:// URL"
+    )]
+    NotPlain { url: String, reason: String },
+    #[error("--ca-cert {path}: {reason}")]
+    CaCert { path: PathBuf, reason: String },
     #[error("{0}")]
     Api(String),
     #[error("{context}: {source}")]
@@ -31,46 +50,79 @@ pub enum ClientError {
 /// What the command wants the process to exit with.
 pub type ExitCode = i32;
 
+/// Answers (JSON) are read up to this size.
+const MAX_ANSWER: usize = 64 << 20;
+
 struct Api {
     base: String,
-    http: reqwest::Client,
+    http: https_client::Client<Full<Bytes>>,
     /// The access token, or why it could not be read (said when the node answers 401).
     token: Result<String, String>,
+    /// What is trusted for an https:// node besides the system's CAs (said when the node's
+    /// certificate is not trusted).
+    trusted: String,
 }
 
 impl Api {
-    fn new(remote: &Remote) -> Self {
-        Self {
-            base: remote.url.trim_end_matches('/').to_owned(),
-            http: reqwest::Client::new(),
+    fn new(remote: &Remote) -> Result<Self, ClientError> {
+        let base = remote.url.trim_end_matches('/').to_owned();
+        let (roots, trusted) = if base.starts_with("https://") {
+            trust(remote)?
+        } else {
+            (rustls::RootCertStore::empty(), String::new())
+        };
+        Ok(Self {
+            base,
+            http: https_client::client(roots),
             token: read_token(&remote.token_source(std::env::var("TASKMESH_TOKEN").ok())),
-        }
+            trusted,
+        })
     }
 
-    fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.base)
-    }
-
+    /// Sends a request (with the token, and `body` with its content type); a success answer, or
+    /// the node's refusal or the failure to reach it, said for a person.
     async fn send(
         &self,
-        mut request: reqwest::RequestBuilder,
-    ) -> Result<reqwest::Response, ClientError> {
+        method: Method,
+        path: &str,
+        body: Option<(&str, Bytes)>,
+    ) -> Result<Response<Incoming>, ClientError> {
+        let url = format!("{}{path}", self.base);
+        let uri: hyper::Uri = url
+            .parse()
+            .map_err(|e| ClientError::Usage(format!("--url {}: not a URL: {e}", self.base)))?;
+        let mut request = Request::builder().method(method).uri(uri).header(
+            header::USER_AGENT,
+            concat!("taskmesh-cli/", env!("CARGO_PKG_VERSION")),
+        );
         if let Ok(token) = &self.token {
-            request = request.bearer_auth(token);
+            request = request.header(header::AUTHORIZATION, format!("Bearer {token}"));
         }
-        let response = request
-            .send()
+        let body = match body {
+            Some((content_type, bytes)) => {
+                request = request.header(header::CONTENT_TYPE, content_type);
+                bytes
+            }
+            None => Bytes::new(),
+        };
+        let request = request
+            .body(Full::new(body))
+            .map_err(|e| ClientError::Usage(format!("{url}: {e}")))?;
+        let response = self
+            .http
+            .request(request)
             .await
-            .map_err(|source| ClientError::Connect {
-                url: self.base.clone(),
-                source,
-            })?;
+            .map_err(|e| self.unreachable(&e))?;
         if response.status().is_success() {
             return Ok(response);
         }
         let status = response.status();
-        let body: Value = response.json().await.unwrap_or(Value::Null);
-        if status == reqwest::StatusCode::UNAUTHORIZED {
+        let body: Value = read_body(response)
+            .await
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or(Value::Null);
+        if status == StatusCode::UNAUTHORIZED {
             if let Err(why) = &self.token {
                 return Err(ClientError::Api(format!(
                     "{status}: the node wants its access token, and {why}"
@@ -95,28 +147,138 @@ impl Api {
         Err(ClientError::Api(message))
     }
 
-    async fn get(&self, path: &str) -> Result<Value, ClientError> {
-        let r = self.send(self.http.get(self.url(path))).await?;
-        r.json()
-            .await
-            .map_err(|e| ClientError::Api(format!("unreadable answer: {e}")))
+    /// Why the node could not be reached: an untrusted certificate, the wrong scheme, or the
+    /// connection itself.
+    fn unreachable(&self, error: &hyper_util::client::legacy::Error) -> ClientError {
+        let url = self.base.clone();
+        let reason = crate::error_text::error_text(error);
+        match failure_kind(error, self.base.starts_with("https://")) {
+            Failure::Certificate(reason) => ClientError::Untrusted {
+                url,
+                reason,
+                trusted: self.trusted.clone(),
+            },
+            Failure::NotTls => ClientError::NotTls { url, reason },
+            Failure::NotPlain => ClientError::NotPlain { url, reason },
+            Failure::Other => ClientError::Connect { url, reason },
+        }
     }
 
+    /// Sends `body` as JSON; the answer's JSON.
     async fn write(
         &self,
-        method: reqwest::Method,
+        method: Method,
         path: &str,
         body: Option<Value>,
     ) -> Result<Value, ClientError> {
-        let mut request = self.http.request(method, self.url(path));
-        if let Some(body) = body {
-            request = request.json(&body);
-        }
-        let r = self.send(request).await?;
-        r.json()
+        let body = body.map(|b| ("application/json", Bytes::from(b.to_string())));
+        let response = self.send(method, path, body).await?;
+        let bytes = read_body(response)
             .await
-            .map_err(|e| ClientError::Api(format!("unreadable answer: {e}")))
+            .map_err(|e| ClientError::Api(format!("reading the answer to {path}: {e}")))?;
+        serde_json::from_slice(&bytes)
+            .map_err(|e| ClientError::Api(format!("unreadable answer to {path}: {e}")))
     }
+
+    async fn get(&self, path: &str) -> Result<Value, ClientError> {
+        self.write(Method::GET, path, None).await
+    }
+}
+
+/// An answer's body, up to [`MAX_ANSWER`].
+async fn read_body(response: Response<Incoming>) -> Result<Bytes, String> {
+    http_body_util::Limited::new(response.into_body(), MAX_ANSWER)
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .map_err(|e| crate::error_text::error_text(&*e))
+}
+
+/// The certificates an https:// node may present, and a sentence naming what is trusted besides
+/// the system's CAs: the node's own certificate (`tls-cert.pem` in the data directory) when it
+/// can be read, and `--ca-cert`, which must be readable.
+fn trust(remote: &Remote) -> Result<(rustls::RootCertStore, String), ClientError> {
+    let mut roots = https_client::system_roots();
+    let mut trusted = vec![format!("{} system CA certificates", roots.len())];
+    let (own, _) = crate::api::tls::self_signed_paths(&remote.node_data_dir());
+    let own_note = match std::fs::read(&own) {
+        Ok(pem) => match certificates(&pem)
+            .and_then(|c| https_client::add_roots(&mut roots, c).map_err(|e| e.to_string()))
+        {
+            Ok(_) => format!("the node's certificate {}", own.display()),
+            Err(e) => format!("not {}, which is not a certificate: {e}", own.display()),
+        },
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            format!("not {}, which does not exist", own.display())
+        }
+        Err(e) => format!("not {}, which cannot be read: {e}", own.display()),
+    };
+    trusted.push(own_note);
+    if let Some(path) = &remote.ca_cert {
+        let ca_error = |reason: String| ClientError::CaCert {
+            path: path.clone(),
+            reason,
+        };
+        let pem = std::fs::read(path).map_err(|e| ca_error(e.to_string()))?;
+        let certs = certificates(&pem).map_err(ca_error)?;
+        https_client::add_roots(&mut roots, certs).map_err(|e| ca_error(e.to_string()))?;
+        trusted.push(format!("--ca-cert {}", path.display()));
+    }
+    Ok((roots, trusted.join(", ")))
+}
+
+/// The certificates in a PEM text; at least one.
+fn certificates(pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, String> {
+    use rustls::pki_types::pem::PemObject;
+    let certs: Vec<_> = CertificateDer::pem_slice_iter(pem)
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("not PEM: {e}"))?;
+    if certs.is_empty() {
+        return Err("no certificate (-----BEGIN CERTIFICATE-----) in it".into());
+    }
+    Ok(certs)
+}
+
+/// What kind of failure kept a request from its answer.
+#[derive(Debug, PartialEq)]
+enum Failure {
+    /// The node's certificate is not trusted (or not for this name); why.
+    Certificate(String),
+    /// An https:// URL, and the node does not speak TLS.
+    NotTls,
+    /// An http:// URL, and the node closed or answered something that is not HTTP.
+    NotPlain,
+    Other,
+}
+
+/// Classifies a failed request by the TLS or HTTP error among its causes.
+fn failure_kind(error: &(dyn std::error::Error + 'static), https: bool) -> Failure {
+    let mut cause = Some(error);
+    while let Some(e) = cause {
+        if let Some(tls) = e.downcast_ref::<rustls::Error>() {
+            return match tls {
+                rustls::Error::InvalidCertificate(_) => Failure::Certificate(tls.to_string()),
+                rustls::Error::InvalidMessage(_) | rustls::Error::InappropriateMessage { .. } => {
+                    Failure::NotTls
+                }
+                _ => Failure::Other,
+            };
+        }
+        if let Some(http) = e.downcast_ref::<hyper::Error>() {
+            if !https && (http.is_incomplete_message() || http.is_parse()) {
+                return Failure::NotPlain;
+            }
+        }
+        // An io::Error's `source()` skips the error it wraps; step into that one instead.
+        cause = match e
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+        {
+            Some(inner) => Some(inner as &(dyn std::error::Error + 'static)),
+            None => e.source(),
+        };
+    }
+    Failure::Other
 }
 
 /// The token from its source, or a sentence saying why there is none.
@@ -182,10 +344,10 @@ pub async fn run_command(command: super::Command) -> Result<ExitCode, ClientErro
         super::Command::Task(c) => task(c).await,
         super::Command::Settings(c) => settings(c).await,
         super::Command::Notify(super::NotifyCommand::Test { channel, remote }) => {
-            let api = Api::new(&remote);
+            let api = Api::new(&remote)?;
             let answer = api
                 .write(
-                    reqwest::Method::POST,
+                    Method::POST,
                     &format!("/api/channels/{}/test", enc(&channel)),
                     None,
                 )
@@ -197,18 +359,14 @@ pub async fn run_command(command: super::Command) -> Result<ExitCode, ClientErro
             Ok(0)
         }
         super::Command::LoginUrl { remote } => {
-            let api = Api::new(&remote);
-            let link = api
-                .write(reqwest::Method::POST, "/api/login-links", None)
-                .await?;
+            let api = Api::new(&remote)?;
+            let link = api.write(Method::POST, "/api/login-links", None).await?;
             println!("{}", link["url"].as_str().unwrap_or(""));
             Ok(0)
         }
         super::Command::Token(super::TokenCommand::Rotate { remote }) => {
-            let api = Api::new(&remote);
-            let answer = api
-                .write(reqwest::Method::POST, "/api/token/rotate", None)
-                .await?;
+            let api = Api::new(&remote)?;
+            let answer = api.write(Method::POST, "/api/token/rotate", None).await?;
             println!(
                 "access token rotated: the new one is in {} on the node; every browser session ended",
                 answer["token_file"]
@@ -231,7 +389,7 @@ pub async fn run_command(command: super::Command) -> Result<ExitCode, ClientErro
 async fn task(command: TaskCommand) -> Result<ExitCode, ClientError> {
     match command {
         TaskCommand::Ls { remote } => {
-            let api = Api::new(&remote);
+            let api = Api::new(&remote)?;
             let tasks = api.get("/api/tasks").await?;
             let runs = api.get("/api/runs?limit=1000").await?;
             println!("{:<24} {:<36} {:<8} LAST RUN", "NAME", "WHEN", "ENABLED");
@@ -263,7 +421,7 @@ async fn task(command: TaskCommand) -> Result<ExitCode, ClientError> {
             Ok(0)
         }
         TaskCommand::Show { task, remote } => {
-            let api = Api::new(&remote);
+            let api = Api::new(&remote)?;
             let t = api.get(&format!("/api/tasks/{}", enc(&task))).await?;
             print_json(&t);
             let runs = api
@@ -290,7 +448,7 @@ async fn task(command: TaskCommand) -> Result<ExitCode, ClientError> {
         }
         TaskCommand::Add(args) => add(args).await,
         TaskCommand::Edit { task, file, remote } => {
-            let api = Api::new(&remote);
+            let api = Api::new(&remote)?;
             let current = api.get(&format!("/api/tasks/{}", enc(&task))).await?;
             let text = match file {
                 Some(path) => read(&path)?,
@@ -300,7 +458,7 @@ async fn task(command: TaskCommand) -> Result<ExitCode, ClientError> {
                 .map_err(|e| ClientError::Usage(format!("the edited task is not JSON: {e}")))?;
             let saved = api
                 .write(
-                    reqwest::Method::PUT,
+                    Method::PUT,
                     &format!("/api/tasks/{}", enc(current["id"].as_str().unwrap_or(""))),
                     Some(body),
                 )
@@ -313,10 +471,10 @@ async fn task(command: TaskCommand) -> Result<ExitCode, ClientError> {
             follow,
             remote,
         } => {
-            let api = Api::new(&remote);
+            let api = Api::new(&remote)?;
             let run = api
                 .write(
-                    reqwest::Method::POST,
+                    Method::POST,
                     &format!("/api/tasks/{}/run", enc(&task)),
                     None,
                 )
@@ -330,13 +488,9 @@ async fn task(command: TaskCommand) -> Result<ExitCode, ClientError> {
             follow_log(&api, &id).await
         }
         TaskCommand::Rm { task, remote } => {
-            let api = Api::new(&remote);
+            let api = Api::new(&remote)?;
             let removed = api
-                .write(
-                    reqwest::Method::DELETE,
-                    &format!("/api/tasks/{}", enc(&task)),
-                    None,
-                )
+                .write(Method::DELETE, &format!("/api/tasks/{}", enc(&task)), None)
                 .await?;
             println!("removed {}", removed["name"].as_str().unwrap_or(""));
             Ok(0)
@@ -385,7 +539,7 @@ fn edit_in_editor(task: &Value) -> Result<String, ClientError> {
 }
 
 async fn add(args: AddArgs) -> Result<ExitCode, ClientError> {
-    let api = Api::new(&args.remote);
+    let api = Api::new(&args.remote)?;
     let body = match &args.file {
         Some(path) => {
             let text = read(path)?;
@@ -416,9 +570,7 @@ async fn add(args: AddArgs) -> Result<ExitCode, ClientError> {
             json!({ "name": name, "spec": spec, "when": when })
         }
     };
-    let task = api
-        .write(reqwest::Method::POST, "/api/tasks", Some(body))
-        .await?;
+    let task = api.write(Method::POST, "/api/tasks", Some(body)).await?;
     println!(
         "added {} ({})",
         task["name"].as_str().unwrap_or(""),
@@ -431,15 +583,24 @@ async fn add(args: AddArgs) -> Result<ExitCode, ClientError> {
 async fn follow_log(api: &Api, id: &str) -> Result<ExitCode, ClientError> {
     let response = api
         .send(
-            api.http
-                .get(api.url(&format!("/api/runs/{id}/log?follow=true"))),
+            Method::GET,
+            &format!("/api/runs/{id}/log?follow=true"),
+            None,
         )
         .await?;
-    let mut body = response.bytes_stream();
+    let mut body = response.into_body();
     let mut buffer = String::new();
     let mut stdout = std::io::stdout();
-    while let Some(chunk) = body.next().await {
-        let chunk = chunk.map_err(|e| ClientError::Api(format!("log stream broke: {e}")))?;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| {
+            ClientError::Api(format!(
+                "the log stream of run {id} broke: {}",
+                crate::error_text::error_text(&e)
+            ))
+        })?;
+        let Ok(chunk) = frame.into_data() else {
+            continue;
+        };
         buffer.push_str(&String::from_utf8_lossy(&chunk));
         while let Some(end) = buffer.find("\n\n") {
             let frame: String = buffer.drain(..end + 2).collect();
@@ -488,7 +649,7 @@ async fn settings(command: SettingsCommand) -> Result<ExitCode, ClientError> {
             output,
             remote,
         } => {
-            let api = Api::new(&remote);
+            let api = Api::new(&remote)?;
             let settings = api
                 .get(&format!("/api/settings/export?secrets={secrets}"))
                 .await?;
@@ -503,14 +664,14 @@ async fn settings(command: SettingsCommand) -> Result<ExitCode, ClientError> {
             Ok(0)
         }
         SettingsCommand::Import { file, remote } => {
-            let api = Api::new(&remote);
+            let api = Api::new(&remote)?;
             let text = read(&file)?;
-            let request = api
-                .http
-                .post(api.url("/api/settings/import"))
-                .header("content-type", "application/json")
-                .body(text);
-            api.send(request).await?;
+            api.send(
+                Method::POST,
+                "/api/settings/import",
+                Some(("application/json", Bytes::from(text))),
+            )
+            .await?;
             println!("imported {}", file.display());
             Ok(0)
         }
@@ -528,6 +689,7 @@ mod tests {
             url: "http://127.0.0.1:8080".into(),
             token_file: token_file.map(PathBuf::from),
             data_dir: data_dir.map(PathBuf::from),
+            ca_cert: None,
         }
     }
 
@@ -568,5 +730,48 @@ mod tests {
         assert!(why.contains(&path.display().to_string()), "{why}");
         std::fs::write(&path, "abc\n").expect("write");
         assert_eq!(read_token(&TokenSource::File(path)), Ok("abc".into()));
+    }
+
+    #[test]
+    fn a_failed_request_is_told_by_the_tls_error_among_its_causes() {
+        use std::io::{Error, ErrorKind};
+        let wrapped = |inner: rustls::Error| {
+            // As hyper-rustls hands it over: an io::Error around tokio-rustls' io::Error.
+            Error::other(Error::new(ErrorKind::InvalidData, inner))
+        };
+        let untrusted = wrapped(rustls::Error::InvalidCertificate(
+            rustls::CertificateError::UnknownIssuer,
+        ));
+        let not_tls = wrapped(rustls::Error::InvalidMessage(
+            rustls::InvalidMessage::InvalidContentType,
+        ));
+        let refused = Error::new(ErrorKind::ConnectionRefused, "refused");
+        let cases: [(&Error, Failure); 3] = [
+            (
+                &untrusted,
+                Failure::Certificate("invalid peer certificate: UnknownIssuer".into()),
+            ),
+            (&not_tls, Failure::NotTls),
+            (&refused, Failure::Other),
+        ];
+        for (error, want) in cases {
+            assert_eq!(failure_kind(error, true), want, "{error}");
+        }
+    }
+
+    #[test]
+    fn a_ca_file_without_a_certificate_is_refused_with_why() {
+        assert!(
+            certificates(b"root:x:0:0::/root:/bin/sh\n")
+                .expect_err("no PEM")
+                .contains("no certificate")
+        );
+        let made = rcgen::generate_simple_self_signed(vec!["localhost".into()]).expect("cert");
+        assert_eq!(
+            certificates(made.cert.pem().as_bytes())
+                .expect("a certificate")
+                .len(),
+            1
+        );
     }
 }

@@ -145,6 +145,10 @@ pub struct Remote {
     /// /var/lib/taskmesh as root].
     #[arg(long, global = true, env = "TASKMESH_DATA_DIR", value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
+    /// A CA certificate (PEM) to trust for an https:// node, besides the system's CAs and the
+    /// node's own certificate (tls-cert.pem in the data directory).
+    #[arg(long, global = true, env = "TASKMESH_CA_CERT", value_name = "FILE")]
+    pub ca_cert: Option<PathBuf>,
 }
 
 /// Where a client command finds the node's access token.
@@ -165,11 +169,16 @@ impl Remote {
         if let Some(token) = env_token.filter(|t| !t.trim().is_empty()) {
             return TokenSource::Given(token.trim().to_owned());
         }
-        let dir = self
-            .data_dir
+        TokenSource::File(crate::config::Config::access_token_path_in(
+            &self.node_data_dir(),
+        ))
+    }
+
+    /// The node's data directory: `--data-dir`, or the default.
+    pub fn node_data_dir(&self) -> PathBuf {
+        self.data_dir
             .clone()
-            .unwrap_or_else(crate::config::default_data_dir);
-        TokenSource::File(crate::config::Config::access_token_path_in(&dir))
+            .unwrap_or_else(crate::config::default_data_dir)
     }
 }
 

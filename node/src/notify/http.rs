@@ -1,15 +1,10 @@
-//! The notifier's HTTP client: JSON POSTs over HTTP or HTTPS (rustls with ring, the system's CA
-//! certificates), each with a time limit.
+//! The notifier's HTTP client: JSON POSTs over HTTP or HTTPS (the crate's client, trusting the
+//! system's CA certificates), each with a time limit.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
-use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
 use tracing::warn;
 
 /// Answers are read up to this size.
@@ -17,28 +12,19 @@ const MAX_ANSWER: usize = 64 << 10;
 
 #[derive(Clone)]
 pub struct Http {
-    client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
+    client: crate::https_client::Client<Full<Bytes>>,
 }
 
 impl Http {
     pub fn new() -> Self {
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let builder = hyper_rustls::HttpsConnectorBuilder::new();
-        let builder = match builder.with_provider_and_native_roots(provider.clone()) {
-            Ok(b) => b,
-            Err(e) => {
-                warn!(error = %e, "no CA certificates found; HTTPS notifications will fail (install ca-certificates)");
-                let config = rustls::ClientConfig::builder_with_provider(provider)
-                    .with_safe_default_protocol_versions()
-                    .expect("ring supports the default TLS versions")
-                    .with_root_certificates(rustls::RootCertStore::empty())
-                    .with_no_client_auth();
-                hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(config)
-            }
-        };
-        let connector = builder.https_or_http().enable_http1().build();
+        let roots = crate::https_client::system_roots();
+        if roots.is_empty() {
+            warn!(
+                "no CA certificates found; HTTPS notifications will fail (install ca-certificates)"
+            );
+        }
         Self {
-            client: Client::builder(TokioExecutor::new()).build(connector),
+            client: crate::https_client::client(roots),
         }
     }
 
