@@ -796,6 +796,39 @@ fn the_cli_adds_runs_and_removes_a_task() {
         String::from_utf8_lossy(&cli(&["task", "run", "greet", "--follow"]).stdout),
         "edited\n"
     );
+    // In $EDITOR: the file it gets is private, and what it saves is what the task becomes.
+    let editor = dir.path().join("editor.sh");
+    let seen_mode = dir.path().join("edit-file-mode");
+    std::fs::write(
+        &editor,
+        format!(
+            "#!/bin/sh\nstat -c %a \"$1\" > '{}'\nsed -i 's/edited/edited again/' \"$1\"\n",
+            seen_mode.display()
+        ),
+    )
+    .expect("write the editor");
+    std::fs::set_permissions(&editor, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .expect("chmod");
+    let out = Command::new(BIN)
+        .args(["task", "edit", "greet"])
+        .env("TASKMESH_URL", &node.url)
+        .env("TASKMESH_DATA_DIR", dir.path())
+        .env("VISUAL", &editor)
+        .output()
+        .expect("run the cli");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        std::fs::read_to_string(&seen_mode).expect("mode").trim(),
+        "600"
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&cli(&["task", "run", "greet", "--follow"]).stdout),
+        "edited again\n"
+    );
     let export = dir.path().join("settings.json");
     assert!(
         cli(&["settings", "export", "-o", export.to_str().expect("path")])

@@ -514,16 +514,33 @@ fn edit_in_editor(task: &Value) -> Result<String, ClientError> {
     let editor = std::env::var("VISUAL")
         .or_else(|_| std::env::var("EDITOR"))
         .unwrap_or_else(|_| "vi".into());
-    let path = std::env::temp_dir().join(format!("taskmesh-edit-{}.json", std::process::id()));
     let io = |context: &str| {
         let context = context.to_owned();
         move |source| ClientError::Io { context, source }
     };
-    std::fs::write(
-        &path,
-        serde_json::to_string_pretty(task).unwrap_or_default(),
-    )
-    .map_err(io("writing the edit file"))?;
+    // A new file with an unguessable name, private from its creation: in a folder every user
+    // can write to, a name another user guessed could be a link to a file of root's choosing.
+    let mut suffix = [0u8; 8];
+    getrandom::fill(&mut suffix)
+        .map_err(|e| ClientError::Usage(format!("reading random bytes: {e}")))?;
+    let suffix: String = suffix.iter().map(|b| format!("{b:02x}")).collect();
+    let path = std::env::temp_dir().join(format!("taskmesh-edit-{suffix}.json"));
+    {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)
+            .map_err(io("creating the edit file"))?;
+        file.write_all(
+            serde_json::to_string_pretty(task)
+                .unwrap_or_default()
+                .as_bytes(),
+        )
+        .map_err(io("writing the edit file"))?;
+    }
     let status = std::process::Command::new(&editor)
         .arg(&path)
         .status()
