@@ -2,15 +2,17 @@
 //! user of the same machine (`nobody`) who has no token. Needs root to switch users; as any other
 //! user these tests print a notice and pass without doing anything (CI runs them as root).
 
-use std::io::{BufRead, BufReader};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Output};
+use std::time::Duration;
 
 use serde_json::{Value, json};
 
-const BIN: &str = env!("CARGO_BIN_EXE_taskmesh");
+mod common;
+
+use common::*;
+
 /// The unprivileged user the attacker runs as.
 const NOBODY: &str = "65534";
 
@@ -23,48 +25,6 @@ fn is_root() -> bool {
          CI runs them as root; locally: sudo -E cargo test -p taskmesh --test security"
     );
     false
-}
-
-struct Node {
-    child: Child,
-    url: String,
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Starts the binary as root with a key in its environment (where `ps` cannot see it).
-fn start(bin: &Path, dir: &Path, key: &str) -> Node {
-    let mut child = Command::new(bin)
-        .args(["run", "--listen", "127.0.0.1:0", "--no-mdns"])
-        .args(["--p2p-listen", "/ip4/127.0.0.1/tcp/0"])
-        .arg("--data-dir")
-        .arg(dir)
-        .env("NO_COLOR", "1")
-        .env("TASKMESH_LOG", "info")
-        .env("TASKMESH_CLUSTER_KEY", key)
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("spawn taskmesh");
-    let stderr = child.stderr.take().expect("stderr");
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if let Some(i) = line.find(" url=") {
-                let url = line[i + 5..].split_whitespace().next().unwrap_or("");
-                let _ = tx.send(url.to_owned());
-            }
-        }
-    });
-    let url = rx
-        .recv_timeout(Duration::from_secs(20))
-        .expect("the node logs its URL");
-    Node { child, url }
 }
 
 /// Runs `program args` as `nobody`, with an environment of nothing but PATH.
@@ -110,17 +70,6 @@ fn status_as_nobody(method: &str, url: &str, extra: &[&str]) -> u16 {
         .unwrap_or(0)
 }
 
-fn wait_until<T>(what: &str, deadline: Duration, mut check: impl FnMut() -> Option<T>) -> T {
-    let until = Instant::now() + deadline;
-    loop {
-        if let Some(v) = check() {
-            return v;
-        }
-        assert!(Instant::now() < until, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 /// Every path under `dir` (itself included), depth first.
 fn walk(dir: &Path) -> Vec<PathBuf> {
     let mut out = vec![dir.to_owned()];
@@ -151,7 +100,9 @@ fn another_user_of_the_machine_gets_nothing_without_the_token() {
     let (public, bin) = public_folder();
     let data = public.path().join("data");
     let key = "5a1e".repeat(16);
-    let node = start(&bin, &data, &key);
+    let mut command = Command::new(&bin);
+    command.env("TASKMESH_CLUSTER_KEY", &key);
+    let node = start_via(command, &data, &["--p2p-listen", "/ip4/127.0.0.1/tcp/0"]);
     let url = &node.url;
     let token = std::fs::read_to_string(data.join("access-token"))
         .expect("root reads the token")
@@ -311,14 +262,6 @@ fn another_user_of_the_machine_gets_nothing_without_the_token() {
     assert_eq!(runs.len(), 1, "{runs:?}");
 }
 
-/// A TCP port on loopback that was free when asked.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port()
-}
-
 /// Lets this test process hold a few thousand sockets.
 fn raise_fd_limit(want: u64) {
     use nix::sys::resource::{Resource, getrlimit, setrlimit};
@@ -336,34 +279,10 @@ fn idle_p2p_and_slow_http_connections_leave_the_node_answering() {
     let dir = tempfile::tempdir().expect("tmp");
     let p2p_port = free_port();
     // Started with the soft file limit many systems give (1024): the node raises its own.
-    let mut child = Command::new("sh")
-        .args(["-c", "ulimit -Sn 1024 && exec \"$@\"", "sh", BIN])
-        .args(["run", "--listen", "127.0.0.1:0", "--no-mdns"])
-        .args(["--p2p-listen", &format!("/ip4/127.0.0.1/tcp/{p2p_port}")])
-        .arg("--data-dir")
-        .arg(dir.path())
-        .env("NO_COLOR", "1")
-        .env("TASKMESH_LOG", "info")
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("spawn taskmesh");
-    let stderr = child.stderr.take().expect("stderr");
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if let Some(i) = line.find(" url=") {
-                let url = line[i + 5..].split_whitespace().next().unwrap_or("");
-                let _ = tx.send(url.to_owned());
-            }
-        }
-    });
-    let node = Node {
-        url: rx
-            .recv_timeout(Duration::from_secs(20))
-            .expect("the node logs its URL"),
-        child,
-    };
+    let mut command = Command::new("sh");
+    command.args(["-c", "ulimit -Sn 1024 && exec \"$0\" \"$@\"", BIN]);
+    let p2p = format!("/ip4/127.0.0.1/tcp/{p2p_port}");
+    let node = start_via(command, dir.path(), &["--p2p-listen", &p2p]);
     let url = node.url.clone();
     let http_addr: std::net::SocketAddr = url
         .trim_start_matches("http://")
