@@ -62,8 +62,11 @@ impl HostAllowlist {
             .as_ref()
             .and_then(|n| n.state().settings.notify.ui_url.clone());
         ui_url
-            .and_then(|u| reqwest::Url::parse(&u).ok())
-            .and_then(|u| u.host_str().map(normalize))
+            .and_then(|u| u.parse::<axum::http::Uri>().ok())
+            .and_then(|u| {
+                u.host()
+                    .map(|h| normalize(h.trim_start_matches('[').trim_end_matches(']')))
+            })
             .is_some_and(|h| h == name)
     }
 }
