@@ -14,7 +14,7 @@
 //! 1.7-3.5 ms instead of 0.14-0.2 ms per spawn for a process of a node's size
 //! (docs/performance.md, "Spawning").
 
-use std::sync::OnceLock;
+use std::sync::Once;
 
 use nix::sys::resource::{Resource, getrlimit, setrlimit};
 use tracing::{info, warn};
@@ -23,15 +23,14 @@ use tracing::{info, warn};
 /// the runs' pipes and the database, with room to spare.
 pub const NOFILE_WANTED: u64 = 16_384;
 
-/// The open-file limits (soft, hard) the node process was started with, once [`prepare`] ran.
-static STARTED_WITH: OnceLock<Option<(u64, u64)>> = OnceLock::new();
+/// Done once per process, by the first node started in it.
+static PREPARED: Once = Once::new();
 
 /// Raises the open-file soft limit; the first call in a process does it and logs it, later
 /// calls (several in-process nodes in a test) change nothing.
 pub fn prepare() {
-    STARTED_WITH.get_or_init(|| {
-        let limits = getrlimit(Resource::RLIMIT_NOFILE).ok();
-        if let Some((soft, hard)) = limits {
+    PREPARED.call_once(|| {
+        if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
             let wanted = wanted_soft_limit(soft, hard);
             if wanted > soft {
                 match setrlimit(Resource::RLIMIT_NOFILE, wanted, hard) {
@@ -42,7 +41,6 @@ pub fn prepare() {
                 }
             }
         }
-        limits
     });
 }
 

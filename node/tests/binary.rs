@@ -1,7 +1,6 @@
 //! The real `taskmesh` binary: durability under `kill -9`, a clean SIGTERM, and the CLI.
 
 use std::collections::BTreeSet;
-use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -984,53 +983,26 @@ fn a_copied_database_without_its_key_file_does_not_start() {
 #[test]
 fn the_start_log_has_a_login_link_and_the_cli_makes_more_and_rotates_the_token() {
     let dir = tempfile::tempdir().expect("tmp");
-    let mut child = Command::new(BIN)
-        .args(["run", "--listen", "127.0.0.1:0", "--no-mdns"])
-        .args(["--p2p-listen", "/ip4/127.0.0.1/tcp/0", "--data-dir"])
-        .arg(dir.path())
-        .env("NO_COLOR", "1")
-        .env("TASKMESH_LOG", "info")
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("spawn taskmesh");
-    let stderr = child.stderr.take().expect("stderr");
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
+    let node = start(dir.path());
     // The first line with `url=` is the node's address; the login link follows on its own line.
-    let field = |line: &str, name: &str| {
-        line.find(name).map(|i| {
-            line[i + name.len()..]
+    let link = wait_until("the login link in the log", Duration::from_secs(20), || {
+        let log = node.log.lock().expect("log");
+        let line = log.iter().find(|l| l.contains("login_link="))?;
+        Some(
+            line[line.find("login_link=")? + "login_link=".len()..]
                 .split_whitespace()
-                .next()
-                .unwrap_or("")
-                .to_owned()
-        })
-    };
-    let mut url = None;
-    let link = loop {
-        let line = rx
-            .recv_timeout(Duration::from_secs(20))
-            .expect("the node logs its URL and a login link");
-        if url.is_none() {
-            url = field(&line, "url=");
-            assert!(!line.contains("login_link="), "{line}");
-            continue;
-        }
-        if let Some(link) = field(&line, "login_link=") {
-            break link;
-        }
-    };
-    let url = url.expect("url");
-    let node = Node {
-        child,
-        url,
-        log: Default::default(),
-    };
+                .next()?
+                .to_owned(),
+        )
+    });
+    {
+        let log = node.log.lock().expect("log");
+        let url_line = log
+            .iter()
+            .find(|l| l.contains("url="))
+            .expect("the url line");
+        assert!(!url_line.contains("login_link="), "{url_line}");
+    }
     assert!(
         link.starts_with(&format!("{}/login?code=", node.url)),
         "{link}"
@@ -1102,7 +1074,14 @@ fn the_start_log_has_a_login_link_and_the_cli_makes_more_and_rotates_the_token()
         "both failed logins in the log",
         Duration::from_secs(10),
         || {
-            failures.extend(rx.try_iter().filter(|l| l.contains("login failed")));
+            failures = node
+                .log
+                .lock()
+                .expect("log")
+                .iter()
+                .filter(|l| l.contains("login failed"))
+                .cloned()
+                .collect();
             (failures.len() >= 2).then_some(())
         },
     );

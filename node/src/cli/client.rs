@@ -520,10 +520,8 @@ fn edit_in_editor(task: &Value) -> Result<String, ClientError> {
     };
     // A new file with an unguessable name, private from its creation: in a folder every user
     // can write to, a name another user guessed could be a link to a file of root's choosing.
-    let mut suffix = [0u8; 8];
-    getrandom::fill(&mut suffix)
+    let suffix = crate::api::auth::random_hex(8)
         .map_err(|e| ClientError::Usage(format!("reading random bytes: {e}")))?;
-    let suffix: String = suffix.iter().map(|b| format!("{b:02x}")).collect();
     let path = std::env::temp_dir().join(format!("taskmesh-edit-{suffix}.json"));
     {
         use std::io::Write;

@@ -293,10 +293,7 @@ mod tests {
     }
 
     fn file_holds(path: &Path, needle: &[u8]) -> bool {
-        std::fs::read(path)
-            .expect("read")
-            .windows(needle.len())
-            .any(|w| w == needle)
+        crate::store::file_holds(path, needle).expect("read")
     }
 
     #[test]

@@ -12,6 +12,8 @@ use chrono::{DateTime, Utc};
 use crate::model::{ClusterIdentity, ClusterSettings, NodeSettings, Run, RunId, Task, TaskId};
 
 pub use redb_store::RedbStore;
+#[cfg(test)]
+pub(crate) use redb_store::file_holds;
 pub(crate) use redb_store::{clear_replicated_in, write_in};
 
 #[derive(Debug, thiserror::Error)]

@@ -59,6 +59,12 @@ fn decode<T: DeserializeOwned>(
     })
 }
 
+/// Whether the file at `path` holds `needle` anywhere (an empty needle: no).
+pub(crate) fn file_holds(path: &Path, needle: &[u8]) -> std::io::Result<bool> {
+    let bytes = std::fs::read(path)?;
+    Ok(!needle.is_empty() && bytes.windows(needle.len()).any(|w| w == needle))
+}
+
 impl RedbStore {
     /// Opens (or creates) the database file and its tables.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
@@ -105,10 +111,7 @@ impl RedbStore {
         const COMMITS: usize = 8;
         let io =
             |e: std::io::Error| StoreError::Db(format!("reading {}: {e}", self.path.display()));
-        let holds = |path: &Path| -> Result<bool, StoreError> {
-            let bytes = std::fs::read(path).map_err(io)?;
-            Ok(!secret.is_empty() && bytes.windows(secret.len()).any(|w| w == secret))
-        };
+        let holds = |path: &Path| file_holds(path, secret).map_err(io);
         for _ in 0..COMMITS {
             if !holds(&self.path)? {
                 return Ok(true);
@@ -509,13 +512,6 @@ mod tests {
         );
     }
 
-    fn file_holds(path: &Path, needle: &[u8]) -> bool {
-        std::fs::read(path)
-            .expect("read")
-            .windows(needle.len())
-            .any(|w| w == needle)
-    }
-
     #[test]
     fn node_settings_are_stored_without_the_cluster_key() {
         let dir = tempfile::tempdir().expect("tmp");
@@ -533,8 +529,8 @@ mod tests {
         assert_eq!(stored.cluster_key, None);
         assert_eq!(stored.name, settings.name);
         drop(store);
-        assert!(!file_holds(&path, key.to_string().as_bytes()));
-        assert!(!file_holds(&path, &key.bytes()));
+        assert!(!file_holds(&path, key.to_string().as_bytes()).expect("read"));
+        assert!(!file_holds(&path, &key.bytes()).expect("read"));
         let mode = std::os::unix::fs::PermissionsExt::mode(
             &std::fs::metadata(&path).expect("stat").permissions(),
         );
@@ -559,7 +555,7 @@ mod tests {
         txn.commit().expect("commit");
         let runs: Vec<Run> = (0..300).map(|i| run(&format!("t{}", i % 7))).collect();
         store.put_runs(&runs, 100).expect("runs");
-        assert!(file_holds(&path, key.as_bytes()));
+        assert!(file_holds(&path, key.as_bytes()).expect("read"));
         let mut settings = store.node_settings().expect("read").expect("some");
         assert_eq!(settings.cluster_key.as_deref(), Some(key.as_str()));
         settings.cluster_key = None;
@@ -568,7 +564,7 @@ mod tests {
             .expect("strip");
         assert!(store.scrub(key.as_bytes()).expect("scrub"));
         drop(store);
-        assert!(!file_holds(&path, key.as_bytes()));
+        assert!(!file_holds(&path, key.as_bytes()).expect("read"));
         let store = RedbStore::open(&path).expect("reopen");
         assert_eq!(
             store.node_settings().expect("read").expect("some").name,
