@@ -116,9 +116,15 @@ fn another_user_of_the_machine_gets_nothing_without_the_token() {
             .expect("request")
     };
 
-    // A run of root's, so that there is a run log to try to read.
+    // A run of root's, so that there is a run log to try to read. Each run of it leaves a line
+    // in `roots-runs`: what the processes did, counted apart from the node's own records.
+    let roots_runs = public.path().join("roots-runs");
+    let script = format!(
+        "echo private output; echo ran >> '{}'",
+        roots_runs.display()
+    );
     let r = authed(http.post(format!("{url}/api/tasks")).json(&json!({
-        "name": "roots", "spec": {"command": ["echo", "private output"]}, "when": {"mode": "manual"}
+        "name": "roots", "spec": {"shell": script}, "when": {"mode": "manual"}
     })));
     assert_eq!(r.status().as_u16(), 201);
     let run: Value = authed(http.post(format!("{url}/api/tasks/roots/run")))
@@ -133,7 +139,12 @@ fn another_user_of_the_machine_gets_nothing_without_the_token() {
     });
 
     // Over TCP loopback, without the token: no write, no secret, no page.
-    let task = r#"{"name": "probe", "spec": {"command": ["id"]}, "when": {"mode": "manual"}}"#;
+    // Nobody's task would leave this file, if it ever ran.
+    let probe_ran = public.path().join("probe-ran");
+    let probe_ran_text = probe_ran.to_str().expect("path");
+    let task = json!({"name": "probe", "spec": {"command": ["touch", probe_ran_text]}, "when": {"mode": "manual"}})
+        .to_string();
+    let task = task.as_str();
     let json = ["-H", "Content-Type: application/json"];
     let mut refused = vec![
         (
@@ -199,7 +210,7 @@ fn another_user_of_the_machine_gets_nothing_without_the_token() {
     let data_text = data.to_str().expect("path");
     let out = as_nobody(
         bin_text,
-        &["task", "add", "probe", "--", "id"],
+        &["task", "add", "probe", "--", "touch", probe_ran_text],
         &[("TASKMESH_URL", url), ("TASKMESH_DATA_DIR", data_text)],
     );
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -260,6 +271,20 @@ fn another_user_of_the_machine_gets_nothing_without_the_token() {
         .json()
         .expect("runs");
     assert_eq!(runs.len(), 1, "{runs:?}");
+    // And the processes agree: root runs its task once more and waits for its line; by then
+    // only root's two runs ever happened, and nobody's task never ran.
+    assert_eq!(
+        authed(http.post(format!("{url}/api/tasks/roots/run")))
+            .status()
+            .as_u16(),
+        202
+    );
+    let lines = wait_until("root's second run", Duration::from_secs(20), || {
+        let text = std::fs::read_to_string(&roots_runs).ok()?;
+        (text.lines().count() >= 2).then_some(text.lines().count())
+    });
+    assert_eq!(lines, 2, "runs of root's task");
+    assert!(!probe_ran.exists(), "nobody's task ran");
 }
 
 /// Lets this test process hold a few thousand sockets.
