@@ -32,7 +32,7 @@ pub use service::{NodeError, NodeHandle, Started, run, start};
 /// and its heavy parts (fsyncs, spawns, reads) run on their own threads. With one worker, a
 /// wake-up is a queue push instead of a futex call to another thread: on the 2-core testnet,
 /// *Execute now* on a follower reached the remote process about 0.5 ms sooner than with a worker
-/// per core (docs/performance.md, session 6).
+/// per core (docs/performance.md, 2026-11-28).
 pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
     let setting = std::env::var("TOKIO_WORKER_THREADS").ok();
     let workers = worker_threads(setting.as_deref())
