@@ -153,7 +153,7 @@ impl Config {
 
     /// The file holding the node's cluster key (0600); the database never holds it.
     pub fn cluster_key_path(&self) -> PathBuf {
-        self.data_dir.join(crate::service::CLUSTER_KEY_FILE)
+        self.data_dir.join(crate::cluster_key::FILE_NAME)
     }
 
     pub fn db_path(&self) -> PathBuf {

@@ -1,29 +1,33 @@
-//! taskmesh: runs tasks across a mesh of equal machines. This crate is one node: its layers
-//! (store, consensus, executor, scheduler, api, ui, cli) and the [`run`] entry point.
+//! taskmesh: runs tasks across a mesh of equal machines. This crate is the node: it wires the
+//! layers below it (the crates `taskmesh-core`, `-mesh`, `-store`, `-consensus` and `-ui`,
+//! re-exported here under their layer names) to its own (scheduler, executor, ledger, logs,
+//! notify, sink, api, cli) and holds the [`run`] entry point. docs/ARCHITECTURE.md has the map.
 
 pub mod api;
 pub mod cli;
+pub mod cluster_key;
 pub mod config;
-pub mod consensus;
-pub mod error_text;
-pub mod events;
 pub mod executor;
+pub mod handle;
 pub mod https_client;
 pub mod ledger;
 pub mod logs;
-pub mod mesh;
-pub mod model;
 pub mod notify;
-pub mod private_files;
 pub mod process_setup;
 pub mod scheduler;
-pub mod service;
+pub mod server;
 pub mod sink;
-pub mod store;
-pub mod ui;
+
+pub use taskmesh_consensus as consensus;
+pub use taskmesh_core::{error_text, events, model};
+pub use taskmesh_mesh as mesh;
+pub use taskmesh_store as store;
+pub use taskmesh_store::private_files;
+pub use taskmesh_ui as ui;
 
 pub use config::Config;
-pub use service::{NodeError, NodeHandle, Started, run, start};
+pub use handle::{NodeError, NodeHandle};
+pub use server::{Started, run, start};
 
 /// The Tokio runtime a node runs on: one worker thread (`TOKIO_WORKER_THREADS` sets another
 /// number), plus the blocking pool for database commits and file reads.

@@ -5,8 +5,8 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
+use crate::handle::NodeError;
 use crate::model::{FieldError, Invalid};
-use crate::service::NodeError;
 
 #[derive(Debug)]
 pub struct ApiError {

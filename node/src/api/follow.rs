@@ -14,8 +14,8 @@ use tokio::sync::broadcast;
 
 use super::{ApiError, parse_run_id};
 use crate::events::Event;
+use crate::handle::NodeHandle;
 use crate::model::{Run, RunId};
-use crate::service::NodeHandle;
 
 /// Largest piece of log sent at once.
 const CHUNK: usize = 64 * 1024;

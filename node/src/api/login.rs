@@ -3,8 +3,6 @@
 
 use std::sync::Arc;
 
-use askama::Template;
-use askama_web::WebTemplate;
 use axum::Router;
 use axum::extract::{FromRequest, Query, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
@@ -12,17 +10,11 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Form, Json};
 use serde::Deserialize;
+use taskmesh_ui::LoginTemplate;
 use tracing::info;
 
 use super::ApiError;
 use super::auth::{Access, CODE_TTL, LoginRefused, client_of, redirect, safe_next};
-
-#[derive(Template, WebTemplate)]
-#[template(path = "login.html")]
-struct LoginTemplate {
-    next: String,
-    error: Option<String>,
-}
 
 /// `/login?next=…&code=…`. Unknown parameters are ignored (a login page must always render).
 #[derive(Debug, Deserialize)]
@@ -160,22 +152,4 @@ async fn rotate_token(State(access): State<Arc<Access>>) -> Result<Response, Api
         "token_file": path,
     }))
     .into_response())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_login_page_escapes_next() {
-        let html = LoginTemplate {
-            next: "/\"><script>".into(),
-            error: Some("wrong".into()),
-        }
-        .render()
-        .expect("render");
-        assert!(html.contains("name=\"token\""));
-        assert!(!html.contains("<script>"));
-        assert!(html.contains("wrong"));
-    }
 }

@@ -20,8 +20,8 @@ use axum::routing::{get, post};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
+use crate::handle::NodeHandle;
 use crate::model::{RunId, TaskId, TaskInput, parse_json};
-use crate::service::NodeHandle;
 use crate::store::RunQuery;
 
 pub use error::ApiError;

@@ -5,7 +5,6 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde::Serialize;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -26,17 +25,7 @@ const MAX_RESTART: Duration = Duration::from_secs(30);
 const CRASH_LOOP: u32 = 5;
 const MAX_RETRY_DELAY: Duration = Duration::from_secs(300);
 
-/// What the UI shows about an always-task on this node.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
-pub struct DaemonStatus {
-    pub run: Option<RunId>,
-    pub restarts: u32,
-    /// Quick exits in a row.
-    pub quick_exits: u32,
-    pub crash_loop: bool,
-    /// Milliseconds until the next restart, when one is pending.
-    pub restart_in_ms: Option<u64>,
-}
+pub use taskmesh_core::view::DaemonStatus;
 
 /// One step the rules ask for after a run.
 #[derive(Debug, Clone, PartialEq)]

@@ -56,3 +56,56 @@ impl LogPaths {
 pub fn open_log(path: &Path) -> std::io::Result<std::fs::File> {
     crate::private_files::open_read(path)
 }
+
+/// The largest piece of a run's log one read (and one mesh request) carries.
+pub const LOG_PIECE: usize = 256 * 1024;
+
+/// Up to `max` bytes of the file at `path` from byte `from` on: empty at or past its end (any
+/// `from`, also one beyond the largest file offset, 2^63 - 1, which a seek would refuse), None
+/// when there is no file.
+pub fn read_from(
+    path: &std::path::Path,
+    from: u64,
+    max: usize,
+) -> std::io::Result<Option<Vec<u8>>> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut file = match open_log(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    if from >= file.metadata()?.len() {
+        return Ok(Some(Vec::new()));
+    }
+    file.seek(SeekFrom::Start(from))?;
+    let mut buf = Vec::new();
+    file.take(max as u64).read_to_end(&mut buf)?;
+    Ok(Some(buf))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_log_is_read_from_any_offset_without_error() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("run.log");
+        std::fs::write(&path, b"hello\n").expect("write");
+        let cases: &[(u64, usize, Option<&[u8]>)] = &[
+            (0, 100, Some(b"hello\n")),
+            (2, 2, Some(b"ll")),
+            (6, 100, Some(b"")),
+            (7, 100, Some(b"")),
+            // Past the largest file offset: a seek there fails (EINVAL); reading gives nothing.
+            (1 << 63, 100, Some(b"")),
+            (u64::MAX, 100, Some(b"")),
+        ];
+        for (from, max, expected) in cases {
+            let read = read_from(&path, *from, *max).expect("read");
+            assert_eq!(read.as_deref(), *expected, "from {from}");
+        }
+        let missing = read_from(&dir.path().join("none.log"), u64::MAX, 1).expect("read");
+        assert_eq!(missing, None);
+    }
+}

@@ -14,10 +14,8 @@
 //! free slot wait in the ledger, by priority, until one frees up. Runs on a node that stopped
 //! answering become `lost` and are retried on another node while attempts remain.
 
-pub mod cron;
 pub mod dispatch;
 mod forward;
-pub mod placement;
 
 use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
@@ -38,11 +36,11 @@ use crate::model::{
     CatchUp, Concurrency, NodeSettings, Outcome, Placement, Run, RunId, RunStatus, Task, TaskId,
     Trigger, When,
 };
-use placement::{Candidate, NoPlace};
+use taskmesh_core::placement::{self, Candidate, NoPlace};
 
-pub use cron::{CatchUpPlan, Schedule, ScheduleError, catch_up};
 use forward::Forwarder;
 pub use forward::{Answers, Forwarded};
+pub use taskmesh_core::cron::{self, CatchUpPlan, Schedule, ScheduleError, catch_up};
 
 /// How far ahead of a slot its firing is committed.
 pub const LEAD: Duration = Duration::from_millis(50);
@@ -280,7 +278,11 @@ impl Scheduler {
 
     /// The live nodes that can take runs: this node and the peers of its cluster.
     fn candidates(&mut self, state: &State) -> Vec<Candidate> {
-        let this = Candidate::this_node(&self.peer_id, &self.node.borrow());
+        let this = Candidate::this_node(
+            &self.peer_id,
+            &self.node.borrow(),
+            crate::mesh::load_average(),
+        );
         let peers = self
             .mesh
             .borrow()

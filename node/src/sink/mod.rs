@@ -14,8 +14,8 @@ mod outbox;
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
-use serde::Serialize;
+use chrono::Utc;
+
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -32,22 +32,7 @@ pub use outbox::{Entry, LIMIT, Outbox};
 /// Runs sent in one MySQL transaction, at most.
 const BATCH: usize = 256;
 
-/// What the sink is doing, for `/node` and `GET /api/sink`.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
-pub struct SinkStatus {
-    /// `user@host:port/database` while `cluster.mysql` is set (never the password).
-    pub target: Option<String>,
-    /// Runs waiting in the outbox.
-    pub pending: u64,
-    /// The last try failed; runs wait until MySQL answers again.
-    pub failing: bool,
-    /// The newest failure (it stays after a recovery, with its time).
-    pub last_error: Option<String>,
-    pub last_error_at: Option<DateTime<Utc>>,
-    /// Run records delivered since the node started.
-    pub delivered: u64,
-    pub last_delivery_at: Option<DateTime<Utc>>,
-}
+pub use taskmesh_core::view::SinkStatus;
 
 /// The wait between tries while MySQL fails: 0.5 s, doubling, at most 30 s.
 #[derive(Debug, Clone)]

@@ -1,0 +1,199 @@
+//! Raft RPCs over the mesh: the client side (`RaftNetwork` for openraft) sends them as
+//! `mesh::Request::Raft`; `consensus::inbound` answers the ones that arrive.
+
+use std::time::Duration;
+
+use openraft::error::{
+    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
+};
+use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
+};
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+use super::{MeshNode, NodeId, TypeConfig};
+use crate::Change;
+use taskmesh_core::model::{Invalid, RunId};
+use taskmesh_mesh::{MeshHandle, PeerId, Request, Response};
+
+/// A request between consensus layers, as it travels in `mesh::Request::Raft`: the three Raft
+/// RPCs, and the three requests a non-leader makes of the leader.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum RaftRpc {
+    Append(AppendEntriesRequest<TypeConfig>),
+    Vote(VoteRequest<NodeId>),
+    Snapshot(InstallSnapshotRequest<TypeConfig>),
+    /// Commit this change (answered by the leader only).
+    Propose(Change),
+    /// Take this node in as a learner (answered by the leader only).
+    Join(MeshNode),
+    /// These runs of the sender's have ended; the proposal that reports them follows (taken by
+    /// the leader only, to count slots).
+    Ended(Vec<RunId>),
+}
+
+/// The answer, in `mesh::Response::Raft`.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum RaftReply {
+    Append(Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>>),
+    Vote(Result<VoteResponse<NodeId>, RaftError<NodeId>>),
+    Snapshot(Result<InstallSnapshotResponse<NodeId>, RaftError<NodeId, InstallSnapshotError>>),
+    /// The log index the change was committed at.
+    Propose(Result<u64, Refusal>),
+    Join(Result<(), Refusal>),
+    /// Whether this node leads and took the news.
+    Ended(bool),
+}
+
+/// Why a node did not take a proposal or a join.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, thiserror::Error)]
+pub enum Refusal {
+    /// The state machine refused the change (a name clash …); it was committed and changed nothing.
+    #[error(transparent)]
+    Rejected(Invalid),
+    /// Ask the leader instead (if one is known).
+    #[error("this node is not the leader")]
+    NotLeader { leader: Option<MeshNode> },
+    /// No majority of the voters confirmed it in time.
+    #[error("{0}")]
+    NoQuorum(String),
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// Makes a [`MeshConnection`] per target; uses whichever mesh endpoint runs at the time.
+#[derive(Clone)]
+pub struct MeshNetwork {
+    pub mesh: watch::Receiver<Option<MeshHandle>>,
+}
+
+impl RaftNetworkFactory<TypeConfig> for MeshNetwork {
+    type Network = MeshConnection;
+
+    async fn new_client(&mut self, target: NodeId, node: &MeshNode) -> MeshConnection {
+        MeshConnection {
+            target,
+            peer: node.peer_id.parse().ok(),
+            mesh: self.mesh.clone(),
+        }
+    }
+}
+
+pub struct MeshConnection {
+    target: NodeId,
+    peer: Option<PeerId>,
+    mesh: watch::Receiver<Option<MeshHandle>>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct Failure(String);
+
+/// Why a request to a peer got no answer.
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    /// The peer could not be reached (no connection, no endpoint, no answer in time).
+    #[error("{0}")]
+    Unreachable(String),
+    /// It answered something that is not an answer to this request.
+    #[error("{0}")]
+    Garbled(String),
+}
+
+/// Sends `rpc` to `peer` over `mesh` and waits at most `ttl` for the reply.
+pub async fn send(
+    mesh: &MeshHandle,
+    peer: PeerId,
+    rpc: &RaftRpc,
+    ttl: Duration,
+) -> Result<RaftReply, SendError> {
+    let body =
+        serde_json::value::to_raw_value(rpc).map_err(|e| SendError::Garbled(e.to_string()))?;
+    let answer = tokio::time::timeout(ttl, mesh.request(peer, Request::Raft(body)))
+        .await
+        .map_err(|_| SendError::Unreachable(format!("{peer} gave no answer within {ttl:?}")))?;
+    match answer {
+        Ok(Response::Raft(value)) => {
+            serde_json::from_str(value.get()).map_err(|e| SendError::Garbled(e.to_string()))
+        }
+        Ok(Response::Error(message)) => Err(SendError::Unreachable(format!("{peer}: {message}"))),
+        Ok(other) => Err(SendError::Garbled(format!("unexpected answer {other:?}"))),
+        Err(e) => Err(SendError::Unreachable(e.to_string())),
+    }
+}
+
+impl MeshConnection {
+    /// Sends `rpc`, and returns the reply, or an error openraft can act on.
+    async fn call<E>(
+        &self,
+        rpc: RaftRpc,
+        ttl: Duration,
+    ) -> Result<RaftReply, RPCError<NodeId, MeshNode, RaftError<NodeId, E>>>
+    where
+        E: std::error::Error,
+    {
+        let (Some(peer), Some(mesh)) = (self.peer, self.mesh.borrow().clone()) else {
+            return Err(RPCError::Unreachable(Unreachable::new(&Failure(
+                "no mesh endpoint or peer id".into(),
+            ))));
+        };
+        send(&mesh, peer, &rpc, ttl).await.map_err(|e| match e {
+            SendError::Unreachable(m) => RPCError::Unreachable(Unreachable::new(&Failure(m))),
+            SendError::Garbled(m) => RPCError::Network(NetworkError::new(&Failure(m))),
+        })
+    }
+
+    fn remote<T, E: std::error::Error>(
+        &self,
+        result: Result<T, RaftError<NodeId, E>>,
+    ) -> Result<T, RPCError<NodeId, MeshNode, RaftError<NodeId, E>>> {
+        result.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+    }
+}
+
+fn mismatch<E: std::error::Error>() -> RPCError<NodeId, MeshNode, RaftError<NodeId, E>> {
+    RPCError::Network(NetworkError::new(&Failure(
+        "the reply does not match the request".into(),
+    )))
+}
+
+impl RaftNetwork<TypeConfig> for MeshConnection {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, MeshNode, RaftError<NodeId>>> {
+        match self.call(RaftRpc::Append(rpc), option.hard_ttl()).await? {
+            RaftReply::Append(result) => self.remote(result),
+            _ => Err(mismatch()),
+        }
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<
+        InstallSnapshotResponse<NodeId>,
+        RPCError<NodeId, MeshNode, RaftError<NodeId, InstallSnapshotError>>,
+    > {
+        match self.call(RaftRpc::Snapshot(rpc), option.hard_ttl()).await? {
+            RaftReply::Snapshot(result) => self.remote(result),
+            _ => Err(mismatch()),
+        }
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<NodeId>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, MeshNode, RaftError<NodeId>>> {
+        match self.call(RaftRpc::Vote(rpc), option.hard_ttl()).await? {
+            RaftReply::Vote(result) => self.remote(result),
+            _ => Err(mismatch()),
+        }
+    }
+}

@@ -1,0 +1,507 @@
+//! The replicated state machine's data and its pure transition function.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+
+use taskmesh_core::model::{ClusterIdentity, ClusterSettings, Invalid, Run, RunId, Task, TaskId};
+
+/// Finished runs the replicated ledger keeps per task (unfinished ones are always kept).
+pub const RUNS_PER_TASK: usize = 20;
+use taskmesh_store::{Store, StoreError, Write};
+
+/// What every node agrees on.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct State {
+    /// Tasks and runs sit behind `Arc`s: the state machine copies the state for every batch it
+    /// applies (readers keep the one before), and this copies pointers, not every task and run.
+    pub tasks: BTreeMap<TaskId, Arc<Task>>,
+    pub settings: ClusterSettings,
+    /// The newest cron slot each task has fired (committed before the run is dispatched).
+    pub last_fired: BTreeMap<TaskId, DateTime<Utc>>,
+    /// Which cluster this is; `None` until the bootstrapping node has founded it.
+    pub cluster: Option<ClusterIdentity>,
+    /// The run ledger: every node's unfinished runs and the newest [`RUNS_PER_TASK`] finished
+    /// ones of each task, as the nodes report them. (Each node keeps its full history, with the
+    /// logs, in its own store.)
+    #[serde(default)]
+    pub runs: BTreeMap<RunId, Arc<Run>>,
+    /// The nodes (PeerIds) that keep each always-task running, as the leader placed them. Each
+    /// node's supervisor runs the always-tasks it holds, and only those.
+    #[serde(default)]
+    pub holders: BTreeMap<TaskId, Vec<String>>,
+    /// Unfinished runs asked to stop; the node running one stops it, and the id goes when the
+    /// run ends.
+    #[serde(default)]
+    pub stops: BTreeSet<RunId>,
+    /// Not agreed, this node's own: whether this state holds every entry this node's Raft log
+    /// held when the node started, that is everything the node may have acted on before a
+    /// restart (set by the state machine; never replicated).
+    #[serde(skip)]
+    pub caught_up: bool,
+}
+
+/// A task handed over by a cluster that merges into this one, with its newest fired slot.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Adopted {
+    pub task: Task,
+    pub last_fired: Option<DateTime<Utc>>,
+}
+
+/// One change to the state.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub enum Change {
+    /// Create or replace a task (by id). Names are unique.
+    PutTask(Task),
+    RemoveTask(TaskId),
+    Settings(ClusterSettings),
+    /// `slot` of `task` fired, with the runs it makes (placed, waiting for a place, or closed
+    /// with the reason none could run); one decision, committed together. Slots only move
+    /// forward, so a slot fires once.
+    Fire {
+        task: TaskId,
+        slot: DateTime<Utc>,
+        runs: Vec<Run>,
+    },
+    SetEnabled {
+        task: TaskId,
+        enabled: bool,
+    },
+    /// Names the cluster (once, by the node that bootstrapped it).
+    Found {
+        cluster: u64,
+    },
+    /// Tasks of a cluster that merges into this one. A task whose id is already here is skipped
+    /// (a repeated hand-over changes nothing); one whose name is taken is renamed
+    /// `<name> (from <from>)`, so that nothing is dropped.
+    Adopt {
+        from: String,
+        tasks: Vec<Adopted>,
+    },
+    /// This cluster has handed its tasks to `cluster`; its members leave and join that one.
+    MergeInto {
+        cluster: u64,
+    },
+    /// New or changed runs for the run ledger. A finished run stays finished; runs of a task
+    /// that no longer exists are left out.
+    Runs(Vec<Run>),
+    /// The nodes that hold an always-task (none: nobody runs it).
+    Hold {
+        task: TaskId,
+        nodes: Vec<String>,
+    },
+    /// Stop an unfinished run, wherever it runs (a waiting run just ends, `killed`).
+    Stop(RunId),
+}
+
+impl Change {
+    /// The runs this change ends: those it carries with a final status.
+    pub fn ended_runs(&self) -> impl Iterator<Item = &RunId> {
+        let runs: &[Run] = match self {
+            Change::Runs(runs) | Change::Fire { runs, .. } => runs,
+            _ => &[],
+        };
+        runs.iter().filter(|r| r.status.is_final()).map(|r| &r.id)
+    }
+}
+
+impl State {
+    /// The state as stored (not yet known to be caught up).
+    pub fn load(store: &dyn Store) -> Result<Self, StoreError> {
+        Ok(Self {
+            tasks: store
+                .tasks()?
+                .into_iter()
+                .map(|t| (t.id.clone(), Arc::new(t)))
+                .collect(),
+            settings: store.cluster_settings()?.unwrap_or_default(),
+            last_fired: store.last_fired()?,
+            cluster: store.cluster()?,
+            runs: store
+                .cluster_runs()?
+                .into_iter()
+                .map(|r| (r.id.clone(), Arc::new(r)))
+                .collect(),
+            holders: store.holders()?,
+            stops: store.stops()?,
+            caught_up: false,
+        })
+    }
+
+    pub fn task_by_name(&self, name: &str) -> Option<&Task> {
+        self.tasks
+            .values()
+            .map(Arc::as_ref)
+            .find(|t| t.name == name)
+    }
+
+    /// Tasks in the order the UI lists them: oldest first (ids are time-ordered).
+    pub fn tasks_in_order(&self) -> impl Iterator<Item = &Task> {
+        self.tasks.values().map(Arc::as_ref)
+    }
+
+    /// Applies `change` and returns what must be stored, or why it was refused. *Invariant:* a
+    /// refused change leaves the state as it was (every check comes before any mutation).
+    pub fn apply(&mut self, change: Change) -> Result<Vec<Write>, Invalid> {
+        match change {
+            Change::PutTask(task) => {
+                if let Some(other) = self.task_by_name(&task.name).filter(|t| t.id != task.id) {
+                    return Err(Invalid::field(
+                        "name",
+                        format!(
+                            "another task ({}) is already called `{}`",
+                            other.id, task.name
+                        ),
+                    ));
+                }
+                self.tasks.insert(task.id.clone(), Arc::new(task.clone()));
+                Ok(vec![Write::PutTask(task)])
+            }
+            Change::RemoveTask(id) => {
+                if self.tasks.remove(&id).is_none() {
+                    return Err(Invalid::field("id", format!("no task {id}")));
+                }
+                self.last_fired.remove(&id);
+                let mut writes = vec![Write::RemoveTask(id.clone())];
+                if self.holders.remove(&id).is_some() {
+                    writes.push(Write::Holders(self.holders.clone()));
+                }
+                let gone: Vec<RunId> = self
+                    .runs
+                    .values()
+                    .filter(|r| r.task_id == id)
+                    .map(|r| r.id.clone())
+                    .collect();
+                for run in gone {
+                    self.runs.remove(&run);
+                    writes.push(Write::ForgetClusterRun(run));
+                }
+                Ok(writes)
+            }
+            Change::Settings(settings) => {
+                self.settings = settings.clone();
+                Ok(vec![Write::ClusterSettings(settings)])
+            }
+            Change::Fire { task, slot, runs } => {
+                if !self.tasks.contains_key(&task) {
+                    return Err(Invalid::field("id", format!("no task {task}")));
+                }
+                if self.last_fired.get(&task).is_some_and(|last| *last >= slot) {
+                    return Err(Invalid::field(
+                        "slot",
+                        format!("slot {slot} of {task} already fired"),
+                    ));
+                }
+                self.last_fired.insert(task.clone(), slot);
+                let mut writes = vec![Write::LastFired(task, slot)];
+                writes.extend(self.apply_runs(runs));
+                Ok(writes)
+            }
+            Change::SetEnabled { task, enabled } => {
+                let Some(t) = self.tasks.get_mut(&task) else {
+                    return Err(Invalid::field("id", format!("no task {task}")));
+                };
+                let t = Arc::make_mut(t);
+                t.enabled = enabled;
+                t.updated_at = Utc::now();
+                Ok(vec![Write::PutTask(t.clone())])
+            }
+            Change::Found { cluster } => {
+                if let Some(current) = self.cluster {
+                    return Err(Invalid::field(
+                        "cluster",
+                        format!("the cluster is already founded as {:016x}", current.id),
+                    ));
+                }
+                let identity = ClusterIdentity {
+                    id: cluster,
+                    merged_into: None,
+                };
+                self.cluster = Some(identity);
+                Ok(vec![Write::Cluster(Some(identity))])
+            }
+            Change::Adopt { from, tasks } => {
+                let mut writes = Vec::new();
+                for Adopted {
+                    mut task,
+                    last_fired,
+                } in tasks
+                {
+                    if self.tasks.contains_key(&task.id) {
+                        continue;
+                    }
+                    task.name = self.free_name(&task.name, &from);
+                    if let Some(slot) = last_fired {
+                        self.last_fired.insert(task.id.clone(), slot);
+                        writes.push(Write::LastFired(task.id.clone(), slot));
+                    }
+                    self.tasks.insert(task.id.clone(), Arc::new(task.clone()));
+                    writes.push(Write::PutTask(task));
+                }
+                Ok(writes)
+            }
+            Change::MergeInto { cluster } => {
+                let Some(identity) = self.cluster.as_mut() else {
+                    return Err(Invalid::field("cluster", "this cluster is not founded yet"));
+                };
+                if identity.id == cluster {
+                    return Err(Invalid::field(
+                        "cluster",
+                        "a cluster cannot merge into itself",
+                    ));
+                }
+                identity.merged_into = Some(cluster);
+                Ok(vec![Write::Cluster(Some(*identity))])
+            }
+            Change::Runs(runs) => Ok(self.apply_runs(runs)),
+            Change::Stop(id) => {
+                let Some(run) = self.runs.get_mut(&id) else {
+                    return Err(Invalid::field(
+                        "id",
+                        format!("no run {id} in the run ledger"),
+                    ));
+                };
+                if run.status.is_final() {
+                    return Err(Invalid::field("id", format!("run {id} has already ended")));
+                }
+                if run.node_id.is_none() {
+                    // Still waiting for a place: it ends here.
+                    Arc::make_mut(run).close(
+                        taskmesh_core::model::RunStatus::Killed,
+                        "stopped before it started".into(),
+                        Utc::now(),
+                    );
+                    return Ok(vec![Write::ClusterRun(Arc::clone(run))]);
+                }
+                self.stops.insert(id);
+                Ok(vec![Write::Stops(self.stops.clone())])
+            }
+            Change::Hold { task, nodes } => {
+                if !self.tasks.contains_key(&task) {
+                    return Err(Invalid::field("id", format!("no task {task}")));
+                }
+                match nodes.is_empty() {
+                    true => self.holders.remove(&task),
+                    false => self.holders.insert(task, nodes),
+                };
+                Ok(vec![Write::Holders(self.holders.clone())])
+            }
+        }
+    }
+
+    /// Inserts or updates runs of the run ledger and keeps it bounded; returns the writes.
+    fn apply_runs(&mut self, runs: Vec<Run>) -> Vec<Write> {
+        let mut writes = Vec::new();
+        let mut touched = Vec::new();
+        for run in runs {
+            if !self.tasks.contains_key(&run.task_id) {
+                continue;
+            }
+            let regresses = self
+                .runs
+                .get(&run.id)
+                .is_some_and(|known| known.status.is_final() && !run.status.is_final());
+            if regresses {
+                continue;
+            }
+            if !touched.contains(&run.task_id) {
+                touched.push(run.task_id.clone());
+            }
+            if run.status.is_final() && self.stops.remove(&run.id) {
+                writes.push(Write::Stops(self.stops.clone()));
+            }
+            let run = Arc::new(run);
+            self.runs.insert(run.id.clone(), run.clone());
+            writes.push(Write::ClusterRun(run));
+        }
+        for task in touched {
+            for id in self.prune_runs(&task) {
+                writes.push(Write::ForgetClusterRun(id));
+            }
+        }
+        writes
+    }
+
+    /// Drops the oldest finished runs of `task` beyond [`RUNS_PER_TASK`]; returns their ids.
+    fn prune_runs(&mut self, task: &TaskId) -> Vec<RunId> {
+        let finished: Vec<RunId> = self
+            .runs
+            .values()
+            .filter(|r| &r.task_id == task && r.status.is_final())
+            .map(|r| r.id.clone())
+            .collect();
+        let excess = finished.len().saturating_sub(RUNS_PER_TASK);
+        // Run ids are time-ordered: the first ones are the oldest.
+        let gone = finished[..excess].to_vec();
+        for id in &gone {
+            self.runs.remove(id);
+        }
+        gone
+    }
+
+    /// `name` if no task has it, else `<name> (from <from>)`, numbered if that is taken too.
+    fn free_name(&self, name: &str, from: &str) -> String {
+        if self.task_by_name(name).is_none() {
+            return name.to_owned();
+        }
+        let renamed = format!("{name} (from {from})");
+        (1..)
+            .map(|n| match n {
+                1 => renamed.clone(),
+                n => format!("{renamed} {n}"),
+            })
+            .find(|candidate| self.task_by_name(candidate).is_none())
+            .expect("some number is free")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn task(id: &str, name: &str) -> Task {
+        Task::sample(id, name)
+    }
+
+    #[test]
+    fn names_are_unique_and_slots_move_forward() {
+        let mut s = State::default();
+        s.apply(Change::PutTask(task("a", "one"))).expect("first");
+        assert!(s.apply(Change::PutTask(task("b", "one"))).is_err(), "clash");
+        s.apply(Change::PutTask(task("a", "renamed")))
+            .expect("rename self");
+        let t0 = Utc::now();
+        let fire = |task: &str| Change::Fire {
+            task: TaskId(task.into()),
+            slot: t0,
+            runs: vec![],
+        };
+        s.apply(fire("a")).expect("fire");
+        assert!(s.apply(fire("a")).is_err(), "twice");
+        assert!(s.apply(fire("zz")).is_err());
+        s.apply(Change::RemoveTask(TaskId("a".into())))
+            .expect("remove");
+        assert!(s.last_fired.is_empty());
+    }
+
+    #[test]
+    fn adopted_tasks_keep_their_ids_and_clashing_names_are_renamed() {
+        let mut s = State::default();
+        s.apply(Change::PutTask(task("a", "backup"))).expect("own");
+        let slot = Utc::now();
+        let adopt = Change::Adopt {
+            from: "node-b".into(),
+            tasks: vec![
+                Adopted {
+                    task: task("b", "backup"),
+                    last_fired: Some(slot),
+                },
+                Adopted {
+                    task: task("c", "report"),
+                    last_fired: None,
+                },
+            ],
+        };
+        s.apply(adopt.clone()).expect("adopt");
+        assert_eq!(s.tasks.len(), 3);
+        assert_eq!(
+            s.tasks[&TaskId("a".into())].name,
+            "backup",
+            "ours keeps its name"
+        );
+        assert_eq!(s.tasks[&TaskId("b".into())].name, "backup (from node-b)");
+        assert_eq!(s.tasks[&TaskId("c".into())].name, "report");
+        assert_eq!(s.last_fired.get(&TaskId("b".into())), Some(&slot));
+        // A repeated hand-over changes nothing.
+        s.apply(adopt).expect("again");
+        assert_eq!(s.tasks.len(), 3);
+        // A third `backup` is numbered.
+        s.apply(Change::Adopt {
+            from: "node-b".into(),
+            tasks: vec![Adopted {
+                task: task("d", "backup"),
+                last_fired: None,
+            }],
+        })
+        .expect("third");
+        assert_eq!(s.tasks[&TaskId("d".into())].name, "backup (from node-b) 2");
+    }
+
+    #[test]
+    fn the_run_ledger_keeps_finished_runs_finished_and_stays_bounded() {
+        use taskmesh_core::model::{Outcome, Trigger};
+        let mut s = State::default();
+        s.apply(Change::PutTask(task("a", "one"))).expect("task");
+        let run = |n: usize| {
+            let mut r = Run::new(
+                TaskId("a".into()),
+                "one".into(),
+                Trigger::Manual,
+                1,
+                "n1".into(),
+            );
+            r.id = RunId(format!("{n:032}"));
+            r
+        };
+        let mut first = run(0);
+        s.apply(Change::Runs(vec![first.clone()])).expect("queued");
+        first.finish(Outcome::Exited { code: 0 }, Utc::now());
+        s.apply(Change::Runs(vec![first.clone()]))
+            .expect("finished");
+        // A late report of the run as running does not undo its end.
+        s.apply(Change::Runs(vec![run(0)])).expect("late");
+        assert!(s.runs[&first.id].status.is_final());
+        // Runs of unknown tasks are left out.
+        let mut stray = run(1);
+        stray.task_id = TaskId("zz".into());
+        s.apply(Change::Runs(vec![stray])).expect("stray");
+        assert_eq!(s.runs.len(), 1);
+        // Finished runs beyond the bound go, oldest first; unfinished ones stay.
+        let finished: Vec<Run> = (2..2 + RUNS_PER_TASK)
+            .map(|n| {
+                let mut r = run(n);
+                r.finish(Outcome::Exited { code: 1 }, Utc::now());
+                r
+            })
+            .collect();
+        let pending = run(100);
+        s.apply(Change::Runs(
+            finished.into_iter().chain([pending.clone()]).collect(),
+        ))
+        .expect("many");
+        assert_eq!(s.runs.len(), RUNS_PER_TASK + 1);
+        assert!(
+            !s.runs.contains_key(&first.id),
+            "the oldest finished run went"
+        );
+        assert_eq!(
+            s.runs.keys().next_back(),
+            Some(&pending.id),
+            "the newest stays"
+        );
+        s.apply(Change::RemoveTask(TaskId("a".into())))
+            .expect("remove");
+        assert!(s.runs.is_empty(), "a removed task's runs go with it");
+    }
+
+    #[test]
+    fn a_cluster_is_founded_once_and_cannot_merge_into_itself() {
+        let mut s = State::default();
+        assert!(
+            s.apply(Change::MergeInto { cluster: 9 }).is_err(),
+            "not founded"
+        );
+        s.apply(Change::Found { cluster: 7 }).expect("found");
+        assert!(s.apply(Change::Found { cluster: 8 }).is_err(), "twice");
+        assert!(s.apply(Change::MergeInto { cluster: 7 }).is_err(), "itself");
+        s.apply(Change::MergeInto { cluster: 9 }).expect("merge");
+        assert_eq!(
+            s.cluster,
+            Some(ClusterIdentity {
+                id: 7,
+                merged_into: Some(9)
+            })
+        );
+    }
+}

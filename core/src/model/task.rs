@@ -1,0 +1,530 @@
+//! Task definitions: what to run, where it may run, when, and what its exit codes trigger.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use super::HumanDuration;
+use super::exit::ExitRule;
+use super::validate::{FieldError, Invalid, parse_json};
+
+/// A task's stable identity. Names can change; the id never does.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct TaskId(pub String);
+
+impl TaskId {
+    pub fn generate() -> Self {
+        Self(format!("t{}", uuid::Uuid::now_v7().simple()))
+    }
+}
+
+impl fmt::Display for TaskId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A task as the mesh stores and replicates it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Task {
+    pub id: TaskId,
+    pub name: String,
+    pub spec: Spec,
+    pub when: When,
+    #[serde(default)]
+    pub placement: Placement,
+    #[serde(default)]
+    pub exit_rules: Vec<ExitRule>,
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    pub updated_at: DateTime<Utc>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// The JSON box: what runs, with which parameters, and what the node must fulfil.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Spec {
+    /// argv, run without a shell. `{{name}}` is replaced by the parameter `name`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<Vec<String>>,
+    /// A script for `sh -c`. Parameters reach it only as environment variables.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shell: Option<String>,
+    /// Capabilities the node must fulfil, e.g. "python3" or "gpu=nvidia".
+    #[serde(default)]
+    pub dependencies: Vec<String>,
+    /// Named values, passed as environment variables and `{{name}}` placeholders.
+    #[serde(default)]
+    pub parameters: BTreeMap<String, serde_json::Value>,
+    /// Higher runs first when runs queue for slots.
+    #[serde(default)]
+    pub priority: i32,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cwd: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<HumanDuration>,
+    /// Run as this user (only when the node runs as root).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// What a new run does while an earlier run of the task is unfinished.
+    #[serde(default, skip_serializing_if = "Concurrency::is_default")]
+    pub concurrency: Concurrency,
+}
+
+/// What a new run of a task does while an earlier one is queued or running (always-tasks have
+/// one process per holder and ignore it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Concurrency {
+    /// It does not run; it is recorded as `skipped`, saying why (Nomad's and Dkron's default).
+    #[default]
+    Forbid,
+    /// It runs alongside.
+    Allow,
+    /// The earlier runs are stopped, and it runs.
+    Replace,
+}
+
+impl Concurrency {
+    fn is_default(&self) -> bool {
+        *self == Concurrency::Forbid
+    }
+}
+
+/// When a task runs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "mode", rename_all = "lowercase", deny_unknown_fields)]
+pub enum When {
+    /// Only by Execute now, the API or the CLI.
+    Manual,
+    /// A supervised daemon: started at node start, restarted whenever it exits.
+    Always,
+    /// A crontab entry evaluated in an IANA timezone.
+    Cron {
+        schedule: String,
+        #[serde(default = "utc")]
+        timezone: String,
+        #[serde(default)]
+        catch_up: CatchUp,
+    },
+}
+
+fn utc() -> String {
+    "UTC".to_owned()
+}
+
+/// What happens to cron slots missed while no node could fire them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CatchUp {
+    /// Run the latest missed slot once (Nomad's behaviour).
+    #[default]
+    One,
+    /// Run every missed slot.
+    All,
+    /// Run none; the skipped slots are recorded.
+    None,
+}
+
+/// On how many matching nodes a run happens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Placement {
+    #[default]
+    One,
+    All,
+}
+
+/// What a user sends to create or replace a task. `spec` may be a JSON object or the raw text
+/// of the JSON box, so that a syntax error can be reported with its line and column.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TaskInput {
+    pub name: String,
+    #[serde(default)]
+    pub spec: SpecInput,
+    pub when: When,
+    #[serde(default)]
+    pub placement: Placement,
+    #[serde(default)]
+    pub exit_rules: Vec<ExitRule>,
+    #[serde(default = "yes")]
+    pub enabled: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum SpecInput {
+    Text(String),
+    Value(serde_json::Value),
+}
+
+impl Default for SpecInput {
+    fn default() -> Self {
+        Self::Value(serde_json::json!({}))
+    }
+}
+
+impl TaskInput {
+    /// Checks every field and builds the task; errors name the field path.
+    pub fn into_task(self, id: TaskId, now: DateTime<Utc>) -> Result<Task, Invalid> {
+        let mut errors = Vec::new();
+        let name = self.name.trim().to_owned();
+        if let Err(message) = check_name(&name) {
+            errors.push(FieldError::new("name", message));
+        }
+        let spec = match self.spec {
+            SpecInput::Text(text) => parse_json::<Spec>(&text, "spec"),
+            SpecInput::Value(value) => {
+                parse_json::<Spec>(&value.to_string(), "spec").map_err(|mut invalid| {
+                    // Positions in re-serialised JSON mean nothing to the sender.
+                    for e in &mut invalid.errors {
+                        e.line = None;
+                        e.column = None;
+                    }
+                    invalid
+                })
+            }
+        };
+        let spec = match spec {
+            Ok(spec) => {
+                errors.extend(spec.check());
+                Some(spec)
+            }
+            Err(invalid) => {
+                errors.extend(invalid.errors);
+                None
+            }
+        };
+        if let When::Cron {
+            schedule, timezone, ..
+        } = &self.when
+        {
+            if timezone.parse::<chrono_tz::Tz>().is_err() {
+                errors.push(FieldError::new(
+                    "when.timezone",
+                    format!(
+                        "`{timezone}` is not an IANA timezone like \"UTC\" or \"Europe/Berlin\""
+                    ),
+                ));
+            } else if let Err(e) = crate::cron::Schedule::parse(schedule, timezone) {
+                let mut err = FieldError::new("when.schedule", e.to_string());
+                err.column = e.column();
+                errors.push(err);
+            }
+        }
+        for (i, rule) in self.exit_rules.iter().enumerate() {
+            if let Err(message) = rule.action.check() {
+                errors.push(FieldError::new(format!("exit_rules[{i}].action"), message));
+            }
+        }
+        match spec {
+            Some(spec) if errors.is_empty() => Ok(Task {
+                id,
+                name,
+                spec,
+                when: self.when,
+                placement: self.placement,
+                exit_rules: self.exit_rules,
+                enabled: self.enabled,
+                updated_at: now,
+            }),
+            _ => Err(Invalid::new("the task is not valid", errors)),
+        }
+    }
+}
+
+fn check_name(name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        return Err("a task needs a name".into());
+    }
+    if name.chars().count() > 100 {
+        return Err("at most 100 characters".into());
+    }
+    if name
+        .chars()
+        .any(|c| c.is_control() || c == '/' || c == '\\')
+    {
+        return Err("no control characters, `/` or `\\` (the name is used in log paths)".into());
+    }
+    if name.starts_with('.') {
+        return Err("a name cannot start with `.`".into());
+    }
+    Ok(())
+}
+
+fn is_identifier(s: &str) -> bool {
+    let mut chars = s.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+impl Spec {
+    /// Semantic checks beyond the JSON shape.
+    pub fn check(&self) -> Vec<FieldError> {
+        let mut errors = Vec::new();
+        match (&self.command, &self.shell) {
+            (Some(_), Some(_)) => errors.push(FieldError::new(
+                "spec",
+                "give either `command` (an argv array) or `shell` (a script for sh -c), not both",
+            )),
+            (None, None) => errors.push(FieldError::new(
+                "spec",
+                "say what to run: `command` (an argv array, e.g. [\"echo\", \"hi\"]) or `shell` (a script for sh -c)",
+            )),
+            (Some(argv), None) => {
+                if argv.first().is_none_or(|p| p.trim().is_empty()) {
+                    errors.push(FieldError::new(
+                        "spec.command",
+                        "the first element must name the program",
+                    ));
+                }
+                for (i, arg) in argv.iter().enumerate() {
+                    for name in placeholders(arg) {
+                        if !self.parameters.contains_key(name) {
+                            errors.push(FieldError::new(
+                                format!("spec.command[{i}]"),
+                                format!("`{{{{{name}}}}}` names no parameter; add it to `parameters`"),
+                            ));
+                        }
+                    }
+                }
+            }
+            (None, Some(script)) => {
+                if script.trim().is_empty() {
+                    errors.push(FieldError::new("spec.shell", "the script is empty"));
+                }
+                if let Some(name) = placeholders(script).next() {
+                    errors.push(FieldError::new(
+                        "spec.shell",
+                        format!(
+                            "placeholders are not expanded in shell scripts (a value could inject shell code); use \"${name}\" instead of {{{{{name}}}}}"
+                        ),
+                    ));
+                }
+            }
+        }
+        for (i, dep) in self.dependencies.iter().enumerate() {
+            if dep.trim().is_empty() || dep.trim() != dep {
+                errors.push(FieldError::new(
+                    format!("spec.dependencies[{i}]"),
+                    "a dependency is a non-empty word without surrounding spaces",
+                ));
+            }
+        }
+        for (name, value) in &self.parameters {
+            if !is_identifier(name) {
+                errors.push(FieldError::new(
+                    format!("spec.parameters.{name}"),
+                    "parameter names are letters, digits and `_` (they become environment variables)",
+                ));
+            }
+            if value.is_object() || value.is_array() {
+                errors.push(FieldError::new(
+                    format!("spec.parameters.{name}"),
+                    "a parameter is a string, number or boolean",
+                ));
+            }
+        }
+        for name in self.env.keys() {
+            if !is_identifier(name) {
+                errors.push(FieldError::new(
+                    format!("spec.env.{name}"),
+                    "environment variable names are letters, digits and `_`",
+                ));
+            }
+        }
+        if let Some(timeout) = self.timeout {
+            if timeout.0.is_zero() {
+                errors.push(FieldError::new(
+                    "spec.timeout",
+                    "a timeout must be longer than 0s",
+                ));
+            }
+        }
+        if let Some(user) = &self.user {
+            if user.trim().is_empty() {
+                errors.push(FieldError::new(
+                    "spec.user",
+                    "leave `user` out to run as the node's user",
+                ));
+            }
+        }
+        errors
+    }
+
+    /// A parameter's value as the process sees it.
+    pub fn parameter_text(value: &serde_json::Value) -> String {
+        match value {
+            serde_json::Value::String(s) => s.clone(),
+            serde_json::Value::Null => String::new(),
+            other => other.to_string(),
+        }
+    }
+
+    /// argv with `{{name}}` placeholders replaced. Each element stays one argument, whatever the
+    /// value contains, because no shell ever sees it.
+    pub fn expanded_argv(&self) -> Option<Vec<String>> {
+        let argv = self.command.as_ref()?;
+        Some(
+            argv.iter()
+                .map(|arg| {
+                    let mut out = arg.clone();
+                    for (name, value) in &self.parameters {
+                        out = out.replace(&format!("{{{{{name}}}}}"), &Self::parameter_text(value));
+                    }
+                    out
+                })
+                .collect(),
+        )
+    }
+}
+
+/// Names inside `{{…}}` in a string.
+fn placeholders(s: &str) -> impl Iterator<Item = &str> {
+    s.split("{{")
+        .skip(1)
+        .filter_map(|rest| rest.split_once("}}").map(|(name, _)| name.trim()))
+}
+
+impl Task {
+    /// A manual task running `true`, for the tests of every layer.
+    pub fn sample(id: &str, name: &str) -> Task {
+        Task {
+            id: TaskId(id.into()),
+            name: name.into(),
+            spec: Spec {
+                shell: Some("true".into()),
+                ..Default::default()
+            },
+            when: When::Manual,
+            placement: Placement::One,
+            exit_rules: vec![],
+            enabled: true,
+            updated_at: Utc::now(),
+        }
+    }
+
+    /// Whether this is a supervised daemon ("always").
+    pub fn is_always(&self) -> bool {
+        matches!(self.when, When::Always)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn input(json: serde_json::Value) -> Result<Task, Invalid> {
+        let input: TaskInput = serde_json::from_value(json).expect("input shape");
+        input.into_task(TaskId("t1".into()), Utc::now())
+    }
+
+    fn paths(invalid: Invalid) -> Vec<String> {
+        invalid.errors.into_iter().map(|e| e.path).collect()
+    }
+
+    #[test]
+    fn a_valid_task_builds() {
+        let task = input(serde_json::json!({
+            "name": "backup",
+            "spec": {"command": ["tar", "czf", "{{dest}}"], "parameters": {"dest": "/tmp/x; rm -rf /"}, "priority": 3},
+            "when": {"mode": "cron", "schedule": "*/5 * * * *", "timezone": "Europe/Berlin"},
+            "exit_rules": [{"on": "!0", "action": "retry"}]
+        }))
+        .expect("valid");
+        assert_eq!(task.spec.priority, 3);
+        assert_eq!(
+            task.spec.expanded_argv().expect("argv"),
+            vec!["tar", "czf", "/tmp/x; rm -rf /"]
+        );
+    }
+
+    #[test]
+    fn errors_name_the_field_path() {
+        let cases = [
+            (
+                serde_json::json!({"name": "", "spec": {"shell": "x"}, "when": {"mode": "manual"}}),
+                "name",
+            ),
+            (
+                serde_json::json!({"name": "a", "spec": {}, "when": {"mode": "manual"}}),
+                "spec",
+            ),
+            (
+                serde_json::json!({"name": "a", "spec": {"command": ["x", "{{nope}}"]}, "when": {"mode": "manual"}}),
+                "spec.command[1]",
+            ),
+            (
+                serde_json::json!({"name": "a", "spec": {"shell": "echo {{x}}", "parameters": {"x": 1}}, "when": {"mode": "manual"}}),
+                "spec.shell",
+            ),
+            (
+                serde_json::json!({"name": "a", "spec": {"shell": "x", "dependencies": ["ok", 5]}, "when": {"mode": "manual"}}),
+                "spec.dependencies[1]",
+            ),
+            (
+                serde_json::json!({"name": "a", "spec": {"shell": "x", "parameters": {"bad-name": 1}}, "when": {"mode": "manual"}}),
+                "spec.parameters.bad-name",
+            ),
+            (
+                serde_json::json!({"name": "a", "spec": {"shell": "x", "timeout": "soon"}, "when": {"mode": "manual"}}),
+                "spec.timeout",
+            ),
+            (
+                serde_json::json!({"name": "a", "spec": {"shell": "x", "colour": 1}, "when": {"mode": "manual"}}),
+                "spec.colour",
+            ),
+            (
+                serde_json::json!({"name": "a", "spec": {"shell": "x"}, "when": {"mode": "cron", "schedule": "61 * * * *"}}),
+                "when.schedule",
+            ),
+            (
+                serde_json::json!({"name": "a", "spec": {"shell": "x"}, "when": {"mode": "cron", "schedule": "* * * * *", "timezone": "Mars/Base"}}),
+                "when.timezone",
+            ),
+            (
+                serde_json::json!({"name": "a/b", "spec": {"shell": "x"}, "when": {"mode": "manual"}}),
+                "name",
+            ),
+        ];
+        for (json, path) in cases {
+            let err = input(json.clone()).expect_err(&json.to_string());
+            assert!(
+                paths(err.clone()).contains(&path.to_string()),
+                "{json}: {err:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn spec_text_errors_carry_line_and_column() {
+        let err = input(serde_json::json!({
+            "name": "a",
+            "spec": "{\n  \"shell\": \"x\",\n  \"priority\": \"high\"\n}",
+            "when": {"mode": "manual"}
+        }))
+        .expect_err("priority is a number");
+        let e = &err.errors[0];
+        assert_eq!(e.path, "spec.priority");
+        assert_eq!(e.line, Some(3));
+
+        let err = input(serde_json::json!({
+            "name": "a",
+            "spec": "{\n  \"shell\": \"x\",,\n}",
+            "when": {"mode": "manual"}
+        }))
+        .expect_err("syntax error");
+        assert_eq!(err.errors[0].line, Some(2));
+        assert!(err.errors[0].column.is_some());
+    }
+}

@@ -1,0 +1,115 @@
+//! What nodes announce about themselves over the mesh, and a peer as the other layers see it.
+
+use serde::{Deserialize, Serialize};
+
+/// What a node gossips about itself, on change and every few seconds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Announcement {
+    pub peer_id: String,
+    pub name: String,
+    pub version: String,
+    /// Configured plus detected (`os=`, `arch=`, `host=`).
+    pub dependencies: Vec<String>,
+    pub slots_total: u32,
+    pub slots_free: u32,
+    /// 1-minute load average.
+    pub load: f32,
+    /// Runs in progress on the node.
+    pub running: u32,
+    pub ui_url: String,
+    /// Where its p2p endpoint listens (multiaddrs); how others learn to reach it.
+    pub addrs: Vec<String>,
+    /// Increases with every announcement of one node start; older ones are ignored.
+    pub seq: u64,
+    /// Where the node stands in the replicated state; `None` while it has no cluster.
+    #[serde(default)]
+    pub cluster: Option<ClusterBadge>,
+}
+
+/// A node's place in its Raft cluster, as it announces it: enough for every other node to run the
+/// autopilot's decisions and to show leader, voters and lag from mesh data alone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterBadge {
+    /// The cluster's id (see `model::ClusterIdentity`).
+    pub id: u64,
+    pub term: u64,
+    pub voter: bool,
+    pub leader: bool,
+    /// The index of the last change this node has applied.
+    pub applied: u64,
+    /// The index of the last entry in this node's log.
+    pub last_log: u64,
+}
+
+/// Limits on a peer's announcement, so a bad peer cannot flood memory.
+const MAX_LIST: usize = 256;
+const MAX_TEXT: usize = 512;
+
+impl Announcement {
+    /// Checks an announcement from the wire; says what is wrong.
+    pub fn check(&self) -> Result<(), String> {
+        if self.dependencies.len() > MAX_LIST || self.addrs.len() > MAX_LIST {
+            return Err("too many dependencies or addresses".into());
+        }
+        let texts = [&self.peer_id, &self.name, &self.version, &self.ui_url];
+        if texts
+            .into_iter()
+            .chain(&self.dependencies)
+            .chain(&self.addrs)
+            .any(|t| t.len() > MAX_TEXT)
+        {
+            return Err("a field is too long".into());
+        }
+        if !(self.ui_url.is_empty()
+            || self.ui_url.starts_with("http://")
+            || self.ui_url.starts_with("https://"))
+        {
+            return Err("ui_url is not an http(s) URL".into());
+        }
+        Ok(())
+    }
+}
+
+/// A peer as the UI and the scheduler see it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PeerInfo {
+    #[serde(flatten)]
+    pub announcement: Announcement,
+    /// Milliseconds since its last announcement.
+    pub last_seen_ms: u64,
+    /// Whether this node has a direct connection to it.
+    pub connected: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ann(id: &str, seq: u64) -> Announcement {
+        Announcement {
+            peer_id: id.into(),
+            name: format!("node-{id}"),
+            version: "0".into(),
+            dependencies: vec![],
+            slots_total: 4,
+            slots_free: 4,
+            load: 0.0,
+            running: 0,
+            ui_url: "http://127.0.0.1:8080".into(),
+            addrs: vec![],
+            seq,
+            cluster: None,
+        }
+    }
+
+    #[test]
+    fn oversized_announcements_are_refused() {
+        let mut a = ann("a", 1);
+        a.dependencies = vec!["x".into(); 1000];
+        assert!(a.check().is_err());
+        let mut b = ann("b", 1);
+        b.ui_url = "javascript:alert(1)".into();
+        assert!(b.check().is_err());
+        assert!(ann("c", 1).check().is_ok());
+    }
+}

@@ -1,0 +1,121 @@
+//! What a node shows about itself: the status types the UI, the API and the layers below share.
+//! Plain data, filled by the layer that owns each part (the executor, the sink, consensus, the
+//! node) and rendered by the UI or serialized by the API.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+use crate::model::{RunId, TaskId};
+use crate::peer::PeerInfo;
+
+/// What the UI shows about an always-task on this node.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct DaemonStatus {
+    pub run: Option<RunId>,
+    pub restarts: u32,
+    /// Quick exits in a row.
+    pub quick_exits: u32,
+    pub crash_loop: bool,
+    /// Milliseconds until the next restart, when one is pending.
+    pub restart_in_ms: Option<u64>,
+}
+
+/// What the sink is doing, for `/node` and `GET /api/sink`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct SinkStatus {
+    /// `user@host:port/database` while `cluster.mysql` is set (never the password).
+    pub target: Option<String>,
+    /// Runs waiting in the outbox.
+    pub pending: u64,
+    /// The last try failed; runs wait until MySQL answers again.
+    pub failing: bool,
+    /// The newest failure (it stays after a recovery, with its time).
+    pub last_error: Option<String>,
+    pub last_error_at: Option<DateTime<Utc>>,
+    /// Run records delivered since the node started.
+    pub delivered: u64,
+    pub last_delivery_at: Option<DateTime<Utc>>,
+}
+
+/// Which runs to list, newest first.
+#[derive(Debug, Clone, Default)]
+pub struct RunQuery {
+    pub task: Option<TaskId>,
+    /// Only runs older than this one (for paging).
+    pub before: Option<RunId>,
+    pub limit: usize,
+}
+
+/// The cluster as /peers shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct ClusterStatus {
+    /// The cluster's id in hex; `None` while this node has not joined one.
+    pub cluster: Option<String>,
+    /// This node's role: `leader`, `follower`, `learner`, `candidate` or `not joined`.
+    pub role: &'static str,
+    pub term: u64,
+    /// The leader's PeerId.
+    pub leader: Option<String>,
+    pub members: Vec<MemberStatus>,
+    /// This node's log: the newest entry, the newest snapshot, and the newest entry purged
+    /// (everything up to it lives only in the snapshot).
+    pub last_log: Option<u64>,
+    pub snapshot: Option<u64>,
+    pub purged: Option<u64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct MemberStatus {
+    pub peer_id: String,
+    /// Its name, when it is a live peer (or this node).
+    pub name: Option<String>,
+    pub voter: bool,
+    pub leader: bool,
+    pub this_node: bool,
+    /// Whether it announced itself recently.
+    pub live: bool,
+    /// The index of the last change it has applied, as it last announced.
+    pub applied: Option<u64>,
+    /// How many entries it is behind the leader's log.
+    pub lag: Option<u64>,
+}
+
+impl MemberStatus {
+    /// The last characters of the PeerId, for narrow tables.
+    pub fn short_id(&self) -> &str {
+        let start = self.peer_id.len().saturating_sub(8);
+        &self.peer_id[start..]
+    }
+}
+
+/// This node and the peers it knows, for /peers and /api/peers.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct PeersView {
+    #[serde(rename = "self")]
+    pub this: ThisNode,
+    pub peers: Vec<PeerInfo>,
+    /// The replicated state's cluster: leader, term, voters, learners, lag.
+    pub cluster: ClusterStatus,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ThisNode {
+    pub peer_id: Option<String>,
+    pub name: String,
+    pub p2p_addrs: Vec<String>,
+    /// A label of the cluster key (not the key).
+    pub key_fingerprint: Option<String>,
+    pub dependencies: Vec<String>,
+    pub mesh_up: bool,
+}
+
+/// What the health endpoint reports.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Health {
+    pub status: &'static str,
+    pub node: String,
+    pub version: &'static str,
+    pub started_at: DateTime<Utc>,
+    pub tasks: usize,
+    pub active_runs: usize,
+}

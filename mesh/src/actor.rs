@@ -1,0 +1,673 @@
+//! The mesh actor: owns the Swarm, turns commands into swarm calls and swarm events into the
+//! peer table.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use libp2p::core::transport::upgrade::Version;
+use libp2p::multiaddr::Protocol;
+use libp2p::pnet::{PnetConfig, PreSharedKey};
+use libp2p::swarm::behaviour::toggle::Toggle;
+use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
+use libp2p::swarm::{ListenError, NetworkBehaviour, SwarmEvent};
+use libp2p::{
+    Multiaddr, PeerId, Swarm, Transport, connection_limits, gossipsub, identify, mdns, noise, ping,
+    tcp, yamux,
+};
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use super::limits::{OverAddressCap, PendingPerAddress};
+use super::rpc::{self, Rpc};
+use super::{
+    Announcement, CONNECTION_CAPS, Command, HANDSHAKE_TIMEOUT, MeshConfig, MeshError, MeshHandle,
+    PeerTable, Request, Response, peer_multiaddr,
+};
+
+const TOPIC: &str = "taskmesh/announce/1";
+/// Configured peers are redialled after this, doubling up to [`MAX_REDIAL`].
+const FIRST_REDIAL: Duration = Duration::from_secs(1);
+const MAX_REDIAL: Duration = Duration::from_secs(30);
+/// An announcement is sent at most this often when things change fast.
+const DEBOUNCE: Duration = Duration::from_millis(100);
+/// A discovered peer with a higher PeerId is expected to dial us; if it has not after this
+/// long (it may not have discovered us yet), we dial it after all.
+const FALLBACK_DIAL: Duration = Duration::from_millis(700);
+/// Connections refused over a cap are logged as a warning at most this often (a flood would
+/// otherwise flood the log too).
+const CAP_WARNING_EVERY: Duration = Duration::from_secs(60);
+
+#[derive(NetworkBehaviour)]
+struct Behaviour {
+    /// Refuses connections over [`CONNECTION_CAPS`]; first, so they decide before the others.
+    limits: connection_limits::Behaviour,
+    per_address: PendingPerAddress,
+    mdns: Toggle<mdns::tokio::Behaviour>,
+    identify: identify::Behaviour,
+    ping: ping::Behaviour,
+    gossipsub: gossipsub::Behaviour,
+    /// The streams requests travel on (see [`rpc`]).
+    streams: libp2p_stream::Behaviour,
+}
+
+struct Configured {
+    text: String,
+    /// The peer it turned out to be, while connected.
+    connected: Option<PeerId>,
+    next_try: Instant,
+    backoff: Duration,
+    dialing: bool,
+}
+
+struct Actor {
+    swarm: Swarm<Behaviour>,
+    inbox: mpsc::Receiver<Command>,
+    self_tx: mpsc::Sender<Command>,
+    topic: gossipsub::IdentTopic,
+    table: PeerTable,
+    peers_tx: watch::Sender<Arc<Vec<super::PeerInfo>>>,
+    listen_tx: watch::Sender<Vec<Multiaddr>>,
+    own: Option<Announcement>,
+    /// `own` for the request streams, which answer "who are you?" themselves.
+    own_tx: watch::Sender<Option<Announcement>>,
+    rpc: Rpc,
+    publish_at: Option<Instant>,
+    last_publish: Instant,
+    configured: Vec<Configured>,
+    connected: HashSet<PeerId>,
+    /// Discovered peers we left to dial us, and when we dial them ourselves if they did not.
+    fallback: HashMap<PeerId, (Instant, Vec<Multiaddr>)>,
+    announce_every: Duration,
+    peer_ttl: Duration,
+    listen_is_loopback: bool,
+    /// Incoming connections refused over a cap since the last warning, and when that was.
+    refused_over_cap: u64,
+    cap_warned: Option<Instant>,
+    cancel: CancellationToken,
+}
+
+fn build_swarm(config: &MeshConfig) -> Result<Swarm<Behaviour>, MeshError> {
+    let psk = PreSharedKey::new(config.key.bytes());
+    let mdns = config.mdns;
+    let swarm = libp2p::SwarmBuilder::with_existing_identity(config.identity.clone())
+        .with_tokio()
+        .with_other_transport(|key| {
+            let noise = noise::Config::new(key)?;
+            let transport = tcp::tokio::Transport::new(tcp::Config::default().nodelay(true))
+                .and_then(move |socket, _| PnetConfig::new(psk).handshake(socket))
+                .upgrade(Version::V1Lazy)
+                .authenticate(noise)
+                .multiplex(yamux::Config::default())
+                // In both directions: an incoming connection that never finishes is dropped.
+                .timeout(HANDSHAKE_TIMEOUT);
+            Ok::<_, Box<dyn std::error::Error + Send + Sync>>(transport)
+        })
+        .map_err(|e| MeshError::Build(e.to_string()))?
+        .with_behaviour(|key| {
+            let peer_id = key.public().to_peer_id();
+            let mdns = if mdns {
+                let config = mdns::Config {
+                    query_interval: Duration::from_secs(30),
+                    ..Default::default()
+                };
+                Some(mdns::tokio::Behaviour::new(config, peer_id)?)
+            } else {
+                None
+            };
+            let gossip_config = gossipsub::ConfigBuilder::default()
+                .heartbeat_interval(Duration::from_millis(700))
+                .mesh_n(4)
+                .mesh_n_low(1)
+                .mesh_n_high(8)
+                .mesh_outbound_min(1)
+                .max_transmit_size(64 * 1024)
+                .validation_mode(gossipsub::ValidationMode::Strict)
+                .build()?;
+            let gossipsub = gossipsub::Behaviour::new(
+                gossipsub::MessageAuthenticity::Signed(key.clone()),
+                gossip_config,
+            )?;
+            Ok(Behaviour {
+                limits: connection_limits::Behaviour::new(connection_limits()),
+                per_address: PendingPerAddress::new(CONNECTION_CAPS.pending_incoming_per_address),
+                mdns: Toggle::from(mdns),
+                identify: identify::Behaviour::new(
+                    identify::Config::new("/taskmesh/1".into(), key.public())
+                        .with_agent_version(format!("taskmesh/{}", env!("CARGO_PKG_VERSION"))),
+                ),
+                ping: ping::Behaviour::new(ping::Config::new()),
+                gossipsub,
+                streams: libp2p_stream::Behaviour::new(),
+            })
+        })
+        .map_err(|e| MeshError::Build(e.to_string()))?
+        // A substream sends its first message with its protocol's name instead of waiting for
+        // the peer to confirm the name: one round trip less for each new stream. Every node
+        // speaks the same protocols, and a dialer offering several still waits for all but the
+        // last.
+        .with_swarm_config(|c| {
+            c.with_idle_connection_timeout(Duration::from_secs(300))
+                .with_substream_upgrade_protocol_override(Version::V1Lazy)
+        })
+        .build();
+    Ok(swarm)
+}
+
+fn connection_limits() -> connection_limits::ConnectionLimits {
+    let caps = CONNECTION_CAPS;
+    connection_limits::ConnectionLimits::default()
+        .with_max_pending_incoming(Some(caps.pending_incoming))
+        .with_max_pending_outgoing(Some(caps.pending_outgoing))
+        .with_max_established_incoming(Some(caps.established_incoming))
+        .with_max_established_per_peer(Some(caps.established_per_peer))
+        .with_max_established(Some(caps.established_total))
+}
+
+pub(super) async fn start(
+    config: MeshConfig,
+    cancel: CancellationToken,
+) -> Result<(MeshHandle, tokio::task::JoinHandle<()>), MeshError> {
+    let mut swarm = build_swarm(&config)?;
+    let topic = gossipsub::IdentTopic::new(TOPIC);
+    swarm
+        .behaviour_mut()
+        .gossipsub
+        .subscribe(&topic)
+        .map_err(|e| MeshError::Build(e.to_string()))?;
+    swarm
+        .listen_on(config.listen.clone())
+        .map_err(|e| MeshError::Listen {
+            addr: config.listen.clone(),
+            message: e.to_string(),
+        })?;
+    // Wait for the listener, so that callers (and tests) can use the address at once.
+    let first = loop {
+        match swarm.select_next_some().await {
+            SwarmEvent::NewListenAddr { address, .. } => break address,
+            SwarmEvent::ListenerError { error, .. }
+            | SwarmEvent::ListenerClosed {
+                reason: Err(error), ..
+            } => {
+                return Err(MeshError::Listen {
+                    addr: config.listen.clone(),
+                    message: error.to_string(),
+                });
+            }
+            _ => {}
+        }
+    };
+    let local = *swarm.local_peer_id();
+    let mut control = swarm.behaviour().streams.new_control();
+    let incoming = control
+        .accept(rpc::PROTOCOL)
+        .map_err(|e| MeshError::Build(e.to_string()))?;
+    let (own_tx, own_rx) = watch::channel(None);
+    tokio::spawn(rpc::serve(
+        incoming,
+        own_rx,
+        config.inbound.clone(),
+        cancel.clone(),
+    ));
+    let rpc = Rpc::new(control, cancel.clone());
+    let (tx, inbox) = mpsc::channel(256);
+    let (peers_tx, peers_rx) = watch::channel(Arc::new(Vec::new()));
+    let (listen_tx, listen_rx) = watch::channel(vec![first]);
+    let now = Instant::now();
+    let actor = Actor {
+        swarm,
+        inbox,
+        self_tx: tx.clone(),
+        topic,
+        table: PeerTable::default(),
+        peers_tx,
+        listen_tx,
+        own: None,
+        own_tx,
+        rpc: rpc.clone(),
+        publish_at: None,
+        last_publish: now,
+        configured: config
+            .peers
+            .iter()
+            .map(|p| Configured {
+                text: p.clone(),
+                connected: None,
+                next_try: now,
+                backoff: FIRST_REDIAL,
+                dialing: false,
+            })
+            .collect(),
+        connected: HashSet::new(),
+        fallback: HashMap::new(),
+        announce_every: config.announce_every,
+        peer_ttl: config.peer_ttl,
+        listen_is_loopback: is_loopback(&config.listen),
+        refused_over_cap: 0,
+        cap_warned: None,
+        cancel,
+    };
+    info!(peer_id = %local, listen = %config.listen, mdns = config.mdns, key = %super::keys::fingerprint(&config.key), "mesh up");
+    let task = tokio::spawn(actor.run());
+    Ok((
+        MeshHandle {
+            tx,
+            peers: peers_rx,
+            listen: listen_rx,
+            local,
+            rpc,
+        },
+        task,
+    ))
+}
+
+fn is_loopback(addr: &Multiaddr) -> bool {
+    addr.iter().any(|p| match p {
+        Protocol::Ip4(ip) => ip.is_loopback(),
+        Protocol::Ip6(ip) => ip.is_loopback(),
+        _ => false,
+    })
+}
+
+fn is_unspecified(addr: &Multiaddr) -> bool {
+    addr.iter().any(|p| match p {
+        Protocol::Ip4(ip) => ip.is_unspecified(),
+        Protocol::Ip6(ip) => ip.is_unspecified(),
+        _ => false,
+    })
+}
+
+async fn sleep_until_opt(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+impl Actor {
+    async fn run(mut self) {
+        let mut tick = tokio::time::interval(Duration::from_millis(250));
+        loop {
+            tokio::select! {
+                biased;
+                _ = self.cancel.cancelled() => break,
+                Some(command) = self.inbox.recv() => self.on_command(command),
+                event = self.swarm.select_next_some() => self.on_event(event),
+                _ = sleep_until_opt(self.publish_at) => self.publish(),
+                _ = tick.tick() => self.on_tick(),
+            }
+        }
+    }
+
+    fn local(&self) -> PeerId {
+        *self.swarm.local_peer_id()
+    }
+
+    fn on_command(&mut self, command: Command) {
+        match command {
+            Command::Announce(mut announcement) => {
+                announcement.peer_id = self.local().to_string();
+                announcement.addrs = self.own_addrs();
+                announcement.seq = self.own.as_ref().map_or(0, |a| a.seq);
+                if self.own.as_ref() != Some(&announcement) {
+                    self.own = Some(*announcement);
+                    self.own_tx.send_replace(self.own.clone());
+                    self.publish_soon();
+                }
+            }
+            Command::Observe(peer, announcement) => {
+                if announcement.peer_id == peer.to_string() {
+                    self.observe(*announcement);
+                }
+            }
+            Command::Dial(addrs) => {
+                for addr in addrs {
+                    if let Err(e) = self.swarm.dial(addr.clone()) {
+                        debug!(%addr, error = %e, "dial failed");
+                    }
+                }
+            }
+        }
+    }
+
+    /// The addresses others can reach us at: loopback only if we listen on loopback.
+    fn own_addrs(&self) -> Vec<String> {
+        let local = self.local();
+        self.listen_tx
+            .borrow()
+            .iter()
+            .filter(|a| self.listen_is_loopback || !is_loopback(a))
+            .map(|a| a.clone().with(Protocol::P2p(local)).to_string())
+            .collect()
+    }
+
+    fn publish_soon(&mut self) {
+        let earliest = self.last_publish + DEBOUNCE;
+        let at = earliest.max(Instant::now());
+        if self.publish_at.is_none_or(|p| p > at) {
+            self.publish_at = Some(at);
+        }
+    }
+
+    fn publish(&mut self) {
+        self.publish_at = None;
+        self.last_publish = Instant::now();
+        let addrs = self.own_addrs();
+        let Some(own) = self.own.as_mut() else { return };
+        // Milliseconds since the epoch, but always increasing: a restarted node's announcements
+        // are newer than those of its previous life.
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        own.seq = (own.seq + 1).max(now_ms);
+        own.addrs = addrs;
+        self.own_tx.send_replace(Some(own.clone()));
+        let data = serde_json::to_vec(own).expect("announcements serialise");
+        match self
+            .swarm
+            .behaviour_mut()
+            .gossipsub
+            .publish(self.topic.clone(), data)
+        {
+            Ok(_) | Err(gossipsub::PublishError::NoPeersSubscribedToTopic) => {}
+            Err(e) => debug!(error = %e, "announcement not published"),
+        }
+    }
+
+    fn on_tick(&mut self) {
+        let now = Instant::now();
+        if now.duration_since(self.last_publish) >= self.announce_every {
+            self.publish();
+        }
+        let gone = self.table.expire(now.into_std(), self.peer_ttl);
+        for id in &gone {
+            info!(peer_id = %id, "peer expired (silent)");
+        }
+        if !gone.is_empty() {
+            self.publish_peers();
+        }
+        self.redial(now);
+        self.dial_fallbacks(now);
+    }
+
+    /// Dials configured peers that are not connected, with backoff.
+    fn redial(&mut self, now: Instant) {
+        for i in 0..self.configured.len() {
+            let c = &self.configured[i];
+            if c.connected.is_some() || c.dialing || c.next_try > now {
+                continue;
+            }
+            let text = c.text.clone();
+            let c = &mut self.configured[i];
+            c.next_try = now + c.backoff;
+            c.backoff = (c.backoff * 2).min(MAX_REDIAL);
+            match peer_multiaddr(&text) {
+                Some(addr) => {
+                    c.dialing = true;
+                    if let Err(e) = self.swarm.dial(addr.clone()) {
+                        self.configured[i].dialing = false;
+                        debug!(peer = %text, error = %e, "dial failed");
+                    }
+                }
+                None => {
+                    // A host name: look it up without blocking the actor.
+                    let tx = self.self_tx.clone();
+                    tokio::spawn(async move {
+                        match tokio::net::lookup_host(&text).await {
+                            Ok(addrs) => {
+                                let addrs = addrs.map(super::socket_multiaddr).collect();
+                                let _ = tx.send(Command::Dial(addrs)).await;
+                            }
+                            Err(e) => {
+                                warn!(peer = %text, error = %e, "configured peer does not resolve")
+                            }
+                        }
+                    });
+                }
+            }
+        }
+    }
+
+    fn publish_peers(&self) {
+        let connected = &self.connected;
+        let snapshot = self.table.snapshot(std::time::Instant::now(), |id| {
+            id.parse::<PeerId>().is_ok_and(|p| connected.contains(&p))
+        });
+        self.peers_tx.send_replace(Arc::new(snapshot));
+    }
+
+    fn dial_discovered(&mut self, peer: PeerId, addrs: Vec<Multiaddr>) {
+        if addrs.is_empty() || peer == self.local() || self.connected.contains(&peer) {
+            return;
+        }
+        if should_dial(self.local(), peer, false) {
+            self.dial(peer, addrs);
+        } else {
+            self.fallback
+                .entry(peer)
+                .or_insert_with(|| (Instant::now() + FALLBACK_DIAL, addrs));
+        }
+    }
+
+    fn dial(&mut self, peer: PeerId, addrs: Vec<Multiaddr>) {
+        let opts = DialOpts::peer_id(peer)
+            .addresses(addrs)
+            .condition(PeerCondition::DisconnectedAndNotDialing)
+            .build();
+        if let Err(e) = self.swarm.dial(opts) {
+            debug!(%peer, error = %e, "dial failed");
+        }
+    }
+
+    /// Dials the discovered higher peers that did not dial us in time.
+    fn dial_fallbacks(&mut self, now: Instant) {
+        let connected = &self.connected;
+        self.fallback.retain(|peer, _| !connected.contains(peer));
+        let due: Vec<PeerId> = self
+            .fallback
+            .iter()
+            .filter(|(_, (at, _))| *at <= now)
+            .map(|(p, _)| *p)
+            .collect();
+        for peer in due {
+            if let Some((_, addrs)) = self.fallback.remove(&peer) {
+                self.dial(peer, addrs);
+            }
+        }
+    }
+
+    fn on_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
+        match event {
+            SwarmEvent::NewListenAddr { address, .. } if !is_unspecified(&address) => {
+                self.listen_tx.send_modify(|l| {
+                    if !l.contains(&address) {
+                        l.push(address);
+                    }
+                });
+                self.publish_soon();
+            }
+            SwarmEvent::ConnectionEstablished {
+                peer_id,
+                endpoint,
+                num_established,
+                ..
+            } => {
+                self.connected.insert(peer_id);
+                if endpoint.is_dialer() {
+                    let addr = endpoint.get_remote_address().clone().with_p2p_stripped();
+                    for c in &mut self.configured {
+                        if peer_multiaddr(&c.text).is_some_and(|m| m == addr) {
+                            c.connected = Some(peer_id);
+                            c.dialing = false;
+                            c.backoff = FIRST_REDIAL;
+                        }
+                    }
+                }
+                if num_established.get() == 1 {
+                    debug!(%peer_id, "connected");
+                    // Ask directly, so a new peer is listed without waiting for gossip.
+                    let (rpc, me) = (self.rpc.clone(), self.self_tx.clone());
+                    tokio::spawn(async move {
+                        match rpc.request(peer_id, &Request::Announcement).await {
+                            Ok(Response::Announcement(Some(a))) => {
+                                let _ = me.send(Command::Observe(peer_id, a)).await;
+                            }
+                            Ok(_) => {}
+                            Err(e) => debug!(%peer_id, error = %e, "no announcement"),
+                        }
+                    });
+                }
+            }
+            SwarmEvent::ConnectionClosed {
+                peer_id,
+                num_established: 0,
+                ..
+            } => {
+                self.connected.remove(&peer_id);
+                for c in &mut self.configured {
+                    if c.connected == Some(peer_id) {
+                        c.connected = None;
+                        c.next_try = Instant::now() + FIRST_REDIAL;
+                    }
+                }
+                self.publish_peers();
+            }
+            SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
+                debug!(peer = ?peer_id, %error, "outgoing connection failed");
+                for c in self
+                    .configured
+                    .iter_mut()
+                    .filter(|c| c.dialing && c.connected.is_none())
+                {
+                    c.dialing = false;
+                }
+            }
+            SwarmEvent::IncomingConnectionError {
+                send_back_addr,
+                error,
+                ..
+            } => {
+                let over_cap = matches!(&error, ListenError::Denied { cause }
+                    if cause.downcast_ref::<connection_limits::Exceeded>().is_some()
+                        || cause.downcast_ref::<OverAddressCap>().is_some());
+                if over_cap {
+                    self.refused_over_cap += 1;
+                    if self
+                        .cap_warned
+                        .is_none_or(|at| at.elapsed() >= CAP_WARNING_EVERY)
+                    {
+                        warn!(from = %send_back_addr, refused = self.refused_over_cap, %error, "incoming p2p connections refused over the connection caps");
+                        self.refused_over_cap = 0;
+                        self.cap_warned = Some(Instant::now());
+                    }
+                } else {
+                    // Typically a node with another cluster key, or one that did not finish
+                    // its handshakes in time.
+                    debug!(from = %send_back_addr, %error, "incoming connection refused");
+                }
+            }
+            SwarmEvent::Behaviour(event) => self.on_behaviour(event),
+            _ => {}
+        }
+    }
+
+    fn on_behaviour(&mut self, event: BehaviourEvent) {
+        match event {
+            BehaviourEvent::Mdns(mdns::Event::Discovered(found)) => {
+                let mut by_peer: HashMap<PeerId, Vec<Multiaddr>> = HashMap::new();
+                for (peer, addr) in found {
+                    by_peer.entry(peer).or_default().push(addr);
+                }
+                for (peer, addrs) in by_peer {
+                    self.dial_discovered(peer, addrs);
+                }
+            }
+            BehaviourEvent::Gossipsub(gossipsub::Event::Message { message, .. }) => {
+                let Some(source) = message.source else { return };
+                match serde_json::from_slice::<Announcement>(&message.data) {
+                    Ok(a) if a.peer_id == source.to_string() => self.observe(a),
+                    Ok(_) => warn!(%source, "announcement for another peer id; ignored"),
+                    Err(e) => warn!(%source, error = %e, "unreadable announcement; ignored"),
+                }
+            }
+            BehaviourEvent::Gossipsub(gossipsub::Event::Subscribed { .. }) => {
+                // A new listener: tell it (and, through it, everyone) who we are.
+                self.publish_soon();
+            }
+            _ => {}
+        }
+    }
+
+    fn observe(&mut self, announcement: Announcement) {
+        if announcement.peer_id == self.local().to_string() {
+            return;
+        }
+        if let Err(e) = announcement.check() {
+            warn!(peer_id = %announcement.peer_id, error = %e, "announcement refused");
+            return;
+        }
+        let peer: Option<PeerId> = announcement.peer_id.parse().ok();
+        let addrs: Vec<Multiaddr> = announcement
+            .addrs
+            .iter()
+            .filter_map(|a| a.parse::<Multiaddr>().ok())
+            .map(|a| {
+                if matches!(a.iter().last(), Some(Protocol::P2p(_))) {
+                    a.with_p2p_stripped()
+                } else {
+                    a
+                }
+            })
+            .collect();
+        let new = !self.table.contains(&announcement.peer_id);
+        if self.table.observe(announcement, std::time::Instant::now()) {
+            if new {
+                info!(peer = ?peer, "peer joined");
+            }
+            self.publish_peers();
+        }
+        // Peer exchange: learn the addresses of peers we only heard of.
+        if let Some(peer) = peer {
+            self.dial_discovered(peer, addrs);
+        }
+    }
+}
+
+/// Whether this node dials a peer it discovered (by mDNS or gossip) at once: only the lower
+/// PeerId does, so two nodes do not dial each other at the same moment. (The higher one dials
+/// after [`FALLBACK_DIAL`] if no connection came.)
+fn should_dial(local: PeerId, peer: PeerId, connected: bool) -> bool {
+    !connected && local < peer
+}
+
+trait StripP2p {
+    fn with_p2p_stripped(self) -> Self;
+}
+
+impl StripP2p for Multiaddr {
+    fn with_p2p_stripped(mut self) -> Self {
+        if matches!(self.iter().last(), Some(Protocol::P2p(_))) {
+            self.pop();
+        }
+        self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_lower_peer_id_dials() {
+        let a = PeerId::random();
+        let b = PeerId::random();
+        let (low, high) = if a < b { (a, b) } else { (b, a) };
+        assert!(should_dial(low, high, false));
+        assert!(!should_dial(high, low, false));
+        assert!(!should_dial(low, high, true), "no second connection");
+        assert!(!should_dial(low, low, false), "never itself");
+    }
+}

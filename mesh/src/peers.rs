@@ -1,0 +1,123 @@
+//! The live table of peers, built from their announcements.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+pub use taskmesh_core::peer::{Announcement, ClusterBadge, PeerInfo};
+
+/// The 1-minute load average, rounded to a tenth (so that noise does not count as a change).
+pub fn load_average() -> f32 {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<f32>().ok())
+        .map_or(0.0, |l| (l * 10.0).round() / 10.0)
+}
+
+struct Entry {
+    announcement: Announcement,
+    seen: Instant,
+}
+
+/// Live peers by PeerId: refreshed by announcements, expired after silence. Pure data.
+#[derive(Default)]
+pub struct PeerTable {
+    entries: BTreeMap<String, Entry>,
+}
+
+impl PeerTable {
+    /// Records an announcement; returns true when the visible data changed.
+    pub fn observe(&mut self, announcement: Announcement, now: Instant) -> bool {
+        match self.entries.get_mut(&announcement.peer_id) {
+            Some(entry) if announcement.seq < entry.announcement.seq => false,
+            Some(entry) => {
+                let changed = entry.announcement != announcement;
+                entry.announcement = announcement;
+                entry.seen = now;
+                changed
+            }
+            None => {
+                self.entries.insert(
+                    announcement.peer_id.clone(),
+                    Entry {
+                        announcement,
+                        seen: now,
+                    },
+                );
+                true
+            }
+        }
+    }
+
+    /// Drops peers silent for longer than `ttl`; returns their ids.
+    pub fn expire(&mut self, now: Instant, ttl: Duration) -> Vec<String> {
+        let gone: Vec<String> = self
+            .entries
+            .iter()
+            .filter(|(_, e)| now.saturating_duration_since(e.seen) > ttl)
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in &gone {
+            self.entries.remove(id);
+        }
+        gone
+    }
+
+    pub fn contains(&self, peer_id: &str) -> bool {
+        self.entries.contains_key(peer_id)
+    }
+
+    pub fn snapshot(&self, now: Instant, connected: impl Fn(&str) -> bool) -> Vec<PeerInfo> {
+        let mut peers: Vec<PeerInfo> = self
+            .entries
+            .values()
+            .map(|e| PeerInfo {
+                announcement: e.announcement.clone(),
+                last_seen_ms: now.saturating_duration_since(e.seen).as_millis() as u64,
+                connected: connected(&e.announcement.peer_id),
+            })
+            .collect();
+        peers.sort_by(|a, b| a.announcement.name.cmp(&b.announcement.name));
+        peers
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ann(id: &str, seq: u64) -> Announcement {
+        Announcement {
+            peer_id: id.into(),
+            name: format!("node-{id}"),
+            version: "0".into(),
+            dependencies: vec![],
+            slots_total: 4,
+            slots_free: 4,
+            load: 0.0,
+            running: 0,
+            ui_url: "http://127.0.0.1:8080".into(),
+            addrs: vec![],
+            seq,
+            cluster: None,
+        }
+    }
+
+    #[test]
+    fn newer_announcements_win_and_silent_peers_expire() {
+        let t0 = Instant::now();
+        let mut table = PeerTable::default();
+        assert!(table.observe(ann("a", 2), t0));
+        assert!(!table.observe(ann("a", 2), t0), "same data is no change");
+        assert!(!table.observe(ann("a", 1), t0), "older is ignored");
+        let mut busy = ann("a", 3);
+        busy.running = 2;
+        assert!(table.observe(busy, t0));
+        table.observe(ann("b", 1), t0 + Duration::from_secs(5));
+        let gone = table.expire(t0 + Duration::from_secs(11), Duration::from_secs(10));
+        assert_eq!(gone, vec!["a".to_string()]);
+        assert!(table.contains("b"));
+        let snap = table.snapshot(t0 + Duration::from_secs(11), |_| true);
+        assert_eq!(snap.len(), 1);
+        assert_eq!(snap[0].last_seen_ms, 6000);
+    }
+}

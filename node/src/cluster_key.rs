@@ -1,0 +1,369 @@
+//! Where a node's cluster key comes from at start, and the file that keeps it:
+//! `<data dir>/cluster-key` (0600), never the database.
+//!
+//! At start the key is, in this order: the file named by `--cluster-key-file` (or the config's
+//! `cluster_key_file`), the one given in the environment (`TASKMESH_CLUSTER_KEY`) or in
+//! [`Config::cluster_key`](crate::Config), the data dir's file, a key an older version stored
+//! in the database (moved to the file), or a new key, but only for a node that belongs to no
+//! cluster yet. A node whose database says it is in a cluster and that has no key refuses to
+//! start: its database alone (say, a copy) does not make it a member.
+
+use std::path::{Path, PathBuf};
+
+use crate::mesh::ClusterKey;
+use crate::private_files;
+
+/// The key file's name in the data dir.
+pub const FILE_NAME: &str = "cluster-key";
+
+/// Where the key in use came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Origin {
+    /// `--cluster-key-file` / `cluster_key_file`.
+    KeyFile,
+    /// `TASKMESH_CLUSTER_KEY` or `Config::cluster_key`.
+    Given,
+    /// `<data dir>/cluster-key`.
+    DataDir,
+    /// The node settings in the database (an older version kept it there).
+    Database,
+    /// Made now: the node belongs to no cluster yet.
+    New,
+}
+
+/// What a node has to find its key in.
+#[derive(Debug)]
+pub(super) struct Sources<'a> {
+    pub key_file: Option<&'a Path>,
+    pub given: Option<&'a str>,
+    /// The data dir's key file.
+    pub kept: &'a Path,
+    /// A key in the stored node settings.
+    pub stored: Option<&'a str>,
+    /// Whether the database says this node belongs to a cluster.
+    pub in_cluster: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    #[error("reading the cluster key file {path}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the cluster key in {origin}: {message}")]
+    Invalid { origin: String, message: String },
+    #[error(
+        "this node's database says it belongs to a cluster, but there is no cluster key: {path} is missing. \
+         Restore that file from the node's backup, or give the key with --cluster-key-file PATH or TASKMESH_CLUSTER_KEY"
+    )]
+    Missing { path: PathBuf },
+    #[error("making a cluster key")]
+    Generate(#[source] std::io::Error),
+    #[error("writing the cluster key file {path}")]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// The key this node uses, and where it came from.
+pub(super) fn resolve(sources: &Sources<'_>) -> Result<(ClusterKey, Origin), KeyError> {
+    let parse = |text: &str, origin: String| {
+        text.parse::<ClusterKey>()
+            .map_err(|message| KeyError::Invalid { origin, message })
+    };
+    if let Some(path) = sources.key_file {
+        let text = read(path)?.ok_or_else(|| KeyError::Read {
+            path: path.to_owned(),
+            source: std::io::ErrorKind::NotFound.into(),
+        })?;
+        return Ok((parse(&text, path.display().to_string())?, Origin::KeyFile));
+    }
+    if let Some(text) = sources.given {
+        let origin = "TASKMESH_CLUSTER_KEY (or the node's configuration)".to_owned();
+        return Ok((parse(text, origin)?, Origin::Given));
+    }
+    if let Some(text) = read(sources.kept)? {
+        return Ok((
+            parse(&text, sources.kept.display().to_string())?,
+            Origin::DataDir,
+        ));
+    }
+    if let Some(text) = sources.stored {
+        let origin = "the database's node settings".to_owned();
+        return Ok((parse(text, origin)?, Origin::Database));
+    }
+    if sources.in_cluster {
+        return Err(KeyError::Missing {
+            path: sources.kept.to_owned(),
+        });
+    }
+    Ok((
+        ClusterKey::generate().map_err(KeyError::Generate)?,
+        Origin::New,
+    ))
+}
+
+/// The key file's text, or None when there is none.
+fn read(path: &Path) -> Result<Option<String>, KeyError> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => Ok(Some(text)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(KeyError::Read {
+            path: path.to_owned(),
+            source,
+        }),
+    }
+}
+
+/// Keeps `key` in the data dir's file (0600, replaced atomically), unless it holds it already.
+pub(super) fn keep(path: &Path, key: &ClusterKey) -> Result<(), KeyError> {
+    let text = format!("{key}\n");
+    if read(path)?.is_some_and(|kept| kept.trim() == text.trim()) {
+        return Ok(());
+    }
+    private_files::write_atomically(path, text.as_bytes()).map_err(|source| KeyError::Write {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::*;
+    use crate::store::Store;
+
+    struct Case {
+        name: &'static str,
+        key_file: Option<&'static str>,
+        given: Option<&'static str>,
+        kept: Option<&'static str>,
+        stored: Option<&'static str>,
+        in_cluster: bool,
+        expect: Result<(&'static str, Origin), &'static str>,
+    }
+
+    const A: &str = "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+    const B: &str = "bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb";
+    const C: &str = "cccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccc";
+    const D: &str = "dddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddd";
+
+    #[test]
+    fn the_key_comes_from_the_first_source_that_has_one() {
+        let none = Case {
+            name: "",
+            key_file: None,
+            given: None,
+            kept: None,
+            stored: None,
+            in_cluster: false,
+            expect: Err(""),
+        };
+        let cases = [
+            Case {
+                name: "the key file wins",
+                key_file: Some(A),
+                given: Some(B),
+                kept: Some(C),
+                stored: Some(D),
+                expect: Ok((A, Origin::KeyFile)),
+                ..none
+            },
+            Case {
+                name: "then the environment or config",
+                given: Some(B),
+                kept: Some(C),
+                stored: Some(D),
+                expect: Ok((B, Origin::Given)),
+                ..none
+            },
+            Case {
+                name: "then the data dir's file",
+                kept: Some(C),
+                stored: Some(D),
+                in_cluster: true,
+                expect: Ok((C, Origin::DataDir)),
+                ..none
+            },
+            Case {
+                name: "then the database of an older version",
+                stored: Some(D),
+                in_cluster: true,
+                expect: Ok((D, Origin::Database)),
+                ..none
+            },
+            Case {
+                name: "a member without a key refuses",
+                in_cluster: true,
+                expect: Err("is missing"),
+                ..none
+            },
+            Case {
+                name: "a bad key names its source",
+                given: Some("xyz"),
+                expect: Err("TASKMESH_CLUSTER_KEY"),
+                ..none
+            },
+            Case {
+                name: "a bad key file names the file",
+                key_file: Some("not a key"),
+                expect: Err("given.key"),
+                ..none
+            },
+        ];
+        for case in cases {
+            let dir = tempfile::tempdir().expect("tmp");
+            let given_file = dir.path().join("given.key");
+            if let Some(text) = case.key_file {
+                std::fs::write(&given_file, text).expect("write");
+            }
+            let kept = dir.path().join(FILE_NAME);
+            if let Some(text) = case.kept {
+                std::fs::write(&kept, format!("{text}\n")).expect("write");
+            }
+            let got = resolve(&Sources {
+                key_file: case.key_file.map(|_| given_file.as_path()),
+                given: case.given,
+                kept: &kept,
+                stored: case.stored,
+                in_cluster: case.in_cluster,
+            });
+            match (got, case.expect) {
+                (Ok((key, origin)), Ok((want, want_origin))) => {
+                    assert_eq!(
+                        (key.to_string().as_str(), origin),
+                        (want, want_origin),
+                        "{}",
+                        case.name
+                    )
+                }
+                (Err(e), Err(part)) => {
+                    assert!(e.to_string().contains(part), "{}: {e}", case.name)
+                }
+                (got, want) => panic!("{}: got {got:?}, want {want:?}", case.name),
+            }
+        }
+    }
+
+    #[test]
+    fn a_new_node_gets_a_new_key_and_keeps_it_private() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let kept = dir.path().join(FILE_NAME);
+        let sources = Sources {
+            key_file: None,
+            given: None,
+            kept: &kept,
+            stored: None,
+            in_cluster: false,
+        };
+        let (key, origin) = resolve(&sources).expect("new");
+        assert_eq!(origin, Origin::New);
+        keep(&kept, &key).expect("keep");
+        let mode = std::fs::metadata(&kept).expect("stat").permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let (again, origin) = resolve(&sources).expect("kept");
+        assert_eq!((again, origin), (key, Origin::DataDir));
+    }
+
+    #[test]
+    fn a_missing_key_file_given_by_flag_is_an_error_naming_it() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let missing = dir.path().join("nope.key");
+        let error = resolve(&Sources {
+            key_file: Some(&missing),
+            given: None,
+            kept: &dir.path().join(FILE_NAME),
+            stored: None,
+            in_cluster: false,
+        })
+        .expect_err("missing");
+        assert!(error.to_string().contains("nope.key"), "{error}");
+    }
+
+    fn config(dir: &Path) -> crate::Config {
+        crate::Config {
+            data_dir: dir.join("data"),
+            ..crate::Config::default()
+        }
+    }
+
+    fn file_holds(path: &Path, needle: &[u8]) -> bool {
+        crate::store::file_holds(path, needle).expect("read")
+    }
+
+    #[test]
+    fn an_older_databases_key_moves_to_its_file_and_leaves_the_database() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let config = config(dir.path());
+        std::fs::create_dir_all(&config.data_dir).expect("mkdir");
+        let key = ClusterKey::generate().expect("key");
+        {
+            let store = crate::store::RedbStore::open(&config.db_path()).expect("open");
+            store.put_node_settings_with_key(&crate::model::NodeSettings {
+                name: "old".into(),
+                cluster_key: Some(key.to_string()),
+                ..Default::default()
+            });
+            store
+                .write(&[crate::store::Write::Cluster(Some(
+                    crate::model::ClusterIdentity {
+                        id: 1,
+                        merged_into: None,
+                    },
+                ))])
+                .expect("cluster");
+        }
+        assert!(file_holds(&config.db_path(), key.to_string().as_bytes()));
+        let (store, settings) = crate::server::storage::open_data(&config).expect("start");
+        drop(store);
+        assert_eq!(
+            settings.cluster_key,
+            Some(key.to_string()),
+            "the key is kept"
+        );
+        assert_eq!(settings.name, "old");
+        let kept = config.cluster_key_path();
+        assert_eq!(
+            std::fs::read_to_string(&kept).expect("key file").trim(),
+            key.to_string()
+        );
+        let mode = std::fs::metadata(&kept).expect("stat").permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        assert!(!file_holds(&config.db_path(), key.to_string().as_bytes()));
+        assert!(!file_holds(&config.db_path(), &key.bytes()));
+        // The next start finds it in the file.
+        let (_, again) = crate::server::storage::open_data(&config).expect("restart");
+        assert_eq!(again.cluster_key, Some(key.to_string()));
+    }
+
+    #[test]
+    fn a_database_of_a_cluster_member_without_its_key_file_refuses_to_start() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let config = config(dir.path());
+        let (store, _) = crate::server::storage::open_data(&config).expect("first start");
+        store
+            .write(&[crate::store::Write::Cluster(Some(
+                crate::model::ClusterIdentity {
+                    id: 1,
+                    merged_into: None,
+                },
+            ))])
+            .expect("cluster");
+        drop(store);
+        std::fs::remove_file(config.cluster_key_path()).expect("rm key");
+        let error = crate::server::storage::open_data(&config)
+            .map(|_| ())
+            .expect_err("refused");
+        let text = error.to_string();
+        assert!(
+            text.contains(&config.cluster_key_path().display().to_string())
+                && text.contains("missing"),
+            "{text}"
+        );
+    }
+}

@@ -1,0 +1,523 @@
+//! The one handle over a running node ([`NodeHandle`]): what the API, the UI and tests read
+//! and ask of it, and the errors it answers with ([`NodeError`]).
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use tokio::sync::{broadcast, watch};
+use tracing::info;
+
+use crate::cluster_key::{self, KeyError};
+use crate::config::Config;
+use crate::consensus::{Change, Consensus, ProposeError, State};
+use crate::events::{Event, Events};
+use crate::executor::{DaemonStatus, ExecutorHandle};
+use crate::ledger::RunLedger;
+use crate::logs::{self, LogPaths};
+use crate::model::{Invalid, NodeSettings, Run, RunId, Settings, Task, TaskId, TaskInput, Trigger};
+use crate::notify::Notifier;
+use crate::scheduler::SchedulerHandle;
+use crate::store::{RunQuery, Store, StoreError, Write};
+use taskmesh_core::placement::{self, Candidate};
+
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error(transparent)]
+    Invalid(#[from] Invalid),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("storage: {0}")]
+    Store(#[from] StoreError),
+    /// The node refuses to start (an unsafe log path, a missing cluster key).
+    #[error("{0}")]
+    Refused(String),
+    #[error(transparent)]
+    Key(#[from] KeyError),
+    #[error("{context}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl From<ProposeError> for NodeError {
+    fn from(e: ProposeError) -> Self {
+        match e {
+            ProposeError::Rejected(invalid) => NodeError::Invalid(invalid),
+            ProposeError::NoQuorum(m) | ProposeError::Failed(m) => NodeError::Unavailable(m),
+            ProposeError::Shutdown => NodeError::Unavailable("the node is shutting down".into()),
+        }
+    }
+}
+
+/// The one handle over a running node. Cheap to clone.
+#[derive(Clone)]
+pub struct NodeHandle {
+    pub(crate) inner: Arc<Inner>,
+}
+
+/// What the handle holds; filled by the server's start-up.
+pub(crate) struct Inner {
+    pub(crate) consensus: Consensus,
+    pub(crate) ledger: RunLedger,
+    pub(crate) executor: ExecutorHandle,
+    pub(crate) scheduler: SchedulerHandle,
+    pub(crate) daemons: watch::Receiver<BTreeMap<TaskId, DaemonStatus>>,
+    pub(crate) node: watch::Sender<NodeSettings>,
+    /// Weak: the database closes once the node's actors have stopped, even if handles remain.
+    pub(crate) store: std::sync::Weak<dyn Store>,
+    pub(crate) events: Events,
+    pub(crate) notifier: Notifier,
+    pub(crate) logs: LogPaths,
+    pub(crate) config: Config,
+    pub(crate) started_at: chrono::DateTime<Utc>,
+    /// The p2p endpoint while it runs (it restarts when the cluster key or mesh settings change).
+    pub(crate) mesh: watch::Receiver<Option<crate::mesh::MeshHandle>>,
+    pub(crate) sink: watch::Receiver<crate::sink::SinkStatus>,
+}
+
+pub use taskmesh_core::view::{Health, PeersView, ThisNode};
+
+impl NodeHandle {
+    pub fn state(&self) -> Arc<State> {
+        self.inner.consensus.state()
+    }
+
+    pub fn subscribe(&self) -> broadcast::Receiver<Event> {
+        self.inner.events.subscribe()
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.inner.config
+    }
+
+    pub fn node_settings(&self) -> NodeSettings {
+        self.inner.node.borrow().clone()
+    }
+
+    pub fn logs(&self) -> &LogPaths {
+        &self.inner.logs
+    }
+
+    /// Sends notifications (and test messages) to the cluster's channels.
+    pub fn notifier(&self) -> &Notifier {
+        &self.inner.notifier
+    }
+
+    pub fn daemons(&self) -> BTreeMap<TaskId, DaemonStatus> {
+        self.inner.daemons.borrow().clone()
+    }
+
+    pub fn health(&self) -> Health {
+        Health {
+            status: "ok",
+            node: self.inner.node.borrow().name.clone(),
+            version: env!("CARGO_PKG_VERSION"),
+            started_at: self.inner.started_at,
+            tasks: self.state().tasks.len(),
+            active_runs: self.inner.ledger.active().len(),
+        }
+    }
+
+    /// A task by id, or else by name.
+    pub fn task(&self, key: &str) -> Result<Task, NodeError> {
+        let state = self.state();
+        state
+            .tasks
+            .get(&TaskId(key.to_owned()))
+            .map(Arc::as_ref)
+            .or_else(|| state.task_by_name(key))
+            .cloned()
+            .ok_or_else(|| NodeError::NotFound(format!("there is no task `{key}`")))
+    }
+
+    pub async fn create_task(&self, input: TaskInput) -> Result<Task, NodeError> {
+        let task = input.into_task(TaskId::generate(), Utc::now())?;
+        self.inner
+            .consensus
+            .propose(Change::PutTask(task.clone()))
+            .await?;
+        Ok(task)
+    }
+
+    pub async fn update_task(&self, key: &str, input: TaskInput) -> Result<Task, NodeError> {
+        let id = self.task(key)?.id;
+        let task = input.into_task(id, Utc::now())?;
+        self.inner
+            .consensus
+            .propose(Change::PutTask(task.clone()))
+            .await?;
+        Ok(task)
+    }
+
+    pub async fn remove_task(&self, key: &str) -> Result<Task, NodeError> {
+        let task = self.task(key)?;
+        self.inner
+            .consensus
+            .propose(Change::RemoveTask(task.id.clone()))
+            .await?;
+        Ok(task)
+    }
+
+    /// Execute now.
+    pub async fn execute(&self, key: &str) -> Result<Run, NodeError> {
+        let task = self.task(key)?;
+        self.inner
+            .scheduler
+            .request(task.id, Trigger::Manual)
+            .await
+            .map_err(NodeError::Unavailable)
+    }
+
+    /// Stops a queued or running run: at once when it runs here, else through the cluster
+    /// (the node running it stops it).
+    pub async fn stop_run(&self, id: &RunId) -> Result<Run, NodeError> {
+        let run = self.run(id).await?;
+        if self.active_runs().iter().any(|r| &r.id == id) {
+            self.inner.executor.stop(id).await;
+        } else if !run.status.is_final() {
+            self.inner
+                .consensus
+                .propose(Change::Stop(id.clone()))
+                .await?;
+        }
+        Ok(run)
+    }
+
+    /// Runs, newest first: this node's history, merged with the cluster's run ledger (runs on
+    /// other nodes, and runs waiting for a place). This node's own record of a run wins.
+    pub async fn runs(&self, query: RunQuery) -> Result<Vec<Run>, NodeError> {
+        let mut runs = self.inner.ledger.list(query.clone()).await?;
+        let state = self.state();
+        let known: std::collections::HashSet<RunId> = runs.iter().map(|r| r.id.clone()).collect();
+        runs.extend(
+            state
+                .runs
+                .values()
+                .map(Arc::as_ref)
+                .filter(|r| query.task.as_ref().is_none_or(|t| *t == r.task_id))
+                .filter(|r| query.before.as_ref().is_none_or(|b| r.id < *b))
+                .filter(|r| !known.contains(&r.id))
+                .cloned(),
+        );
+        runs.sort_by(|a, b| b.id.cmp(&a.id));
+        runs.truncate(query.limit);
+        Ok(runs)
+    }
+
+    pub fn active_runs(&self) -> Vec<Run> {
+        self.inner.ledger.active()
+    }
+
+    /// A run: this node's record, else the cluster's run ledger.
+    pub async fn run(&self, id: &RunId) -> Result<Run, NodeError> {
+        if let Some(run) = self.inner.ledger.get(id).await? {
+            return Ok(run);
+        }
+        self.state()
+            .runs
+            .get(id)
+            .map(|r| Run::clone(r))
+            .ok_or_else(|| NodeError::NotFound(format!("there is no run {id}")))
+    }
+
+    /// The run's log from byte `from` on (at most `max` bytes), or None when the file is gone
+    /// (deleted by retention, or the run never wrote one).
+    ///
+    /// A run that ran on another node is read from that node over the mesh.
+    pub async fn run_log(
+        &self,
+        id: &RunId,
+        from: u64,
+        max: usize,
+    ) -> Result<Option<Vec<u8>>, NodeError> {
+        let path: PathBuf = self.inner.logs.run_log(id);
+        let local = tokio::task::spawn_blocking(move || logs::read_from(&path, from, max))
+            .await
+            .map_err(|e| NodeError::Unavailable(e.to_string()))?
+            .map_err(|source| NodeError::Io {
+                context: "reading the run log".into(),
+                source,
+            })?;
+        if local.is_some() {
+            return Ok(local);
+        }
+        let elsewhere = self.state().runs.get(id).and_then(|r| r.node_id.clone());
+        let me = self.peers().this.peer_id;
+        match elsewhere {
+            Some(node) if Some(&node) != me.as_ref() => self.remote_log(id, &node, from, max).await,
+            _ => Ok(None),
+        }
+    }
+
+    async fn remote_log(
+        &self,
+        id: &RunId,
+        node: &str,
+        from: u64,
+        max: usize,
+    ) -> Result<Option<Vec<u8>>, NodeError> {
+        let unavailable = |why: String| {
+            NodeError::Unavailable(format!(
+                "the log of run {id} is on node {node}, which {why}"
+            ))
+        };
+        let peer: crate::mesh::PeerId = node
+            .parse()
+            .map_err(|_| unavailable("has no valid id".into()))?;
+        let mesh = self
+            .mesh()
+            .ok_or_else(|| unavailable("cannot be reached: the p2p endpoint is down".into()))?;
+        let request = crate::mesh::Request::RunLog {
+            run: id.to_string(),
+            from,
+            max: max.min(logs::LOG_PIECE) as u32,
+        };
+        match tokio::time::timeout(Duration::from_secs(5), mesh.request(peer, request)).await {
+            Ok(Ok(crate::mesh::Response::RunLog(piece))) => Ok(piece),
+            Ok(Ok(crate::mesh::Response::Error(e))) => Err(unavailable(format!("answered: {e}"))),
+            Ok(Ok(_)) => Err(unavailable("answered something else".into())),
+            Ok(Err(e)) => Err(unavailable(format!("cannot be reached: {e}"))),
+            Err(_) => Err(unavailable("did not answer within 5 s".into())),
+        }
+    }
+
+    /// All settings; secrets masked unless `reveal`.
+    pub fn settings(&self, reveal: bool) -> Settings {
+        let settings = Settings {
+            cluster: self.state().settings.clone(),
+            node: self.node_settings(),
+            exported_by: None,
+        };
+        if reveal { settings } else { settings.masked() }
+    }
+
+    /// Replaces all settings. Masked secrets keep their stored values while their destination
+    /// is unchanged (see [`Settings::unmask_from`]); otherwise the save is refused.
+    pub async fn put_settings(&self, mut settings: Settings) -> Result<Settings, NodeError> {
+        let current = self.settings(true);
+        settings.unmask_from(&current)?;
+        // A node always has a cluster key: a document without one keeps the current key.
+        if settings.node.cluster_key.is_none() {
+            settings.node.cluster_key = current.node.cluster_key.clone();
+        }
+        let mut errors = settings.check();
+        if let Some(path) = settings
+            .node
+            .log_path
+            .as_deref()
+            .filter(|p| p.is_absolute())
+        {
+            if let Err(e) = logs::check_log_path(path, nix::unistd::geteuid().as_raw()) {
+                errors.push(crate::model::FieldError::new(
+                    "node.log_path",
+                    e.to_string(),
+                ));
+            }
+        }
+        if !errors.is_empty() {
+            return Err(Invalid::new("the settings are not valid", errors).into());
+        }
+        let node = settings.node.clone();
+        let store = self
+            .inner
+            .store
+            .upgrade()
+            .ok_or_else(|| NodeError::Unavailable("the node has shut down".into()))?;
+        // A new key goes to its file (the store never holds it) before anything uses it.
+        let new_key = match &node.cluster_key {
+            Some(key) if node.cluster_key != current.node.cluster_key => Some(
+                key.parse::<crate::mesh::ClusterKey>()
+                    .map_err(|e| Invalid::field("node.cluster_key", e))?,
+            ),
+            _ => None,
+        };
+        let key_path = self.inner.config.cluster_key_path();
+        let write = node.clone();
+        tokio::task::spawn_blocking(move || -> Result<(), NodeError> {
+            if let Some(key) = new_key {
+                cluster_key::keep(&key_path, &key)?;
+            }
+            store.write(&[Write::NodeSettings(write)])?;
+            Ok(())
+        })
+        .await
+        .map_err(|e| NodeError::Unavailable(e.to_string()))??;
+        self.inner.node.send_replace(node);
+        self.inner
+            .consensus
+            .propose(Change::Settings(settings.cluster.clone()))
+            .await?;
+        let _ = self.inner.events.send(Event::State);
+        Ok(self.settings(false))
+    }
+
+    /// Imports a settings document (JSON text, as exported).
+    /// Imports a settings document. One exported by another node joins its mesh (see
+    /// [`Settings::joined_from`]); one from this node (or without origin) replaces everything.
+    pub async fn import_settings(&self, text: &str) -> Result<Settings, NodeError> {
+        let settings = Settings::parse(text)?;
+        let own_id = self.peers().this.peer_id;
+        let settings = match &settings.exported_by {
+            Some(origin) if Some(&origin.peer_id) != own_id.as_ref() => {
+                info!(from = %origin.name, "importing another node's settings: joining its mesh");
+                let current = self.settings(true);
+                // Masked secrets in the file keep this node's values, as with any save, and
+                // only for the destinations this node sends them to.
+                settings.joined_from(&current)?
+            }
+            _ => settings,
+        };
+        self.put_settings(Settings {
+            exported_by: None,
+            ..settings
+        })
+        .await
+    }
+
+    /// The settings as an export file: with the exporting node's identity and addresses.
+    pub fn export_settings(&self, reveal: bool) -> Settings {
+        let view = self.peers();
+        Settings {
+            exported_by: view.this.peer_id.map(|peer_id| crate::model::ExportOrigin {
+                peer_id,
+                name: view.this.name.clone(),
+                p2p_addrs: view.this.p2p_addrs.clone(),
+            }),
+            ..self.settings(reveal)
+        }
+    }
+
+    /// Why no live node can run `task`, if none can ("no live node has gpu=nvidia").
+    pub fn why_unplaceable(&self, task: &Task) -> Option<String> {
+        let peer_id = self.peers().this.peer_id.unwrap_or_default();
+        let this =
+            Candidate::this_node(&peer_id, &self.node_settings(), crate::mesh::load_average());
+        let peers = self.mesh().map(|m| m.peers()).unwrap_or_default();
+        let cluster = self.state().cluster.map(|c| c.id);
+        let live = placement::live(this, &peers, cluster);
+        placement::why_not(task, &live)
+    }
+
+    /// What the MySQL sink is doing: its target, runs waiting, the last error.
+    pub fn sink_status(&self) -> crate::sink::SinkStatus {
+        self.inner.sink.borrow().clone()
+    }
+
+    /// The p2p endpoint, while it runs.
+    pub fn mesh(&self) -> Option<crate::mesh::MeshHandle> {
+        self.inner.mesh.borrow().clone()
+    }
+
+    /// This node as the mesh sees it, and its live peers.
+    pub fn peers(&self) -> PeersView {
+        let mesh = self.inner.mesh.borrow().clone();
+        let settings = self.node_settings();
+        let key = settings
+            .cluster_key
+            .as_deref()
+            .and_then(|k| k.parse::<crate::mesh::ClusterKey>().ok());
+        let peers = mesh
+            .as_ref()
+            .map(|m| m.peers().as_ref().clone())
+            .unwrap_or_default();
+        PeersView {
+            this: ThisNode {
+                peer_id: mesh.as_ref().map(|m| m.local_peer_id().to_string()),
+                name: settings.name.clone(),
+                p2p_addrs: mesh
+                    .as_ref()
+                    .map(|m| m.listen_addrs().iter().map(ToString::to_string).collect())
+                    .unwrap_or_default(),
+                key_fingerprint: key.as_ref().map(crate::mesh::fingerprint),
+                dependencies: settings.fulfilled(),
+                mesh_up: mesh.is_some(),
+            },
+            cluster: self.inner.consensus.status(&peers, &settings.name),
+            peers,
+        }
+    }
+
+    /// Bytes used by this node's logs.
+    pub async fn log_disk_usage(&self) -> u64 {
+        let root = self.inner.logs.root().to_owned();
+        tokio::task::spawn_blocking(move || logs::disk_usage(&root))
+            .await
+            .unwrap_or(0)
+    }
+}
+
+/// The pages read the node through this (the UI crate knows only the trait).
+impl taskmesh_ui::NodeView for NodeHandle {
+    fn node_settings(&self) -> NodeSettings {
+        NodeHandle::node_settings(self)
+    }
+
+    fn settings(&self, reveal: bool) -> Settings {
+        NodeHandle::settings(self, reveal)
+    }
+
+    fn tasks(&self) -> Vec<Arc<Task>> {
+        self.state().tasks.values().cloned().collect()
+    }
+
+    fn channels(&self) -> Vec<String> {
+        self.state().settings.channels.keys().cloned().collect()
+    }
+
+    fn active_runs(&self) -> Vec<Run> {
+        NodeHandle::active_runs(self)
+    }
+
+    fn daemons(&self) -> BTreeMap<TaskId, DaemonStatus> {
+        NodeHandle::daemons(self)
+    }
+
+    fn why_unplaceable(&self, task: &Task) -> Option<String> {
+        NodeHandle::why_unplaceable(self, task)
+    }
+
+    async fn runs(&self, query: RunQuery) -> Result<Vec<Run>, String> {
+        NodeHandle::runs(self, query)
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    async fn run(&self, id: &RunId) -> Result<Option<Run>, String> {
+        match NodeHandle::run(self, id).await {
+            Ok(run) => Ok(Some(run)),
+            Err(NodeError::NotFound(_)) => Ok(None),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    fn health(&self) -> Health {
+        NodeHandle::health(self)
+    }
+
+    fn places(&self) -> taskmesh_ui::Places {
+        taskmesh_ui::Places {
+            listen: self.inner.config.listen.to_string(),
+            data_dir: self.inner.config.data_dir.display().to_string(),
+            log_path: self.inner.logs.root().display().to_string(),
+        }
+    }
+
+    async fn log_disk_usage(&self) -> u64 {
+        NodeHandle::log_disk_usage(self).await
+    }
+
+    fn sink_status(&self) -> crate::sink::SinkStatus {
+        NodeHandle::sink_status(self)
+    }
+
+    fn peers(&self) -> PeersView {
+        NodeHandle::peers(self)
+    }
+}

@@ -1,0 +1,50 @@
+//! The web UI: server-rendered pages (askama) with a little JavaScript that talks to the API.
+//!
+//! One module per page; each has a plain view model filled by its handler (`view_<page>_get`),
+//! so the templates can be rendered from sample data in tests. Every write goes through the JSON
+//! REST API from `static/app.js`.
+
+mod assets;
+mod login;
+mod node;
+mod node_view;
+mod peers;
+mod problem;
+mod run;
+mod settings;
+mod tasks;
+mod view;
+
+use axum::Router;
+use axum::routing::get;
+
+pub use login::LoginTemplate;
+pub use node_view::{NodeView, Places};
+
+pub fn router<N: NodeView>(node: N) -> Router {
+    Router::new()
+        .route("/", get(tasks::view_tasks_get::<N>))
+        .route("/index", get(tasks::view_tasks_get::<N>))
+        .route("/settings", get(settings::view_settings_get::<N>))
+        .route("/node", get(node::view_node_get::<N>))
+        .route("/peers", get(peers::view_peers_get::<N>))
+        .route("/runs/{id}", get(run::view_run_get::<N>))
+        .route("/static/app.css", get(assets::app_css))
+        .route("/static/app.js", get(assets::app_js))
+        .route("/static/favicon.svg", get(assets::favicon))
+        .fallback(view_not_found::<N>)
+        .with_state(node)
+}
+
+async fn view_not_found<N: NodeView>(
+    axum::extract::State(node): axum::extract::State<N>,
+    uri: axum::http::Uri,
+) -> axum::response::Response {
+    problem::ProblemTemplate::new(
+        view::Layout::new(&node, ""),
+        axum::http::StatusCode::NOT_FOUND,
+        "Not found",
+        format!("There is no page at {}.", uri.path()),
+    )
+    .respond()
+}

@@ -1,0 +1,31 @@
+//! The login page: the access token, or a one-time login link. The node's API module handles
+//! the form; this is only the page.
+
+use askama::Template;
+use askama_web::WebTemplate;
+
+#[derive(Template, WebTemplate)]
+#[template(path = "login.html")]
+pub struct LoginTemplate {
+    /// Where to go after logging in (a local path).
+    pub next: String,
+    pub error: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_login_page_escapes_next() {
+        let html = LoginTemplate {
+            next: "/\"><script>".into(),
+            error: Some("wrong".into()),
+        }
+        .render()
+        .expect("render");
+        assert!(html.contains("name=\"token\""));
+        assert!(!html.contains("<script>"));
+        assert!(html.contains("wrong"));
+    }
+}

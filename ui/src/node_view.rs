@@ -1,0 +1,46 @@
+//! What the pages read from a node: one trait, implemented by the running node and, in tests,
+//! by a fake with sample data.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::Arc;
+
+use taskmesh_core::model::{NodeSettings, Run, RunId, Settings, Task, TaskId};
+use taskmesh_core::view::{DaemonStatus, Health, PeersView, RunQuery, SinkStatus};
+
+/// Where this node keeps things, for `/node`.
+#[derive(Debug, Clone, Default)]
+pub struct Places {
+    /// The address the UI listens on.
+    pub listen: String,
+    pub data_dir: String,
+    pub log_path: String,
+}
+
+/// A node as the pages see it. Reads only: every write goes through the JSON API.
+pub trait NodeView: Clone + Send + Sync + 'static {
+    /// This node's own settings.
+    fn node_settings(&self) -> NodeSettings;
+    /// The cluster's settings; secrets masked unless `reveal`.
+    fn settings(&self, reveal: bool) -> Settings;
+    /// Every task, in list order.
+    fn tasks(&self) -> Vec<Arc<Task>>;
+    /// The names of the notification channels.
+    fn channels(&self) -> Vec<String>;
+    /// Unfinished runs across the cluster.
+    fn active_runs(&self) -> Vec<Run>;
+    /// The always-tasks this node supervises.
+    fn daemons(&self) -> BTreeMap<TaskId, DaemonStatus>;
+    /// Why no live node can run `task`, if none can.
+    fn why_unplaceable(&self, task: &Task) -> Option<String>;
+    /// Runs, newest first; the error says why they could not be read.
+    fn runs(&self, query: RunQuery) -> impl Future<Output = Result<Vec<Run>, String>> + Send;
+    /// One run; `Ok(None)` when there is no such run.
+    fn run(&self, id: &RunId) -> impl Future<Output = Result<Option<Run>, String>> + Send;
+    fn health(&self) -> Health;
+    fn places(&self) -> Places;
+    /// Bytes the run logs take on disk.
+    fn log_disk_usage(&self) -> impl Future<Output = u64> + Send;
+    fn sink_status(&self) -> SinkStatus;
+    fn peers(&self) -> PeersView;
+}

@@ -1,0 +1,460 @@
+//! The task list (`/` and `/index`): one row per task that expands into its editable panel.
+
+use askama::Template;
+use askama_web::WebTemplate;
+use axum::extract::State;
+use chrono::{DateTime, Utc};
+
+use super::view::{Layout, RunSummary};
+use crate::NodeView;
+use taskmesh_core::model::{Action, CatchUp, Placement, Run, Task, When};
+use taskmesh_core::view::DaemonStatus;
+use taskmesh_core::view::RunQuery;
+
+/// What a new task's JSON box starts with.
+pub const NEW_SPEC: &str = "{\n  \"command\": [\"echo\", \"hello\"],\n  \"dependencies\": [],\n  \"parameters\": {},\n  \"priority\": 0\n}";
+
+/// Offered in the timezone input; any IANA name is accepted.
+pub const TIMEZONES: &[&str] = &[
+    "UTC",
+    "Europe/Berlin",
+    "Europe/London",
+    "Europe/Paris",
+    "Europe/Vienna",
+    "Europe/Zurich",
+    "Europe/Amsterdam",
+    "Europe/Madrid",
+    "Europe/Rome",
+    "Europe/Stockholm",
+    "Europe/Warsaw",
+    "Europe/Helsinki",
+    "Europe/Moscow",
+    "America/New_York",
+    "America/Chicago",
+    "America/Denver",
+    "America/Los_Angeles",
+    "America/Sao_Paulo",
+    "America/Toronto",
+    "Asia/Tokyo",
+    "Asia/Shanghai",
+    "Asia/Kolkata",
+    "Asia/Singapore",
+    "Asia/Dubai",
+    "Australia/Sydney",
+    "Pacific/Auckland",
+    "Africa/Johannesburg",
+];
+
+#[derive(Template, WebTemplate)]
+#[template(path = "tasks.html")]
+pub struct TasksTemplate {
+    pub layout: Layout,
+    pub rows: Vec<TaskRow>,
+    /// The panel that "New Task" clones.
+    pub new_panel: TaskPanel,
+    /// The rule row that "Add rule" clones.
+    pub blank_rule: RuleView,
+    /// For the "run another task" rule argument.
+    pub task_names: Vec<String>,
+    /// For the "notify" rule argument.
+    pub channels: Vec<String>,
+    pub timezones: &'static [&'static str],
+}
+
+/// One task's row: its summary and its (collapsed) panel.
+#[derive(Debug, Clone)]
+pub struct TaskRow {
+    pub id: String,
+    pub name: String,
+    /// "manual", "always", "cron */5 * * * * (Europe/Berlin)".
+    pub when_text: String,
+    pub enabled: bool,
+    pub last_run: Option<RunSummary>,
+    pub state: StateView,
+    /// Where it runs (or ran last).
+    pub node: String,
+    /// Why no live node can run it, when none can.
+    pub unplaceable: Option<String>,
+    pub panel: TaskPanel,
+}
+
+/// The state cell: running now, crash loop, restarting, or idle.
+#[derive(Debug, Clone)]
+pub struct StateView {
+    pub label: String,
+    /// CSS class: running, queued, crash, waiting, idle.
+    pub class: &'static str,
+    pub detail: String,
+    /// The run to link to, when one is active.
+    pub run_id: Option<String>,
+}
+
+/// The editable panel, as the form shows it.
+#[derive(Debug, Clone)]
+pub struct TaskPanel {
+    /// Unique within the page; names the radio group.
+    pub key: String,
+    /// Empty for a task not saved yet.
+    pub id: String,
+    pub name: String,
+    pub spec_text: String,
+    /// manual, always or cron.
+    pub mode: &'static str,
+    pub schedule: String,
+    pub timezone: String,
+    /// one, all or none.
+    pub catch_up: &'static str,
+    pub placement: &'static str,
+    pub rules: Vec<RuleView>,
+    pub enabled: bool,
+}
+
+/// One exit-code rule row.
+#[derive(Debug, Clone)]
+pub struct RuleView {
+    pub on: String,
+    /// retry, notify, run or disable.
+    pub action: &'static str,
+    /// The channel (notify) or task name (run).
+    pub arg: String,
+}
+
+impl RuleView {
+    pub fn blank() -> Self {
+        Self {
+            on: "!0".into(),
+            action: "retry",
+            arg: String::new(),
+        }
+    }
+}
+
+pub fn when_text(when: &When) -> String {
+    match when {
+        When::Manual => "manual".into(),
+        When::Always => "always".into(),
+        When::Cron {
+            schedule, timezone, ..
+        } => format!("cron {schedule} ({timezone})"),
+    }
+}
+
+impl TaskPanel {
+    pub fn of(task: &Task) -> Self {
+        let (mode, schedule, timezone, catch_up) = match &task.when {
+            When::Manual => ("manual", String::new(), "UTC".to_owned(), CatchUp::One),
+            When::Always => ("always", String::new(), "UTC".to_owned(), CatchUp::One),
+            When::Cron {
+                schedule,
+                timezone,
+                catch_up,
+            } => ("cron", schedule.clone(), timezone.clone(), *catch_up),
+        };
+        Self {
+            key: task.id.to_string(),
+            id: task.id.to_string(),
+            name: task.name.clone(),
+            spec_text: serde_json::to_string_pretty(&task.spec).unwrap_or_else(|_| "{}".into()),
+            mode,
+            schedule,
+            timezone,
+            catch_up: match catch_up {
+                CatchUp::One => "one",
+                CatchUp::All => "all",
+                CatchUp::None => "none",
+            },
+            placement: match task.placement {
+                Placement::One => "one",
+                Placement::All => "all",
+            },
+            rules: task
+                .exit_rules
+                .iter()
+                .map(|rule| {
+                    let (action, arg) = match &rule.action {
+                        Action::Retry => ("retry", String::new()),
+                        Action::Notify { channel } => ("notify", channel.clone()),
+                        Action::Run { task } => ("run", task.clone()),
+                        Action::Disable => ("disable", String::new()),
+                    };
+                    RuleView {
+                        on: rule.on.to_string(),
+                        action,
+                        arg,
+                    }
+                })
+                .collect(),
+            enabled: task.enabled,
+        }
+    }
+
+    /// What "New Task" appends.
+    pub fn blank() -> Self {
+        Self {
+            key: "new".into(),
+            id: String::new(),
+            name: String::new(),
+            spec_text: NEW_SPEC.into(),
+            mode: "manual",
+            schedule: "*/5 * * * *".into(),
+            timezone: "UTC".into(),
+            catch_up: "one",
+            placement: "one",
+            rules: Vec::new(),
+            enabled: true,
+        }
+    }
+}
+
+impl TaskRow {
+    /// A row from the task, its newest run, its active run on this node and its supervision.
+    pub fn new(
+        task: &Task,
+        last: Option<&Run>,
+        active: Option<&Run>,
+        daemon: Option<&DaemonStatus>,
+        now: DateTime<Utc>,
+    ) -> Self {
+        let last_run = last.map(|run| RunSummary::of(run, now));
+        let restarts = |d: &DaemonStatus| match d.restarts {
+            0 => String::new(),
+            1 => "1 restart".into(),
+            n => format!("{n} restarts"),
+        };
+        let state = match (active, daemon) {
+            (Some(run), daemon) => StateView {
+                label: if run.status.as_str() == "queued" {
+                    "queued".into()
+                } else {
+                    "running now".into()
+                },
+                class: if run.status.as_str() == "queued" {
+                    "queued"
+                } else {
+                    "running"
+                },
+                detail: daemon.map(restarts).unwrap_or_default(),
+                run_id: Some(run.id.to_string()),
+            },
+            (None, Some(d)) if d.crash_loop => StateView {
+                label: "crash loop".into(),
+                class: "crash",
+                detail: [
+                    restarts(d),
+                    d.restart_in_ms
+                        .map(|ms| format!("next start in {}", wait(ms)))
+                        .unwrap_or_default(),
+                ]
+                .into_iter()
+                .filter(|s| !s.is_empty())
+                .collect::<Vec<_>>()
+                .join(" · "),
+                run_id: None,
+            },
+            (None, Some(d)) if d.restart_in_ms.is_some() => StateView {
+                label: "restarting".into(),
+                class: "waiting",
+                detail: format!("in {}", wait(d.restart_in_ms.unwrap_or(0))),
+                run_id: None,
+            },
+            _ => StateView {
+                label: "idle".into(),
+                class: "idle",
+                detail: String::new(),
+                run_id: None,
+            },
+        };
+        Self {
+            id: task.id.to_string(),
+            name: task.name.clone(),
+            when_text: when_text(&task.when),
+            enabled: task.enabled,
+            node: active.or(last).map(|r| r.node.clone()).unwrap_or_default(),
+            unplaceable: None,
+            last_run,
+            state,
+            panel: TaskPanel::of(task),
+        }
+    }
+}
+
+fn wait(ms: u64) -> String {
+    if ms < 1000 {
+        format!("{ms} ms")
+    } else {
+        format!("{} s", ms.div_ceil(1000))
+    }
+}
+
+pub async fn view_tasks_get<N: NodeView>(State(node): State<N>) -> TasksTemplate {
+    let tasks = node.tasks();
+    let active = node.active_runs();
+    let daemons = node.daemons();
+    let now = Utc::now();
+    let mut rows = Vec::with_capacity(tasks.len());
+    for task in &tasks {
+        // The newest run anywhere: this node's history and the cluster's run ledger.
+        let last = node
+            .runs(RunQuery {
+                task: Some(task.id.clone()),
+                before: None,
+                limit: 1,
+            })
+            .await
+            .unwrap_or_else(|e| {
+                tracing::warn!(task = %task.id, error = %e, "reading the last run");
+                Vec::new()
+            });
+        let running = active.iter().find(|r| r.task_id == task.id);
+        let mut row = TaskRow::new(task, last.first(), running, daemons.get(&task.id), now);
+        row.unplaceable = node.why_unplaceable(task);
+        rows.push(row);
+    }
+    TasksTemplate {
+        layout: Layout::new(&node, "tasks"),
+        task_names: tasks.iter().map(|t| t.name.clone()).collect(),
+        channels: node.channels(),
+        rows,
+        new_panel: TaskPanel::blank(),
+        blank_rule: RuleView::blank(),
+        timezones: TIMEZONES,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::view::sample::{self, EVIL};
+    use taskmesh_core::model::{ExitRule, RunStatus, Spec, TaskId};
+
+    fn task(name: &str, when: When) -> Task {
+        Task {
+            id: TaskId(format!("t-{name}")),
+            name: name.into(),
+            spec: Spec {
+                shell: Some("echo hi".into()),
+                dependencies: vec!["python3".into()],
+                ..Spec::default()
+            },
+            when,
+            placement: Placement::One,
+            exit_rules: vec![
+                ExitRule {
+                    on: "!0".parse().expect("match"),
+                    action: Action::Retry,
+                },
+                ExitRule {
+                    on: "1-5".parse().expect("match"),
+                    action: Action::Notify {
+                        channel: "ops".into(),
+                    },
+                },
+            ],
+            enabled: true,
+            updated_at: sample::now(),
+        }
+    }
+
+    fn page(rows: Vec<TaskRow>) -> String {
+        TasksTemplate {
+            layout: Layout::named("node-a", "tasks"),
+            task_names: rows.iter().map(|r| r.name.clone()).collect(),
+            channels: vec!["ops".into()],
+            rows,
+            new_panel: TaskPanel::blank(),
+            blank_rule: RuleView::blank(),
+            timezones: TIMEZONES,
+        }
+        .render()
+        .expect("render")
+    }
+
+    #[test]
+    fn renders_rows_panels_and_controls() {
+        let now = sample::now();
+        let backup = task(
+            "backup",
+            When::Cron {
+                schedule: "*/5 * * * *".into(),
+                timezone: "Europe/Berlin".into(),
+                catch_up: CatchUp::All,
+            },
+        );
+        let last = sample::run("backup", RunStatus::Failed);
+        let daemon = task("web", When::Always);
+        let crash = DaemonStatus {
+            restarts: 7,
+            quick_exits: 5,
+            crash_loop: true,
+            restart_in_ms: Some(4000),
+            ..DaemonStatus::default()
+        };
+        let html = page(vec![
+            TaskRow::new(&backup, Some(&last), None, None, now),
+            TaskRow::new(&daemon, None, None, Some(&crash), now),
+        ]);
+        for needle in [
+            "id=\"new-task\"",
+            ">New Task<",
+            "id=\"task-t-backup\"",
+            ">backup<",
+            "cron */5 * * * * (Europe/Berlin)",
+            "href=\"/runs/0123456789abcdef0123456789abcdef\"",
+            "badge s-failed",
+            "crash loop",
+            "7 restarts",
+            "value=\"manual\"",
+            "value=\"always\"",
+            "value=\"cron\"",
+            "@reboot",
+            "id=\"tz-list\"",
+            "<option value=\"Europe/Berlin\">",
+            "value=\"1-5\"",
+            "value=\"ops\"",
+            "Add rule",
+            ">Save<",
+            ">Execute now<",
+            ">Remove<",
+            "node-a",
+        ] {
+            assert!(html.contains(needle), "missing {needle}");
+        }
+        // The cron panel has its cron radio checked and catch-up "all" selected.
+        assert!(html.contains("value=\"cron\" checked"), "cron checked");
+        assert!(html.contains("<option value=\"all\" selected>"), "catch-up");
+        // The spec is pretty JSON in the text box (quotes escaped for HTML).
+        assert!(
+            html.contains("&#34;shell&#34;: &#34;echo hi&#34;"),
+            "spec text"
+        );
+    }
+
+    #[test]
+    fn user_text_is_escaped() {
+        let mut evil = task(EVIL, When::Manual);
+        evil.spec.shell = Some(EVIL.into());
+        evil.exit_rules[1].action = Action::Run { task: EVIL.into() };
+        let html = page(vec![TaskRow::new(&evil, None, None, None, sample::now())]);
+        assert!(!html.contains(EVIL), "raw user text in the page");
+        assert!(html.contains("&#60;script&#62;alert(1)&#60;/script&#62;"));
+    }
+
+    #[test]
+    fn a_task_no_node_can_run_says_why() {
+        let mut row = TaskRow::new(&Task::sample("t", "train"), None, None, None, sample::now());
+        row.unplaceable = Some(format!("no live node has {EVIL}"));
+        let html = page(vec![row]);
+        assert!(
+            html.contains("class=\"field-error small unplaceable\">no live node has "),
+            "{html}"
+        );
+        assert!(!html.contains(EVIL), "escaped");
+    }
+
+    #[test]
+    fn an_empty_list_invites_a_new_task() {
+        let html = page(Vec::new());
+        assert!(html.contains("No tasks yet"));
+        assert!(html.contains("id=\"new-task-template\""));
+    }
+}
