@@ -136,7 +136,6 @@ mod tests {
     use std::os::unix::fs::PermissionsExt;
 
     use super::*;
-    use crate::store::Store;
 
     struct Case {
         name: &'static str,
@@ -283,87 +282,5 @@ mod tests {
         })
         .expect_err("missing");
         assert!(error.to_string().contains("nope.key"), "{error}");
-    }
-
-    fn config(dir: &Path) -> crate::Config {
-        crate::Config {
-            data_dir: dir.join("data"),
-            ..crate::Config::default()
-        }
-    }
-
-    fn file_holds(path: &Path, needle: &[u8]) -> bool {
-        crate::store::file_holds(path, needle).expect("read")
-    }
-
-    #[test]
-    fn an_older_databases_key_moves_to_its_file_and_leaves_the_database() {
-        let dir = tempfile::tempdir().expect("tmp");
-        let config = config(dir.path());
-        std::fs::create_dir_all(&config.data_dir).expect("mkdir");
-        let key = ClusterKey::generate().expect("key");
-        {
-            let store = crate::store::RedbStore::open(&config.db_path()).expect("open");
-            store.put_node_settings_with_key(&crate::model::NodeSettings {
-                name: "old".into(),
-                cluster_key: Some(key.to_string()),
-                ..Default::default()
-            });
-            store
-                .write(&[crate::store::Write::Cluster(Some(
-                    crate::model::ClusterIdentity {
-                        id: 1,
-                        merged_into: None,
-                    },
-                ))])
-                .expect("cluster");
-        }
-        assert!(file_holds(&config.db_path(), key.to_string().as_bytes()));
-        let (store, settings) = crate::server::storage::open_data(&config).expect("start");
-        drop(store);
-        assert_eq!(
-            settings.cluster_key,
-            Some(key.to_string()),
-            "the key is kept"
-        );
-        assert_eq!(settings.name, "old");
-        let kept = config.cluster_key_path();
-        assert_eq!(
-            std::fs::read_to_string(&kept).expect("key file").trim(),
-            key.to_string()
-        );
-        let mode = std::fs::metadata(&kept).expect("stat").permissions().mode();
-        assert_eq!(mode & 0o777, 0o600);
-        assert!(!file_holds(&config.db_path(), key.to_string().as_bytes()));
-        assert!(!file_holds(&config.db_path(), &key.bytes()));
-        // The next start finds it in the file.
-        let (_, again) = crate::server::storage::open_data(&config).expect("restart");
-        assert_eq!(again.cluster_key, Some(key.to_string()));
-    }
-
-    #[test]
-    fn a_database_of_a_cluster_member_without_its_key_file_refuses_to_start() {
-        let dir = tempfile::tempdir().expect("tmp");
-        let config = config(dir.path());
-        let (store, _) = crate::server::storage::open_data(&config).expect("first start");
-        store
-            .write(&[crate::store::Write::Cluster(Some(
-                crate::model::ClusterIdentity {
-                    id: 1,
-                    merged_into: None,
-                },
-            ))])
-            .expect("cluster");
-        drop(store);
-        std::fs::remove_file(config.cluster_key_path()).expect("rm key");
-        let error = crate::server::storage::open_data(&config)
-            .map(|_| ())
-            .expect_err("refused");
-        let text = error.to_string();
-        assert!(
-            text.contains(&config.cluster_key_path().display().to_string())
-                && text.contains("missing"),
-            "{text}"
-        );
     }
 }

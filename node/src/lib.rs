@@ -10,6 +10,7 @@ pub mod config;
 pub mod executor;
 pub mod handle;
 pub mod https_client;
+mod layers;
 pub mod ledger;
 pub mod logs;
 pub mod notify;

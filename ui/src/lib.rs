@@ -5,6 +5,8 @@
 //! REST API from `static/app.js`.
 
 mod assets;
+#[cfg(test)]
+mod fake;
 mod login;
 mod node;
 mod node_view;

@@ -1,0 +1,213 @@
+//! A node made of sample data, and render tests of every page through the router: the pages
+//! know the node only through [`NodeView`], so this is all they need.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use tower::ServiceExt;
+
+use crate::view::sample::{self, EVIL};
+use crate::{NodeView, Places};
+use taskmesh_core::model::{NodeSettings, Run, RunId, RunStatus, Settings, Task, TaskId};
+use taskmesh_core::view::{
+    ClusterStatus, DaemonStatus, Health, PeersView, RunQuery, SinkStatus, ThisNode,
+};
+
+#[derive(Clone)]
+struct FakeNode {
+    tasks: Vec<Arc<Task>>,
+    runs: Vec<Run>,
+    /// `runs` and `run` answer this error instead.
+    broken: Option<String>,
+}
+
+impl FakeNode {
+    fn new() -> Self {
+        let mut failed = sample::run("backup", RunStatus::Failed);
+        failed.node = "node-a".into();
+        Self {
+            tasks: vec![
+                Arc::new(Task::sample("t-backup", "backup")),
+                Arc::new(Task::sample("t-clean", "clean")),
+                Arc::new(Task::sample("t-evil", EVIL)),
+            ],
+            runs: vec![failed],
+            broken: None,
+        }
+    }
+
+    fn settings() -> NodeSettings {
+        NodeSettings {
+            name: "node-a".into(),
+            ..NodeSettings::default()
+        }
+    }
+}
+
+impl NodeView for FakeNode {
+    fn node_settings(&self) -> NodeSettings {
+        Self::settings()
+    }
+
+    fn settings(&self, _reveal: bool) -> Settings {
+        Settings {
+            node: Self::settings(),
+            ..Settings::default()
+        }
+    }
+
+    fn tasks(&self) -> Vec<Arc<Task>> {
+        self.tasks.clone()
+    }
+
+    fn channels(&self) -> Vec<String> {
+        vec!["ops".into()]
+    }
+
+    fn active_runs(&self) -> Vec<Run> {
+        Vec::new()
+    }
+
+    fn daemons(&self) -> BTreeMap<TaskId, DaemonStatus> {
+        BTreeMap::new()
+    }
+
+    fn why_unplaceable(&self, task: &Task) -> Option<String> {
+        (task.name == "clean").then(|| "no live node has gpu".into())
+    }
+
+    async fn runs(&self, query: RunQuery) -> Result<Vec<Run>, String> {
+        if let Some(e) = &self.broken {
+            return Err(e.clone());
+        }
+        Ok(self
+            .runs
+            .iter()
+            .filter(|r| query.task.as_ref().is_none_or(|t| *t == r.task_id))
+            .take(query.limit)
+            .cloned()
+            .collect())
+    }
+
+    async fn run(&self, id: &RunId) -> Result<Option<Run>, String> {
+        if let Some(e) = &self.broken {
+            return Err(e.clone());
+        }
+        Ok(self.runs.iter().find(|r| r.id == *id).cloned())
+    }
+
+    fn health(&self) -> Health {
+        Health {
+            status: "ok",
+            node: "node-a".into(),
+            version: "0.0.0",
+            started_at: sample::now(),
+            tasks: self.tasks.len(),
+            active_runs: 0,
+        }
+    }
+
+    fn places(&self) -> Places {
+        Places {
+            listen: "127.0.0.1:8080".into(),
+            data_dir: "/var/lib/taskmesh".into(),
+            log_path: "/var/lib/taskmesh/logs".into(),
+        }
+    }
+
+    async fn log_disk_usage(&self) -> u64 {
+        4096
+    }
+
+    fn sink_status(&self) -> SinkStatus {
+        SinkStatus::default()
+    }
+
+    fn peers(&self) -> PeersView {
+        PeersView {
+            this: ThisNode {
+                peer_id: Some("12D3KooWfake".into()),
+                name: "node-a".into(),
+                p2p_addrs: vec![],
+                key_fingerprint: Some("f1ng3rpr1nt".into()),
+                dependencies: vec![],
+                mesh_up: true,
+            },
+            peers: vec![],
+            cluster: ClusterStatus {
+                cluster: Some("c0ffee".into()),
+                role: "leader",
+                term: 1,
+                leader: Some("12D3KooWfake".into()),
+                members: vec![],
+                last_log: Some(1),
+                snapshot: None,
+                purged: None,
+            },
+        }
+    }
+}
+
+/// The page at `path` as rendered by the router over `node`: status and body.
+async fn page(node: FakeNode, path: &str) -> (StatusCode, String) {
+    let response = crate::router(node)
+        .oneshot(Request::get(path).body(Body::empty()).expect("request"))
+        .await
+        .expect("response");
+    let status = response.status();
+    let bytes = axum::body::to_bytes(response.into_body(), 1 << 24)
+        .await
+        .expect("body");
+    (status, String::from_utf8(bytes.to_vec()).expect("utf-8"))
+}
+
+#[tokio::test]
+async fn every_page_renders_what_the_node_tells() {
+    let run = sample::run("backup", RunStatus::Failed).id.0;
+    let cases: &[(&str, &[&str])] = &[
+        ("/", &["backup", "clean", "no live node has gpu", "node-a"]),
+        ("/settings", &["node-a", "f1ng3rpr1nt"]),
+        (
+            "/node",
+            &["127.0.0.1:8080", "/var/lib/taskmesh/logs", "4.0 KiB"],
+        ),
+        ("/peers", &["12D3KooWfake", "leader"]),
+        (&format!("/runs/{run}"), &["backup", "failed"]),
+    ];
+    for (path, expected) in cases {
+        let (status, html) = page(FakeNode::new(), path).await;
+        assert_eq!(status, StatusCode::OK, "{path}");
+        for text in *expected {
+            assert!(html.contains(text), "{path} lacks {text:?}");
+        }
+        assert!(!html.contains(EVIL), "{path} shows unescaped markup");
+    }
+}
+
+#[tokio::test]
+async fn missing_and_unreadable_runs_are_told_apart() {
+    let unknown = "f".repeat(32);
+    let (status, html) = page(FakeNode::new(), &format!("/runs/{unknown}")).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert!(html.contains("There is no run"), "{html}");
+
+    let (status, _) = page(FakeNode::new(), "/runs/not-an-id").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+
+    let broken = FakeNode {
+        broken: Some("the history is unreadable".into()),
+        ..FakeNode::new()
+    };
+    let (status, html) = page(broken, &format!("/runs/{unknown}")).await;
+    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+    assert!(html.contains("the history is unreadable"), "{html}");
+}
+
+#[tokio::test]
+async fn an_unknown_path_is_a_page_not_found() {
+    let (status, html) = page(FakeNode::new(), "/no/such/page").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert!(html.contains("/no/such/page"));
+}
