@@ -4,7 +4,7 @@
 //! docs/ARCHITECTURE.md explains the layers.
 
 /// The workspace's crates, lowest first, each with the taskmesh crates it may depend on.
-pub const CRATES: &[(&str, &[&str])] = &[
+const CRATES: &[(&str, &[&str])] = &[
     ("core", &[]),
     ("mesh", &["taskmesh-core"]),
     ("store", &["taskmesh-core"]),
@@ -27,7 +27,7 @@ pub const CRATES: &[(&str, &[&str])] = &[
 
 /// This crate's own modules, lowest first: a module may use the ones before it (and the lower
 /// crates, re-exported at the root), never one after it.
-pub const NODE_MODULES: &[&str] = &[
+const NODE_MODULES: &[&str] = &[
     "process_setup",
     "https_client",
     "cluster_key",

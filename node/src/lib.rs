@@ -10,6 +10,7 @@ pub mod config;
 pub mod executor;
 pub mod handle;
 pub mod https_client;
+#[cfg(test)]
 mod layers;
 pub mod ledger;
 pub mod logs;
