@@ -11,6 +11,7 @@ use crate::consensus::State;
 use crate::events::{Event, Events};
 use crate::logs::LogPaths;
 use crate::model::{Outcome, Run, RunId};
+use crate::reports::Reports;
 use crate::sink::Outbox;
 use crate::store::{RunQuery, Store, StoreError};
 
@@ -29,7 +30,7 @@ pub struct RunLedger {
     store: Weak<dyn Store>,
     events: Events,
     /// Every change also goes to the cluster's run ledger (through the run reporter).
-    report: mpsc::UnboundedSender<Run>,
+    report: Reports,
 }
 
 impl RunLedger {
@@ -40,7 +41,7 @@ impl RunLedger {
         events: Events,
         state: watch::Receiver<Arc<State>>,
         logs: LogPaths,
-        report: mpsc::UnboundedSender<Run>,
+        report: Reports,
         outbox: Outbox,
     ) -> Result<(Self, tokio::task::JoinHandle<()>), StoreError> {
         let keep = state.borrow().settings.history_per_task;
@@ -73,7 +74,7 @@ impl RunLedger {
             );
         }
         for run in orphans {
-            let _ = report.send(run);
+            report.push(run);
         }
         let (tx, rx) = mpsc::channel(4096);
         let live = Arc::new(RwLock::new(HashMap::new()));
@@ -106,7 +107,7 @@ impl RunLedger {
             .expect("ledger lock")
             .insert(run.id.clone(), run.clone());
         let _ = self.events.send(Event::Run(Arc::new(run.clone())));
-        let _ = self.report.send(run.clone());
+        self.report.push(run.clone());
         if self
             .writes
             .send(Msg::Put(Box::new(run.clone())))

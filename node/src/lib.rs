@@ -16,6 +16,7 @@ pub mod ledger;
 pub mod logs;
 pub mod notify;
 pub mod process_setup;
+pub mod reports;
 pub mod scheduler;
 pub mod server;
 pub mod sink;

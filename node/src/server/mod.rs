@@ -302,7 +302,7 @@ struct History {
 /// MySQL sink. Each has its own stop, so that the last runs' ends still reach them.
 async fn start_history(storage: &Storage, replication: &Replication) -> Result<History, NodeError> {
     let consensus = &replication.consensus;
-    let (report_tx, report_rx) = mpsc::unbounded_channel();
+    let reports = crate::reports::Reports::default();
     let outbox = {
         let db = storage.redb.database();
         tokio::task::spawn_blocking(move || crate::sink::Outbox::open(db))
@@ -315,7 +315,7 @@ async fn start_history(storage: &Storage, replication: &Replication) -> Result<H
         storage.events.clone(),
         consensus.subscribe(),
         storage.logs.clone(),
-        report_tx,
+        reports.clone(),
         outbox.clone(),
     )
     .await?;
@@ -337,7 +337,7 @@ async fn start_history(storage: &Storage, replication: &Replication) -> Result<H
     let reporting = CancellationToken::new();
     let reporter = tokio::spawn(
         run_report::RunReporter {
-            runs: report_rx,
+            runs: reports,
             consensus: consensus.clone(),
             cancel: reporting.clone(),
         }

@@ -10,21 +10,18 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::consensus::{Change, Consensus, ProposeError};
 use crate::model::{Run, RunId};
+use crate::reports::{Reports, bound};
 
 /// After a failed proposal, the next try comes this much later.
 const RETRY: Duration = Duration::from_secs(1);
-/// At most this many runs wait; beyond it the oldest finished ones are dropped from the report
-/// (each node keeps its own full history regardless).
-const MAX_PENDING: usize = 10_000;
 
 pub(super) struct RunReporter {
-    pub runs: mpsc::UnboundedReceiver<Run>,
+    pub runs: Reports,
     pub consensus: Consensus,
     pub cancel: CancellationToken,
 }
@@ -44,18 +41,11 @@ impl RunReporter {
                 tokio::select! {
                     _ = self.cancel.cancelled() => break true,
                     _ = async { tokio::time::sleep_until(retry_at.expect("set")).await }, if retry_at.is_some() => break false,
-                    run = self.runs.recv() => match run {
-                        Some(run) => {
-                            pending.insert(run.id.clone(), run);
-                        }
-                        None => break true,
-                    },
+                    _ = self.runs.arrived() => pending.extend(self.runs.take()),
                 }
             };
             // Everything that arrived meanwhile goes in this proposal.
-            while let Ok(run) = self.runs.try_recv() {
-                pending.insert(run.id.clone(), run);
-            }
+            pending.extend(self.runs.take());
             if !pending.is_empty() {
                 pending = self.report(pending, &mut failing).await;
             }
@@ -93,19 +83,16 @@ impl RunReporter {
         let proposal = self.consensus.propose(Change::Runs(batch));
         tokio::pin!(proposal);
         let mut arrived = BTreeMap::new();
-        let mut buffer = Vec::new();
         let result = loop {
             tokio::select! {
                 result = &mut proposal => break result,
-                n = self.runs.recv_many(&mut buffer, 1024) => {
-                    if n == 0 {
-                        break (&mut proposal).await;
-                    }
+                _ = self.runs.arrived() => {
+                    let batch = self.runs.take();
                     if !*failing && self.runs_wait_for_slots() {
-                        let ended = buffer.iter().filter(|r| r.status.is_final());
+                        let ended = batch.values().filter(|r| r.status.is_final());
                         self.consensus.hint_ended(ended.map(|r| r.id.clone()).collect());
                     }
-                    arrived.extend(buffer.drain(..).map(|r| (r.id.clone(), r)));
+                    arrived.extend(batch);
                 }
             }
         };
@@ -125,30 +112,6 @@ impl RunReporter {
                 pending.extend(arrived);
                 pending
             }
-        }
-    }
-}
-
-/// Keeps at most [`MAX_PENDING`] runs: unfinished ones first, then the newest finished ones.
-fn bound(pending: &mut BTreeMap<RunId, Run>) {
-    let mut excess = pending.len().saturating_sub(MAX_PENDING);
-    if excess == 0 {
-        return;
-    }
-    let oldest_finished: Vec<RunId> = pending
-        .values()
-        .filter(|r| r.status.is_final())
-        .map(|r| r.id.clone())
-        .take(excess)
-        .collect();
-    excess -= oldest_finished.len();
-    for id in oldest_finished {
-        pending.remove(&id);
-    }
-    if excess > 0 {
-        let oldest: Vec<RunId> = pending.keys().take(excess).cloned().collect();
-        for id in oldest {
-            pending.remove(&id);
         }
     }
 }
