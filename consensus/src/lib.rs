@@ -121,6 +121,7 @@ impl Consensus {
 
     /// Commits `change` through the leader; returns once this node has applied it. Fails with
     /// [`ProposeError::NoQuorum`] within [`PROPOSE_TIMEOUT`] when no majority confirms it.
+    #[tracing::instrument(level = "debug", skip_all, fields(change = change.kind()))]
     pub async fn propose(&self, change: Change) -> Result<(), ProposeError> {
         let index = self.commit(None, change).await?;
         let remaining = PROPOSE_TIMEOUT;

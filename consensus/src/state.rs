@@ -96,6 +96,23 @@ pub enum Change {
 }
 
 impl Change {
+    /// The change's name, for logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Change::PutTask(_) => "put_task",
+            Change::RemoveTask(_) => "remove_task",
+            Change::Settings(_) => "settings",
+            Change::Fire { .. } => "fire",
+            Change::SetEnabled { .. } => "set_enabled",
+            Change::Found { .. } => "found",
+            Change::Adopt { .. } => "adopt",
+            Change::MergeInto { .. } => "merge_into",
+            Change::Runs(_) => "runs",
+            Change::Hold { .. } => "hold",
+            Change::Stop(_) => "stop",
+        }
+    }
+
     /// The runs this change ends: those it carries with a final status.
     pub fn ended_runs(&self) -> impl Iterator<Item = &RunId> {
         let runs: &[Run] = match self {

@@ -106,6 +106,18 @@ pub enum Request {
     Schedule(Box<RawValue>),
 }
 
+impl Request {
+    /// The request's name, for logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Request::Announcement => "announcement",
+            Request::Raft(_) => "raft",
+            Request::RunLog { .. } => "run_log",
+            Request::Schedule(_) => "schedule",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum Response {
     Announcement(Option<Box<Announcement>>),
@@ -183,6 +195,7 @@ impl MeshHandle {
     }
 
     /// Sends a request to a peer and waits for its answer (at most 10 s).
+    #[tracing::instrument(level = "debug", skip_all, fields(%peer, request = request.kind()))]
     pub async fn request(&self, peer: PeerId, request: Request) -> Result<Response, MeshError> {
         self.rpc.request(peer, &request).await
     }

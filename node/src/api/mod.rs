@@ -23,6 +23,7 @@ use serde::de::DeserializeOwned;
 use crate::handle::NodeHandle;
 use crate::model::{RunId, TaskId, TaskInput, parse_json};
 use crate::store::RunQuery;
+use tracing::instrument;
 
 pub use error::ApiError;
 pub use login::login_router;
@@ -168,10 +169,12 @@ async fn cluster_key(State(node): State<NodeHandle>) -> impl IntoResponse {
     }))
 }
 
+#[instrument(name = "api", skip_all)]
 async fn list_tasks(State(node): State<NodeHandle>) -> impl IntoResponse {
     Json(node.state().tasks_in_order().cloned().collect::<Vec<_>>())
 }
 
+#[instrument(name = "api", skip_all, fields(task = %key))]
 async fn get_task(
     State(node): State<NodeHandle>,
     Path(key): Path<String>,
@@ -179,6 +182,7 @@ async fn get_task(
     Ok(Json(node.task(&key)?))
 }
 
+#[instrument(name = "api", skip_all)]
 async fn create_task(
     State(node): State<NodeHandle>,
     headers: HeaderMap,
@@ -188,6 +192,7 @@ async fn create_task(
     Ok((StatusCode::CREATED, Json(node.create_task(input).await?)))
 }
 
+#[instrument(name = "api", skip_all, fields(task = %key))]
 async fn update_task(
     State(node): State<NodeHandle>,
     Path(key): Path<String>,
@@ -198,6 +203,7 @@ async fn update_task(
     Ok(Json(node.update_task(&key, input).await?))
 }
 
+#[instrument(name = "api", skip_all, fields(task = %key))]
 async fn remove_task(
     State(node): State<NodeHandle>,
     Path(key): Path<String>,
@@ -205,6 +211,7 @@ async fn remove_task(
     Ok(Json(node.remove_task(&key).await?))
 }
 
+#[instrument(name = "api", skip_all, fields(task = %key))]
 async fn execute_task(
     State(node): State<NodeHandle>,
     Path(key): Path<String>,
@@ -220,6 +227,7 @@ struct RunsParams {
     limit: Option<usize>,
 }
 
+#[instrument(name = "api", skip_all, fields(task = ?p.task))]
 async fn list_runs(
     State(node): State<NodeHandle>,
     Query(p): Query<RunsParams>,
@@ -249,6 +257,7 @@ pub(crate) fn parse_run_id(s: &str) -> Result<RunId, ApiError> {
     })
 }
 
+#[instrument(name = "api", skip_all, fields(run = %id))]
 async fn get_run(
     State(node): State<NodeHandle>,
     Path(id): Path<String>,
@@ -256,6 +265,7 @@ async fn get_run(
     Ok(Json(node.run(&parse_run_id(&id)?).await?))
 }
 
+#[instrument(name = "api", skip_all, fields(run = %id))]
 async fn stop_run(
     State(node): State<NodeHandle>,
     Path(id): Path<String>,
@@ -268,6 +278,7 @@ async fn stop_run(
 
 /// Sends a test message to a notification channel: 200 when it was delivered, 404 for an
 /// unknown channel, 502 with the receiver's answer when it was not.
+#[instrument(name = "api", skip_all, fields(channel = %name))]
 async fn test_channel(
     State(node): State<NodeHandle>,
     Path(name): Path<String>,
@@ -289,6 +300,7 @@ async fn get_settings(State(node): State<NodeHandle>) -> impl IntoResponse {
     Json(node.settings(false))
 }
 
+#[instrument(name = "api", skip_all)]
 async fn put_settings(
     State(node): State<NodeHandle>,
     headers: HeaderMap,
@@ -324,6 +336,7 @@ async fn export_settings(
     )
 }
 
+#[instrument(name = "api", skip_all)]
 async fn import_settings(
     State(node): State<NodeHandle>,
     body: Bytes,

@@ -313,7 +313,9 @@ impl Executor {
         };
         let done = self.tx.clone();
         let finished = self.finished.clone();
-        tokio::spawn(async move {
+        // Every line the run's start, end and actions log carries its id and task, on every node.
+        let span = tracing::info_span!("run", run = %order.run.id, task = %order.run.task_name);
+        let run = async move {
             let task = order.task.clone();
             let (run, stopped) = process::execute(order, &ctx, stop).await;
             let id = run.id.clone();
@@ -329,7 +331,8 @@ impl Executor {
             // Only now: once the executor has seen every `Done`, every outcome is recorded or
             // with the supervisor, so shutdown can close the ledger after both.
             let _ = done.send(Msg::Done(id)).await;
-        });
+        };
+        tokio::spawn(tracing::Instrument::instrument(run, span));
     }
 
     /// Stops every process (their stop tokens are children of `cancel`) and waits for them.
