@@ -9,6 +9,9 @@
 //!   to the field's maximum). Months accept `JAN`-`DEC`, days of the week `SUN`-`SAT`
 //!   (case-insensitive); day-of-week `0` and `7` both mean Sunday, and a day-of-week range
 //!   may end on Sunday (`FRI-SUN`, `5-0`).
+//! * Day-of-week runs 0-7 as in cronie, so `a/n` there is `a-7/n` and may land on Sunday:
+//!   `3/4` is Wednesday and Sunday, `5/1` Friday to Sunday. (cronie itself refuses `a/n`;
+//!   croner reads it so with its `sloppy_ranges`. `*/n` starts on Sunday, so 7 adds nothing.)
 //! * Day rule (Vixie cron): when both day-of-month and day-of-week are restricted (anything
 //!   but a bare `*` or `?`), a day matches when *either* matches; otherwise both must match.
 //! * Macros: `@yearly`/`@annually` (`0 0 1 1 *`), `@monthly` (`0 0 1 * *`), `@weekly`
@@ -150,14 +153,6 @@ impl CronField {
             CronField::DayOfMonth => (1, 31),
             CronField::Month => (1, 12),
             CronField::DayOfWeek => (0, 7),
-        }
-    }
-
-    /// The largest value `*` and `a/n` extend to (day-of-week stops at Saturday).
-    fn open_end(self) -> u32 {
-        match self {
-            CronField::DayOfWeek => 6,
-            other => other.bounds().1,
         }
     }
 
@@ -531,8 +526,9 @@ impl FieldInput<'_> {
             ),
             None => (item, None),
         };
+        let (min, max) = self.field.bounds();
         let (start, end) = if base == "*" || base == "?" {
-            (self.field.bounds().0, self.field.open_end())
+            (min, max)
         } else if base.is_empty() {
             return Err(self.error(at, item, "missing value before `/`"));
         } else if let Some((first, last)) = base.split_once('-') {
@@ -555,7 +551,8 @@ impl FieldInput<'_> {
         } else {
             let value = self.parse_value(base, at)?;
             match step {
-                Some(_) => (value, self.field.open_end().max(value)),
+                // Up to the field's maximum: in day-of-week that is 7, Sunday (cronie's range).
+                Some(_) => (value, max),
                 None => (value, value),
             }
         };
@@ -962,6 +959,13 @@ mod tests {
             ("10-30/10 * * * *", "10,20,30 * * * *"),
             ("45/5 * * * *", "45,50,55 * * * *"),
             ("0 0 * * */2", "0 0 * * 0,2,4,6"),
+            // day-of-week `a/n` steps up to 7 (Sunday), as in cronie
+            ("0 0 * * 3/4", "0 0 * * 3,0"),
+            ("0 0 * * 1/2", "0 0 * * 1,3,5,0"),
+            ("0 0 * * 5/1", "0 0 * * 5,6,0"),
+            ("0 0 * * WED/4", "0 0 * * WED,SUN"),
+            ("0 0 * * 6/4", "0 0 * * 6"),
+            ("0 0 * * 7/3", "0 0 * * 0"),
             ("@yearly", "0 0 1 1 *"),
             ("@annually", "0 0 1 1 *"),
             ("@monthly", "0 0 1 * *"),
