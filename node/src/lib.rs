@@ -2,6 +2,7 @@
 //! (store, consensus, executor, scheduler, api, ui, cli) and the [`run`] entry point.
 
 pub mod api;
+pub mod backoff;
 pub mod cli;
 pub mod config;
 pub mod consensus;
