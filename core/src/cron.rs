@@ -9,6 +9,9 @@
 //!   to the field's maximum). Months accept `JAN`-`DEC`, days of the week `SUN`-`SAT`
 //!   (case-insensitive); day-of-week `0` and `7` both mean Sunday, and a day-of-week range
 //!   may end on Sunday (`FRI-SUN`, `5-0`).
+//! * Day-of-week runs 0-7 as in cronie, so `a/n` there is `a-7/n` and may land on Sunday:
+//!   `3/4` is Wednesday and Sunday, `5/1` Friday to Sunday. (cronie itself refuses `a/n`;
+//!   croner reads it so with its `sloppy_ranges`. `*/n` starts on Sunday, so 7 adds nothing.)
 //! * Day rule (Vixie cron): when both day-of-month and day-of-week are restricted (anything
 //!   but a bare `*` or `?`), a day matches when *either* matches; otherwise both must match.
 //! * Macros: `@yearly`/`@annually` (`0 0 1 1 *`), `@monthly` (`0 0 1 * *`), `@weekly`
@@ -150,14 +153,6 @@ impl CronField {
             CronField::DayOfMonth => (1, 31),
             CronField::Month => (1, 12),
             CronField::DayOfWeek => (0, 7),
-        }
-    }
-
-    /// The largest value `*` and `a/n` extend to (day-of-week stops at Saturday).
-    fn open_end(self) -> u32 {
-        match self {
-            CronField::DayOfWeek => 6,
-            other => other.bounds().1,
         }
     }
 
@@ -531,8 +526,9 @@ impl FieldInput<'_> {
             ),
             None => (item, None),
         };
+        let (min, max) = self.field.bounds();
         let (start, end) = if base == "*" || base == "?" {
-            (self.field.bounds().0, self.field.open_end())
+            (min, max)
         } else if base.is_empty() {
             return Err(self.error(at, item, "missing value before `/`"));
         } else if let Some((first, last)) = base.split_once('-') {
@@ -555,7 +551,8 @@ impl FieldInput<'_> {
         } else {
             let value = self.parse_value(base, at)?;
             match step {
-                Some(_) => (value, self.field.open_end().max(value)),
+                // Up to the field's maximum: in day-of-week that is 7, Sunday (cronie's range).
+                Some(_) => (value, max),
                 None => (value, value),
             }
         };
@@ -962,6 +959,13 @@ mod tests {
             ("10-30/10 * * * *", "10,20,30 * * * *"),
             ("45/5 * * * *", "45,50,55 * * * *"),
             ("0 0 * * */2", "0 0 * * 0,2,4,6"),
+            // day-of-week `a/n` steps up to 7 (Sunday), as in cronie
+            ("0 0 * * 3/4", "0 0 * * 3,0"),
+            ("0 0 * * 1/2", "0 0 * * 1,3,5,0"),
+            ("0 0 * * 5/1", "0 0 * * 5,6,0"),
+            ("0 0 * * WED/4", "0 0 * * WED,SUN"),
+            ("0 0 * * 6/4", "0 0 * * 6"),
+            ("0 0 * * 7/3", "0 0 * * 0"),
             ("@yearly", "0 0 1 1 *"),
             ("@annually", "0 0 1 1 *"),
             ("@monthly", "0 0 1 * *"),
@@ -1706,5 +1710,267 @@ mod tests {
         assert_eq!(result.run.last(), Some(&now));
         assert_eq!(result.skipped, 20_000);
         assert!(result.run.windows(2).all(|pair| pair[0] < pair[1]));
+    }
+
+    /// A tiny xorshift generator, so the differential test sees the same expressions each run.
+    struct Xorshift(u64);
+
+    impl Xorshift {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0
+        }
+
+        /// A number in `0..n`.
+        fn below(&mut self, n: u32) -> u32 {
+            (self.next() % u64::from(n)) as u32
+        }
+
+        /// A number in `low..=high`.
+        fn within(&mut self, low: u32, high: u32) -> u32 {
+            low + self.below(high - low + 1)
+        }
+
+        fn percent(&mut self, chance: u32) -> bool {
+            self.below(100) < chance
+        }
+    }
+
+    /// A value of `field`, sometimes spelled as a month or weekday name.
+    fn random_value(rng: &mut Xorshift, field: CronField, value: u32) -> String {
+        let named = rng.percent(30);
+        match field {
+            CronField::Month if named => MONTH_NAMES[value as usize - 1].to_owned(),
+            CronField::DayOfWeek if named => DAY_NAMES[value as usize % 7].to_owned(),
+            _ => value.to_string(),
+        }
+    }
+
+    /// One list item of `field`: `*`, `?`, a value, a range, or a step, all valid for our parser.
+    fn random_item(rng: &mut Xorshift, field: CronField) -> String {
+        let (min, max) = field.bounds();
+        let step = rng.within(1, max.min(12));
+        // Bare `*` and `?` are rare here: whole `*` fields come from `random_field`, and croner
+        // refuses them inside a list (see DIFFERENCES).
+        match rng.below(40) {
+            0 => "*".to_owned(),
+            1 => "?".to_owned(),
+            2..=13 => {
+                let value = rng.within(min, max);
+                random_value(rng, field, value)
+            }
+            14..=21 => {
+                let (first, last) = (rng.within(min, max), rng.within(min, max));
+                let (first, last) = (first.min(last), first.max(last));
+                // A day-of-week range may end on Sunday written as 0 (`5-0`).
+                let last = if field == CronField::DayOfWeek && last == 7 && rng.percent(20) {
+                    "0".to_owned()
+                } else {
+                    random_value(rng, field, last)
+                };
+                format!("{}-{last}", random_value(rng, field, first))
+            }
+            22..=27 => format!("*/{step}"),
+            28..=33 => {
+                let (first, last) = (rng.within(min, max), rng.within(min, max));
+                let (first, last) = (first.min(last), first.max(last));
+                format!("{first}-{last}/{step}")
+            }
+            _ => {
+                let first = rng.within(min, max);
+                format!("{}/{step}", random_value(rng, field, first))
+            }
+        }
+    }
+
+    /// A field of `field`: mostly `*`, else a list of one to three items.
+    fn random_field(rng: &mut Xorshift, field: CronField) -> String {
+        if rng.percent(40) {
+            return "*".to_owned();
+        }
+        let items = rng.within(1, 3);
+        (0..items)
+            .map(|_| random_item(rng, field))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// A random five- or six-field expression.
+    fn random_expression(rng: &mut Xorshift) -> String {
+        let mut fields = Vec::new();
+        if rng.percent(50) {
+            fields.push(random_field(rng, CronField::Second));
+        }
+        for field in [
+            CronField::Minute,
+            CronField::Hour,
+            CronField::DayOfMonth,
+            CronField::Month,
+            CronField::DayOfWeek,
+        ] {
+            fields.push(random_field(rng, field));
+        }
+        fields.join(" ")
+    }
+
+    /// A known difference from croner: which expressions it concerns, and why we differ.
+    struct Difference {
+        why: &'static str,
+        /// Whether croner refuses such an expression outright (else it reads it otherwise).
+        croner_refuses: bool,
+        /// Whether the difference concerns `expr`.
+        applies: fn(&str) -> bool,
+    }
+
+    /// The day-of-week field's items.
+    fn weekday_items(expr: &str) -> Vec<&str> {
+        expr.split_whitespace()
+            .last()
+            .map(|field| field.split(',').collect())
+            .unwrap_or_default()
+    }
+
+    const DIFFERENCES: [Difference; 4] = [
+        Difference {
+            why: "a bare `*` (or `?`) may be one item of a list for us and for cronie (`*,5`); \
+                  croner takes it only as a whole field (`*/n` in a list is fine)",
+            croner_refuses: true,
+            applies: |expr| {
+                expr.split_whitespace().any(|field| {
+                    field.contains(',') && field.split(',').any(|item| item == "*" || item == "?")
+                })
+            },
+        },
+        Difference {
+            why: "our grammar takes `?` for `*` in every field; croner only in the two day fields",
+            croner_refuses: true,
+            applies: |expr| {
+                let fields: Vec<&str> = expr.split_whitespace().collect();
+                let days = [fields.len() - 3, fields.len() - 1];
+                fields
+                    .iter()
+                    .enumerate()
+                    .any(|(index, field)| !days.contains(&index) && field.contains('?'))
+            },
+        },
+        Difference {
+            why: "our day-of-week range may end on Sunday written as 0 (`5-0` is `5-7`, like \
+                  `FRI-SUN`); croner refuses it as a reversed range (so does cronie)",
+            croner_refuses: true,
+            applies: |expr| {
+                weekday_items(expr).iter().any(|item| {
+                    let range = item.split('/').next().unwrap_or_default();
+                    range
+                        .split_once('-')
+                        .is_some_and(|(first, last)| last == "0" && first != "0" && first != "SUN")
+                })
+            },
+        },
+        Difference {
+            why: "`SUN-SUN` and `0-SUN` are Sunday alone for us and for cronie (SUN is 0); \
+                  croner rewrites `-SUN` to `-7` and so reads them as every day",
+            croner_refuses: false,
+            applies: |expr| {
+                weekday_items(expr).iter().any(|item| {
+                    let range = item.split('/').next().unwrap_or_default();
+                    range.split_once('-').is_some_and(|(first, last)| {
+                        last == "SUN" && (first == "0" || first == "SUN")
+                    })
+                })
+            },
+        },
+    ];
+
+    /// The next `count` firings after `start` by croner; fewer if it finds none.
+    fn croner_slots(cron: &croner::Cron, start: DateTime<Utc>, count: usize) -> Vec<DateTime<Utc>> {
+        let mut out = Vec::new();
+        let mut cursor = start;
+        while out.len() < count {
+            let Ok(slot) = cron.find_next_occurrence(&cursor, false) else {
+                break;
+            };
+            out.push(slot);
+            cursor = slot;
+        }
+        out
+    }
+
+    /// Random five- and six-field expressions (fixed seed) give the same next firings as
+    /// croner's, in UTC, except where [`DIFFERENCES`] says why not. Time zones stay out: our
+    /// DST rule (one firing per local time) differs from croner's on purpose.
+    #[test]
+    fn agrees_with_croner_on_random_expressions_in_utc() {
+        const EXPRESSIONS: usize = 3000;
+        const FIRINGS: usize = 5;
+        let starts = [
+            "2026-01-01T00:00:00Z",
+            "2027-02-28T23:59:59Z",
+            "2028-02-29T12:34:56Z",
+        ];
+        // croner takes `a/n` only with sloppy ranges on; it then runs `a/n` to the field's
+        // maximum, which in day-of-week is 7 (Sunday), as we do.
+        let croner_parser = croner::parser::CronParser::builder()
+            .seconds(croner::parser::Seconds::Optional)
+            .sloppy_ranges(true)
+            .build();
+        let mut rng = Xorshift(0x7a5c_3e11_d00d_f00d);
+        let mut seen = [0usize; DIFFERENCES.len()];
+        let mut compared = 0;
+        let mut disagreements = Vec::new();
+        for _ in 0..EXPRESSIONS {
+            let expr = random_expression(&mut rng);
+            let croner = croner_parser.parse(&expr);
+            let known: Vec<usize> = (0..DIFFERENCES.len())
+                .filter(|index| (DIFFERENCES[*index].applies)(&expr))
+                .collect();
+            for index in &known {
+                seen[*index] += 1;
+                if DIFFERENCES[*index].croner_refuses {
+                    assert!(
+                        croner.is_err(),
+                        "croner parses {expr}; {}",
+                        DIFFERENCES[*index].why
+                    );
+                }
+            }
+            if !known.is_empty() {
+                continue;
+            }
+            let croner = match croner {
+                Ok(croner) => croner,
+                Err(err) => {
+                    disagreements.push(format!("{expr}: croner refuses it: {err}"));
+                    continue;
+                }
+            };
+            for start in starts {
+                let ours = slots(&expr, "UTC", start, FIRINGS);
+                let theirs = croner_slots(&croner, at(start), FIRINGS);
+                compared += ours.len();
+                if ours != theirs {
+                    disagreements.push(format!(
+                        "{expr} after {start}:\n  ours   {ours:?}\n  croner {theirs:?}"
+                    ));
+                }
+            }
+        }
+        assert!(
+            disagreements.is_empty(),
+            "{} disagreements, the first ones:\n{}",
+            disagreements.len(),
+            disagreements[..disagreements.len().min(10)].join("\n")
+        );
+        for (difference, seen) in DIFFERENCES.iter().zip(seen) {
+            assert!(
+                seen > 0,
+                "no expression shows the difference: {}",
+                difference.why
+            );
+        }
+        // Most expressions are compared (about 32,600 of at most 45,000 slots with this seed).
+        let most = EXPRESSIONS * starts.len() * FIRINGS / 2;
+        assert!(compared > most, "only {compared} slots compared");
     }
 }

@@ -4,6 +4,7 @@
 //! error text. Pure data and pure functions: nothing here does I/O on its own except reading
 //! the clock and the host name where a function says so. It depends on no other taskmesh crate.
 
+pub mod backoff;
 pub mod cluster_key;
 pub mod cron;
 pub mod error_text;

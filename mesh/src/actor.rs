@@ -27,11 +27,15 @@ use super::{
     Announcement, CONNECTION_CAPS, Command, HANDSHAKE_TIMEOUT, MeshConfig, MeshError, MeshHandle,
     PeerTable, Request, Response, peer_multiaddr,
 };
+use taskmesh_core::backoff::{self, Backoff};
 
 const TOPIC: &str = "taskmesh/announce/1";
 /// Configured peers are redialled after this, doubling up to [`MAX_REDIAL`].
 const FIRST_REDIAL: Duration = Duration::from_secs(1);
 const MAX_REDIAL: Duration = Duration::from_secs(30);
+/// Each redial wait is cut by up to this part at random, so that nodes restarted together do
+/// not redial in lockstep.
+const REDIAL_JITTER: f64 = 0.25;
 /// An announcement is sent at most this often when things change fast.
 const DEBOUNCE: Duration = Duration::from_millis(100);
 /// A discovered peer with a higher PeerId is expected to dial us; if it has not after this
@@ -59,7 +63,8 @@ struct Configured {
     /// The peer it turned out to be, while connected.
     connected: Option<PeerId>,
     next_try: Instant,
-    backoff: Duration,
+    /// The waits between dials while it is not connected.
+    backoff: Backoff,
     dialing: bool,
 }
 
@@ -237,7 +242,8 @@ pub(super) async fn start(
                 text: p.clone(),
                 connected: None,
                 next_try: now,
-                backoff: FIRST_REDIAL,
+                backoff: Backoff::new(FIRST_REDIAL, MAX_REDIAL)
+                    .with_jitter(REDIAL_JITTER, backoff::clock_seed()),
                 dialing: false,
             })
             .collect(),
@@ -402,8 +408,7 @@ impl Actor {
             }
             let text = c.text.clone();
             let c = &mut self.configured[i];
-            c.next_try = now + c.backoff;
-            c.backoff = (c.backoff * 2).min(MAX_REDIAL);
+            c.next_try = now + c.backoff.next_wait();
             match peer_multiaddr(&text) {
                 Some(addr) => {
                     c.dialing = true;
@@ -502,7 +507,7 @@ impl Actor {
                         if peer_multiaddr(&c.text).is_some_and(|m| m == addr) {
                             c.connected = Some(peer_id);
                             c.dialing = false;
-                            c.backoff = FIRST_REDIAL;
+                            c.backoff.reset();
                         }
                     }
                 }
@@ -530,7 +535,8 @@ impl Actor {
                 for c in &mut self.configured {
                     if c.connected == Some(peer_id) {
                         c.connected = None;
-                        c.next_try = Instant::now() + FIRST_REDIAL;
+                        // The backoff was reset on connecting: this is its first wait.
+                        c.next_try = Instant::now() + c.backoff.next_wait();
                     }
                 }
                 self.publish_peers();

@@ -16,11 +16,13 @@ use crate::events::{Event, Events};
 use crate::ledger::RunLedger;
 use crate::model::{Action, ClusterSettings, Run, RunId, Task, TaskId, Trigger, matching_actions};
 use crate::notify::{self, Notice, Notifier, sending_note};
+use taskmesh_core::backoff::Backoff;
 
 /// A daemon that exits sooner than this after starting counts towards a crash loop.
 const QUICK_EXIT: Duration = Duration::from_secs(10);
-const FIRST_RESTART: Duration = Duration::from_millis(50);
 const MAX_RESTART: Duration = Duration::from_secs(30);
+/// Restart delays of a daemon that exits quickly: 50 ms, doubling, at most [`MAX_RESTART`].
+const RESTARTS: Backoff = Backoff::new(Duration::from_millis(50), MAX_RESTART);
 /// This many quick exits in a row make a crash loop.
 const CRASH_LOOP: u32 = 5;
 const MAX_RETRY_DELAY: Duration = Duration::from_secs(300);
@@ -65,21 +67,14 @@ pub fn plan(task: &Task, run: &Run, settings: &ClusterSettings) -> Vec<Step> {
 
 /// retry_backoff × 2^(attempt-1), capped at five minutes.
 pub fn retry_delay(settings: &ClusterSettings, attempt: u32) -> Duration {
-    let factor = 2u32.saturating_pow(attempt.saturating_sub(1).min(16));
-    settings
-        .retry_backoff
-        .0
-        .saturating_mul(factor)
-        .min(MAX_RETRY_DELAY)
+    Backoff::new(settings.retry_backoff.0, MAX_RETRY_DELAY).delay(attempt.saturating_sub(1))
 }
 
 /// Delay before restarting a daemon after `quick_exits` quick exits in a row.
 pub fn restart_delay(quick_exits: u32) -> Duration {
     match quick_exits {
         0 => Duration::ZERO,
-        n => FIRST_RESTART
-            .saturating_mul(2u32.saturating_pow((n - 1).min(16)))
-            .min(MAX_RESTART),
+        n => RESTARTS.delay(n - 1),
     }
 }
 

@@ -24,11 +24,13 @@ use crate::logs::LogPaths;
 use crate::model::{NodeSettings, Run};
 pub use deliver::{Failure, kind};
 pub use message::Message;
+use taskmesh_core::backoff::Backoff;
 
 /// Attempts per notification.
 pub const TRIES: u32 = 5;
-/// The pause after the first failed attempt; it doubles after each further one.
-const FIRST_PAUSE: Duration = Duration::from_secs(1);
+/// The pauses between attempts: 1 s after the first failed one, doubling after each further one
+/// (1, 2, 4, 8 s for five tries), at most a minute.
+const PAUSES: Backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(60));
 /// Notifications being delivered at once; more wait for a turn.
 const AT_ONCE: usize = 16;
 
@@ -165,7 +167,7 @@ impl Inner {
                 .unwrap_or_default()
         };
         let message = Message::of_run(&notice.run, &settings.notify.template, &base, tail);
-        let mut pause = FIRST_PAUSE;
+        let mut pauses = PAUSES;
         let mut tries = 0;
         let outcome = loop {
             tries += 1;
@@ -173,8 +175,7 @@ impl Inner {
                 Ok(()) => break Ok(()),
                 Err(failure) if failure.transient && tries < TRIES => {
                     info!(channel = %notice.channel, run_id = %notice.run.id, try_no = tries, error = %failure, "notification not delivered; trying again");
-                    tokio::time::sleep(pause).await;
-                    pause *= 2;
+                    tokio::time::sleep(pauses.next_wait()).await;
                 }
                 Err(failure) => break Err(failure),
             }

@@ -4,9 +4,9 @@
 //! The run ledger stages each change of a run in the [`Outbox`] (in the node's redb database,
 //! committed with the run itself) while `cluster.mysql` is set. The [`Sink`] actor sends what
 //! waits, oldest first, with idempotent writes, and removes it from the outbox only after MySQL
-//! committed it. While MySQL cannot be reached it retries with [`Backoff`], logging one warning
-//! when delivery starts failing and one info when it recovers. Each node writes only the runs it
-//! executed, so each run reaches MySQL from one node (`docs/mysql.md`).
+//! committed it. While MySQL cannot be reached it retries after [`RETRY_WAITS`], logging one
+//! warning when delivery starts failing and one info when it recovers. Each node writes only the
+//! runs it executed, so each run reaches MySQL from one node (`docs/mysql.md`).
 
 mod mysql;
 mod outbox;
@@ -25,6 +25,7 @@ use crate::consensus::State;
 use crate::error_text::error_text;
 use crate::logs::LogPaths;
 use crate::model::{MysqlSettings, Run};
+use taskmesh_core::backoff::Backoff;
 
 pub use mysql::{SinkError, Target};
 pub use outbox::{Entry, LIMIT, Outbox};
@@ -34,37 +35,8 @@ const BATCH: usize = 256;
 
 pub use taskmesh_core::view::SinkStatus;
 
-/// The wait between tries while MySQL fails: 0.5 s, doubling, at most 30 s.
-#[derive(Debug, Clone)]
-pub struct Backoff {
-    next: Duration,
-}
-
-impl Backoff {
-    pub const FIRST: Duration = Duration::from_millis(500);
-    pub const MAX: Duration = Duration::from_secs(30);
-
-    pub fn new() -> Self {
-        Self { next: Self::FIRST }
-    }
-
-    /// The wait before the next try; each call doubles the one after.
-    pub fn next_wait(&mut self) -> Duration {
-        let wait = self.next;
-        self.next = (self.next * 2).min(Self::MAX);
-        wait
-    }
-
-    pub fn reset(&mut self) {
-        self.next = Self::FIRST;
-    }
-}
-
-impl Default for Backoff {
-    fn default() -> Self {
-        Self::new()
-    }
-}
+/// The waits between tries while MySQL fails: 0.5 s, doubling, at most 30 s.
+pub const RETRY_WAITS: Backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
 
 /// An open connection and the settings it was opened with.
 struct Link {
@@ -84,7 +56,7 @@ pub struct Sink {
 impl Sink {
     pub async fn run(mut self) {
         let mut link: Option<Link> = None;
-        let mut backoff = Backoff::new();
+        let mut backoff = RETRY_WAITS;
         // Set while failing: when to try again.
         let mut retry_at: Option<Instant> = None;
         let mut seen = self.state.borrow().settings.mysql.clone();
@@ -279,13 +251,13 @@ mod tests {
 
     #[test]
     fn backoff_doubles_from_half_a_second_to_thirty_and_resets() {
-        let mut b = Backoff::new();
+        let mut b = RETRY_WAITS;
         let waits: Vec<u64> = (0..9).map(|_| b.next_wait().as_millis() as u64).collect();
         assert_eq!(
             waits,
             [500, 1000, 2000, 4000, 8000, 16000, 30000, 30000, 30000]
         );
         b.reset();
-        assert_eq!(b.next_wait(), Backoff::FIRST);
+        assert_eq!(b.next_wait(), Duration::from_millis(500));
     }
 }
