@@ -8,7 +8,7 @@ pub mod consensus;
 pub mod error_text;
 pub mod events;
 pub mod executor;
-pub mod https_client;
+pub mod http_client;
 pub mod ledger;
 pub mod logs;
 pub mod mesh;

@@ -1007,7 +1007,7 @@ fn the_start_log_has_a_login_link_and_the_cli_makes_more_and_rotates_the_token()
         link.starts_with(&format!("{}/login?code=", node.url)),
         "{link}"
     );
-    let http = reqwest::blocking::Client::builder()
+    let http = http_client()
         .redirect(reqwest::redirect::Policy::none())
         .build()
         .expect("client");

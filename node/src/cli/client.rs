@@ -3,13 +3,12 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use http_body_util::{BodyExt, Full};
-use hyper::body::{Bytes, Incoming};
-use hyper::{Method, Request, Response, StatusCode, header};
+use futures::StreamExt;
+use reqwest::{Method, Response, StatusCode, header};
 use rustls::pki_types::CertificateDer;
 use serde_json::{Value, json};
 
-use crate::https_client;
+use crate::http_client;
 
 use super::{AddArgs, Remote, SettingsCommand, TaskCommand, TokenSource};
 
@@ -55,7 +54,7 @@ const MAX_ANSWER: usize = 64 << 20;
 
 struct Api {
     base: String,
-    http: https_client::Client<Full<Bytes>>,
+    http: reqwest::Client,
     /// The access token, or why it could not be read (said when the node answers 401).
     token: Result<String, String>,
     /// What is trusted for an https:// node besides the system's CAs (said when the node's
@@ -71,9 +70,13 @@ impl Api {
         } else {
             (rustls::RootCertStore::empty(), String::new())
         };
+        let http = http_client::builder(roots)
+            .user_agent(concat!("taskmesh-cli/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| ClientError::Usage(crate::error_text::error_text(&e)))?;
         Ok(Self {
             base,
-            http: https_client::client(roots),
+            http,
             token: read_token(&remote.token_source(std::env::var("TASKMESH_TOKEN").ok())),
             trusted,
         })
@@ -85,34 +88,20 @@ impl Api {
         &self,
         method: Method,
         path: &str,
-        body: Option<(&str, Bytes)>,
-    ) -> Result<Response<Incoming>, ClientError> {
-        let url = format!("{}{path}", self.base);
-        let uri: hyper::Uri = url
-            .parse()
+        body: Option<(&str, Vec<u8>)>,
+    ) -> Result<Response, ClientError> {
+        let url = reqwest::Url::parse(&format!("{}{path}", self.base))
             .map_err(|e| ClientError::Usage(format!("--url {}: not a URL: {e}", self.base)))?;
-        let mut request = Request::builder().method(method).uri(uri).header(
-            header::USER_AGENT,
-            concat!("taskmesh-cli/", env!("CARGO_PKG_VERSION")),
-        );
+        let mut request = self.http.request(method, url);
         if let Ok(token) = &self.token {
-            request = request.header(header::AUTHORIZATION, format!("Bearer {token}"));
+            request = request.bearer_auth(token);
         }
-        let body = match body {
-            Some((content_type, bytes)) => {
-                request = request.header(header::CONTENT_TYPE, content_type);
-                bytes
-            }
-            None => Bytes::new(),
-        };
-        let request = request
-            .body(Full::new(body))
-            .map_err(|e| ClientError::Usage(format!("{url}: {e}")))?;
-        let response = self
-            .http
-            .request(request)
-            .await
-            .map_err(|e| self.unreachable(&e))?;
+        if let Some((content_type, bytes)) = body {
+            request = request
+                .header(header::CONTENT_TYPE, content_type)
+                .body(bytes);
+        }
+        let response = request.send().await.map_err(|e| self.unreachable(e))?;
         if response.status().is_success() {
             return Ok(response);
         }
@@ -149,10 +138,16 @@ impl Api {
 
     /// Why the node could not be reached: an untrusted certificate, the wrong scheme, or the
     /// connection itself.
-    fn unreachable(&self, error: &hyper_util::client::legacy::Error) -> ClientError {
+    fn unreachable(&self, error: reqwest::Error) -> ClientError {
         let url = self.base.clone();
-        let reason = crate::error_text::error_text(error);
-        match failure_kind(error, self.base.starts_with("https://")) {
+        let kind = failure_kind(&error, self.base.starts_with("https://"));
+        let request_error = error.is_builder();
+        // The error names the node's URL, and so does the message around the reason.
+        let reason = crate::error_text::error_text(&error.without_url());
+        if request_error {
+            return ClientError::Usage(format!("{url}: {reason}"));
+        }
+        match kind {
             Failure::Certificate(reason) => ClientError::Untrusted {
                 url,
                 reason,
@@ -171,7 +166,7 @@ impl Api {
         path: &str,
         body: Option<Value>,
     ) -> Result<Value, ClientError> {
-        let body = body.map(|b| ("application/json", Bytes::from(b.to_string())));
+        let body = body.map(|b| ("application/json", b.to_string().into_bytes()));
         let response = self.send(method, path, body).await?;
         let bytes = read_body(response)
             .await
@@ -186,24 +181,22 @@ impl Api {
 }
 
 /// An answer's body, up to [`MAX_ANSWER`].
-async fn read_body(response: Response<Incoming>) -> Result<Bytes, String> {
-    http_body_util::Limited::new(response.into_body(), MAX_ANSWER)
-        .collect()
+async fn read_body(response: Response) -> Result<Vec<u8>, String> {
+    http_client::body_up_to(response, MAX_ANSWER)
         .await
-        .map(|b| b.to_bytes())
-        .map_err(|e| crate::error_text::error_text(&*e))
+        .map_err(|e| crate::error_text::error_text(&e))
 }
 
 /// The certificates an https:// node may present, and a sentence naming what is trusted besides
 /// the system's CAs: the node's own certificate (`tls-cert.pem` in the data directory) when it
 /// can be read, and `--ca-cert`, which must be readable.
 fn trust(remote: &Remote) -> Result<(rustls::RootCertStore, String), ClientError> {
-    let mut roots = https_client::system_roots();
+    let mut roots = http_client::system_roots();
     let mut trusted = vec![format!("{} system CA certificates", roots.len())];
     let (own, _) = crate::api::tls::self_signed_paths(&remote.node_data_dir());
     let own_note = match std::fs::read(&own) {
         Ok(pem) => match certificates(&pem)
-            .and_then(|c| https_client::add_roots(&mut roots, c).map_err(|e| e.to_string()))
+            .and_then(|c| http_client::add_roots(&mut roots, c).map_err(|e| e.to_string()))
         {
             Ok(_) => format!("the node's certificate {}", own.display()),
             Err(e) => format!("not {}, which is not a certificate: {e}", own.display()),
@@ -221,7 +214,7 @@ fn trust(remote: &Remote) -> Result<(rustls::RootCertStore, String), ClientError
         };
         let pem = std::fs::read(path).map_err(|e| ca_error(e.to_string()))?;
         let certs = certificates(&pem).map_err(ca_error)?;
-        https_client::add_roots(&mut roots, certs).map_err(|e| ca_error(e.to_string()))?;
+        http_client::add_roots(&mut roots, certs).map_err(|e| ca_error(e.to_string()))?;
         trusted.push(format!("--ca-cert {}", path.display()));
     }
     Ok((roots, trusted.join(", ")))
@@ -603,19 +596,16 @@ async fn follow_log(api: &Api, id: &str) -> Result<ExitCode, ClientError> {
             None,
         )
         .await?;
-    let mut body = response.into_body();
+    let mut body = response.bytes_stream();
     let mut buffer = String::new();
     let mut stdout = std::io::stdout();
-    while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|e| {
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk.map_err(|e| {
             ClientError::Api(format!(
                 "the log stream of run {id} broke: {}",
-                crate::error_text::error_text(&e)
+                crate::error_text::error_text(&e.without_url())
             ))
         })?;
-        let Ok(chunk) = frame.into_data() else {
-            continue;
-        };
         buffer.push_str(&String::from_utf8_lossy(&chunk));
         while let Some(end) = buffer.find("\n\n") {
             let frame: String = buffer.drain(..end + 2).collect();
@@ -684,7 +674,7 @@ async fn settings(command: SettingsCommand) -> Result<ExitCode, ClientError> {
             api.send(
                 Method::POST,
                 "/api/settings/import",
-                Some(("application/json", Bytes::from(text))),
+                Some(("application/json", text.into_bytes())),
             )
             .await?;
             println!("imported {}", file.display());
@@ -751,7 +741,7 @@ mod tests {
     fn a_failed_request_is_told_by_the_tls_error_among_its_causes() {
         use std::io::{Error, ErrorKind};
         let wrapped = |inner: rustls::Error| {
-            // As hyper-rustls hands it over: an io::Error around tokio-rustls' io::Error.
+            // As the TLS connector hands it over: an io::Error around tokio-rustls' io::Error.
             Error::other(Error::new(ErrorKind::InvalidData, inner))
         };
         let untrusted = wrapped(rustls::Error::InvalidCertificate(
