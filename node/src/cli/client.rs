@@ -596,50 +596,38 @@ async fn follow_log(api: &Api, id: &str) -> Result<ExitCode, ClientError> {
             None,
         )
         .await?;
-    let mut body = response.bytes_stream();
-    let mut buffer = String::new();
+    // Events are parsed as the SSE spec says (any line ending, fields, comments), and each
+    // event's text is decoded whole: a character split across reads arrives intact.
+    let mut events = sse_stream::SseByteStream::new(response.bytes_stream());
     let mut stdout = std::io::stdout();
-    while let Some(chunk) = body.next().await {
-        let chunk = chunk.map_err(|e| {
+    while let Some(event) = events.next().await {
+        let event = event.map_err(|e| {
             ClientError::Api(format!(
                 "the log stream of run {id} broke: {}",
-                crate::error_text::error_text(&e.without_url())
+                crate::error_text::error_text(&e)
             ))
         })?;
-        buffer.push_str(&String::from_utf8_lossy(&chunk));
-        while let Some(end) = buffer.find("\n\n") {
-            let frame: String = buffer.drain(..end + 2).collect();
-            let mut event = "message";
-            let mut data = Vec::new();
-            for line in frame.lines() {
-                if let Some(e) = line.strip_prefix("event:") {
-                    event = e.trim();
-                } else if let Some(d) = line.strip_prefix("data:") {
-                    data.push(d.strip_prefix(' ').unwrap_or(d));
+        let data = event.data.unwrap_or_default();
+        match event.event.as_deref() {
+            Some("log") => {
+                // Task output reaches a terminal: no escape sequences or controls.
+                let data = super::terminal::terminal_safe(&data);
+                let _ = stdout.write_all(data.as_bytes());
+                if !data.ends_with('\n') {
+                    let _ = stdout.write_all(b"\n");
                 }
+                let _ = stdout.flush();
             }
-            let data = data.join("\n");
-            match event {
-                "log" => {
-                    // Task output reaches a terminal: no escape sequences or controls.
-                    let data = super::terminal::terminal_safe(&data);
-                    let _ = stdout.write_all(data.as_bytes());
-                    if !data.ends_with('\n') {
-                        let _ = stdout.write_all(b"\n");
-                    }
-                    let _ = stdout.flush();
-                }
-                "end" => {
-                    let run: Value = serde_json::from_str(&data).unwrap_or(Value::Null);
-                    eprintln!(
-                        "run {} {}",
-                        run["id"].as_str().unwrap_or(id),
-                        run["status"].as_str().unwrap_or("ended")
-                    );
-                    return Ok(run["exit_code"].as_i64().map_or(1, |c| c as i32));
-                }
-                _ => {}
+            Some("end") => {
+                let run: Value = serde_json::from_str(&data).unwrap_or(Value::Null);
+                eprintln!(
+                    "run {} {}",
+                    run["id"].as_str().unwrap_or(id),
+                    run["status"].as_str().unwrap_or("ended")
+                );
+                return Ok(run["exit_code"].as_i64().map_or(1, |c| c as i32));
             }
+            _ => {}
         }
     }
     Err(ClientError::Api(
