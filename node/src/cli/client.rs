@@ -4,6 +4,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use futures::StreamExt;
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use reqwest::{Method, Response, StatusCode, header};
 use rustls::pki_types::CertificateDer;
 use serde_json::{Value, json};
@@ -294,15 +295,17 @@ fn read_token(source: &TokenSource) -> Result<String, String> {
     }
 }
 
+/// What a path segment (a task or channel name) percent-encodes: all but the unreserved
+/// characters of RFC 3986.
+const SEGMENT_ENCODED: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'~');
+
+/// `s` as one path segment.
 fn enc(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
+    utf8_percent_encode(s, SEGMENT_ENCODED).to_string()
 }
 
 fn read(path: &Path) -> Result<String, ClientError> {
@@ -750,6 +753,13 @@ mod tests {
         for (error, want) in cases {
             assert_eq!(failure_kind(error, true), want, "{error}");
         }
+    }
+
+    #[test]
+    fn a_name_is_one_path_segment() {
+        assert_eq!(enc("nightly backup"), "nightly%20backup");
+        assert_eq!(enc("a/b?c#d%"), "a%2Fb%3Fc%23d%25");
+        assert_eq!(enc("grüße-1.0_~"), "gr%C3%BC%C3%9Fe-1.0_~");
     }
 
     #[test]
