@@ -29,7 +29,7 @@ const CRATES: &[(&str, &[&str])] = &[
 /// crates, re-exported at the root), never one after it.
 const NODE_MODULES: &[&str] = &[
     "process_setup",
-    "https_client",
+    "http_client",
     "cluster_key",
     "config",
     "logs",

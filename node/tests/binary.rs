@@ -707,6 +707,81 @@ fn the_cli_adds_runs_and_removes_a_task() {
     stop(node);
 }
 
+/// A stand-in node on loopback for `task run greet --follow`: it starts run `r1`, then streams
+/// its log as server-sent events in `pieces`, each its own TCP write after a pause. Its URL.
+fn fake_follow_node(pieces: Vec<&'static [u8]>) -> String {
+    use std::io::{BufRead, BufReader, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    std::thread::spawn(move || {
+        for conn in listener.incoming().take(2) {
+            let mut conn = conn.expect("accept");
+            conn.set_nodelay(true).expect("nodelay");
+            let mut reader = BufReader::new(conn.try_clone().expect("clone"));
+            let mut head = Vec::new();
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                    break;
+                }
+                head.push(line);
+            }
+            let request = head.first().cloned().unwrap_or_default();
+            if request.starts_with("POST /api/tasks/greet/run ") {
+                let body = r#"{"id": "r1"}"#;
+                let _ = write!(
+                    conn,
+                    "HTTP/1.1 201 Created\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+            } else if request.starts_with("GET /api/runs/r1/log?follow=true ") {
+                let _ = conn.write_all(
+                    b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nConnection: close\r\n\r\n",
+                );
+                for piece in &pieces {
+                    std::thread::sleep(Duration::from_millis(50));
+                    let _ = conn.write_all(piece);
+                    let _ = conn.flush();
+                }
+            } else {
+                let _ = conn.write_all(
+                    b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                );
+            }
+        }
+    });
+    url
+}
+
+#[test]
+fn the_cli_follows_a_log_whose_characters_are_split_across_reads() {
+    // "Grüße ✓\n" as the node sends it (axum gives each line of a piece its own `data:`), cut
+    // inside the ü (c3|bc) and inside the ✓ (e2 9c|93), and an `end` event with CRLF line ends.
+    let url = fake_follow_node(vec![
+        b": a comment\nevent: log\nid: 11\ndata: Gr\xc3",
+        b"\xbc\xc3\x9fe \xe2\x9c",
+        b"\x93\ndata: \n\n",
+        b"event: end\r\ndata: {\"id\": \"r1\", \"status\": \"failed\", \"exit_code\": 4}\r\n\r\n",
+    ]);
+    let dir = tempfile::tempdir().expect("tmp");
+    let out = Command::new(BIN)
+        .args(["task", "run", "greet", "--follow", "--url", &url])
+        .env("TASKMESH_DATA_DIR", dir.path())
+        .env("TASKMESH_TOKEN", TOKEN)
+        .env_remove("TASKMESH_URL")
+        .env_remove("TASKMESH_TOKEN_FILE")
+        .output()
+        .expect("run the cli");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        String::from_utf8(out.stdout).expect("UTF-8 output"),
+        "Grüße ✓\n",
+        "{stderr}"
+    );
+    assert_eq!(out.status.code(), Some(4), "{stderr}");
+    assert!(stderr.contains("run r1 failed"), "{stderr}");
+}
+
 /// Every folder and file under `root` (`root` included; links neither listed nor followed) with
 /// its permission bits.
 fn modes(root: &Path) -> Vec<(std::path::PathBuf, u32, bool)> {
@@ -1007,7 +1082,7 @@ fn the_start_log_has_a_login_link_and_the_cli_makes_more_and_rotates_the_token()
         link.starts_with(&format!("{}/login?code=", node.url)),
         "{link}"
     );
-    let http = reqwest::blocking::Client::builder()
+    let http = http_client()
         .redirect(reqwest::redirect::Policy::none())
         .build()
         .expect("client");

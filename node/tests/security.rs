@@ -108,7 +108,7 @@ fn another_user_of_the_machine_gets_nothing_without_the_token() {
         .expect("root reads the token")
         .trim()
         .to_owned();
-    let http = reqwest::blocking::Client::new();
+    let http = http_client().build().expect("client");
     let authed = |r: reqwest::blocking::RequestBuilder| {
         r.bearer_auth(&token)
             .timeout(Duration::from_secs(10))
@@ -317,7 +317,7 @@ fn idle_p2p_and_slow_http_connections_leave_the_node_answering() {
         .expect("token")
         .trim()
         .to_owned();
-    let http = reqwest::blocking::Client::builder()
+    let http = http_client()
         .timeout(Duration::from_secs(1))
         .build()
         .expect("client");

@@ -14,6 +14,15 @@ use serde_json::Value;
 use taskmesh::{Config, NodeHandle, Started};
 use tokio_util::sync::CancellationToken;
 
+/// A builder for the tests' HTTP clients. reqwest's TLS has no crypto provider of its own here
+/// (see `taskmesh::http_client`): each client is given the node's ring configuration, trusting
+/// no CA (the tests speak plain HTTP, or TLS through tokio-rustls with checks of their own).
+pub fn http_client() -> reqwest::ClientBuilder {
+    reqwest::Client::builder().tls_backend_preconfigured(taskmesh::http_client::tls_config(
+        rustls::RootCertStore::empty(),
+    ))
+}
+
 /// Polls `check` every 20 ms until it yields `Some`, or fails after `deadline`.
 pub async fn wait_for<T, F, Fut>(what: &str, deadline: Duration, mut check: F) -> Result<T>
 where
@@ -125,7 +134,7 @@ impl Api {
     pub fn anonymous(base: &str) -> Self {
         Self {
             base: base.to_owned(),
-            http: reqwest::Client::new(),
+            http: http_client().build().expect("an HTTP client"),
         }
     }
 
@@ -138,7 +147,7 @@ impl Api {
         headers.insert(reqwest::header::AUTHORIZATION, value);
         Self {
             base: base.to_owned(),
-            http: reqwest::Client::builder()
+            http: http_client()
                 .default_headers(headers)
                 .build()
                 .expect("an HTTP client"),

@@ -40,7 +40,7 @@ impl Browser {
             .spawn()
             .context("starting chromedriver (Debian package chromium-driver; scripts/install-deps installs it)")?;
         let base = format!("http://127.0.0.1:{port}");
-        let http = reqwest::Client::new();
+        let http = crate::http_client().build()?;
         wait_for("chromedriver", Duration::from_secs(20), || async {
             http.get(format!("{base}/status"))
                 .send()

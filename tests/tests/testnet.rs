@@ -166,7 +166,7 @@ impl Testnet {
             reqwest::header::AUTHORIZATION,
             format!("Bearer {}", token.trim()).parse()?,
         );
-        let http = reqwest::Client::builder()
+        let http = taskmesh_tests::http_client()
             .no_proxy()
             .timeout(Duration::from_secs(2))
             .default_headers(headers)

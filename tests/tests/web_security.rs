@@ -14,7 +14,7 @@ use tokio::net::TcpStream;
 
 /// A client that sends nothing it is not told to, and follows no redirect.
 fn bare() -> reqwest::Client {
-    reqwest::Client::builder()
+    taskmesh_tests::http_client()
         .redirect(reqwest::redirect::Policy::none())
         .timeout(Duration::from_secs(10))
         .build()
@@ -23,7 +23,7 @@ fn bare() -> reqwest::Client {
 
 /// A client whose connections come from `ip` (another address on loopback).
 fn bare_from(ip: [u8; 4]) -> reqwest::Client {
-    reqwest::Client::builder()
+    taskmesh_tests::http_client()
         .redirect(reqwest::redirect::Policy::none())
         .timeout(Duration::from_secs(10))
         .local_address(std::net::IpAddr::from(ip))

@@ -21,6 +21,7 @@ use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use subtle::ConstantTimeEq;
 use tracing::warn;
 
@@ -457,7 +458,10 @@ pub async fn require(State(access): State<Arc<Access>>, request: Request, next: 
         .path_and_query()
         .map(|p| p.as_str())
         .unwrap_or("/");
-    redirect(&format!("/login?next={}", percent_encode(target)))
+    redirect(&format!(
+        "/login?next={}",
+        utf8_percent_encode(target, NEXT_ENCODED)
+    ))
 }
 
 /// A 303 to a local path; a path that cannot be a header value goes to /index instead.
@@ -466,16 +470,15 @@ pub fn redirect(to: &str) -> Response {
     (StatusCode::SEE_OTHER, [(header::LOCATION, location)]).into_response()
 }
 
-pub(crate) fn percent_encode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' | b'/' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
+/// What the `next` parameter of a login redirect percent-encodes: all but the unreserved
+/// characters of RFC 3986 and `/`. The page's own `?`, `&` and `=` are encoded, so its query
+/// stays inside `next`.
+const NEXT_ENCODED: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'~')
+    .remove(b'/');
 
 /// Where to go after logging in: only paths on this site. Refused (→ `/index`): anything not
 /// starting with one `/`, `//` and `/\` (other hosts to a browser), and any control character,
@@ -497,6 +500,7 @@ pub fn safe_next(next: Option<&str>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use axum::extract::Query;
 
     fn access(dir: &Path) -> Arc<Access> {
         Access::start(AccessOptions {
@@ -606,6 +610,20 @@ mod tests {
         }
         assert_eq!(safe_next(Some("/runs/1?x=2")), "/runs/1?x=2");
         assert_eq!(safe_next(None), "/index");
+    }
+
+    #[test]
+    fn next_carries_the_whole_page_address() {
+        let page = "/runs/1?x=a b&y=é#top";
+        let encoded = utf8_percent_encode(page, NEXT_ENCODED).to_string();
+        assert_eq!(encoded, "/runs/1%3Fx%3Da%20b%26y%3D%C3%A9%23top");
+        let Query(back) = Query::<std::collections::HashMap<String, String>>::try_from_uri(
+            &format!("/login?next={encoded}&code=1")
+                .parse()
+                .expect("uri"),
+        )
+        .expect("query");
+        assert_eq!(back["next"], page);
     }
 
     #[test]

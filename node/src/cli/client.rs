@@ -3,13 +3,13 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use http_body_util::{BodyExt, Full};
-use hyper::body::{Bytes, Incoming};
-use hyper::{Method, Request, Response, StatusCode, header};
+use futures::StreamExt;
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
+use reqwest::{Method, Response, StatusCode, header};
 use rustls::pki_types::CertificateDer;
 use serde_json::{Value, json};
 
-use crate::https_client;
+use crate::http_client;
 
 use super::{AddArgs, Remote, SettingsCommand, TaskCommand, TokenSource};
 
@@ -55,7 +55,7 @@ const MAX_ANSWER: usize = 64 << 20;
 
 struct Api {
     base: String,
-    http: https_client::Client<Full<Bytes>>,
+    http: reqwest::Client,
     /// The access token, or why it could not be read (said when the node answers 401).
     token: Result<String, String>,
     /// What is trusted for an https:// node besides the system's CAs (said when the node's
@@ -71,9 +71,13 @@ impl Api {
         } else {
             (rustls::RootCertStore::empty(), String::new())
         };
+        let http = http_client::builder(roots)
+            .user_agent(concat!("taskmesh-cli/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| ClientError::Usage(crate::error_text::error_text(&e)))?;
         Ok(Self {
             base,
-            http: https_client::client(roots),
+            http,
             token: read_token(&remote.token_source(std::env::var("TASKMESH_TOKEN").ok())),
             trusted,
         })
@@ -85,34 +89,20 @@ impl Api {
         &self,
         method: Method,
         path: &str,
-        body: Option<(&str, Bytes)>,
-    ) -> Result<Response<Incoming>, ClientError> {
-        let url = format!("{}{path}", self.base);
-        let uri: hyper::Uri = url
-            .parse()
+        body: Option<(&str, Vec<u8>)>,
+    ) -> Result<Response, ClientError> {
+        let url = reqwest::Url::parse(&format!("{}{path}", self.base))
             .map_err(|e| ClientError::Usage(format!("--url {}: not a URL: {e}", self.base)))?;
-        let mut request = Request::builder().method(method).uri(uri).header(
-            header::USER_AGENT,
-            concat!("taskmesh-cli/", env!("CARGO_PKG_VERSION")),
-        );
+        let mut request = self.http.request(method, url);
         if let Ok(token) = &self.token {
-            request = request.header(header::AUTHORIZATION, format!("Bearer {token}"));
+            request = request.bearer_auth(token);
         }
-        let body = match body {
-            Some((content_type, bytes)) => {
-                request = request.header(header::CONTENT_TYPE, content_type);
-                bytes
-            }
-            None => Bytes::new(),
-        };
-        let request = request
-            .body(Full::new(body))
-            .map_err(|e| ClientError::Usage(format!("{url}: {e}")))?;
-        let response = self
-            .http
-            .request(request)
-            .await
-            .map_err(|e| self.unreachable(&e))?;
+        if let Some((content_type, bytes)) = body {
+            request = request
+                .header(header::CONTENT_TYPE, content_type)
+                .body(bytes);
+        }
+        let response = request.send().await.map_err(|e| self.unreachable(e))?;
         if response.status().is_success() {
             return Ok(response);
         }
@@ -149,10 +139,16 @@ impl Api {
 
     /// Why the node could not be reached: an untrusted certificate, the wrong scheme, or the
     /// connection itself.
-    fn unreachable(&self, error: &hyper_util::client::legacy::Error) -> ClientError {
+    fn unreachable(&self, error: reqwest::Error) -> ClientError {
         let url = self.base.clone();
-        let reason = crate::error_text::error_text(error);
-        match failure_kind(error, self.base.starts_with("https://")) {
+        let kind = failure_kind(&error, self.base.starts_with("https://"));
+        let request_error = error.is_builder();
+        // The error names the node's URL, and so does the message around the reason.
+        let reason = crate::error_text::error_text(&error.without_url());
+        if request_error {
+            return ClientError::Usage(format!("{url}: {reason}"));
+        }
+        match kind {
             Failure::Certificate(reason) => ClientError::Untrusted {
                 url,
                 reason,
@@ -171,7 +167,7 @@ impl Api {
         path: &str,
         body: Option<Value>,
     ) -> Result<Value, ClientError> {
-        let body = body.map(|b| ("application/json", Bytes::from(b.to_string())));
+        let body = body.map(|b| ("application/json", b.to_string().into_bytes()));
         let response = self.send(method, path, body).await?;
         let bytes = read_body(response)
             .await
@@ -186,24 +182,22 @@ impl Api {
 }
 
 /// An answer's body, up to [`MAX_ANSWER`].
-async fn read_body(response: Response<Incoming>) -> Result<Bytes, String> {
-    http_body_util::Limited::new(response.into_body(), MAX_ANSWER)
-        .collect()
+async fn read_body(response: Response) -> Result<Vec<u8>, String> {
+    http_client::body_up_to(response, MAX_ANSWER)
         .await
-        .map(|b| b.to_bytes())
-        .map_err(|e| crate::error_text::error_text(&*e))
+        .map_err(|e| crate::error_text::error_text(&e))
 }
 
 /// The certificates an https:// node may present, and a sentence naming what is trusted besides
 /// the system's CAs: the node's own certificate (`tls-cert.pem` in the data directory) when it
 /// can be read, and `--ca-cert`, which must be readable.
 fn trust(remote: &Remote) -> Result<(rustls::RootCertStore, String), ClientError> {
-    let mut roots = https_client::system_roots();
+    let mut roots = http_client::system_roots();
     let mut trusted = vec![format!("{} system CA certificates", roots.len())];
     let (own, _) = crate::api::tls::self_signed_paths(&remote.node_data_dir());
     let own_note = match std::fs::read(&own) {
         Ok(pem) => match certificates(&pem)
-            .and_then(|c| https_client::add_roots(&mut roots, c).map_err(|e| e.to_string()))
+            .and_then(|c| http_client::add_roots(&mut roots, c).map_err(|e| e.to_string()))
         {
             Ok(_) => format!("the node's certificate {}", own.display()),
             Err(e) => format!("not {}, which is not a certificate: {e}", own.display()),
@@ -221,7 +215,7 @@ fn trust(remote: &Remote) -> Result<(rustls::RootCertStore, String), ClientError
         };
         let pem = std::fs::read(path).map_err(|e| ca_error(e.to_string()))?;
         let certs = certificates(&pem).map_err(ca_error)?;
-        https_client::add_roots(&mut roots, certs).map_err(|e| ca_error(e.to_string()))?;
+        http_client::add_roots(&mut roots, certs).map_err(|e| ca_error(e.to_string()))?;
         trusted.push(format!("--ca-cert {}", path.display()));
     }
     Ok((roots, trusted.join(", ")))
@@ -301,15 +295,17 @@ fn read_token(source: &TokenSource) -> Result<String, String> {
     }
 }
 
+/// What a path segment (a task or channel name) percent-encodes: all but the unreserved
+/// characters of RFC 3986.
+const SEGMENT_ENCODED: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'~');
+
+/// `s` as one path segment.
 fn enc(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
+    utf8_percent_encode(s, SEGMENT_ENCODED).to_string()
 }
 
 fn read(path: &Path) -> Result<String, ClientError> {
@@ -603,53 +599,38 @@ async fn follow_log(api: &Api, id: &str) -> Result<ExitCode, ClientError> {
             None,
         )
         .await?;
-    let mut body = response.into_body();
-    let mut buffer = String::new();
+    // Events are parsed as the SSE spec says (any line ending, fields, comments), and each
+    // event's text is decoded whole: a character split across reads arrives intact.
+    let mut events = sse_stream::SseByteStream::new(response.bytes_stream());
     let mut stdout = std::io::stdout();
-    while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|e| {
+    while let Some(event) = events.next().await {
+        let event = event.map_err(|e| {
             ClientError::Api(format!(
                 "the log stream of run {id} broke: {}",
                 crate::error_text::error_text(&e)
             ))
         })?;
-        let Ok(chunk) = frame.into_data() else {
-            continue;
-        };
-        buffer.push_str(&String::from_utf8_lossy(&chunk));
-        while let Some(end) = buffer.find("\n\n") {
-            let frame: String = buffer.drain(..end + 2).collect();
-            let mut event = "message";
-            let mut data = Vec::new();
-            for line in frame.lines() {
-                if let Some(e) = line.strip_prefix("event:") {
-                    event = e.trim();
-                } else if let Some(d) = line.strip_prefix("data:") {
-                    data.push(d.strip_prefix(' ').unwrap_or(d));
+        let data = event.data.unwrap_or_default();
+        match event.event.as_deref() {
+            Some("log") => {
+                // Task output reaches a terminal: no escape sequences or controls.
+                let data = super::terminal::terminal_safe(&data);
+                let _ = stdout.write_all(data.as_bytes());
+                if !data.ends_with('\n') {
+                    let _ = stdout.write_all(b"\n");
                 }
+                let _ = stdout.flush();
             }
-            let data = data.join("\n");
-            match event {
-                "log" => {
-                    // Task output reaches a terminal: no escape sequences or controls.
-                    let data = super::terminal::terminal_safe(&data);
-                    let _ = stdout.write_all(data.as_bytes());
-                    if !data.ends_with('\n') {
-                        let _ = stdout.write_all(b"\n");
-                    }
-                    let _ = stdout.flush();
-                }
-                "end" => {
-                    let run: Value = serde_json::from_str(&data).unwrap_or(Value::Null);
-                    eprintln!(
-                        "run {} {}",
-                        run["id"].as_str().unwrap_or(id),
-                        run["status"].as_str().unwrap_or("ended")
-                    );
-                    return Ok(run["exit_code"].as_i64().map_or(1, |c| c as i32));
-                }
-                _ => {}
+            Some("end") => {
+                let run: Value = serde_json::from_str(&data).unwrap_or(Value::Null);
+                eprintln!(
+                    "run {} {}",
+                    run["id"].as_str().unwrap_or(id),
+                    run["status"].as_str().unwrap_or("ended")
+                );
+                return Ok(run["exit_code"].as_i64().map_or(1, |c| c as i32));
             }
+            _ => {}
         }
     }
     Err(ClientError::Api(
@@ -684,7 +665,7 @@ async fn settings(command: SettingsCommand) -> Result<ExitCode, ClientError> {
             api.send(
                 Method::POST,
                 "/api/settings/import",
-                Some(("application/json", Bytes::from(text))),
+                Some(("application/json", text.into_bytes())),
             )
             .await?;
             println!("imported {}", file.display());
@@ -751,7 +732,7 @@ mod tests {
     fn a_failed_request_is_told_by_the_tls_error_among_its_causes() {
         use std::io::{Error, ErrorKind};
         let wrapped = |inner: rustls::Error| {
-            // As hyper-rustls hands it over: an io::Error around tokio-rustls' io::Error.
+            // As the TLS connector hands it over: an io::Error around tokio-rustls' io::Error.
             Error::other(Error::new(ErrorKind::InvalidData, inner))
         };
         let untrusted = wrapped(rustls::Error::InvalidCertificate(
@@ -772,6 +753,13 @@ mod tests {
         for (error, want) in cases {
             assert_eq!(failure_kind(error, true), want, "{error}");
         }
+    }
+
+    #[test]
+    fn a_name_is_one_path_segment() {
+        assert_eq!(enc("nightly backup"), "nightly%20backup");
+        assert_eq!(enc("a/b?c#d%"), "a%2Fb%3Fc%23d%25");
+        assert_eq!(enc("grüße-1.0_~"), "gr%C3%BC%C3%9Fe-1.0_~");
     }
 
     #[test]

@@ -156,7 +156,7 @@ async fn post(
         .unwrap_or_else(|| text.chars().take(200).collect());
     let detail = format!("{who} answered {status}: {said}");
     let transient = status.is_server_error()
-        || status == hyper::StatusCode::TOO_MANY_REQUESTS
-        || status == hyper::StatusCode::REQUEST_TIMEOUT;
+        || status == reqwest::StatusCode::TOO_MANY_REQUESTS
+        || status == reqwest::StatusCode::REQUEST_TIMEOUT;
     Err(Failure { detail, transient })
 }

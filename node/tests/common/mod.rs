@@ -97,6 +97,15 @@ pub fn stop(mut node: Node) {
     assert!(exited.success(), "{exited:?}");
 }
 
+/// A builder for the tests' HTTP clients. reqwest's TLS has no crypto provider of its own here
+/// (see `taskmesh::http_client`): each client is given the node's ring configuration, trusting
+/// no CA (these tests speak plain HTTP).
+pub fn http_client() -> reqwest::blocking::ClientBuilder {
+    reqwest::blocking::Client::builder().tls_backend_preconfigured(
+        taskmesh::http_client::tls_config(rustls::RootCertStore::empty()),
+    )
+}
+
 /// A client that sends the nodes' access token with every request.
 pub fn client() -> reqwest::blocking::Client {
     let mut headers = reqwest::header::HeaderMap::new();
@@ -104,7 +113,7 @@ pub fn client() -> reqwest::blocking::Client {
         reqwest::header::AUTHORIZATION,
         format!("Bearer {TOKEN}").parse().expect("header"),
     );
-    reqwest::blocking::Client::builder()
+    http_client()
         .default_headers(headers)
         .timeout(Duration::from_secs(10))
         .build()
