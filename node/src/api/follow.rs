@@ -127,6 +127,31 @@ fn expired(run: &Run, node: &NodeHandle) -> bool {
     run.ended_at.is_some_and(|ended| Utc::now() - ended > kept)
 }
 
+/// How many bytes of `chunk` end on a character boundary: all of them, except the first bytes
+/// of a UTF-8 character whose other bytes are not there yet (kept back unless `complete`).
+fn whole_characters(chunk: &[u8], complete: bool) -> usize {
+    if complete {
+        return chunk.len();
+    }
+    // The last character starts at most 3 bytes before the end.
+    for back in 1..=chunk.len().min(4) {
+        let at = chunk.len() - back;
+        let byte = chunk[at];
+        if byte & 0b1100_0000 == 0b1000_0000 {
+            continue; // a continuation byte: its lead is further back
+        }
+        let length = match byte {
+            b if b < 0x80 => 1,
+            b if b & 0b1110_0000 == 0b1100_0000 => 2,
+            b if b & 0b1111_0000 == 0b1110_0000 => 3,
+            b if b & 0b1111_1000 == 0b1111_0000 => 4,
+            _ => 1, // not UTF-8 at all: sent as it is (and shown as U+FFFD)
+        };
+        return if back < length { at } else { chunk.len() };
+    }
+    chunk.len()
+}
+
 struct Follow {
     node: NodeHandle,
     id: RunId,
@@ -149,13 +174,16 @@ impl Follow {
                 .await
                 .ok()?
                 .unwrap_or_default();
-            if !chunk.is_empty() {
-                self.offset += chunk.len() as u64;
+            // A character cut at the end of what is written so far waits for its other bytes,
+            // so that each event decodes whole (unless the run has ended: then it never comes).
+            let whole = whole_characters(&chunk, run.status.is_final());
+            if whole > 0 {
+                self.offset += whole as u64;
                 return Some(
                     SseEvent::default()
                         .event("log")
                         .id(self.offset.to_string())
-                        .data(String::from_utf8_lossy(&chunk)),
+                        .data(String::from_utf8_lossy(&chunk[..whole])),
                 );
             }
             if run.status.is_final() {
@@ -209,4 +237,27 @@ pub(super) async fn events(
         }
     });
     Sse::new(stream).keep_alive(KeepAlive::default())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::whole_characters;
+
+    #[test]
+    fn a_character_cut_at_the_end_waits_for_its_other_bytes() {
+        let text = "Grüße ✓".as_bytes();
+        let cases: &[(&[u8], bool, usize)] = &[
+            (text, false, text.len()),
+            (&text[..3], false, 2),              // "Gr" + the first byte of ü
+            (&text[..3], true, 3),               // the run ended: nothing more will come
+            (&text[..text.len() - 1], false, 8), // ✓ is 3 bytes; 2 of them are there
+            (&text[..text.len() - 2], false, 8),
+            (b"", false, 0),
+            (&[0xff], false, 1),                   // not UTF-8: sent as it is
+            (&[0x80, 0x80, 0x80, 0x80], false, 4), // stray continuation bytes
+        ];
+        for (chunk, complete, expected) in cases {
+            assert_eq!(whole_characters(chunk, *complete), *expected, "{chunk:?}");
+        }
+    }
 }
