@@ -1,6 +1,11 @@
 //! Runs processes on this node: a slot-bounded queue, one task per process, at most one start per
 //! run id, and a clean stop of everything on shutdown.
+//!
+//! Everything here runs on every node: the [`Executor`] actor, the [`dispatch::Dispatcher`]
+//! that hands it the runs the leader committed to this node, and the [`Supervisor`] that acts
+//! on ended runs (exit-code rules, always-tasks).
 
+pub mod dispatch;
 mod process;
 pub mod supervisor;
 

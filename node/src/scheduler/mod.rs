@@ -1,21 +1,28 @@
 //! Turns due cron slots, `@reboot`, and run requests (Execute now, retries, exit rules) into
 //! runs, and places them on the live nodes (issue 5; DESIGN.md "scheduler").
 //!
-//! Only the Raft leader schedules. It fires cron slots and places runs on nodes whose
-//! dependencies match ([`placement`]), committing each slot together with its runs
-//! (`Change::Fire`) ahead of the slot (guarantee 1: the assignment is committed before
-//! dispatch); each node's [`dispatch::Dispatcher`] starts what is committed to it. A slot found
-//! more than [`LATE`] in the past was missed; the task's catch-up policy decides what runs, and
-//! slots it skips are recorded as a `skipped` run, never dropped silently. A new leader starts
-//! from the committed state, so it catches up what its predecessor missed by the same policy.
+//! A [`Scheduler`] runs on every node, and does different things there:
 //!
-//! Requests come in on any node. The leader places them at once; another node commits them as
-//! waiting runs (no node yet), and the leader places them when it sees them. Runs that find no
-//! free slot wait in the ledger, by priority, until one frees up. Runs on a node that stopped
-//! answering become `lost` and are retried on another node while attempts remain.
+//! - **On the leader** (while `Consensus::leads`) it schedules for the cluster. It fires cron
+//!   slots and places runs on nodes whose dependencies match ([`placement`]), committing each
+//!   slot together with its runs (`Change::Fire`) ahead of the slot (guarantee 1: the assignment
+//!   is committed before dispatch). A slot found more than [`LATE`] in the past was missed; the
+//!   task's catch-up policy decides what runs, and slots it skips are recorded as a `skipped`
+//!   run, never dropped silently. A new leader starts from the committed state, so it catches
+//!   up what its predecessor missed by the same policy. Runs that find no free slot wait in the
+//!   ledger, by priority, until one frees up. Runs on a node that stopped answering become
+//!   `lost` and are retried on another node while attempts remain. Always-tasks get their
+//!   holders.
+//! - **On every node** it takes run requests (Execute now, and the supervisor's follow-ups:
+//!   retries and "run another task"). The leader places them at once; a follower hands them to
+//!   the leader (`forward.rs`), and commits them as waiting runs (no node yet) when the leader
+//!   does not answer, which the leader places when it sees them. At its start it also runs this
+//!   node's `@reboot` tasks.
+//!
+//! Starting what is committed to a node is not the scheduler's work: each node's dispatcher
+//! (`executor::dispatch`) does that.
 
 pub mod cron;
-pub mod dispatch;
 mod forward;
 pub mod placement;
 

@@ -293,7 +293,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Starte
         requests,
         work.clone(),
     );
-    let dispatcher = crate::scheduler::dispatch::Dispatcher {
+    let dispatcher = crate::executor::dispatch::Dispatcher {
         peer_id,
         consensus: consensus.clone(),
         ready: ready_tx,
