@@ -11,8 +11,8 @@ use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
+use super::RunRequest;
 use crate::consensus::Consensus;
-use crate::executor::RunRequest;
 use crate::mesh::{MeshHandle, PeerId, Request, Response};
 use crate::model::{Run, TaskId, Trigger};
 

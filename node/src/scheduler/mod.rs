@@ -38,7 +38,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::consensus::{Change, Consensus, ProposeError, State};
-use crate::executor::{ExecutorHandle, RunRequest};
+use crate::executor::{ExecutorHandle, FollowUp};
 use crate::ledger::RunLedger;
 use crate::mesh::MeshHandle;
 use crate::model::{
@@ -61,6 +61,34 @@ const CATCH_UP_CAP: usize = 100;
 const MAX_BATCH: usize = 256;
 /// The leader looks at least this often (for lost runs and waiting runs) when nothing changes.
 const TICK: Duration = Duration::from_millis(250);
+
+/// A request for a run, as the scheduler's inbox holds it: Execute now (with a reply), one of
+/// the supervisor's follow-ups (a retry or a rule's run, without one), or a request a follower
+/// handed to this node as the leader.
+#[derive(Debug)]
+struct RunRequest {
+    task: TaskId,
+    trigger: Trigger,
+    attempt: u32,
+    /// How long to wait before it runs (a retry's backoff).
+    delay: Duration,
+    reply: Option<oneshot::Sender<Result<Run, String>>>,
+    /// Forwarded by another node to this one as the leader: never forwarded again.
+    forwarded: bool,
+}
+
+impl From<FollowUp> for RunRequest {
+    fn from(f: FollowUp) -> Self {
+        RunRequest {
+            task: f.task,
+            trigger: f.trigger,
+            attempt: f.attempt,
+            delay: f.delay,
+            reply: None,
+            forwarded: false,
+        }
+    }
+}
 
 /// A cloneable handle for asking the scheduler for runs.
 #[derive(Clone)]
@@ -140,6 +168,8 @@ pub struct Scheduler {
     peer_id: String,
     executor: ExecutorHandle,
     inbox: mpsc::Receiver<RunRequest>,
+    /// The runs this node's supervisor asks for (retries, rules).
+    follow_ups: mpsc::Receiver<FollowUp>,
     /// Changes when this node, as the leader, learns of runs that ended (`Consensus::ending`).
     ending: watch::Receiver<()>,
     /// Whether the last pass left runs waiting for a free slot (then an ended run is news).
@@ -171,18 +201,15 @@ pub struct Parts {
     pub ledger: RunLedger,
     /// Becomes true once the dispatcher has settled the runs the previous start left queued.
     pub dispatcher_ready: watch::Receiver<bool>,
+    /// The runs the supervisor's exit-code rules ask for.
+    pub follow_ups: mpsc::Receiver<FollowUp>,
 }
 
 impl Scheduler {
-    /// The request channel is made by the caller, because the supervisor sends on it too.
-    pub fn new(
-        parts: Parts,
-        requests: (mpsc::Sender<RunRequest>, mpsc::Receiver<RunRequest>),
-        cancel: CancellationToken,
-    ) -> (Self, SchedulerHandle) {
+    pub fn new(parts: Parts, cancel: CancellationToken) -> (Self, SchedulerHandle) {
         let state = parts.consensus.subscribe();
         let ending = parts.consensus.ending().subscribe();
-        let (tx, inbox) = requests;
+        let (tx, inbox) = mpsc::channel(1024);
         let (to_leader, forwards) = mpsc::unbounded_channel();
         let forwarder = Forwarder {
             inbox: forwards,
@@ -200,6 +227,7 @@ impl Scheduler {
             peer_id: parts.peer_id,
             executor: parts.executor,
             inbox,
+            follow_ups: parts.follow_ups,
             ending,
             short_of_slots: false,
             schedules: HashMap::new(),
@@ -247,14 +275,11 @@ impl Scheduler {
                 biased;
                 _ = self.cancel.cancelled() => break,
                 Some(request) = self.inbox.recv() => {
-                    // Requests that arrive together are committed together (group commit).
-                    let mut batch = vec![request];
-                    while batch.len() < MAX_BATCH {
-                        match self.inbox.try_recv() {
-                            Ok(request) => batch.push(request),
-                            Err(_) => break,
-                        }
-                    }
+                    let batch = self.gather(request);
+                    self.on_requests(batch).await
+                }
+                Some(follow_up) = self.follow_ups.recv() => {
+                    let batch = self.gather(follow_up.into());
                     self.on_requests(batch).await
                 }
                 Ok(()) = self.state.changed() => {}
@@ -263,6 +288,22 @@ impl Scheduler {
                 _ = sleep_until_opt(wake) => {}
             }
         }
+    }
+
+    /// `first` and the requests waiting behind it, up to [`MAX_BATCH`]: requests that arrive
+    /// together are committed together (group commit).
+    fn gather(&mut self, first: RunRequest) -> Vec<RunRequest> {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match self.inbox.try_recv() {
+                Ok(request) => batch.push(request),
+                Err(_) => match self.follow_ups.try_recv() {
+                    Ok(follow_up) => batch.push(follow_up.into()),
+                    Err(_) => break,
+                },
+            }
+        }
+        batch
     }
 
     /// Whether this node leads now; notes when it starts to.

@@ -230,7 +230,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Starte
     );
 
     let (finished_tx, finished_rx) = mpsc::channel(1024);
-    let requests = mpsc::channel(1024);
+    let (follow_ups_tx, follow_ups) = mpsc::channel(1024);
     let peer_id = identity.public().to_peer_id().to_string();
     let (executor, executor_handle) = Executor::new(
         ledger.clone(),
@@ -274,7 +274,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Starte
         consensus.clone(),
         executor_handle.clone(),
         ledger.clone(),
-        requests.0.clone(),
+        follow_ups_tx,
         events.clone(),
         notifier.clone(),
         work.clone(),
@@ -289,8 +289,8 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Starte
             executor: executor_handle.clone(),
             ledger: ledger.clone(),
             dispatcher_ready: ready_rx,
+            follow_ups,
         },
-        requests,
         work.clone(),
     );
     let dispatcher = crate::executor::dispatch::Dispatcher {
