@@ -15,7 +15,7 @@ use tokio::time::Instant;
 
 use super::cron::{Schedule, catch_up};
 use super::placement::{self, Candidate, NoPlace};
-use super::{LATE, LEAD};
+use super::{LATE, LEAD, NotScheduled};
 use crate::consensus::{Change, State};
 use crate::model::{
     CatchUp, Concurrency, Outcome, Placement, Run, RunId, RunStatus, Task, TaskId, Trigger, When,
@@ -48,6 +48,30 @@ pub enum Notice {
     Missed { task: String, skipped: u64 },
     /// A task's slot is due, and no live node can run it.
     NoNode { task: String, why: String },
+}
+
+/// Why a requested run does not start: an answer about the cluster as it is now, not a failure
+/// (the API answers `409 Conflict`). Both can change: a node with the dependencies may join,
+/// and the earlier run will end.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Refusal {
+    /// No live node fulfils the task's dependencies: "no live node has gpu=nvidia".
+    #[error("{0}")]
+    NoNode(String),
+    /// The task's concurrency is `forbid`, and an earlier run of it is running.
+    #[error("run {run} is still running (concurrency `forbid`)")]
+    StillRunning { run: RunId },
+}
+
+impl Refusal {
+    /// A short name of the reason, for clients: `no_node` or `still_running`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Refusal::NoNode(_) => "no_node",
+            Refusal::StillRunning { .. } => "still_running",
+        }
+    }
 }
 
 /// What firing the due cron slots comes to.
@@ -136,7 +160,13 @@ pub fn fire_due<'s>(
             match gate(task, state, None, view.here, view.peer_id) {
                 Gate::Go => {}
                 Gate::Skip(why) => {
-                    runs.push(closed(task, trigger, why, new_id(), now));
+                    runs.push(closed(
+                        task,
+                        trigger,
+                        format!("not run: {why}"),
+                        new_id(),
+                        now,
+                    ));
                     continue;
                 }
                 Gate::Replace(earlier) => firing.stops.extend(earlier),
@@ -201,7 +231,7 @@ pub fn place_waiting(view: &View, mut new_id: impl FnMut() -> RunId) -> Placing 
             Gate::Go => {}
             Gate::Skip(why) => {
                 let mut r = run.clone();
-                r.close(RunStatus::Skipped, why, now);
+                r.close(RunStatus::Skipped, format!("not run: {why}"), now);
                 placed.push(r);
                 continue;
             }
@@ -370,7 +400,7 @@ pub struct Ask {
 #[derive(Debug, Default)]
 pub struct Granting {
     /// For each request, in order: the first run it made, or why it made none.
-    pub answers: Vec<Result<Run, String>>,
+    pub answers: Vec<Result<Run, NotScheduled>>,
     /// Every run they made, to commit in one `Change::Runs`.
     pub runs: Vec<Run>,
     /// Earlier runs to ask to stop first (concurrency `replace`; only a leader stops them, a
@@ -379,8 +409,9 @@ pub struct Granting {
 }
 
 /// The runs a batch of requests makes: placed at once on the leader (`leading`), else one run
-/// per request that waits for the leader to place it. A request makes none when no live node
-/// fulfils the task's dependencies, or its concurrency policy says no.
+/// per request that waits for the leader to place it. A request makes none when its task is
+/// gone, or is refused ([`Refusal`]) when no live node fulfils the task's dependencies or its
+/// concurrency policy says no.
 pub fn grant(
     view: &View,
     leading: bool,
@@ -394,7 +425,7 @@ pub fn grant(
         let Some(task) = state.tasks.get(&ask.task) else {
             granting
                 .answers
-                .push(Err(format!("there is no task {}", ask.task)));
+                .push(Err(NotScheduled::NoTask(ask.task.clone())));
             continue;
         };
         let answer = match runs_for_ask(task, ask, view, leading, &mut busy, &mut new_id) {
@@ -405,7 +436,7 @@ pub fn grant(
                 granting.runs.extend(runs);
                 Ok(first)
             }
-            Err(why) => Err(why),
+            Err(why) => Err(NotScheduled::Refused(why)),
         };
         granting.answers.push(answer);
     }
@@ -421,9 +452,9 @@ fn runs_for_ask(
     leading: bool,
     busy: &mut HashMap<String, u32>,
     new_id: &mut impl FnMut() -> RunId,
-) -> Result<(Run, Vec<Run>, Vec<RunId>), String> {
+) -> Result<(Run, Vec<Run>, Vec<RunId>), Refusal> {
     if let Err(NoPlace::NoMatch(why)) = placement::place(task, view.candidates, busy) {
-        return Err(why);
+        return Err(Refusal::NoNode(why));
     }
     let stops = match gate(task, view.state, None, view.here, view.peer_id) {
         Gate::Go => Vec::new(),
@@ -431,7 +462,8 @@ fn runs_for_ask(
         Gate::Replace(earlier) => earlier,
     };
     let runs = match leading {
-        true => place_runs(task, &ask.trigger, ask.attempt, view, busy, new_id)?,
+        true => place_runs(task, &ask.trigger, ask.attempt, view, busy, new_id)
+            .map_err(Refusal::NoNode)?,
         false => vec![new_run(
             task,
             ask.trigger.clone(),
@@ -440,10 +472,8 @@ fn runs_for_ask(
             view.now,
         )],
     };
-    match runs.first() {
-        Some(first) => Ok((first.clone(), runs, stops)),
-        None => Err("no run was made".into()),
-    }
+    // `place_runs` makes at least one run.
+    Ok((runs[0].clone(), runs, stops))
 }
 
 /// Runs for requests with a delay (a retry's backoff): each waits for a place until `now` plus
@@ -471,7 +501,7 @@ pub fn delayed(view: &View, asks: &[Ask], mut new_id: impl FnMut() -> RunId) -> 
 pub(super) enum Gate {
     Go,
     /// It does not run, for this reason.
-    Skip(String),
+    Skip(Refusal),
     /// It runs once these earlier runs are asked to stop.
     Replace(Vec<RunId>),
 }
@@ -518,11 +548,9 @@ pub(super) fn gate(
         return Gate::Go;
     };
     if forbid {
-        return Gate::Skip(format!(
-            "not run: run {} is still {} (concurrency `forbid`)",
-            first.id,
-            first.status.as_str()
-        ));
+        return Gate::Skip(Refusal::StillRunning {
+            run: first.id.clone(),
+        });
     }
     Gate::Replace(
         earlier
@@ -533,9 +561,9 @@ pub(super) fn gate(
     )
 }
 
-/// The runs one trigger of `task` makes: placed on nodes (one run per matching node for
-/// placement `all`), or one run waiting for a free slot (no node yet); or why no live node can
-/// take it.
+/// The runs one trigger of `task` makes (at least one): placed on nodes (one run per matching
+/// node for placement `all`), or one run waiting for a free slot (no node yet); or why no live
+/// node can take it.
 fn place_runs(
     task: &Task,
     trigger: &Trigger,
@@ -1444,7 +1472,7 @@ mod tests {
                 runs: vec![],
                 leading: true,
                 asks: vec!["t"],
-                answers: vec![Err("there is no task t")],
+                answers: vec![Err("there is no task t (none)")],
                 stops: vec![],
             },
             Case {
@@ -1455,7 +1483,7 @@ mod tests {
                 runs: vec![],
                 leading: false,
                 asks: vec!["t"],
-                answers: vec![Err("no live node has gpu=amd")],
+                answers: vec![Err("no live node has gpu=amd (no_node)")],
                 stops: vec![],
             },
             Case {
@@ -1465,7 +1493,7 @@ mod tests {
                 leading: true,
                 asks: vec!["t"],
                 answers: vec![Err(
-                    "not run: run x is still running (concurrency `forbid`)",
+                    "run x is still running (concurrency `forbid`) (still_running)",
                 )],
                 stops: vec![],
             },
@@ -1508,7 +1536,15 @@ mod tests {
             let answers: Vec<Result<String, String>> = granting
                 .answers
                 .iter()
-                .map(|a| a.as_ref().map(brief_run).map_err(|e| e.to_string()))
+                .map(|a| {
+                    let kind = |e: &NotScheduled| match e {
+                        NotScheduled::Refused(r) => r.kind(),
+                        _ => "none",
+                    };
+                    a.as_ref()
+                        .map(brief_run)
+                        .map_err(|e| format!("{e} ({})", kind(e)))
+                })
                 .collect();
             let expected: Vec<Result<String, String>> = case
                 .answers

@@ -11,7 +11,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
-use super::RunRequest;
+use super::{NotScheduled, RunRequest};
 use crate::consensus::Consensus;
 use crate::mesh::{MeshHandle, PeerId, Request, Response};
 use crate::model::{Run, TaskId, Trigger};
@@ -29,8 +29,10 @@ pub struct Forwarded {
     pub attempt: u32,
 }
 
-/// The leader's answer to each request of a hand-over, in order.
-pub type Answers = Vec<Result<Run, String>>;
+/// The leader's answer to each request of a hand-over, in order. A node of an older version
+/// answered with plain text errors; such an answer does not parse, and the requests are
+/// committed as waiting runs, as when the leader does not answer.
+pub type Answers = Vec<Result<Run, NotScheduled>>;
 
 pub(super) struct Forwarder {
     pub inbox: mpsc::UnboundedReceiver<RunRequest>,

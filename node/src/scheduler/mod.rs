@@ -45,6 +45,7 @@ use crate::model::{NodeSettings, Run, RunId, Task, TaskId, Trigger, When};
 use placement::Candidate;
 
 pub use cron::{CatchUpPlan, Schedule, ScheduleError, catch_up};
+pub use decide::Refusal;
 use forward::Forwarder;
 pub use forward::{Answers, Forwarded};
 
@@ -67,7 +68,7 @@ struct RunRequest {
     attempt: u32,
     /// How long to wait before it runs (a retry's backoff).
     delay: Duration,
-    reply: Option<oneshot::Sender<Result<Run, String>>>,
+    reply: Option<oneshot::Sender<Answer>>,
     /// Forwarded by another node to this one as the leader: never forwarded again.
     forwarded: bool,
 }
@@ -97,24 +98,48 @@ impl From<FollowUp> for RunRequest {
     }
 }
 
+/// Why a run request made no run.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NotScheduled {
+    /// The cluster refuses the run as it is now (no node fulfils the task, or `forbid`).
+    #[error(transparent)]
+    Refused(#[from] Refusal),
+    /// The task does not exist (any more).
+    #[error("there is no task {0}")]
+    NoTask(TaskId),
+    /// The run could not be committed (no quorum, or the node is shutting down).
+    #[error("{0}")]
+    Uncommitted(String),
+}
+
+impl NotScheduled {
+    fn shutting_down() -> Self {
+        NotScheduled::Uncommitted("the node is shutting down".into())
+    }
+}
+
 /// A cloneable handle for asking the scheduler for runs.
 #[derive(Clone)]
 pub struct SchedulerHandle {
     tx: mpsc::Sender<RunRequest>,
 }
 
+/// The answer a request waits for.
+type Answer = Result<Run, NotScheduled>;
+
 impl SchedulerHandle {
     /// Asks for a run of `task` now; answers with the run, or why there is none.
-    pub async fn request(&self, task: TaskId, trigger: Trigger) -> Result<Run, String> {
-        self.ask(
-            Forwarded {
-                task,
-                trigger,
-                attempt: 1,
-            },
-            false,
-        )
-        .await
+    pub async fn request(&self, task: TaskId, trigger: Trigger) -> Answer {
+        let request = Forwarded {
+            task,
+            trigger,
+            attempt: 1,
+        };
+        self.queue(request, false)
+            .await?
+            .await
+            .map_err(|_| NotScheduled::shutting_down())?
     }
 
     /// The run requests another node handed to this one as the leader; answers each, in order.
@@ -129,18 +154,11 @@ impl SchedulerHandle {
             answers.push(match rx {
                 Ok(rx) => rx
                     .await
-                    .unwrap_or_else(|_| Err("the node is shutting down".to_owned())),
+                    .unwrap_or_else(|_| Err(NotScheduled::shutting_down())),
                 Err(e) => Err(e),
             });
         }
         answers
-    }
-
-    async fn ask(&self, request: Forwarded, forwarded: bool) -> Result<Run, String> {
-        self.queue(request, forwarded)
-            .await?
-            .await
-            .map_err(|_| "the node is shutting down".to_owned())?
     }
 
     /// Puts a request in the scheduler's inbox; the receiver gets its answer.
@@ -148,7 +166,7 @@ impl SchedulerHandle {
         &self,
         request: Forwarded,
         forwarded: bool,
-    ) -> Result<oneshot::Receiver<Result<Run, String>>, String> {
+    ) -> Result<oneshot::Receiver<Answer>, NotScheduled> {
         let (reply, rx) = oneshot::channel();
         let request = RunRequest {
             task: request.task,
@@ -161,7 +179,7 @@ impl SchedulerHandle {
         self.tx
             .send(request)
             .await
-            .map_err(|_| "the node is shutting down".to_owned())?;
+            .map_err(|_| NotScheduled::shutting_down())?;
         Ok(rx)
     }
 }
@@ -607,7 +625,7 @@ impl Scheduler {
                 .consensus
                 .propose(Change::Runs(granting.runs))
                 .await
-                .map_err(|e| e.to_string()),
+                .map_err(|e| NotScheduled::Uncommitted(e.to_string())),
         };
         for (request, answer) in requests.into_iter().zip(granting.answers) {
             let answer = match (&committed, answer) {
