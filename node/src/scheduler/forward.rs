@@ -35,12 +35,13 @@ pub struct Forwarded {
 pub type Answers = Vec<Result<Run, NotScheduled>>;
 
 pub(super) struct Forwarder {
-    pub inbox: mpsc::UnboundedReceiver<RunRequest>,
+    pub inbox: mpsc::Receiver<RunRequest>,
     pub consensus: Consensus,
     pub mesh: watch::Receiver<Option<MeshHandle>>,
     /// This node's PeerId (a node that leads does not forward).
     pub peer_id: String,
-    /// The scheduler's inbox, for requests the leader did not answer.
+    /// The scheduler's inbox, for requests the leader did not answer. The forwarder waits for
+    /// room there (the scheduler never waits for the forwarder).
     pub back: mpsc::Sender<RunRequest>,
     pub cancel: CancellationToken,
 }

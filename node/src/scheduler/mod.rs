@@ -32,6 +32,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -55,6 +56,20 @@ pub const LEAD: Duration = Duration::from_millis(50);
 pub const LATE: Duration = Duration::from_secs(1);
 /// At most this many run requests are committed in one entry.
 const MAX_BATCH: usize = 256;
+/// At most this many run requests wait in the scheduler's inbox. When it is full, Execute now
+/// waits up to [`QUEUE_WAIT`] for room and is then answered busy (`503`), and a follower's
+/// hand-over is answered busy at once; either way nothing was accepted, so nothing is lost.
+pub const INBOX: usize = 1024;
+/// How long Execute now waits for room in a full inbox.
+pub const QUEUE_WAIT: Duration = Duration::from_secs(2);
+/// At most this many of the supervisor's follow-ups (retries, rules' runs) wait for the
+/// scheduler. When full, the supervisor waits for room: a follow-up is already noted on the run
+/// that asked for it, so it is never dropped.
+pub const FOLLOW_UPS: usize = 256;
+/// At most this many requests wait on a follower for the hand-over to the leader. When full,
+/// the follower commits a request as a waiting run itself (the leader places it when it sees
+/// it), as it does when the leader does not answer.
+const TO_LEADER: usize = 1024;
 /// The leader looks at least this often (for lost runs and waiting runs) when nothing changes.
 const TICK: Duration = Duration::from_millis(250);
 
@@ -111,6 +126,9 @@ pub enum NotScheduled {
     /// The run could not be committed (no quorum, or the node is shutting down).
     #[error("{0}")]
     Uncommitted(String),
+    /// The scheduler's inbox stayed full: nothing was accepted.
+    #[error("the scheduler is busy ({INBOX} requests are waiting); nothing was started, try again")]
+    Busy,
 }
 
 impl NotScheduled {
@@ -123,6 +141,8 @@ impl NotScheduled {
 #[derive(Clone)]
 pub struct SchedulerHandle {
     tx: mpsc::Sender<RunRequest>,
+    /// How long a request waits for room in a full inbox ([`QUEUE_WAIT`]).
+    wait: Duration,
 }
 
 /// The answer a request waits for.
@@ -161,12 +181,15 @@ impl SchedulerHandle {
         answers
     }
 
-    /// Puts a request in the scheduler's inbox; the receiver gets its answer.
+    /// Puts a request in the scheduler's inbox; the receiver gets its answer. A full inbox
+    /// answers [`NotScheduled::Busy`]: at once for a request a follower handed over (its node
+    /// waits for the answer only so long), after [`QUEUE_WAIT`] for one of this node's.
     async fn queue(
         &self,
         request: Forwarded,
         forwarded: bool,
     ) -> Result<oneshot::Receiver<Answer>, NotScheduled> {
+        use mpsc::error::{SendTimeoutError, TrySendError};
         let (reply, rx) = oneshot::channel();
         let request = RunRequest {
             task: request.task,
@@ -176,11 +199,21 @@ impl SchedulerHandle {
             reply: Some(reply),
             forwarded,
         };
-        self.tx
-            .send(request)
-            .await
-            .map_err(|_| NotScheduled::shutting_down())?;
-        Ok(rx)
+        let queued = match forwarded {
+            true => self.tx.try_send(request).map_err(|e| match e {
+                TrySendError::Full(_) => NotScheduled::Busy,
+                TrySendError::Closed(_) => NotScheduled::shutting_down(),
+            }),
+            false => self
+                .tx
+                .send_timeout(request, self.wait)
+                .await
+                .map_err(|e| match e {
+                    SendTimeoutError::Timeout(_) => NotScheduled::Busy,
+                    SendTimeoutError::Closed(_) => NotScheduled::shutting_down(),
+                }),
+        };
+        queued.map(|()| rx)
     }
 }
 
@@ -209,8 +242,8 @@ pub struct Scheduler {
     dispatcher_ready: watch::Receiver<bool>,
     /// This scheduler's own inbox, for requests the leader did not take.
     own: mpsc::Sender<RunRequest>,
-    /// Requests for the leader, on a follower.
-    to_leader: mpsc::UnboundedSender<RunRequest>,
+    /// Requests for the leader, on a follower ([`TO_LEADER`] at most).
+    to_leader: mpsc::Sender<RunRequest>,
     /// Started with the scheduler.
     forwarder: Option<Forwarder>,
     cancel: CancellationToken,
@@ -226,7 +259,7 @@ pub struct Parts {
     pub ledger: RunLedger,
     /// Becomes true once the dispatcher has settled the runs the previous start left queued.
     pub dispatcher_ready: watch::Receiver<bool>,
-    /// The runs the supervisor's exit-code rules ask for.
+    /// The runs the supervisor's exit-code rules ask for (a channel of [`FOLLOW_UPS`]).
     pub follow_ups: mpsc::Receiver<FollowUp>,
 }
 
@@ -234,8 +267,8 @@ impl Scheduler {
     pub fn new(parts: Parts, cancel: CancellationToken) -> (Self, SchedulerHandle) {
         let state = parts.consensus.subscribe();
         let ending = parts.consensus.ending().subscribe();
-        let (tx, inbox) = mpsc::channel(1024);
-        let (to_leader, forwards) = mpsc::unbounded_channel();
+        let (tx, inbox) = mpsc::channel(INBOX);
+        let (to_leader, forwards) = mpsc::channel(TO_LEADER);
         let forwarder = Forwarder {
             inbox: forwards,
             consensus: parts.consensus.clone(),
@@ -265,7 +298,11 @@ impl Scheduler {
             forwarder: Some(forwarder),
             cancel,
         };
-        (scheduler, SchedulerHandle { tx })
+        let handle = SchedulerHandle {
+            tx,
+            wait: QUEUE_WAIT,
+        };
+        (scheduler, handle)
     }
 
     pub async fn run(mut self) {
@@ -599,12 +636,23 @@ impl Scheduler {
         }
         let leading = self.lead();
         // A follower hands requests to the leader, which places them in one commit; those the
-        // leader forwarded here, or that it does not answer, wait in the ledger instead.
-        let (requests, to_leader): (Vec<_>, Vec<_>) =
-            requests.into_iter().partition(|r| leading || r.forwarded);
-        for request in to_leader {
-            let _ = self.to_leader.send(request);
+        // leader forwarded here, that it does not answer, or that find the hand-over queue full
+        // wait in the ledger instead. Never blocks: the forwarder gives requests back to this
+        // inbox, so waiting on it could wait for ourselves.
+        let mut here = Vec::with_capacity(requests.len());
+        for request in requests {
+            if leading || request.forwarded {
+                here.push(request);
+                continue;
+            }
+            if let Err(TrySendError::Full(mut request) | TrySendError::Closed(mut request)) =
+                self.to_leader.try_send(request)
+            {
+                request.forwarded = true;
+                here.push(request);
+            }
         }
+        let requests = here;
         if requests.is_empty() {
             return;
         }
@@ -684,5 +732,41 @@ async fn sleep_until_opt(at: Option<Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ask(task: &str) -> Forwarded {
+        Forwarded {
+            task: TaskId(task.into()),
+            trigger: Trigger::Manual,
+            attempt: 1,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_full_inbox_answers_busy_and_accepts_nothing() {
+        let (tx, mut inbox) = mpsc::channel(1);
+        let handle = SchedulerHandle {
+            tx,
+            wait: Duration::from_millis(50),
+        };
+        // The first request fills the inbox, and nobody takes it.
+        let _first = handle.queue(ask("t"), false).await.expect("room");
+        let asked = Instant::now();
+        let answer = handle.request(TaskId("t".into()), Trigger::Manual).await;
+        assert_eq!(answer, Err(NotScheduled::Busy));
+        assert!(asked.elapsed() >= Duration::from_millis(50), "it waited");
+        // A follower's hand-over is answered at once.
+        let answers = handle.forwarded(vec![ask("t"), ask("u")]).await;
+        assert_eq!(answers, [Err(NotScheduled::Busy), Err(NotScheduled::Busy)]);
+        assert!(inbox.try_recv().is_ok());
+        assert!(inbox.try_recv().is_err(), "nothing else was accepted");
+        drop(inbox);
+        let answer = handle.request(TaskId("t".into()), Trigger::Manual).await;
+        assert_eq!(answer, Err(NotScheduled::shutting_down()));
     }
 }

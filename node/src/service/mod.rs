@@ -82,6 +82,7 @@ impl From<NotScheduled> for NodeError {
             NotScheduled::Refused(refusal) => NodeError::CannotRun(refusal),
             NotScheduled::NoTask(_) => NodeError::NotFound(e.to_string()),
             NotScheduled::Uncommitted(m) => NodeError::Unavailable(m),
+            NotScheduled::Busy => NodeError::Unavailable(e.to_string()),
         }
     }
 }
@@ -245,7 +246,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Starte
     );
 
     let (finished_tx, finished_rx) = mpsc::channel(1024);
-    let (follow_ups_tx, follow_ups) = mpsc::channel(1024);
+    let (follow_ups_tx, follow_ups) = mpsc::channel(crate::scheduler::FOLLOW_UPS);
     let peer_id = identity.public().to_peer_id().to_string();
     let (executor, executor_handle) = Executor::new(
         ledger.clone(),
