@@ -868,6 +868,56 @@ async fn execute_now_that_cannot_run_is_refused_with_409_and_why() -> Result<()>
     Ok(())
 }
 
+/// A run an exit rule asks for, refused by the target's concurrency `forbid`, is recorded as a
+/// `skipped` run saying why: nobody is there to be answered 409, and nothing skips silently.
+#[tokio::test]
+async fn a_rules_run_that_forbid_refuses_is_recorded_skipped() -> Result<()> {
+    let node = TestNode::start().await?;
+    let slow = node
+        .api
+        .create_task(&json!({"name": "slow", "spec": {"command": ["sleep", "30"]}, "when": {"mode": "manual"}}))
+        .await?;
+    let main = node
+        .api
+        .create_task(&json!({
+            "name": "main",
+            "spec": {"shell": "exit 2"},
+            "when": {"mode": "manual"},
+            "exit_rules": [{"on": "2", "action": "run", "task": "slow"}]
+        }))
+        .await?;
+    let first = node.api.execute("slow").await?["id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    wait_for("slow to start", Duration::from_secs(10), || async {
+        let (_, run) = node.api.get(&format!("/api/runs/{first}")).await.ok()?;
+        (run["status"] == "running").then_some(())
+    })
+    .await?;
+    node.api.execute(&main).await?;
+    let skipped = wait_for(
+        "the rule's run to be recorded",
+        Duration::from_secs(10),
+        || async {
+            node.api
+                .runs_of(&slow)
+                .await
+                .ok()?
+                .into_iter()
+                .find(|r| r["status"] == "skipped")
+        },
+    )
+    .await?;
+    assert_eq!(skipped["trigger"]["kind"], "rule", "{skipped}");
+    assert_eq!(
+        skipped["actions"][0],
+        format!("not run: run {first} is still running (concurrency `forbid`)"),
+        "{skipped}"
+    );
+    Ok(())
+}
+
 #[tokio::test]
 async fn a_log_path_others_can_write_to_is_refused_at_save() -> Result<()> {
     use std::os::unix::fs::PermissionsExt;

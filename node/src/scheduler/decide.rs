@@ -411,7 +411,8 @@ pub struct Granting {
 /// The runs a batch of requests makes: placed at once on the leader (`leading`), else one run
 /// per request that waits for the leader to place it. A request makes none when its task is
 /// gone, or is refused ([`Refusal`]) when no live node fulfils the task's dependencies or its
-/// concurrency policy says no.
+/// concurrency policy says no; a refused request of a rule (not Execute now) is recorded as a
+/// `skipped` run.
 pub fn grant(
     view: &View,
     leading: bool,
@@ -436,7 +437,18 @@ pub fn grant(
                 granting.runs.extend(runs);
                 Ok(first)
             }
-            Err(why) => Err(NotScheduled::Refused(why)),
+            Err(why) => {
+                // A run an exit-code rule asked for has nobody to be told: like a cron slot's,
+                // it is recorded `skipped`, saying why. Execute now is answered instead.
+                if ask.trigger != Trigger::Manual {
+                    let note = format!("not run: {why}");
+                    let mut run =
+                        new_run(task, ask.trigger.clone(), ask.attempt, new_id(), view.now);
+                    run.close(RunStatus::Skipped, note, view.now);
+                    granting.runs.push(run);
+                }
+                Err(NotScheduled::Refused(why))
+            }
         };
         granting.answers.push(answer);
     }
@@ -1555,6 +1567,47 @@ mod tests {
             let made = granting.answers.iter().filter(|a| a.is_ok()).count();
             assert!(granting.runs.len() >= made, "{}", case.name);
             assert_eq!(ids_of(&granting.stops), case.stops, "{}", case.name);
+        }
+    }
+
+    #[test]
+    fn a_refused_run_that_a_rule_asked_for_is_recorded_skipped() {
+        let t = task("t", When::Manual);
+        let world = World::new([t.clone()], &[run("x", &t, RunStatus::Running, Some("b"))]);
+        let y = RunId("y".into());
+        let cases = [
+            (Trigger::Manual, 1, vec![]),
+            (
+                Trigger::Rule { from: y.clone() },
+                1,
+                vec![
+                    "r1 exit rule skipped on - (not run: run x is still running (concurrency \
+                     `forbid`))",
+                ],
+            ),
+            (
+                Trigger::Retry { of: y.clone() },
+                2,
+                vec![
+                    "r1 retry of y skipped on - attempt 2 (not run: run x is still running \
+                     (concurrency `forbid`))",
+                ],
+            ),
+        ];
+        for (trigger, attempt, recorded) in cases {
+            let asks = [Ask {
+                task: t.id.clone(),
+                trigger: trigger.clone(),
+                attempt,
+                delay: Duration::ZERO,
+            }];
+            let granting = grant(&world.view(at("09:00:00")), true, &asks, ids());
+            assert!(
+                matches!(granting.answers[..], [Err(NotScheduled::Refused(_))]),
+                "{trigger:?}"
+            );
+            let runs: Vec<String> = granting.runs.iter().map(brief_run).collect();
+            assert_eq!(runs, recorded, "{trigger:?}");
         }
     }
 
