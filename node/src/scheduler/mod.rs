@@ -19,6 +19,12 @@
 //!   does not answer, which the leader places when it sees them. At its start it also runs this
 //!   node's `@reboot` tasks.
 //!
+//! What to do is decided by pure functions over the state, the live nodes and the time
+//! (`decide.rs`, and [`placement`]); the actor here gathers their inputs, commits the changes
+//! they return, and answers requests. A run request the cluster refuses as it is now (no node
+//! fulfils the task, or `forbid`) is answered with a typed [`Refusal`]. Its queues are bounded
+//! ([`INBOX`], [`FOLLOW_UPS`]), and none drops a request it accepted.
+//!
 //! Starting what is committed to a node is not the scheduler's work: each node's dispatcher
 //! (`executor::dispatch`) does that.
 
