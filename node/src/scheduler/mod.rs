@@ -161,6 +161,7 @@ impl SchedulerHandle {
             task,
             trigger,
             attempt: 1,
+            typed: true,
         };
         self.queue(request, false)
             .await?
@@ -170,6 +171,7 @@ impl SchedulerHandle {
 
     /// The run requests another node handed to this one as the leader; answers each, in order.
     pub async fn forwarded(&self, requests: Vec<Forwarded>) -> Answers {
+        let typed = requests.iter().all(|r| r.typed);
         // All are queued before any answer is awaited, so that they are committed together.
         let mut pending = Vec::with_capacity(requests.len());
         for request in requests {
@@ -184,7 +186,7 @@ impl SchedulerHandle {
                 Err(e) => Err(e),
             });
         }
-        answers
+        Answers { answers, typed }
     }
 
     /// Puts a request in the scheduler's inbox; the receiver gets its answer. A full inbox
@@ -750,6 +752,7 @@ mod tests {
             task: TaskId(task.into()),
             trigger: Trigger::Manual,
             attempt: 1,
+            typed: true,
         }
     }
 
@@ -767,7 +770,7 @@ mod tests {
         assert_eq!(answer, Err(NotScheduled::Busy));
         assert!(asked.elapsed() >= Duration::from_millis(50), "it waited");
         // A follower's hand-over is answered at once.
-        let answers = handle.forwarded(vec![ask("t"), ask("u")]).await;
+        let answers = handle.forwarded(vec![ask("t"), ask("u")]).await.answers;
         assert_eq!(answers, [Err(NotScheduled::Busy), Err(NotScheduled::Busy)]);
         assert!(inbox.try_recv().is_ok());
         assert!(inbox.try_recv().is_err(), "nothing else was accepted");
