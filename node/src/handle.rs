@@ -19,7 +19,7 @@ use crate::ledger::RunLedger;
 use crate::logs::{self, LogPaths};
 use crate::model::{Invalid, NodeSettings, Run, RunId, Settings, Task, TaskId, TaskInput, Trigger};
 use crate::notify::Notifier;
-use crate::scheduler::SchedulerHandle;
+use crate::scheduler::{NotScheduled, Refusal, SchedulerHandle};
 use crate::store::{RunQuery, Store, StoreError, Write};
 use taskmesh_core::placement::{self, Candidate};
 
@@ -29,8 +29,13 @@ pub enum NodeError {
     Invalid(#[from] Invalid),
     #[error("{0}")]
     NotFound(String),
+    /// Could not be done now: no quorum, the node is shutting down or busy.
     #[error("{0}")]
     Unavailable(String),
+    /// The cluster refuses to start a run as it is now: no live node fulfils the task's
+    /// dependencies, or its concurrency `forbid` holds it back (an answer, not a failure).
+    #[error(transparent)]
+    CannotRun(#[from] Refusal),
     #[error("storage: {0}")]
     Store(#[from] StoreError),
     /// The node refuses to start (an unsafe log path, a missing cluster key).
@@ -52,6 +57,17 @@ impl From<ProposeError> for NodeError {
             ProposeError::Rejected(invalid) => NodeError::Invalid(invalid),
             ProposeError::NoQuorum(m) | ProposeError::Failed(m) => NodeError::Unavailable(m),
             ProposeError::Shutdown => NodeError::Unavailable("the node is shutting down".into()),
+        }
+    }
+}
+
+impl From<NotScheduled> for NodeError {
+    fn from(e: NotScheduled) -> Self {
+        match e {
+            NotScheduled::Refused(refusal) => NodeError::CannotRun(refusal),
+            NotScheduled::NoTask(_) => NodeError::NotFound(e.to_string()),
+            NotScheduled::Uncommitted(m) => NodeError::Unavailable(m),
+            NotScheduled::Busy => NodeError::Unavailable(e.to_string()),
         }
     }
 }
@@ -172,7 +188,7 @@ impl NodeHandle {
             .scheduler
             .request(task.id, Trigger::Manual)
             .await
-            .map_err(NodeError::Unavailable)
+            .map_err(NodeError::from)
     }
 
     /// Stops a queued or running run: at once when it runs here, else through the cluster

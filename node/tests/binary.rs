@@ -782,6 +782,68 @@ fn the_cli_follows_a_log_whose_characters_are_split_across_reads() {
     assert!(stderr.contains("run r1 failed"), "{stderr}");
 }
 
+#[test]
+fn the_cli_says_why_a_run_is_refused_and_exits_3() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let node = start(dir.path());
+    let cli = |args: &[&str]| {
+        Command::new(BIN)
+            .args(args)
+            .env("TASKMESH_URL", &node.url)
+            .env("TASKMESH_DATA_DIR", dir.path())
+            .env_remove("TASKMESH_TOKEN")
+            .env_remove("TASKMESH_TOKEN_FILE")
+            .output()
+            .expect("run the cli")
+    };
+    let http = client();
+    create_task(
+        &http,
+        &node.url,
+        &json!({"name": "gpu", "spec": {"command": ["true"], "dependencies": ["gpu=amd"]}, "when": {"mode": "manual"}}),
+    );
+    let out = cli(&["task", "run", "gpu", "--follow"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    assert!(
+        stderr.contains("error: 409 Conflict: no live node has gpu=amd"),
+        "{stderr}"
+    );
+    assert!(out.stdout.is_empty(), "nothing ran");
+
+    assert!(
+        cli(&["task", "add", "slow", "--", "sleep", "30"])
+            .status
+            .success()
+    );
+    let out = cli(&["task", "run", "slow"]);
+    assert!(out.status.success());
+    let first = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    wait_until("the first run to start", Duration::from_secs(10), || {
+        let run: Value = http
+            .get(format!("{}/api/runs/{first}", node.url))
+            .send()
+            .ok()?
+            .json()
+            .ok()?;
+        (run["status"] == "running").then_some(())
+    });
+    let out = cli(&["task", "run", "slow"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "error: 409 Conflict: run {first} is still running (concurrency `forbid`)"
+        )),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("spec.concurrency"),
+        "it says what to do: {stderr}"
+    );
+    stop(node);
+}
+
 /// Every folder and file under `root` (`root` included; links neither listed nor followed) with
 /// its permission bits.
 fn modes(root: &Path) -> Vec<(std::path::PathBuf, u32, bool)> {

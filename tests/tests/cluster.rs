@@ -285,6 +285,15 @@ async fn a_node_without_a_majority_refuses_writes_fast() -> Result<()> {
         task_names(&lone.node).await? == BTreeSet::from(["before".to_string()]),
         "nothing changed"
     );
+    // A run it cannot commit is 503 too (not a refusal: the task could run, the cluster
+    // cannot agree on it now).
+    let (code, body) = lone
+        .node
+        .api
+        .post("/api/tasks/before/run", &Value::Null)
+        .await?;
+    ensure!(code == 503, "Execute now answered {code}: {body}");
+    ensure!(body.get("refused").is_none(), "not a refusal: {body}");
     Ok(())
 }
 
@@ -443,7 +452,7 @@ async fn runs_land_only_on_nodes_whose_dependencies_match() -> Result<()> {
     let (_, runs) = members[gpu].node.api.get("/api/runs?limit=10").await?;
     ensure!(runs.as_array().map_or(0, Vec::len) >= 5, "{runs}");
 
-    // A task no live node can run is refused, saying why.
+    // A task no live node can run is refused (409, not 503: nothing failed), saying why.
     api.create_task(&json!({
         "name": "riscv",
         "spec": {"command": ["true"], "dependencies": ["arch=riscv64"]},
@@ -451,9 +460,9 @@ async fn runs_land_only_on_nodes_whose_dependencies_match() -> Result<()> {
     }))
     .await?;
     let (code, body) = api.post("/api/tasks/riscv/run", &Value::Null).await?;
-    ensure!(code == 503, "answered {code}: {body}");
+    ensure!(code == 409, "answered {code}: {body}");
     ensure!(
-        body["error"] == "no live node has arch=riscv64",
+        body["error"] == "no live node has arch=riscv64" && body["refused"] == "no_node",
         "it says why: {body}"
     );
     let page = api

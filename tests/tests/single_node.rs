@@ -575,7 +575,7 @@ async fn settings_round_trip_with_masked_secrets() -> Result<()> {
         .api
         .post(&format!("/api/tasks/{id}/run"), &json!(null))
         .await?;
-    assert_eq!(status, 503);
+    assert_eq!(status, 409);
     assert!(
         err["error"].as_str().is_some_and(|e| e.contains("gpu=amd")),
         "{err}"
@@ -780,7 +780,7 @@ async fn concurrency_forbid_refuses_allow_overlaps_replace_stops_the_earlier_run
         .to_owned();
     running(first.clone()).await?;
     let (code, body) = node.api.post("/api/tasks/f/run", &Value::Null).await?;
-    assert_eq!(code, 503, "{body}");
+    assert_eq!(code, 409, "{body}");
     assert!(
         body["error"]
             .as_str()
@@ -820,6 +820,101 @@ async fn concurrency_forbid_refuses_allow_overlaps_replace_stops_the_earlier_run
         },
     )
     .await?;
+    Ok(())
+}
+
+/// Execute now that the cluster refuses is answered 409 with the reason and its kind, and
+/// leaves no run behind: refusals are answers, not failures (503 stays for "not committed").
+#[tokio::test]
+async fn execute_now_that_cannot_run_is_refused_with_409_and_why() -> Result<()> {
+    let node = TestNode::start().await?;
+    let gpu = node
+        .api
+        .create_task(&json!({"name": "gpu", "spec": {"command": ["true"], "dependencies": ["gpu=amd"]}, "when": {"mode": "manual"}}))
+        .await?;
+    let (code, body) = node.api.post("/api/tasks/gpu/run", &Value::Null).await?;
+    assert_eq!(code, 409, "{body}");
+    assert_eq!(body["error"], "no live node has gpu=amd", "{body}");
+    assert_eq!(body["refused"], "no_node", "{body}");
+    assert!(node.api.runs_of(&gpu).await?.is_empty(), "no run recorded");
+
+    let slow = node
+        .api
+        .create_task(&json!({"name": "slow", "spec": {"command": ["sleep", "30"]}, "when": {"mode": "manual"}}))
+        .await?;
+    let first = node.api.execute("slow").await?["id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    wait_for(
+        "the first run to start",
+        Duration::from_secs(10),
+        || async {
+            let (_, run) = node.api.get(&format!("/api/runs/{first}")).await.ok()?;
+            (run["status"] == "running").then_some(())
+        },
+    )
+    .await?;
+    let (code, body) = node.api.post("/api/tasks/slow/run", &Value::Null).await?;
+    assert_eq!(code, 409, "{body}");
+    assert_eq!(
+        body["error"],
+        format!("run {first} is still running (concurrency `forbid`)"),
+        "{body}"
+    );
+    assert_eq!(body["refused"], "still_running", "{body}");
+    let runs = node.api.runs_of(&slow).await?;
+    assert_eq!(runs.len(), 1, "only the first run: {runs:?}");
+    Ok(())
+}
+
+/// A run an exit rule asks for, refused by the target's concurrency `forbid`, is recorded as a
+/// `skipped` run saying why: nobody is there to be answered 409, and nothing skips silently.
+#[tokio::test]
+async fn a_rules_run_that_forbid_refuses_is_recorded_skipped() -> Result<()> {
+    let node = TestNode::start().await?;
+    let slow = node
+        .api
+        .create_task(&json!({"name": "slow", "spec": {"command": ["sleep", "30"]}, "when": {"mode": "manual"}}))
+        .await?;
+    let main = node
+        .api
+        .create_task(&json!({
+            "name": "main",
+            "spec": {"shell": "exit 2"},
+            "when": {"mode": "manual"},
+            "exit_rules": [{"on": "2", "action": "run", "task": "slow"}]
+        }))
+        .await?;
+    let first = node.api.execute("slow").await?["id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    wait_for("slow to start", Duration::from_secs(10), || async {
+        let (_, run) = node.api.get(&format!("/api/runs/{first}")).await.ok()?;
+        (run["status"] == "running").then_some(())
+    })
+    .await?;
+    node.api.execute(&main).await?;
+    let skipped = wait_for(
+        "the rule's run to be recorded",
+        Duration::from_secs(10),
+        || async {
+            node.api
+                .runs_of(&slow)
+                .await
+                .ok()?
+                .into_iter()
+                .find(|r| r["status"] == "skipped")
+        },
+    )
+    .await?;
+    assert_eq!(skipped["trigger"]["kind"], "rule", "{skipped}");
+    assert_eq!(
+        skipped["actions"][0],
+        format!("not run: run {first} is still running (concurrency `forbid`)"),
+        "{skipped}"
+    );
     Ok(())
 }
 

@@ -25,7 +25,7 @@
 //! commits durably (an installed one too). After a crash the tables may therefore be behind
 //! what the node acted on, but its log is not. [`State::caught_up`] marks the published states
 //! that hold every entry the log held when the node started; the dispatcher treats runs it first
-//! sees in an earlier state as runs it may have started before (see `scheduler/dispatch.rs`).
+//! sees in an earlier state as runs it may have started before (see the node's `executor/dispatch.rs`).
 
 use std::io::Cursor;
 use std::sync::Arc;

@@ -1,4 +1,8 @@
 //! API errors: a status and a JSON body that says what was wrong and where.
+//!
+//! The node's errors map to a status here, once: invalid input `400` (with field paths),
+//! unknown `404`, a run the cluster refuses as it is now `409` (with `refused`, the reason's
+//! kind), could not be committed or done now `503`, anything else `500`.
 
 use axum::Json;
 use axum::http::StatusCode;
@@ -19,6 +23,9 @@ pub struct ErrorBody {
     pub error: String,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub details: Vec<FieldError>,
+    /// With `409`: why the run was refused (`no_node`, `still_running`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub refused: Option<&'static str>,
 }
 
 impl ApiError {
@@ -28,6 +35,7 @@ impl ApiError {
             body: ErrorBody {
                 error: error.into(),
                 details: Vec::new(),
+                refused: None,
             },
         }
     }
@@ -40,6 +48,7 @@ impl From<Invalid> for ApiError {
             body: ErrorBody {
                 error: invalid.message,
                 details: invalid.errors,
+                refused: None,
             },
         }
     }
@@ -51,6 +60,13 @@ impl From<NodeError> for ApiError {
             NodeError::Invalid(invalid) => invalid.into(),
             NodeError::NotFound(m) => Self::new(StatusCode::NOT_FOUND, m),
             NodeError::Unavailable(m) => Self::new(StatusCode::SERVICE_UNAVAILABLE, m),
+            // Refusals are answers about the cluster as it is, which can change (a node with
+            // the dependency joins, the earlier run ends): 409, not 422, and not 503.
+            NodeError::CannotRun(refusal) => {
+                let mut error = Self::new(StatusCode::CONFLICT, refusal.to_string());
+                error.body.refused = Some(refusal.kind());
+                error
+            }
             other => {
                 tracing::error!(error = %other, "request failed");
                 Self::new(StatusCode::INTERNAL_SERVER_ERROR, other.to_string())

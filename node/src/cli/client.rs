@@ -37,6 +37,14 @@ pub enum ClientError {
     CaCert { path: PathBuf, reason: String },
     #[error("{0}")]
     Api(String),
+    /// The node refused the request as the cluster is now (`409`): nothing was started.
+    #[error("{status}: {reason}{}", hint(refused.as_deref()))]
+    Refused {
+        status: StatusCode,
+        reason: String,
+        /// The reason's kind (`no_node`, `still_running`), when the node said it.
+        refused: Option<String>,
+    },
     #[error("{context}: {source}")]
     Io {
         context: String,
@@ -49,6 +57,24 @@ pub enum ClientError {
 
 /// What the command wants the process to exit with.
 pub type ExitCode = i32;
+
+/// The exit status when the node refused the request (`409`, e.g. `task run` of a task that no
+/// live node can run, or whose `forbid` run is still running): nothing was started. Other
+/// errors exit with 1.
+pub const REFUSED: ExitCode = 3;
+
+/// What the user can do about a refusal of this kind.
+fn hint(refused: Option<&str>) -> &'static str {
+    match refused {
+        Some("no_node") => {
+            "\n  it can run once a node whose dependencies include the task's is live (`node.dependencies` in that node's settings)"
+        }
+        Some("still_running") => {
+            "\n  it can run once that run ends; `spec.concurrency` `allow` or `replace` lets runs overlap or replaces the earlier one"
+        }
+        _ => "",
+    }
+}
 
 /// Answers (JSON) are read up to this size.
 const MAX_ANSWER: usize = 64 << 20;
@@ -118,6 +144,13 @@ impl Api {
                     "{status}: the node wants its access token, and {why}"
                 )));
             }
+        }
+        if status == StatusCode::CONFLICT {
+            return Err(ClientError::Refused {
+                status,
+                reason: body["error"].as_str().unwrap_or("refused").to_owned(),
+                refused: body["refused"].as_str().map(str::to_owned),
+            });
         }
         let mut message = format!(
             "{status}: {}",
@@ -332,7 +365,19 @@ fn when_text(when: &Value) -> String {
 }
 
 /// Runs a task or settings command against the node's API.
+/// Runs a client command; the exit status it wants. A refusal by the node is said on stderr
+/// here and exits with [`REFUSED`]; other errors are the caller's to say (they exit with 1).
 pub async fn run_command(command: super::Command) -> Result<ExitCode, ClientError> {
+    match command_result(command).await {
+        Err(refused @ ClientError::Refused { .. }) => {
+            eprintln!("error: {refused}");
+            Ok(REFUSED)
+        }
+        other => other,
+    }
+}
+
+async fn command_result(command: super::Command) -> Result<ExitCode, ClientError> {
     match command {
         super::Command::Run(_) => Err(ClientError::Usage(
             "`run` starts a node; it is not a client command".into(),

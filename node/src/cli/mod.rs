@@ -9,7 +9,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
-pub use client::{ClientError, run_command};
+pub use client::{ClientError, REFUSED, run_command};
 
 /// Runs tasks across a mesh of equal machines: cron jobs, supervised daemons and manual tasks,
 /// with a web UI on every node.
@@ -208,7 +208,9 @@ pub enum TaskCommand {
         #[command(flatten)]
         remote: Remote,
     },
-    /// Execute a task now; with --follow, print its log and exit with its exit code.
+    /// Execute a task now; with --follow, print its log and exit with its exit code. Exits 3
+    /// when the node refuses the run (no live node fulfils the task's dependencies, or its
+    /// earlier run is still running under concurrency `forbid`): nothing was started.
     Run {
         /// Task name or id.
         task: String,

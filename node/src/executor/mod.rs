@@ -1,6 +1,12 @@
 //! Runs processes on this node: a slot-bounded queue, one task per process, at most one start per
 //! run id, and a clean stop of everything on shutdown.
+//!
+//! Everything here runs on every node: the [`Executor`] actor, the [`dispatch::Dispatcher`]
+//! that hands it the runs the leader committed to this node, and the [`Supervisor`] that acts
+//! on ended runs (exit-code rules, always-tasks). None of it imports the scheduler: the runs
+//! the supervisor's rules ask for go out as [`FollowUp`]s, which the scheduler takes in.
 
+pub mod dispatch;
 mod process;
 pub mod supervisor;
 
@@ -16,9 +22,9 @@ use tracing::{debug, info};
 use crate::events::Events;
 use crate::ledger::RunLedger;
 use crate::logs::LogPaths;
-use crate::model::{ClusterSettings, NodeSettings, Run, RunId, RunStatus, Task, TaskId, Trigger};
+use crate::model::{ClusterSettings, NodeSettings, Run, RunId, RunStatus, Task, Trigger};
 
-pub use supervisor::{DaemonStatus, Supervisor};
+pub use supervisor::{DaemonStatus, FollowUp, Supervisor};
 
 /// An instruction to run one run of one task.
 #[derive(Debug, Clone)]
@@ -37,18 +43,6 @@ pub struct Finished {
     pub task: Task,
     /// Stopped on request (user, task change, shutdown): exit rules and restarts do not apply.
     pub stopped: bool,
-}
-
-/// What the upper layers ask the scheduler for: a run of a task, now or later.
-#[derive(Debug)]
-pub struct RunRequest {
-    pub task: TaskId,
-    pub trigger: Trigger,
-    pub attempt: u32,
-    pub delay: Duration,
-    pub reply: Option<tokio::sync::oneshot::Sender<Result<Run, String>>>,
-    /// Forwarded by another node to this one as the leader: never forwarded again.
-    pub forwarded: bool,
 }
 
 enum Msg {

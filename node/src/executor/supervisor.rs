@@ -10,7 +10,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use super::{ExecutorHandle, Finished, RunRequest};
+use super::{ExecutorHandle, Finished};
 use crate::consensus::{Change, Consensus, State};
 use crate::events::{Event, Events};
 use crate::ledger::RunLedger;
@@ -28,6 +28,18 @@ const CRASH_LOOP: u32 = 5;
 const MAX_RETRY_DELAY: Duration = Duration::from_secs(300);
 
 pub use taskmesh_core::view::DaemonStatus;
+
+/// A run the exit-code rules ask the scheduler for: a retry (after its backoff), or a run of
+/// another task. The supervisor waits for room in the scheduler's queue rather than drop one:
+/// the run that asked has already noted it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FollowUp {
+    pub task: TaskId,
+    pub trigger: Trigger,
+    pub attempt: u32,
+    /// How long to wait before it runs (a retry's backoff; zero for "run another task").
+    pub delay: Duration,
+}
 
 /// One step the rules ask for after a run.
 #[derive(Debug, Clone, PartialEq)]
@@ -93,7 +105,7 @@ pub struct Supervisor {
     state: watch::Receiver<Arc<State>>,
     executor: ExecutorHandle,
     ledger: RunLedger,
-    requests: mpsc::Sender<RunRequest>,
+    follow_ups: mpsc::Sender<FollowUp>,
     status: watch::Sender<BTreeMap<TaskId, DaemonStatus>>,
     events: Events,
     notifier: Notifier,
@@ -108,7 +120,7 @@ impl Supervisor {
         consensus: Consensus,
         executor: ExecutorHandle,
         ledger: RunLedger,
-        requests: mpsc::Sender<RunRequest>,
+        follow_ups: mpsc::Sender<FollowUp>,
         events: Events,
         notifier: Notifier,
         cancel: CancellationToken,
@@ -121,7 +133,7 @@ impl Supervisor {
             state,
             executor,
             ledger,
-            requests,
+            follow_ups,
             status,
             events,
             notifier,
@@ -292,15 +304,13 @@ impl Supervisor {
         for step in plan(task, run, &state.settings) {
             let note = match step {
                 Step::Retry { attempt, delay } => {
-                    let request = RunRequest {
+                    let follow_up = FollowUp {
                         task: task.id.clone(),
                         trigger: Trigger::Retry { of: run.id.clone() },
                         attempt,
                         delay,
-                        reply: None,
-                        forwarded: false,
                     };
-                    match self.requests.send(request).await {
+                    match self.follow_ups.send(follow_up).await {
                         Ok(()) => format!(
                             "retry: attempt {attempt} in {}",
                             humantime::format_duration(delay)
@@ -324,18 +334,20 @@ impl Supervisor {
                 },
                 Step::RunTask { name } => match state.task_by_name(&name) {
                     Some(other) => {
-                        let request = RunRequest {
+                        let follow_up = FollowUp {
                             task: other.id.clone(),
                             trigger: Trigger::Rule {
                                 from: run.id.clone(),
                             },
                             attempt: 1,
                             delay: Duration::ZERO,
-                            reply: None,
-                            forwarded: false,
                         };
-                        let _ = self.requests.send(request).await;
-                        format!("run {name}: requested")
+                        match self.follow_ups.send(follow_up).await {
+                            Ok(()) => format!("run {name}: requested"),
+                            Err(_) => {
+                                format!("run {name}: not requested, the node is shutting down")
+                            }
+                        }
                     }
                     None => format!("run {name}: there is no task called `{name}`"),
                 },

@@ -11,8 +11,8 @@ use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
+use super::{NotScheduled, RunRequest};
 use crate::consensus::Consensus;
-use crate::executor::RunRequest;
 use crate::mesh::{MeshHandle, PeerId, Request, Response};
 use crate::model::{Run, TaskId, Trigger};
 
@@ -27,18 +27,66 @@ pub struct Forwarded {
     pub task: TaskId,
     pub trigger: Trigger,
     pub attempt: u32,
+    /// The sender reads typed answers ([`NotScheduled`]); a node of an older version does not
+    /// send it, and gets its answers' reasons as text.
+    #[serde(default)]
+    pub typed: bool,
 }
 
-/// The leader's answer to each request of a hand-over, in order.
-pub type Answers = Vec<Result<Run, String>>;
+/// The leader's answers to a hand-over, in order: the run each request made, or why it made
+/// none. They go as [`NotScheduled`] to a follower that reads them so (`typed`), and with the
+/// reason as text to an older one, which reads nothing else: an answer it could not read would
+/// make it commit every request of the hand-over again, as waiting runs, beside the runs the
+/// leader already committed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Answers {
+    pub answers: Vec<Result<Run, NotScheduled>>,
+    pub typed: bool,
+}
+
+impl serde::Serialize for Answers {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        if self.typed {
+            return self.answers.serialize(serializer);
+        }
+        let text: Vec<Result<&Run, String>> = self
+            .answers
+            .iter()
+            .map(|a| a.as_ref().map_err(ToString::to_string))
+            .collect();
+        text.serialize(serializer)
+    }
+}
+
+/// A reason as it arrives: typed, or as text from a leader of an older version.
+#[derive(serde::Deserialize)]
+#[serde(untagged)]
+enum Received {
+    Typed(NotScheduled),
+    Text(String),
+}
+
+/// The answers in a leader's reply; a reason in text (from an older leader) reads as "not
+/// committed", as that leader's node would have answered it.
+fn read_answers(reply: &str) -> Option<Vec<Result<Run, NotScheduled>>> {
+    let answers: Vec<Result<Run, Received>> = serde_json::from_str(reply).ok()?;
+    let typed = answers.into_iter().map(|a| {
+        a.map_err(|reason| match reason {
+            Received::Typed(reason) => reason,
+            Received::Text(text) => NotScheduled::Uncommitted(text),
+        })
+    });
+    Some(typed.collect())
+}
 
 pub(super) struct Forwarder {
-    pub inbox: mpsc::UnboundedReceiver<RunRequest>,
+    pub inbox: mpsc::Receiver<RunRequest>,
     pub consensus: Consensus,
     pub mesh: watch::Receiver<Option<MeshHandle>>,
     /// This node's PeerId (a node that leads does not forward).
     pub peer_id: String,
-    /// The scheduler's inbox, for requests the leader did not answer.
+    /// The scheduler's inbox, for requests the leader did not answer. The forwarder waits for
+    /// room there (the scheduler never waits for the forwarder).
     pub back: mpsc::Sender<RunRequest>,
     pub cancel: CancellationToken,
 }
@@ -72,7 +120,7 @@ impl Forwarder {
     }
 
     /// The leader's answers, or `None` when there is no leader to ask or it gave none in time.
-    async fn hand_over(&self, requests: &[RunRequest]) -> Option<Answers> {
+    async fn hand_over(&self, requests: &[RunRequest]) -> Option<Vec<Result<Run, NotScheduled>>> {
         let leader: PeerId = self
             .consensus
             .leader_peer()
@@ -86,6 +134,7 @@ impl Forwarder {
                 task: r.task.clone(),
                 trigger: r.trigger.clone(),
                 attempt: r.attempt,
+                typed: true,
             })
             .collect();
         let body = serde_json::value::to_raw_value(&bodies).ok()?;
@@ -95,8 +144,74 @@ impl Forwarder {
                 .ok()?
                 .ok()?;
         match answer {
-            Response::Schedule(value) => serde_json::from_str(value.get()).ok(),
+            Response::Schedule(value) => read_answers(value.get()),
             _ => None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::scheduler::Refusal;
+
+    fn run() -> Run {
+        Run::new(
+            TaskId("t".into()),
+            "t".into(),
+            Trigger::Manual,
+            1,
+            "a".into(),
+        )
+    }
+
+    fn answers(typed: bool) -> Answers {
+        Answers {
+            answers: vec![
+                Ok(run()),
+                Err(NotScheduled::Refused(Refusal::NoNode(
+                    "no live node has gpu=amd".into(),
+                ))),
+                Err(NotScheduled::Busy),
+            ],
+            typed,
+        }
+    }
+
+    #[test]
+    fn a_follower_reads_typed_answers_as_they_were_sent() {
+        let sent = answers(true);
+        let text = serde_json::to_string(&sent).expect("json");
+        assert_eq!(read_answers(&text), Some(sent.answers));
+    }
+
+    #[test]
+    fn an_older_follower_gets_answers_it_can_read() {
+        let sent = answers(false);
+        let text = serde_json::to_string(&sent).expect("json");
+        let read: Vec<Result<Run, String>> = serde_json::from_str(&text).expect("the old form");
+        assert_eq!(read[0], Ok(sent.answers[0].clone().expect("a run")));
+        assert_eq!(read[1], Err("no live node has gpu=amd".to_owned()));
+        assert!(read[2].as_ref().is_err_and(|e| e.contains("busy")));
+        // And its requests say nothing of `typed`.
+        let old: Forwarded =
+            serde_json::from_str(r#"{"task": "t", "trigger": {"kind": "manual"}, "attempt": 1}"#)
+                .expect("an older request");
+        assert!(!old.typed);
+    }
+
+    #[test]
+    fn an_older_leaders_text_reads_as_not_committed() {
+        let placed = run();
+        let old: Vec<Result<Run, String>> = vec![Ok(placed.clone()), Err("no quorum".into())];
+        let text = serde_json::to_string(&old).expect("json");
+        let read = read_answers(&text).expect("readable");
+        assert_eq!(
+            read,
+            [
+                Ok(placed),
+                Err(NotScheduled::Uncommitted("no quorum".into()))
+            ]
+        );
     }
 }

@@ -380,7 +380,7 @@ fn start_workers(
     let logs = &storage.logs;
     let node = storage.node.subscribe();
     let (finished_tx, finished_rx) = mpsc::channel(1024);
-    let requests = mpsc::channel(1024);
+    let (follow_ups_tx, follow_ups) = mpsc::channel(crate::scheduler::FOLLOW_UPS);
     let peer_id = storage.identity.public().to_peer_id().to_string();
     let (executor, executor_handle) = Executor::new(
         ledger.clone(),
@@ -404,7 +404,7 @@ fn start_workers(
         consensus.clone(),
         executor_handle.clone(),
         ledger.clone(),
-        requests.0.clone(),
+        follow_ups_tx,
         storage.events.clone(),
         notifier.clone(),
         work.clone(),
@@ -419,11 +419,11 @@ fn start_workers(
             executor: executor_handle.clone(),
             ledger: ledger.clone(),
             dispatcher_ready: ready_rx,
+            follow_ups,
         },
-        requests,
         work.clone(),
     );
-    let dispatcher = crate::scheduler::dispatch::Dispatcher {
+    let dispatcher = crate::executor::dispatch::Dispatcher {
         peer_id,
         consensus: consensus.clone(),
         ready: ready_tx,

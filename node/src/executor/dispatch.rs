@@ -1,12 +1,14 @@
 //! The node's side of placement: starts the runs the leader committed to this node.
 //!
-//! A run reaches its node through the replicated run ledger: the leader commits it as `queued`
-//! with this node's PeerId (guarantee 1: the assignment is committed before dispatch), every
-//! node applies it, and this node's dispatcher hands it to the local executor, on its slot for
-//! a cron run. A run id starts at most once: the dispatcher remembers what it handed over, the
-//! executor refuses an id it has seen, and a run that this node may have seen before it started
-//! (and started before a crash without the start reaching its history) is not started at all:
-//! it is reported `lost`, and the leader retries it by policy. Those are the runs in the state
+//! Runs on every node, beside the executor it feeds (the scheduler, which decides where runs
+//! go, acts only on the leader). A run reaches its node through the replicated run ledger: the
+//! leader commits it as `queued` with this node's PeerId (guarantee 1: the assignment is
+//! committed before dispatch), every node applies it, and this node's dispatcher hands it to the
+//! local executor, on its slot for a cron run. A run id starts at most once: the dispatcher
+//! remembers what it handed over, the executor refuses an id it has seen, and a run that this
+//! node may have seen before it started (and started before a crash without the start reaching
+//! its history) is not started at all: it is reported `lost`, and the leader retries it by
+//! policy. Those are the runs in the state
 //! the node starts with, and in every state until [`State::caught_up`]: the node acts only on
 //! entries on disk in its log, but its state tables may lag the log after a crash, so the runs
 //! of entries its log held at the start can reach it again after the start. Runs first seen
@@ -29,8 +31,8 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
+use super::{ExecutorHandle, RunOrder};
 use crate::consensus::{Change, Consensus, State};
-use crate::executor::{ExecutorHandle, RunOrder};
 use crate::ledger::RunLedger;
 use crate::model::{Outcome, Run, RunId, RunStatus, Task, Trigger};
 
