@@ -1,9 +1,10 @@
 //! Private files: the node's data dir and logs belong to its user alone (folders 0700, files
 //! 0600), created so and tightened at start where an older install left them looser.
 //!
-//! New files get their mode when they are created (`OpenOptions::mode`, `DirBuilder::mode`, and
-//! the node's umask from [`crate::process_setup`] for files libraries create), never by a chmod
-//! afterwards: there is no moment in which another user could open them.
+//! New files get their mode when they are created (`OpenOptions::mode`, `DirBuilder::mode`; a
+//! file a library creates, such as the redb database, is made here with its mode before the
+//! library opens it), never by a chmod afterwards: there is no moment in which another user
+//! could open them.
 
 use std::fs::{self, DirBuilder, File, OpenOptions};
 use std::io::{self, Write};

@@ -3,7 +3,7 @@
 //!
 //! Tables (in the node's one database file):
 //!
-//! - the [`crate::store`] tables `tasks`, `meta` (`cluster_settings`) and `last_fired` hold the
+//! - the [`taskmesh_store`] tables `tasks`, `meta` (`cluster_settings`) and `last_fired` hold the
 //!   state itself, exactly as the single-node committer stores it, so [`State::load`] reads it;
 //! - `raft_sm_meta`: `last_applied` (a [`LogId`]) and `membership` (a [`StoredMembership`]), JSON;
 //! - `raft_snapshot`: `meta` (the current snapshot's [`SnapshotMeta`], JSON) and `data` (its
