@@ -412,10 +412,11 @@ impl NodeHandle {
 
     /// Why no live node can run `task`, if none can ("no live node has gpu=nvidia").
     pub fn why_unplaceable(&self, task: &Task) -> Option<String> {
-        let peer_id = self.peers().this.peer_id.unwrap_or_default();
-        let this =
-            Candidate::this_node(&peer_id, &self.node_settings(), crate::mesh::load_average());
-        let peers = self.mesh().map(|m| m.peers()).unwrap_or_default();
+        let mesh = self.mesh();
+        let peer_id = mesh.as_ref().map(|m| m.local_peer_id().to_string());
+        // Whether a node can take the task at all depends on its dependencies, not its load.
+        let this = Candidate::this_node(&peer_id.unwrap_or_default(), &self.node_settings(), 0.0);
+        let peers = mesh.map(|m| m.peers()).unwrap_or_default();
         let cluster = self.state().cluster.map(|c| c.id);
         let live = placement::live(this, &peers, cluster);
         placement::why_not(task, &live)
