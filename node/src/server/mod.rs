@@ -78,11 +78,11 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Node
 }
 
 /// Starts a node and returns once its UI is listening. The start goes in phases, each a
-/// function below: [`open_storage`] (data dir, database, identity, logs), [`listen`] (the UI's
-/// socket, so its URL is known), [`start_consensus`] (Raft over the mesh), [`start_history`]
-/// (the run ledger, the MySQL sink, the reporter), [`start_workers`] (executor, supervisor,
-/// scheduler, dispatcher, notifier), then the mesh and [`serve`]. The last phase,
-/// [`shut_down`], stops them in the reverse order once `shutdown` fires.
+/// function below: `open_storage` (data dir, database, identity, logs), `listen` (the UI's
+/// socket, so its URL is known), `start_consensus` (Raft over the mesh), `start_history`
+/// (the run ledger, the MySQL sink, the reporter), `start_workers` (executor, supervisor,
+/// scheduler, dispatcher, notifier), then the mesh and `serve`. The last phase,
+/// `shut_down`, stops them in the reverse order once `shutdown` fires.
 pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Started, NodeError> {
     crate::process_setup::prepare();
     let storage = open_storage(&config).await?;
