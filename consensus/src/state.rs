@@ -64,9 +64,14 @@ pub enum Change {
         slot: DateTime<Utc>,
         runs: Vec<Run>,
     },
+    /// Enables or disables a task; `at` is its new `updated_at`, read by the proposer (every
+    /// time a change stores comes from the change, never from the applying node's clock, so
+    /// replicas agree). Versions before `at` sent none: the task's `updated_at` then stays.
     SetEnabled {
         task: TaskId,
         enabled: bool,
+        #[serde(default)]
+        at: Option<DateTime<Utc>>,
     },
     /// Names the cluster (once, by the node that bootstrapped it).
     Found {
@@ -91,7 +96,14 @@ pub enum Change {
         task: TaskId,
         nodes: Vec<String>,
     },
-    /// Stop an unfinished run, wherever it runs (a waiting run just ends, `killed`).
+    /// Stop an unfinished run, wherever it runs (a waiting run just ends, `killed`, at `at`,
+    /// read by the proposer).
+    StopRun {
+        run: RunId,
+        at: DateTime<Utc>,
+    },
+    /// `StopRun` as versions before it wrote it, without a time: a waiting run it ends is
+    /// closed at its own `created_at`, the one time every replica agrees on.
     Stop(RunId),
 }
 
@@ -109,7 +121,7 @@ impl Change {
             Change::MergeInto { .. } => "merge_into",
             Change::Runs(_) => "runs",
             Change::Hold { .. } => "hold",
-            Change::Stop(_) => "stop",
+            Change::StopRun { .. } | Change::Stop(_) => "stop",
         }
     }
 
@@ -156,6 +168,32 @@ impl State {
     /// Tasks in the order the UI lists them: oldest first (ids are time-ordered).
     pub fn tasks_in_order(&self) -> impl Iterator<Item = &Task> {
         self.tasks.values().map(Arc::as_ref)
+    }
+
+    /// `Change::StopRun` (or the older `Change::Stop`, without `at`): a waiting run ends here,
+    /// `killed` at `at` (or at its `created_at`); a placed one is asked to stop on its node.
+    fn stop_run(&mut self, id: RunId, at: Option<DateTime<Utc>>) -> Result<Vec<Write>, Invalid> {
+        let Some(run) = self.runs.get_mut(&id) else {
+            return Err(Invalid::field(
+                "id",
+                format!("no run {id} in the run ledger"),
+            ));
+        };
+        if run.status.is_final() {
+            return Err(Invalid::field("id", format!("run {id} has already ended")));
+        }
+        if run.node_id.is_none() {
+            // Still waiting for a place: it ends here.
+            let at = at.unwrap_or(run.created_at);
+            Arc::make_mut(run).close(
+                taskmesh_core::model::RunStatus::Killed,
+                "stopped before it started".into(),
+                at,
+            );
+            return Ok(vec![Write::ClusterRun(Arc::clone(run))]);
+        }
+        self.stops.insert(id);
+        Ok(vec![Write::Stops(self.stops.clone())])
     }
 
     /// Applies `change` and returns what must be stored, or why it was refused. *Invariant:* a
@@ -215,13 +253,15 @@ impl State {
                 writes.extend(self.apply_runs(runs));
                 Ok(writes)
             }
-            Change::SetEnabled { task, enabled } => {
+            Change::SetEnabled { task, enabled, at } => {
                 let Some(t) = self.tasks.get_mut(&task) else {
                     return Err(Invalid::field("id", format!("no task {task}")));
                 };
                 let t = Arc::make_mut(t);
                 t.enabled = enabled;
-                t.updated_at = Utc::now();
+                if let Some(at) = at {
+                    t.updated_at = at;
+                }
                 Ok(vec![Write::PutTask(t.clone())])
             }
             Change::Found { cluster } => {
@@ -272,28 +312,8 @@ impl State {
                 Ok(vec![Write::Cluster(Some(*identity))])
             }
             Change::Runs(runs) => Ok(self.apply_runs(runs)),
-            Change::Stop(id) => {
-                let Some(run) = self.runs.get_mut(&id) else {
-                    return Err(Invalid::field(
-                        "id",
-                        format!("no run {id} in the run ledger"),
-                    ));
-                };
-                if run.status.is_final() {
-                    return Err(Invalid::field("id", format!("run {id} has already ended")));
-                }
-                if run.node_id.is_none() {
-                    // Still waiting for a place: it ends here.
-                    Arc::make_mut(run).close(
-                        taskmesh_core::model::RunStatus::Killed,
-                        "stopped before it started".into(),
-                        Utc::now(),
-                    );
-                    return Ok(vec![Write::ClusterRun(Arc::clone(run))]);
-                }
-                self.stops.insert(id);
-                Ok(vec![Write::Stops(self.stops.clone())])
-            }
+            Change::StopRun { run: id, at } => self.stop_run(id, Some(at)),
+            Change::Stop(id) => self.stop_run(id, None),
             Change::Hold { task, nodes } => {
                 if !self.tasks.contains_key(&task) {
                     return Err(Invalid::field("id", format!("no task {task}")));
@@ -443,6 +463,63 @@ mod tests {
         })
         .expect("third");
         assert_eq!(s.tasks[&TaskId("d".into())].name, "backup (from node-b) 2");
+    }
+
+    #[test]
+    fn replicas_applying_the_same_changes_agree_on_every_time() {
+        use taskmesh_core::model::Trigger;
+        let at = chrono::DateTime::parse_from_rfc3339("2026-01-02T03:04:05Z")
+            .expect("time")
+            .with_timezone(&Utc);
+        let mut waiting = Run::new(
+            TaskId("a".into()),
+            "one".into(),
+            Trigger::Manual,
+            1,
+            "n1".into(),
+        );
+        waiting.id = RunId("1".repeat(32));
+        let mut older = waiting.clone();
+        older.id = RunId("2".repeat(32));
+        let changes = || {
+            vec![
+                Change::PutTask(task("a", "one")),
+                Change::Runs(vec![waiting.clone(), older.clone()]),
+                Change::SetEnabled {
+                    task: TaskId("a".into()),
+                    enabled: false,
+                    at: Some(at),
+                },
+                Change::StopRun {
+                    run: waiting.id.clone(),
+                    at,
+                },
+                // As an older version wrote it: no time; the run's own creation time is used.
+                serde_json::from_str(&format!("{{\"Stop\":\"{}\"}}", older.id)).expect("old stop"),
+            ]
+        };
+        let mut replicas = [State::default(), State::default()];
+        for replica in &mut replicas {
+            for change in changes() {
+                replica.apply(change).expect("apply");
+            }
+        }
+        assert_eq!(replicas[0], replicas[1], "replicas differ");
+        let state = &replicas[0];
+        assert_eq!(
+            state.tasks[&TaskId("a".into())].updated_at,
+            at,
+            "the proposal's time"
+        );
+        assert_eq!(state.runs[&waiting.id].ended_at, Some(at));
+        assert_eq!(state.runs[&older.id].ended_at, Some(older.created_at));
+        // A `SetEnabled` of an older version (no `at`) parses, and leaves `updated_at` alone.
+        let old: Change =
+            serde_json::from_str(r#"{"SetEnabled":{"task":"a","enabled":true}}"#).expect("old");
+        let mut state = replicas[0].clone();
+        state.apply(old).expect("apply old");
+        assert_eq!(state.tasks[&TaskId("a".into())].updated_at, at);
+        assert!(state.tasks[&TaskId("a".into())].enabled);
     }
 
     #[test]

@@ -200,7 +200,10 @@ impl NodeHandle {
         } else if !run.status.is_final() {
             self.inner
                 .consensus
-                .propose(Change::Stop(id.clone()))
+                .propose(Change::StopRun {
+                    run: id.clone(),
+                    at: Utc::now(),
+                })
                 .await?;
         }
         Ok(run)

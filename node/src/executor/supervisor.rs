@@ -357,6 +357,7 @@ impl Supervisor {
                         .propose(Change::SetEnabled {
                             task: task.id.clone(),
                             enabled: false,
+                            at: Some(chrono::Utc::now()),
                         })
                         .await
                     {

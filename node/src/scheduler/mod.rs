@@ -588,7 +588,14 @@ impl Scheduler {
     async fn stop_runs(&self, runs: Vec<RunId>) {
         for id in runs {
             info!(run_id = %id, "stopping an earlier run (concurrency `replace`)");
-            if let Err(e) = self.consensus.propose(Change::Stop(id)).await {
+            if let Err(e) = self
+                .consensus
+                .propose(Change::StopRun {
+                    run: id,
+                    at: Utc::now(),
+                })
+                .await
+            {
                 warn!(error = %e, "asking a run to stop failed");
             }
         }
