@@ -129,7 +129,7 @@ async fn a_failing_task_is_retried_exactly_max_retries_times() -> Result<()> {
         .api
         .create_task(&json!({
             "name": "flaky",
-            "spec": {"shell": "echo attempt $TASKMESH_ATTEMPT; exit 4"},
+            "spec": {"shell": "echo attempt $TASKMESH_ATTEMPT of ${TASKMESH_RETRY_OF:-none}; exit 4"},
             "when": {"mode": "manual"},
             "exit_rules": [{"on": "!0", "action": "retry"}, {"on": "0", "action": "disable"}]
         }))
@@ -174,7 +174,13 @@ async fn a_failing_task_is_retried_exactly_max_retries_times() -> Result<()> {
         .await?
         .text()
         .await?;
-    assert_eq!(log, "attempt 3\n");
+    // A retry is told which run it retries.
+    let second = runs.iter().find(|r| r["attempt"] == 2).expect("attempt 2");
+    assert_eq!(runs[0]["trigger"]["of"], second["id"], "{:?}", runs[0]);
+    assert_eq!(
+        log,
+        format!("attempt 3 of {}\n", second["id"].as_str().expect("id"))
+    );
     assert_eq!(
         node.api.get(&format!("/api/tasks/{id}")).await?.1["enabled"],
         true,

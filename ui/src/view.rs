@@ -128,7 +128,7 @@ impl RunSummary {
             status_label: status.replace('_', " "),
             trigger: run.trigger.to_string(),
             source_run: match &run.trigger {
-                Trigger::Retry { of } => Some(of.to_string()),
+                Trigger::Retry { of, .. } => Some(of.to_string()),
                 Trigger::Rule { from } => Some(from.to_string()),
                 _ => None,
             },

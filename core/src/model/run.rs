@@ -42,10 +42,35 @@ pub enum Trigger {
     Reboot,
     /// An always-task started or restarted.
     Always { restart: u32 },
-    /// A retry rule acting on an earlier run.
-    Retry { of: RunId },
+    /// A retry of an earlier run (a retry rule, or a run lost with its node). `slot` is the cron
+    /// slot the first run of the chain was for, so that every retry of it sees the same
+    /// `TASKMESH_SLOT`.
+    Retry {
+        of: RunId,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        slot: Option<DateTime<Utc>>,
+    },
     /// A "run another task" rule acting on an earlier run.
     Rule { from: RunId },
+}
+
+impl Trigger {
+    /// A retry of `run`: it carries the run's cron slot on.
+    pub fn retry_of(run: &Run) -> Self {
+        Trigger::Retry {
+            of: run.id.clone(),
+            slot: run.trigger.slot(),
+        }
+    }
+
+    /// The cron slot this run is for: its own, or the one of the run it retries.
+    pub fn slot(&self) -> Option<DateTime<Utc>> {
+        match self {
+            Trigger::Cron { slot } => Some(*slot),
+            Trigger::Retry { slot, .. } => *slot,
+            _ => None,
+        }
+    }
 }
 
 impl fmt::Display for Trigger {

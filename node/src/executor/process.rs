@@ -236,11 +236,14 @@ fn command(task: &Task, run: &Run) -> Result<Command, String> {
         .env("TASKMESH_TASK_ID", &task.id.0)
         .env("TASKMESH_ATTEMPT", run.attempt.to_string())
         .env("TASKMESH_TRIGGER", run.trigger.to_string());
-    if let crate::model::Trigger::Cron { slot } = &run.trigger {
+    if let Some(slot) = run.trigger.slot() {
         cmd.env(
             "TASKMESH_SLOT",
             slot.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
         );
+    }
+    if let crate::model::Trigger::Retry { of, .. } = &run.trigger {
+        cmd.env("TASKMESH_RETRY_OF", &of.0);
     }
     if let Some(dir) = &spec.cwd {
         if !Path::new(dir).is_dir() {

@@ -306,7 +306,7 @@ impl Supervisor {
                 Step::Retry { attempt, delay } => {
                     let follow_up = FollowUp {
                         task: task.id.clone(),
-                        trigger: Trigger::Retry { of: run.id.clone() },
+                        trigger: Trigger::retry_of(run),
                         attempt,
                         delay,
                     };

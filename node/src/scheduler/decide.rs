@@ -282,7 +282,7 @@ pub fn reap_lost(
         .runs
         .values()
         .filter_map(|r| match &r.trigger {
-            Trigger::Retry { of } => Some(of),
+            Trigger::Retry { of, .. } => Some(of),
             _ => None,
         })
         .collect();
@@ -313,7 +313,7 @@ pub fn reap_lost(
         if run.attempt > state.settings.max_retries || task.is_always() {
             continue;
         }
-        let trigger = Trigger::Retry { of: run.id.clone() };
+        let trigger = Trigger::retry_of(&run);
         let mut retry = new_run(task, trigger, run.attempt + 1, new_id(), now);
         retry.actions.push(format!("retry of lost run {}", run.id));
         if let Some(last) = changes.last_mut().filter(|r| r.id == run.id) {
@@ -794,7 +794,7 @@ mod tests {
     fn brief_run(r: &Run) -> String {
         let trigger = match &r.trigger {
             Trigger::Cron { slot } => format!("cron {}", slot.format("%H:%M:%S")),
-            Trigger::Retry { of } => format!("retry of {of}"),
+            Trigger::Retry { of, .. } => format!("retry of {of}"),
             other => other.to_string(),
         };
         let node = r.node_id.as_deref().unwrap_or("-");
@@ -1304,6 +1304,7 @@ mod tests {
                     with_run(run("y", &t, RunStatus::Queued, None), |r| {
                         r.trigger = Trigger::Retry {
                             of: RunId("x".into()),
+                            slot: None,
                         }
                     }),
                 ],
@@ -1333,6 +1334,38 @@ mod tests {
             let changes = reap_lost(&world.view(at("09:00:00")), |p| p != "b", ids());
             assert_eq!(briefs(&changes), case.changes, "{}", case.name);
         }
+    }
+
+    #[test]
+    fn the_retry_of_a_lost_cron_run_keeps_its_slot() {
+        let t = task("t", When::Manual);
+        let slot = at("08:59:00");
+        let lost_cron = with_run(run("x", &t, RunStatus::Running, Some("c")), |r| {
+            r.trigger = Trigger::Cron { slot }
+        });
+        let world = World::new([t.clone()], &[lost_cron]);
+        let changes = reap_lost(&world.view(at("09:00:00")), |p| p != "b", ids());
+        let retries: Vec<&Trigger> = changes
+            .iter()
+            .flat_map(|c| match c {
+                Change::Runs(runs) => runs.iter().collect::<Vec<_>>(),
+                _ => Vec::new(),
+            })
+            .map(|r| &r.trigger)
+            .filter(|t| matches!(t, Trigger::Retry { .. }))
+            .collect();
+        assert_eq!(
+            retries,
+            [&Trigger::Retry {
+                of: RunId("x".into()),
+                slot: Some(slot)
+            }],
+            "{changes:?}"
+        );
+        // And a retry of that retry still carries the first run's slot.
+        let mut retry = run("r1", &t, RunStatus::Failed, Some("b"));
+        retry.trigger = retries[0].clone();
+        assert_eq!(Trigger::retry_of(&retry).slot(), Some(slot));
     }
 
     #[test]
@@ -1586,7 +1619,10 @@ mod tests {
                 ],
             ),
             (
-                Trigger::Retry { of: y.clone() },
+                Trigger::Retry {
+                    of: y.clone(),
+                    slot: None,
+                },
                 2,
                 vec![
                     "r1 retry of y skipped on - attempt 2 (not run: run x is still running \
@@ -1620,6 +1656,7 @@ mod tests {
                 task: t.id.clone(),
                 trigger: Trigger::Retry {
                     of: RunId("x".into()),
+                    slot: None,
                 },
                 attempt: 2,
                 delay: Duration::from_secs(4),
