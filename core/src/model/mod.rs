@@ -15,5 +15,5 @@ pub use settings::{
     NodeSettings, NotifyChannel, NotifySettings, Settings, SlackSettings, TelegramSettings,
     hostname,
 };
-pub use task::{CatchUp, Concurrency, Placement, Spec, Task, TaskId, TaskInput, When};
+pub use task::{CatchUp, Concurrency, OnLost, Placement, Spec, Task, TaskId, TaskInput, When};
 pub use validate::{FieldError, Invalid, parse_json};

@@ -78,6 +78,29 @@ pub struct Spec {
     /// What a new run does while an earlier run of the task is unfinished.
     #[serde(default, skip_serializing_if = "Concurrency::is_default")]
     pub concurrency: Concurrency,
+    /// What happens to a run lost with its node (which may have done part of its work).
+    #[serde(default, skip_serializing_if = "OnLost::is_default")]
+    pub on_lost: OnLost,
+}
+
+/// What happens to a run whose node stopped answering while it was unfinished (or that a
+/// restarted node found unfinished): the run is `lost` either way; the choice is whether it is
+/// tried again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnLost {
+    /// Retried on another node while attempts remain: at least once, so the task should be
+    /// idempotent on its `TASKMESH_SLOT`.
+    #[default]
+    Retry,
+    /// Not retried: the task runs at most once per slot or request.
+    Skip,
+}
+
+impl OnLost {
+    fn is_default(&self) -> bool {
+        *self == OnLost::Retry
+    }
 }
 
 /// What a new run of a task does while an earlier one is queued or running (always-tasks have

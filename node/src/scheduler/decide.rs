@@ -18,7 +18,8 @@ use super::placement::{self, Candidate, NoPlace};
 use super::{LATE, LEAD, NotScheduled};
 use crate::consensus::{Change, State};
 use crate::model::{
-    CatchUp, Concurrency, Outcome, Placement, Run, RunId, RunStatus, Task, TaskId, Trigger, When,
+    CatchUp, Concurrency, OnLost, Outcome, Placement, Run, RunId, RunStatus, Task, TaskId, Trigger,
+    When,
 };
 
 /// At most this many missed slots run under the `all` policy.
@@ -311,6 +312,13 @@ pub fn reap_lost(
             continue;
         };
         if run.attempt > state.settings.max_retries || task.is_always() {
+            continue;
+        }
+        if task.spec.on_lost == OnLost::Skip {
+            if let Some(last) = changes.last_mut().filter(|r| r.id == run.id) {
+                last.actions
+                    .push("not retried: the task says on_lost: skip".into());
+            }
             continue;
         }
         let trigger = Trigger::retry_of(&run);
@@ -1254,6 +1262,8 @@ mod tests {
     fn runs_on_gone_nodes_are_lost_and_retried_while_attempts_remain() {
         let t = task("t", When::Manual);
         let daemon = task("d", When::Always);
+        let mut at_most_once = task("o", When::Manual);
+        at_most_once.spec.on_lost = OnLost::Skip;
         let lost = |id: &str| {
             with_run(run(id, &t, RunStatus::Queued, Some("c")), |r| {
                 r.finish(Outcome::Lost, at("08:30:00"))
@@ -1321,6 +1331,14 @@ mod tests {
                 ],
             },
             Case {
+                name: "a task with on_lost: skip: lost, not retried",
+                runs: vec![run("x", &at_most_once, RunStatus::Running, Some("c"))],
+                changes: vec![
+                    "runs: x manual lost on c (node node-c stopped answering while the run was \
+                     unfinished; not retried: the task says on_lost: skip)",
+                ],
+            },
+            Case {
                 name: "an always-task's run is lost, not retried (its holder is replaced)",
                 runs: vec![run("x", &daemon, RunStatus::Running, Some("c"))],
                 changes: vec![
@@ -1330,7 +1348,10 @@ mod tests {
             },
         ];
         for case in cases {
-            let world = World::new([t.clone(), daemon.clone()], &case.runs);
+            let world = World::new(
+                [t.clone(), daemon.clone(), at_most_once.clone()],
+                &case.runs,
+            );
             let changes = reap_lost(&world.view(at("09:00:00")), |p| p != "b", ids());
             assert_eq!(briefs(&changes), case.changes, "{}", case.name);
         }
