@@ -46,6 +46,25 @@ const MAX_LIST: usize = 256;
 const MAX_TEXT: usize = 512;
 
 impl Announcement {
+    /// A node with defaults (`node-<peer_id>`, 4 free slots, no cluster), for the tests of
+    /// every layer.
+    pub fn sample(peer_id: &str, seq: u64) -> Self {
+        Self {
+            peer_id: peer_id.into(),
+            name: format!("node-{peer_id}"),
+            version: "0".into(),
+            dependencies: vec![],
+            slots_total: 4,
+            slots_free: 4,
+            load: 0.0,
+            running: 0,
+            ui_url: "http://127.0.0.1:8080".into(),
+            addrs: vec![],
+            seq,
+            cluster: None,
+        }
+    }
+
     /// Checks an announcement from the wire; says what is wrong.
     pub fn check(&self) -> Result<(), String> {
         if self.dependencies.len() > MAX_LIST || self.addrs.len() > MAX_LIST {
@@ -85,31 +104,14 @@ pub struct PeerInfo {
 mod tests {
     use super::*;
 
-    fn ann(id: &str, seq: u64) -> Announcement {
-        Announcement {
-            peer_id: id.into(),
-            name: format!("node-{id}"),
-            version: "0".into(),
-            dependencies: vec![],
-            slots_total: 4,
-            slots_free: 4,
-            load: 0.0,
-            running: 0,
-            ui_url: "http://127.0.0.1:8080".into(),
-            addrs: vec![],
-            seq,
-            cluster: None,
-        }
-    }
-
     #[test]
     fn oversized_announcements_are_refused() {
-        let mut a = ann("a", 1);
+        let mut a = Announcement::sample("a", 1);
         a.dependencies = vec!["x".into(); 1000];
         assert!(a.check().is_err());
-        let mut b = ann("b", 1);
+        let mut b = Announcement::sample("b", 1);
         b.ui_url = "javascript:alert(1)".into();
         assert!(b.check().is_err());
-        assert!(ann("c", 1).check().is_ok());
+        assert!(Announcement::sample("c", 1).check().is_ok());
     }
 }

@@ -85,34 +85,23 @@ impl PeerTable {
 mod tests {
     use super::*;
 
-    fn ann(id: &str, seq: u64) -> Announcement {
-        Announcement {
-            peer_id: id.into(),
-            name: format!("node-{id}"),
-            version: "0".into(),
-            dependencies: vec![],
-            slots_total: 4,
-            slots_free: 4,
-            load: 0.0,
-            running: 0,
-            ui_url: "http://127.0.0.1:8080".into(),
-            addrs: vec![],
-            seq,
-            cluster: None,
-        }
-    }
-
     #[test]
     fn newer_announcements_win_and_silent_peers_expire() {
         let t0 = Instant::now();
         let mut table = PeerTable::default();
-        assert!(table.observe(ann("a", 2), t0));
-        assert!(!table.observe(ann("a", 2), t0), "same data is no change");
-        assert!(!table.observe(ann("a", 1), t0), "older is ignored");
-        let mut busy = ann("a", 3);
+        assert!(table.observe(Announcement::sample("a", 2), t0));
+        assert!(
+            !table.observe(Announcement::sample("a", 2), t0),
+            "same data is no change"
+        );
+        assert!(
+            !table.observe(Announcement::sample("a", 1), t0),
+            "older is ignored"
+        );
+        let mut busy = Announcement::sample("a", 3);
         busy.running = 2;
         assert!(table.observe(busy, t0));
-        table.observe(ann("b", 1), t0 + Duration::from_secs(5));
+        table.observe(Announcement::sample("b", 1), t0 + Duration::from_secs(5));
         let gone = table.expire(t0 + Duration::from_secs(11), Duration::from_secs(10));
         assert_eq!(gone, vec!["a".to_string()]);
         assert!(table.contains("b"));

@@ -589,18 +589,24 @@ fn sigterm_stops_children_and_flushes_their_runs() {
     stop(node);
 }
 
+/// The CLI as an operator on the node's machine runs it: pointed at `url`, with no token given,
+/// so that it finds the token in the node's data directory `data_dir` by itself.
+fn operator_cli(url: &str, data_dir: &Path) -> Command {
+    let mut cli = Command::new(BIN);
+    cli.env("TASKMESH_URL", url)
+        .env("TASKMESH_DATA_DIR", data_dir)
+        .env_remove("TASKMESH_TOKEN")
+        .env_remove("TASKMESH_TOKEN_FILE");
+    cli
+}
+
 #[test]
 fn the_cli_adds_runs_and_removes_a_task() {
     let dir = tempfile::tempdir().expect("tmp");
     let node = start(dir.path());
     let cli = |args: &[&str]| {
-        Command::new(BIN)
+        operator_cli(&node.url, dir.path())
             .args(args)
-            .env("TASKMESH_URL", &node.url)
-            // The CLI finds the token in the node's data directory by itself.
-            .env("TASKMESH_DATA_DIR", dir.path())
-            .env_remove("TASKMESH_TOKEN")
-            .env_remove("TASKMESH_TOKEN_FILE")
             .output()
             .expect("run the cli")
     };
@@ -787,12 +793,8 @@ fn the_cli_says_why_a_run_is_refused_and_exits_3() {
     let dir = tempfile::tempdir().expect("tmp");
     let node = start(dir.path());
     let cli = |args: &[&str]| {
-        Command::new(BIN)
+        operator_cli(&node.url, dir.path())
             .args(args)
-            .env("TASKMESH_URL", &node.url)
-            .env("TASKMESH_DATA_DIR", dir.path())
-            .env_remove("TASKMESH_TOKEN")
-            .env_remove("TASKMESH_TOKEN_FILE")
             .output()
             .expect("run the cli")
     };
@@ -1156,12 +1158,8 @@ fn the_start_log_has_a_login_link_and_the_cli_makes_more_and_rotates_the_token()
     );
 
     let cli = |args: &[&str]| {
-        Command::new(BIN)
+        operator_cli(&node.url, dir.path())
             .args(args)
-            .env("TASKMESH_URL", &node.url)
-            .env("TASKMESH_DATA_DIR", dir.path())
-            .env_remove("TASKMESH_TOKEN")
-            .env_remove("TASKMESH_TOKEN_FILE")
             .output()
             .expect("run the cli")
     };
@@ -1262,12 +1260,8 @@ fn the_cli_talks_to_a_tls_node_trusting_its_own_certificate_or_a_given_one() {
     assert!(node.url.starts_with("https://127.0.0.1:"), "{}", node.url);
     // The node's data dir: its token and its self-signed tls-cert.pem.
     let cli = |args: &[&str]| {
-        Command::new(BIN)
+        operator_cli(&node.url, dir.path())
             .args(args)
-            .env("TASKMESH_URL", &node.url)
-            .env("TASKMESH_DATA_DIR", dir.path())
-            .env_remove("TASKMESH_TOKEN")
-            .env_remove("TASKMESH_TOKEN_FILE")
             .env_remove("TASKMESH_CA_CERT")
             .output()
             .expect("run the cli")
