@@ -530,6 +530,165 @@ fn every_cron_slot_runs_exactly_once_while_the_leader_is_killed_twice() {
     cluster.stop_all();
 }
 
+/// Whether `pid` is a live process (not gone, not a zombie).
+fn process_alive(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            let state = stat[stat.rfind(')')? + 1..]
+                .split_whitespace()
+                .next()?
+                .to_owned();
+            Some(state != "Z")
+        })
+        .unwrap_or(false)
+}
+
+/// The node's reaper: the child it forked that names itself `taskmesh-reaper`.
+fn reaper_of(node: &Node) -> i32 {
+    let parent = node.child.id().to_string();
+    let found = std::fs::read_dir("/proc")
+        .expect("/proc")
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            let Some(close) = stat.rfind(')') else {
+                return false;
+            };
+            let name = stat.find('(').map(|open| &stat[open + 1..close]);
+            let ppid = stat[close + 1..].split_whitespace().nth(1);
+            name == Some("taskmesh-reaper") && ppid == Some(parent.as_str())
+        })
+        .collect::<Vec<_>>();
+    assert_eq!(found.len(), 1, "one reaper: {found:?}");
+    found[0]
+}
+
+/// A once-a-day cron task whose slot comes in three seconds. Its first run writes
+/// `SLOT RUN_ID RETRY_OF` to `effects` and sleeps in a child of its shell (the sleep's pid in
+/// `sleep.pid`); a retry only writes its line.
+fn a_slot_soon(out: &Path) -> Value {
+    let slot = chrono::Utc::now() + chrono::Duration::seconds(3);
+    let script = format!(
+        "echo \"$TASKMESH_SLOT $TASKMESH_RUN_ID ${{TASKMESH_RETRY_OF:-}}\" >> {out}/effects; \
+         if [ -z \"$TASKMESH_RETRY_OF\" ]; then sleep 300 & echo $! > {out}/sleep.pid; wait; fi",
+        out = out.display()
+    );
+    json!({
+        "name": "nightly",
+        "spec": {"shell": script},
+        "when": {"mode": "cron", "schedule": slot.format("%S %M %H * * *").to_string(), "timezone": "UTC"},
+    })
+}
+
+fn effects(out: &Path) -> Vec<Vec<String>> {
+    std::fs::read_to_string(out.join("effects"))
+        .unwrap_or_default()
+        .lines()
+        .map(|l| l.split(' ').map(str::to_owned).collect())
+        .collect()
+}
+
+/// After the restart: the first run is `lost`, retried exactly once with the same slot, and the
+/// retry's process saw the slot and the run it retries.
+fn retried_once_with_its_slot(http: &reqwest::blocking::Client, node: &Node, out: &Path) {
+    let first = effects(out)[0].clone();
+    let retry = wait_until("the retry to finish", Duration::from_secs(30), || {
+        let runs: Vec<Value> = http
+            .get(format!("{}/api/runs?limit=50", node.url))
+            .send()
+            .ok()?
+            .json()
+            .ok()?;
+        let lost = runs.iter().find(|r| r["id"] == first[1].as_str())?;
+        let retries: Vec<&Value> = runs
+            .iter()
+            .filter(|r| r["trigger"]["kind"] == "retry" && r["trigger"]["of"] == first[1].as_str())
+            .collect();
+        (lost["status"] == "lost" && retries.len() == 1 && retries[0]["status"] == "succeeded")
+            .then(|| retries[0].clone())
+    });
+    let lines = effects(out);
+    assert_eq!(lines.len(), 2, "the run and its one retry: {lines:?}");
+    assert_eq!(
+        lines[1][0], first[0],
+        "the retry ran with the same slot: {lines:?}"
+    );
+    assert_eq!(lines[1][1], retry["id"].as_str().expect("id"), "{lines:?}");
+    assert_eq!(
+        lines[1][2], first[1],
+        "TASKMESH_RETRY_OF names the lost run: {lines:?}"
+    );
+}
+
+#[test]
+fn a_run_dies_with_its_node_and_is_retried_once_with_its_slot() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let out = tempfile::tempdir().expect("tmp");
+    let mut node = start(dir.path());
+    let http = client();
+    create_task(&http, &node.url, &a_slot_soon(out.path()));
+    let sleep = wait_until("the run's sleep", Duration::from_secs(15), || {
+        std::fs::read_to_string(out.path().join("sleep.pid"))
+            .ok()?
+            .trim()
+            .parse::<i32>()
+            .ok()
+    });
+    assert!(process_alive(sleep));
+
+    // kill -9 of the node alone: its reaper takes the run's whole process group with it.
+    kill(Pid::from_raw(node.child.id() as i32), Signal::SIGKILL).expect("kill -9");
+    node.child.wait().expect("reap");
+    wait_until(
+        "the sleep to die with its node",
+        Duration::from_secs(5),
+        || (!process_alive(sleep)).then_some(()),
+    );
+
+    let node = start(dir.path());
+    retried_once_with_its_slot(&http, &node, out.path());
+    stop(node);
+}
+
+#[test]
+fn a_restarted_node_kills_what_its_previous_process_left_before_reporting_it_lost() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let out = tempfile::tempdir().expect("tmp");
+    let mut node = start(dir.path());
+    let http = client();
+    create_task(&http, &node.url, &a_slot_soon(out.path()));
+    let sleep = wait_until("the run's sleep", Duration::from_secs(15), || {
+        std::fs::read_to_string(out.path().join("sleep.pid"))
+            .ok()?
+            .trim()
+            .parse::<i32>()
+            .ok()
+    });
+
+    // The reaper and the node both die: the run's processes live on as orphans.
+    let reaper = reaper_of(&node);
+    kill(Pid::from_raw(reaper), Signal::SIGKILL).expect("kill -9 the reaper");
+    kill(Pid::from_raw(node.child.id() as i32), Signal::SIGKILL).expect("kill -9");
+    node.child.wait().expect("reap");
+    wait_until("the reaper to be gone", Duration::from_secs(5), || {
+        (!process_alive(reaper)).then_some(())
+    });
+    assert!(
+        process_alive(sleep),
+        "the orphan lives on until the node starts again"
+    );
+
+    // The next start kills them before it serves anything.
+    let node = start(dir.path());
+    assert!(
+        !process_alive(sleep),
+        "the orphan is gone once the node is up"
+    );
+    retried_once_with_its_slot(&http, &node, out.path());
+    stop(node);
+}
+
 #[test]
 fn sigterm_stops_children_and_flushes_their_runs() {
     let dir = tempfile::tempdir().expect("tmp");

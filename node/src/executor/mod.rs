@@ -7,7 +7,9 @@
 //! the supervisor's rules ask for go out as [`FollowUp`]s, which the scheduler takes in.
 
 pub mod dispatch;
+pub mod groups;
 mod process;
+mod reaper;
 pub mod supervisor;
 
 use std::cmp::Ordering;
@@ -24,6 +26,7 @@ use crate::ledger::RunLedger;
 use crate::logs::LogPaths;
 use crate::model::{ClusterSettings, NodeSettings, Run, RunId, RunStatus, Task, Trigger};
 
+pub use groups::ProcessGroups;
 pub use supervisor::{DaemonStatus, FollowUp, Supervisor};
 
 /// An instruction to run one run of one task.
@@ -166,6 +169,7 @@ pub struct Executor {
     events: Events,
     node: watch::Receiver<NodeSettings>,
     finished: mpsc::Sender<Finished>,
+    groups: ProcessGroups,
     queue: BinaryHeap<Queued>,
     running: HashMap<RunId, Running>,
     seen: Seen,
@@ -173,16 +177,30 @@ pub struct Executor {
     cancel: CancellationToken,
 }
 
+/// What an executor works with.
+pub struct Parts {
+    pub ledger: RunLedger,
+    pub logs: LogPaths,
+    pub events: Events,
+    pub node: watch::Receiver<NodeSettings>,
+    /// This node's PeerId, recorded on the runs it makes.
+    pub peer_id: String,
+    /// Where ended runs go (the supervisor).
+    pub finished: mpsc::Sender<Finished>,
+    pub groups: ProcessGroups,
+}
+
 impl Executor {
-    pub fn new(
-        ledger: RunLedger,
-        logs: LogPaths,
-        events: Events,
-        node: watch::Receiver<NodeSettings>,
-        peer_id: String,
-        finished: mpsc::Sender<Finished>,
-        cancel: CancellationToken,
-    ) -> (Self, ExecutorHandle) {
+    pub fn new(parts: Parts, cancel: CancellationToken) -> (Self, ExecutorHandle) {
+        let Parts {
+            ledger,
+            logs,
+            events,
+            node,
+            peer_id,
+            finished,
+            groups,
+        } = parts;
         let (tx, inbox) = mpsc::channel(1024);
         let handle = ExecutorHandle {
             tx: tx.clone(),
@@ -198,6 +216,7 @@ impl Executor {
             events,
             node,
             finished,
+            groups,
             queue: BinaryHeap::new(),
             running: HashMap::new(),
             seen: Seen {
@@ -304,6 +323,7 @@ impl Executor {
             ledger: self.ledger.clone(),
             logs: self.logs.clone(),
             events: self.events.clone(),
+            groups: self.groups.clone(),
         };
         let done = self.tx.clone();
         let finished = self.finished.clone();
@@ -346,5 +366,7 @@ impl Executor {
                 None => break,
             }
         }
+        // Every run's group is collected: the reaper has nothing left to do.
+        self.groups.close();
     }
 }

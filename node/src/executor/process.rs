@@ -31,6 +31,7 @@ pub(super) struct Ctx {
     pub ledger: RunLedger,
     pub logs: LogPaths,
     pub events: Events,
+    pub groups: super::ProcessGroups,
 }
 
 #[derive(Clone, Copy)]
@@ -74,6 +75,11 @@ pub(super) async fn execute(order: RunOrder, ctx: &Ctx, stop: CancellationToken)
     };
     let pgid = child.id().map(|pid| Pid::from_raw(pid as i32));
     run.pid = child.id();
+    // Listed before the start is recorded anywhere: a crash from here on leaves the group to
+    // the reaper, or to the next start's sweep.
+    if let Some(pgid) = pgid {
+        ctx.groups.started(&run.id, pgid.as_raw());
+    }
     run.status = RunStatus::Running;
     run.started_at = Some(Utc::now());
     info!(run_id = %run.id, task = %task.name, pid = ?run.pid, trigger = %run.trigger, "run started");
@@ -129,6 +135,9 @@ pub(super) async fn execute(order: RunOrder, ctx: &Ctx, stop: CancellationToken)
                 break;
             }
         }
+    }
+    if let Some(pgid) = pgid {
+        ctx.groups.ended(pgid.as_raw());
     }
     let outcome = match (kill, status) {
         (Some(Kill::Timeout), _) => Outcome::TimedOut,

@@ -22,7 +22,7 @@ use crate::api::auth::Access;
 use crate::config::Config;
 use crate::consensus::{self, Consensus, State};
 use crate::events::{self, Event, Events};
-use crate::executor::{DaemonStatus, Executor, ExecutorHandle, Supervisor};
+use crate::executor::{DaemonStatus, Executor, ExecutorHandle, ProcessGroups, Supervisor};
 use crate::handle::Inner;
 use crate::ledger::RunLedger;
 use crate::logs::{self, LogPaths};
@@ -163,9 +163,12 @@ struct Storage {
     logs: LogPaths,
     node: watch::Sender<NodeSettings>,
     events: Events,
+    groups: ProcessGroups,
 }
 
-/// Phase 1: the data directory, the database, the node's identity and its log folder.
+/// Phase 1: the data directory, the database, the node's identity and its log folder, and the
+/// runs' process groups: what a previous process of this node left running is killed here,
+/// before the run history reports those runs `lost`.
 async fn open_storage(config: &Config) -> Result<Storage, NodeError> {
     let (redb, node_settings) = {
         let config = config.clone();
@@ -181,12 +184,27 @@ async fn open_storage(config: &Config) -> Result<Storage, NodeError> {
         })?
     };
     let logs = LogPaths::new(storage::log_root(config, &node_settings));
+    let groups = {
+        let dir = config.data_dir.clone();
+        tokio::task::spawn_blocking(move || ProcessGroups::open(&dir))
+            .await
+            .map_err(|e| NodeError::Unavailable(format!("opening the process-group journal: {e}")))?
+            .map(|(groups, _swept)| groups)
+            .map_err(|source| NodeError::Io {
+                context: format!(
+                    "reading the process-group journal in {}",
+                    config.data_dir.display()
+                ),
+                source,
+            })?
+    };
     Ok(Storage {
         redb: Arc::new(redb),
         identity,
         logs,
         node: watch::Sender::new(node_settings),
         events: events::bus(),
+        groups,
     })
 }
 
@@ -383,12 +401,15 @@ fn start_workers(
     let (follow_ups_tx, follow_ups) = mpsc::channel(crate::scheduler::FOLLOW_UPS);
     let peer_id = storage.identity.public().to_peer_id().to_string();
     let (executor, executor_handle) = Executor::new(
-        ledger.clone(),
-        logs.clone(),
-        storage.events.clone(),
-        node.clone(),
-        peer_id.clone(),
-        finished_tx,
+        crate::executor::Parts {
+            ledger: ledger.clone(),
+            logs: logs.clone(),
+            events: storage.events.clone(),
+            node: node.clone(),
+            peer_id: peer_id.clone(),
+            finished: finished_tx,
+            groups: storage.groups.clone(),
+        },
         work.clone(),
     );
     let notifier = Notifier::new(
