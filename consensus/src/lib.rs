@@ -261,6 +261,38 @@ impl Consensus {
                 .is_some_and(|applied| applied.leader_id.term == metrics.current_term)
     }
 
+    /// Whether this node leads and a majority of the voters acknowledged it within `within`
+    /// (a leader cut off from the others keeps its role for a while, but not this).
+    pub fn leads_a_majority_within(&self, within: Duration) -> bool {
+        let metrics = self.replica.raft().metrics();
+        let metrics = metrics.borrow();
+        metrics.state == openraft::ServerState::Leader
+            && metrics
+                .millis_since_quorum_ack
+                .is_some_and(|ms| Duration::from_millis(ms) < within)
+    }
+
+    /// The index of the last entry this node has applied.
+    pub fn applied(&self) -> u64 {
+        self.replica
+            .raft()
+            .metrics()
+            .borrow()
+            .last_applied
+            .map_or(0, |l| l.index)
+    }
+
+    /// The voters' PeerIds, as this node's membership says.
+    pub fn voters(&self) -> Vec<String> {
+        let metrics = self.replica.raft().metrics();
+        let metrics = metrics.borrow();
+        let membership = metrics.membership_config.membership();
+        membership
+            .voter_ids()
+            .filter_map(|id| membership.get_node(&id).map(|n| n.peer_id.clone()))
+            .collect()
+    }
+
     /// What this node announces about its place in the cluster.
     pub fn badge(&self) -> Option<ClusterBadge> {
         status::badge(&self.replica.raft().metrics().borrow(), &self.state())

@@ -44,6 +44,33 @@ const FALLBACK_DIAL: Duration = Duration::from_millis(700);
 /// Connections refused over a cap are logged as a warning at most this often (a flood would
 /// otherwise flood the log too).
 const CAP_WARNING_EVERY: Duration = Duration::from_secs(60);
+/// The most peers kept on the list of peers that are down.
+const MAX_DOWN: usize = 1024;
+
+/// Whether a dial failed because every address refused the connection: the host is there and
+/// nothing listens on the port.
+fn refused(error: &libp2p::swarm::DialError) -> bool {
+    match error {
+        libp2p::swarm::DialError::Transport(errors) => {
+            !errors.is_empty()
+                && errors.iter().all(|(_, e)| {
+                    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+                    while let Some(err) = source {
+                        if err
+                            .downcast_ref::<std::io::Error>()
+                            .is_some_and(|io| io.kind() == std::io::ErrorKind::ConnectionRefused)
+                        {
+                            return true;
+                        }
+                        source = err.source();
+                    }
+                    // Layers that hide their source still print it.
+                    format!("{e:?}").contains("ConnectionRefused")
+                })
+        }
+        _ => false,
+    }
+}
 
 #[derive(NetworkBehaviour)]
 struct Behaviour {
@@ -86,6 +113,11 @@ struct Actor {
     connected: HashSet<PeerId>,
     /// Discovered peers we left to dial us, and when we dial them ourselves if they did not.
     fallback: HashMap<PeerId, (Instant, Vec<Multiaddr>)>,
+    /// Peers whose last connection closed, dialled once to tell a dead process (refused) from a
+    /// network that is slow or cut (anything else).
+    probing: HashSet<PeerId>,
+    /// Peers whose process is gone: their connection closed and a dial was refused.
+    down_tx: watch::Sender<Arc<std::collections::BTreeSet<String>>>,
     announce_every: Duration,
     peer_ttl: Duration,
     listen_is_loopback: bool,
@@ -221,6 +253,7 @@ pub(super) async fn start(
     let (tx, inbox) = mpsc::channel(256);
     let (peers_tx, peers_rx) = watch::channel(Arc::new(Vec::new()));
     let (listen_tx, listen_rx) = watch::channel(vec![first]);
+    let (down_tx, down_rx) = watch::channel(Arc::new(std::collections::BTreeSet::new()));
     let now = Instant::now();
     let actor = Actor {
         swarm,
@@ -249,6 +282,8 @@ pub(super) async fn start(
             .collect(),
         connected: HashSet::new(),
         fallback: HashMap::new(),
+        probing: HashSet::new(),
+        down_tx,
         announce_every: config.announce_every,
         peer_ttl: config.peer_ttl,
         listen_is_loopback: is_loopback(&config.listen),
@@ -263,6 +298,7 @@ pub(super) async fn start(
             tx,
             peers: peers_rx,
             listen: listen_rx,
+            down: down_rx,
             local,
             rpc,
         },
@@ -467,6 +503,45 @@ impl Actor {
         }
     }
 
+    /// Dials a listed peer whose last connection closed, once: a refusal means its process is
+    /// gone (the host answers, nothing listens), which [`Self::mark_down`] tells at once instead
+    /// of after the peer timeout.
+    fn probe(&mut self, peer: PeerId) {
+        let addrs: Vec<Multiaddr> = self
+            .table
+            .addrs_of(&peer.to_string())
+            .iter()
+            .filter_map(|a| a.parse().ok())
+            .collect();
+        if addrs.is_empty() || self.cancel.is_cancelled() {
+            return;
+        }
+        self.probing.insert(peer);
+        let opts = DialOpts::peer_id(peer)
+            .addresses(addrs)
+            .condition(PeerCondition::DisconnectedAndNotDialing)
+            .build();
+        if let Err(e) = self.swarm.dial(opts) {
+            self.probing.remove(&peer);
+            debug!(%peer, error = %e, "probe not dialled");
+        }
+    }
+
+    /// A peer whose process is gone: off the table, and on the list of peers that are down
+    /// until they connect again.
+    fn mark_down(&mut self, peer: PeerId) {
+        info!(peer_id = %peer, "peer's process is gone (its connection closed and a dial was refused)");
+        self.table.remove(&peer.to_string());
+        self.down_tx.send_modify(|down| {
+            let down = Arc::make_mut(down);
+            if down.len() >= MAX_DOWN {
+                down.pop_first();
+            }
+            down.insert(peer.to_string());
+        });
+        self.publish_peers();
+    }
+
     /// Dials the discovered higher peers that did not dial us in time.
     fn dial_fallbacks(&mut self, now: Instant) {
         let connected = &self.connected;
@@ -501,6 +576,11 @@ impl Actor {
                 ..
             } => {
                 self.connected.insert(peer_id);
+                self.probing.remove(&peer_id);
+                self.down_tx.send_if_modified(|down| {
+                    down.contains(&peer_id.to_string())
+                        && Arc::make_mut(down).remove(&peer_id.to_string())
+                });
                 if endpoint.is_dialer() {
                     let addr = endpoint.get_remote_address().clone().with_p2p_stripped();
                     for c in &mut self.configured {
@@ -539,10 +619,16 @@ impl Actor {
                         c.next_try = Instant::now() + c.backoff.next_wait();
                     }
                 }
+                self.probe(peer_id);
                 self.publish_peers();
             }
             SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
                 debug!(peer = ?peer_id, %error, "outgoing connection failed");
+                if let Some(peer) = peer_id.filter(|p| self.probing.remove(p)) {
+                    if refused(&error) {
+                        self.mark_down(peer);
+                    }
+                }
                 for c in self
                     .configured
                     .iter_mut()

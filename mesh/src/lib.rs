@@ -162,6 +162,7 @@ pub struct MeshHandle {
     tx: mpsc::Sender<Command>,
     peers: watch::Receiver<Arc<Vec<PeerInfo>>>,
     listen: watch::Receiver<Vec<Multiaddr>>,
+    down: watch::Receiver<Arc<std::collections::BTreeSet<String>>>,
     local: PeerId,
     rpc: rpc::Rpc,
 }
@@ -174,6 +175,12 @@ impl MeshHandle {
     /// The live peers (not this node), by name.
     pub fn peers(&self) -> Arc<Vec<PeerInfo>> {
         self.peers.borrow().clone()
+    }
+
+    /// The peers whose process is known to be gone: their connection closed and a dial to them
+    /// was refused. A peer leaves the list when it connects again.
+    pub fn down(&self) -> Arc<std::collections::BTreeSet<String>> {
+        self.down.borrow().clone()
     }
 
     pub fn subscribe(&self) -> watch::Receiver<Arc<Vec<PeerInfo>>> {

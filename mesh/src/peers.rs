@@ -62,6 +62,19 @@ impl PeerTable {
         gone
     }
 
+    /// Drops a peer at once (its process is known to be gone); returns whether it was listed.
+    pub fn remove(&mut self, peer_id: &str) -> bool {
+        self.entries.remove(peer_id).is_some()
+    }
+
+    /// The addresses a listed peer announced.
+    pub fn addrs_of(&self, peer_id: &str) -> Vec<String> {
+        self.entries
+            .get(peer_id)
+            .map(|e| e.announcement.addrs.clone())
+            .unwrap_or_default()
+    }
+
     pub fn contains(&self, peer_id: &str) -> bool {
         self.entries.contains_key(peer_id)
     }

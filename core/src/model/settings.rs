@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
@@ -121,6 +122,27 @@ impl Default for ClusterSettings {
         }
     }
 }
+
+impl ClusterSettings {
+    /// How long a holder of an always-task keeps its daemon without hearing a majority of the
+    /// voters: half of `peer_timeout`.
+    pub fn lease_term(&self) -> Duration {
+        self.peer_timeout.0 / 2
+    }
+
+    /// How long a holder must have been silent before the leader gives its always-tasks to
+    /// another node: `peer_timeout`, and at least the lease term plus the kill grace plus a
+    /// margin, so that the old holder has stopped its daemon by then.
+    pub fn daemon_handover(&self) -> Duration {
+        self.peer_timeout
+            .0
+            .max(self.lease_term() + self.kill_grace.0 + HANDOVER_MARGIN)
+    }
+}
+
+/// Time [`ClusterSettings::daemon_handover`] keeps on top of lease and grace: for the holder's
+/// lease check, which runs every 250 ms, and the kernel's last kill.
+const HANDOVER_MARGIN: Duration = Duration::from_secs(1);
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]

@@ -8,6 +8,7 @@
 
 pub mod dispatch;
 pub mod groups;
+pub mod lease;
 mod process;
 mod reaper;
 pub mod supervisor;

@@ -110,6 +110,8 @@ pub struct Supervisor {
     events: Events,
     notifier: Notifier,
     daemons: HashMap<TaskId, Daemon>,
+    /// Whether this node holds its lease on always-tasks ([`super::lease`]).
+    lease: watch::Receiver<bool>,
     cancel: CancellationToken,
 }
 
@@ -123,6 +125,7 @@ impl Supervisor {
         follow_ups: mpsc::Sender<FollowUp>,
         events: Events,
         notifier: Notifier,
+        lease: watch::Receiver<bool>,
         cancel: CancellationToken,
     ) -> (Self, watch::Receiver<BTreeMap<TaskId, DaemonStatus>>) {
         let (status, status_rx) = watch::channel(BTreeMap::new());
@@ -138,6 +141,7 @@ impl Supervisor {
             events,
             notifier,
             daemons: HashMap::new(),
+            lease,
             cancel,
         };
         (s, status_rx)
@@ -152,6 +156,7 @@ impl Supervisor {
                 _ = self.cancel.cancelled() => break,
                 Some(finished) = self.inbox.recv() => self.on_finished(finished).await,
                 Ok(()) = self.state.changed() => self.reconcile().await,
+                Ok(()) = self.lease.changed() => self.reconcile().await,
                 _ = sleep_until_opt(next_restart) => self.restart_due().await,
             }
         }
@@ -165,13 +170,16 @@ impl Supervisor {
 
     /// Starts the always-tasks this node holds (the leader places them, `State::holders`) that
     /// have no process, and stops processes whose task was removed, disabled, changed, is no
-    /// longer an always-task, or moved to another node.
+    /// longer an always-task, or moved to another node, and all of them while the node does not
+    /// hold its lease.
     async fn reconcile(&mut self) {
         let state = self.state.borrow_and_update().clone();
+        let leased = *self.lease.borrow_and_update();
         let me = self.executor.peer_id().to_owned();
         let wanted: HashMap<&TaskId, &Task> = state
             .tasks
             .values()
+            .filter(|_| leased)
             .filter(|t| t.enabled && t.is_always())
             .filter(|t| state.holders.get(&t.id).is_some_and(|h| h.contains(&me)))
             .map(|t| (&t.id, &**t))
@@ -185,7 +193,14 @@ impl Supervisor {
         for id in gone {
             if let Some(d) = self.daemons.remove(&id) {
                 if let Some(run) = d.run {
-                    info!(task_id = %id, run_id = %run, "always-task removed, disabled or moved to another node; stopping it");
+                    match leased {
+                        true => {
+                            info!(task_id = %id, run_id = %run, "always-task removed, disabled or moved to another node; stopping it")
+                        }
+                        false => {
+                            info!(task_id = %id, run_id = %run, "no lease on always-tasks; stopping it")
+                        }
+                    }
                     self.executor.stop(&run).await;
                 }
             }

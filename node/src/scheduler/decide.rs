@@ -6,7 +6,7 @@
 //! the inputs and acts on the outputs.
 
 use std::borrow::Cow;
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -40,7 +40,17 @@ pub struct View<'a> {
     /// This node's name.
     pub name: &'a str,
     pub now: DateTime<Utc>,
+    /// Whether this node began to lead so recently ([`SETTLE`]) that the ends of runs on other
+    /// nodes reported to the previous leader may still be on their way here.
+    pub settling: bool,
 }
+
+/// How long a new leader does not take another node's run for still running when deciding a
+/// `forbid` slot: long enough for a report that failed at the old leader to be retried here
+/// (the run reporter tries again after 1 s; an election takes about 1 s).
+pub const SETTLE: Duration = Duration::from_secs(3);
+/// How often a slot put off while settling is looked at again.
+const SETTLE_RECHECK: Duration = Duration::from_millis(250);
 
 /// Something a decision found that the operator should hear of.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -140,6 +150,18 @@ pub fn fire_due<'s>(
             };
             (latest, plan.run, plan.skipped)
         };
+        // A new leader does not skip a slot for another node's run that may have ended: the
+        // slot waits (uncommitted) until the run's end arrives or the leader has settled.
+        let unsure = view.settling
+            && !slots.is_empty()
+            && matches!(gate(task, state, None, view.here, view.peer_id),
+                Gate::Skip(Refusal::StillRunning { ref run })
+                    if state.runs.get(run).is_some_and(|r| r.node_id.as_deref() != Some(view.peer_id)));
+        if unsure {
+            let again = now + chrono::Duration::from_std(SETTLE_RECHECK).unwrap_or_default();
+            firing.wake = Some(firing.wake.map_or(again, |w| w.min(again)));
+            continue;
+        }
         let mut runs = Vec::new();
         if skipped > 0 {
             firing.notices.push(Notice::Missed {
@@ -254,18 +276,22 @@ pub fn place_waiting(view: &View, mut new_id: impl FnMut() -> RunId) -> Placing 
     placing
 }
 
-/// Which nodes are gone: not live now, and not seen live by this leader for `timeout` (a node
-/// it never saw counts from `since`, when it began to lead).
+/// Which nodes are gone: not live now, and either known to be `down` (their process is gone:
+/// the connection closed and a dial was refused) or not seen live by this leader for `timeout`
+/// (a node it never saw counts from `since`, when it began to lead).
 pub fn gone<'a>(
     live: &[Candidate],
     last_seen: &'a HashMap<String, Instant>,
+    down: &'a BTreeSet<String>,
     since: Instant,
     now: Instant,
     timeout: Duration,
 ) -> impl Fn(&str) -> bool + use<'a> {
     let live: HashSet<String> = live.iter().map(|c| c.peer_id.clone()).collect();
     move |peer: &str| {
-        !live.contains(peer) && now - last_seen.get(peer).copied().unwrap_or(since) > timeout
+        !live.contains(peer)
+            && (down.contains(peer)
+                || now - last_seen.get(peer).copied().unwrap_or(since) > timeout)
     }
 }
 
@@ -795,6 +821,7 @@ mod tests {
                 peer_id: "a",
                 name: "node-a",
                 now,
+                settling: false,
             }
         }
     }
@@ -1086,6 +1113,42 @@ mod tests {
             let wake = firing.fires.is_empty().then_some(firing.wake).flatten();
             assert_eq!(wake, case.wake.map(at), "{}", case.name);
         }
+    }
+
+    #[test]
+    fn a_new_leader_puts_off_a_forbid_slot_that_another_nodes_run_may_have_ended() {
+        let t = cron("t", CatchUp::One);
+        let schedule = Schedule::parse("* * * * *", "UTC").expect("schedule");
+        let fire = |runs: &[Run], settling: bool| {
+            let mut world = World::new(vec![t.clone()], runs);
+            world.here = runs
+                .iter()
+                .filter(|r| r.node_id.as_deref() == Some("a"))
+                .cloned()
+                .collect();
+            let view = View {
+                settling,
+                ..world.view(at("09:01:00"))
+            };
+            let firing = fire_due(&view, |_| Some(&schedule), ids());
+            (briefs(&firing.fires), firing.wake)
+        };
+        let on_b = run("x", &t, RunStatus::Running, Some("b"));
+        // Settling: no decision yet, looked at again shortly.
+        assert_eq!(
+            fire(std::slice::from_ref(&on_b), true),
+            (vec![], Some(at("09:01:00.250")))
+        );
+        // Settled: the run counts as running, the slot is skipped.
+        let (fires, _) = fire(std::slice::from_ref(&on_b), false);
+        assert_eq!(fires.len(), 1);
+        assert!(fires[0].contains("skipped"), "{fires:?}");
+        // This node's own runs are known here (its own record): no reason to wait.
+        let (fires, _) = fire(&[run("x", &t, RunStatus::Running, Some("a"))], true);
+        assert!(
+            fires.len() == 1 && fires[0].contains("skipped"),
+            "{fires:?}"
+        );
     }
 
     #[test]
@@ -1395,9 +1458,12 @@ mod tests {
         let s = Duration::from_secs;
         let last_seen = HashMap::from([("b".to_string(), t0 + s(5)), ("c".to_string(), t0)]);
         let live = [node("a", &[], 4)];
+        let down = BTreeSet::from(["d".to_string(), "a".to_string()]);
         // (node, now, gone)
         let cases = [
             ("a", t0 + s(100), false),
+            // A node whose process is gone is gone at once, unless it is live again.
+            ("d", t0 + s(1), true),
             ("b", t0 + s(14), false),
             ("b", t0 + s(16), true),
             ("c", t0 + s(11), true),
@@ -1405,7 +1471,7 @@ mod tests {
             ("never seen", t0 + s(11), true),
         ];
         for (peer, now, expected) in cases {
-            let gone = gone(&live, &last_seen, t0, now, s(10));
+            let gone = gone(&live, &last_seen, &down, t0, now, s(10));
             assert_eq!(gone(peer), expected, "{peer} at {:?}", now - t0);
         }
     }

@@ -243,6 +243,8 @@ pub struct Scheduler {
     leading_since: Option<Instant>,
     /// When each peer was last live, as this leader saw it.
     last_seen: HashMap<String, Instant>,
+    /// The peers whose process is known to be gone (see `MeshHandle::down`).
+    down: Arc<std::collections::BTreeSet<String>>,
     /// This node's runs (its running ones count for concurrency before the ledger shows them).
     ledger: RunLedger,
     dispatcher_ready: watch::Receiver<bool>,
@@ -297,6 +299,7 @@ impl Scheduler {
             schedules: HashMap::new(),
             leading_since: None,
             last_seen: HashMap::new(),
+            down: Arc::default(),
             ledger: parts.ledger,
             dispatcher_ready: parts.dispatcher_ready,
             own: tx.clone(),
@@ -383,6 +386,9 @@ impl Scheduler {
             here: self.ledger.active(),
             name: self.node.borrow().name.clone(),
             now: Utc::now(),
+            settling: self
+                .leading_since
+                .is_some_and(|since| since.elapsed() < decide::SETTLE),
         }
     }
 
@@ -415,6 +421,12 @@ impl Scheduler {
             .map(|m| m.peers())
             .unwrap_or_default();
         let live = placement::live(this, &peers, state.cluster.map(|c| c.id));
+        self.down = self
+            .mesh
+            .borrow()
+            .as_ref()
+            .map(|m| m.down())
+            .unwrap_or_default();
         let now = Instant::now();
         for c in &live {
             self.last_seen.insert(c.peer_id.clone(), now);
@@ -479,9 +491,20 @@ impl Scheduler {
 
     /// The nodes that have not been live for `cluster.peer_timeout`, as this leader saw them.
     fn gone(&self, state: &State, live: &[Candidate]) -> impl Fn(&str) -> bool + '_ {
+        self.silent_for(live, state.settings.peer_timeout.0)
+    }
+
+    /// The nodes that have not been live for `timeout`, as this leader saw them.
+    fn silent_for(&self, live: &[Candidate], timeout: Duration) -> impl Fn(&str) -> bool + '_ {
         let since = self.leading_since.unwrap_or_else(Instant::now);
-        let timeout = state.settings.peer_timeout.0;
-        decide::gone(live, &self.last_seen, since, Instant::now(), timeout)
+        decide::gone(
+            live,
+            &self.last_seen,
+            &self.down,
+            since,
+            Instant::now(),
+            timeout,
+        )
     }
 
     /// On the leader: fires every cron slot that is due, committing each with its runs
@@ -536,9 +559,11 @@ impl Scheduler {
     async fn place_daemons(&mut self, candidates: &[Candidate]) {
         let snapshot = self.snapshot();
         let state = &snapshot.state;
+        // A silent holder keeps its always-tasks until its lease has surely lapsed and its
+        // daemons are stopped (see `executor::lease`).
         let changes = decide::place_daemons(
             &snapshot.view(candidates, &self.peer_id),
-            self.gone(state, candidates),
+            self.silent_for(candidates, state.settings.daemon_handover()),
         );
         for change in &changes {
             if let Change::Hold { task, nodes } = change {
@@ -718,6 +743,7 @@ struct Snapshot {
     here: Vec<Run>,
     name: String,
     now: DateTime<Utc>,
+    settling: bool,
 }
 
 impl Snapshot {
@@ -730,6 +756,7 @@ impl Snapshot {
             peer_id,
             name: &self.name,
             now: self.now,
+            settling: self.settling,
         }
     }
 }

@@ -119,6 +119,10 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Starte
             sink: history.sink_status.clone(),
         }),
     };
+    // The mesh outlives the workers, so that the ends of the runs stopped at shutdown still
+    // reach the cluster, and peers see this node's connections close only once its processes
+    // are gone (they take a refused dial for a dead node).
+    let meshing = CancellationToken::new();
     let mesh_task = tokio::spawn(
         mesh::MeshRunner {
             config: config.clone(),
@@ -130,7 +134,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Starte
             inbound: consensus.inbound_tx,
             ledger: history.ledger.clone(),
             current: consensus.mesh_tx,
-            cancel: work.clone(),
+            cancel: meshing.clone(),
         }
         .run(),
     );
@@ -142,6 +146,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Starte
         Stopping {
             workers: workers.tasks,
             mesh: mesh_task,
+            meshing,
             history,
             committer: consensus.committer,
             server,
@@ -420,6 +425,14 @@ fn start_workers(
         ui_url.to_owned(),
         work.clone(),
     );
+    let (lease_tx, lease) = watch::channel(false);
+    let lease_keeper = crate::executor::lease::LeaseKeeper {
+        consensus: consensus.clone(),
+        mesh: replication.mesh_rx.clone(),
+        peer_id: peer_id.clone(),
+        held: lease_tx,
+        cancel: work.clone(),
+    };
     let (supervisor, daemons) = Supervisor::new(
         finished_rx,
         consensus.clone(),
@@ -428,6 +441,7 @@ fn start_workers(
         follow_ups_tx,
         storage.events.clone(),
         notifier.clone(),
+        lease,
         work.clone(),
     );
     let (ready_tx, ready_rx) = watch::channel(false);
@@ -463,6 +477,7 @@ fn start_workers(
     let tasks = vec![
         tokio::spawn(executor.run()),
         tokio::spawn(supervisor.run()),
+        tokio::spawn(lease_keeper.run()),
         tokio::spawn(scheduler.run()),
     ];
     tokio::spawn(forward_state_changes(
@@ -532,6 +547,8 @@ fn serve(
 struct Stopping {
     workers: Vec<JoinHandle<()>>,
     mesh: JoinHandle<()>,
+    /// Stops the mesh runner, once the last runs' ends are reported.
+    meshing: CancellationToken,
     history: History,
     committer: JoinHandle<()>,
     server: JoinHandle<()>,
@@ -546,12 +563,13 @@ async fn shut_down(work: CancellationToken, core: CancellationToken, parts: Stop
     for task in parts.workers {
         let _ = task.await;
     }
-    let _ = parts.mesh.await;
     let history = parts.history;
     history.ledger.close().await;
     let _ = history.ledger_writer.await;
     history.reporting.cancel();
     let _ = history.reporter.await;
+    parts.meshing.cancel();
+    let _ = parts.mesh.await;
     history.sinking.cancel();
     let _ = history.sink.await;
     core.cancel();
