@@ -14,7 +14,7 @@ mod replica;
 mod state;
 mod status;
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
@@ -85,6 +85,8 @@ pub struct Options {
 pub struct Consensus {
     replica: Arc<Replica>,
     state: watch::Receiver<Arc<State>>,
+    /// The digest of the newest state it was asked for, with that state (see [`Self::digest`]).
+    digest: Arc<Mutex<Option<(Weak<State>, u64)>>>,
 }
 
 impl Consensus {
@@ -109,6 +111,7 @@ impl Consensus {
         let consensus = Self {
             replica: replica.clone(),
             state: state_rx,
+            digest: Arc::default(),
         };
         let pilot =
             autopilot::Autopilot::new(consensus.clone(), options.discovery, options.node, cancel);
@@ -261,16 +264,41 @@ impl Consensus {
                 .is_some_and(|applied| applied.leader_id.term == metrics.current_term)
     }
 
-    /// What this node announces about its place in the cluster.
+    /// What this node announces about its place in the cluster, with the digest of its state.
     pub fn badge(&self) -> Option<ClusterBadge> {
-        status::badge(&self.replica.raft().metrics().borrow(), &self.state())
+        let state = self.state();
+        let digest = self.digest(&state);
+        status::badge(&self.replica.raft().metrics().borrow(), &state, digest)
+    }
+
+    /// `state`'s [`State::digest`], computed once per published state: announcements and /peers
+    /// ask for it every few seconds, and a new state comes only with a change.
+    fn digest(&self, state: &Arc<State>) -> u64 {
+        let same =
+            |(known, _): &(Weak<State>, u64)| std::ptr::eq(known.as_ptr(), Arc::as_ptr(state));
+        if let Some((_, digest)) = self
+            .digest
+            .lock()
+            .expect("digest lock")
+            .as_ref()
+            .filter(|c| same(c))
+        {
+            return *digest;
+        }
+        let digest = state.digest();
+        *self.digest.lock().expect("digest lock") = Some((Arc::downgrade(state), digest));
+        digest
     }
 
     /// Leader, term, voters, learners and lag, for /peers.
     pub fn status(&self, peers: &[taskmesh_mesh::PeerInfo], my_name: &str) -> ClusterStatus {
+        let state = self.state();
+        // Before borrowing the metrics: their writer waits while they are borrowed.
+        let digest = self.digest(&state);
         let mut status = status::of(
             &self.replica.raft().metrics().borrow(),
-            &self.state(),
+            &state,
+            digest,
             peers,
             &self.replica.peer_id.to_string(),
         );

@@ -159,6 +159,7 @@ impl StateMachine {
             .context("loading the state")
             .map_err(StorageIOError::read_state_machine)?;
         loaded.caught_up = reaches(&log, last_applied);
+        loaded.applied = last_applied.map(|l| l.index);
         state.send_replace(Arc::new(loaded));
         Ok(Self {
             db,
@@ -434,6 +435,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             };
             if let Some(mut next) = next {
                 next.caught_up |= catches_up;
+                next.applied = Some(last.index);
                 state.send_replace(Arc::new(next));
             }
             Ok::<(), StorageError<NodeId>>(())
@@ -481,6 +483,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         }
         let mut state = payload.state;
         state.caught_up = self.state.borrow().caught_up || reaches(&self.log, meta.last_log_id);
+        state.applied = meta.last_log_id.map(|l| l.index);
 
         let subject = || ErrorSubject::Snapshot(signature.clone());
         let meta_json = encode(meta, subject(), "encoding the snapshot's meta")?;
@@ -674,6 +677,9 @@ mod tests {
         assert_eq!(members.log_id(), &Some(log_id(1, 1)));
         let after = rx.borrow().clone();
         assert_eq!(after.tasks, before.tasks);
+        assert_eq!(after.digest(), before.digest(), "the same state, read back");
+        assert_eq!(before.applied, Some(3), "published with its index");
+        assert_eq!(after.applied, Some(3), "read back with its index");
         assert_eq!(
             after.last_fired[&TaskId("a".into())].timestamp_millis(),
             slot.timestamp_millis(),
@@ -892,6 +898,8 @@ mod tests {
             );
             let state = rx.borrow().clone();
             assert_eq!(*state, *leader.state(), "the whole state came across");
+            assert_eq!(state.digest(), leader.state().digest());
+            assert_eq!(state.applied, Some(4));
             let ids: Vec<_> = state.tasks.keys().cloned().collect();
             assert_eq!(ids, vec![TaskId("b".into())]);
             assert_eq!(state.settings.retention_days, 42);
@@ -931,6 +939,11 @@ mod tests {
             .expect("runs");
         assert_eq!(listed.len(), 1, "runs_by_task kept its row");
         assert_eq!(rx.borrow().tasks.len(), 1);
+        assert_eq!(
+            rx.borrow().digest(),
+            leader.state().digest(),
+            "restarted after the install, the same digest"
+        );
         assert_eq!(
             sm.applied_state().await.expect("applied"),
             (
