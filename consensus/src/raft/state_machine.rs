@@ -71,6 +71,14 @@ pub struct SnapshotPayload<S> {
     pub state: S,
 }
 
+/// Reads a snapshot's bytes, as a follower installing a snapshot from its leader does; public
+/// for the fuzz targets (`fuzz/`).
+pub fn decode_snapshot(
+    data: &[u8],
+) -> std::result::Result<SnapshotPayload<State>, serde_json::Error> {
+    serde_json::from_slice(data)
+}
+
 /// The redb state machine. Owns the `watch` on which the node sees the committed [`State`].
 pub struct StateMachine {
     db: Arc<Database>,
@@ -471,7 +479,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let signature = Some(meta.signature());
         let read_err = |e: AnyError| StorageIOError::read_snapshot(signature.clone(), e);
         let data = snapshot.into_inner();
-        let payload: SnapshotPayload<State> = serde_json::from_slice(&data)
+        let payload = decode_snapshot(&data)
             .context("decoding the snapshot")
             .map_err(read_err)?;
         if payload.last_applied != meta.last_log_id || payload.membership != meta.last_membership {
