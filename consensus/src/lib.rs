@@ -85,9 +85,12 @@ pub struct Options {
 pub struct Consensus {
     replica: Arc<Replica>,
     state: watch::Receiver<Arc<State>>,
-    /// The digest of the newest state it was asked for, with that state (see [`Self::digest`]).
-    digest: Arc<Mutex<Option<(Weak<State>, u64)>>>,
+    digest: Arc<DigestCache>,
 }
+
+/// The digest of the newest state a [`Consensus`] was asked for, with that state (see
+/// [`Consensus::digest`]); the `Weak` keeps the state's allocation, so its address is not reused.
+type DigestCache = Mutex<Option<(Weak<State>, u64)>>;
 
 impl Consensus {
     /// Opens the Raft instance and starts the autopilot and the answering of peers' requests.
