@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use tokio::sync::mpsc;
 
-use super::raft::network::{RaftReply, RaftRpc};
+use super::raft::network::{RaftReply, RaftRpc, decode_rpc};
 use super::replica::Replica;
 use taskmesh_mesh::{Inbound, Request, Response};
 
@@ -39,7 +39,7 @@ pub async fn answer_inbound(replica: Arc<Replica>, mut inbound: mpsc::Receiver<I
         };
         let replica = replica.clone();
         tokio::spawn(async move {
-            let response = match serde_json::from_str::<RaftRpc>(body.get()) {
+            let response = match decode_rpc(body.get()) {
                 Ok(rpc) => match serde_json::value::to_raw_value(&answer(&replica, rpc).await) {
                     Ok(value) => Response::Raft(value),
                     Err(e) => Response::Error(format!("encoding the Raft reply: {e}")),

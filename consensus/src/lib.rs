@@ -14,7 +14,7 @@ mod replica;
 mod state;
 mod status;
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
@@ -85,7 +85,12 @@ pub struct Options {
 pub struct Consensus {
     replica: Arc<Replica>,
     state: watch::Receiver<Arc<State>>,
+    digest: Arc<DigestCache>,
 }
+
+/// The digest of the newest state a [`Consensus`] was asked for, with that state (see
+/// [`Consensus::digest`]); the `Weak` keeps the state's allocation, so its address is not reused.
+type DigestCache = Mutex<Option<(Weak<State>, u64)>>;
 
 impl Consensus {
     /// Opens the Raft instance and starts the autopilot and the answering of peers' requests.
@@ -109,6 +114,7 @@ impl Consensus {
         let consensus = Self {
             replica: replica.clone(),
             state: state_rx,
+            digest: Arc::default(),
         };
         let pilot =
             autopilot::Autopilot::new(consensus.clone(), options.discovery, options.node, cancel);
@@ -293,16 +299,41 @@ impl Consensus {
             .collect()
     }
 
-    /// What this node announces about its place in the cluster.
+    /// What this node announces about its place in the cluster, with the digest of its state.
     pub fn badge(&self) -> Option<ClusterBadge> {
-        status::badge(&self.replica.raft().metrics().borrow(), &self.state())
+        let state = self.state();
+        let digest = self.digest(&state);
+        status::badge(&self.replica.raft().metrics().borrow(), &state, digest)
+    }
+
+    /// `state`'s [`State::digest`], computed once per published state: announcements and /peers
+    /// ask for it every few seconds, and a new state comes only with a change.
+    fn digest(&self, state: &Arc<State>) -> u64 {
+        let same =
+            |(known, _): &(Weak<State>, u64)| std::ptr::eq(known.as_ptr(), Arc::as_ptr(state));
+        if let Some((_, digest)) = self
+            .digest
+            .lock()
+            .expect("digest lock")
+            .as_ref()
+            .filter(|c| same(c))
+        {
+            return *digest;
+        }
+        let digest = state.digest();
+        *self.digest.lock().expect("digest lock") = Some((Arc::downgrade(state), digest));
+        digest
     }
 
     /// Leader, term, voters, learners and lag, for /peers.
     pub fn status(&self, peers: &[taskmesh_mesh::PeerInfo], my_name: &str) -> ClusterStatus {
+        let state = self.state();
+        // Before borrowing the metrics: their writer waits while they are borrowed.
+        let digest = self.digest(&state);
         let mut status = status::of(
             &self.replica.raft().metrics().borrow(),
-            &self.state(),
+            &state,
+            digest,
             peers,
             &self.replica.peer_id.to_string(),
         );

@@ -10,8 +10,15 @@ use taskmesh_mesh::{ClusterBadge, PeerInfo};
 
 type Metrics = RaftMetrics<NodeId, MeshNode>;
 
+/// The index of the last entry this node has applied: openraft's metrics, or the state's own
+/// index when the state machine has published a newer state than the metrics show yet.
+fn applied(metrics: &Metrics, state: &State) -> Option<u64> {
+    metrics.last_applied.map(|l| l.index).max(state.applied)
+}
+
 /// The badge for this node's announcement; `None` while it has no cluster or is leaving one.
-pub fn badge(metrics: &Metrics, state: &State) -> Option<ClusterBadge> {
+/// `state_hash` is `state`'s digest ([`State::digest`]).
+pub fn badge(metrics: &Metrics, state: &State, state_hash: u64) -> Option<ClusterBadge> {
     let cluster = state.cluster?;
     if cluster.merged_into.is_some() {
         return None;
@@ -22,14 +29,22 @@ pub fn badge(metrics: &Metrics, state: &State) -> Option<ClusterBadge> {
         term: metrics.current_term,
         voter: membership.voter_ids().any(|v| v == metrics.id),
         leader: metrics.state == ServerState::Leader,
-        applied: metrics.last_applied.map_or(0, |l| l.index),
+        applied: applied(metrics, state).unwrap_or(0),
         last_log: metrics.last_log_index.unwrap_or(0),
+        state_hash: Some(state_hash),
     })
 }
 
-pub use taskmesh_core::view::{ClusterStatus, MemberStatus};
+pub use taskmesh_core::view::{ClusterStatus, MemberStatus, state_hash_text};
 
-pub fn of(metrics: &Metrics, state: &State, peers: &[PeerInfo], me: &str) -> ClusterStatus {
+/// The cluster as /peers shows it; `state_hash` is this node's digest of `state`.
+pub fn of(
+    metrics: &Metrics,
+    state: &State,
+    state_hash: u64,
+    peers: &[PeerInfo],
+    me: &str,
+) -> ClusterStatus {
     let membership = metrics.membership_config.membership();
     let leader_id = metrics.current_leader;
     let badge_of = |peer_id: &str| {
@@ -51,9 +66,12 @@ pub fn of(metrics: &Metrics, state: &State, peers: &[PeerInfo], me: &str) -> Clu
         .map(|(id, node)| {
             let this_node = node.peer_id == me;
             let seen = badge_of(&node.peer_id);
-            let applied = match this_node {
-                true => metrics.last_applied.map(|l| l.index),
-                false => seen.map(|(_, b)| b.applied),
+            let (applied, digest) = match this_node {
+                true => (applied(metrics, state), Some(state_hash)),
+                false => (
+                    seen.map(|(_, b)| b.applied),
+                    seen.and_then(|(_, b)| b.state_hash),
+                ),
             };
             MemberStatus {
                 peer_id: node.peer_id.clone(),
@@ -63,6 +81,7 @@ pub fn of(metrics: &Metrics, state: &State, peers: &[PeerInfo], me: &str) -> Clu
                 this_node,
                 live: this_node || seen.is_some(),
                 applied,
+                state_hash: digest.map(state_hash_text),
                 lag: leader_log.zip(applied).map(|(l, a)| l.saturating_sub(a)),
             }
         })

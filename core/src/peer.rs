@@ -39,6 +39,10 @@ pub struct ClusterBadge {
     pub applied: u64,
     /// The index of the last entry in this node's log.
     pub last_log: u64,
+    /// The digest of its agreed state at `applied` (consensus `State::digest`): nodes that
+    /// applied the same entries announce the same one. `None` from versions without it.
+    #[serde(default)]
+    pub state_hash: Option<u64>,
 }
 
 /// Limits on a peer's announcement, so a bad peer cannot flood memory.

@@ -76,8 +76,16 @@ pub struct MemberStatus {
     pub live: bool,
     /// The index of the last change it has applied, as it last announced.
     pub applied: Option<u64>,
+    /// The digest of its agreed state at `applied`, 16 hex digits; members that applied the
+    /// same entries show the same one. `None` while unknown (or from versions without it).
+    pub state_hash: Option<String>,
     /// How many entries it is behind the leader's log.
     pub lag: Option<u64>,
+}
+
+/// A state digest as [`MemberStatus::state_hash`] shows it: 16 hex digits.
+pub fn state_hash_text(digest: u64) -> String {
+    format!("{digest:016x}")
 }
 
 impl MemberStatus {

@@ -679,10 +679,9 @@ impl Actor {
             }
             BehaviourEvent::Gossipsub(gossipsub::Event::Message { message, .. }) => {
                 let Some(source) = message.source else { return };
-                match serde_json::from_slice::<Announcement>(&message.data) {
-                    Ok(a) if a.peer_id == source.to_string() => self.observe(a),
-                    Ok(_) => warn!(%source, "announcement for another peer id; ignored"),
-                    Err(e) => warn!(%source, error = %e, "unreadable announcement; ignored"),
+                match crate::peers::decode_announcement(&message.data, &source.to_string()) {
+                    Ok(a) => self.observe(a),
+                    Err(e) => warn!(%source, error = %e, "announcement ignored"),
                 }
             }
             BehaviourEvent::Gossipsub(gossipsub::Event::Subscribed { .. }) => {

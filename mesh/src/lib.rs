@@ -37,6 +37,14 @@ pub use limits::OverAddressCap;
 pub use peers::{Announcement, ClusterBadge, PeerInfo, PeerTable, load_average};
 pub use rpc::Reply;
 
+/// The decoders of what peers send, exactly as the mesh reads it: gossiped announcements, and
+/// the frames and JSON of requests and answers on a request stream. Public so that the fuzz
+/// targets (`fuzz/`) feed them arbitrary bytes; the node itself goes through [`MeshHandle`].
+pub mod wire {
+    pub use crate::peers::decode_announcement;
+    pub use crate::rpc::{decode_request, decode_response, read_frame};
+}
+
 /// How many connections the mesh holds at once; a connection over a cap is closed at once.
 ///
 /// A mesh of 30 nodes needs at most 29 established connections per node, 58 if every pair

@@ -5,6 +5,18 @@ use std::time::{Duration, Instant};
 
 pub use taskmesh_core::peer::{Announcement, ClusterBadge, PeerInfo};
 
+/// Reads an announcement gossiped by `source` (a PeerId as text): it must be JSON, describe its
+/// sender, and pass [`Announcement::check`]; says what is wrong.
+pub fn decode_announcement(data: &[u8], source: &str) -> Result<Announcement, String> {
+    let announcement: Announcement =
+        serde_json::from_slice(data).map_err(|e| format!("unreadable announcement: {e}"))?;
+    if announcement.peer_id != source {
+        return Err("an announcement for another peer id".into());
+    }
+    announcement.check()?;
+    Ok(announcement)
+}
+
 /// The 1-minute load average, rounded to a tenth (so that noise does not count as a change).
 pub fn load_average() -> f32 {
     std::fs::read_to_string("/proc/loadavg")

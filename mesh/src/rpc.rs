@@ -220,7 +220,7 @@ async fn read_answers(
 ) -> Result<(), String> {
     let mut read = BufReader::with_capacity(64 << 10, read);
     while let Some((id, body)) = read_frame(&mut read).await? {
-        let answer = decode::<Response>(&body).map_err(|e| MeshError::Request {
+        let answer = decode_response(&body).map_err(|e| MeshError::Request {
             peer,
             message: format!("unreadable answer: {e}"),
         });
@@ -274,7 +274,7 @@ async fn read_requests(
             id,
             answers: Some(answers.clone()),
         };
-        let request = match decode::<Request>(&body) {
+        let request = match decode_request(&body) {
             Ok(request) => request,
             Err(e) => {
                 let _ = reply.send(Response::Error(format!("unreadable request: {e}")));
@@ -362,8 +362,18 @@ fn decode<T: DeserializeOwned>(body: &[u8]) -> Result<T, String> {
     serde_json::from_slice(body).map_err(|e| e.to_string())
 }
 
+/// Reads a frame's JSON as a peer's request, as the node answering it does.
+pub fn decode_request(body: &[u8]) -> Result<Request, String> {
+    decode(body)
+}
+
+/// Reads a frame's JSON as a peer's answer, as the node that asked does.
+pub fn decode_response(body: &[u8]) -> Result<Response, String> {
+    decode(body)
+}
+
 /// The next frame's id and JSON; `None` when the stream ends between frames.
-async fn read_frame<R: futures::io::AsyncRead + Unpin>(
+pub async fn read_frame<R: futures::io::AsyncRead + Unpin>(
     read: &mut R,
 ) -> Result<Option<(u64, Vec<u8>)>, String> {
     let mut length = [0u8; 4];

@@ -1,6 +1,7 @@
 //! The replicated state with in-process nodes on loopback (mDNS off, explicit peers): forming
-//! one cluster, replication, a new leader when the leader stops, catch-up by snapshot, voters
-//! replaced, fast refusal without a quorum, and the merge of two clusters.
+//! one cluster, replication, equal state hashes on every member, a new leader when the leader
+//! stops, catch-up by snapshot, voters replaced, fast refusal without a quorum, and the merge of
+//! two clusters.
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
@@ -123,6 +124,45 @@ async fn all_have(members: &[&Member], names: &BTreeSet<String>) -> Result<()> {
     Ok(())
 }
 
+/// Waits until every member's `GET /api/peers` lists every member with one applied index and one
+/// state hash; returns them, after checking the hash against each node's own state.
+async fn states_agree(members: &[&Member]) -> Result<(u64, String)> {
+    let (applied, hash) = wait_for(
+        "every member to show the same applied index and state hash",
+        FORM,
+        || async {
+            let mut seen = BTreeSet::new();
+            for m in members {
+                let (status, peers) = m.node.api.get("/api/peers").await.ok()?;
+                let listed = peers["cluster"]["members"].as_array()?;
+                if status != 200 || listed.len() != members.len() {
+                    return None;
+                }
+                for member in listed {
+                    let applied = member["applied"].as_u64()?;
+                    let hash = member["state_hash"].as_str()?.to_owned();
+                    seen.insert((applied, hash));
+                }
+            }
+            (seen.len() == 1).then(|| seen.pop_first()).flatten()
+        },
+    )
+    .await?;
+    ensure!(
+        hash.len() == 16 && hash.bytes().all(|b| b.is_ascii_hexdigit()),
+        "a state hash is 16 hex digits: {hash}"
+    );
+    for m in members {
+        let own = format!("{:016x}", m.node.handle.state().digest());
+        ensure!(
+            own == hash,
+            "{}'s state has the digest {own}, not {hash}",
+            m.name
+        );
+    }
+    Ok((applied, hash))
+}
+
 #[tokio::test]
 async fn three_nodes_replicate_elect_a_new_leader_and_catch_up_by_snapshot() -> Result<()> {
     let mut members = cluster(3).await?;
@@ -167,6 +207,8 @@ async fn three_nodes_replicate_elect_a_new_leader_and_catch_up_by_snapshot() -> 
         ran_on.len() == 1,
         "every node agrees where it ran: {ran_on:?}"
     );
+    // Replicas that applied the same entries show the same state hash.
+    let (applied, hash) = states_agree(&members.iter().collect::<Vec<_>>()).await?;
 
     // The leader stops: the other two elect a new one and take writes.
     let gone = members.remove(leader);
@@ -212,6 +254,12 @@ async fn three_nodes_replicate_elect_a_new_leader_and_catch_up_by_snapshot() -> 
     ensure!(
         back.snapshot.is_some(),
         "the returning node installed a snapshot: {back:?}"
+    );
+    // Having installed a snapshot, it agrees with the others on the state's hash, a new one.
+    let (applied_now, hash_now) = states_agree(&members.iter().collect::<Vec<_>>()).await?;
+    ensure!(
+        applied_now > applied && hash_now != hash,
+        "the state moved on: {applied} {hash} → {applied_now} {hash_now}"
     );
     Ok(())
 }

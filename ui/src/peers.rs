@@ -152,6 +152,7 @@ mod tests {
             this_node: false,
             live: true,
             applied: Some(40),
+            state_hash: Some("5f0c2a91d3b4e687".into()),
             lag: Some(lag),
         };
         ClusterStatus {

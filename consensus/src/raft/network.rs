@@ -103,6 +103,18 @@ pub enum SendError {
     Garbled(String),
 }
 
+/// Reads a peer's consensus request (the JSON inside `mesh::Request::Raft`), as
+/// the node answering it does; public for the fuzz targets (`fuzz/`).
+pub fn decode_rpc(json: &str) -> Result<RaftRpc, serde_json::Error> {
+    serde_json::from_str(json)
+}
+
+/// Reads a peer's consensus answer (the JSON inside `mesh::Response::Raft`), as the node that
+/// asked does; public for the fuzz targets (`fuzz/`).
+pub fn decode_reply(json: &str) -> Result<RaftReply, serde_json::Error> {
+    serde_json::from_str(json)
+}
+
 /// Sends `rpc` to `peer` over `mesh` and waits at most `ttl` for the reply.
 pub async fn send(
     mesh: &MeshHandle,
@@ -117,7 +129,7 @@ pub async fn send(
         .map_err(|_| SendError::Unreachable(format!("{peer} gave no answer within {ttl:?}")))?;
     match answer {
         Ok(Response::Raft(value)) => {
-            serde_json::from_str(value.get()).map_err(|e| SendError::Garbled(e.to_string()))
+            decode_reply(value.get()).map_err(|e| SendError::Garbled(e.to_string()))
         }
         Ok(Response::Error(message)) => Err(SendError::Unreachable(format!("{peer}: {message}"))),
         Ok(other) => Err(SendError::Garbled(format!("unexpected answer {other:?}"))),

@@ -71,6 +71,14 @@ pub struct SnapshotPayload<S> {
     pub state: S,
 }
 
+/// Reads a snapshot's bytes, as a follower installing a snapshot from its leader does; public
+/// for the fuzz targets (`fuzz/`).
+pub fn decode_snapshot(
+    data: &[u8],
+) -> std::result::Result<SnapshotPayload<State>, serde_json::Error> {
+    serde_json::from_slice(data)
+}
+
 /// The redb state machine. Owns the `watch` on which the node sees the committed [`State`].
 pub struct StateMachine {
     db: Arc<Database>,
@@ -159,6 +167,7 @@ impl StateMachine {
             .context("loading the state")
             .map_err(StorageIOError::read_state_machine)?;
         loaded.caught_up = reaches(&log, last_applied);
+        loaded.applied = last_applied.map(|l| l.index);
         state.send_replace(Arc::new(loaded));
         Ok(Self {
             db,
@@ -434,6 +443,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             };
             if let Some(mut next) = next {
                 next.caught_up |= catches_up;
+                next.applied = Some(last.index);
                 state.send_replace(Arc::new(next));
             }
             Ok::<(), StorageError<NodeId>>(())
@@ -469,7 +479,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let signature = Some(meta.signature());
         let read_err = |e: AnyError| StorageIOError::read_snapshot(signature.clone(), e);
         let data = snapshot.into_inner();
-        let payload: SnapshotPayload<State> = serde_json::from_slice(&data)
+        let payload = decode_snapshot(&data)
             .context("decoding the snapshot")
             .map_err(read_err)?;
         if payload.last_applied != meta.last_log_id || payload.membership != meta.last_membership {
@@ -481,6 +491,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         }
         let mut state = payload.state;
         state.caught_up = self.state.borrow().caught_up || reaches(&self.log, meta.last_log_id);
+        state.applied = meta.last_log_id.map(|l| l.index);
 
         let subject = || ErrorSubject::Snapshot(signature.clone());
         let meta_json = encode(meta, subject(), "encoding the snapshot's meta")?;
@@ -674,6 +685,9 @@ mod tests {
         assert_eq!(members.log_id(), &Some(log_id(1, 1)));
         let after = rx.borrow().clone();
         assert_eq!(after.tasks, before.tasks);
+        assert_eq!(after.digest(), before.digest(), "the same state, read back");
+        assert_eq!(before.applied, Some(3), "published with its index");
+        assert_eq!(after.applied, Some(3), "read back with its index");
         assert_eq!(
             after.last_fired[&TaskId("a".into())].timestamp_millis(),
             slot.timestamp_millis(),
@@ -892,6 +906,8 @@ mod tests {
             );
             let state = rx.borrow().clone();
             assert_eq!(*state, *leader.state(), "the whole state came across");
+            assert_eq!(state.digest(), leader.state().digest());
+            assert_eq!(state.applied, Some(4));
             let ids: Vec<_> = state.tasks.keys().cloned().collect();
             assert_eq!(ids, vec![TaskId("b".into())]);
             assert_eq!(state.settings.retention_days, 42);
@@ -931,6 +947,11 @@ mod tests {
             .expect("runs");
         assert_eq!(listed.len(), 1, "runs_by_task kept its row");
         assert_eq!(rx.borrow().tasks.len(), 1);
+        assert_eq!(
+            rx.borrow().digest(),
+            leader.state().digest(),
+            "restarted after the install, the same digest"
+        );
         assert_eq!(
             sm.applied_state().await.expect("applied"),
             (
