@@ -118,6 +118,24 @@ tn_pid_of() {
   [[ -s $f ]] && cat "$f"
 }
 
+# The pid of node i's taskmesh process: the pid file's, or, when that names the strace of a slow
+# disk, the taskmesh process strace started.
+tn_node_pid() {
+  local pid child
+  pid=$(tn_pid_of "$1" 2>/dev/null) || return 1
+  [[ $pid =~ ^[0-9]+$ ]] || return 1
+  if [[ $(cat "/proc/$pid/comm" 2>/dev/null) == strace ]]; then
+    for child in $(cat "/proc/$pid/task/"*/children 2>/dev/null); do
+      if [[ $(cat "/proc/$child/comm" 2>/dev/null) == taskmesh ]]; then
+        echo "$child"
+        return 0
+      fi
+    done
+    return 1
+  fi
+  echo "$pid"
+}
+
 # Whether node i's process runs (its pid is alive and in its namespace).
 tn_running() {
   local pid
@@ -166,11 +184,20 @@ tn_start_node() {
   for var in $(compgen -e | grep '^TASKMESH_' || true); do
     [[ $var == TASKMESH_LOG ]] || unset+=(-u "$var")
   done
+  # A slow disk (TN_SLOW_DISK, microseconds): strace delays every fsync, fdatasync, msync and
+  # sync_file_range of the node (and of its threads and children) by that much. The pid file then
+  # names strace; tn_node_pid finds the node under it.
+  local wrap=()
+  if [[ -n ${TN_SLOW_DISK:-} ]]; then
+    tn_require_tools strace
+    local calls=fsync,fdatasync,msync,sync_file_range
+    wrap=(strace -f --seccomp-bpf -qq -o /dev/null -e "trace=$calls" -e "inject=$calls:delay_enter=$TN_SLOW_DISK")
+  fi
   # shellcheck disable=SC2016 # $$ and $1 are the inner bash's
   # The key is given as a file (0600), never on the command line, where `ps` would show it.
   env "${unset[@]}" TASKMESH_LOG="${TASKMESH_LOG:-info}" NO_COLOR=1 \
     ip netns exec "$ns" setsid bash -c 'echo $$ >"$1"; shift; exec "$@"' _ "$dir/pid" \
-    "$bin" run \
+    "${wrap[@]}" "$bin" run \
     --data-dir "$dir/data" \
     --cluster-key-file "$dir/cluster.key" \
     --listen "$ip:$TN_UI_PORT" \
