@@ -46,9 +46,9 @@ pub struct View<'a> {
 }
 
 /// How long a new leader does not take another node's run for still running when deciding a
-/// `forbid` slot: long enough for a report that failed at the old leader to be retried here
-/// (the run reporter tries again after 1 s; an election takes about 1 s).
-pub const SETTLE: Duration = Duration::from_secs(3);
+/// `forbid` slot: long enough for a report sent to the old leader to fail and be sent here (a
+/// proposal gives up after 3 s, the run reporter tries again 1 s later), with a second to spare.
+pub const SETTLE: Duration = Duration::from_secs(5);
 /// How often a slot put off while settling is looked at again.
 const SETTLE_RECHECK: Duration = Duration::from_millis(250);
 
