@@ -581,6 +581,17 @@ fn a_slot_soon(out: &Path) -> Value {
     })
 }
 
+/// The pid of the sleep the first run of [`a_slot_soon`] started, once it has.
+fn the_runs_sleep(out: &Path) -> i32 {
+    wait_until("the run's sleep", Duration::from_secs(15), || {
+        std::fs::read_to_string(out.join("sleep.pid"))
+            .ok()?
+            .trim()
+            .parse::<i32>()
+            .ok()
+    })
+}
+
 fn effects(out: &Path) -> Vec<Vec<String>> {
     std::fs::read_to_string(out.join("effects"))
         .unwrap_or_default()
@@ -628,13 +639,7 @@ fn a_run_dies_with_its_node_and_is_retried_once_with_its_slot() {
     let mut node = start(dir.path());
     let http = client();
     create_task(&http, &node.url, &a_slot_soon(out.path()));
-    let sleep = wait_until("the run's sleep", Duration::from_secs(15), || {
-        std::fs::read_to_string(out.path().join("sleep.pid"))
-            .ok()?
-            .trim()
-            .parse::<i32>()
-            .ok()
-    });
+    let sleep = the_runs_sleep(out.path());
     assert!(process_alive(sleep));
 
     // kill -9 of the node alone: its reaper takes the run's whole process group with it.
@@ -658,13 +663,7 @@ fn a_restarted_node_kills_what_its_previous_process_left_before_reporting_it_los
     let mut node = start(dir.path());
     let http = client();
     create_task(&http, &node.url, &a_slot_soon(out.path()));
-    let sleep = wait_until("the run's sleep", Duration::from_secs(15), || {
-        std::fs::read_to_string(out.path().join("sleep.pid"))
-            .ok()?
-            .trim()
-            .parse::<i32>()
-            .ok()
-    });
+    let sleep = the_runs_sleep(out.path());
 
     // The reaper and the node both die: the run's processes live on as orphans.
     let reaper = reaper_of(&node);

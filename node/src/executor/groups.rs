@@ -219,7 +219,8 @@ fn sweep(groups: &[GroupRecord]) -> Swept {
     if groups.is_empty() {
         return swept;
     }
-    let procs = processes();
+    let pgids: std::collections::HashSet<i32> = groups.iter().map(|g| g.pgid).collect();
+    let procs = processes_in(&pgids);
     let mut killed: Vec<(i32, u64)> = Vec::new();
     for group in groups {
         let mine: Vec<&Proc> = procs
@@ -265,14 +266,15 @@ impl Proc {
     }
 }
 
-/// Every process on the machine, with its group and start time.
-fn processes() -> Vec<Proc> {
+/// The processes on the machine in one of `pgids`, with their group and start time (the
+/// environment is read only for those).
+fn processes_in(pgids: &std::collections::HashSet<i32>) -> Vec<Proc> {
     let Ok(dir) = std::fs::read_dir("/proc") else {
         return Vec::new();
     };
     dir.filter_map(|entry| {
         let pid: i32 = entry.ok()?.file_name().to_str()?.parse().ok()?;
-        let (pgid, start) = stat(pid)?;
+        let (pgid, start) = stat(pid).filter(|(pgid, _)| pgids.contains(pgid))?;
         let run = std::fs::read(format!("/proc/{pid}/environ"))
             .ok()
             .map(|env| run_id_in(&env));
