@@ -1,6 +1,6 @@
 //! The process groups of this node's runs: listed in a journal in the data directory before a
-//! start is acknowledged, watched by the [`Reaper`] while the node lives, and swept at the next
-//! start when the node died with some still alive.
+//! start is acknowledged, watched by the reaper (`executor::reaper`) while the node lives, and
+//! swept at the next start when the node died with some still alive.
 //!
 //! The journal (`data/process-groups`) holds one line per event: `+ PGID START RUN` when a run's
 //! group starts (`START`: its leader's start time in clock ticks since boot, field 22 of

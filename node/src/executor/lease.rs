@@ -12,7 +12,7 @@
 //! announced when this node first heard it), so that a node restarted with an old state does
 //! not start a daemon the leader has moved away meanwhile.
 //!
-//! A node whose process dies takes its daemons with it (see [`super::reaper`]); the lease is for
+//! A node whose process dies takes its daemons with it (see `executor::reaper`); the lease is for
 //! the node that lives on without the cluster.
 
 use std::sync::Arc;
