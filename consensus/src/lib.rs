@@ -29,7 +29,7 @@ use raft::MeshNode;
 use raft::network::{RaftReply, RaftRpc, Refusal};
 pub use replica::Timing;
 use replica::{OpenError, Replica};
-pub use state::{Adopted, Change, RUNS_PER_TASK, State};
+pub use state::{Adopted, Change, ClusterRuns, RUNS_PER_TASK, State, Tasks};
 pub use status::{ClusterStatus, MemberStatus};
 
 /// How long a proposal may take before it fails (it fails sooner when the leader knows it has

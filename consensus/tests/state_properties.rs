@@ -71,9 +71,24 @@ fn status() -> impl Strategy<Value = RunStatus> {
 }
 
 fn run() -> impl Strategy<Value = Run> {
-    (0..RUN_IDS, task_id(), status(), any::<bool>(), 0u32..1000).prop_map(
-        |(n, task, status, placed, at)| {
-            let mut run = Run::new(task.clone(), task.0, Trigger::Manual, 1, "n1".into());
+    (
+        0..RUN_IDS,
+        task_id(),
+        status(),
+        any::<bool>(),
+        0u32..1000,
+        proptest::option::of(0..RUN_IDS),
+    )
+        .prop_map(|(n, task, status, placed, at, retry_of)| {
+            // Sometimes a retry of another run (the ledger indexes which lost runs have one).
+            let trigger = match retry_of {
+                Some(of) => Trigger::Retry {
+                    of: RunId(format!("{of:032}")),
+                    slot: None,
+                },
+                None => Trigger::Manual,
+            };
+            let mut run = Run::new(task.clone(), task.0, trigger, 1, "n1".into());
             run.id = RunId(format!("{n:032}"));
             run.created_at = time(at);
             run.node_id = placed.then(|| "peer-1".into());
@@ -88,8 +103,7 @@ fn run() -> impl Strategy<Value = Run> {
                 other => run.close(other, "closed".into(), time(at + 2)),
             }
             run
-        },
-    )
+        })
 }
 
 fn run_id() -> impl Strategy<Value = RunId> {
@@ -173,7 +187,8 @@ fn check_step(
         }
     }
     // A finished run stays finished (it may leave the ledger, pruned or with its task).
-    for (id, run) in &before.runs {
+    for run in before.runs.values() {
+        let id = &run.id;
         if let Some(later) = after.runs.get(id) {
             prop_assert!(
                 !run.status.is_final() || later.status.is_final(),
@@ -196,6 +211,48 @@ fn check_step(
             "run {} of the unknown task {}",
             run.id,
             run.task_id
+        );
+    }
+    // The ledger's index by task holds each run once, under its task, and nothing else.
+    let indexed: usize = after
+        .tasks
+        .keys()
+        .map(|task| {
+            after
+                .runs
+                .of_task(task)
+                .filter(|r| r.task_id == *task)
+                .count()
+        })
+        .sum();
+    prop_assert_eq!(indexed, after.runs.len(), "runs indexed by task");
+    let unfinished: Vec<&RunId> = after.runs.unfinished().map(|r| &r.id).collect();
+    let scanned: Vec<&RunId> = after
+        .runs
+        .values()
+        .filter(|r| !r.status.is_final())
+        .map(|r| &r.id)
+        .collect();
+    prop_assert_eq!(unfinished, scanned, "the unfinished runs' index");
+    let lost: Vec<&RunId> = after.runs.lost_unretried().map(|r| &r.id).collect();
+    let scanned: Vec<&RunId> = after
+        .runs
+        .values()
+        .filter(|r| r.status == RunStatus::Lost)
+        .filter(|r| {
+            !after
+                .runs
+                .values()
+                .any(|retry| matches!(&retry.trigger, Trigger::Retry { of, .. } if *of == r.id))
+        })
+        .map(|r| &r.id)
+        .collect();
+    prop_assert_eq!(lost, scanned, "the unretried lost runs' index");
+    // So does the task list's index by name.
+    for task in after.tasks.values() {
+        prop_assert_eq!(
+            after.task_by_name(&task.name).map(|t| &t.id),
+            Some(&task.id)
         );
     }
     // Task names stay unique.

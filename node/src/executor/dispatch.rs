@@ -124,7 +124,7 @@ impl Dispatcher {
         let live: HashSet<_> = self.ledger.active().into_iter().map(|r| r.id).collect();
         let previous: Vec<&Run> = state
             .runs
-            .values()
+            .unfinished()
             .map(Arc::as_ref)
             .filter(|r| {
                 r.node_id.as_deref() == Some(self.peer_id.as_str())
@@ -153,7 +153,7 @@ impl Dispatcher {
         let me = self.peer_id.clone();
         state
             .runs
-            .values()
+            .unfinished()
             .map(Arc::as_ref)
             .filter(|r| r.status == RunStatus::Queued)
             .filter(|r| !matches!(r.trigger, Trigger::Always { .. } | Trigger::Reboot))

@@ -234,7 +234,7 @@ pub fn place_waiting(view: &View, mut new_id: impl FnMut() -> RunId) -> Placing 
     let (state, now) = (view.state, view.now);
     let mut waiting: Vec<&Run> = state
         .runs
-        .values()
+        .unfinished()
         .map(Arc::as_ref)
         .filter(|r| r.placeable(now))
         .collect();
@@ -305,16 +305,10 @@ pub fn reap_lost(
     mut new_id: impl FnMut() -> RunId,
 ) -> Vec<Change> {
     let (state, now) = (view.state, view.now);
-    let retried: HashSet<&RunId> = state
-        .runs
-        .values()
-        .filter_map(|r| match &r.trigger {
-            Trigger::Retry { of, .. } => Some(of),
-            _ => None,
-        })
-        .collect();
     let mut changes = Vec::new();
-    for run in state.runs.values() {
+    // An unfinished run has no retry yet (only a lost one gets one).
+    let candidates = state.runs.unfinished().chain(state.runs.lost_unretried());
+    for run in candidates {
         // Copied only when it changes: this runs on every change of the state.
         let mut run = Cow::Borrowed(run.as_ref());
         let on_dead_node = !run.status.is_final()
@@ -331,7 +325,7 @@ pub fn reap_lost(
             ));
             changes.push(lost.clone());
         }
-        if run.status != RunStatus::Lost || retried.contains(&run.id) {
+        if run.status != RunStatus::Lost {
             continue;
         }
         let Some(task) = state.tasks.get(&run.task_id) else {
@@ -579,7 +573,7 @@ pub(super) fn gate(
     // For this node's own runs, its own record is newer than the ledger's.
     let mut earlier: Vec<&Run> = state
         .runs
-        .values()
+        .of_task(&task.id)
         .map(Arc::as_ref)
         .filter(running)
         .filter(|r| r.node_id.as_deref() != Some(me) || here.iter().any(|h| h.id == r.id))
@@ -704,7 +698,7 @@ fn skipped_record(
 pub(super) fn busy(state: &State, ending: &HashSet<RunId>) -> HashMap<String, u32> {
     let mut busy = HashMap::new();
     let counts = |r: &&Arc<Run>| !r.status.is_final() && !ending.contains(&r.id);
-    for run in state.runs.values().filter(counts) {
+    for run in state.runs.unfinished().filter(counts) {
         let Some(node) = &run.node_id else {
             continue;
         };
@@ -799,10 +793,10 @@ mod tests {
         fn new(tasks: impl IntoIterator<Item = Task>, runs: &[Run]) -> Self {
             let mut state = State::default();
             for t in tasks {
-                state.tasks.insert(t.id.clone(), Arc::new(t));
+                state.tasks.insert(Arc::new(t));
             }
             for r in runs {
-                state.runs.insert(r.id.clone(), Arc::new(r.clone()));
+                state.runs.insert(Arc::new(r.clone()));
             }
             World {
                 state,
@@ -1791,10 +1785,10 @@ mod tests {
         let supervised = run_on(&daemon, "a", RunStatus::Running);
         let mut state = State::default();
         for t in [&task, &daemon] {
-            state.tasks.insert(t.id.clone(), Arc::new(t.clone()));
+            state.tasks.insert(Arc::new(t.clone()));
         }
         for r in [&queued, &running, &on_b, &done, &supervised] {
-            state.runs.insert(r.id.clone(), Arc::new(r.clone()));
+            state.runs.insert(Arc::new(r.clone()));
         }
         let count = |ending: &[&Run]| {
             let ending = ending.iter().map(|r| r.id.clone()).collect();

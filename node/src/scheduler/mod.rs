@@ -668,7 +668,7 @@ impl Scheduler {
         let state = self.state.borrow();
         let at = state
             .runs
-            .values()
+            .unfinished()
             .filter(|r| r.waits_for_a_node())
             .filter_map(|r| r.not_before)
             .filter(|at| *at > now)

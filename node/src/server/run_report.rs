@@ -63,7 +63,7 @@ impl RunReporter {
         self.consensus
             .state()
             .runs
-            .values()
+            .unfinished()
             .any(|r| r.placeable(now))
     }
 

@@ -1,10 +1,17 @@
 //! The replicated state machine's data and its pure transition function.
 
+mod runs;
+mod tasks;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::hash::Hasher;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
+use imbl::OrdMap;
+
+pub use runs::ClusterRuns;
+pub use tasks::Tasks;
 
 use taskmesh_core::model::{ClusterIdentity, ClusterSettings, Invalid, Run, RunId, Task, TaskId};
 
@@ -15,19 +22,20 @@ use taskmesh_store::{Store, StoreError, Write};
 /// What every node agrees on.
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct State {
-    /// Tasks and runs sit behind `Arc`s: the state machine copies the state for every batch it
-    /// applies (readers keep the one before), and this copies pointers, not every task and run.
-    pub tasks: BTreeMap<TaskId, Arc<Task>>,
+    /// The state machine copies the state for every batch it applies (readers keep the one
+    /// before): the maps that grow with the work (tasks, fired slots, runs) are persistent, so a
+    /// copy shares them and a change copies only the paths it touches.
+    pub tasks: Tasks,
     pub settings: ClusterSettings,
     /// The newest cron slot each task has fired (committed before the run is dispatched).
-    pub last_fired: BTreeMap<TaskId, DateTime<Utc>>,
+    pub last_fired: OrdMap<TaskId, DateTime<Utc>>,
     /// Which cluster this is; `None` until the bootstrapping node has founded it.
     pub cluster: Option<ClusterIdentity>,
     /// The run ledger: every node's unfinished runs and the newest [`RUNS_PER_TASK`] finished
     /// ones of each task, as the nodes report them. (Each node keeps its full history, with the
     /// logs, in its own store.)
     #[serde(default)]
-    pub runs: BTreeMap<RunId, Arc<Run>>,
+    pub runs: ClusterRuns,
     /// The nodes (PeerIds) that keep each always-task running, as the leader placed them. Each
     /// node's supervisor runs the always-tasks it holds, and only those.
     #[serde(default)]
@@ -145,19 +153,11 @@ impl State {
     /// The state as stored (not yet known to be caught up).
     pub fn load(store: &dyn Store) -> Result<Self, StoreError> {
         Ok(Self {
-            tasks: store
-                .tasks()?
-                .into_iter()
-                .map(|t| (t.id.clone(), Arc::new(t)))
-                .collect(),
+            tasks: store.tasks()?.into_iter().collect(),
             settings: store.cluster_settings()?.unwrap_or_default(),
-            last_fired: store.last_fired()?,
+            last_fired: store.last_fired()?.into_iter().collect(),
             cluster: store.cluster()?,
-            runs: store
-                .cluster_runs()?
-                .into_iter()
-                .map(|r| (r.id.clone(), Arc::new(r)))
-                .collect(),
+            runs: store.cluster_runs()?.into_iter().collect(),
             holders: store.holders()?,
             stops: store.stops()?,
             caught_up: false,
@@ -166,10 +166,7 @@ impl State {
     }
 
     pub fn task_by_name(&self, name: &str) -> Option<&Task> {
-        self.tasks
-            .values()
-            .map(Arc::as_ref)
-            .find(|t| t.name == name)
+        self.tasks.by_name(name).map(Arc::as_ref)
     }
 
     /// Tasks in the order the UI lists them: oldest first (ids are time-ordered).
@@ -207,7 +204,7 @@ impl State {
     /// `Change::StopRun` (or the older `Change::Stop`, without `at`): a waiting run ends here,
     /// `killed` at `at` (or at its `created_at`); a placed one is asked to stop on its node.
     fn stop_run(&mut self, id: RunId, at: Option<DateTime<Utc>>) -> Result<Vec<Write>, Invalid> {
-        let Some(run) = self.runs.get_mut(&id) else {
+        let Some(run) = self.runs.get(&id) else {
             return Err(Invalid::field(
                 "id",
                 format!("no run {id} in the run ledger"),
@@ -219,12 +216,15 @@ impl State {
         if run.node_id.is_none() {
             // Still waiting for a place: it ends here.
             let at = at.unwrap_or(run.created_at);
-            Arc::make_mut(run).close(
+            let mut run = Run::clone(run);
+            run.close(
                 taskmesh_core::model::RunStatus::Killed,
                 "stopped before it started".into(),
                 at,
             );
-            return Ok(vec![Write::ClusterRun(Arc::clone(run))]);
+            let run = Arc::new(run);
+            self.runs.insert(run.clone());
+            return Ok(vec![Write::ClusterRun(run)]);
         }
         self.stops.insert(id);
         Ok(vec![Write::Stops(self.stops.clone())])
@@ -244,7 +244,7 @@ impl State {
                         ),
                     ));
                 }
-                self.tasks.insert(task.id.clone(), Arc::new(task.clone()));
+                self.tasks.insert(Arc::new(task.clone()));
                 Ok(vec![Write::PutTask(task)])
             }
             Change::RemoveTask(id) => {
@@ -256,14 +256,7 @@ impl State {
                 if self.holders.remove(&id).is_some() {
                     writes.push(Write::Holders(self.holders.clone()));
                 }
-                let gone: Vec<RunId> = self
-                    .runs
-                    .values()
-                    .filter(|r| r.task_id == id)
-                    .map(|r| r.id.clone())
-                    .collect();
-                for run in gone {
-                    self.runs.remove(&run);
+                for run in self.runs.remove_task(&id) {
                     writes.push(Write::ForgetClusterRun(run));
                 }
                 Ok(writes)
@@ -288,15 +281,16 @@ impl State {
                 Ok(writes)
             }
             Change::SetEnabled { task, enabled, at } => {
-                let Some(t) = self.tasks.get_mut(&task) else {
+                let Some(t) = self.tasks.get(&task) else {
                     return Err(Invalid::field("id", format!("no task {task}")));
                 };
-                let t = Arc::make_mut(t);
+                let mut t = Task::clone(t);
                 t.enabled = enabled;
                 if let Some(at) = at {
                     t.updated_at = at;
                 }
-                Ok(vec![Write::PutTask(t.clone())])
+                self.tasks.insert(Arc::new(t.clone()));
+                Ok(vec![Write::PutTask(t)])
             }
             Change::Found { cluster } => {
                 if let Some(current) = self.cluster {
@@ -327,7 +321,7 @@ impl State {
                         self.last_fired.insert(task.id.clone(), slot);
                         writes.push(Write::LastFired(task.id.clone(), slot));
                     }
-                    self.tasks.insert(task.id.clone(), Arc::new(task.clone()));
+                    self.tasks.insert(Arc::new(task.clone()));
                     writes.push(Write::PutTask(task));
                 }
                 Ok(writes)
@@ -364,7 +358,7 @@ impl State {
     /// Inserts or updates runs of the run ledger and keeps it bounded; returns the writes.
     fn apply_runs(&mut self, runs: Vec<Run>) -> Vec<Write> {
         let mut writes = Vec::new();
-        let mut touched = Vec::new();
+        let mut touched = BTreeSet::new();
         for run in runs {
             if !self.tasks.contains_key(&run.task_id) {
                 continue;
@@ -376,39 +370,20 @@ impl State {
             if regresses {
                 continue;
             }
-            if !touched.contains(&run.task_id) {
-                touched.push(run.task_id.clone());
-            }
+            touched.insert(run.task_id.clone());
             if run.status.is_final() && self.stops.remove(&run.id) {
                 writes.push(Write::Stops(self.stops.clone()));
             }
             let run = Arc::new(run);
-            self.runs.insert(run.id.clone(), run.clone());
+            self.runs.insert(run.clone());
             writes.push(Write::ClusterRun(run));
         }
         for task in touched {
-            for id in self.prune_runs(&task) {
+            for id in self.runs.prune(&task, RUNS_PER_TASK) {
                 writes.push(Write::ForgetClusterRun(id));
             }
         }
         writes
-    }
-
-    /// Drops the oldest finished runs of `task` beyond [`RUNS_PER_TASK`]; returns their ids.
-    fn prune_runs(&mut self, task: &TaskId) -> Vec<RunId> {
-        let finished: Vec<RunId> = self
-            .runs
-            .values()
-            .filter(|r| &r.task_id == task && r.status.is_final())
-            .map(|r| r.id.clone())
-            .collect();
-        let excess = finished.len().saturating_sub(RUNS_PER_TASK);
-        // Run ids are time-ordered: the first ones are the oldest.
-        let gone = finished[..excess].to_vec();
-        for id in &gone {
-            self.runs.remove(id);
-        }
-        gone
     }
 
     /// `name` if no task has it, else `<name> (from <from>)`, numbered if that is taken too.

@@ -1,0 +1,126 @@
+//! The agreed task list: tasks by id, with their names indexed.
+
+use std::ops::Index;
+use std::sync::Arc;
+
+use imbl::OrdMap;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use taskmesh_core::model::{Task, TaskId};
+
+/// Tasks by id (ids are time-ordered, so this is also the order they were created in), and
+/// which task has which name.
+///
+/// Both maps are persistent: a copy of the state shares them, and a change copies only the
+/// paths it touches. It serialises as the map of tasks by id alone; the names are read back
+/// from the tasks.
+#[derive(Clone, Default)]
+pub struct Tasks {
+    by_id: OrdMap<TaskId, Arc<Task>>,
+    by_name: OrdMap<String, TaskId>,
+}
+
+impl Tasks {
+    pub fn get(&self, id: &TaskId) -> Option<&Arc<Task>> {
+        self.by_id.get(id)
+    }
+
+    pub fn by_name(&self, name: &str) -> Option<&Arc<Task>> {
+        self.by_name.get(name).and_then(|id| self.by_id.get(id))
+    }
+
+    pub fn contains_key(&self, id: &TaskId) -> bool {
+        self.by_id.contains_key(id)
+    }
+
+    pub fn len(&self) -> usize {
+        self.by_id.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_id.is_empty()
+    }
+
+    /// Oldest first.
+    pub fn values(&self) -> impl DoubleEndedIterator<Item = &Arc<Task>> {
+        self.by_id.values()
+    }
+
+    pub fn keys(&self) -> impl DoubleEndedIterator<Item = &TaskId> {
+        self.by_id.keys()
+    }
+
+    /// The tasks after `after` (all without it), oldest first: one page of the list.
+    pub fn after(&self, after: Option<&TaskId>) -> impl Iterator<Item = &Arc<Task>> {
+        use std::ops::Bound::{self, Excluded, Unbounded};
+        let from: Bound<&TaskId> = after.map_or(Unbounded, Excluded);
+        self.by_id
+            .range::<_, TaskId>((from, Unbounded))
+            .map(|(_, task)| task)
+    }
+
+    /// Adds or replaces a task (by id); the caller has checked that its name is free.
+    pub fn insert(&mut self, task: Arc<Task>) -> Option<Arc<Task>> {
+        let old = self.by_id.insert(task.id.clone(), task.clone());
+        if let Some(old) = &old
+            && old.name != task.name
+        {
+            self.by_name.remove(&old.name);
+        }
+        self.by_name.insert(task.name.clone(), task.id.clone());
+        old
+    }
+
+    pub fn remove(&mut self, id: &TaskId) -> Option<Arc<Task>> {
+        let old = self.by_id.remove(id)?;
+        self.by_name.remove(&old.name);
+        Some(old)
+    }
+}
+
+impl Index<&TaskId> for Tasks {
+    type Output = Arc<Task>;
+
+    fn index(&self, id: &TaskId) -> &Arc<Task> {
+        &self.by_id[id]
+    }
+}
+
+impl FromIterator<Task> for Tasks {
+    fn from_iter<I: IntoIterator<Item = Task>>(tasks: I) -> Self {
+        let mut out = Self::default();
+        for task in tasks {
+            out.insert(Arc::new(task));
+        }
+        out
+    }
+}
+
+impl PartialEq for Tasks {
+    fn eq(&self, other: &Self) -> bool {
+        self.by_id == other.by_id
+    }
+}
+
+impl std::fmt::Debug for Tasks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_map().entries(self.by_id.iter()).finish()
+    }
+}
+
+impl Serialize for Tasks {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.by_id.serialize(serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for Tasks {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let by_id = OrdMap::<TaskId, Arc<Task>>::deserialize(deserializer)?;
+        let by_name = by_id
+            .values()
+            .map(|t| (t.name.clone(), t.id.clone()))
+            .collect();
+        Ok(Self { by_id, by_name })
+    }
+}
