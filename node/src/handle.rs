@@ -215,15 +215,16 @@ impl NodeHandle {
         let mut runs = self.inner.ledger.list(query.clone()).await?;
         let state = self.state();
         let known: std::collections::HashSet<RunId> = runs.iter().map(|r| r.id.clone()).collect();
+        // The newest `limit` of the union are among the newest `limit` of each part.
+        let ledger: Box<dyn Iterator<Item = &Arc<Run>>> = match &query.task {
+            Some(task) => Box::new(state.runs.of_task_before(task, query.before.as_ref())),
+            None => Box::new(state.runs.newest_before(query.before.as_ref())),
+        };
         runs.extend(
-            state
-                .runs
-                .values()
-                .map(Arc::as_ref)
-                .filter(|r| query.task.as_ref().is_none_or(|t| *t == r.task_id))
-                .filter(|r| query.before.as_ref().is_none_or(|b| r.id < *b))
+            ledger
+                .take(query.limit)
                 .filter(|r| !known.contains(&r.id))
-                .cloned(),
+                .map(|r| Run::clone(r)),
         );
         runs.sort_by(|a, b| b.id.cmp(&a.id));
         runs.truncate(query.limit);
@@ -414,7 +415,7 @@ impl NodeHandle {
     }
 
     /// Why no live node can run `task`, if none can ("no live node has gpu=nvidia").
-    pub fn why_unplaceable(&self, task: &Task) -> Option<String> {
+    pub fn why_unplaceable(&self, tasks: &[Arc<Task>]) -> Vec<Option<String>> {
         let mesh = self.mesh();
         let peer_id = mesh.as_ref().map(|m| m.local_peer_id().to_string());
         // Whether a node can take the task at all depends on its dependencies, not its load.
@@ -422,7 +423,7 @@ impl NodeHandle {
         let peers = mesh.map(|m| m.peers()).unwrap_or_default();
         let cluster = self.state().cluster.map(|c| c.id);
         let live = placement::live(this, &peers, cluster);
-        placement::why_not(task, &live)
+        tasks.iter().map(|t| placement::why_not(t, &live)).collect()
     }
 
     /// What the MySQL sink is doing: its target, runs waiting, the last error.
@@ -499,8 +500,12 @@ impl taskmesh_ui::NodeView for NodeHandle {
         NodeHandle::daemons(self)
     }
 
-    fn why_unplaceable(&self, task: &Task) -> Option<String> {
-        NodeHandle::why_unplaceable(self, task)
+    fn why_unplaceable(&self, tasks: &[Arc<Task>]) -> Vec<Option<String>> {
+        NodeHandle::why_unplaceable(self, tasks)
+    }
+
+    fn last_run(&self, task: &TaskId) -> Option<Run> {
+        self.state().runs.last_of(task).map(|r| Run::clone(r))
     }
 
     async fn runs(&self, query: RunQuery) -> Result<Vec<Run>, String> {

@@ -160,6 +160,26 @@ impl Api {
         Ok((status, r.json().await.unwrap_or(Value::Null)))
     }
 
+    /// One page of a listing: the status, the body, and the `rel="next"` target of its `Link`
+    /// header, if any.
+    pub async fn page(&self, path: &str) -> Result<(u16, Value, Option<String>)> {
+        let r = self.http.get(format!("{}{path}", self.base)).send().await?;
+        let status = r.status().as_u16();
+        let next = r
+            .headers()
+            .get(reqwest::header::LINK)
+            .map(|v| v.to_str().map(str::to_owned))
+            .transpose()?
+            .map(|link| {
+                link.strip_prefix('<')
+                    .and_then(|l| l.strip_suffix(">; rel=\"next\""))
+                    .map(str::to_owned)
+                    .with_context(|| format!("a Link header that names no next page: {link}"))
+            })
+            .transpose()?;
+        Ok((status, r.json().await.unwrap_or(Value::Null), next))
+    }
+
     pub async fn send(
         &self,
         method: reqwest::Method,

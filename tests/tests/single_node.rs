@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
 use taskmesh_tests::{TestNode, wait_for};
@@ -954,5 +954,71 @@ async fn a_log_path_others_can_write_to_is_refused_at_save() -> Result<()> {
         .send(reqwest::Method::PUT, "/api/settings", Some(&settings))
         .await?;
     assert_eq!(status, 200, "{saved}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn listings_are_paged_with_a_link_to_the_next_page() -> Result<()> {
+    let node = TestNode::start().await?;
+    let mut ids = Vec::new();
+    for n in 0..5 {
+        ids.push(
+            node.api
+                .create_task(&json!({"name": format!("paged-{n}"), "spec": {"command": ["true"], "concurrency": "allow"}, "when": {"mode": "manual"}}))
+                .await?,
+        );
+    }
+    // Tasks: oldest first, two per page, the last page without a link.
+    let mut listed = Vec::new();
+    let mut next = Some("/api/tasks?limit=2".to_owned());
+    let mut pages = 0;
+    while let Some(path) = next {
+        let (status, page, link) = node.api.page(&path).await?;
+        assert_eq!(status, 200, "{path}: {page}");
+        let page = page.as_array().context("a page is an array")?;
+        assert!(page.len() <= 2, "{path} holds {} tasks", page.len());
+        listed.extend(
+            page.iter()
+                .map(|t| t["id"].as_str().unwrap_or("").to_owned()),
+        );
+        pages += 1;
+        next = link;
+    }
+    assert_eq!(listed, ids, "every task once, in the order they were made");
+    assert_eq!(pages, 3);
+    // Runs: newest first, paged the same way within one task.
+    let mut runs = Vec::new();
+    for _ in 0..3 {
+        runs.push(
+            node.api.execute(&ids[0]).await?["id"]
+                .as_str()
+                .context("id")?
+                .to_owned(),
+        );
+    }
+    runs.reverse();
+    let (status, first, link) = node
+        .api
+        .page(&format!("/api/runs?task={}&limit=2", ids[0]))
+        .await?;
+    assert_eq!(status, 200, "{first}");
+    let link = link.context("a full page of runs links to the next")?;
+    let (_, second, last) = node.api.page(&link).await?;
+    let listed: Vec<&str> = first
+        .as_array()
+        .into_iter()
+        .chain(second.as_array())
+        .flatten()
+        .map(|r| r["id"].as_str().unwrap_or(""))
+        .collect();
+    assert_eq!(listed, runs, "newest first, each run once");
+    assert!(last.is_none(), "the last page links nowhere: {last:?}");
+    // A page size out of range is refused with the range.
+    for bad in ["/api/tasks?limit=0", "/api/runs?limit=1001"] {
+        let (status, body) = node.api.get(bad).await?;
+        assert_eq!(status, 400, "{bad}: {body}");
+        assert!(body.to_string().contains("1 to 1000"), "{bad}: {body}");
+    }
+    node.stop().await;
     Ok(())
 }

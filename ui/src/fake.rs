@@ -74,8 +74,15 @@ impl NodeView for FakeNode {
         BTreeMap::new()
     }
 
-    fn why_unplaceable(&self, task: &Task) -> Option<String> {
-        (task.name == "clean").then(|| "no live node has gpu".into())
+    fn why_unplaceable(&self, tasks: &[Arc<Task>]) -> Vec<Option<String>> {
+        tasks
+            .iter()
+            .map(|task| (task.name == "clean").then(|| "no live node has gpu".into()))
+            .collect()
+    }
+
+    fn last_run(&self, task: &TaskId) -> Option<Run> {
+        self.runs.iter().find(|r| r.task_id == *task).cloned()
     }
 
     async fn runs(&self, query: RunQuery) -> Result<Vec<Run>, String> {

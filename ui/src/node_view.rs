@@ -31,8 +31,12 @@ pub trait NodeView: Clone + Send + Sync + 'static {
     fn active_runs(&self) -> Vec<Run>;
     /// The always-tasks this node supervises.
     fn daemons(&self) -> BTreeMap<TaskId, DaemonStatus>;
-    /// Why no live node can run `task`, if none can.
-    fn why_unplaceable(&self, task: &Task) -> Option<String>;
+    /// For each of `tasks`, why no live node can run it, if none can (one reading of the peers
+    /// for the whole list).
+    fn why_unplaceable(&self, tasks: &[Arc<Task>]) -> Vec<Option<String>>;
+    /// The newest run of `task` the cluster's run ledger holds (an index read: the task list
+    /// asks this for every row).
+    fn last_run(&self, task: &TaskId) -> Option<Run>;
     /// Runs, newest first; the error says why they could not be read.
     fn runs(&self, query: RunQuery) -> impl Future<Output = Result<Vec<Run>, String>> + Send;
     /// One run; `Ok(None)` when there is no such run.

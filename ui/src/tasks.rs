@@ -4,12 +4,12 @@ use askama::Template;
 use askama_web::WebTemplate;
 use axum::extract::State;
 use chrono::{DateTime, Utc};
+use std::collections::HashMap;
 
 use super::view::{Layout, RunSummary};
 use crate::NodeView;
-use taskmesh_core::model::{Action, CatchUp, Placement, Run, Task, When};
+use taskmesh_core::model::{Action, CatchUp, Placement, Run, Task, TaskId, When};
 use taskmesh_core::view::DaemonStatus;
-use taskmesh_core::view::RunQuery;
 
 /// What a new task's JSON box starts with.
 pub const NEW_SPEC: &str = "{\n  \"command\": [\"echo\", \"hello\"],\n  \"dependencies\": [],\n  \"parameters\": {},\n  \"priority\": 0\n}";
@@ -291,23 +291,19 @@ pub async fn view_tasks_get<N: NodeView>(State(node): State<N>) -> TasksTemplate
     let active = node.active_runs();
     let daemons = node.daemons();
     let now = Utc::now();
+    let mut running: HashMap<&TaskId, &Run> = HashMap::new();
+    for run in &active {
+        running.entry(&run.task_id).or_insert(run);
+    }
+    let unplaceable = node.why_unplaceable(&tasks);
     let mut rows = Vec::with_capacity(tasks.len());
-    for task in &tasks {
-        // The newest run anywhere: this node's history and the cluster's run ledger.
-        let last = node
-            .runs(RunQuery {
-                task: Some(task.id.clone()),
-                before: None,
-                limit: 1,
-            })
-            .await
-            .unwrap_or_else(|e| {
-                tracing::warn!(task = %task.id, error = %e, "reading the last run");
-                Vec::new()
-            });
-        let running = active.iter().find(|r| r.task_id == task.id);
-        let mut row = TaskRow::new(task, last.first(), running, daemons.get(&task.id), now);
-        row.unplaceable = node.why_unplaceable(task);
+    for (task, unplaceable) in tasks.iter().zip(unplaceable) {
+        // The newest run anywhere, from the cluster's run ledger (each node reports its runs
+        // there as they change; this node's unfinished ones are in `active` already).
+        let last = node.last_run(&task.id);
+        let running = running.get(&task.id).copied();
+        let mut row = TaskRow::new(task, last.as_ref(), running, daemons.get(&task.id), now);
+        row.unplaceable = unplaceable;
         rows.push(row);
     }
     TasksTemplate {

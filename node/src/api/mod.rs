@@ -169,9 +169,65 @@ async fn cluster_key(State(node): State<NodeHandle>) -> impl IntoResponse {
     }))
 }
 
+/// The most items one page of a listing holds, and how many it holds when not asked.
+const PAGE_MAX: usize = 1000;
+const TASKS_PAGE: usize = 1000;
+const RUNS_PAGE: usize = 50;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TasksParams {
+    /// The id of the last task of the previous page.
+    after: Option<String>,
+    limit: Option<usize>,
+}
+
+/// One page of the task list, oldest first; a `Link: <…>; rel="next"` header names the next
+/// page while there is one.
 #[instrument(name = "api", skip_all)]
-async fn list_tasks(State(node): State<NodeHandle>) -> impl IntoResponse {
-    Json(node.state().tasks_in_order().cloned().collect::<Vec<_>>())
+async fn list_tasks(
+    State(node): State<NodeHandle>,
+    Query(p): Query<TasksParams>,
+) -> Result<impl IntoResponse, ApiError> {
+    let limit = page_limit(p.limit, TASKS_PAGE)?;
+    let after = p.after.map(TaskId);
+    let state = node.state();
+    let mut page: Vec<crate::model::Task> = state
+        .tasks
+        .after(after.as_ref())
+        .take(limit + 1)
+        .map(|t| crate::model::Task::clone(t))
+        .collect();
+    let next = (page.len() > limit).then(|| {
+        page.truncate(limit);
+        let last = page.last().map(|t| t.id.0.as_str()).unwrap_or_default();
+        format!("/api/tasks?after={}&limit={limit}", query_value(last))
+    });
+    Ok((next_link(next), Json(page)))
+}
+
+/// `limit` within 1 to [`PAGE_MAX`], `default` when not given.
+fn page_limit(limit: Option<usize>, default: usize) -> Result<usize, ApiError> {
+    match limit.unwrap_or(default) {
+        n @ 1..=PAGE_MAX => Ok(n),
+        n => Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("limit {n} is out of range: a page holds 1 to {PAGE_MAX} items"),
+        )),
+    }
+}
+
+/// The `Link` header naming the next page (RFC 8288), if there is one.
+fn next_link(next: Option<String>) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    if let Some(value) = next.and_then(|n| format!("<{n}>; rel=\"next\"").parse().ok()) {
+        headers.insert(header::LINK, value);
+    }
+    headers
+}
+
+fn query_value(s: &str) -> String {
+    percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
 }
 
 #[instrument(name = "api", skip_all, fields(task = %key))]
@@ -227,6 +283,7 @@ struct RunsParams {
     limit: Option<usize>,
 }
 
+/// One page of runs, newest first, with a `Link` to the next page like [`list_tasks`].
 #[instrument(name = "api", skip_all, fields(task = ?p.task))]
 async fn list_runs(
     State(node): State<NodeHandle>,
@@ -237,15 +294,24 @@ async fn list_runs(
         .task
         .map(|key| node.task(&key).map(|t| t.id).unwrap_or(TaskId(key)));
     let before = p.before.map(|b| parse_run_id(&b)).transpose()?;
-    let limit = p.limit.unwrap_or(50).min(1000);
-    Ok(Json(
-        node.runs(RunQuery {
-            task,
+    let limit = page_limit(p.limit, RUNS_PAGE)?;
+    let mut page = node
+        .runs(RunQuery {
+            task: task.clone(),
             before,
-            limit,
+            limit: limit + 1,
         })
-        .await?,
-    ))
+        .await?;
+    let next = (page.len() > limit).then(|| {
+        page.truncate(limit);
+        let last = page.last().map(|r| r.id.0.as_str()).unwrap_or_default();
+        let task = task.map(|t| format!("task={}&", query_value(&t.0)));
+        format!(
+            "/api/runs?{}before={last}&limit={limit}",
+            task.unwrap_or_default()
+        )
+    });
+    Ok((next_link(next), Json(page)))
 }
 
 pub(crate) fn parse_run_id(s: &str) -> Result<RunId, ApiError> {

@@ -212,6 +212,45 @@ impl Api {
     async fn get(&self, path: &str) -> Result<Value, ClientError> {
         self.write(Method::GET, path, None).await
     }
+
+    /// Every item of a paged listing: the pages from `path` on, following each answer's
+    /// `Link: <…>; rel="next"`.
+    async fn get_all(&self, path: &str) -> Result<Vec<Value>, ClientError> {
+        let mut items = Vec::new();
+        let mut next = Some(path.to_owned());
+        while let Some(path) = next.take() {
+            let response = self.send(Method::GET, &path, None).await?;
+            next = response
+                .headers()
+                .get(reqwest::header::LINK)
+                .and_then(|v| v.to_str().ok())
+                .and_then(next_page);
+            let bytes = read_body(response)
+                .await
+                .map_err(|e| ClientError::Api(format!("reading the answer to {path}: {e}")))?;
+            let page: Vec<Value> = serde_json::from_slice(&bytes)
+                .map_err(|e| ClientError::Api(format!("unreadable answer to {path}: {e}")))?;
+            items.extend(page);
+        }
+        Ok(items)
+    }
+}
+
+/// The path of a `Link` header's `rel="next"` target.
+fn next_page(link: &str) -> Option<String> {
+    link.split(',').find_map(|part| {
+        let (target, params) = part.trim().split_once(';')?;
+        params
+            .split(';')
+            .any(|p| p.trim() == "rel=\"next\"")
+            .then(|| {
+                target
+                    .trim()
+                    .trim_start_matches('<')
+                    .trim_end_matches('>')
+                    .to_owned()
+            })
+    })
 }
 
 /// An answer's body, up to [`MAX_ANSWER`].
@@ -431,10 +470,10 @@ async fn task(command: TaskCommand) -> Result<ExitCode, ClientError> {
     match command {
         TaskCommand::Ls { remote } => {
             let api = Api::new(&remote)?;
-            let tasks = api.get("/api/tasks").await?;
+            let tasks = api.get_all("/api/tasks").await?;
             let runs = api.get("/api/runs?limit=1000").await?;
             println!("{:<24} {:<36} {:<8} LAST RUN", "NAME", "WHEN", "ENABLED");
-            for t in tasks.as_array().into_iter().flatten() {
+            for t in &tasks {
                 let last = runs
                     .as_array()
                     .into_iter()
@@ -724,6 +763,22 @@ mod tests {
     use std::path::PathBuf;
 
     use super::*;
+
+    #[test]
+    fn the_next_page_is_read_from_a_link_header() {
+        let cases = [
+            (
+                r#"</api/tasks?after=a&limit=2>; rel="next""#,
+                Some("/api/tasks?after=a&limit=2"),
+            ),
+            (r#"</x>; rel="prev", </y>; rel="next""#, Some("/y")),
+            (r#"</x>; rel="prev""#, None),
+            ("garbage", None),
+        ];
+        for (link, want) in cases {
+            assert_eq!(next_page(link).as_deref(), want, "{link}");
+        }
+    }
 
     fn remote(token_file: Option<&str>, data_dir: Option<&str>) -> Remote {
         Remote {
