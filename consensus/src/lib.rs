@@ -418,6 +418,7 @@ mod tests {
                         addrs: vec![],
                         seq: 0,
                         cluster: consensus.badge(),
+                        start: None,
                     };
                     mesh.announce(announcement).await;
                     tokio::time::sleep(Duration::from_millis(100)).await;

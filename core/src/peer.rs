@@ -24,6 +24,11 @@ pub struct Announcement {
     /// Where the node stands in the replicated state; `None` while it has no cluster.
     #[serde(default)]
     pub cluster: Option<ClusterBadge>,
+    /// This start of the node: when its process started, in microseconds since the epoch, new
+    /// at every start. The leader notes it on each run it places there (`Run::node_start`).
+    /// `None` from versions without it.
+    #[serde(default)]
+    pub start: Option<u64>,
 }
 
 /// A node's place in its Raft cluster, as it announces it: enough for every other node to run the
@@ -66,6 +71,7 @@ impl Announcement {
             addrs: vec![],
             seq,
             cluster: None,
+            start: None,
         }
     }
 

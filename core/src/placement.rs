@@ -23,17 +23,20 @@ pub struct Candidate {
     pub dependencies: Vec<String>,
     pub slots: u32,
     pub load: f32,
+    /// The node's current start, as it announces it (`Announcement::start`).
+    pub start: Option<u64>,
 }
 
 impl Candidate {
-    /// This node, from its settings and its current load (the caller reads it).
-    pub fn this_node(peer_id: &str, node: &NodeSettings, load: f32) -> Self {
+    /// This node, from its settings, its start and its current load (the caller reads it).
+    pub fn this_node(peer_id: &str, node: &NodeSettings, start: Option<u64>, load: f32) -> Self {
         Self {
             peer_id: peer_id.to_owned(),
             name: node.name.clone(),
             dependencies: node.fulfilled(),
             slots: node.slots,
             load,
+            start,
         }
     }
 }
@@ -52,6 +55,7 @@ pub fn live(this: Candidate, peers: &[PeerInfo], cluster: Option<u64>) -> Vec<Ca
                 dependencies: a.dependencies.clone(),
                 slots: a.slots_total,
                 load: a.load,
+                start: a.start,
             }
         });
     std::iter::once(this).chain(others).collect()
@@ -139,6 +143,7 @@ mod tests {
             dependencies: deps.iter().map(|d| d.to_string()).collect(),
             slots,
             load,
+            start: None,
         }
     }
 

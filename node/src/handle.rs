@@ -105,6 +105,12 @@ impl NodeHandle {
         self.inner.consensus.state()
     }
 
+    /// The replicated state's handle: what a peer's change goes through (the tests propose
+    /// changes with it as another node of the cluster would).
+    pub fn consensus(&self) -> &Consensus {
+        &self.inner.consensus
+    }
+
     pub fn subscribe(&self) -> broadcast::Receiver<Event> {
         self.inner.events.subscribe()
     }
@@ -419,7 +425,12 @@ impl NodeHandle {
         let mesh = self.mesh();
         let peer_id = mesh.as_ref().map(|m| m.local_peer_id().to_string());
         // Whether a node can take the task at all depends on its dependencies, not its load.
-        let this = Candidate::this_node(&peer_id.unwrap_or_default(), &self.node_settings(), 0.0);
+        let this = Candidate::this_node(
+            &peer_id.unwrap_or_default(),
+            &self.node_settings(),
+            None,
+            0.0,
+        );
         let peers = mesh.map(|m| m.peers()).unwrap_or_default();
         let cluster = self.state().cluster.map(|c| c.id);
         let live = placement::live(this, &peers, cluster);

@@ -1022,3 +1022,63 @@ async fn listings_are_paged_with_a_link_to_the_next_page() -> Result<()> {
     node.stop().await;
     Ok(())
 }
+
+#[tokio::test]
+async fn a_run_placed_on_an_earlier_start_of_its_node_is_placed_again_and_runs_once() -> Result<()>
+{
+    let node = TestNode::start().await?;
+    let out = node.dir.join("effects");
+    let id = node
+        .api
+        .create_task(&json!({"name": "once", "spec": {"command": ["sh", "-c", format!("echo ran >> {}", out.display())]}, "when": {"mode": "manual"}}))
+        .await?;
+    // A leader that has not yet heard this start of the node places a run on the start before.
+    let peer_id = node
+        .handle
+        .peers()
+        .this
+        .peer_id
+        .context("the node's PeerId")?;
+    let task = node.handle.task(&id)?;
+    let mut run = taskmesh::model::Run::new(
+        task.id.clone(),
+        task.name.clone(),
+        taskmesh::model::Trigger::Manual,
+        1,
+        "test-node".into(),
+    );
+    run.node_id = Some(peer_id);
+    run.node_start = Some(1);
+    let run_id = run.id.clone();
+    node.handle
+        .consensus()
+        .propose(taskmesh::consensus::Change::Runs(vec![run]))
+        .await?;
+    let ended = wait_for("the run to end", Duration::from_secs(20), || async {
+        node.handle
+            .run(&run_id)
+            .await
+            .ok()
+            .filter(|r| r.status.is_final())
+    })
+    .await?;
+    assert_eq!(
+        ended.status,
+        taskmesh::model::RunStatus::Succeeded,
+        "{ended:?}"
+    );
+    assert_ne!(
+        ended.node_start,
+        Some(1),
+        "placed again on this start: {ended:?}"
+    );
+    assert!(
+        ended.actions.iter().any(|a| a.contains("placed again")),
+        "{:?}",
+        ended.actions
+    );
+    let ran = std::fs::read_to_string(&out)?;
+    assert_eq!(ran.lines().count(), 1, "the process ran once: {ran:?}");
+    node.stop().await;
+    Ok(())
+}

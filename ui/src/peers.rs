@@ -120,6 +120,7 @@ mod tests {
                 addrs: vec!["/ip4/198.18.0.12/tcp/7946".into()],
                 seq: 1,
                 cluster: None,
+                start: None,
             },
             last_seen_ms: 1500,
             connected: true,

@@ -150,6 +150,12 @@ pub struct Run {
     /// The PeerId of the node it is placed on; `None` while it waits on the leader for a place.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node_id: Option<String>,
+    /// Which start of that node it was placed on (the start the node announced, see
+    /// `Announcement::start`): a node starts only runs placed on its current start, so a run
+    /// placed on a process that died is never started by the next one. `None` from leaders of
+    /// versions without it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_start: Option<u64>,
     pub status: RunStatus,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub outcome: Option<Outcome>,
@@ -188,6 +194,7 @@ impl Run {
             attempt,
             node,
             node_id: None,
+            node_start: None,
             status: RunStatus::Queued,
             outcome: None,
             exit_code: None,

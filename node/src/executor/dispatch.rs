@@ -12,7 +12,11 @@
 //! the node starts with, and in every state until [`State::caught_up`]: the node acts only on
 //! entries on disk in its log, but its state tables may lag the log after a crash, so the runs
 //! of entries its log held at the start can reach it again after the start. Runs first seen
-//! later were never seen before, so they start.
+//! later were never seen before, so they start, unless the leader placed them on an earlier
+//! start of this node (`Run::node_start`, from the start each node announces): a leader that
+//! has not yet heard of this start may place a run on the process that died, and it may have
+//! marked that run `lost` and retried it elsewhere meanwhile. Such a run is handed back to the
+//! leader, unstarted, to be placed again (a `lost` one stays lost), so it runs once.
 //!
 //! The cluster's ledger learns of a start some milliseconds after it (the run reporter batches),
 //! the node's own history sooner (its writer commits in batches). After a restart, a run the
@@ -36,8 +40,14 @@ use crate::consensus::{Change, Consensus, State};
 use crate::ledger::RunLedger;
 use crate::model::{Outcome, Run, RunId, RunStatus, Task, Trigger};
 
+/// How long a run handed back to the leader waits before it is placed again.
+const HAND_BACK_WAIT: chrono::TimeDelta = chrono::TimeDelta::milliseconds(500);
+
 pub struct Dispatcher {
     pub peer_id: String,
+    /// This start of the node (`Announcement::start`): a run placed on another start of it is
+    /// not started here but handed back (see [`Run::node_start`]).
+    pub start: u64,
     pub consensus: Consensus,
     /// Set once the runs abandoned by the previous start are settled.
     pub ready: watch::Sender<bool>,
@@ -54,6 +64,8 @@ impl Dispatcher {
         // Runs this node may have started before it restarted, once settled.
         let mut settled: HashSet<RunId> = HashSet::new();
         let mut stopping: HashSet<RunId> = HashSet::new();
+        // Runs placed on an earlier start of this node, handed back while the state shows them so.
+        let mut returned: HashSet<RunId> = HashSet::new();
         let mut first = true;
         loop {
             let state = self.state.borrow_and_update().clone();
@@ -85,13 +97,26 @@ impl Dispatcher {
                 .queued_here(&state)
                 .filter(|r| !handed.contains(&r.id))
                 .collect();
+            returned.retain(|id| state.runs.get(id).is_some_and(|r| self.placed_before(r)));
+            let mut back = Vec::new();
             for run in mine {
+                if self.placed_before(run) {
+                    if returned.insert(run.id.clone()) {
+                        back.push(self.hand_back(run.clone()));
+                    }
+                    continue;
+                }
                 handed.insert(run.id.clone());
                 if state.stops.contains(&run.id) {
                     self.never_started(run.clone()).await;
                     continue;
                 }
                 self.dispatch(run.clone(), &state).await;
+            }
+            if !back.is_empty()
+                && let Err(e) = self.consensus.propose(Change::Runs(back)).await
+            {
+                info!(error = %e, "runs placed on an earlier start are handed back later");
             }
             // Runs here that someone asked to stop (the Stop button on any node, or a task's
             // concurrency `replace`).
@@ -158,6 +183,30 @@ impl Dispatcher {
             .filter(|r| r.status == RunStatus::Queued)
             .filter(|r| !matches!(r.trigger, Trigger::Always { .. } | Trigger::Reboot))
             .filter(move |r| r.node_id.as_deref() == Some(me.as_str()))
+    }
+
+    /// Whether `run` was placed on an earlier start of this node: the leader placed it before
+    /// it heard of this start. No earlier process started it: the runs an earlier start had in
+    /// its log are settled at this start (`settle`), and this one came later.
+    fn placed_before(&self, run: &Run) -> bool {
+        run.node_start.is_some_and(|start| start != self.start)
+    }
+
+    /// `run`, placed on an earlier start of this node and never started, handed back to the
+    /// leader to place again (after [`HAND_BACK_WAIT`], by which time it has heard this start's
+    /// announcement). A leader that has meanwhile marked it `lost` keeps it so: a finished run
+    /// does not become unfinished again, and its retry runs instead.
+    fn hand_back(&self, mut run: Run) -> Run {
+        info!(run_id = %run.id, task = %run.task_name, "placed on an earlier start of this node; handed back to the leader");
+        run.actions.push(format!(
+            "placed on {} before it restarted; placed again",
+            run.node
+        ));
+        run.node = String::new();
+        run.node_id = None;
+        run.node_start = None;
+        run.not_before = Some(Utc::now() + HAND_BACK_WAIT);
+        run
     }
 
     /// A run assigned here before this process started: reported lost, never started (again).

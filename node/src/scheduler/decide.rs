@@ -640,6 +640,7 @@ fn spread(
         }
         r.node = node.name.clone();
         r.node_id = Some(node.peer_id.clone());
+        r.node_start = node.start;
         *busy.entry(node.peer_id.clone()).or_insert(0) += 1;
         runs.push(r);
     }
@@ -754,6 +755,9 @@ mod tests {
         t
     }
 
+    /// The start every test node announces.
+    const START: u64 = 1_764_000_000_000_000;
+
     fn node(id: &str, deps: &[&str], slots: u32) -> Candidate {
         Candidate {
             peer_id: id.into(),
@@ -761,6 +765,7 @@ mod tests {
             dependencies: deps.iter().map(|d| d.to_string()).collect(),
             slots,
             load: 0.0,
+            start: Some(START),
         }
     }
 

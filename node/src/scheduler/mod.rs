@@ -230,6 +230,8 @@ pub struct Scheduler {
     mesh: watch::Receiver<Option<MeshHandle>>,
     /// This node's PeerId.
     peer_id: String,
+    /// This start of the node (`Announcement::start`).
+    start: u64,
     executor: ExecutorHandle,
     inbox: mpsc::Receiver<RunRequest>,
     /// The runs this node's supervisor asks for (retries, rules).
@@ -263,6 +265,8 @@ pub struct Parts {
     pub node: watch::Receiver<NodeSettings>,
     pub mesh: watch::Receiver<Option<MeshHandle>>,
     pub peer_id: String,
+    /// This start of the node (`Announcement::start`).
+    pub start: u64,
     pub executor: ExecutorHandle,
     pub ledger: RunLedger,
     /// Becomes true once the dispatcher has settled the runs the previous start left queued.
@@ -291,6 +295,7 @@ impl Scheduler {
             node: parts.node,
             mesh: parts.mesh,
             peer_id: parts.peer_id,
+            start: parts.start,
             executor: parts.executor,
             inbox,
             follow_ups: parts.follow_ups,
@@ -412,6 +417,7 @@ impl Scheduler {
         let this = Candidate::this_node(
             &self.peer_id,
             &self.node.borrow(),
+            Some(self.start),
             crate::mesh::load_average(),
         );
         let peers = self

@@ -52,6 +52,8 @@ pub(super) struct MeshRunner {
     pub config: Config,
     pub identity: Keypair,
     pub ui_url: String,
+    /// This start of the node (`Announcement::start`).
+    pub start: u64,
     pub node: watch::Receiver<NodeSettings>,
     pub state: watch::Receiver<Arc<State>>,
     pub consensus: Consensus,
@@ -173,6 +175,7 @@ impl MeshRunner {
             addrs: Vec::new(),
             seq: 0,
             cluster: self.consensus.badge(),
+            start: Some(self.start),
         }
     }
 }

@@ -128,6 +128,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Starte
             config: config.clone(),
             identity: storage.identity,
             ui_url: listening.ui_url.clone(),
+            start: storage.start,
             node: storage.node.subscribe(),
             state: consensus.consensus.subscribe(),
             consensus: consensus.consensus.clone(),
@@ -169,6 +170,9 @@ struct Storage {
     node: watch::Sender<NodeSettings>,
     events: Events,
     groups: ProcessGroups,
+    /// This start of the node: microseconds since the epoch when it began, new at every start
+    /// (`Announcement::start`; a run placed on an earlier start never starts on this one).
+    start: u64,
 }
 
 /// Phase 1: the data directory, the database, the node's identity and its log folder, and the
@@ -210,7 +214,14 @@ async fn open_storage(config: &Config) -> Result<Storage, NodeError> {
         node: watch::Sender::new(node_settings),
         events: events::bus(),
         groups,
+        start: node_start(),
     })
+}
+
+/// A value for `Storage::start`: the time now in microseconds since the epoch.
+fn node_start() -> u64 {
+    let since = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
+    since.map_or(1, |d| d.as_micros() as u64)
 }
 
 /// Where the UI listens, bound before the workers start so that its URL (which notifications
@@ -451,6 +462,7 @@ fn start_workers(
             node,
             mesh: replication.mesh_rx.clone(),
             peer_id: peer_id.clone(),
+            start: storage.start,
             executor: executor_handle.clone(),
             ledger: ledger.clone(),
             dispatcher_ready: ready_rx,
@@ -460,6 +472,7 @@ fn start_workers(
     );
     let dispatcher = crate::executor::dispatch::Dispatcher {
         peer_id,
+        start: storage.start,
         consensus: consensus.clone(),
         ready: ready_tx,
         state: consensus.subscribe(),
