@@ -1,0 +1,458 @@
+//! How cost grows with the work: one table per dimension, one row per size.
+//!
+//! - **tasks** (the release binary, as an operator runs it): 100 → 1,000 → 10,000 tasks (and
+//!   100,000 with `--full`): creation rate through the API, RSS, the agreed state's size and the
+//!   time to read it from the tables and encode it (what a Raft snapshot costs), restart to a
+//!   complete task list, a fresh node receiving the state, and the latency and size of a page of
+//!   `GET /api/tasks` and of the task list `/`.
+//! - **history** (a node in this process): 1,000 tasks with 10,000 → 100,000 → 1,000,000
+//!   finished runs in the node's history (and 20 per task in the replicated ledger): store
+//!   size, a page of 50 runs (all tasks, and one task further back), `/`, and runs per second
+//!   of trivial runs, beside one task with an empty history in the same run.
+//!
+//! Run with `scripts/bench-scale` (release build); the figures go in docs/performance.md.
+//! Every loop is bounded by a count and a deadline.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail, ensure};
+use serde_json::{Value, json};
+use taskmesh::consensus::State;
+use taskmesh::model::{Outcome, Run, RunId, TaskId, Trigger};
+use taskmesh::store::{RedbStore, Store};
+use taskmesh_tests::{Api, TestNode, access_token};
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+/// `n` GETs of `path`, one after the other: (p50 ms, p99 ms, bytes of the last answer).
+async fn latency(api: &Api, path: &str, n: usize) -> Result<(f64, f64, usize)> {
+    let mut ms = Vec::with_capacity(n);
+    let mut bytes = 0;
+    for _ in 0..n {
+        let t0 = Instant::now();
+        let response = api.http.get(format!("{}{path}", api.base)).send().await?;
+        let status = response.status();
+        let body = response.bytes().await?;
+        ms.push(t0.elapsed().as_secs_f64() * 1e3);
+        ensure!(status.is_success(), "{path} answered {status}");
+        bytes = body.len();
+    }
+    ms.sort_by(f64::total_cmp);
+    Ok((percentile(&ms, 0.5), percentile(&ms, 0.99), bytes))
+}
+
+/// Polls `check` every 20 ms until it holds; the time it took.
+async fn until<F, Fut>(what: &str, deadline: Duration, mut check: F) -> Result<Duration>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let t0 = Instant::now();
+    while t0.elapsed() < deadline {
+        if check().await {
+            return Ok(t0.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    bail!("{what}: not within {deadline:?}")
+}
+
+fn free_port() -> Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+fn task_body(n: usize) -> Value {
+    json!({"name": format!("t{n:06}"), "spec": {"command": ["true"], "concurrency": "allow"}, "when": {"mode": "manual"}})
+}
+
+/// Creates `count` tasks named from `first` on, 32 requests in flight; their ids, in order.
+async fn create_tasks(api: &Api, first: usize, count: usize) -> Result<Vec<String>> {
+    let mut set = tokio::task::JoinSet::new();
+    let mut ids = vec![String::new(); count];
+    for n in 0..count {
+        while set.len() >= 32 {
+            let (i, id) = set.join_next().await.context("a task")???;
+            ids[i] = id;
+        }
+        let api = api.clone();
+        set.spawn(async move { anyhow::Ok((n, api.create_task(&task_body(first + n)).await?)) });
+    }
+    while let Some(done) = set.join_next().await {
+        let (i, id) = done??;
+        ids[i] = id;
+    }
+    Ok(ids)
+}
+
+/// The release binary running a node on its own data directory.
+struct Binary {
+    child: Child,
+    p2p: u16,
+    api: Api,
+}
+
+impl Binary {
+    fn path() -> Result<PathBuf> {
+        let bin = std::env::current_exe()?
+            .parent()
+            .and_then(|deps| deps.parent())
+            .map(|release| release.join("taskmesh"))
+            .context("target dir")?;
+        ensure!(
+            bin.exists(),
+            "build the binary first: cargo build --release -p taskmesh ({})",
+            bin.display()
+        );
+        Ok(bin)
+    }
+
+    /// Starts it and waits until its API answers.
+    async fn start(dir: &Path, extra: &[String]) -> Result<Self> {
+        let (port, p2p) = (free_port()?, free_port()?);
+        let child = Command::new(Self::path()?)
+            .args(["run", "--no-mdns", "--listen"])
+            .arg(format!("127.0.0.1:{port}"))
+            .arg("--p2p-listen")
+            .arg(format!("/ip4/127.0.0.1/tcp/{p2p}"))
+            .arg("--data-dir")
+            .arg(dir)
+            .args(extra)
+            .env("TASKMESH_LOG", "warn")
+            .spawn()?;
+        let base = format!("http://127.0.0.1:{port}");
+        let mut api = None;
+        until("the node's API", Duration::from_secs(60), || {
+            let found = access_token(dir).ok().map(|t| Api::with_token(&base, &t));
+            let probe = found.clone();
+            if found.is_some() {
+                api = found;
+            }
+            async move {
+                match probe {
+                    Some(api) => api
+                        .get("/api/tasks?limit=1")
+                        .await
+                        .is_ok_and(|(s, _)| s == 200),
+                    None => false,
+                }
+            }
+        })
+        .await?;
+        Ok(Self {
+            child,
+            p2p,
+            api: api.context("the API")?,
+        })
+    }
+
+    fn rss_mb(&self) -> Result<f64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))?;
+        let kb: f64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .context("VmRSS")?;
+        Ok(kb / 1024.0)
+    }
+
+    /// SIGTERM, and waits for it to exit (SIGKILL after 30 s).
+    async fn stop(mut self) -> Result<()> {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM)?;
+        let t0 = Instant::now();
+        while self.child.try_wait()?.is_none() {
+            if t0.elapsed() > Duration::from_secs(30) {
+                self.child.kill()?;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Binary {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn has_task(api: &Api, id: &str) -> bool {
+    api.get(&format!("/api/tasks/{id}"))
+        .await
+        .is_ok_and(|(s, _)| s == 200)
+}
+
+/// One row of the tasks table.
+async fn tasks_row(count: usize) -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let (dir_a, dir_b) = (tmp.path().join("a"), tmp.path().join("b"));
+    let node = Binary::start(&dir_a, &[]).await?;
+    let t0 = Instant::now();
+    let ids = create_tasks(&node.api, 0, count).await?;
+    let create_rate = count as f64 / t0.elapsed().as_secs_f64();
+    let last = ids.last().context("a task")?.clone();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let rss = node.rss_mb()?;
+    let (page_p50, page_p99, page_bytes) = latency(&node.api, "/api/tasks?limit=50", 50).await?;
+    // The task list renders every task (its paging is the UI's part); past 10,000 it is not
+    // measured.
+    let list = match count <= 10_000 {
+        true => {
+            let (p50, p99, bytes) = latency(&node.api, "/", 5).await?;
+            format!("{p50:>8.1} {p99:>8.1} {:>9.0}", bytes as f64 / 1024.0)
+        }
+        false => format!("{:>8} {:>8} {:>9}", "-", "-", "-"),
+    };
+    // A fresh node with the same key, dialling this one, until it lists the newest task.
+    let key = dir_a.join("cluster-key");
+    let peer = format!("127.0.0.1:{}", node.p2p);
+    let t0 = Instant::now();
+    let fresh = Binary::start(
+        &dir_b,
+        &[
+            "--cluster-key-file".into(),
+            key.display().to_string(),
+            "--peer".into(),
+            peer,
+        ],
+    )
+    .await?;
+    let fresh_s = until(
+        "the fresh node's task list",
+        Duration::from_secs(120),
+        || has_task(&fresh.api, &last),
+    )
+    .await
+    .map(|_| t0.elapsed().as_secs_f64())?;
+    fresh.stop().await?;
+    // A restart of the first node, until it lists the newest task again.
+    node.stop().await?;
+    let t0 = Instant::now();
+    let node = Binary::start(&dir_a, &[]).await?;
+    until("the restarted task list", Duration::from_secs(120), || {
+        has_task(&node.api, &last)
+    })
+    .await?;
+    let restart_s = t0.elapsed().as_secs_f64();
+    node.stop().await?;
+    // What a snapshot costs: the state read from the tables, then encoded whole.
+    let store = RedbStore::open(&dir_a.join("taskmesh.redb"))?;
+    let t0 = Instant::now();
+    let state = State::load(&store)?;
+    let load_ms = t0.elapsed().as_secs_f64() * 1e3;
+    let t0 = Instant::now();
+    let encoded = serde_json::to_vec(&state)?;
+    let encode_ms = t0.elapsed().as_secs_f64() * 1e3;
+    ensure!(
+        state.tasks.len() == count,
+        "{} tasks stored",
+        state.tasks.len()
+    );
+    println!(
+        "{count:>7} {create_rate:>9.0} {rss:>8.1} {:>10.2} {load_ms:>8.0} {encode_ms:>8.0} {restart_s:>9.2} {fresh_s:>9.2} {page_p50:>8.2} {page_p99:>8.2} {:>8.1} {list}",
+        encoded.len() as f64 / 1e6,
+        page_bytes as f64 / 1024.0,
+    );
+    Ok(())
+}
+
+/// Posts `per_task` runs of each task (32 in flight), then waits until the agreed state holds
+/// no unfinished run: runs per second, from the first post to the last end.
+async fn run_all(node: &TestNode, tasks: &[String], per_task: usize) -> Result<f64> {
+    let total = tasks.len() * per_task;
+    let t0 = Instant::now();
+    let mut set = tokio::task::JoinSet::new();
+    for n in 0..total {
+        while set.len() >= 32 {
+            set.join_next().await.context("a post")???;
+        }
+        let (api, path) = (
+            node.api.clone(),
+            format!("/api/tasks/{}/run", tasks[n % tasks.len()]),
+        );
+        set.spawn(async move {
+            let (status, body) = api.post(&path, &Value::Null).await?;
+            ensure!(status == 202, "{path}: {status} {body}");
+            anyhow::Ok(())
+        });
+    }
+    while let Some(done) = set.join_next().await {
+        done??;
+    }
+    let handle = node.handle.clone();
+    until("every run ended", Duration::from_secs(600), move || {
+        let idle =
+            handle.state().runs.unfinished().next().is_none() && handle.active_runs().is_empty();
+        async move { idle }
+    })
+    .await?;
+    Ok(total as f64 / t0.elapsed().as_secs_f64())
+}
+
+/// Settings for the history rows: trivial runs, many at once, long histories.
+async fn history_settings(node: &TestNode) -> Result<()> {
+    let mut settings = node.api.get("/api/settings").await?.1;
+    settings["cluster"]["daily_logs"] = json!(false);
+    settings["cluster"]["history_per_task"] = json!(100_000);
+    settings["node"]["slots"] = json!(64);
+    let (status, body) = node
+        .api
+        .send(reqwest::Method::PUT, "/api/settings", Some(&settings))
+        .await?;
+    ensure!(status == 200, "settings: {status} {body}");
+    Ok(())
+}
+
+/// Writes `count` finished runs of `tasks` into the node's history (the node is stopped).
+fn seed_history(db: &Path, tasks: &[String], count: usize) -> Result<()> {
+    let store = RedbStore::open(db)?;
+    let per_task = count / tasks.len();
+    let at = chrono::Utc::now() - chrono::Duration::days(1);
+    for task in tasks {
+        let runs: Vec<Run> = (0..per_task)
+            .map(|_| {
+                let mut run = Run::new(
+                    TaskId(task.clone()),
+                    "seeded".into(),
+                    Trigger::Manual,
+                    1,
+                    "test-node".into(),
+                );
+                run.id = RunId::generate();
+                run.created_at = at;
+                run.started_at = Some(at);
+                run.finish(Outcome::Exited { code: 0 }, at);
+                run
+            })
+            .collect();
+        store.put_runs(&runs, 100_000)?;
+    }
+    Ok(())
+}
+
+async fn history() -> Result<()> {
+    // One task and an empty history: the figure the others are compared with.
+    let node = TestNode::start().await?;
+    history_settings(&node).await?;
+    let one = create_tasks(&node.api, 0, 1).await?;
+    let baseline = run_all(&node, &one, 2000).await?;
+    node.stop().await;
+    println!("1 task, empty history: {baseline:.0} runs/s (2,000 runs of `true`)");
+    println!();
+    println!(
+        "{:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>8} {:>8} {:>9} {:>9}",
+        "history",
+        "store MB",
+        "seed s",
+        "fill r/s",
+        "runs/s",
+        "vs 1 task",
+        "all p50",
+        "all p99",
+        "task p99",
+        "/ p99 ms"
+    );
+    let tmp = tempfile::tempdir()?;
+    let dir = tmp.path();
+    let node = TestNode::start_in(dir).await?;
+    history_settings(&node).await?;
+    let tasks = create_tasks(&node.api, 0, 1000).await?;
+    node.stop().await;
+    let mut seeded = 0;
+    for size in sizes(&[10_000, 100_000, 1_000_000]) {
+        let db = dir.join("taskmesh.redb");
+        let t0 = Instant::now();
+        seed_history(&db, &tasks, size - seeded)?;
+        let seed_s = t0.elapsed().as_secs_f64();
+        seeded = size;
+        let store_mb = std::fs::metadata(&db)?.len() as f64 / 1e6;
+        let node = TestNode::start_in(dir).await?;
+        // The replicated ledger full: 21 runs of each task (it keeps 20 finished ones).
+        let fill = run_all(&node, &tasks, 21).await?;
+        let rate = run_all(&node, &tasks, 2).await?;
+        let (all_p50, all_p99, _) = latency(&node.api, "/api/runs?limit=50", 100).await?;
+        let further = node
+            .api
+            .get(&format!("/api/runs?task={}&limit=50", tasks[0]))
+            .await?
+            .1;
+        let before = further
+            .as_array()
+            .and_then(|r| r.last())
+            .and_then(|r| r["id"].as_str())
+            .context("a page of runs")?
+            .to_owned();
+        let (_, task_p99, _) = latency(
+            &node.api,
+            &format!("/api/runs?task={}&before={before}&limit=50", tasks[0]),
+            100,
+        )
+        .await?;
+        let (_, list_p99, _) = latency(&node.api, "/", 5).await?;
+        node.stop().await;
+        println!(
+            "{size:>9} {store_mb:>9.0} {seed_s:>9.1} {fill:>9.0} {rate:>9.0} {:>8.0}% {all_p50:>8.2} {all_p99:>8.2} {task_p99:>9.2} {list_p99:>9.1}",
+            rate / baseline * 100.0
+        );
+    }
+    Ok(())
+}
+
+/// The sizes to measure: all of them with `--full`, else all but the largest.
+fn sizes(all: &[usize]) -> Vec<usize> {
+    let full = std::env::args().any(|a| a == "--full");
+    let keep = if full { all.len() } else { all.len() - 1 };
+    all[..keep].to_vec()
+}
+
+fn main() -> Result<()> {
+    if std::env::args().any(|a| a == "--list") {
+        return Ok(());
+    }
+    let only = |name: &str| {
+        let named: Vec<String> = std::env::args().filter(|a| !a.starts_with('-')).collect();
+        named.len() <= 1 || named[1..].iter().any(|a| a == name)
+    };
+    let rt = taskmesh::runtime()?;
+    rt.block_on(async {
+        if only("tasks") {
+            println!("== tasks (release binary; ms unless named)");
+            println!(
+                "{:>7} {:>9} {:>8} {:>10} {:>8} {:>8} {:>9} {:>9} {:>8} {:>8} {:>8} {:>8} {:>8} {:>9}",
+                "tasks",
+                "create/s",
+                "RSS MB",
+                "state MB",
+                "load",
+                "encode",
+                "restart s",
+                "fresh s",
+                "page p50",
+                "page p99",
+                "page KB",
+                "/ p50",
+                "/ p99",
+                "/ KB"
+            );
+            for count in sizes(&[100, 1_000, 10_000, 100_000]) {
+                tasks_row(count).await?;
+            }
+        }
+        if only("history") {
+            println!("== history (1,000 tasks, node in this process; ms unless named)");
+            history().await?;
+        }
+        anyhow::Ok(())
+    })?;
+    Ok(())
+}
