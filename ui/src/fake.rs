@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
@@ -21,6 +22,8 @@ struct FakeNode {
     runs: Vec<Run>,
     /// `runs` and `run` answer this error instead.
     broken: Option<String>,
+    /// How often `runs` and `run` were asked (reads of a node's history).
+    history_reads: Arc<AtomicUsize>,
 }
 
 impl FakeNode {
@@ -35,6 +38,7 @@ impl FakeNode {
             ],
             runs: vec![failed],
             broken: None,
+            history_reads: Arc::default(),
         }
     }
 
@@ -86,6 +90,7 @@ impl NodeView for FakeNode {
     }
 
     async fn runs(&self, query: RunQuery) -> Result<Vec<Run>, String> {
+        self.history_reads.fetch_add(1, Ordering::Relaxed);
         if let Some(e) = &self.broken {
             return Err(e.clone());
         }
@@ -99,6 +104,7 @@ impl NodeView for FakeNode {
     }
 
     async fn run(&self, id: &RunId) -> Result<Option<Run>, String> {
+        self.history_reads.fetch_add(1, Ordering::Relaxed);
         if let Some(e) = &self.broken {
             return Err(e.clone());
         }
@@ -217,4 +223,25 @@ async fn an_unknown_path_is_a_page_not_found() {
     let (status, html) = page(FakeNode::new(), "/no/such/page").await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     assert!(html.contains("/no/such/page"));
+}
+
+/// The task list reads each row's last run from the ledger's index, never the history: its cost
+/// is one pass over the tasks, however long the history is.
+#[tokio::test]
+async fn the_task_list_reads_no_history() {
+    let mut node = FakeNode::new();
+    node.tasks.extend(
+        (0..1000).map(|i| Arc::new(Task::sample(&format!("t-{i:04}"), &format!("task-{i:04}")))),
+    );
+    let reads = node.history_reads.clone();
+    let last = node.runs[0].id.0.clone();
+    let (status, html) = page(node, "/").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(html.contains("task-0999"), "every row is there");
+    assert!(html.contains(&last), "backup's last run is linked");
+    assert_eq!(
+        reads.load(Ordering::Relaxed),
+        0,
+        "history reads for one render of the task list"
+    );
 }
