@@ -14,7 +14,7 @@ use proptest::prelude::*;
 
 use taskmesh_consensus::{Adopted, Change, RUNS_PER_TASK, State};
 use taskmesh_core::model::{
-    ClusterSettings, Outcome, Run, RunId, RunStatus, Task, TaskId, Trigger,
+    ClusterSettings, Outcome, Run, RunId, RunStatus, Task, TaskId, Trigger, When,
 };
 use taskmesh_store::{RedbStore, Store, Write};
 
@@ -41,10 +41,20 @@ fn task() -> impl Strategy<Value = Task> {
         any::<bool>(),
         0u32..1000,
         proptest::option::of(any::<f64>()),
+        0u8..3,
     )
-        .prop_map(|(id, name, enabled, at, parameter)| {
+        .prop_map(|(id, name, enabled, at, parameter, when)| {
             let mut task = Task::sample(&id.0, name);
             task.enabled = enabled;
+            task.when = match when {
+                0 => When::Manual,
+                1 => When::Always,
+                _ => When::Cron {
+                    schedule: "*/5 * * * * *".into(),
+                    timezone: "UTC".into(),
+                    catch_up: Default::default(),
+                },
+            };
             task.updated_at = time(at);
             if let Some(x) = parameter {
                 // Any float the JSON can hold (not NaN or infinite): the tables keep tasks as
@@ -248,6 +258,23 @@ fn check_step(
         .map(|r| &r.id)
         .collect();
     prop_assert_eq!(lost, scanned, "the unretried lost runs' index");
+    // The scheduler's indexes hold the enabled cron and always-tasks, and only those.
+    let cron: Vec<&TaskId> = after.tasks.enabled_cron().map(|t| &t.id).collect();
+    let scanned: Vec<&TaskId> = after
+        .tasks
+        .values()
+        .filter(|t| t.enabled && matches!(t.when, When::Cron { .. }))
+        .map(|t| &t.id)
+        .collect();
+    prop_assert_eq!(cron, scanned, "the enabled cron tasks' index");
+    let always: Vec<&TaskId> = after.tasks.enabled_always().map(|t| &t.id).collect();
+    let scanned: Vec<&TaskId> = after
+        .tasks
+        .values()
+        .filter(|t| t.enabled && t.is_always())
+        .map(|t| &t.id)
+        .collect();
+    prop_assert_eq!(always, scanned, "the enabled always-tasks' index");
     // So does the task list's index by name.
     for task in after.tasks.values() {
         prop_assert_eq!(

@@ -3,21 +3,24 @@
 use std::ops::Index;
 use std::sync::Arc;
 
-use imbl::OrdMap;
+use imbl::{OrdMap, OrdSet};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use taskmesh_core::model::{Task, TaskId};
+use taskmesh_core::model::{Task, TaskId, When};
 
-/// Tasks by id (ids are time-ordered, so this is also the order they were created in), and
-/// which task has which name.
+/// Tasks by id (ids are time-ordered, so this is also the order they were created in), which
+/// task has which name, and which enabled tasks the scheduler looks at on each pass (cron and
+/// always-tasks; a manual task costs it nothing).
 ///
-/// Both maps are persistent: a copy of the state shares them, and a change copies only the
-/// paths it touches. It serialises as the map of tasks by id alone; the names are read back
-/// from the tasks.
+/// All maps are persistent: a copy of the state shares them, and a change copies only the paths
+/// it touches. It serialises as the map of tasks by id alone; the indexes are read back from the
+/// tasks.
 #[derive(Clone, Default)]
 pub struct Tasks {
     by_id: OrdMap<TaskId, Arc<Task>>,
     by_name: OrdMap<String, TaskId>,
+    cron: OrdSet<TaskId>,
+    always: OrdSet<TaskId>,
 }
 
 impl Tasks {
@@ -50,6 +53,16 @@ impl Tasks {
         self.by_id.keys()
     }
 
+    /// The enabled cron tasks, oldest first.
+    pub fn enabled_cron(&self) -> impl Iterator<Item = &Arc<Task>> {
+        self.cron.iter().filter_map(|id| self.by_id.get(id))
+    }
+
+    /// The enabled always-tasks, oldest first.
+    pub fn enabled_always(&self) -> impl Iterator<Item = &Arc<Task>> {
+        self.always.iter().filter_map(|id| self.by_id.get(id))
+    }
+
     /// The tasks after `after` (all without it), oldest first: one page of the list.
     pub fn after(&self, after: Option<&TaskId>) -> impl Iterator<Item = &Arc<Task>> {
         use std::ops::Bound::{self, Excluded, Unbounded};
@@ -62,19 +75,39 @@ impl Tasks {
     /// Adds or replaces a task (by id); the caller has checked that its name is free.
     pub fn insert(&mut self, task: Arc<Task>) -> Option<Arc<Task>> {
         let old = self.by_id.insert(task.id.clone(), task.clone());
-        if let Some(old) = &old
-            && old.name != task.name
-        {
-            self.by_name.remove(&old.name);
+        if let Some(old) = &old {
+            self.unindex(old);
         }
-        self.by_name.insert(task.name.clone(), task.id.clone());
+        self.index(&task);
         old
     }
 
     pub fn remove(&mut self, id: &TaskId) -> Option<Arc<Task>> {
         let old = self.by_id.remove(id)?;
-        self.by_name.remove(&old.name);
+        self.unindex(&old);
         Some(old)
+    }
+
+    fn index(&mut self, task: &Task) {
+        self.by_name.insert(task.name.clone(), task.id.clone());
+        match &task.when {
+            When::Cron { .. } if task.enabled => {
+                self.cron.insert(task.id.clone());
+            }
+            When::Always if task.enabled => {
+                self.always.insert(task.id.clone());
+            }
+            _ => {}
+        }
+    }
+
+    fn unindex(&mut self, task: &Task) {
+        // A name another task has taken since (a rename within one batch) stays that task's.
+        if self.by_name.get(&task.name) == Some(&task.id) {
+            self.by_name.remove(&task.name);
+        }
+        self.cron.remove(&task.id);
+        self.always.remove(&task.id);
     }
 }
 
@@ -88,9 +121,15 @@ impl Index<&TaskId> for Tasks {
 
 impl FromIterator<Task> for Tasks {
     fn from_iter<I: IntoIterator<Item = Task>>(tasks: I) -> Self {
+        tasks.into_iter().map(Arc::new).collect()
+    }
+}
+
+impl FromIterator<Arc<Task>> for Tasks {
+    fn from_iter<I: IntoIterator<Item = Arc<Task>>>(tasks: I) -> Self {
         let mut out = Self::default();
         for task in tasks {
-            out.insert(Arc::new(task));
+            out.insert(task);
         }
         out
     }
@@ -117,10 +156,6 @@ impl Serialize for Tasks {
 impl<'de> Deserialize<'de> for Tasks {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let by_id = OrdMap::<TaskId, Arc<Task>>::deserialize(deserializer)?;
-        let by_name = by_id
-            .values()
-            .map(|t| (t.name.clone(), t.id.clone()))
-            .collect();
-        Ok(Self { by_id, by_name })
+        Ok(by_id.into_iter().map(|(_, task)| task).collect())
     }
 }

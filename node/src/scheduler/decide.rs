@@ -112,7 +112,7 @@ pub fn fire_due<'s>(
     let late = chrono::Duration::from_std(LATE).unwrap_or_default();
     let mut firing = Firing::default();
     let mut busy = busy(state, view.ending);
-    for task in state.tasks.values().filter(|t| t.enabled) {
+    for task in state.tasks.enabled_cron() {
         let When::Cron {
             catch_up: policy, ..
         } = &task.when
@@ -375,7 +375,7 @@ pub fn place_daemons(view: &View, gone: impl Fn(&str) -> bool) -> Vec<Change> {
             nodes: Vec::new(),
         })
         .collect();
-    for task in state.tasks.values().filter(|t| t.enabled && t.is_always()) {
+    for task in state.tasks.enabled_always() {
         let held = state.holders.get(&task.id).cloned().unwrap_or_default();
         let matching: Vec<String> = match placement::place(
             &Task {

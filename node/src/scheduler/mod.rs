@@ -490,7 +490,7 @@ impl Scheduler {
     /// Parses the schedules of the enabled cron tasks that changed, and forgets removed tasks'.
     fn refresh_schedules(&mut self, state: &State) {
         self.schedules.retain(|id, _| state.tasks.contains_key(id));
-        for task in state.tasks.values().filter(|t| t.enabled) {
+        for task in state.tasks.enabled_cron() {
             self.schedule(task);
         }
     }
