@@ -33,6 +33,86 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[i.min(sorted.len() - 1)]
 }
 
+/// Small charts, one per metric, each a value per size: what `--svg DIR` writes.
+#[derive(Default)]
+struct Plot {
+    metrics: Vec<(String, Vec<(String, f64)>)>,
+}
+
+impl Plot {
+    fn add(&mut self, metric: &str, size: usize, value: f64) {
+        let size = match size {
+            n if n >= 1_000_000 => format!("{}M", n / 1_000_000),
+            n if n >= 1_000 => format!("{}k", n / 1_000),
+            n => n.to_string(),
+        };
+        match self.metrics.iter_mut().find(|(m, _)| m == metric) {
+            Some((_, points)) => points.push((size, value)),
+            None => self.metrics.push((metric.to_owned(), vec![(size, value)])),
+        }
+    }
+
+    /// An SVG with one panel per metric, three to a row.
+    fn svg(&self, title: &str) -> String {
+        let (w, h) = (260.0, 170.0);
+        let rows = self.metrics.len().div_ceil(3);
+        let mut out = format!(
+            r#"<svg xmlns="http://www.w3.org/2000/svg" width="{}" height="{}" font-family="sans-serif" font-size="11"><rect width="100%" height="100%" fill="white"/><text x="10" y="20" font-size="14">{title}</text>"#,
+            w * 3.0,
+            h * rows as f64 + 30.0
+        );
+        for (i, (metric, points)) in self.metrics.iter().enumerate() {
+            let (x0, y0) = (w * (i % 3) as f64, 30.0 + h * (i / 3) as f64);
+            let max = points.iter().map(|(_, v)| *v).fold(0.0, f64::max).max(1e-9);
+            let at = |j: usize, v: f64| {
+                let step = 200.0 / (points.len().max(2) - 1) as f64;
+                (x0 + 30.0 + j as f64 * step, y0 + 140.0 - v / max * 100.0)
+            };
+            out.push_str(&format!(
+                r#"<text x="{}" y="{}" font-weight="bold">{metric}</text><line x1="{}" y1="{}" x2="{}" y2="{}" stroke="gray"/>"#,
+                x0 + 10.0,
+                y0 + 16.0,
+                x0 + 25.0,
+                y0 + 140.0,
+                x0 + 235.0,
+                y0 + 140.0
+            ));
+            let line: Vec<String> = points
+                .iter()
+                .enumerate()
+                .map(|(j, (_, v))| {
+                    let (x, y) = at(j, *v);
+                    format!("{x:.1},{y:.1}")
+                })
+                .collect();
+            out.push_str(&format!(
+                r##"<polyline points="{}" fill="none" stroke="#2563eb" stroke-width="2"/>"##,
+                line.join(" ")
+            ));
+            for (j, (size, v)) in points.iter().enumerate() {
+                let (x, y) = at(j, *v);
+                out.push_str(&format!(
+                    r##"<circle cx="{x:.1}" cy="{y:.1}" r="3" fill="#2563eb"/><text x="{x:.1}" y="{:.1}" text-anchor="middle">{}</text><text x="{x:.1}" y="{:.1}" text-anchor="middle" fill="gray">{size}</text>"##,
+                    y - 6.0,
+                    significant(*v),
+                    y0 + 154.0
+                ));
+            }
+        }
+        out.push_str("</svg>\n");
+        out
+    }
+}
+
+/// `v` with about three significant digits.
+fn significant(v: f64) -> String {
+    match v.abs() {
+        a if a >= 100.0 => format!("{v:.0}"),
+        a if a >= 10.0 => format!("{v:.1}"),
+        _ => format!("{v:.2}"),
+    }
+}
+
 /// `n` GETs of `path`, one after the other: (p50 ms, p99 ms, bytes of the last answer).
 async fn latency(api: &Api, path: &str, n: usize) -> Result<(f64, f64, usize)> {
     let mut ms = Vec::with_capacity(n);
@@ -193,7 +273,7 @@ async fn has_task(api: &Api, id: &str) -> bool {
 }
 
 /// One row of the tasks table.
-async fn tasks_row(count: usize) -> Result<()> {
+async fn tasks_row(count: usize, plot: &mut Plot) -> Result<()> {
     let tmp = tempfile::tempdir()?;
     let (dir_a, dir_b) = (tmp.path().join("a"), tmp.path().join("b"));
     let node = Binary::start(&dir_a, &[]).await?;
@@ -258,6 +338,12 @@ async fn tasks_row(count: usize) -> Result<()> {
         "{} tasks stored",
         state.tasks.len()
     );
+    plot.add("tasks created per s (API)", count, create_rate);
+    plot.add("RSS, MB", count, rss);
+    plot.add("agreed state, MB", count, encoded.len() as f64 / 1e6);
+    plot.add("restart to full list, s", count, restart_s);
+    plot.add("fresh node has the state, s", count, fresh_s);
+    plot.add("/api/tasks page p99, ms", count, page_p99);
     println!(
         "{count:>7} {create_rate:>9.0} {rss:>8.1} {:>10.2} {load_ms:>8.0} {encode_ms:>8.0} {restart_s:>9.2} {fresh_s:>9.2} {page_p50:>8.2} {page_p99:>8.2} {:>8.1} {list}",
         encoded.len() as f64 / 1e6,
@@ -340,7 +426,7 @@ fn seed_history(db: &Path, tasks: &[String], count: usize) -> Result<()> {
     Ok(())
 }
 
-async fn history() -> Result<()> {
+async fn history(plot: &mut Plot) -> Result<()> {
     // One task and an empty history: the figure the others are compared with.
     let node = TestNode::start().await?;
     history_settings(&node).await?;
@@ -400,10 +486,26 @@ async fn history() -> Result<()> {
         .await?;
         let (_, list_p99, _) = latency(&node.api, "/", 5).await?;
         node.stop().await;
+        plot.add("runs per s (1,000 tasks)", size, rate);
+        plot.add("store, MB", size, store_mb);
+        plot.add("page of 50 runs p99, ms", size, all_p99);
+        plot.add("a task's older page p99, ms", size, task_p99);
+        plot.add("task list / p99, ms", size, list_p99);
         println!(
             "{size:>9} {store_mb:>9.0} {seed_s:>9.1} {fill:>9.0} {rate:>9.0} {:>8.0}% {all_p50:>8.2} {all_p99:>8.2} {task_p99:>9.2} {list_p99:>9.1}",
             rate / baseline * 100.0
         );
+    }
+    Ok(())
+}
+
+/// Writes `plot` as `name` in the directory given with `--svg DIR`, if any.
+fn write_svg(plot: &Plot, name: &str, title: &str) -> Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    if let Some(dir) = args.windows(2).find(|w| w[0] == "--svg").map(|w| &w[1]) {
+        let path = Path::new(dir).join(name);
+        std::fs::write(&path, plot.svg(title))?;
+        println!("wrote {}", path.display());
     }
     Ok(())
 }
@@ -420,8 +522,15 @@ fn main() -> Result<()> {
         return Ok(());
     }
     let only = |name: &str| {
-        let named: Vec<String> = std::env::args().filter(|a| !a.starts_with('-')).collect();
-        named.len() <= 1 || named[1..].iter().any(|a| a == name)
+        // Table names among the arguments (not the program, not `--svg`'s directory).
+        let args: Vec<String> = std::env::args().skip(1).collect();
+        let named: Vec<&String> = args
+            .iter()
+            .enumerate()
+            .filter(|(i, a)| !a.starts_with('-') && (*i == 0 || args[i - 1] != "--svg"))
+            .map(|(_, a)| a)
+            .collect();
+        named.is_empty() || named.iter().any(|a| *a == name)
     };
     let rt = taskmesh::runtime()?;
     rt.block_on(async {
@@ -444,13 +553,17 @@ fn main() -> Result<()> {
                 "/ p99",
                 "/ KB"
             );
+            let mut plot = Plot::default();
             for count in sizes(&[100, 1_000, 10_000, 100_000]) {
-                tasks_row(count).await?;
+                tasks_row(count, &mut plot).await?;
             }
+            write_svg(&plot, "scale-tasks.svg", "How cost grows with the tasks")?;
         }
         if only("history") {
             println!("== history (1,000 tasks, node in this process; ms unless named)");
-            history().await?;
+            let mut plot = Plot::default();
+            history(&mut plot).await?;
+            write_svg(&plot, "scale-history.svg", "How cost grows with the history")?;
         }
         anyhow::Ok(())
     })?;
