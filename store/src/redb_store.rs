@@ -23,6 +23,10 @@ const LAST_FIRED: TableDefinition<&str, i64> = TableDefinition::new("last_fired"
 const RUNS: TableDefinition<&str, &[u8]> = TableDefinition::new("runs");
 /// `<task id>/<run id>` → (), to list and prune one task's runs.
 const RUNS_BY_TASK: TableDefinition<&str, ()> = TableDefinition::new("runs_by_task");
+/// Task id → how many runs `RUNS_BY_TASK` holds for it, so that keeping a task's history
+/// bounded costs the runs it removes, not a walk of the history. Counted from `RUNS_BY_TASK` when
+/// missing (a store written before the counts).
+const RUN_COUNTS: TableDefinition<&str, u64> = TableDefinition::new("run_counts");
 /// The replicated run ledger: run id → run (every node's recent runs, bounded per task).
 const CLUSTER_RUNS: TableDefinition<&str, &[u8]> = TableDefinition::new("cluster_runs");
 /// Ids of runs not yet final, so a restart finds what it left unfinished without reading history.
@@ -223,6 +227,17 @@ pub fn write_in(txn: &WriteTransaction, batch: &[Write]) -> Result<(), StoreErro
     Ok(())
 }
 
+/// How many runs of `task` `by_task` holds (a walk of them; see [`RUN_COUNTS`]).
+fn count_runs(by_task: &redb::Table<&str, ()>, task: &TaskId) -> Result<u64, StoreError> {
+    let (lo, hi) = (format!("{task}/"), format!("{task}0"));
+    let mut n = 0;
+    for entry in by_task.range(lo.as_str()..hi.as_str()).map_err(db_err)? {
+        entry.map_err(db_err)?;
+        n += 1;
+    }
+    Ok(n)
+}
+
 /// Empties the replicated tables in `txn`: tasks, fired slots, the run ledger, cluster settings
 /// and identity.
 pub fn clear_replicated_in(txn: &WriteTransaction) -> Result<(), redb::Error> {
@@ -305,8 +320,10 @@ impl Store for RedbStore {
         {
             let mut table = txn.open_table(RUNS).map_err(db_err)?;
             let mut by_task = txn.open_table(RUNS_BY_TASK).map_err(db_err)?;
+            let mut counts = txn.open_table(RUN_COUNTS).map_err(db_err)?;
             let mut unfinished = txn.open_table(UNFINISHED).map_err(db_err)?;
-            let mut touched: Vec<&TaskId> = Vec::new();
+            // Runs each touched task holds, with this batch's new ones.
+            let mut held: BTreeMap<&TaskId, u64> = BTreeMap::new();
             for run in runs {
                 if run.status.is_final() {
                     unfinished.remove(run.id.0.as_str()).map_err(db_err)?;
@@ -316,29 +333,42 @@ impl Store for RedbStore {
                 table
                     .insert(run.id.0.as_str(), encode(run).as_slice())
                     .map_err(db_err)?;
-                by_task
-                    .insert(format!("{}/{}", run.task_id, run.id).as_str(), ())
-                    .map_err(db_err)?;
-                if !touched.contains(&&run.task_id) {
-                    touched.push(&run.task_id);
+                let key = format!("{}/{}", run.task_id, run.id);
+                let new = by_task.insert(key.as_str(), ()).map_err(db_err)?.is_none();
+                if !held.contains_key(&run.task_id) {
+                    let count = match counts.get(run.task_id.0.as_str()).map_err(db_err)? {
+                        Some(count) => count.value(),
+                        // Counted before this run went in.
+                        None => count_runs(&by_task, &run.task_id)? - u64::from(new),
+                    };
+                    held.insert(&run.task_id, count);
                 }
+                *held.get_mut(&run.task_id).expect("just inserted") += u64::from(new);
             }
-            for task in touched {
-                let (lo, hi) = (format!("{task}/"), format!("{task}0"));
-                let keys: Vec<String> = by_task
-                    .range(lo.as_str()..hi.as_str())
-                    .map_err(db_err)?
-                    .map(|e| e.map(|(k, _)| k.value().to_owned()))
-                    .collect::<Result<_, _>>()
-                    .map_err(db_err)?;
-                let excess = keys.len().saturating_sub(keep_per_task as usize);
-                for key in &keys[..excess] {
+            for (task, count) in held {
+                let lo = format!("{task}/");
+                let excess = count.saturating_sub(u64::from(keep_per_task));
+                for _ in 0..excess {
+                    // The oldest run of the task (run ids are time-ordered).
+                    let Some((key, ())) = by_task
+                        .range(lo.as_str()..format!("{task}0").as_str())
+                        .map_err(db_err)?
+                        .next()
+                        .transpose()
+                        .map_err(db_err)?
+                        .map(|(k, v)| (k.value().to_owned(), v.value()))
+                    else {
+                        break;
+                    };
                     by_task.remove(key.as_str()).map_err(db_err)?;
                     let run_id = &key[lo.len()..];
                     table.remove(run_id).map_err(db_err)?;
                     unfinished.remove(run_id).map_err(db_err)?;
                     pruned.push(RunId(run_id.to_owned()));
                 }
+                counts
+                    .insert(task.0.as_str(), count.min(u64::from(keep_per_task)))
+                    .map_err(db_err)?;
             }
         }
         txn.commit().map_err(db_err)?;
@@ -479,6 +509,33 @@ mod tests {
             })
             .expect("page");
         assert_eq!(page.len(), 1);
+    }
+
+    #[test]
+    fn the_bound_counts_new_runs_only_and_survives_a_store_without_counts() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let store = RedbStore::open(&dir.path().join("db")).expect("open");
+        let a: Vec<Run> = (0..4).map(|_| run("a")).collect();
+        store.put_runs(&a[..3], 3).expect("put");
+        // The same runs again (their updates) add nothing to prune.
+        assert!(store.put_runs(&a[..3], 3).expect("again").is_empty());
+        // A store written before the counts: counted from the index once.
+        let txn = store.db.begin_write().expect("txn");
+        txn.open_table(RUN_COUNTS)
+            .expect("counts")
+            .remove("a")
+            .expect("forget");
+        txn.commit().expect("commit");
+        let pruned = store.put_runs(&a[3..], 3).expect("put");
+        assert_eq!(pruned, vec![a[0].id.clone()]);
+        let listed = store
+            .runs(&RunQuery {
+                task: Some(TaskId("a".into())),
+                before: None,
+                limit: 10,
+            })
+            .expect("list");
+        assert_eq!(listed.len(), 3);
     }
 
     #[test]
