@@ -26,6 +26,8 @@ pub struct ClusterRuns {
     lost: OrdSet<RunId>,
     /// The runs that a retry in the ledger names as its origin, with how many do.
     retried: OrdMap<RunId, u32>,
+    /// The wrapping sum of every run's [`super::json_hash`] (its share of the state's digest).
+    hash_sum: u64,
 }
 
 impl ClusterRuns {
@@ -87,6 +89,11 @@ impl ClusterRuns {
             .into_iter()
             .flat_map(move |ids| ids.range::<_, RunId>((Unbounded, to)).rev())
             .filter_map(|id| self.by_id.get(id))
+    }
+
+    /// The wrapping sum of every run's hash, kept up to date by each change.
+    pub fn hash_sum(&self) -> u64 {
+        self.hash_sum
     }
 
     /// The unfinished runs (waiting, queued or running), oldest first.
@@ -154,6 +161,7 @@ impl ClusterRuns {
     }
 
     fn index(&mut self, run: &Run) {
+        self.hash_sum = self.hash_sum.wrapping_add(super::json_hash(run));
         self.by_task
             .entry(run.task_id.clone())
             .or_default()
@@ -170,6 +178,7 @@ impl ClusterRuns {
     }
 
     fn unindex(&mut self, run: &Run) {
+        self.hash_sum = self.hash_sum.wrapping_sub(super::json_hash(run));
         if let Some(ids) = self.by_task.get_mut(&run.task_id) {
             ids.remove(&run.id);
             if ids.is_empty() {

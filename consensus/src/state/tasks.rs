@@ -21,6 +21,8 @@ pub struct Tasks {
     by_name: OrdMap<String, TaskId>,
     cron: OrdSet<TaskId>,
     always: OrdSet<TaskId>,
+    /// The wrapping sum of every task's [`super::json_hash`] (its share of the state's digest).
+    hash_sum: u64,
 }
 
 impl Tasks {
@@ -51,6 +53,11 @@ impl Tasks {
 
     pub fn keys(&self) -> impl DoubleEndedIterator<Item = &TaskId> {
         self.by_id.keys()
+    }
+
+    /// The wrapping sum of every task's hash, kept up to date by each change.
+    pub fn hash_sum(&self) -> u64 {
+        self.hash_sum
     }
 
     /// The enabled cron tasks, oldest first.
@@ -89,6 +96,7 @@ impl Tasks {
     }
 
     fn index(&mut self, task: &Task) {
+        self.hash_sum = self.hash_sum.wrapping_add(super::json_hash(task));
         self.by_name.insert(task.name.clone(), task.id.clone());
         match &task.when {
             When::Cron { .. } if task.enabled => {
@@ -102,6 +110,7 @@ impl Tasks {
     }
 
     fn unindex(&mut self, task: &Task) {
+        self.hash_sum = self.hash_sum.wrapping_sub(super::json_hash(task));
         // A name another task has taken since (a rename within one batch) stays that task's.
         if self.by_name.get(&task.name) == Some(&task.id) {
             self.by_name.remove(&task.name);
