@@ -401,7 +401,17 @@ async fn history_settings(node: &TestNode) -> Result<()> {
 
 /// Writes `count` finished runs of `tasks` into the node's history (the node is stopped).
 fn seed_history(db: &Path, tasks: &[String], count: usize) -> Result<()> {
-    let store = RedbStore::open(db)?;
+    // The stopped node's last handles let go of the database a moment after it stops.
+    let t0 = Instant::now();
+    let store = loop {
+        match RedbStore::open(db) {
+            Ok(store) => break store,
+            Err(_) if t0.elapsed() < Duration::from_secs(10) => {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            Err(e) => return Err(e.into()),
+        }
+    };
     let per_task = count / tasks.len();
     let at = chrono::Utc::now() - chrono::Duration::days(1);
     for task in tasks {
