@@ -181,7 +181,7 @@ impl State {
     /// It is stable across nodes, versions of Rust and runs: xxHash64 with seed 0 (no random
     /// keys) over each part in a fixed order (tasks, settings, last fired slots, cluster, runs,
     /// holders, stops). Tasks and runs count as the wrapping sum of each one's hash
-    /// ([`json_hash`] of its JSON), which their maps keep up to date with every change, so the
+    /// (`json_hash` of its JSON), which their maps keep up to date with every change, so the
     /// digest does not read every task and run again; the other parts count as their JSON, maps
     /// in key order. A fired slot counts in milliseconds, as the tables keep it. What is this
     /// node's own (`caught_up`, `applied`) does not count. A caller that asks often still
