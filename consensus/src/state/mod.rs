@@ -169,11 +169,6 @@ impl State {
         self.tasks.by_name(name).map(Arc::as_ref)
     }
 
-    /// Tasks in the order the UI lists them: oldest first (ids are time-ordered).
-    pub fn tasks_in_order(&self) -> impl Iterator<Item = &Task> {
-        self.tasks.values().map(Arc::as_ref)
-    }
-
     /// A digest of the agreed state: equal on every replica that applied the same log, also
     /// after a restart (the state read back from the node's tables) or a snapshot install, and
     /// different, short of a 64-bit collision, when the states differ.
