@@ -5,6 +5,7 @@
 //! a merge: [`Replica::reset`] shuts it down, clears the Raft tables and the replicated state, and
 //! opens a fresh, uninitialised one that publishes on the same state channel.
 
+use std::collections::BTreeSet;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -29,7 +30,8 @@ pub struct Timing {
     pub heartbeat: Duration,
     pub election_min: Duration,
     pub election_max: Duration,
-    /// A snapshot is built every this many log entries; older entries are then purged.
+    /// A snapshot is built every this many log entries at least (`replica::snapshot_interval`); older
+    /// entries are then purged.
     pub snapshot_every: u64,
     /// Entries kept behind the snapshot, so a briefly absent follower catches up from the log.
     pub keep_behind_snapshot: u64,
@@ -54,7 +56,9 @@ impl Timing {
             heartbeat_interval: self.heartbeat.as_millis() as u64,
             election_timeout_min: self.election_min.as_millis() as u64,
             election_timeout_max: self.election_max.as_millis() as u64,
-            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(self.snapshot_every),
+            // Snapshots are asked for by `follow_snapshots`, at an interval that grows with
+            // the state.
+            snapshot_policy: openraft::SnapshotPolicy::Never,
             max_in_snapshot_log_to_keep: self.keep_behind_snapshot,
             // One append request stays well below the mesh's message limit.
             max_payload_entries: 256,
@@ -79,6 +83,7 @@ struct Parts {
     store: Arc<RedbStore>,
     state: watch::Sender<Arc<State>>,
     config: Arc<openraft::Config>,
+    snapshot_every: u64,
 }
 
 pub struct Replica {
@@ -109,6 +114,7 @@ impl Replica {
             store,
             state,
             config: timing.raft_config(),
+            snapshot_every: timing.snapshot_every,
         };
         let raft = open_raft(id, &parts, mesh.clone()).await?;
         Ok(Self {
@@ -289,7 +295,94 @@ async fn open_raft(
     let log = LogStore::beside(&parts.store).map_err(|e| OpenError(e.to_string()))?;
     let sm = StateMachine::open_into(&parts.store, parts.state.clone(), log.on_disk())
         .map_err(|e| OpenError(e.to_string()))?;
-    Raft::new(id, parts.config.clone(), MeshNetwork { mesh }, log, sm)
-        .await
-        .map_err(|e| OpenError(e.to_string()))
+    let (voters_tx, voters) = watch::channel(BTreeSet::new());
+    let raft = Raft::new(
+        id,
+        parts.config.clone(),
+        MeshNetwork { mesh, voters },
+        log,
+        sm,
+    )
+    .await
+    .map_err(|e| OpenError(e.to_string()))?;
+    tokio::spawn(follow_voters(raft.metrics(), voters_tx));
+    tokio::spawn(follow_snapshots(
+        raft.clone(),
+        parts.snapshot_every,
+        parts.state.subscribe(),
+    ));
+    Ok(raft)
+}
+
+/// How many log entries after a snapshot the next one is built: `every`, or a tenth of the
+/// state's size (its tasks and runs) once that is more. A snapshot costs in proportion to the
+/// state, so with its interval growing alike each entry pays the same share of it, however
+/// large the state.
+pub fn snapshot_interval(every: u64, state_size: u64) -> u64 {
+    every.max(state_size / 10)
+}
+
+/// Asks Raft for a snapshot whenever the log since the last one reached [`snapshot_interval`],
+/// until the instance shuts down. A request that brought no snapshot is repeated after a
+/// minute.
+async fn follow_snapshots(raft: Raft<TypeConfig>, every: u64, state: watch::Receiver<Arc<State>>) {
+    const RETRY: Duration = Duration::from_secs(60);
+    let mut metrics = raft.metrics();
+    let mut asked: Option<(u64, std::time::Instant)> = None;
+    loop {
+        let (applied, snapshot) = {
+            let m = metrics.borrow_and_update();
+            let index = |l: Option<openraft::LogId<NodeId>>| l.map_or(0, |l| l.index);
+            (index(m.last_applied), index(m.snapshot))
+        };
+        if asked.is_some_and(|(at, when)| snapshot >= at || when.elapsed() > RETRY) {
+            asked = None;
+        }
+        let size = {
+            let state = state.borrow();
+            (state.tasks.len() + state.runs.len()) as u64
+        };
+        if asked.is_none() && applied.saturating_sub(snapshot) >= snapshot_interval(every, size) {
+            asked = Some((applied, std::time::Instant::now()));
+            if raft.trigger().snapshot().await.is_err() {
+                return;
+            }
+        }
+        if metrics.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Keeps `voters` at the voters of the membership Raft uses (the latest one in its log), until
+/// the instance shuts down.
+async fn follow_voters(
+    mut metrics: watch::Receiver<openraft::RaftMetrics<NodeId, MeshNode>>,
+    voters: watch::Sender<BTreeSet<NodeId>>,
+) {
+    loop {
+        let now: BTreeSet<NodeId> = metrics
+            .borrow_and_update()
+            .membership_config
+            .membership()
+            .voter_ids()
+            .collect();
+        voters.send_if_modified(|v| std::mem::replace(v, now) != *v);
+        if metrics.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::snapshot_interval;
+
+    #[test]
+    fn the_snapshot_interval_grows_with_the_state() {
+        assert_eq!(snapshot_interval(1000, 0), 1000);
+        assert_eq!(snapshot_interval(1000, 10_000), 1000);
+        assert_eq!(snapshot_interval(1000, 100_000), 10_000);
+        assert_eq!(snapshot_interval(40, 1_000), 100);
+    }
 }
