@@ -95,6 +95,27 @@ async fn five_nodes_given_one_seed_all_learn_each_other() -> Result<()> {
         "{seed_entry}"
     );
     assert_eq!(view["self"]["name"], "n1");
+    // Paged: two peers a page in PeerId order, each peer once, the last page linking nowhere.
+    let mut listed = Vec::new();
+    let mut next = Some("/api/peers?limit=2".to_owned());
+    while let Some(path) = next {
+        let (status, page, link) = n1.api.page(&path).await?;
+        assert_eq!(status, 200, "{path}: {page}");
+        assert_eq!(page["self"]["name"], "n1", "every page names this node");
+        let peers = page["peers"].as_array().expect("peers");
+        assert!(peers.len() <= 2, "{path} holds {} peers", peers.len());
+        listed.extend(
+            peers
+                .iter()
+                .map(|p| p["peer_id"].as_str().unwrap_or("").to_owned()),
+        );
+        next = link;
+    }
+    let mut sorted = listed.clone();
+    sorted.sort();
+    sorted.dedup();
+    assert_eq!(listed, sorted, "in PeerId order, each once");
+    assert_eq!(listed.len(), 4, "n1's four peers: {listed:?}");
     Ok(())
 }
 

@@ -156,8 +156,36 @@ async fn sink(State(node): State<NodeHandle>) -> impl IntoResponse {
     Json(node.sink_status())
 }
 
-async fn peers(State(node): State<NodeHandle>) -> impl IntoResponse {
-    Json(node.peers())
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PeersParams {
+    /// The PeerId of the last peer of the previous page.
+    after: Option<String>,
+    limit: Option<usize>,
+}
+
+/// This node, the cluster, and one page of the live peers in PeerId order, with a `Link` to the
+/// next page like [`list_tasks`].
+async fn peers(
+    State(node): State<NodeHandle>,
+    Query(p): Query<PeersParams>,
+) -> Result<impl IntoResponse, ApiError> {
+    let limit = page_limit(p.limit, PEERS_PAGE)?;
+    let mut view = node.peers();
+    view.peers
+        .sort_by(|a, b| a.announcement.peer_id.cmp(&b.announcement.peer_id));
+    if let Some(after) = &p.after {
+        view.peers.retain(|peer| peer.announcement.peer_id > *after);
+    }
+    let next = (view.peers.len() > limit).then(|| {
+        view.peers.truncate(limit);
+        let last = view.peers.last().map(|p| p.announcement.peer_id.as_str());
+        format!(
+            "/api/peers?after={}&limit={limit}",
+            query_value(last.unwrap_or_default())
+        )
+    });
+    Ok((next_link(next), Json(view)))
 }
 
 /// The cluster key itself (a secret: the UI shows it only when asked).
@@ -173,6 +201,7 @@ async fn cluster_key(State(node): State<NodeHandle>) -> impl IntoResponse {
 const PAGE_MAX: usize = 1000;
 const TASKS_PAGE: usize = 1000;
 const RUNS_PAGE: usize = 50;
+const PEERS_PAGE: usize = 1000;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
