@@ -50,6 +50,10 @@ pub struct ClusterBadge {
     pub state_hash: Option<u64>,
 }
 
+/// How far the load average moves before peers hear of it at once (less goes out with the next
+/// refresh).
+pub const LOAD_NEWS: f32 = 0.5;
+
 /// Limits on a peer's announcement, so a bad peer cannot flood memory.
 const MAX_LIST: usize = 256;
 const MAX_TEXT: usize = 512;
@@ -73,6 +77,24 @@ impl Announcement {
             cluster: None,
             start: None,
         }
+    }
+
+    /// Whether this announcement tells peers something `sent` did not, enough to send it at once:
+    /// anything but its number, a load that moved less than [`LOAD_NEWS`], and the progress of
+    /// the node's state (applied and logged index, digest). Those go out with the next refresh;
+    /// the leader learns a follower's progress from Raft itself.
+    pub fn is_news_after(&self, sent: &Announcement) -> bool {
+        let mut same = self.clone();
+        same.seq = sent.seq;
+        if (self.load - sent.load).abs() < LOAD_NEWS {
+            same.load = sent.load;
+        }
+        if let (Some(now), Some(then)) = (same.cluster.as_mut(), sent.cluster.as_ref()) {
+            now.applied = then.applied;
+            now.last_log = then.last_log;
+            now.state_hash = then.state_hash;
+        }
+        same != *sent
     }
 
     /// Checks an announcement from the wire; says what is wrong.
@@ -104,7 +126,7 @@ impl Announcement {
 pub struct PeerInfo {
     #[serde(flatten)]
     pub announcement: Announcement,
-    /// Milliseconds since its last announcement.
+    /// Milliseconds since it was last heard: its last announcement or beat.
     pub last_seen_ms: u64,
     /// Whether this node has a direct connection to it.
     pub connected: bool,
@@ -113,6 +135,40 @@ pub struct PeerInfo {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_what_peers_act_on_is_news() {
+        let sent = Announcement {
+            cluster: Some(ClusterBadge {
+                id: 1,
+                term: 2,
+                voter: true,
+                leader: false,
+                applied: 10,
+                last_log: 10,
+                state_hash: Some(7),
+            }),
+            ..Announcement::sample("a", 1)
+        };
+        let mut later = Announcement {
+            seq: 2,
+            load: 0.4,
+            ..sent.clone()
+        };
+        let badge = later.cluster.as_mut().unwrap();
+        (badge.applied, badge.last_log, badge.state_hash) = (12, 13, Some(8));
+        assert!(!later.is_news_after(&sent), "counters and load noise wait");
+        later.load = 0.5;
+        assert!(later.is_news_after(&sent), "a load that moved half a point");
+        later.load = 0.0;
+        later.slots_free = 3;
+        assert!(later.is_news_after(&sent), "a slot taken");
+        later.slots_free = 4;
+        later.cluster.as_mut().unwrap().leader = true;
+        assert!(later.is_news_after(&sent), "a new leader");
+        later.cluster = None;
+        assert!(later.is_news_after(&sent), "left the cluster");
+    }
 
     #[test]
     fn oversized_announcements_are_refused() {

@@ -30,6 +30,9 @@ use super::{
 use taskmesh_core::backoff::{self, Backoff};
 
 const TOPIC: &str = "taskmesh/announce/1";
+/// Where a node says it is alive and which announcement is current, when nothing in its
+/// announcement changed since it last sent it (8 bytes: that announcement's `seq`).
+const BEAT_TOPIC: &str = "taskmesh/beat/1";
 /// Configured peers are redialled after this, doubling up to [`MAX_REDIAL`].
 const FIRST_REDIAL: Duration = Duration::from_secs(1);
 const MAX_REDIAL: Duration = Duration::from_secs(30);
@@ -41,6 +44,8 @@ const DEBOUNCE: Duration = Duration::from_millis(100);
 /// A discovered peer with a higher PeerId is expected to dial us; if it has not after this
 /// long (it may not have discovered us yet), we dial it after all.
 const FALLBACK_DIAL: Duration = Duration::from_millis(700);
+/// How often a node relays a peer's announcement that tells it nothing new ([`Actor::relay`]).
+const RELAY_EVERY: Duration = Duration::from_secs(60);
 /// Connections refused over a cap are logged as a warning at most this often (a flood would
 /// otherwise flood the log too).
 const CAP_WARNING_EVERY: Duration = Duration::from_secs(60);
@@ -100,10 +105,16 @@ struct Actor {
     inbox: mpsc::Receiver<Command>,
     self_tx: mpsc::Sender<Command>,
     topic: gossipsub::IdentTopic,
+    beat_topic: gossipsub::IdentTopic,
     table: PeerTable,
     peers_tx: watch::Sender<Arc<Vec<super::PeerInfo>>>,
     listen_tx: watch::Sender<Vec<Multiaddr>>,
     own: Option<Announcement>,
+    /// What this node last published of `own` (peers know it).
+    published: Option<Announcement>,
+    /// When this node last relayed an announcement of each peer ([`Self::relay`]).
+    relayed: HashMap<String, Instant>,
+    publish_stats: Arc<super::Published>,
     /// `own` for the request streams, which answer "who are you?" themselves.
     own_tx: watch::Sender<Option<Announcement>>,
     rpc: Rpc,
@@ -155,12 +166,21 @@ fn build_swarm(config: &MeshConfig) -> Result<Swarm<Behaviour>, MeshError> {
             } else {
                 None
             };
+            // Every node connects to every node it learns of, and a publisher sends to all its
+            // peers at once (flood publishing); the gossipsub mesh only relays for peers that
+            // are not connected yet. So a node relays only an announcement that told it of a
+            // new peer or address (`validate_messages`, see `Actor::observe`), the mesh is
+            // small, and there is no lazy gossip of message ids (it would cost every heartbeat
+            // what the next refresh repairs anyway).
             let gossip_config = gossipsub::ConfigBuilder::default()
+                .validate_messages()
                 .heartbeat_interval(Duration::from_millis(700))
-                .mesh_n(4)
+                .mesh_n(2)
                 .mesh_n_low(1)
-                .mesh_n_high(8)
+                .mesh_n_high(4)
                 .mesh_outbound_min(1)
+                .gossip_lazy(0)
+                .gossip_factor(0.0)
                 .max_transmit_size(64 * 1024)
                 .validation_mode(gossipsub::ValidationMode::Strict)
                 .build()?;
@@ -210,11 +230,14 @@ pub(super) async fn start(
 ) -> Result<(MeshHandle, tokio::task::JoinHandle<()>), MeshError> {
     let mut swarm = build_swarm(&config)?;
     let topic = gossipsub::IdentTopic::new(TOPIC);
-    swarm
-        .behaviour_mut()
-        .gossipsub
-        .subscribe(&topic)
-        .map_err(|e| MeshError::Build(e.to_string()))?;
+    let beat_topic = gossipsub::IdentTopic::new(BEAT_TOPIC);
+    for t in [&topic, &beat_topic] {
+        swarm
+            .behaviour_mut()
+            .gossipsub
+            .subscribe(t)
+            .map_err(|e| MeshError::Build(e.to_string()))?;
+    }
     swarm
         .listen_on(config.listen.clone())
         .map_err(|e| MeshError::Listen {
@@ -255,15 +278,20 @@ pub(super) async fn start(
     let (listen_tx, listen_rx) = watch::channel(vec![first]);
     let (down_tx, down_rx) = watch::channel(Arc::new(std::collections::BTreeSet::new()));
     let now = Instant::now();
+    let publish_stats = Arc::new(super::Published::default());
     let actor = Actor {
         swarm,
         inbox,
         self_tx: tx.clone(),
         topic,
+        beat_topic,
         table: PeerTable::default(),
         peers_tx,
         listen_tx,
         own: None,
+        published: None,
+        relayed: HashMap::new(),
+        publish_stats: publish_stats.clone(),
         own_tx,
         rpc: rpc.clone(),
         publish_at: None,
@@ -296,6 +324,7 @@ pub(super) async fn start(
     Ok((
         MeshHandle {
             tx,
+            published: publish_stats,
             peers: peers_rx,
             listen: listen_rx,
             down: down_rx,
@@ -355,14 +384,20 @@ impl Actor {
                 announcement.addrs = self.own_addrs();
                 announcement.seq = self.own.as_ref().map_or(0, |a| a.seq);
                 if self.own.as_ref() != Some(&announcement) {
+                    let news = self
+                        .published
+                        .as_ref()
+                        .is_none_or(|sent| announcement.is_news_after(sent));
                     self.own = Some(*announcement);
                     self.own_tx.send_replace(self.own.clone());
-                    self.publish_soon();
+                    if news {
+                        self.publish_soon();
+                    }
                 }
             }
             Command::Observe(peer, announcement) => {
                 if announcement.peer_id == peer.to_string() {
-                    self.observe(*announcement);
+                    let _ = self.observe(*announcement);
                 }
             }
             Command::Dial(addrs) => {
@@ -406,8 +441,10 @@ impl Actor {
             .map_or(0, |d| d.as_millis() as u64);
         own.seq = (own.seq + 1).max(now_ms);
         own.addrs = addrs;
+        self.published = Some(own.clone());
         self.own_tx.send_replace(Some(own.clone()));
         let data = serde_json::to_vec(own).expect("announcements serialise");
+        self.publish_stats.record(data.len());
         match self
             .swarm
             .behaviour_mut()
@@ -419,14 +456,48 @@ impl Actor {
         }
     }
 
+    /// Tells peers this node is alive and its last announcement is current (see [`BEAT_TOPIC`]).
+    fn beat(&mut self, seq: u64) {
+        self.last_publish = Instant::now();
+        self.publish_stats.record_beat();
+        let topic = self.beat_topic.clone();
+        match self
+            .swarm
+            .behaviour_mut()
+            .gossipsub
+            .publish(topic, seq.to_be_bytes().to_vec())
+        {
+            Ok(_) | Err(gossipsub::PublishError::NoPeersSubscribedToTopic) => {}
+            Err(e) => debug!(error = %e, "beat not published"),
+        }
+    }
+
+    /// Every `announce_every`: the announcement if something in it changed since it went out
+    /// (its progress included, a load that moved less than `LOAD_NEWS` not), else a beat.
+    fn refresh(&mut self) {
+        let unchanged = match (&self.own, &self.published) {
+            (Some(own), Some(sent)) => {
+                !own.is_news_after(sent)
+                    && own.cluster == sent.cluster
+                    && own.addrs == self.own_addrs()
+            }
+            _ => false,
+        };
+        match (unchanged, &self.published) {
+            (true, Some(sent)) => self.beat(sent.seq),
+            _ => self.publish(),
+        }
+    }
+
     fn on_tick(&mut self) {
         let now = Instant::now();
         if now.duration_since(self.last_publish) >= self.announce_every {
-            self.publish();
+            self.refresh();
         }
         let gone = self.table.expire(now.into_std(), self.peer_ttl);
         for id in &gone {
             info!(peer_id = %id, "peer expired (silent)");
+            self.relayed.remove(id);
         }
         if !gone.is_empty() {
             self.publish_peers();
@@ -532,6 +603,7 @@ impl Actor {
     fn mark_down(&mut self, peer: PeerId) {
         info!(peer_id = %peer, "peer's process is gone (its connection closed and a dial was refused)");
         self.table.remove(&peer.to_string());
+        self.relayed.remove(&peer.to_string());
         self.down_tx.send_modify(|down| {
             let down = Arc::make_mut(down);
             if down.len() >= MAX_DOWN {
@@ -594,16 +666,7 @@ impl Actor {
                 if num_established.get() == 1 {
                     debug!(%peer_id, "connected");
                     // Ask directly, so a new peer is listed without waiting for gossip.
-                    let (rpc, me) = (self.rpc.clone(), self.self_tx.clone());
-                    tokio::spawn(async move {
-                        match rpc.request(peer_id, &Request::Announcement).await {
-                            Ok(Response::Announcement(Some(a))) => {
-                                let _ = me.send(Command::Observe(peer_id, a)).await;
-                            }
-                            Ok(_) => {}
-                            Err(e) => debug!(%peer_id, error = %e, "no announcement"),
-                        }
-                    });
+                    self.ask(peer_id);
                 }
             }
             SwarmEvent::ConnectionClosed {
@@ -677,12 +740,38 @@ impl Actor {
                     self.dial_discovered(peer, addrs);
                 }
             }
-            BehaviourEvent::Gossipsub(gossipsub::Event::Message { message, .. }) => {
-                let Some(source) = message.source else { return };
-                match crate::peers::decode_announcement(&message.data, &source.to_string()) {
-                    Ok(a) => self.observe(a),
-                    Err(e) => warn!(%source, error = %e, "announcement ignored"),
-                }
+            BehaviourEvent::Gossipsub(gossipsub::Event::Message {
+                propagation_source,
+                message_id,
+                message,
+            }) => {
+                let verdict = match message.source {
+                    None => gossipsub::MessageAcceptance::Reject,
+                    Some(source) if message.topic == self.beat_topic.hash() => {
+                        self.on_beat(source, &message.data)
+                    }
+                    Some(source) => {
+                        match crate::peers::decode_announcement(&message.data, &source.to_string())
+                        {
+                            Ok(a) => {
+                                let origin = a.peer_id.clone();
+                                let discovery = self.observe(a);
+                                match self.relay(origin, discovery) {
+                                    true => gossipsub::MessageAcceptance::Accept,
+                                    false => gossipsub::MessageAcceptance::Ignore,
+                                }
+                            }
+                            Err(e) => {
+                                warn!(%source, error = %e, "announcement ignored");
+                                gossipsub::MessageAcceptance::Reject
+                            }
+                        }
+                    }
+                };
+                self.swarm
+                    .behaviour_mut()
+                    .gossipsub
+                    .report_message_validation_result(&message_id, &propagation_source, verdict);
             }
             BehaviourEvent::Gossipsub(gossipsub::Event::Subscribed { .. }) => {
                 // A new listener: tell it (and, through it, everyone) who we are.
@@ -692,13 +781,64 @@ impl Actor {
         }
     }
 
-    fn observe(&mut self, announcement: Announcement) {
+    /// A peer's beat: it keeps the peer listed, or, naming an announcement this node does not
+    /// hold, makes it ask the peer directly. Never relayed: it reached every connected peer.
+    fn on_beat(&mut self, source: PeerId, data: &[u8]) -> gossipsub::MessageAcceptance {
+        let Ok(seq) = <[u8; 8]>::try_from(data).map(u64::from_be_bytes) else {
+            warn!(%source, "beat ignored: not 8 bytes");
+            return gossipsub::MessageAcceptance::Reject;
+        };
+        let now = std::time::Instant::now();
+        if self.table.beat(&source.to_string(), seq, now) {
+            if source != self.local() && self.connected.contains(&source) {
+                self.ask(source);
+            }
+        } else {
+            self.publish_peers();
+        }
+        gossipsub::MessageAcceptance::Ignore
+    }
+
+    /// Asks a connected peer for its announcement ("who are you?").
+    fn ask(&self, peer_id: PeerId) {
+        let (rpc, me) = (self.rpc.clone(), self.self_tx.clone());
+        tokio::spawn(async move {
+            match rpc.request(peer_id, &Request::Announcement).await {
+                Ok(Response::Announcement(Some(a))) => {
+                    let _ = me.send(Command::Observe(peer_id, a)).await;
+                }
+                Ok(_) => {}
+                Err(e) => debug!(%peer_id, error = %e, "no announcement"),
+            }
+        });
+    }
+
+    /// Whether to relay an announcement of `origin` this node just took in: when it told of a
+    /// new peer or address, and otherwise once every [`RELAY_EVERY`] per origin. Every peer
+    /// connected to the origin received it directly (flood publishing, see [`build_swarm`]);
+    /// relaying is for those not connected to it yet, so that they learn of it and dial it.
+    fn relay(&mut self, origin: String, discovery: bool) -> bool {
+        let now = Instant::now();
+        let due = discovery
+            || self
+                .relayed
+                .get(&origin)
+                .is_none_or(|at| now.duration_since(*at) >= RELAY_EVERY);
+        if due {
+            self.relayed.insert(origin, now);
+        }
+        due
+    }
+
+    /// Takes a peer's announcement into the table; returns whether it told this node of a peer
+    /// or an address it did not know.
+    fn observe(&mut self, announcement: Announcement) -> bool {
         if announcement.peer_id == self.local().to_string() {
-            return;
+            return false;
         }
         if let Err(e) = announcement.check() {
             warn!(peer_id = %announcement.peer_id, error = %e, "announcement refused");
-            return;
+            return false;
         }
         let peer: Option<PeerId> = announcement.peer_id.parse().ok();
         let addrs: Vec<Multiaddr> = announcement
@@ -714,6 +854,7 @@ impl Actor {
             })
             .collect();
         let new = !self.table.contains(&announcement.peer_id);
+        let discovery = new || self.table.addrs_of(&announcement.peer_id) != announcement.addrs;
         if self.table.observe(announcement, std::time::Instant::now()) {
             if new {
                 info!(peer = ?peer, "peer joined");
@@ -724,6 +865,7 @@ impl Actor {
         if let Some(peer) = peer {
             self.dial_discovered(peer, addrs);
         }
+        discovery
     }
 }
 

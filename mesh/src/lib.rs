@@ -164,10 +164,54 @@ pub(crate) enum Command {
     Observe(PeerId, Box<Announcement>),
 }
 
+/// What this node has gossiped of its own since the endpoint started: announcements and beats.
+#[derive(Debug, Default)]
+pub struct Published {
+    count: std::sync::atomic::AtomicU64,
+    bytes: std::sync::atomic::AtomicU64,
+    largest: std::sync::atomic::AtomicU64,
+    beats: std::sync::atomic::AtomicU64,
+}
+
+impl Published {
+    pub(crate) fn record(&self, bytes: usize) {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.count.fetch_add(1, Relaxed);
+        self.bytes.fetch_add(bytes as u64, Relaxed);
+        self.largest.fetch_max(bytes as u64, Relaxed);
+    }
+
+    pub(crate) fn record_beat(&self) {
+        self.beats
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// How many beats went out.
+    pub fn beats(&self) -> u64 {
+        self.beats.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// How many announcements went out.
+    pub fn count(&self) -> u64 {
+        self.count.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Their encoded bytes, all together.
+    pub fn bytes(&self) -> u64 {
+        self.bytes.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// The encoded bytes of the largest one.
+    pub fn largest(&self) -> u64 {
+        self.largest.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
 /// A cloneable handle on the mesh actor.
 #[derive(Clone)]
 pub struct MeshHandle {
     tx: mpsc::Sender<Command>,
+    published: Arc<Published>,
     peers: watch::Receiver<Arc<Vec<PeerInfo>>>,
     listen: watch::Receiver<Vec<Multiaddr>>,
     down: watch::Receiver<Arc<std::collections::BTreeSet<String>>>,
@@ -178,6 +222,11 @@ pub struct MeshHandle {
 impl MeshHandle {
     pub fn local_peer_id(&self) -> PeerId {
         self.local
+    }
+
+    /// What this node has gossiped of its own announcements.
+    pub fn published(&self) -> &Published {
+        &self.published
     }
 
     /// The live peers (not this node), by name.

@@ -60,6 +60,20 @@ impl PeerTable {
         }
     }
 
+    /// Takes a peer's beat: it is alive, and its current announcement is number `seq`.
+    /// Returns true when that is one this table does not hold (an unknown peer, or a newer
+    /// announcement that did not arrive), which the caller then asks the peer for.
+    pub fn beat(&mut self, peer_id: &str, seq: u64, now: Instant) -> bool {
+        match self.entries.get_mut(peer_id) {
+            Some(entry) if entry.announcement.seq == seq => {
+                entry.seen = now;
+                false
+            }
+            Some(entry) => seq > entry.announcement.seq,
+            None => true,
+        }
+    }
+
     /// Drops peers silent for longer than `ttl`; returns their ids.
     pub fn expire(&mut self, now: Instant, ttl: Duration) -> Vec<String> {
         let gone: Vec<String> = self
@@ -133,5 +147,30 @@ mod tests {
         let snap = table.snapshot(t0 + Duration::from_secs(11), |_| true);
         assert_eq!(snap.len(), 1);
         assert_eq!(snap[0].last_seen_ms, 6000);
+    }
+
+    #[test]
+    fn a_beat_keeps_its_peer_only_if_it_names_the_announcement_held() {
+        let t0 = Instant::now();
+        let mut table = PeerTable::default();
+        table.observe(Announcement::sample("a", 5), t0);
+        let t1 = t0 + Duration::from_secs(8);
+        assert!(
+            !table.beat("a", 5, t1),
+            "the announcement held: nothing to ask"
+        );
+        assert!(!table.beat("a", 4, t1), "an old beat: nothing to ask");
+        assert!(
+            table.beat("a", 6, t1),
+            "a newer announcement was missed: ask for it"
+        );
+        assert!(table.beat("b", 1, t1), "an unknown peer: ask who it is");
+        assert!(
+            table
+                .expire(t0 + Duration::from_secs(12), Duration::from_secs(10))
+                .is_empty(),
+            "the beat at 8 s kept a alive"
+        );
+        assert_eq!(table.snapshot(t1, |_| true)[0].last_seen_ms, 0);
     }
 }

@@ -584,3 +584,73 @@ async fn each_notification_leaves_the_mesh_once() -> Result<()> {
     );
     Ok(())
 }
+
+/// Growth guard (counts, not times): what a node gossips does not grow with what the cluster
+/// does. Idle, a node sends beats, not its announcement; however much the cluster writes, it
+/// sends its announcement at most once per refresh (2 s), not per change; and one announcement
+/// stays under 1 KiB.
+#[tokio::test]
+async fn nodes_gossip_beats_when_idle_and_one_announcement_per_refresh_when_busy() -> Result<()> {
+    let members = cluster(3).await?;
+    let all: Vec<&Member> = members.iter().collect();
+    let leader = &members[formed(&all, 3, 0).await?];
+    let gossiped = |m: &Member| -> Result<(u64, u64, u64)> {
+        let mesh = m.node.handle.mesh().context("the mesh runs")?;
+        let p = mesh.published();
+        Ok((p.count(), p.beats(), p.largest()))
+    };
+    let counts = || -> Result<Vec<(u64, u64, u64)>> { members.iter().map(gossiped).collect() };
+    // Idle: every node beats, and announces at most once (a load average that moved).
+    let before = counts()?;
+    let t0 = Instant::now();
+    wait_for("every node to beat twice", FORM, || async {
+        let now = counts().ok()?;
+        now.iter()
+            .zip(&before)
+            .all(|(n, b)| n.1 >= b.1 + 2)
+            .then_some(now)
+    })
+    .await
+    .map(|now| -> Result<()> {
+        for ((m, n), b) in members.iter().zip(&now).zip(&before) {
+            ensure!(
+                n.0 <= b.0 + 1,
+                "{} announced itself {} times in {:.1} s of idling",
+                m.name,
+                n.0 - b.0,
+                t0.elapsed().as_secs_f64()
+            );
+        }
+        Ok(())
+    })??;
+    // Busy: 80 writes over about 8 s, each changing every node's applied index and digest.
+    let before = counts()?;
+    let t0 = Instant::now();
+    let mut pace = tokio::time::interval(Duration::from_millis(100));
+    let mut names = BTreeSet::new();
+    for i in 0..80 {
+        pace.tick().await;
+        let name = format!("busy-{i}");
+        leader.node.api.create_task(&task(&name)).await?;
+        names.insert(name);
+    }
+    all_have(&all, &names).await?;
+    let seconds = t0.elapsed().as_secs_f64();
+    // One per refresh, and two for a load average that moved.
+    let allowed = (seconds / 2.0).ceil() as u64 + 2;
+    for ((m, now), before) in members.iter().zip(counts()?).zip(before) {
+        let sent = now.0 - before.0;
+        ensure!(
+            sent <= allowed,
+            "{} announced itself {sent} times during 80 writes in {seconds:.1} s (at most {allowed})",
+            m.name
+        );
+        ensure!(
+            now.2 <= 1024,
+            "{}'s largest announcement is {} bytes",
+            m.name,
+            now.2
+        );
+    }
+    Ok(())
+}
