@@ -178,9 +178,8 @@ impl Supervisor {
         let me = self.executor.peer_id().to_owned();
         let wanted: HashMap<&TaskId, &Task> = state
             .tasks
-            .values()
+            .enabled_always()
             .filter(|_| leased)
-            .filter(|t| t.enabled && t.is_always())
             .filter(|t| state.holders.get(&t.id).is_some_and(|h| h.contains(&me)))
             .map(|t| (&t.id, &**t))
             .collect();
