@@ -161,6 +161,7 @@ impl NodeHandle {
 
     pub async fn create_task(&self, input: TaskInput) -> Result<Task, NodeError> {
         let task = input.into_task(TaskId::generate(), Utc::now())?;
+        self.check_targets(&task)?;
         self.inner
             .consensus
             .propose(Change::PutTask(task.clone()))
@@ -171,11 +172,24 @@ impl NodeHandle {
     pub async fn update_task(&self, key: &str, input: TaskInput) -> Result<Task, NodeError> {
         let id = self.task(key)?.id;
         let task = input.into_task(id, Utc::now())?;
+        self.check_targets(&task)?;
         self.inner
             .consensus
             .propose(Change::PutTask(task.clone()))
             .await?;
         Ok(task)
+    }
+
+    /// Refuses a task whose exit rules name a channel or a task that does not exist (a rule's
+    /// target removed later fails when the rule fires, and the run shows why).
+    fn check_targets(&self, task: &Task) -> Result<(), NodeError> {
+        let state = self.state();
+        let channels: Vec<String> = state.settings.channels.keys().cloned().collect();
+        let errors = task.unknown_targets(&channels, |name| state.task_by_name(name).is_some());
+        match errors.is_empty() {
+            true => Ok(()),
+            false => Err(Invalid::new("a rule names something that does not exist", errors).into()),
+        }
     }
 
     pub async fn remove_task(&self, key: &str) -> Result<Task, NodeError> {

@@ -223,6 +223,15 @@ async fn parameters_reach_the_process_without_a_shell() -> Result<()> {
 #[tokio::test]
 async fn a_timeout_kills_the_whole_process_group() -> Result<()> {
     let node = TestNode::start().await?;
+    // A channel for the rule to name; nothing listens there, which is not this test's concern.
+    let (_, mut settings) = node.api.get("/api/settings").await?;
+    settings["cluster"]["channels"] =
+        json!({"ops": {"kind": "webhook", "url": "http://127.0.0.1:9/ops"}});
+    let (status, body) = node
+        .api
+        .send(reqwest::Method::PUT, "/api/settings", Some(&settings))
+        .await?;
+    assert_eq!(status, 200, "{body}");
     let pidfile = node.dir.join("child.pid");
     let id = node
         .api
@@ -689,6 +698,13 @@ async fn exit_rules_run_another_task_and_disable() -> Result<()> {
             &json!({"name": "cleanup", "spec": {"command": ["true"]}, "when": {"mode": "manual"}}),
         )
         .await?;
+    // `ghost` exists when `main` is saved (a rule's target must), and is gone when the rule fires.
+    let ghost = node
+        .api
+        .create_task(
+            &json!({"name": "ghost", "spec": {"command": ["true"]}, "when": {"mode": "manual"}}),
+        )
+        .await?;
     let main = node
         .api
         .create_task(&json!({
@@ -698,6 +714,15 @@ async fn exit_rules_run_another_task_and_disable() -> Result<()> {
             "exit_rules": [{"on": "2", "action": "run", "task": "cleanup"}, {"on": "1-3", "action": "disable"}, {"on": "*", "action": "run", "task": "ghost"}]
         }))
         .await?;
+    let (status, body) = node
+        .api
+        .send(
+            reqwest::Method::DELETE,
+            &format!("/api/tasks/{ghost}"),
+            None,
+        )
+        .await?;
+    assert_eq!(status, 200, "{body}");
     node.api.execute(&main).await?;
     let chained = wait_for("cleanup to run", Duration::from_secs(5), || async {
         node.api
@@ -1131,5 +1156,83 @@ async fn the_first_page_of_tasks_does_not_grow_with_the_task_list() -> Result<()
         "the first page grew from {small} to {large} bytes"
     );
     node.stop().await;
+    Ok(())
+}
+
+/// A rule that names a channel or a task that does not exist is refused at save, each at its
+/// rule, and nothing is saved; a rule may name its own task.
+#[tokio::test]
+async fn rule_targets_are_checked_when_a_task_is_saved() -> Result<()> {
+    let node = TestNode::start().await?;
+    let bad = json!({
+        "name": "nightly",
+        "spec": {"command": ["true"]},
+        "when": {"mode": "manual"},
+        "exit_rules": [
+            {"on": "!0", "action": "notify", "channel": "nope"},
+            {"on": "0", "action": "run", "task": "ghost"},
+            {"on": "2", "action": "run", "task": "nightly"}
+        ]
+    });
+    let (status, body) = node.api.post("/api/tasks", &bad).await?;
+    assert_eq!(status, 400, "{body}");
+    let details: Vec<(String, String)> = body["details"]
+        .as_array()
+        .context("details")?
+        .iter()
+        .map(|d| {
+            (
+                d["path"].as_str().unwrap_or("").to_owned(),
+                d["message"].as_str().unwrap_or("").to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        details.len(),
+        2,
+        "one error per bad rule, none for the task itself: {details:?}"
+    );
+    assert_eq!(details[0].0, "exit_rules[0].channel");
+    assert!(
+        details[0].1.contains("`nope`") && details[0].1.contains("no channel yet"),
+        "{details:?}"
+    );
+    assert_eq!(details[1].0, "exit_rules[1].task");
+    assert!(
+        details[1].1.contains("no task is called `ghost`"),
+        "{details:?}"
+    );
+    let (_, tasks) = node.api.get("/api/tasks").await?;
+    assert_eq!(tasks, json!([]), "nothing was saved");
+    // With the targets in place it saves; an update that names a missing one again is refused
+    // and leaves the saved task as it was.
+    let (_, mut settings) = node.api.get("/api/settings").await?;
+    settings["cluster"]["channels"] =
+        json!({"nope": {"kind": "webhook", "url": "http://127.0.0.1:9/nope"}});
+    let (status, answer) = node
+        .api
+        .send(reqwest::Method::PUT, "/api/settings", Some(&settings))
+        .await?;
+    assert_eq!(status, 200, "{answer}");
+    node.api
+        .create_task(
+            &json!({"name": "ghost", "spec": {"command": ["true"]}, "when": {"mode": "manual"}}),
+        )
+        .await?;
+    let id = node.api.create_task(&bad).await?;
+    let mut changed = bad.clone();
+    changed["exit_rules"][1]["task"] = json!("gone");
+    let (status, body) = node
+        .api
+        .send(
+            reqwest::Method::PUT,
+            &format!("/api/tasks/{id}"),
+            Some(&changed),
+        )
+        .await?;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["details"][0]["path"], "exit_rules[1].task", "{body}");
+    let (_, saved) = node.api.get(&format!("/api/tasks/{id}")).await?;
+    assert_eq!(saved["exit_rules"][1]["task"], "ghost", "{saved}");
     Ok(())
 }

@@ -420,6 +420,40 @@ fn placeholders(s: &str) -> impl Iterator<Item = &str> {
 }
 
 impl Task {
+    /// The exit rules whose target does not exist, one error each at the rule: a notify rule's
+    /// channel that is not among `channels` (the settings'), a run rule's task that
+    /// `task_exists` does not know (the task itself always counts).
+    pub fn unknown_targets(
+        &self,
+        channels: &[String],
+        task_exists: impl Fn(&str) -> bool,
+    ) -> Vec<FieldError> {
+        use super::exit::Action;
+        let mut errors = Vec::new();
+        for (i, rule) in self.exit_rules.iter().enumerate() {
+            match &rule.action {
+                Action::Notify { channel } if !channels.contains(channel) => {
+                    let known = match channels {
+                        [] => "the settings define no channel yet".to_owned(),
+                        _ => format!("the settings define {}", channels.join(", ")),
+                    };
+                    errors.push(FieldError::new(
+                        format!("exit_rules[{i}].channel"),
+                        format!("no notification channel is called `{channel}`; {known}"),
+                    ));
+                }
+                Action::Run { task } if *task != self.name && !task_exists(task) => {
+                    errors.push(FieldError::new(
+                        format!("exit_rules[{i}].task"),
+                        format!("no task is called `{task}`"),
+                    ));
+                }
+                _ => {}
+            }
+        }
+        errors
+    }
+
     /// A manual task running `true`, for the tests of every layer.
     pub fn sample(id: &str, name: &str) -> Task {
         Task {
