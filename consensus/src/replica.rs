@@ -5,7 +5,6 @@
 //! a merge: [`Replica::reset`] shuts it down, clears the Raft tables and the replicated state, and
 //! opens a fresh, uninitialised one that publishes on the same state channel.
 
-use std::collections::BTreeSet;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -295,17 +294,9 @@ async fn open_raft(
     let log = LogStore::beside(&parts.store).map_err(|e| OpenError(e.to_string()))?;
     let sm = StateMachine::open_into(&parts.store, parts.state.clone(), log.on_disk())
         .map_err(|e| OpenError(e.to_string()))?;
-    let (voters_tx, voters) = watch::channel(BTreeSet::new());
-    let raft = Raft::new(
-        id,
-        parts.config.clone(),
-        MeshNetwork { mesh, voters },
-        log,
-        sm,
-    )
-    .await
-    .map_err(|e| OpenError(e.to_string()))?;
-    tokio::spawn(follow_voters(raft.metrics(), voters_tx));
+    let raft = Raft::new(id, parts.config.clone(), MeshNetwork { mesh }, log, sm)
+        .await
+        .map_err(|e| OpenError(e.to_string()))?;
     tokio::spawn(follow_snapshots(
         raft.clone(),
         parts.snapshot_every,
@@ -348,26 +339,6 @@ async fn follow_snapshots(raft: Raft<TypeConfig>, every: u64, state: watch::Rece
                 return;
             }
         }
-        if metrics.changed().await.is_err() {
-            return;
-        }
-    }
-}
-
-/// Keeps `voters` at the voters of the membership Raft uses (the latest one in its log), until
-/// the instance shuts down.
-async fn follow_voters(
-    mut metrics: watch::Receiver<openraft::RaftMetrics<NodeId, MeshNode>>,
-    voters: watch::Sender<BTreeSet<NodeId>>,
-) {
-    loop {
-        let now: BTreeSet<NodeId> = metrics
-            .borrow_and_update()
-            .membership_config
-            .membership()
-            .voter_ids()
-            .collect();
-        voters.send_if_modified(|v| std::mem::replace(v, now) != *v);
         if metrics.changed().await.is_err() {
             return;
         }

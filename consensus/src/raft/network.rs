@@ -1,14 +1,7 @@
 //! Raft RPCs over the mesh: the client side (`RaftNetwork` for openraft) sends them as
 //! `mesh::Request::Raft`; `consensus::inbound` answers the ones that arrive.
-//!
-//! Keep-alives to learners are paced ([`LEARNER_KEEP_ALIVE`]): the leader's heartbeat goes to
-//! every member ten times a second, which voters need (their election timers, the leader's
-//! quorum) and learners do not (they never stand for election and count for no quorum). A
-//! learner still receives every entry and every commit at once; only a request that would tell
-//! it nothing new is answered for it, the way it answered the last such request.
 
-use std::collections::BTreeSet;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use openraft::error::{
     InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
@@ -71,15 +64,10 @@ pub enum Refusal {
     Failed(String),
 }
 
-/// How often a learner receives a keep-alive that carries nothing new (voters: every heartbeat).
-pub const LEARNER_KEEP_ALIVE: Duration = Duration::from_secs(1);
-
 /// Makes a [`MeshConnection`] per target; uses whichever mesh endpoint runs at the time.
 #[derive(Clone)]
 pub struct MeshNetwork {
     pub mesh: watch::Receiver<Option<MeshHandle>>,
-    /// The voters of the membership this node last saw (it paces keep-alives to the others).
-    pub voters: watch::Receiver<BTreeSet<NodeId>>,
 }
 
 impl RaftNetworkFactory<TypeConfig> for MeshNetwork {
@@ -90,8 +78,6 @@ impl RaftNetworkFactory<TypeConfig> for MeshNetwork {
             target,
             peer: node.peer_id.parse().ok(),
             mesh: self.mesh.clone(),
-            voters: self.voters.clone(),
-            last_sent: None,
         }
     }
 }
@@ -100,44 +86,6 @@ pub struct MeshConnection {
     target: NodeId,
     peer: Option<PeerId>,
     mesh: watch::Receiver<Option<MeshHandle>>,
-    voters: watch::Receiver<BTreeSet<NodeId>>,
-    /// The last empty append request the target answered with success, and when it was sent.
-    last_sent: Option<(KeepAlive, Instant)>,
-}
-
-/// What an append request without entries tells its target: whose term it is, where the
-/// target's log stands, and what is committed.
-#[derive(Debug, Clone, PartialEq)]
-struct KeepAlive {
-    vote: openraft::Vote<NodeId>,
-    prev_log_id: Option<openraft::LogId<NodeId>>,
-    leader_commit: Option<openraft::LogId<NodeId>>,
-}
-
-impl KeepAlive {
-    fn of(rpc: &AppendEntriesRequest<TypeConfig>) -> Option<Self> {
-        rpc.entries.is_empty().then_some(Self {
-            vote: rpc.vote,
-            prev_log_id: rpc.prev_log_id,
-            leader_commit: rpc.leader_commit,
-        })
-    }
-}
-
-/// Whether a keep-alive may be answered without sending it: the target is a learner, it
-/// answered the same request with success less than [`LEARNER_KEEP_ALIVE`] ago.
-fn answered_already(
-    is_voter: bool,
-    request: Option<&KeepAlive>,
-    last_sent: Option<&(KeepAlive, Instant)>,
-    now: Instant,
-) -> bool {
-    match (request, last_sent) {
-        (Some(request), Some((last, at))) => {
-            !is_voter && request == last && now.saturating_duration_since(*at) < LEARNER_KEEP_ALIVE
-        }
-        _ => false,
-    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -230,21 +178,10 @@ impl RaftNetwork<TypeConfig> for MeshConnection {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, MeshNode, RaftError<NodeId>>> {
-        let keep_alive = KeepAlive::of(&rpc);
-        let now = Instant::now();
-        let is_voter = self.voters.borrow().contains(&self.target);
-        if answered_already(is_voter, keep_alive.as_ref(), self.last_sent.as_ref(), now) {
-            return Ok(AppendEntriesResponse::Success);
+        match self.call(RaftRpc::Append(rpc), option.hard_ttl()).await? {
+            RaftReply::Append(result) => self.remote(result),
+            _ => Err(mismatch()),
         }
-        self.last_sent = None;
-        let reply = match self.call(RaftRpc::Append(rpc), option.hard_ttl()).await? {
-            RaftReply::Append(result) => self.remote(result)?,
-            _ => return Err(mismatch()),
-        };
-        if let (Some(keep_alive), AppendEntriesResponse::Success) = (keep_alive, &reply) {
-            self.last_sent = Some((keep_alive, now));
-        }
-        Ok(reply)
     }
 
     async fn install_snapshot(
@@ -270,55 +207,5 @@ impl RaftNetwork<TypeConfig> for MeshConnection {
             RaftReply::Vote(result) => self.remote(result),
             _ => Err(mismatch()),
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use openraft::{CommittedLeaderId, LogId, Vote};
-
-    fn keep_alive(commit: u64) -> KeepAlive {
-        let log_id = |index| Some(LogId::new(CommittedLeaderId::new(3, 1), index));
-        KeepAlive {
-            vote: Vote::new_committed(3, 1),
-            prev_log_id: log_id(10),
-            leader_commit: log_id(commit),
-        }
-    }
-
-    #[test]
-    fn only_a_learners_repeated_keep_alive_is_answered_for_it() {
-        let t0 = Instant::now();
-        let soon = t0 + LEARNER_KEEP_ALIVE / 2;
-        let sent = (keep_alive(9), t0);
-        assert!(answered_already(
-            false,
-            Some(&keep_alive(9)),
-            Some(&sent),
-            soon
-        ));
-        assert!(
-            !answered_already(true, Some(&keep_alive(9)), Some(&sent), soon),
-            "a voter gets every heartbeat"
-        );
-        assert!(
-            !answered_already(false, Some(&keep_alive(10)), Some(&sent), soon),
-            "news of a commit goes out at once"
-        );
-        assert!(
-            !answered_already(false, None, Some(&sent), soon),
-            "entries always go out"
-        );
-        assert!(!answered_already(false, Some(&keep_alive(9)), None, soon));
-        assert!(
-            !answered_already(
-                false,
-                Some(&keep_alive(9)),
-                Some(&sent),
-                t0 + LEARNER_KEEP_ALIVE
-            ),
-            "a learner hears from the leader every LEARNER_KEEP_ALIVE"
-        );
     }
 }
