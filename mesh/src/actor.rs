@@ -168,8 +168,8 @@ fn build_swarm(config: &MeshConfig) -> Result<Swarm<Behaviour>, MeshError> {
             };
             // Every node connects to every node it learns of, and a publisher sends to all its
             // peers at once (flood publishing); the gossipsub mesh only relays for peers that
-            // are not connected yet. So a node relays only an announcement that told it of a
-            // new peer or address (`validate_messages`, see `Actor::observe`), the mesh is
+            // are not connected yet. So a node relays an announcement only for discovery
+            // (`validate_messages`, see `Actor::relay`), the mesh is
             // small, and there is no lazy gossip of message ids (it would cost every heartbeat
             // what the next refresh repairs anyway).
             let gossip_config = gossipsub::ConfigBuilder::default()
@@ -445,14 +445,15 @@ impl Actor {
         self.own_tx.send_replace(Some(own.clone()));
         let data = serde_json::to_vec(own).expect("announcements serialise");
         self.publish_stats.record(data.len());
-        match self
-            .swarm
-            .behaviour_mut()
-            .gossipsub
-            .publish(self.topic.clone(), data)
-        {
+        self.gossip(self.topic.clone(), data);
+    }
+
+    /// Publishes `data` on `topic`; having no peers yet is no error.
+    fn gossip(&mut self, topic: gossipsub::IdentTopic, data: Vec<u8>) {
+        let name = topic.to_string();
+        match self.swarm.behaviour_mut().gossipsub.publish(topic, data) {
             Ok(_) | Err(gossipsub::PublishError::NoPeersSubscribedToTopic) => {}
-            Err(e) => debug!(error = %e, "announcement not published"),
+            Err(e) => debug!(topic = %name, error = %e, "not published"),
         }
     }
 
@@ -460,16 +461,7 @@ impl Actor {
     fn beat(&mut self, seq: u64) {
         self.last_publish = Instant::now();
         self.publish_stats.record_beat();
-        let topic = self.beat_topic.clone();
-        match self
-            .swarm
-            .behaviour_mut()
-            .gossipsub
-            .publish(topic, seq.to_be_bytes().to_vec())
-        {
-            Ok(_) | Err(gossipsub::PublishError::NoPeersSubscribedToTopic) => {}
-            Err(e) => debug!(error = %e, "beat not published"),
-        }
+        self.gossip(self.beat_topic.clone(), seq.to_be_bytes().to_vec());
     }
 
     /// Every `announce_every`: the announcement if something in it changed since it went out
@@ -750,23 +742,7 @@ impl Actor {
                     Some(source) if message.topic == self.beat_topic.hash() => {
                         self.on_beat(source, &message.data)
                     }
-                    Some(source) => {
-                        match crate::peers::decode_announcement(&message.data, &source.to_string())
-                        {
-                            Ok(a) => {
-                                let origin = a.peer_id.clone();
-                                let discovery = self.observe(a);
-                                match self.relay(origin, discovery) {
-                                    true => gossipsub::MessageAcceptance::Accept,
-                                    false => gossipsub::MessageAcceptance::Ignore,
-                                }
-                            }
-                            Err(e) => {
-                                warn!(%source, error = %e, "announcement ignored");
-                                gossipsub::MessageAcceptance::Reject
-                            }
-                        }
-                    }
+                    Some(source) => self.on_announcement(source, &message.data),
                 };
                 self.swarm
                     .behaviour_mut()
@@ -778,6 +754,24 @@ impl Actor {
                 self.publish_soon();
             }
             _ => {}
+        }
+    }
+
+    /// A gossiped announcement: taken into the table, and relayed when [`Self::relay`] says so.
+    fn on_announcement(&mut self, source: PeerId, data: &[u8]) -> gossipsub::MessageAcceptance {
+        match crate::peers::decode_announcement(data, &source.to_string()) {
+            Ok(a) => {
+                let origin = a.peer_id.clone();
+                let discovery = self.observe(a);
+                match self.relay(origin, discovery) {
+                    true => gossipsub::MessageAcceptance::Accept,
+                    false => gossipsub::MessageAcceptance::Ignore,
+                }
+            }
+            Err(e) => {
+                warn!(%source, error = %e, "announcement ignored");
+                gossipsub::MessageAcceptance::Reject
+            }
         }
     }
 

@@ -224,14 +224,7 @@ async fn parameters_reach_the_process_without_a_shell() -> Result<()> {
 async fn a_timeout_kills_the_whole_process_group() -> Result<()> {
     let node = TestNode::start().await?;
     // A channel for the rule to name; nothing listens there, which is not this test's concern.
-    let (_, mut settings) = node.api.get("/api/settings").await?;
-    settings["cluster"]["channels"] =
-        json!({"ops": {"kind": "webhook", "url": "http://127.0.0.1:9/ops"}});
-    let (status, body) = node
-        .api
-        .send(reqwest::Method::PUT, "/api/settings", Some(&settings))
-        .await?;
-    assert_eq!(status, 200, "{body}");
+    add_unheard_channel(&node, "ops").await?;
     let pidfile = node.dir.join("child.pid");
     let id = node
         .api
@@ -1206,14 +1199,7 @@ async fn rule_targets_are_checked_when_a_task_is_saved() -> Result<()> {
     assert_eq!(tasks, json!([]), "nothing was saved");
     // With the targets in place it saves; an update that names a missing one again is refused
     // and leaves the saved task as it was.
-    let (_, mut settings) = node.api.get("/api/settings").await?;
-    settings["cluster"]["channels"] =
-        json!({"nope": {"kind": "webhook", "url": "http://127.0.0.1:9/nope"}});
-    let (status, answer) = node
-        .api
-        .send(reqwest::Method::PUT, "/api/settings", Some(&settings))
-        .await?;
-    assert_eq!(status, 200, "{answer}");
+    add_unheard_channel(&node, "nope").await?;
     node.api
         .create_task(
             &json!({"name": "ghost", "spec": {"command": ["true"]}, "when": {"mode": "manual"}}),
@@ -1234,5 +1220,18 @@ async fn rule_targets_are_checked_when_a_task_is_saved() -> Result<()> {
     assert_eq!(body["details"][0]["path"], "exit_rules[1].task", "{body}");
     let (_, saved) = node.api.get(&format!("/api/tasks/{id}")).await?;
     assert_eq!(saved["exit_rules"][1]["task"], "ghost", "{saved}");
+    Ok(())
+}
+
+/// Makes `name` the node's only notification channel: a webhook to a port nothing listens on.
+async fn add_unheard_channel(node: &TestNode, name: &str) -> Result<()> {
+    let (_, mut settings) = node.api.get("/api/settings").await?;
+    settings["cluster"]["channels"] =
+        json!({name: {"kind": "webhook", "url": format!("http://127.0.0.1:9/{name}")}});
+    let (status, body) = node
+        .api
+        .send(reqwest::Method::PUT, "/api/settings", Some(&settings))
+        .await?;
+    assert_eq!(status, 200, "{body}");
     Ok(())
 }
