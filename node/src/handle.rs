@@ -36,6 +36,9 @@ pub enum NodeError {
     /// dependencies, or its concurrency `forbid` holds it back (an answer, not a failure).
     #[error(transparent)]
     CannotRun(#[from] Refusal),
+    /// A replacement made from an outdated copy: the task as it is now.
+    #[error("{message}")]
+    Stale { message: String, current: Box<Task> },
     #[error("storage: {0}")]
     Store(#[from] StoreError),
     /// The node refuses to start (an unsafe log path, a missing cluster key).
@@ -169,15 +172,27 @@ impl NodeHandle {
         Ok(task)
     }
 
+    /// Replaces a task; with the `updated_at` the sender read, only if it has not changed since.
     pub async fn update_task(&self, key: &str, input: TaskInput) -> Result<Task, NodeError> {
         let id = self.task(key)?.id;
+        let seen = input.updated_at;
         let task = input.into_task(id, Utc::now())?;
         self.check_targets(&task)?;
-        self.inner
-            .consensus
-            .propose(Change::PutTask(task.clone()))
-            .await?;
-        Ok(task)
+        let change = match seen {
+            Some(seen) => Change::ReplaceTask {
+                task: task.clone(),
+                seen,
+            },
+            None => Change::PutTask(task.clone()),
+        };
+        match self.inner.consensus.propose(change).await {
+            Ok(_) => Ok(task),
+            Err(ProposeError::Rejected(invalid)) if invalid.is_stale() => Err(NodeError::Stale {
+                message: invalid.message,
+                current: Box::new(self.task(key)?),
+            }),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Refuses a task whose exit rules name a channel or a task that does not exist (a rule's
@@ -190,6 +205,24 @@ impl NodeHandle {
             true => Ok(()),
             false => Err(Invalid::new("a rule names something that does not exist", errors).into()),
         }
+    }
+
+    /// Enables or disables a task (a change of that flag alone, so that an edit in progress
+    /// elsewhere is not overwritten); the task as it is then.
+    pub async fn set_enabled(&self, key: &str, enabled: bool) -> Result<Task, NodeError> {
+        let mut task = self.task(key)?;
+        let at = Utc::now();
+        self.inner
+            .consensus
+            .propose(Change::SetEnabled {
+                task: task.id.clone(),
+                enabled,
+                at: Some(at),
+            })
+            .await?;
+        task.enabled = enabled;
+        task.updated_at = at;
+        Ok(task)
     }
 
     pub async fn remove_task(&self, key: &str) -> Result<Task, NodeError> {
@@ -511,6 +544,12 @@ impl taskmesh_ui::NodeView for NodeHandle {
 
     fn tasks(&self) -> Vec<Arc<Task>> {
         self.state().tasks.values().cloned().collect()
+    }
+
+    fn task(&self, key: &str) -> Option<Arc<Task>> {
+        let state = self.state();
+        let by_id = state.tasks.get(&TaskId(key.to_owned()));
+        by_id.or_else(|| state.tasks.by_name(key)).cloned()
     }
 
     fn channels(&self) -> Vec<String> {

@@ -320,3 +320,133 @@ async fn a_browser_gets_in_by_a_login_link_only_and_logs_out() -> Result<()> {
     assert!(browser.find_all("#settings-editor").await?.is_empty());
     Ok(())
 }
+
+/// Tasks as a merging cluster hands them over, 1,000 to a change: `id-00000`/`t00000` on.
+async fn add_tasks(node: &TestNode, count: usize) -> Result<()> {
+    let consensus = node.handle.consensus().clone();
+    for chunk in (0..count).collect::<Vec<_>>().chunks(1000) {
+        let tasks = chunk
+            .iter()
+            .map(|n| taskmesh::consensus::Adopted {
+                task: taskmesh::model::Task::sample(&format!("id-{n:05}"), &format!("t{n:05}")),
+                last_fired: None,
+            })
+            .collect();
+        consensus
+            .propose(taskmesh::consensus::Change::Adopt {
+                from: "elsewhere".into(),
+                tasks,
+            })
+            .await?;
+    }
+    Ok(())
+}
+
+async fn rows_named(browser: &Browser) -> Result<Vec<String>> {
+    let names = browser
+        .script(
+            "return [...document.querySelectorAll('#task-table > tbody.task td.name')].map(td => td.textContent.trim())",
+            vec![],
+        )
+        .await?;
+    Ok(serde_json::from_value(names)?)
+}
+
+/// The list at scale: with 10,000 tasks the first page is one page of rows and under 200 KB;
+/// Next goes on; the search finds one task, whose row opens its panel from the task's page;
+/// the row's toggle disables it; a Save over a change made since is refused, says what changed,
+/// keeps what was typed, and saves it when asked.
+#[tokio::test]
+async fn ten_thousand_tasks_page_search_toggle_and_refuse_a_stale_save() -> Result<()> {
+    let node = TestNode::start().await?;
+    let base = node.api.base.clone();
+    add_tasks(&node, 10_000).await?;
+    let browser = logged_in(&node).await?;
+    browser.goto(&format!("{base}/index")).await?;
+    wait_text(&browser, "#task-count", "1–50 of 10,000 tasks").await?;
+    let bytes = browser
+        .script(
+            "return performance.getEntriesByType('navigation')[0].decodedBodySize",
+            vec![],
+        )
+        .await?;
+    let bytes = bytes.as_u64().unwrap_or(u64::MAX);
+    assert!(bytes < 200_000, "the first page is {bytes} bytes");
+    let rows = rows_named(&browser).await?;
+    assert_eq!(rows.len(), 50);
+    assert_eq!((rows[0].as_str(), rows[49].as_str()), ("t00000", "t00049"));
+    screenshot(&browser, "tasks-many").await;
+
+    browser
+        .click(&browser.find("nav.pager a[rel=next]").await?)
+        .await?;
+    wait_text(&browser, "#task-count", "51–100 of 10,000 tasks").await?;
+    assert_eq!(rows_named(&browser).await?[0], "t00050");
+
+    let search = browser.find("#task-filter input[name=q]").await?;
+    browser.type_text(&search, "T09999").await?;
+    browser
+        .click(&browser.find("#task-filter button[type=submit]").await?)
+        .await?;
+    wait_text(&browser, "#task-count", "1 matching, of 10,000 tasks").await?;
+    assert_eq!(rows_named(&browser).await?, ["t09999"]);
+
+    // The row opens its panel, fetched from the task's page.
+    browser
+        .click(&browser.find("#task-id-09999 tr.summary td.name").await?)
+        .await?;
+    let name = browser.find("#task-id-09999 form.panel .f-name").await?;
+    assert_eq!(browser.value(&name).await?, "t09999");
+
+    // The toggle disables the task in the cluster, and the row says so.
+    browser
+        .click(&browser.find("#task-id-09999 button.toggle").await?)
+        .await?;
+    wait_for(
+        "the task to be disabled",
+        Duration::from_secs(10),
+        || async {
+            let (_, task) = node.api.get("/api/tasks/id-09999").await.ok()?;
+            (task["enabled"] == json!(false)).then_some(())
+        },
+    )
+    .await?;
+    wait_text(&browser, "#task-id-09999 button.toggle", "disabled").await?;
+
+    // Someone changes the task while the panel is open; Save is refused and shows the change.
+    let (status, body) = node
+        .api
+        .send(
+            reqwest::Method::PUT,
+            "/api/tasks/id-09999",
+            Some(
+                &json!({"name": "t09999", "spec": {"command": ["echo", "theirs"]},
+                         "when": {"mode": "manual"}, "enabled": false}),
+            ),
+        )
+        .await?;
+    assert_eq!(status, 200, "{body}");
+    let spec = browser.find("#task-id-09999 .f-spec").await?;
+    browser.clear(&spec).await?;
+    let mine = "{\"command\": [\"echo\", \"mine\"]}";
+    browser.type_text(&spec, mine).await?;
+    browser
+        .click(&browser.find("#task-id-09999 .save").await?)
+        .await?;
+    let told = wait_text(&browser, "#task-id-09999 .conflict", "Changed there").await?;
+    assert!(told.contains("the JSON"), "{told}");
+    assert_eq!(browser.value(&spec).await?, mine, "what was typed stays");
+    let (_, now) = node.api.get("/api/tasks/id-09999").await?;
+    assert_eq!(now["spec"]["command"], json!(["echo", "theirs"]));
+    screenshot(&browser, "task-conflict").await;
+
+    browser
+        .click(&browser.find("#task-id-09999 .keep-mine").await?)
+        .await?;
+    wait_for("mine to be saved", Duration::from_secs(10), || async {
+        let (_, task) = node.api.get("/api/tasks/id-09999").await.ok()?;
+        (task["spec"]["command"] == json!(["echo", "mine"])).then_some(())
+    })
+    .await?;
+    Ok(())
+}

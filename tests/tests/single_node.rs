@@ -1235,3 +1235,76 @@ async fn add_unheard_channel(node: &TestNode, name: &str) -> Result<()> {
     assert_eq!(status, 200, "{body}");
     Ok(())
 }
+
+/// Optimistic concurrency: a replacement that carries the `updated_at` it was made from is
+/// refused with 409 and the task as it is now when the task changed since (an edit, or the
+/// enable toggle), and nothing of it is saved; read again, it saves; without `updated_at` a
+/// replacement wins as before.
+#[tokio::test]
+async fn a_stale_save_is_refused_with_the_task_as_it_is_now() -> Result<()> {
+    let node = TestNode::start().await?;
+    let edit = |name: &str, seen: &Value| {
+        json!({"name": name, "spec": {"command": ["true"]}, "when": {"mode": "manual"},
+               "updated_at": seen})
+    };
+    let (status, created) = node
+        .api
+        .post("/api/tasks", &edit("report", &Value::Null))
+        .await?;
+    assert_eq!(status, 201, "{created}");
+    let id = created["id"].as_str().context("id")?.to_owned();
+    let path = format!("/api/tasks/{id}");
+    let put = |body: Value| {
+        let (api, path) = (&node.api, &path);
+        async move { api.send(reqwest::Method::PUT, path, Some(&body)).await }
+    };
+    let read = created["updated_at"].clone();
+    let (status, theirs) = put(edit("report-theirs", &read)).await?;
+    assert_eq!(status, 200, "{theirs}");
+    let (status, refused) = put(edit("report-mine", &read)).await?;
+    assert_eq!(status, 409, "{refused}");
+    assert_eq!(refused["refused"], "stale");
+    assert_eq!(refused["current"]["name"], "report-theirs");
+    assert_eq!(refused["current"]["updated_at"], theirs["updated_at"]);
+    let (_, now) = node.api.get(&path).await?;
+    assert_eq!(now["name"], "report-theirs", "nothing of the stale copy");
+
+    let (status, mine) = put(edit("report-mine", &refused["current"]["updated_at"])).await?;
+    assert_eq!(status, 200, "read again, it saves: {mine}");
+
+    // The toggle changes one flag and moves `updated_at`: an editor's older copy is stale.
+    let (status, disabled) = node
+        .api
+        .post(&format!("{path}/disable"), &Value::Null)
+        .await?;
+    assert_eq!((status, &disabled["enabled"]), (200, &json!(false)));
+    assert_eq!(disabled["name"], "report-mine", "only the flag changed");
+    let (status, _) = put(edit("report-late", &mine["updated_at"])).await?;
+    assert_eq!(status, 409);
+    let (_, now) = node.api.get(&path).await?;
+    assert_eq!(
+        (&now["name"], &now["enabled"]),
+        (&json!("report-mine"), &json!(false))
+    );
+    let (status, enabled) = node
+        .api
+        .post("/api/tasks/report-mine/enable", &Value::Null)
+        .await?;
+    assert_eq!((status, &enabled["enabled"]), (200, &json!(true)));
+    let (status, _) = node
+        .api
+        .post("/api/tasks/ghost/enable", &Value::Null)
+        .await?;
+    assert_eq!(status, 404);
+
+    // Without `updated_at` a replacement is unconditional.
+    let mut blind = edit("report-blind", &Value::Null);
+    blind
+        .as_object_mut()
+        .context("object")?
+        .remove("updated_at");
+    let (status, body) = put(blind).await?;
+    assert_eq!(status, 200, "{body}");
+    node.stop().await;
+    Ok(())
+}

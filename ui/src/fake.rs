@@ -66,6 +66,11 @@ impl NodeView for FakeNode {
         self.tasks.clone()
     }
 
+    fn task(&self, key: &str) -> Option<Arc<Task>> {
+        let find = |f: &dyn Fn(&Task) -> bool| self.tasks.iter().find(|t| f(t)).cloned();
+        find(&|t| t.id.0 == key).or_else(|| find(&|t| t.name == key))
+    }
+
     fn channels(&self) -> Vec<String> {
         vec!["ops".into()]
     }
@@ -187,6 +192,16 @@ async fn every_page_renders_what_the_node_tells() {
             &["127.0.0.1:8080", "/var/lib/taskmesh/logs", "4.0 KiB"],
         ),
         ("/peers", &["12D3KooWfake", "leader"]),
+        (
+            "/tasks/backup",
+            &[
+                "backup",
+                "form class=\"card panel\"",
+                ">Save<",
+                "failed",
+                "node-a",
+            ],
+        ),
         (&format!("/runs/{run}"), &["backup", "failed"]),
     ];
     for (path, expected) in cases {
@@ -219,29 +234,56 @@ async fn missing_and_unreadable_runs_are_told_apart() {
 }
 
 #[tokio::test]
+async fn an_unknown_task_or_cursor_is_told() {
+    let (status, html) = page(FakeNode::new(), "/tasks/ghost").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert!(html.contains("`ghost`"), "{html}");
+    let (status, html) = page(FakeNode::new(), "/tasks/t-clean?before=xyz").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(html.contains("`before=xyz`"), "{html}");
+}
+
+#[tokio::test]
 async fn an_unknown_path_is_a_page_not_found() {
     let (status, html) = page(FakeNode::new(), "/no/such/page").await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     assert!(html.contains("/no/such/page"));
 }
 
-/// The task list reads each row's last run from the ledger's index, never the history: its cost
-/// is one pass over the tasks, however long the history is.
+/// The task list reads each row's last run from the ledger's index, never the history, and
+/// shows one page of rows with their panels left out: its size does not grow with the tasks.
 #[tokio::test]
-async fn the_task_list_reads_no_history() {
-    let mut node = FakeNode::new();
-    node.tasks.extend(
-        (0..1000).map(|i| Arc::new(Task::sample(&format!("t-{i:04}"), &format!("task-{i:04}")))),
-    );
+async fn the_task_list_reads_no_history_and_its_first_page_does_not_grow() {
+    let node_with = |n: usize| {
+        let mut node = FakeNode::new();
+        node.tasks.extend(
+            (0..n).map(|i| Arc::new(Task::sample(&format!("t-{i:05}"), &format!("task-{i:05}")))),
+        );
+        node
+    };
+    let node = node_with(1000);
     let reads = node.history_reads.clone();
     let last = node.runs[0].id.0.clone();
     let (status, html) = page(node, "/").await;
     assert_eq!(status, StatusCode::OK);
-    assert!(html.contains("task-0999"), "every row is there");
+    assert!(html.contains("task-00046"), "the first page is full");
+    assert!(!html.contains("task-00047"), "one page only");
+    assert!(html.contains("1–50 of 1,003 tasks"), "the count");
     assert!(html.contains(&last), "backup's last run is linked");
     assert_eq!(
         reads.load(Ordering::Relaxed),
         0,
         "history reads for one render of the task list"
     );
+
+    let (_, small) = page(node_with(100), "/").await;
+    let (_, large) = page(node_with(10_000), "/").await;
+    let grown = large.len().saturating_sub(small.len());
+    assert!(
+        grown < 64,
+        "the first page grew by {grown} bytes from 103 to 10,003 tasks"
+    );
+    assert!(large.len() < 200_000, "{} bytes", large.len());
+    let (_, found) = page(node_with(10_000), "/?q=task-09999").await;
+    assert!(found.contains("task-09999") && found.contains("1 matching, of 10,003 tasks"));
 }

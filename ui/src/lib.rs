@@ -14,6 +14,8 @@ mod peers;
 mod problem;
 mod run;
 mod settings;
+mod task_filter;
+mod task_page;
 mod tasks;
 mod view;
 
@@ -27,6 +29,7 @@ pub fn router<N: NodeView>(node: N) -> Router {
     Router::new()
         .route("/", get(tasks::view_tasks_get::<N>))
         .route("/index", get(tasks::view_tasks_get::<N>))
+        .route("/tasks/{key}", get(task_page::view_task_get::<N>))
         .route("/settings", get(settings::view_settings_get::<N>))
         .route("/node", get(node::view_node_get::<N>))
         .route("/peers", get(peers::view_peers_get::<N>))

@@ -25,6 +25,8 @@ pub trait NodeView: Clone + Send + Sync + 'static {
     fn settings(&self, reveal: bool) -> Settings;
     /// Every task, in list order.
     fn tasks(&self) -> Vec<Arc<Task>>;
+    /// The task with this id or, failing that, this name.
+    fn task(&self, key: &str) -> Option<Arc<Task>>;
     /// The names of the notification channels.
     fn channels(&self) -> Vec<String>;
     /// Unfinished runs across the cluster.

@@ -74,7 +74,7 @@ mod tests {
         let html = page(&sample::run("backup", RunStatus::Running));
         for needle in [
             "data-run-id=\"0123456789abcdef0123456789abcdef\"",
-            "href=\"/index#task-t-backup\"",
+            "href=\"/tasks/t-backup\"",
             ">backup<",
             "badge s-running",
             "id=\"stop-run\"",

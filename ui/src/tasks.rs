@@ -1,11 +1,14 @@
-//! The task list (`/` and `/index`): one row per task that expands into its editable panel.
+//! The task list (`/` and `/index`): one page of the tasks a search and filters pick, each a row
+//! that expands into its editable panel (fetched from the task's page when first opened, so a
+//! page costs the same with ten tasks or a hundred thousand).
 
 use askama::Template;
 use askama_web::WebTemplate;
-use axum::extract::State;
+use axum::extract::{Query, State};
 use chrono::{DateTime, Utc};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
+use super::task_filter::{MODES, STATES, TaskFilter};
 use super::view::{Layout, RunSummary};
 use crate::NodeView;
 use taskmesh_core::model::{Action, CatchUp, Placement, Run, Task, TaskId, When};
@@ -50,15 +53,78 @@ pub const TIMEZONES: &[&str] = &[
 pub struct TasksTemplate {
     pub layout: Layout,
     pub rows: Vec<TaskRow>,
+    pub list: ListView,
     /// The panel that "New Task" clones.
     pub new_panel: TaskPanel,
     /// The rule row that "Add rule" clones.
     pub blank_rule: RuleView,
-    /// For the "run another task" rule argument.
-    pub task_names: Vec<String>,
-    /// For the "notify" rule argument.
+    /// For the "notify" rule argument (task names are looked up as the user types).
     pub channels: Vec<String>,
     pub timezones: &'static [&'static str],
+}
+
+/// The search, filters and paging around the rows.
+#[derive(Debug, Clone, Default)]
+pub struct ListView {
+    pub filter: TaskFilter,
+    /// What the page could not read in its query.
+    pub problems: Vec<String>,
+    /// Tasks in the cluster, and how many of them match.
+    pub total: usize,
+    pub matching: usize,
+    /// 1-based position of the first row among the matches, and how many rows there are.
+    pub first: usize,
+    pub shown: usize,
+    /// Query strings of the neighbouring pages.
+    pub prev: Option<String>,
+    pub next: Option<String>,
+    /// Node names the node filter offers.
+    pub nodes: Vec<String>,
+    pub modes: &'static [&'static str],
+    pub states: &'static [&'static str],
+}
+
+impl ListView {
+    /// "1–50 of 10,000 tasks", "3 of 120 tasks match", "No tasks yet".
+    pub fn summary(&self) -> String {
+        let total = thousands(self.total);
+        let noun = if self.total == 1 { "task" } else { "tasks" };
+        if self.matching == 0 {
+            return if self.filter.is_active() {
+                format!("none of {total} {noun} match")
+            } else {
+                format!("{total} {noun}")
+            };
+        }
+        let last = self.first + self.shown.max(1) - 1;
+        let range = if self.first == 1 && last == self.matching {
+            thousands(self.matching)
+        } else {
+            format!(
+                "{}–{} of {}",
+                thousands(self.first),
+                thousands(last),
+                thousands(self.matching)
+            )
+        };
+        match self.filter.is_active() {
+            true => format!("{range} matching, of {total} {noun}"),
+            false => format!("{range} {noun}"),
+        }
+    }
+}
+
+/// 12345 → "12,345".
+pub fn thousands(n: usize) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
 }
 
 /// One task's row: its summary and its (collapsed) panel.
@@ -75,7 +141,9 @@ pub struct TaskRow {
     pub node: String,
     /// Why no live node can run it, when none can.
     pub unplaceable: Option<String>,
-    pub panel: TaskPanel,
+    /// The editable panel, when the page carries it (a task's own page); the list fetches it
+    /// when a row is first opened.
+    pub panel: Option<TaskPanel>,
 }
 
 /// The state cell: running now, crash loop, restarting, or idle.
@@ -107,6 +175,9 @@ pub struct TaskPanel {
     pub placement: &'static str,
     pub rules: Vec<RuleView>,
     pub enabled: bool,
+    /// The saved task's `updated_at` (RFC 3339), sent back with Save so that a save over a
+    /// change made since is refused; empty for a task not saved yet.
+    pub updated_at: String,
 }
 
 /// One exit-code rule row.
@@ -185,6 +256,9 @@ impl TaskPanel {
                 })
                 .collect(),
             enabled: task.enabled,
+            updated_at: task
+                .updated_at
+                .to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true),
         }
     }
 
@@ -202,6 +276,7 @@ impl TaskPanel {
             placement: "one",
             rules: Vec::new(),
             enabled: true,
+            updated_at: String::new(),
         }
     }
 }
@@ -273,7 +348,7 @@ impl TaskRow {
             unplaceable: None,
             last_run,
             state,
-            panel: TaskPanel::of(task),
+            panel: None,
         }
     }
 }
@@ -286,7 +361,10 @@ fn wait(ms: u64) -> String {
     }
 }
 
-pub async fn view_tasks_get<N: NodeView>(State(node): State<N>) -> TasksTemplate {
+pub async fn view_tasks_get<N: NodeView>(
+    State(node): State<N>,
+    Query(filter): Query<TaskFilter>,
+) -> TasksTemplate {
     let tasks = node.tasks();
     let active = node.active_runs();
     let daemons = node.daemons();
@@ -295,22 +373,43 @@ pub async fn view_tasks_get<N: NodeView>(State(node): State<N>) -> TasksTemplate
     for run in &active {
         running.entry(&run.task_id).or_insert(run);
     }
-    let unplaceable = node.why_unplaceable(&tasks);
-    let mut rows = Vec::with_capacity(tasks.len());
-    for (task, unplaceable) in tasks.iter().zip(unplaceable) {
+    let active_ids: HashSet<TaskId> = running.keys().map(|id| (*id).clone()).collect();
+    let page = filter.page(&tasks, &active_ids, |id| node.last_run(id));
+    let unplaceable = node.why_unplaceable(&page.tasks);
+    let mut rows = Vec::with_capacity(page.tasks.len());
+    for (task, unplaceable) in page.tasks.iter().zip(unplaceable) {
         // The newest run anywhere, from the cluster's run ledger (each node reports its runs
-        // there as they change; this node's unfinished ones are in `active` already).
+        // there as they change; unfinished ones are in `active` already).
         let last = node.last_run(&task.id);
         let running = running.get(&task.id).copied();
         let mut row = TaskRow::new(task, last.as_ref(), running, daemons.get(&task.id), now);
         row.unplaceable = unplaceable;
         rows.push(row);
     }
+    let shown = rows.len();
+    let peers = node.peers();
+    let mut nodes: Vec<String> = std::iter::once(peers.this.name)
+        .chain(peers.peers.into_iter().map(|p| p.announcement.name))
+        .collect();
+    nodes.sort();
+    nodes.dedup();
     TasksTemplate {
         layout: Layout::new(&node, "tasks"),
-        task_names: tasks.iter().map(|t| t.name.clone()).collect(),
         channels: node.channels(),
         rows,
+        list: ListView {
+            problems: filter.problems(),
+            total: tasks.len(),
+            matching: page.matching,
+            first: page.first,
+            shown,
+            prev: page.prev,
+            next: page.next,
+            nodes,
+            modes: MODES,
+            states: STATES,
+            filter,
+        },
         new_panel: TaskPanel::blank(),
         blank_rule: RuleView::blank(),
         timezones: TIMEZONES,
@@ -354,7 +453,13 @@ mod tests {
     fn page(rows: Vec<TaskRow>) -> String {
         TasksTemplate {
             layout: Layout::named("node-a", "tasks"),
-            task_names: rows.iter().map(|r| r.name.clone()).collect(),
+            list: ListView {
+                total: rows.len(),
+                matching: rows.len(),
+                first: 1,
+                shown: rows.len(),
+                ..ListView::default()
+            },
             channels: vec!["ops".into()],
             rows,
             new_panel: TaskPanel::blank(),
@@ -377,6 +482,8 @@ mod tests {
             },
         );
         let last = sample::run("backup", RunStatus::Failed);
+        let mut backup_row = TaskRow::new(&backup, Some(&last), None, None, now);
+        backup_row.panel = Some(TaskPanel::of(&backup));
         let daemon = task("web", When::Always);
         let crash = DaemonStatus {
             restarts: 7,
@@ -386,7 +493,7 @@ mod tests {
             ..DaemonStatus::default()
         };
         let html = page(vec![
-            TaskRow::new(&backup, Some(&last), None, None, now),
+            backup_row,
             TaskRow::new(&daemon, None, None, Some(&crash), now),
         ]);
         for needle in [
@@ -430,7 +537,9 @@ mod tests {
         let mut evil = task(EVIL, When::Manual);
         evil.spec.shell = Some(EVIL.into());
         evil.exit_rules[1].action = Action::Run { task: EVIL.into() };
-        let html = page(vec![TaskRow::new(&evil, None, None, None, sample::now())]);
+        let mut row = TaskRow::new(&evil, None, None, None, sample::now());
+        row.panel = Some(TaskPanel::of(&evil));
+        let html = page(vec![row]);
         assert!(!html.contains(EVIL), "raw user text in the page");
         assert!(html.contains("&#60;script&#62;alert(1)&#60;/script&#62;"));
     }

@@ -42,6 +42,7 @@
       const message = data && typeof data === "object" && data.error ? data.error : `${res.status} ${res.statusText}`;
       const err = new Error(message);
       err.status = res.status;
+      err.body = data;
       err.details = (data && Array.isArray(data.details)) ? data.details : [];
       throw err;
     }
@@ -273,33 +274,69 @@
     const formOf = (tbody) => $("form.panel", tbody);
     const isOpen = (tbody) => !$(".panel-row", tbody).hidden;
 
-    function setOpen(tbody, open, { focus = false, updateHash = true } = {}) {
+    /** Opens or closes a row; an opened row's panel is fetched from the task's page first. */
+    async function setOpen(tbody, open, { focus = false, updateHash = true } = {}) {
       const panelRow = $(".panel-row", tbody);
       panelRow.hidden = !open;
       tbody.classList.toggle("open", open);
       $(".summary", tbody).setAttribute("aria-expanded", String(open));
       const id = tbody.dataset.id;
       if (updateHash && id) {
-        if (open) history.replaceState(null, "", `#task-${id}`);
-        else if (location.hash === `#task-${id}`) history.replaceState(null, "", location.pathname);
+        const here = location.pathname + location.search;
+        if (open) history.replaceState(null, "", `${here}#task-${id}`);
+        else if (location.hash === `#task-${id}`) history.replaceState(null, "", here);
       }
+      if (open) await loadPanel(tbody);
       if (open && focus) {
         const name = $(".f-name", tbody);
         if (name) name.focus();
       }
     }
 
+    /** Puts the saved task's panel into its row, unless the row has one already. */
+    async function loadPanel(tbody) {
+      const cell = $(".panel-row > td", tbody);
+      const id = tbody.dataset.id;
+      if (!id || formOf(tbody)) return;
+      if (!cell.dataset.loading) {
+        cell.dataset.loading = "1";
+        cell.textContent = "";
+        cell.append(el("p", { class: "muted", role: "status", text: "Loading…" }));
+      }
+      try {
+        const res = await fetch(`/tasks/${encodeURIComponent(id)}`, { headers: { Accept: "text/html" } });
+        const doc = new DOMParser().parseFromString(await res.text(), "text/html");
+        const form = $(`#task-table form.panel`, doc);
+        if (formOf(tbody)) return; // another call put it in first
+        cell.textContent = "";
+        if (res.ok && form) cell.append(document.importNode(form, true));
+        else cell.append(el("p", { class: "field-error", text: res.status === 404 ? "This task has been removed." : `The panel could not be loaded (${res.status}).` }));
+      } catch (e) {
+        cell.textContent = "";
+        cell.append(el("p", { class: "field-error", text: `The node did not answer (${e.message}).` }));
+      } finally {
+        delete cell.dataset.loading;
+      }
+    }
+
     function openFromHash() {
       const m = /^#task-(.+)$/.exec(location.hash);
       if (!m) return;
-      const tbody = document.getElementById(`task-${decodeURIComponent(m[1])}`);
-      if (!tbody || !tbody.classList.contains("task")) return;
+      const id = decodeURIComponent(m[1]);
+      const tbody = document.getElementById(`task-${id}`);
+      if (!tbody || !tbody.classList.contains("task")) {
+        // Not on this page of the list: the task's own page has it.
+        if (document.body.dataset.page === "tasks" && $("#task-filter")) location.replace(`/tasks/${encodeURIComponent(id)}`);
+        return;
+      }
       setOpen(tbody, true, { updateHash: false });
       tbody.scrollIntoView({ block: "start", behavior: "smooth" });
     }
 
     // Row clicks and keys: a click or Enter/Space on a summary row toggles its panel.
     table.addEventListener("click", (e) => {
+      const toggle = e.target.closest("button.toggle");
+      if (toggle) { setEnabled(tbodyOf(toggle), toggle.getAttribute("aria-pressed") !== "true"); return; }
       const summary = e.target.closest("tr.summary");
       if (!summary || e.target.closest("a, button, input, select, textarea")) return;
       const tbody = tbodyOf(summary);
@@ -332,8 +369,61 @@
       if (e.target.classList.contains("f-name") && tbody.classList.contains("new")) {
         $(".new-name", tbody).textContent = e.target.value.trim() || "New task";
       }
+      if (e.target.classList.contains("f-arg") && $(".f-action", e.target.closest(".rule")).value === "run") {
+        suggestTasks(e.target.value.trim());
+      }
       e.target.classList.remove("invalid");
     });
+
+    /** Offers the names of tasks that contain what is typed in a "run task" rule. */
+    const suggestTasks = (() => {
+      let timer = null, asked = null;
+      return (typed) => {
+        clearTimeout(timer);
+        timer = setTimeout(async () => {
+          if (typed === asked) return;
+          asked = typed;
+          let tasks;
+          try { tasks = await api("GET", `/api/tasks?limit=20&q=${encodeURIComponent(typed)}`); } catch { return; }
+          const list = $("#task-names");
+          if (!list || typed !== asked) return;
+          list.textContent = "";
+          for (const t of tasks) list.append(el("option", { value: t.name }));
+        }, 150);
+      };
+    })();
+
+    /** The row's enable toggle: one change through the API, the row and panel follow. */
+    async function setEnabled(tbody, enabled) {
+      const button = $("button.toggle", tbody);
+      const id = tbody.dataset.id;
+      button.disabled = true;
+      try {
+        const task = await api("POST", `/api/tasks/${encodeURIComponent(id)}/${enabled ? "enable" : "disable"}`);
+        showEnabled(tbody, task.enabled);
+        const form = formOf(tbody);
+        if (form && !form.dataset.dirty) {
+          $(".f-enabled", form).checked = task.enabled;
+          form.dataset.updatedAt = task.updated_at;
+        }
+      } catch (err) {
+        button.title = `Not changed: ${err.message}`;
+        button.classList.add("failed");
+      } finally {
+        button.disabled = false;
+      }
+    }
+
+    function showEnabled(tbody, enabled) {
+      const button = $("button.toggle", tbody);
+      const name = $("td.name", tbody).textContent.trim();
+      button.setAttribute("aria-pressed", String(enabled));
+      button.classList.toggle("on", enabled);
+      button.classList.toggle("off", !enabled);
+      button.classList.remove("failed");
+      button.textContent = enabled ? "enabled" : "disabled";
+      button.title = `${enabled ? "Disable" : "Enable"} ${name}`;
+    }
     table.addEventListener("change", (e) => {
       const form = e.target.closest("form.panel");
       if (!form) return;
@@ -354,6 +444,14 @@
       } else if (e.target.closest(".remove-rule")) {
         e.target.closest(".rule").remove();
         form.dataset.dirty = "1";
+      } else if (e.target.closest(".keep-mine")) {
+        form.dataset.updatedAt = $(".conflict", form).dataset.theirs;
+        $(".conflict", form).hidden = true;
+        save(form, { execute: false });
+      } else if (e.target.closest(".take-theirs")) {
+        const tbody = tbodyOf(form);
+        $(".panel-row > td", tbody).textContent = "";
+        setOpen(tbody, true, { focus: true });
       } else if (e.target.closest(".execute")) {
         save(form, { execute: true });
       } else if (e.target.closest(".remove")) {
@@ -404,7 +502,7 @@
         if (action === "run") rule.task = arg;
         return rule;
       });
-      return {
+      const task = {
         name: $(".f-name", form).value,
         spec: $(".f-spec", form).value,
         when,
@@ -412,11 +510,62 @@
         exit_rules,
         enabled: $(".f-enabled", form).checked,
       };
+      if (form.dataset.updatedAt) task.updated_at = form.dataset.updatedAt;
+      return task;
+    }
+
+    /** What differs between the saved task and what the panel holds, in the panel's words. */
+    function differences(current, mine) {
+      const same = (a, b) => JSON.stringify(a) === JSON.stringify(b);
+      let spec = null;
+      try { spec = JSON.parse(mine.spec); } catch { /* shown as changed */ }
+      const when = current.when || {};
+      const out = [];
+      if (current.name !== mine.name.trim()) out.push(`name: now “${current.name}”`);
+      if (!spec || !same(normalSpec(current.spec), normalSpec(spec))) out.push("the JSON (dependencies, parameters, priority, command)");
+      if (when.mode !== mine.when.mode) out.push(`when: now ${when.mode}`);
+      else if (when.mode === "cron" && (when.schedule !== mine.when.schedule || when.timezone !== mine.when.timezone || when.catch_up !== mine.when.catch_up)) {
+        out.push(`schedule: now ${when.schedule} (${when.timezone})`);
+      }
+      if (!same((current.exit_rules || []).map((r) => [String(r.on), r.action, r.channel || r.task || ""]),
+        mine.exit_rules.map((r) => [r.on, r.action, r.channel || r.task || ""]))) out.push("the exit-code rules");
+      if (current.enabled !== mine.enabled) out.push(current.enabled ? "now enabled" : "now disabled");
+      if ((current.placement || "one") !== mine.placement) out.push(`placement: now ${current.placement}`);
+      return out;
+    }
+
+    /** A spec without its empty defaults, so that `{}` and a spec with empty lists compare equal. */
+    function normalSpec(spec) {
+      const out = {};
+      for (const [k, v] of Object.entries(spec || {}).sort()) {
+        if (v === null || v === 0 || v === false) continue;
+        if (Array.isArray(v) && !v.length) continue;
+        if (typeof v === "object" && !Array.isArray(v) && !Object.keys(v).length) continue;
+        out[k] = v;
+      }
+      return out;
+    }
+
+    /** A save refused because the task changed since the panel was opened: say what changed. */
+    function showConflict(form, current) {
+      const box = $(".conflict", form);
+      const at = new Date(current.updated_at);
+      $(".conflict-text", box).textContent =
+        `This task was changed at ${at.toLocaleString()} while you edited it. Nothing of yours is lost, and nothing was saved.`;
+      const list = $(".conflict-fields", box);
+      list.textContent = "";
+      const diff = differences(current, collect(form));
+      for (const d of diff.length ? diff : ["nothing you can see here (it was saved again unchanged)"]) list.append(el("li", { text: `Changed there: ${d}` }));
+      box.hidden = false;
+      box.dataset.theirs = current.updated_at;
+      $(".keep-mine", box).focus();
     }
 
     function clearErrors(form) {
       for (const box of $$(".err", form)) box.textContent = "";
       for (const f of $$(".invalid", form)) f.classList.remove("invalid");
+      const conflict = $(".conflict", form);
+      if (conflict) conflict.hidden = true;
     }
 
     /** Shows each error next to the field its path names; what the user typed stays. */
@@ -491,6 +640,11 @@
           : await api("POST", "/api/tasks", collect(form));
       } catch (err) {
         busy(form, false);
+        if (err.status === 409 && err.body && err.body.current) {
+          setStatus(status, "Not saved: changed elsewhere.", "bad");
+          showConflict(form, err.body.current);
+          return;
+        }
         setStatus(status, err.details && err.details.length ? "Not saved: see the marked fields." : "Not saved.", "bad");
         showErrors(form, err);
         return;
@@ -506,9 +660,14 @@
       }
       if (tbody.classList.contains("new")) tbody.remove();
       await refreshList(new Set([task.id]));
-      const fresh = document.getElementById(`task-${task.id}`);
-      if (!fresh) { location.hash = `task-${task.id}`; location.reload(); return; }
-      setOpen(fresh, true);
+      let fresh = document.getElementById(`task-${task.id}`);
+      if (!fresh) {
+        // A new task sits on the last page of the list: show it where it was typed.
+        fresh = await fetchRow(task.id);
+        if (!fresh) { location.href = `/tasks/${encodeURIComponent(task.id)}`; return; }
+        table.append(fresh);
+      }
+      await setOpen(fresh, true);
       const freshForm = formOf(fresh);
       const freshStatus = $(".status", freshForm);
       if (run) {
@@ -537,21 +696,32 @@
         if (location.hash === `#task-${form.dataset.id}`) history.replaceState(null, "", location.pathname);
         tbody.remove();
         updateCount();
+        scheduleRefresh();
       } catch (err) {
         busy(form, false);
         showErrors(form, err);
       }
     }
 
+    /** Shows the "no tasks" row when there is none; the count itself comes with each refresh. */
     function updateCount() {
-      const saved = $$("tbody.task:not(.new)", table).length;
-      const all = $$("tbody.task", table).length;
-      $("#no-tasks").hidden = all > 0;
-      const count = $("#task-count");
-      if (count) count.textContent = `${saved} task${saved === 1 ? "" : "s"} · click a row to edit it`;
+      const none = $("#no-tasks");
+      if (none) none.hidden = $$("tbody.task", table).length > 0;
     }
 
-    $("#new-task").addEventListener("click", () => {
+    /** A saved task's row as its own page renders it (panel included). */
+    async function fetchRow(id) {
+      try {
+        const res = await fetch(`/tasks/${encodeURIComponent(id)}`, { headers: { Accept: "text/html" } });
+        if (!res.ok) return null;
+        const doc = new DOMParser().parseFromString(await res.text(), "text/html");
+        const row = $("#task-table > tbody.task", doc);
+        return row ? document.importNode(row, true) : null;
+      } catch { return null; }
+    }
+
+    const newTask = $("#new-task");
+    if (newTask) newTask.addEventListener("click", () => {
       const tbody = $("#new-task-template").content.firstElementChild.cloneNode(true);
       const key = `new-${++newCounter}`;
       $("form.panel", tbody).dataset.key = key;
@@ -569,7 +739,7 @@
     async function refreshList(force = new Set()) {
       let doc;
       try {
-        const res = await fetch(location.pathname === "/" ? "/" : "/index", { headers: { Accept: "text/html" } });
+        const res = await fetch(location.pathname + location.search, { headers: { Accept: "text/html" } });
         if (!res.ok) return;
         doc = new DOMParser().parseFromString(await res.text(), "text/html");
       } catch { return; }
@@ -601,8 +771,10 @@
         anchor = cur;
       }
       for (const n of $$(":scope > tbody.task.new", table)) table.append(n);
-      const names = $("#task-names", doc);
-      if (names) $("#task-names").replaceWith(document.importNode(names, true));
+      for (const sel of ["#task-count", "#task-runs", "nav.pager"]) {
+        const cur = $(sel), next = $(sel, doc);
+        if (cur && next) cur.replaceWith(document.importNode(next, true));
+      }
       const channels = $("#channel-names", doc);
       if (channels) $("#channel-names").replaceWith(document.importNode(channels, true));
       updateCount();
@@ -617,7 +789,11 @@
     function onRun(run) {
       if (!run || !run.task_id) return;
       const tbody = $$("tbody.task:not(.new)", table).find((t) => t.dataset.id === run.task_id);
-      if (!tbody) { scheduleRefresh(); return; }
+      if (!tbody) {
+        // Another page's task: this page changes only when runs decide what it lists.
+        if (/[?&](state|node)=./.test(location.search)) scheduleRefresh();
+        return;
+      }
       const last = $("td.last-run", tbody);
       if (last.dataset.run && last.dataset.run > run.id) return; // an older run
       last.dataset.run = run.id;

@@ -68,6 +68,12 @@ pub struct Adopted {
 pub enum Change {
     /// Create or replace a task (by id). Names are unique.
     PutTask(Task),
+    /// Replace a task only if it is still as it was when the editor read it: its `updated_at`
+    /// is `seen` (optimistic concurrency, judged in log order so two editors cannot both win).
+    ReplaceTask {
+        task: Task,
+        seen: DateTime<Utc>,
+    },
     RemoveTask(TaskId),
     Settings(ClusterSettings),
     /// `slot` of `task` fired, with the runs it makes (placed, waiting for a place, or closed
@@ -126,6 +132,7 @@ impl Change {
     pub fn kind(&self) -> &'static str {
         match self {
             Change::PutTask(_) => "put_task",
+            Change::ReplaceTask { .. } => "replace_task",
             Change::RemoveTask(_) => "remove_task",
             Change::Settings(_) => "settings",
             Change::Fire { .. } => "fire",
@@ -229,20 +236,34 @@ impl State {
 
     /// Applies `change` and returns what must be stored, or why it was refused. *Invariant:* a
     /// refused change leaves the state as it was (every check comes before any mutation).
+    fn put_task(&mut self, task: Task) -> Result<Vec<Write>, Invalid> {
+        if let Some(other) = self.task_by_name(&task.name).filter(|t| t.id != task.id) {
+            return Err(Invalid::field(
+                "name",
+                format!(
+                    "another task ({}) is already called `{}`",
+                    other.id, task.name
+                ),
+            ));
+        }
+        self.tasks.insert(Arc::new(task.clone()));
+        Ok(vec![Write::PutTask(task)])
+    }
+
     pub fn apply(&mut self, change: Change) -> Result<Vec<Write>, Invalid> {
         match change {
-            Change::PutTask(task) => {
-                if let Some(other) = self.task_by_name(&task.name).filter(|t| t.id != task.id) {
-                    return Err(Invalid::field(
-                        "name",
-                        format!(
-                            "another task ({}) is already called `{}`",
-                            other.id, task.name
-                        ),
-                    ));
+            Change::PutTask(task) => self.put_task(task),
+            Change::ReplaceTask { task, seen } => {
+                let Some(current) = self.tasks.get(&task.id) else {
+                    return Err(Invalid::field("id", format!("no task {}", task.id)));
+                };
+                if current.updated_at != seen {
+                    return Err(Invalid::stale(format!(
+                        "`{}` was changed at {} by someone else, after it was read (at {seen})",
+                        current.name, current.updated_at
+                    )));
                 }
-                self.tasks.insert(Arc::new(task.clone()));
-                Ok(vec![Write::PutTask(task)])
+                self.put_task(task)
             }
             Change::RemoveTask(id) => {
                 if self.tasks.remove(&id).is_none() {
@@ -444,6 +465,43 @@ mod tests {
 
     fn task(id: &str, name: &str) -> Task {
         Task::sample(id, name)
+    }
+
+    #[test]
+    fn a_replacement_from_an_outdated_copy_is_refused_as_stale() {
+        let mut s = State::default();
+        let read = task("a", "one");
+        s.apply(Change::PutTask(read.clone())).expect("first");
+        let mut mine = read.clone();
+        mine.name = "mine".into();
+        mine.updated_at = read.updated_at + chrono::Duration::seconds(1);
+        let mut theirs = read.clone();
+        theirs.name = "theirs".into();
+        theirs.updated_at = read.updated_at + chrono::Duration::seconds(2);
+        let replace = |task: &Task| Change::ReplaceTask {
+            task: task.clone(),
+            seen: read.updated_at,
+        };
+        s.apply(replace(&theirs)).expect("the first editor wins");
+        let refused = s.apply(replace(&mine)).expect_err("the second is stale");
+        assert!(refused.is_stale(), "{refused}");
+        assert_eq!(s.task_by_name("theirs").map(|t| &t.id), Some(&read.id));
+        assert!(
+            s.task_by_name("mine").is_none(),
+            "nothing of the stale copy"
+        );
+        // Read again, the second editor may save.
+        let again = Change::ReplaceTask {
+            task: mine.clone(),
+            seen: theirs.updated_at,
+        };
+        s.apply(again).expect("fresh copy");
+        assert_eq!(s.tasks.get(&read.id).map(|t| t.name.as_str()), Some("mine"));
+        let gone = Change::ReplaceTask {
+            task: task("ghost", "ghost"),
+            seen: read.updated_at,
+        };
+        assert!(!s.apply(gone).expect_err("no such task").is_stale());
     }
 
     #[test]

@@ -182,6 +182,11 @@ pub struct TaskInput {
     pub exit_rules: Vec<ExitRule>,
     #[serde(default = "yes")]
     pub enabled: bool,
+    /// When replacing a task: its `updated_at` as the sender read it. Given, the replacement
+    /// is refused if the task has changed since (optimistic concurrency); left out, the task
+    /// is replaced whatever it is now.
+    #[serde(default)]
+    pub updated_at: Option<DateTime<Utc>>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

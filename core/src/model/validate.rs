@@ -44,6 +44,9 @@ impl std::fmt::Display for FieldError {
     }
 }
 
+/// The field a stale replacement is refused at: the `updated_at` the sender read.
+const STALE_PATH: &str = "updated_at";
+
 /// Input that was rejected, with every problem found.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
 #[error("{message}: {}", errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
@@ -58,6 +61,17 @@ impl Invalid {
             message: message.into(),
             errors,
         }
+    }
+
+    /// The refusal of a replacement made from an outdated copy (see [`Invalid::is_stale`]).
+    pub fn stale(message: impl Into<String>) -> Self {
+        Self::field(STALE_PATH, message)
+    }
+
+    /// Whether this refuses a replacement because the thing changed since the sender read it
+    /// (an answer about timing, not about the input: the API says `409`).
+    pub fn is_stale(&self) -> bool {
+        matches!(self.errors.as_slice(), [e] if e.path == STALE_PATH)
     }
 
     pub fn field(path: impl Into<String>, message: impl Into<String>) -> Self {

@@ -2,7 +2,8 @@
 //!
 //! The node's errors map to a status here, once: invalid input `400` (with field paths),
 //! unknown `404`, a run the cluster refuses as it is now `409` (with `refused`, the reason's
-//! kind), could not be committed or done now `503`, anything else `500`.
+//! kind), a replacement made from an outdated copy `409` (`refused: "stale"`, with the task as
+//! it is now in `current`), could not be committed or done now `503`, anything else `500`.
 
 use axum::Json;
 use axum::http::StatusCode;
@@ -26,6 +27,9 @@ pub struct ErrorBody {
     /// With `409`: why the run was refused (`no_node`, `still_running`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub refused: Option<&'static str>,
+    /// With `409` for a stale replacement: the task as it is now.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub current: Option<Box<crate::model::Task>>,
 }
 
 impl ApiError {
@@ -36,6 +40,7 @@ impl ApiError {
                 error: error.into(),
                 details: Vec::new(),
                 refused: None,
+                current: None,
             },
         }
     }
@@ -49,6 +54,7 @@ impl From<Invalid> for ApiError {
                 error: invalid.message,
                 details: invalid.errors,
                 refused: None,
+                current: None,
             },
         }
     }
@@ -65,6 +71,12 @@ impl From<NodeError> for ApiError {
             NodeError::CannotRun(refusal) => {
                 let mut error = Self::new(StatusCode::CONFLICT, refusal.to_string());
                 error.body.refused = Some(refusal.kind());
+                error
+            }
+            NodeError::Stale { message, current } => {
+                let mut error = Self::new(StatusCode::CONFLICT, message);
+                error.body.refused = Some("stale");
+                error.body.current = Some(current);
                 error
             }
             other => {

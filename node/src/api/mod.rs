@@ -43,6 +43,8 @@ pub fn router(node: NodeHandle) -> Router {
             get(get_task).put(update_task).delete(remove_task),
         )
         .route("/api/tasks/{key}/run", post(execute_task))
+        .route("/api/tasks/{key}/enable", post(enable_task))
+        .route("/api/tasks/{key}/disable", post(disable_task))
         .route("/api/runs", get(list_runs))
         .route("/api/runs/{id}", get(get_run))
         .route("/api/runs/{id}/stop", post(stop_run))
@@ -209,6 +211,8 @@ struct TasksParams {
     /// The id of the last task of the previous page.
     after: Option<String>,
     limit: Option<usize>,
+    /// Only tasks whose name contains this, in any case.
+    q: Option<String>,
 }
 
 /// One page of the task list, oldest first; a `Link: <…>; rel="next"` header names the next
@@ -220,17 +224,24 @@ async fn list_tasks(
 ) -> Result<impl IntoResponse, ApiError> {
     let limit = page_limit(p.limit, TASKS_PAGE)?;
     let after = p.after.map(TaskId);
+    let q = p.q.as_deref().map(str::to_lowercase).unwrap_or_default();
     let state = node.state();
     let mut page: Vec<crate::model::Task> = state
         .tasks
         .after(after.as_ref())
+        .filter(|t| q.is_empty() || t.name.to_lowercase().contains(&q))
         .take(limit + 1)
         .map(|t| crate::model::Task::clone(t))
         .collect();
     let next = (page.len() > limit).then(|| {
         page.truncate(limit);
         let last = page.last().map(|t| t.id.0.as_str()).unwrap_or_default();
-        format!("/api/tasks?after={}&limit={limit}", query_value(last))
+        let q = (!q.is_empty()).then(|| format!("q={}&", query_value(&q)));
+        format!(
+            "/api/tasks?{}after={}&limit={limit}",
+            q.unwrap_or_default(),
+            query_value(last)
+        )
     });
     Ok((next_link(next), Json(page)))
 }
@@ -302,6 +313,22 @@ async fn execute_task(
     Path(key): Path<String>,
 ) -> Result<impl IntoResponse, ApiError> {
     Ok((StatusCode::ACCEPTED, Json(node.execute(&key).await?)))
+}
+
+#[instrument(name = "api", skip_all, fields(task = %key))]
+async fn enable_task(
+    State(node): State<NodeHandle>,
+    Path(key): Path<String>,
+) -> Result<impl IntoResponse, ApiError> {
+    Ok(Json(node.set_enabled(&key, true).await?))
+}
+
+#[instrument(name = "api", skip_all, fields(task = %key))]
+async fn disable_task(
+    State(node): State<NodeHandle>,
+    Path(key): Path<String>,
+) -> Result<impl IntoResponse, ApiError> {
+    Ok(Json(node.set_enabled(&key, false).await?))
 }
 
 #[derive(Debug, Deserialize)]
