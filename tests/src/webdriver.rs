@@ -221,6 +221,34 @@ impl Browser {
             .map(|_| ())
     }
 
+    /// Dismisses a confirm() dialog (its Cancel).
+    pub async fn dismiss_alert(&self) -> Result<()> {
+        self.call(reqwest::Method::POST, "/alert/dismiss", Some(json!({})))
+            .await
+            .map(|_| ())
+    }
+
+    /// Resizes the window (a phone is 390 × 844).
+    pub async fn set_window_size(&self, width: u32, height: u32) -> Result<()> {
+        self.call(
+            reqwest::Method::POST,
+            "/window/rect",
+            Some(json!({"width": width, "height": height})),
+        )
+        .await
+        .map(|_| ())
+    }
+
+    /// Runs a Chrome DevTools Protocol command (emulated media, device metrics).
+    pub async fn cdp(&self, cmd: &str, params: Value) -> Result<Value> {
+        self.call(
+            reqwest::Method::POST,
+            "/goog/cdp/execute",
+            Some(json!({"cmd": cmd, "params": params})),
+        )
+        .await
+    }
+
     pub async fn screenshot_png(&self) -> Result<Vec<u8>> {
         use base64_decode::decode;
         let v = self.call(reqwest::Method::GET, "/screenshot", None).await?;

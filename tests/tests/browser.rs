@@ -450,3 +450,207 @@ async fn ten_thousand_tasks_page_search_toggle_and_refuse_a_stale_save() -> Resu
     .await?;
     Ok(())
 }
+
+/// The widest thing on the page, in CSS pixels, and what it is when it is wider than `limit`.
+async fn widest(browser: &Browser, limit: u32) -> Result<(u64, String)> {
+    let v = browser
+        .script(
+            "const w = document.documentElement.scrollWidth; let what = '';
+             if (w > arguments[0]) for (const e of document.querySelectorAll('body *')) {
+               const r = e.getBoundingClientRect();
+               if (r.right > arguments[0] + 1 && r.width > 0) { what = e.tagName + '.' + e.className; }
+             }
+             return [w, what];",
+            vec![json!(limit)],
+        )
+        .await?;
+    Ok((
+        v[0].as_u64().unwrap_or(u64::MAX),
+        v[1].as_str().unwrap_or("").to_owned(),
+    ))
+}
+
+/// On a 390 px phone every page fits without sideways scrolling, with a task expanded and the
+/// new-task panel open; under `prefers-color-scheme: dark` the pages turn dark.
+#[tokio::test]
+async fn every_page_fits_a_phone_and_turns_dark_when_the_system_is() -> Result<()> {
+    let node = TestNode::start().await?;
+    let base = node.api.base.clone();
+    let id = node
+        .api
+        .create_task(&json!({"name": "nightly-backup-of-the-customer-database",
+            "spec": {"command": ["echo", "a rather long line of output to show on the run page"],
+                     "parameters": {"target": "customers-and-invoices-and-everything-else"}},
+            "when": {"mode": "cron", "schedule": "0 3 * * 1-5", "timezone": "Europe/Berlin"},
+            "exit_rules": [{"on": "!0", "action": "retry"}]}))
+        .await?;
+    let run = node.api.execute(&id).await?;
+    let run_id = run["id"].as_str().unwrap_or_default().to_owned();
+    let browser = logged_in(&node).await?;
+    browser.set_window_size(390, 844).await?;
+    let inner = browser.script("return window.innerWidth", vec![]).await?;
+    assert!(
+        inner.as_u64().is_some_and(|w| w <= 390),
+        "the window is {inner} wide"
+    );
+
+    browser.goto(&format!("{base}/index")).await?;
+    browser
+        .click(
+            &browser
+                .find(&format!("#task-{id} tr.summary td.name"))
+                .await?,
+        )
+        .await?;
+    browser
+        .find(&format!("#task-{id} form.panel .remove"))
+        .await?;
+    browser.click(&browser.find("#new-task").await?).await?;
+    browser.find("tbody.new form.panel .save").await?;
+    let (width, what) = widest(&browser, 390).await?;
+    assert!(width <= 390, "/index is {width} px wide ({what})");
+    screenshot(&browser, "phone-tasks").await;
+    // The Remove button is within the screen.
+    let right = browser
+        .script(
+            &format!(
+                "return document.querySelector('#task-{id} .remove').getBoundingClientRect().right"
+            ),
+            vec![],
+        )
+        .await?;
+    assert!(
+        right.as_f64().is_some_and(|r| r <= 390.0),
+        "Remove ends at {right}"
+    );
+
+    for page in [
+        format!("/tasks/{id}"),
+        "/settings".to_owned(),
+        "/node".to_owned(),
+        "/peers".to_owned(),
+        format!("/runs/{run_id}"),
+        "/no-such-page".to_owned(),
+    ] {
+        browser.goto(&format!("{base}{page}")).await?;
+        browser.find("main").await?;
+        let (width, what) = widest(&browser, 390).await?;
+        assert!(width <= 390, "{page} is {width} px wide ({what})");
+    }
+    screenshot(&browser, "phone-run").await;
+
+    // Dark, as the system prefers: the page's background and text swap brightness.
+    let brightness = |css: &'static str, prop: &'static str| {
+        let browser = &browser;
+        async move {
+            let rgb = browser
+                .script(
+                    &format!("return getComputedStyle(document.querySelector('{css}')).{prop}"),
+                    vec![],
+                )
+                .await?;
+            let text = rgb.as_str().unwrap_or_default().to_owned();
+            let parts: Vec<f64> = text
+                .trim_start_matches("rgba(")
+                .trim_start_matches("rgb(")
+                .trim_end_matches(')')
+                .split(',')
+                .filter_map(|p| p.trim().parse().ok())
+                .collect();
+            anyhow::ensure!(parts.len() >= 3, "not a colour: {text}");
+            anyhow::Ok((parts[0] * 0.299 + parts[1] * 0.587 + parts[2] * 0.114) / 255.0)
+        }
+    };
+    browser.set_window_size(1280, 900).await?;
+    browser.goto(&format!("{base}/index")).await?;
+    browser.find("main").await?;
+    assert!(
+        brightness("body", "backgroundColor").await? > 0.8,
+        "light by default"
+    );
+    browser
+        .cdp(
+            "Emulation.setEmulatedMedia",
+            json!({"features": [{"name": "prefers-color-scheme", "value": "dark"}]}),
+        )
+        .await?;
+    browser.goto(&format!("{base}/index")).await?;
+    browser.find("main").await?;
+    let (bg, text) = (
+        brightness("body", "backgroundColor").await?,
+        brightness("body", "color").await?,
+    );
+    assert!(
+        bg < 0.2 && text > 0.7,
+        "dark: background {bg:.2}, text {text:.2}"
+    );
+    let card = brightness(".table-wrap", "backgroundColor").await?;
+    assert!(card < 0.25, "the task table is dark too: {card:.2}");
+    screenshot(&browser, "tasks-dark").await;
+    Ok(())
+}
+
+/// The header says when the node stops answering and when it is back; Reload on the settings
+/// page asks before it drops an edit.
+#[tokio::test]
+async fn the_header_tells_a_node_that_stopped_answering_and_reload_asks_first() -> Result<()> {
+    let node = TestNode::start().await?;
+    let (base, addr, dir) = (node.api.base.clone(), node.addr, node.dir.clone());
+    let browser = logged_in(&node).await?;
+    browser.goto(&format!("{base}/settings")).await?;
+    let editor = browser.find("#settings-editor").await?;
+    let typed = "{\"cluster\": {\"retention_days\": 3}}";
+    browser.clear(&editor).await?;
+    browser.type_text(&editor, typed).await?;
+    browser
+        .click(&browser.find("#settings-reset").await?)
+        .await?;
+    browser.dismiss_alert().await?;
+    assert_eq!(
+        browser.value(&editor).await?,
+        typed,
+        "Cancel keeps the edit"
+    );
+    browser
+        .click(&browser.find("#settings-reset").await?)
+        .await?;
+    browser.accept_alert().await?;
+    wait_for("the reload", Duration::from_secs(10), || async {
+        let text = browser.value(&editor).await.ok()?;
+        text.contains("retention_days\": 14").then_some(())
+    })
+    .await?;
+
+    let tmp = node.stop().await;
+    let down = wait_text(&browser, ".node-name", "not answering since").await?;
+    assert!(
+        browser
+            .script(
+                "return document.querySelector('.node-name').classList.contains('down')",
+                vec![]
+            )
+            .await?
+            == json!(true),
+        "{down}"
+    );
+    screenshot(&browser, "node-down").await;
+    let node = TestNode::start_with(&dir, |c| c.listen = addr).await?;
+    wait_for(
+        "the header to see the node back",
+        Duration::from_secs(15),
+        || async {
+            let down = browser
+                .script(
+                    "return document.querySelector('.node-name').classList.contains('down')",
+                    vec![],
+                )
+                .await
+                .ok()?;
+            (down == json!(false)).then_some(())
+        },
+    )
+    .await?;
+    node.stop().await;
+    drop(tmp);
+    Ok(())
+}

@@ -188,10 +188,14 @@
     const editor = $("#settings-editor");
     const errors = $("#settings-errors");
     const status = $("#settings-status");
+    // What the editor held when last loaded or saved: anything else is an unsaved edit.
+    let clean = editor.value;
     const show = (settings) => {
       editor.value = JSON.stringify(settings, null, 2);
+      clean = editor.value;
       showChannels(settings.cluster && settings.cluster.channels);
     };
+    const edited = () => editor.value !== clean;
     try { showChannels(JSON.parse(editor.value).cluster.channels); } catch { showChannels({}); }
 
     form.addEventListener("submit", async (e) => {
@@ -221,6 +225,7 @@
       if ((e.ctrlKey || e.metaKey) && e.key === "s") { e.preventDefault(); form.requestSubmit(); }
     });
     $("#settings-reset").addEventListener("click", async () => {
+      if (edited() && !confirm("Reload the settings from the node? Your unsaved edits will be lost.")) return;
       errors.textContent = "";
       editor.classList.remove("invalid");
       try {
@@ -231,6 +236,9 @@
       }
     });
     initTransfer((settings) => { show(settings); errors.textContent = ""; });
+    window.addEventListener("beforeunload", (e) => {
+      if (edited()) { e.preventDefault(); e.returnValue = ""; }
+    });
   }
 
   /** The saved notification channels, each with a "Send test" button. */
@@ -991,7 +999,46 @@
 
   // ---------------------------------------------------------------------- boot
 
+  // ---------------------------------------------------------- the header's node
+
+  /**
+   * Asks the node whether it answers, every 5 s (and at once when the tab comes back): the dot
+   * in the header turns red with the time it stopped answering, and green again when it is back.
+   */
+  function watchNode() {
+    const badge = $(".node-name");
+    if (!badge) return;
+    let downSince = null, asking = false;
+    const note = el("span", { class: "down-note", role: "status", "aria-live": "polite" });
+    badge.append(note);
+    async function ask() {
+      if (asking) return;
+      asking = true;
+      const ctl = new AbortController();
+      const timer = setTimeout(() => ctl.abort(), 4000);
+      let ok = false;
+      try { ok = (await fetch("/api/health", { cache: "no-store", signal: ctl.signal })).ok; } catch { ok = false; }
+      clearTimeout(timer);
+      asking = false;
+      if (!ok && !downSince) {
+        downSince = new Date();
+        badge.classList.add("down");
+        note.textContent = `not answering since ${downSince.toLocaleTimeString()}`;
+        badge.title = "This node does not answer; the page shows what it knew then.";
+      } else if (ok && downSince) {
+        downSince = null;
+        badge.classList.remove("down");
+        note.textContent = "back";
+        badge.title = "This node";
+        setTimeout(() => { if (!downSince) note.textContent = ""; }, 5000);
+      }
+    }
+    setInterval(ask, 5000);
+    document.addEventListener("visibilitychange", () => { if (!document.hidden) ask(); });
+  }
+
   document.addEventListener("DOMContentLoaded", () => {
+    watchNode();
     refreshTimes();
     setInterval(refreshTimes, 30000);
     if ($("#task-table")) initTasks();
