@@ -7,6 +7,7 @@
 pub mod backoff;
 pub mod cluster_key;
 pub mod cron;
+pub mod cron_reading;
 pub mod error_text;
 pub mod events;
 pub mod model;

@@ -104,6 +104,17 @@ async fn the_task_flow_of_the_seed_works_in_a_browser() -> Result<()> {
         .await?;
     wait_text(&browser, "tbody.new [data-err=schedule]", "minute").await?;
     assert_eq!(browser.value(&schedule).await?, "61 * * * *");
+    // The field reads a good entry back in words, with its next five times.
+    browser.clear(&schedule).await?;
+    browser.type_text(&schedule, "0 3 * * 1-5").await?;
+    wait_text(
+        &browser,
+        "tbody.new .cron-preview",
+        "Every weekday at 03:00",
+    )
+    .await?;
+    let times = browser.find_all("tbody.new .cron-preview li").await?;
+    assert_eq!(times.len(), 5);
 
     // Manual, then Execute now: saves and starts, with a link to the run.
     browser

@@ -1308,3 +1308,47 @@ async fn a_stale_save_is_refused_with_the_task_as_it_is_now() -> Result<()> {
     node.stop().await;
     Ok(())
 }
+
+/// The schedule preview: the next times of an entry in its timezone and the entry in words;
+/// a bad entry or timezone is a 400 naming the field (and the column).
+#[tokio::test]
+async fn a_schedule_is_previewed_with_its_next_times_and_in_words() -> Result<()> {
+    use chrono::{Datelike, Timelike};
+    let node = TestNode::start().await?;
+    let (status, preview) = node
+        .api
+        .get("/api/schedule?cron=0%203%20*%20*%201-5&timezone=Europe/Berlin")
+        .await?;
+    assert_eq!(status, 200, "{preview}");
+    assert_eq!(preview["reading"], "every weekday at 03:00");
+    let next: Vec<DateTime<Utc>> = serde_json::from_value(preview["next"].clone())?;
+    assert_eq!(next.len(), 5);
+    assert!(next.windows(2).all(|w| w[0] < w[1]), "{next:?}");
+    for at in &next {
+        // 03:00 in Berlin is 01:00 or 02:00 UTC, on the same weekday.
+        assert!(matches!(at.hour(), 1 | 2) && at.minute() == 0, "{at}");
+        assert!(at.weekday().number_from_monday() <= 5, "{at} is a weekend");
+    }
+    assert!(next[0] > Utc::now());
+
+    let (status, body) = node
+        .api
+        .get("/api/schedule?cron=61%20*%20*%20*%20*")
+        .await?;
+    assert_eq!(status, 400);
+    assert_eq!(body["details"][0]["path"], "when.schedule");
+    assert_eq!(body["details"][0]["column"], 1);
+    let (status, body) = node
+        .api
+        .get("/api/schedule?cron=@daily&timezone=Mars/Olympus")
+        .await?;
+    assert_eq!(status, 400);
+    assert_eq!(body["details"][0]["path"], "when.timezone");
+    let (status, _) = node.api.get("/api/schedule?cron=@daily&count=0").await?;
+    assert_eq!(status, 400);
+    let (status, body) = node.api.get("/api/schedule?cron=@reboot").await?;
+    assert_eq!((status, &body["reboot"]), (200, &json!(true)));
+    assert_eq!(body["next"], json!([]));
+    node.stop().await;
+    Ok(())
+}

@@ -317,7 +317,11 @@
         const form = $(`#task-table form.panel`, doc);
         if (formOf(tbody)) return; // another call put it in first
         cell.textContent = "";
-        if (res.ok && form) cell.append(document.importNode(form, true));
+        if (res.ok && form) {
+          const panel = document.importNode(form, true);
+          cell.append(panel);
+          if (($(".f-mode:checked", panel) || {}).value === "cron") previewCron(panel, 0);
+        }
         else cell.append(el("p", { class: "field-error", text: res.status === 404 ? "This task has been removed." : `The panel could not be loaded (${res.status}).` }));
       } catch (e) {
         cell.textContent = "";
@@ -377,6 +381,7 @@
       if (e.target.classList.contains("f-name") && tbody.classList.contains("new")) {
         $(".new-name", tbody).textContent = e.target.value.trim() || "New task";
       }
+      if (e.target.matches(".f-schedule, .f-timezone")) previewCron(form);
       if (e.target.classList.contains("f-arg") && $(".f-action", e.target.closest(".rule")).value === "run") {
         suggestTasks(e.target.value.trim());
       }
@@ -480,6 +485,45 @@
     function showCron(form) {
       const mode = ($(".f-mode:checked", form) || {}).value;
       $(".cron", form).hidden = mode !== "cron";
+      if (mode === "cron") previewCron(form, 0);
+    }
+
+    /**
+     * Under the crontab field: the entry in plain words and its next five times in the task's
+     * timezone, as the node reads it (or why it cannot), a moment after typing stops.
+     */
+    function previewCron(form, delay = 300) {
+      clearTimeout(form._cronTimer);
+      form._cronTimer = setTimeout(async () => {
+        const box = $(".cron-preview", form);
+        const cron = $(".f-schedule", form).value.trim();
+        const timeZone = $(".f-timezone", form).value.trim() || "UTC";
+        if (!box || !cron) { if (box) box.textContent = ""; return; }
+        const asked = `${cron}\n${timeZone}`;
+        form._cronAsked = asked;
+        let answer = null, error = null;
+        try {
+          answer = await api("GET", `/api/schedule?cron=${encodeURIComponent(cron)}&timezone=${encodeURIComponent(timeZone)}`);
+        } catch (err) {
+          error = err.details && err.details.length ? err.details[0].message : err.message;
+        }
+        if (form._cronAsked !== asked) return; // typed on meanwhile
+        box.textContent = "";
+        box.classList.toggle("bad", !!error);
+        if (error) { box.append(el("span", { text: error })); return; }
+        if (answer.reading) box.append(el("p", { class: "reading", text: answer.reading[0].toUpperCase() + answer.reading.slice(1) }));
+        if (answer.reboot) return;
+        const list = el("ol", { class: "next-times", "aria-label": "Next times" });
+        for (const at of answer.next) {
+          const date = new Date(at);
+          let local;
+          try {
+            local = date.toLocaleString(undefined, { timeZone, weekday: "short", year: "numeric", month: "short", day: "numeric", hour: "2-digit", minute: "2-digit", second: date.getUTCSeconds() ? "2-digit" : undefined });
+          } catch { local = date.toISOString(); }
+          list.append(el("li", {}, el("time", { datetime: at, title: `${date.toISOString().replace(".000", "")} (UTC)` , text: local }), " ", el("span", { class: "muted", text: relative(date) })));
+        }
+        box.append(list);
+      }, delay);
     }
 
     function showArg(rule) {
@@ -835,6 +879,9 @@
       supervision: scheduleRefresh,
       lagged: scheduleRefresh,
     });
+    for (const form of $$("form.panel", table)) {
+      if (($(".f-mode:checked", form) || {}).value === "cron") previewCron(form, 0);
+    }
     window.addEventListener("hashchange", openFromHash);
     window.addEventListener("beforeunload", (e) => {
       if ($$("form.panel", table).some((f) => f.dataset.dirty)) { e.preventDefault(); e.returnValue = ""; }

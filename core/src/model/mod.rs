@@ -15,5 +15,7 @@ pub use settings::{
     NodeSettings, NotifyChannel, NotifySettings, Settings, SlackSettings, TelegramSettings,
     hostname,
 };
-pub use task::{CatchUp, Concurrency, OnLost, Placement, Spec, Task, TaskId, TaskInput, When};
+pub use task::{
+    CatchUp, Concurrency, OnLost, Placement, Spec, Task, TaskId, TaskInput, When, parse_schedule,
+};
 pub use validate::{FieldError, Invalid, parse_json};

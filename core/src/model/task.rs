@@ -202,6 +202,22 @@ impl Default for SpecInput {
     }
 }
 
+/// A cron task's schedule in its timezone, checked; an error names `when.timezone` or
+/// `when.schedule` (with the column).
+pub fn parse_schedule(schedule: &str, timezone: &str) -> Result<crate::cron::Schedule, FieldError> {
+    if timezone.parse::<chrono_tz::Tz>().is_err() {
+        return Err(FieldError::new(
+            "when.timezone",
+            format!("`{timezone}` is not an IANA timezone like \"UTC\" or \"Europe/Berlin\""),
+        ));
+    }
+    crate::cron::Schedule::parse(schedule, timezone).map_err(|e| {
+        let mut err = FieldError::new("when.schedule", e.to_string());
+        err.column = e.column();
+        err
+    })
+}
+
 impl TaskInput {
     /// Checks every field and builds the task; errors name the field path.
     pub fn into_task(self, id: TaskId, now: DateTime<Utc>) -> Result<Task, Invalid> {
@@ -237,17 +253,8 @@ impl TaskInput {
             schedule, timezone, ..
         } = &self.when
         {
-            if timezone.parse::<chrono_tz::Tz>().is_err() {
-                errors.push(FieldError::new(
-                    "when.timezone",
-                    format!(
-                        "`{timezone}` is not an IANA timezone like \"UTC\" or \"Europe/Berlin\""
-                    ),
-                ));
-            } else if let Err(e) = crate::cron::Schedule::parse(schedule, timezone) {
-                let mut err = FieldError::new("when.schedule", e.to_string());
-                err.column = e.column();
-                errors.push(err);
+            if let Err(e) = parse_schedule(schedule, timezone) {
+                errors.push(e);
             }
         }
         for (i, rule) in self.exit_rules.iter().enumerate() {

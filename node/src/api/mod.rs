@@ -45,6 +45,7 @@ pub fn router(node: NodeHandle) -> Router {
         .route("/api/tasks/{key}/run", post(execute_task))
         .route("/api/tasks/{key}/enable", post(enable_task))
         .route("/api/tasks/{key}/disable", post(disable_task))
+        .route("/api/schedule", get(preview_schedule))
         .route("/api/runs", get(list_runs))
         .route("/api/runs/{id}", get(get_run))
         .route("/api/runs/{id}/stop", post(stop_run))
@@ -329,6 +330,52 @@ async fn disable_task(
     Path(key): Path<String>,
 ) -> Result<impl IntoResponse, ApiError> {
     Ok(Json(node.set_enabled(&key, false).await?))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ScheduleParams {
+    cron: String,
+    #[serde(default = "utc")]
+    timezone: String,
+    /// How many next times, 1 to 20.
+    count: Option<usize>,
+}
+
+fn utc() -> String {
+    "UTC".into()
+}
+
+/// A crontab entry checked and previewed: its next times and, for the common forms, the entry
+/// in plain words; `400` with the error at `when.schedule` (with its column) or `when.timezone`.
+async fn preview_schedule(Query(p): Query<ScheduleParams>) -> Result<impl IntoResponse, ApiError> {
+    let count = match p.count.unwrap_or(5) {
+        n @ 1..=20 => n,
+        n => {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                format!("count {n} is out of range: 1 to 20 next times"),
+            ));
+        }
+    };
+    let schedule = crate::model::parse_schedule(&p.cron, &p.timezone)
+        .map_err(|e| crate::model::Invalid::new("the schedule is not valid", vec![e]))?;
+    let mut next = Vec::with_capacity(count);
+    let mut after = chrono::Utc::now();
+    while next.len() < count {
+        let Some(at) = schedule.next_after(after) else {
+            break;
+        };
+        next.push(at);
+        after = at;
+    }
+    Ok(Json(serde_json::json!({
+        "cron": p.cron,
+        "timezone": p.timezone,
+        "reading": taskmesh_core::cron_reading::reading(&p.cron),
+        "reboot": schedule.is_reboot(),
+        "next": next,
+    })))
 }
 
 #[derive(Debug, Deserialize)]
