@@ -80,7 +80,7 @@ fn time_of_day(second: Option<&str>, minute: &str, hour: &str) -> Option<Time> {
     let minute_value = number(minute, 59);
     let hours = list(hour, 23);
     Some(match (minute_value, hour) {
-        (Some(m), "*") if m == 0 => Time::Repeating("every hour, on the hour".into()),
+        (Some(0), "*") => Time::Repeating("every hour, on the hour".into()),
         (Some(m), "*") => Time::Repeating(format!("every hour at minute {m}")),
         (Some(m), _) => {
             let times: Vec<String> = hours?.iter().map(|h| format!("{h:02}:{m:02}")).collect();
