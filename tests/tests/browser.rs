@@ -88,6 +88,24 @@ async fn the_task_flow_of_the_seed_works_in_a_browser() -> Result<()> {
     assert_eq!(browser.value(&spec).await?, typed);
     screenshot(&browser, "task-panel-error").await;
 
+    // Values of the wrong kind are reported all at once, in plain words, each with its line.
+    browser.clear(&spec).await?;
+    browser
+        .type_text(&spec, "{\n  \"command\": \"echo\",\n  \"priority\": \"high\"\n}")
+        .await?;
+    browser
+        .click(&browser.find("tbody.new .save").await?)
+        .await?;
+    let errors = wait_text(&browser, "tbody.new [data-err=spec]", "priority").await?;
+    assert!(
+        errors.contains("line 2") && errors.contains("\"command\" must be a list"),
+        "{errors}"
+    );
+    assert!(
+        errors.contains("line 3") && errors.contains("\"priority\" must be a whole number"),
+        "{errors}"
+    );
+
     // A bad crontab entry is reported at the schedule field.
     browser.clear(&spec).await?;
     browser

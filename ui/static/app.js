@@ -641,7 +641,9 @@
           mark($(".f-name", form));
         } else if (path === "spec" || path.startsWith("spec.") || path.startsWith("spec[")) {
           const sub = path === "spec" ? "" : path.slice(5) || path;
-          const prefix = [sub && `${sub}`, at].filter(Boolean).join(", ");
+          // Messages in plain words name their field ("priority" must be …) already.
+          const named = sub && d.message.includes(`"${sub.split(".").pop()}"`);
+          const prefix = [!named && sub, at].filter(Boolean).join(", ");
           addError(box("spec"), prefix ? `${prefix}: ${d.message}` : d.message);
           mark($(".f-spec", form));
           if (d.line && !caret) caret = d;

@@ -83,18 +83,81 @@ impl Invalid {
     }
 }
 
-/// Parses JSON text into `T`. An error names the field path below `prefix` and the line and
-/// column in `text`.
+/// Parses JSON text into `T`. A syntax error is reported alone, with its line and column. Values
+/// of the wrong kind are reported all at once, each at its field path below `prefix` with its
+/// line and column, in plain words (`"priority" must be a whole number, not the text "high"`).
 pub fn parse_json<T: DeserializeOwned>(text: &str, prefix: &str) -> Result<T, Invalid> {
     let mut de = serde_json::Deserializer::from_str(text);
     let parsed = serde_path_to_error::deserialize::<_, T>(&mut de);
-    match parsed {
+    let first = match parsed {
         Ok(value) => match de.end() {
-            Ok(()) => Ok(value),
-            Err(e) => Err(invalid_json(prefix, String::new(), &e)),
+            Ok(()) => return Ok(value),
+            Err(e) => return Err(invalid_json(prefix, String::new(), &e)),
         },
-        Err(err) => Err(invalid_json(prefix, err.path().to_string(), err.inner())),
+        Err(err) => err,
+    };
+    let first = invalid_json(prefix, first.path().to_string(), first.inner());
+    let syntax = first.message == SYNTAX;
+    match serde_json::from_str::<serde_json::Value>(text) {
+        Ok(serde_json::Value::Object(fields)) if !syntax => {
+            Err(every_field_error::<T>(text, prefix, fields, first))
+        }
+        _ => Err(first),
     }
+}
+
+const SYNTAX: &str = "invalid JSON";
+const KINDS: &str = "some values are not of the right kind";
+
+/// Each top-level field of an object checked on its own, so that one wrong value does not hide
+/// the next. A field alone may lack what its neighbours give (a required field is "missing"
+/// then); only the whole document says that, in `first`.
+fn every_field_error<T: DeserializeOwned>(
+    text: &str,
+    prefix: &str,
+    fields: serde_json::Map<String, serde_json::Value>,
+    first: Invalid,
+) -> Invalid {
+    let mut errors = first.errors.clone();
+    for (key, value) in fields {
+        let alone = serde_json::Value::Object([(key.clone(), value)].into_iter().collect());
+        let Err(err) = serde_path_to_error::deserialize::<_, T>(alone) else {
+            continue;
+        };
+        if err.inner().to_string().starts_with("missing field") {
+            continue;
+        }
+        let mut found = invalid_json(prefix, err.path().to_string(), err.inner()).errors;
+        for e in &mut found {
+            if errors.iter().any(|known| known.path == e.path) {
+                continue;
+            }
+            // The position of the field's name in the text: where the reader should look.
+            (e.line, e.column) = position_of_key(text, &key);
+            errors.push(e.clone());
+        }
+    }
+    errors.sort_by_key(|e| (e.line.unwrap_or(usize::MAX), e.column.unwrap_or(0)));
+    Invalid {
+        message: first.message,
+        errors,
+    }
+}
+
+/// The line and column of `"key":` in `text`, if it is there.
+fn position_of_key(text: &str, key: &str) -> (Option<usize>, Option<usize>) {
+    let quoted = serde_json::to_string(key).unwrap_or_default();
+    let Some(at) = text
+        .match_indices(&quoted)
+        .map(|(i, _)| i)
+        .find(|&i| text[i + quoted.len()..].trim_start().starts_with(':'))
+    else {
+        return (None, None);
+    };
+    let before = &text[..at];
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (Some(line), Some(column))
 }
 
 fn invalid_json(prefix: &str, sub: String, inner: &serde_json::Error) -> Invalid {
@@ -106,20 +169,109 @@ fn invalid_json(prefix: &str, sub: String, inner: &serde_json::Error) -> Invalid
         (false, sub) if sub.starts_with('[') => format!("{prefix}{sub}"),
         (false, sub) => format!("{prefix}.{sub}"),
     };
-    let message = match inner.classify() {
-        serde_json::error::Category::Syntax | serde_json::error::Category::Eof => {
-            format!("malformed JSON: {}", strip_position(&inner.to_string()))
-        }
-        _ => strip_position(&inner.to_string()),
+    let (heading, message) = match inner.classify() {
+        serde_json::error::Category::Syntax | serde_json::error::Category::Eof => (
+            SYNTAX,
+            format!("malformed JSON: {}", strip_position(&inner.to_string())),
+        ),
+        _ => (
+            KINDS,
+            plain_words(&sub, &strip_position(&inner.to_string())),
+        ),
     };
     Invalid {
-        message: "invalid JSON".into(),
+        message: heading.into(),
         errors: vec![FieldError {
             path,
             message,
             line: Some(inner.line()).filter(|l| *l > 0),
             column: Some(inner.column()).filter(|_| inner.line() > 0),
         }],
+    }
+}
+
+/// serde's message about a value, said for people: `invalid type: string "high", expected i32`
+/// at `priority` becomes `"priority" must be a whole number, not the text "high"`.
+fn plain_words(path: &str, message: &str) -> String {
+    let field = path.rsplit('.').next().unwrap_or(path);
+    let name = match field {
+        "" => "the document".to_owned(),
+        f => format!("\"{f}\""),
+    };
+    let got_expected = |rest: &str| {
+        rest.split_once(", expected ")
+            .map(|(got, expected)| (got.to_owned(), expected.to_owned()))
+    };
+    if let Some((got, expected)) = message
+        .strip_prefix("invalid type: ")
+        .or_else(|| message.strip_prefix("invalid value: "))
+        .and_then(got_expected)
+    {
+        return format!("{name} must be {}, not {}", kind(&expected), value(&got));
+    }
+    if let Some(rest) = message.strip_prefix("unknown field ") {
+        return match rest.split_once(", expected ") {
+            Some((unknown, known)) => {
+                format!(
+                    "{unknown} is not a field here; the fields are {}",
+                    known.trim_start_matches("one of ")
+                )
+            }
+            None => format!(
+                "{} is not a field here",
+                rest.split(',').next().unwrap_or(rest)
+            ),
+        };
+    }
+    if let Some(missing) = message.strip_prefix("missing field ") {
+        return format!("{missing} is missing");
+    }
+    if let Some(rest) = message.strip_prefix("unknown variant ") {
+        if let Some((got, known)) = rest.split_once(", expected ") {
+            return format!(
+                "{name} must be {}, not {got}",
+                known.trim_start_matches("one of ")
+            );
+        }
+    }
+    message.to_owned()
+}
+
+/// What serde expected, in plain words.
+fn kind(expected: &str) -> String {
+    match expected {
+        "i8" | "i16" | "i32" | "i64" | "i128" | "isize" => "a whole number".into(),
+        "u8" | "u16" | "u32" | "u64" | "u128" | "usize" => "a whole number, 0 or more".into(),
+        "f32" | "f64" => "a number".into(),
+        "a string" | "a borrowed string" | "a character" => "text in quotes".into(),
+        "a sequence" | "a tuple" => "a list in [ ]".into(),
+        "a map" => "an object in { }".into(),
+        "a boolean" => "true or false".into(),
+        e if e.starts_with("struct ") => "an object in { }".into(),
+        e => e.to_owned(),
+    }
+}
+
+/// The value serde was given, in plain words: `string "high"` → `the text "high"`.
+fn value(got: &str) -> String {
+    let unquote = |s: &str| s.trim_matches('`').to_owned();
+    if let Some(text) = got.strip_prefix("string ") {
+        return format!("the text {text}");
+    }
+    for (prefix, noun) in [
+        ("integer ", "the number "),
+        ("floating point ", "the number "),
+        ("boolean ", ""),
+    ] {
+        if let Some(v) = got.strip_prefix(prefix) {
+            return format!("{noun}{}", unquote(v));
+        }
+    }
+    match got {
+        "sequence" => "a list".into(),
+        "map" => "an object".into(),
+        "null" | "unit value" => "null".into(),
+        other => other.to_owned(),
     }
 }
 
@@ -147,7 +299,65 @@ mod tests {
         let e = &err.errors[0];
         assert_eq!(e.path, "box.items[1]");
         assert_eq!(e.line, Some(3));
-        assert!(e.message.contains("expected u32"), "{}", e.message);
+        assert_eq!(
+            e.message,
+            "\"items[1]\" must be a whole number, 0 or more, not the text \"two\""
+        );
+        assert_eq!(err.message, KINDS);
+    }
+
+    #[derive(Debug, serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct Spec {
+        #[serde(default)]
+        priority: i32,
+        #[serde(default)]
+        command: Vec<String>,
+        #[serde(default)]
+        shell: Option<String>,
+        name: String,
+    }
+
+    #[test]
+    fn every_wrong_value_is_reported_at_once_in_plain_words() {
+        let text = "{\n  \"name\": \"x\",\n  \"priority\": \"high\",\n  \"command\": \"ls\",\n  \"colour\": 1,\n  \"shell\": 5\n}";
+        let err = parse_json::<Spec>(text, "spec").expect_err("bad");
+        let found: Vec<(&str, &str, Option<usize>)> = err
+            .errors
+            .iter()
+            .map(|e| (e.path.as_str(), e.message.as_str(), e.line))
+            .collect();
+        assert_eq!(
+            found,
+            [
+                (
+                    "spec.priority",
+                    "\"priority\" must be a whole number, not the text \"high\"",
+                    Some(3)
+                ),
+                (
+                    "spec.command",
+                    "\"command\" must be a list in [ ], not the text \"ls\"",
+                    Some(4)
+                ),
+                (
+                    "spec.colour",
+                    "`colour` is not a field here; the fields are `priority`, `command`, `shell`, `name`",
+                    Some(5)
+                ),
+                (
+                    "spec.shell",
+                    "\"shell\" must be text in quotes, not the number 5",
+                    Some(6)
+                ),
+            ],
+            "{err:?}"
+        );
+        // A required field is missing only in the whole document, and said so.
+        let err = parse_json::<Spec>("{\"priority\": 1}", "").expect_err("no name");
+        assert_eq!(err.errors.len(), 1, "{err:?}");
+        assert_eq!(err.errors[0].message, "`name` is missing");
     }
 
     #[test]
