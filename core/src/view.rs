@@ -3,9 +3,9 @@
 //! node) and rendered by the UI or serialized by the API.
 
 use chrono::{DateTime, Utc};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
-use crate::model::{RunId, TaskId};
+use crate::model::{Run, RunId, RunStatus, TaskId};
 use crate::peer::PeerInfo;
 
 /// What the UI shows about an always-task on this node.
@@ -37,13 +37,41 @@ pub struct SinkStatus {
     pub last_delivery_at: Option<DateTime<Utc>>,
 }
 
-/// Which runs to list, newest first.
-#[derive(Debug, Clone, Default)]
+/// Which runs to list, newest first. Nodes ask each other this for the history they keep.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct RunQuery {
     pub task: Option<TaskId>,
     /// Only runs older than this one (for paging).
     pub before: Option<RunId>,
     pub limit: usize,
+    /// Only runs with this status.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<RunStatus>,
+    /// Only runs on the node of this name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+    /// Only runs made by this kind of trigger ([`crate::model::Trigger::kind`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trigger: Option<String>,
+}
+
+impl RunQuery {
+    /// Whether `run` is one this query lists (all but the limit).
+    pub fn admits(&self, run: &Run) -> bool {
+        self.task.as_ref().is_none_or(|t| *t == run.task_id)
+            && self.before.as_ref().is_none_or(|b| run.id < *b)
+            && self.status.is_none_or(|s| s == run.status)
+            && self.node.as_ref().is_none_or(|n| *n == run.node)
+            && self
+                .trigger
+                .as_deref()
+                .is_none_or(|t| t == run.trigger.kind())
+    }
+
+    /// Whether anything but the task and the page narrows the list.
+    pub fn is_filtered(&self) -> bool {
+        self.status.is_some() || self.node.is_some() || self.trigger.is_some()
+    }
 }
 
 /// The cluster as /peers shows it.

@@ -112,6 +112,9 @@ pub enum Request {
     RunLog { run: String, from: u64, max: u32 },
     /// Run requests a follower hands to the leader's scheduler (a list), opaque to the mesh.
     Schedule(Box<RawValue>),
+    /// The runs a node keeps in its own history that match a query (opaque to the mesh): how
+    /// a node lists history that ran elsewhere.
+    Runs(Box<RawValue>),
 }
 
 impl Request {
@@ -122,6 +125,7 @@ impl Request {
             Request::Raft(_) => "raft",
             Request::RunLog { .. } => "run_log",
             Request::Schedule(_) => "schedule",
+            Request::Runs(_) => "runs",
         }
     }
 }
@@ -134,6 +138,8 @@ pub enum Response {
     RunLog(Option<Vec<u8>>),
     /// The leader's answer to each handed-over run request, in order.
     Schedule(Box<RawValue>),
+    /// The matching runs of the node's history, newest first.
+    Runs(Box<RawValue>),
     /// The receiving node could not handle the request (no handler, or it failed).
     Error(String),
 }

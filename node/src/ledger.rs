@@ -152,10 +152,10 @@ impl RunLedger {
                 *run = newer.clone();
             }
         }
+        // A live change may have moved a run out of the query (a status filter).
+        runs.retain(|run| query.admits(run));
         for run in live.values() {
-            let wanted = query.task.as_ref().is_none_or(|t| *t == run.task_id)
-                && query.before.as_ref().is_none_or(|b| run.id < *b);
-            if wanted && !runs.iter().any(|r| r.id == run.id) {
+            if query.admits(run) && !runs.iter().any(|r| r.id == run.id) {
                 runs.push(run.clone());
             }
         }

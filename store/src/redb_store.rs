@@ -421,7 +421,10 @@ impl Store for RedbStore {
                     let (k, _) = entry.map_err(db_err)?;
                     let run_id = &k.value()[lo.len()..];
                     if let Some(v) = table.get(run_id).map_err(db_err)? {
-                        out.push(decode("runs", run_id, v.value())?);
+                        let run: Run = decode("runs", run_id, v.value())?;
+                        if query.admits(&run) {
+                            out.push(run);
+                        }
                     }
                 }
             }
@@ -436,7 +439,10 @@ impl Store for RedbStore {
                         break;
                     }
                     let (k, v) = entry.map_err(db_err)?;
-                    out.push(decode("runs", k.value(), v.value())?);
+                    let run: Run = decode("runs", k.value(), v.value())?;
+                    if query.admits(&run) {
+                        out.push(run);
+                    }
                 }
             }
         }
@@ -475,6 +481,7 @@ mod tests {
                 task: Some(TaskId("a".into())),
                 before: None,
                 limit: 10,
+                ..RunQuery::default()
             })
             .expect("list");
         let ids: Vec<_> = listed.iter().map(|r| r.id.clone()).collect();
@@ -506,6 +513,7 @@ mod tests {
                 task: Some(TaskId("a".into())),
                 before: Some(a[3].id.clone()),
                 limit: 10,
+                ..RunQuery::default()
             })
             .expect("page");
         assert_eq!(page.len(), 1);
@@ -533,6 +541,7 @@ mod tests {
                 task: Some(TaskId("a".into())),
                 before: None,
                 limit: 10,
+                ..RunQuery::default()
             })
             .expect("list");
         assert_eq!(listed.len(), 3);

@@ -98,6 +98,31 @@ impl Browser {
         Ok(r["value"].clone())
     }
 
+    /// A browser logged in to the node behind `api` through a one-time login link, as a user
+    /// would be (it lands on /peers).
+    pub async fn logged_in(api: &crate::Api) -> Result<Self> {
+        let (status, link) = api
+            .post("/api/login-links", &serde_json::Value::Null)
+            .await?;
+        anyhow::ensure!(status == 201, "login-links answered {status}: {link}");
+        let url = link["url"].as_str().unwrap_or_default().to_owned();
+        let browser = Self::start().await?;
+        browser.goto(&format!("{url}&next=/peers")).await?;
+        wait_for(
+            "the login to land on /peers",
+            Duration::from_secs(10),
+            || async {
+                let at = browser
+                    .script("return location.pathname", vec![])
+                    .await
+                    .ok()?;
+                (at == json!("/peers")).then_some(())
+            },
+        )
+        .await?;
+        Ok(browser)
+    }
+
     pub async fn goto(&self, url: &str) -> Result<()> {
         self.call(reqwest::Method::POST, "/url", Some(json!({"url": url})))
             .await

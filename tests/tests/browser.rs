@@ -26,29 +26,8 @@ async fn text_of(browser: &Browser, css: &str) -> String {
     }
 }
 
-/// A browser logged in to `node` through a one-time login link, as a user would be.
 async fn logged_in(node: &TestNode) -> Result<Browser> {
-    let (status, link) = node
-        .api
-        .post("/api/login-links", &serde_json::Value::Null)
-        .await?;
-    anyhow::ensure!(status == 201, "login-links answered {status}: {link}");
-    let url = link["url"].as_str().unwrap_or_default().to_owned();
-    let browser = Browser::start().await?;
-    browser.goto(&format!("{url}&next=/peers")).await?;
-    wait_for(
-        "the login to land on /peers",
-        Duration::from_secs(10),
-        || async {
-            let at = browser
-                .script("return location.pathname", vec![])
-                .await
-                .ok()?;
-            (at == json!("/peers")).then_some(())
-        },
-    )
-    .await?;
-    Ok(browser)
+    Browser::logged_in(&node.api).await
 }
 
 async fn wait_text(browser: &Browser, css: &str, needle: &str) -> Result<String> {
@@ -91,7 +70,10 @@ async fn the_task_flow_of_the_seed_works_in_a_browser() -> Result<()> {
     // Values of the wrong kind are reported all at once, in plain words, each with its line.
     browser.clear(&spec).await?;
     browser
-        .type_text(&spec, "{\n  \"command\": \"echo\",\n  \"priority\": \"high\"\n}")
+        .type_text(
+            &spec,
+            "{\n  \"command\": \"echo\",\n  \"priority\": \"high\"\n}",
+        )
         .await?;
     browser
         .click(&browser.find("tbody.new .save").await?)

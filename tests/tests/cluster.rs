@@ -654,3 +654,163 @@ async fn nodes_gossip_beats_when_idle_and_one_announcement_per_refresh_when_busy
     }
     Ok(())
 }
+
+/// History from every node: a task placed on all three nodes runs ten times; the replicated
+/// ledger keeps only the newest 20 of its 30 runs, yet any node lists all 30 (the older ones
+/// asked from the nodes that ran them), filtered by node, in the API and on the task's page in
+/// a browser; once a node is down, the page names it.
+#[tokio::test]
+async fn any_node_lists_every_run_of_a_task_that_ran_on_three_nodes() -> Result<()> {
+    let members = cluster(3).await?;
+    let all: Vec<&Member> = members.iter().collect();
+    formed(&all, 3, 0).await?;
+    let api = &members[0].node.api;
+    let id = api
+        .create_task(&json!({"name": "everywhere", "spec": {"command": ["true"]},
+                             "when": {"mode": "manual"}, "placement": "all"}))
+        .await?;
+    let finished = |m: &Member| {
+        let path = format!("/api/runs?task={id}&limit=100&status=succeeded");
+        let api = m.node.api.clone();
+        async move {
+            let (_, runs) = api.get(&path).await.ok()?;
+            runs.as_array().map(Vec::len)
+        }
+    };
+    for round in 1..=10 {
+        // The previous round ends in the ledger a moment after the nodes' own history says so.
+        wait_for(
+            "Execute now to be accepted",
+            Duration::from_secs(10),
+            || async {
+                let (status, _) = api
+                    .post(&format!("/api/tasks/{id}/run"), &Value::Null)
+                    .await
+                    .ok()?;
+                (status == 202).then_some(())
+            },
+        )
+        .await?;
+        wait_for(
+            &format!("round {round} to end on all three"),
+            Duration::from_secs(20),
+            || async { (finished(&members[0]).await? >= 3 * round).then_some(()) },
+        )
+        .await?;
+    }
+    let task = taskmesh::model::TaskId(id.clone());
+    // Once the last round's ends are committed, the ledger keeps the newest 20 of the 30.
+    wait_for(
+        "the ledger to keep 20 runs",
+        Duration::from_secs(10),
+        || async {
+            let state = members[0].node.handle.state();
+            let kept: Vec<_> = state.runs.of_task_before(&task, None).collect();
+            (kept.len() == 20 && kept.iter().all(|r| r.status.is_final())).then_some(())
+        },
+    )
+    .await?;
+    for m in &members {
+        let (status, runs) = m
+            .node
+            .api
+            .get(&format!("/api/runs?task={id}&limit=100"))
+            .await?;
+        assert_eq!(status, 200);
+        let runs = runs.as_array().cloned().unwrap_or_default();
+        assert_eq!(runs.len(), 30, "{} lists {} runs", m.name, runs.len());
+        for name in ["n0", "n1", "n2"] {
+            let on = runs.iter().filter(|r| r["node"] == name).count();
+            assert_eq!(on, 10, "{} lists {on} runs of {name}", m.name);
+        }
+        let (_, only) = m
+            .node
+            .api
+            .get(&format!("/api/runs?task={id}&limit=100&node=n1"))
+            .await?;
+        let only = only.as_array().cloned().unwrap_or_default();
+        assert!(
+            only.len() == 10 && only.iter().all(|r| r["node"] == "n1"),
+            "{only:?}"
+        );
+    }
+    // A page of 25 and the next: every run once.
+    let (_, first, next) = members[2]
+        .node
+        .api
+        .page(&format!("/api/runs?task={id}&limit=25"))
+        .await?;
+    let next = next.context("a next page")?;
+    let (_, second, _) = members[2].node.api.page(&next).await?;
+    let ids: BTreeSet<String> = first
+        .as_array()
+        .into_iter()
+        .chain(second.as_array())
+        .flatten()
+        .filter_map(|r| r["id"].as_str().map(str::to_owned))
+        .collect();
+    assert_eq!(ids.len(), 30);
+
+    // The task's page on the third node, in a browser, lists all 30.
+    let browser = taskmesh_tests::webdriver::Browser::logged_in(&members[2].node.api).await?;
+    browser
+        .goto(&format!("{}/tasks/{id}", members[2].node.api.base))
+        .await?;
+    browser.find("#task-runs table.runs").await?;
+    let rows = browser.find_all("#task-runs table.runs tbody tr").await?;
+    assert_eq!(rows.len(), 30);
+
+    // n1 goes down: the others list what they can and name it.
+    let mut members = members;
+    let n1 = members.remove(1);
+    let dir = n1.dir;
+    n1.node.stop().await;
+    let unanswered = wait_for(
+        "n1 to be named as down",
+        Duration::from_secs(30),
+        || async {
+            let r = members[0]
+                .node
+                .api
+                .http
+                .get(format!(
+                    "{}/api/runs?task={id}&limit=100",
+                    members[0].node.api.base
+                ))
+                .send()
+                .await
+                .ok()?;
+            let named = r
+                .headers()
+                .get("taskmesh-unanswered")?
+                .to_str()
+                .ok()?
+                .to_owned();
+            named.contains("n1").then_some(named)
+        },
+    )
+    .await?;
+    let (_, runs) = members[0]
+        .node
+        .api
+        .get(&format!("/api/runs?task={id}&limit=100"))
+        .await?;
+    let from_n1 = runs
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|r| r["node"] == "n1")
+        .count();
+    assert!(
+        from_n1 < 10,
+        "{from_n1} runs of n1 listed while it is down ({unanswered})"
+    );
+    browser
+        .goto(&format!("{}/tasks/{id}", members[1].node.api.base))
+        .await?;
+    let notice = browser.find("#task-runs .unanswered").await?;
+    let text = browser.text(&notice).await?;
+    assert!(text.contains("n1"), "{text}");
+    drop(dir);
+    Ok(())
+}

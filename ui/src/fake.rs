@@ -108,6 +108,19 @@ impl NodeView for FakeNode {
             .collect())
     }
 
+    async fn cluster_runs(&self, query: RunQuery) -> Result<(Vec<Run>, Vec<String>), String> {
+        self.history_reads.fetch_add(1, Ordering::Relaxed);
+        if let Some(e) = &self.broken {
+            return Err(e.clone());
+        }
+        let runs = self
+            .runs
+            .iter()
+            .filter(|r| query.admits(r))
+            .take(query.limit);
+        Ok((runs.cloned().collect(), vec!["node-gone".into()]))
+    }
+
     async fn run(&self, id: &RunId) -> Result<Option<Run>, String> {
         self.history_reads.fetch_add(1, Ordering::Relaxed);
         if let Some(e) = &self.broken {
@@ -200,8 +213,10 @@ async fn every_page_renders_what_the_node_tells() {
                 ">Save<",
                 "failed",
                 "node-a",
+                "node-gone",
             ],
         ),
+        ("/runs?status=failed", &["backup", "failed", "node-gone"]),
         (&format!("/runs/{run}"), &["backup", "failed"]),
     ];
     for (path, expected) in cases {
@@ -238,9 +253,10 @@ async fn an_unknown_task_or_cursor_is_told() {
     let (status, html) = page(FakeNode::new(), "/tasks/ghost").await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     assert!(html.contains("`ghost`"), "{html}");
-    let (status, html) = page(FakeNode::new(), "/tasks/t-clean?before=xyz").await;
-    assert_eq!(status, StatusCode::BAD_REQUEST);
-    assert!(html.contains("`before=xyz`"), "{html}");
+    let (status, html) = page(FakeNode::new(), "/tasks/t-clean?before=xyz&status=odd").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(html.contains("`before=xyz` is not a run id"), "{html}");
+    assert!(html.contains("status `odd` is unknown"), "{html}");
 }
 
 #[tokio::test]

@@ -7,6 +7,7 @@
 mod assets;
 #[cfg(test)]
 mod fake;
+mod history;
 mod login;
 mod node;
 mod node_view;
@@ -33,6 +34,7 @@ pub fn router<N: NodeView>(node: N) -> Router {
         .route("/settings", get(settings::view_settings_get::<N>))
         .route("/node", get(node::view_node_get::<N>))
         .route("/peers", get(peers::view_peers_get::<N>))
+        .route("/runs", get(history::view_runs_get::<N>))
         .route("/runs/{id}", get(run::view_run_get::<N>))
         .route("/static/app.css", get(assets::app_css))
         .route("/static/app.js", get(assets::app_js))

@@ -125,6 +125,7 @@ pub async fn view_node_get<N: NodeView>(State(node): State<N>) -> NodeTemplate {
             task: None,
             before: None,
             limit: RECENT * 4,
+            ..RunQuery::default()
         })
         .await
         .unwrap_or_else(|e| {

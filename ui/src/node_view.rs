@@ -41,6 +41,11 @@ pub trait NodeView: Clone + Send + Sync + 'static {
     fn last_run(&self, task: &TaskId) -> Option<Run>;
     /// Runs, newest first; the error says why they could not be read.
     fn runs(&self, query: RunQuery) -> impl Future<Output = Result<Vec<Run>, String>> + Send;
+    /// Runs from every live node, newest first, and the nodes that did not answer in time.
+    fn cluster_runs(
+        &self,
+        query: RunQuery,
+    ) -> impl Future<Output = Result<(Vec<Run>, Vec<String>), String>> + Send;
     /// One run; `Ok(None)` when there is no such run.
     fn run(&self, id: &RunId) -> impl Future<Output = Result<Option<Run>, String>> + Send;
     fn health(&self) -> Health;

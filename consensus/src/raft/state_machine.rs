@@ -943,6 +943,7 @@ mod tests {
                 task: Some(TaskId("a".into())),
                 before: None,
                 limit: 10,
+                ..RunQuery::default()
             })
             .expect("runs");
         assert_eq!(listed.len(), 1, "runs_by_task kept its row");

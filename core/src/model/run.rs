@@ -55,6 +55,21 @@ pub enum Trigger {
 }
 
 impl Trigger {
+    /// The kinds, as [`Trigger::kind`] names them.
+    pub const KINDS: &[&str] = &["manual", "cron", "reboot", "always", "retry", "rule"];
+
+    /// What kind of trigger this is, as `"kind"` spells it in JSON.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Trigger::Manual => "manual",
+            Trigger::Cron { .. } => "cron",
+            Trigger::Reboot => "reboot",
+            Trigger::Always { .. } => "always",
+            Trigger::Retry { .. } => "retry",
+            Trigger::Rule { .. } => "rule",
+        }
+    }
+
     /// A retry of `run`: it carries the run's cron slot on.
     pub fn retry_of(run: &Run) -> Self {
         Trigger::Retry {

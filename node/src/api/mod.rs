@@ -384,9 +384,16 @@ struct RunsParams {
     task: Option<String>,
     before: Option<String>,
     limit: Option<usize>,
+    status: Option<String>,
+    node: Option<String>,
+    trigger: Option<String>,
 }
 
-/// One page of runs, newest first, with a `Link` to the next page like [`list_tasks`].
+/// The header naming the nodes whose history a listing lacks (they did not answer in time).
+const UNANSWERED: &str = "taskmesh-unanswered";
+
+/// One page of runs from every live node, newest first, with a `Link` to the next page like
+/// [`list_tasks`], and the nodes that did not answer in a `Taskmesh-Unanswered` header.
 #[instrument(name = "api", skip_all, fields(task = ?p.task))]
 async fn list_runs(
     State(node): State<NodeHandle>,
@@ -395,26 +402,73 @@ async fn list_runs(
     // The history of a removed task is still listed by its id.
     let task = p
         .task
-        .map(|key| node.task(&key).map(|t| t.id).unwrap_or(TaskId(key)));
-    let before = p.before.map(|b| parse_run_id(&b)).transpose()?;
+        .as_ref()
+        .map(|key| node.task(key).map(|t| t.id).unwrap_or(TaskId(key.clone())));
+    let before = p.before.as_deref().map(parse_run_id).transpose()?;
     let limit = page_limit(p.limit, RUNS_PAGE)?;
-    let mut page = node
-        .runs(RunQuery {
-            task: task.clone(),
-            before,
-            limit: limit + 1,
-        })
-        .await?;
+    let status = p.status.as_deref().map(parse_status).transpose()?;
+    if let Some(trigger) = p.trigger.as_deref() {
+        if !crate::model::Trigger::KINDS.contains(&trigger) {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "trigger `{trigger}` is unknown: one of {}",
+                    crate::model::Trigger::KINDS.join(", ")
+                ),
+            ));
+        }
+    }
+    let query = RunQuery {
+        task: task.clone(),
+        before,
+        limit: limit + 1,
+        status,
+        node: p.node.clone(),
+        trigger: p.trigger.clone(),
+    };
+    let crate::handle::ClusterRuns {
+        runs: mut page,
+        unanswered,
+    } = node.cluster_runs(query).await?;
     let next = (page.len() > limit).then(|| {
         page.truncate(limit);
         let last = page.last().map(|r| r.id.0.as_str()).unwrap_or_default();
-        let task = task.map(|t| format!("task={}&", query_value(&t.0)));
-        format!(
-            "/api/runs?{}before={last}&limit={limit}",
-            task.unwrap_or_default()
-        )
+        let mut params: Vec<String> = Vec::new();
+        if let Some(task) = &task {
+            params.push(format!("task={}", query_value(&task.0)));
+        }
+        for (name, value) in [
+            ("status", &p.status),
+            ("node", &p.node),
+            ("trigger", &p.trigger),
+        ] {
+            if let Some(value) = value {
+                params.push(format!("{name}={}", query_value(value)));
+            }
+        }
+        params.push(format!("before={last}&limit={limit}"));
+        format!("/api/runs?{}", params.join("&"))
     });
-    Ok((next_link(next), Json(page)))
+    let mut headers = next_link(next);
+    if let Ok(value) = unanswered.join(", ").parse() {
+        if !unanswered.is_empty() {
+            headers.insert(UNANSWERED, value);
+        }
+    }
+    Ok((headers, Json(page)))
+}
+
+/// A run status as the API spells it (`timed_out`).
+fn parse_status(s: &str) -> Result<crate::model::RunStatus, ApiError> {
+    serde_json::from_value(serde_json::Value::String(s.to_owned())).map_err(|_| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "status `{s}` is unknown: one of queued, running, succeeded, failed, timed_out, \
+                 killed, lost, skipped"
+            ),
+        )
+    })
 }
 
 pub(crate) fn parse_run_id(s: &str) -> Result<RunId, ApiError> {

@@ -29,7 +29,7 @@ use crate::logs::{self, LogPaths};
 use crate::model::{NodeSettings, TaskId};
 use crate::notify::Notifier;
 use crate::scheduler::{Scheduler, SchedulerHandle};
-use crate::store::{RedbStore, Store};
+use crate::store::{RedbStore, RunQuery, Store};
 
 /// How often the retention sweep runs.
 const SWEEP_EVERY: Duration = Duration::from_secs(3600);
@@ -486,6 +486,7 @@ fn start_workers(
         replication.consensus_tx.clone(),
         scheduler_handle.clone(),
         logs.clone(),
+        ledger.clone(),
     ));
     let tasks = vec![
         tokio::spawn(executor.run()),
@@ -593,12 +594,14 @@ async fn shut_down(work: CancellationToken, core: CancellationToken, parts: Stop
 }
 
 /// Routes the requests peers send: consensus requests to the consensus layer, forwarded run
-/// requests to the scheduler, and log requests are answered here, from this node's run logs.
+/// requests to the scheduler; log and history requests are answered here, from this node's run
+/// logs and history.
 async fn route_inbound(
     mut inbound: mpsc::Receiver<crate::mesh::Inbound>,
     consensus: mpsc::Sender<crate::mesh::Inbound>,
     scheduler: SchedulerHandle,
     logs: LogPaths,
+    ledger: RunLedger,
 ) {
     use crate::mesh::{Request, Response};
     while let Some(request) = inbound.recv().await {
@@ -613,6 +616,24 @@ async fn route_inbound(
                                 .unwrap_or_else(|e| Response::Error(e.to_string()))
                         }
                         Err(e) => Response::Error(format!("not a list of run requests: {e}")),
+                    };
+                    let _ = request.reply.send(answer);
+                });
+            }
+            Request::Runs(body) => {
+                let ledger = ledger.clone();
+                tokio::spawn(async move {
+                    let answer = match serde_json::from_str::<RunQuery>(body.get()) {
+                        Ok(mut query) => {
+                            query.limit = query.limit.min(crate::handle::RUNS_ASKED_MAX);
+                            match ledger.list(query).await {
+                                Ok(runs) => serde_json::value::to_raw_value(&runs)
+                                    .map(Response::Runs)
+                                    .unwrap_or_else(|e| Response::Error(e.to_string())),
+                                Err(e) => Response::Error(format!("reading the history: {e}")),
+                            }
+                        }
+                        Err(e) => Response::Error(format!("not a query of runs: {e}")),
                     };
                     let _ = request.reply.send(answer);
                 });
