@@ -53,6 +53,9 @@ pub struct RunQuery {
     /// Only runs made by this kind of trigger ([`crate::model::Trigger::kind`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trigger: Option<String>,
+    /// Only runs created at or after this time (newest first, a listing stops where they end).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since: Option<DateTime<Utc>>,
 }
 
 impl RunQuery {
@@ -66,11 +69,138 @@ impl RunQuery {
                 .trigger
                 .as_deref()
                 .is_none_or(|t| t == run.trigger.kind())
+            && self.since.is_none_or(|s| run.created_at >= s)
+    }
+
+    /// Whether `run`, and every run a newest-first listing meets after it, is older than
+    /// `since`.
+    pub fn is_past(&self, run: &Run) -> bool {
+        self.since.is_some_and(|s| run.created_at < s)
     }
 
     /// Whether anything but the task and the page narrows the list.
     pub fn is_filtered(&self) -> bool {
         self.status.is_some() || self.node.is_some() || self.trigger.is_some()
+    }
+}
+
+/// What runs did since a time: counts, durations and each task's recent runs. Each node counts
+/// the runs of its own history; the dashboard adds the nodes' counts up.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct RunStats {
+    pub since: Option<DateTime<Utc>>,
+    /// Runs created since then, finished or not.
+    pub runs: u64,
+    pub succeeded: u64,
+    /// Finished without success: failed, timed out, killed or lost.
+    pub failed: u64,
+    /// The summed duration of the finished runs that started, in milliseconds, and how many.
+    pub duration_ms: u64,
+    pub timed: u64,
+    /// A node stopped counting at [`RunStats::CAP`] runs: the figures are lower bounds.
+    pub capped: bool,
+    pub tasks: std::collections::BTreeMap<TaskId, TaskRunStats>,
+}
+
+/// One task's share of [`RunStats`].
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct TaskRunStats {
+    pub name: String,
+    pub runs: u64,
+    pub succeeded: u64,
+    pub failed: u64,
+    /// Its newest finished runs, newest first, at most [`TaskRunStats::RECENT`].
+    pub recent: Vec<RecentRun>,
+}
+
+/// A finished run as a task's sparkline draws it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RecentRun {
+    pub id: RunId,
+    pub status: RunStatus,
+    pub duration_ms: u64,
+}
+
+impl TaskRunStats {
+    pub const RECENT: usize = 50;
+}
+
+impl RunStats {
+    /// The most runs one node counts for one answer.
+    pub const CAP: usize = 100_000;
+
+    pub fn since(since: DateTime<Utc>) -> Self {
+        Self {
+            since: Some(since),
+            ..Self::default()
+        }
+    }
+
+    /// Counts one run (runs come newest first).
+    pub fn add(&mut self, run: &Run) {
+        let failed = matches!(
+            run.status,
+            RunStatus::Failed | RunStatus::TimedOut | RunStatus::Killed | RunStatus::Lost
+        );
+        let succeeded = run.status == RunStatus::Succeeded;
+        self.runs += 1;
+        self.succeeded += u64::from(succeeded);
+        self.failed += u64::from(failed);
+        let duration = run
+            .duration()
+            .filter(|_| run.status.is_final())
+            .map(|d| d.num_milliseconds().max(0) as u64);
+        if let Some(ms) = duration {
+            self.duration_ms += ms;
+            self.timed += 1;
+        }
+        let task = self.tasks.entry(run.task_id.clone()).or_default();
+        task.name.clone_from(&run.task_name);
+        task.runs += 1;
+        task.succeeded += u64::from(succeeded);
+        task.failed += u64::from(failed);
+        if let Some(ms) = duration {
+            if task.recent.len() < TaskRunStats::RECENT {
+                task.recent.push(RecentRun {
+                    id: run.id.clone(),
+                    status: run.status,
+                    duration_ms: ms,
+                });
+            }
+        }
+    }
+
+    /// Adds another node's counts to these.
+    pub fn merge(&mut self, other: RunStats) {
+        self.runs += other.runs;
+        self.succeeded += other.succeeded;
+        self.failed += other.failed;
+        self.duration_ms += other.duration_ms;
+        self.timed += other.timed;
+        self.capped |= other.capped;
+        for (id, theirs) in other.tasks {
+            let task = self.tasks.entry(id).or_default();
+            if task.name.is_empty() {
+                task.name = theirs.name;
+            }
+            task.runs += theirs.runs;
+            task.succeeded += theirs.succeeded;
+            task.failed += theirs.failed;
+            task.recent.extend(theirs.recent);
+            task.recent.sort_by(|a, b| b.id.cmp(&a.id));
+            task.recent.truncate(TaskRunStats::RECENT);
+        }
+    }
+
+    /// The share of finished runs that succeeded, in percent (`None` before any finished).
+    pub fn success_rate(&self) -> Option<f64> {
+        let finished = self.succeeded + self.failed;
+        (finished > 0).then(|| self.succeeded as f64 * 100.0 / finished as f64)
+    }
+
+    /// The mean duration of the finished runs, in milliseconds.
+    pub fn mean_duration_ms(&self) -> Option<u64> {
+        (self.timed > 0).then(|| self.duration_ms / self.timed)
     }
 }
 

@@ -115,6 +115,9 @@ pub enum Request {
     /// The runs a node keeps in its own history that match a query (opaque to the mesh): how
     /// a node lists history that ran elsewhere.
     Runs(Box<RawValue>),
+    /// What the runs of a node's own history since a time did (counts, durations), opaque to
+    /// the mesh: how the dashboard adds up the cluster.
+    RunStats(Box<RawValue>),
 }
 
 impl Request {
@@ -126,6 +129,7 @@ impl Request {
             Request::RunLog { .. } => "run_log",
             Request::Schedule(_) => "schedule",
             Request::Runs(_) => "runs",
+            Request::RunStats(_) => "run_stats",
         }
     }
 }
@@ -140,6 +144,8 @@ pub enum Response {
     Schedule(Box<RawValue>),
     /// The matching runs of the node's history, newest first.
     Runs(Box<RawValue>),
+    /// The node's run statistics.
+    RunStats(Box<RawValue>),
     /// The receiving node could not handle the request (no handler, or it failed).
     Error(String),
 }

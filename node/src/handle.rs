@@ -75,20 +75,6 @@ impl From<NotScheduled> for NodeError {
     }
 }
 
-/// The most runs a peer is asked for in one history query.
-pub const RUNS_ASKED_MAX: usize = 1000;
-/// How long a cluster-wide history waits for the peers' answers.
-pub const HISTORY_DEADLINE: Duration = Duration::from_secs(2);
-/// How many peers a cluster-wide history asks at a time.
-pub const HISTORY_FAN_OUT: usize = 16;
-
-/// Runs from every live node, and the nodes that did not answer in time.
-#[derive(Debug, Clone, Default)]
-pub struct ClusterRuns {
-    pub runs: Vec<Run>,
-    pub unanswered: Vec<String>,
-}
-
 /// The one handle over a running node. Cheap to clone.
 #[derive(Clone)]
 pub struct NodeHandle {
@@ -297,98 +283,6 @@ impl NodeHandle {
         runs.sort_by(|a, b| b.id.cmp(&a.id));
         runs.truncate(query.limit);
         Ok(runs)
-    }
-
-    /// Runs, newest first, from every live node: [`NodeHandle::runs`] merged with what each
-    /// peer keeps in its own history (the runs the replicated ledger no longer holds). The peers
-    /// are asked at once, at most [`HISTORY_FAN_OUT`] at a time, and waited for at most
-    /// [`HISTORY_DEADLINE`]; those that did not answer are named. Of two records of one run the
-    /// finished one wins, then the one from the node that ran it.
-    pub async fn cluster_runs(&self, query: RunQuery) -> Result<ClusterRuns, NodeError> {
-        use crate::mesh::{Request, Response};
-        use futures::StreamExt;
-        let mut runs = self.runs(query.clone()).await?;
-        let mut unanswered = Vec::new();
-        if let Some(mesh) = self.mesh() {
-            let body = serde_json::value::to_raw_value(&query)
-                .map_err(|e| NodeError::Unavailable(format!("encoding the history query: {e}")))?;
-            let view = self.peers();
-            // Members that are down keep their history to themselves: the page names them.
-            for member in &view.cluster.members {
-                if !member.live && !member.this_node {
-                    let id = &member.peer_id;
-                    let short = id.get(id.len().saturating_sub(6)..).unwrap_or(id);
-                    // A member that is down announces no name; its runs in the ledger carry it.
-                    let name = member.name.clone().or_else(|| {
-                        let state = self.state();
-                        let ran_there = state.runs.newest_before(None).take(10_000);
-                        ran_there
-                            .filter(|r| r.node_id.as_deref() == Some(id.as_str()))
-                            .map(|r| r.node.clone())
-                            .next()
-                    });
-                    unanswered.push(match name {
-                        Some(name) => format!("{name} (down)"),
-                        None => format!("node …{short} (down)"),
-                    });
-                }
-            }
-            let asks = view.peers.into_iter().map(|peer| {
-                let (mesh, body) = (mesh.clone(), body.clone());
-                async move {
-                    let name = peer.announcement.name.clone();
-                    let Ok(id) = peer.announcement.peer_id.parse::<crate::mesh::PeerId>() else {
-                        return (name, None);
-                    };
-                    let asked = mesh.request(id, Request::Runs(body));
-                    let runs = match tokio::time::timeout(HISTORY_DEADLINE, asked).await {
-                        Ok(Ok(Response::Runs(raw))) => {
-                            serde_json::from_str::<Vec<Run>>(raw.get()).ok()
-                        }
-                        _ => None,
-                    };
-                    (name, runs)
-                }
-            });
-            let mut answers = futures::stream::iter(asks).buffer_unordered(HISTORY_FAN_OUT);
-            let mut by_id: std::collections::HashMap<RunId, usize> = runs
-                .iter()
-                .enumerate()
-                .map(|(i, r)| (r.id.clone(), i))
-                .collect();
-            while let Some((name, answer)) = answers.next().await {
-                let Some(theirs) = answer else {
-                    unanswered.push(name);
-                    continue;
-                };
-                for run in theirs
-                    .into_iter()
-                    .filter(|r| query.admits(r))
-                    .take(query.limit)
-                {
-                    match by_id.get(&run.id) {
-                        Some(&i) => {
-                            let ours = &runs[i];
-                            let better = (run.status.is_final() && !ours.status.is_final())
-                                || (run.status.is_final() == ours.status.is_final()
-                                    && run.node == name
-                                    && ours.node != name);
-                            if better {
-                                runs[i] = run;
-                            }
-                        }
-                        None => {
-                            by_id.insert(run.id.clone(), runs.len());
-                            runs.push(run);
-                        }
-                    }
-                }
-            }
-        }
-        runs.sort_by(|a, b| b.id.cmp(&a.id));
-        runs.truncate(query.limit);
-        unanswered.sort();
-        Ok(ClusterRuns { runs, unanswered })
     }
 
     pub fn active_runs(&self) -> Vec<Run> {
@@ -682,6 +576,16 @@ impl taskmesh_ui::NodeView for NodeHandle {
     async fn runs(&self, query: RunQuery) -> Result<Vec<Run>, String> {
         NodeHandle::runs(self, query)
             .await
+            .map_err(|e| e.to_string())
+    }
+
+    async fn cluster_stats(
+        &self,
+        since: chrono::DateTime<Utc>,
+    ) -> Result<(taskmesh_core::view::RunStats, Vec<String>), String> {
+        NodeHandle::cluster_stats(self, since)
+            .await
+            .map(|c| (c.stats, c.unanswered))
             .map_err(|e| e.to_string())
     }
 

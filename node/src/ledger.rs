@@ -14,6 +14,7 @@ use crate::model::{Outcome, Run, RunId};
 use crate::reports::Reports;
 use crate::sink::Outbox;
 use crate::store::{RunQuery, Store, StoreError};
+use taskmesh_core::view::RunStats;
 
 enum Msg {
     Put(Box<Run>),
@@ -162,6 +163,27 @@ impl RunLedger {
         runs.sort_by(|a, b| b.id.cmp(&a.id));
         runs.truncate(query.limit);
         Ok(runs)
+    }
+
+    /// What this node's runs since `since` did: counts, durations, each task's recent runs
+    /// (at most [`RunStats::CAP`] runs are counted; `capped` says when there were more).
+    pub async fn stats(
+        &self,
+        since: chrono::DateTime<chrono::Utc>,
+    ) -> Result<RunStats, StoreError> {
+        let runs = self
+            .list(RunQuery {
+                since: Some(since),
+                limit: RunStats::CAP + 1,
+                ..RunQuery::default()
+            })
+            .await?;
+        let mut stats = RunStats::since(since);
+        stats.capped = runs.len() > RunStats::CAP;
+        for run in runs.iter().take(RunStats::CAP) {
+            stats.add(run);
+        }
+        Ok(stats)
     }
 
     /// Runs that are queued or running on this node now.

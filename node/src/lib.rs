@@ -9,6 +9,7 @@ pub mod cluster_key;
 pub mod config;
 pub mod executor;
 pub mod handle;
+pub mod history;
 pub mod http_client;
 #[cfg(test)]
 mod layers;

@@ -422,6 +422,9 @@ impl Store for RedbStore {
                     let run_id = &k.value()[lo.len()..];
                     if let Some(v) = table.get(run_id).map_err(db_err)? {
                         let run: Run = decode("runs", run_id, v.value())?;
+                        if query.is_past(&run) {
+                            break;
+                        }
                         if query.admits(&run) {
                             out.push(run);
                         }
@@ -440,6 +443,9 @@ impl Store for RedbStore {
                     }
                     let (k, v) = entry.map_err(db_err)?;
                     let run: Run = decode("runs", k.value(), v.value())?;
+                    if query.is_past(&run) {
+                        break;
+                    }
                     if query.admits(&run) {
                         out.push(run);
                     }

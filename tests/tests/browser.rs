@@ -537,6 +537,8 @@ async fn every_page_fits_a_phone_and_turns_dark_when_the_system_is() -> Result<(
 
     for page in [
         format!("/tasks/{id}"),
+        "/dashboard".to_owned(),
+        "/runs".to_owned(),
         "/settings".to_owned(),
         "/node".to_owned(),
         "/peers".to_owned(),
@@ -663,5 +665,73 @@ async fn the_header_tells_a_node_that_stopped_answering_and_reload_asks_first() 
     .await?;
     node.stop().await;
     drop(tmp);
+    Ok(())
+}
+
+/// The dashboard's figures are the API's (`/api/stats`, and the runs `/api/runs` lists): runs,
+/// failures, success rate; the next cron run counts down; each task that ran has a sparkline.
+#[tokio::test]
+async fn the_dashboard_shows_what_the_api_counts() -> Result<()> {
+    let node = TestNode::start().await?;
+    let base = node.api.base.clone();
+    let task = |name: &str, command: &str| json!({"name": name, "spec": {"shell": command}, "when": {"mode": "manual"}});
+    let ok = node.api.create_task(&task("fine", "true")).await?;
+    let bad = node.api.create_task(&task("broken", "exit 3")).await?;
+    node.api
+        .create_task(&json!({"name": "nightly", "spec": {"command": ["true"]},
+            "when": {"mode": "cron", "schedule": "0 3 * * *", "timezone": "Europe/Berlin"}}))
+        .await?;
+    for (id, times) in [(&ok, 3), (&bad, 2)] {
+        for _ in 0..times {
+            wait_for("Execute now", Duration::from_secs(10), || async {
+                let (status, _) = node
+                    .api
+                    .post(&format!("/api/tasks/{id}/run"), &Value::Null)
+                    .await
+                    .ok()?;
+                (status == 202).then_some(())
+            })
+            .await?;
+        }
+    }
+    let runs = wait_for("five finished runs", Duration::from_secs(20), || async {
+        let (_, runs) = node.api.get("/api/runs?limit=100").await.ok()?;
+        let runs = runs.as_array()?.clone();
+        (runs.len() == 5
+            && runs
+                .iter()
+                .all(|r| r["status"] != "running" && r["status"] != "queued"))
+        .then_some(runs)
+    })
+    .await?;
+    let failed = runs.iter().filter(|r| r["status"] == "failed").count();
+    assert_eq!(failed, 2);
+    let (status, stats) = node.api.get("/api/stats?hours=24").await?;
+    assert_eq!(status, 200, "{stats}");
+    assert_eq!(
+        (stats["runs"].as_u64(), stats["failed"].as_u64()),
+        (Some(5), Some(2))
+    );
+    assert_eq!(stats["succeeded"].as_u64(), Some(3));
+    assert_eq!(stats["tasks"][&bad]["failed"].as_u64(), Some(2));
+
+    let browser = logged_in(&node).await?;
+    browser.goto(&format!("{base}/dashboard")).await?;
+    assert_eq!(text_of(&browser, "#fig-runs").await, "5");
+    assert_eq!(text_of(&browser, "#fig-failed").await, "2");
+    assert_eq!(text_of(&browser, "#fig-rate").await, "60.0 %");
+    let next = text_of(&browser, "#dash-next").await;
+    assert!(next.contains("nightly"), "{next}");
+    let countdown = wait_for("a countdown", Duration::from_secs(5), || async {
+        let t = text_of(&browser, "#dash-next time[data-countdown]").await;
+        t.starts_with("in ").then_some(t)
+    })
+    .await?;
+    assert!(countdown.contains(" s") || countdown.contains(" min") || countdown.contains(" h"));
+    let sparks = browser.find_all("#dash-tasks svg.spark").await?;
+    assert_eq!(sparks.len(), 2, "a sparkline per task that ran");
+    let bars = browser.find_all("#dash-tasks svg.spark rect.bad").await?;
+    assert_eq!(bars.len(), 2, "the failed runs drawn as such");
+    screenshot(&browser, "dashboard").await;
     Ok(())
 }

@@ -121,6 +121,20 @@ impl NodeView for FakeNode {
         Ok((runs.cloned().collect(), vec!["node-gone".into()]))
     }
 
+    async fn cluster_stats(
+        &self,
+        since: chrono::DateTime<chrono::Utc>,
+    ) -> Result<(taskmesh_core::view::RunStats, Vec<String>), String> {
+        if let Some(e) = &self.broken {
+            return Err(e.clone());
+        }
+        let mut stats = taskmesh_core::view::RunStats::since(since);
+        for run in &self.runs {
+            stats.add(run);
+        }
+        Ok((stats, vec!["node-gone".into()]))
+    }
+
     async fn run(&self, id: &RunId) -> Result<Option<Run>, String> {
         self.history_reads.fetch_add(1, Ordering::Relaxed);
         if let Some(e) = &self.broken {
@@ -217,6 +231,16 @@ async fn every_page_renders_what_the_node_tells() {
             ],
         ),
         ("/runs?status=failed", &["backup", "failed", "node-gone"]),
+        (
+            "/dashboard",
+            &[
+                "id=\"fig-runs\">1<",
+                "id=\"fig-failed\">1<",
+                "0 %",
+                "node-gone",
+                "<svg class=\"spark\"",
+            ],
+        ),
         (&format!("/runs/{run}"), &["backup", "failed"]),
     ];
     for (path, expected) in cases {

@@ -5,6 +5,7 @@
 //! REST API from `static/app.js`.
 
 mod assets;
+mod dashboard;
 #[cfg(test)]
 mod fake;
 mod history;
@@ -34,6 +35,7 @@ pub fn router<N: NodeView>(node: N) -> Router {
         .route("/settings", get(settings::view_settings_get::<N>))
         .route("/node", get(node::view_node_get::<N>))
         .route("/peers", get(peers::view_peers_get::<N>))
+        .route("/dashboard", get(dashboard::view_dashboard_get::<N>))
         .route("/runs", get(history::view_runs_get::<N>))
         .route("/runs/{id}", get(run::view_run_get::<N>))
         .route("/static/app.css", get(assets::app_css))

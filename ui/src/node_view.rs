@@ -46,6 +46,12 @@ pub trait NodeView: Clone + Send + Sync + 'static {
         &self,
         query: RunQuery,
     ) -> impl Future<Output = Result<(Vec<Run>, Vec<String>), String>> + Send;
+    /// What the runs of every live node since `since` did, added up, and the nodes that did not
+    /// answer in time.
+    fn cluster_stats(
+        &self,
+        since: chrono::DateTime<chrono::Utc>,
+    ) -> impl Future<Output = Result<(taskmesh_core::view::RunStats, Vec<String>), String>> + Send;
     /// One run; `Ok(None)` when there is no such run.
     fn run(&self, id: &RunId) -> impl Future<Output = Result<Option<Run>, String>> + Send;
     fn health(&self) -> Health;

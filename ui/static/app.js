@@ -1086,8 +1086,55 @@
     document.addEventListener("visibilitychange", () => { if (!document.hidden) ask(); });
   }
 
+  // ---------------------------------------------------------------- dashboard
+
+  /** "in 3 min 12 s", "in 4 s", "now". */
+  function countdown(date) {
+    const s = Math.round((date.getTime() - Date.now()) / 1000);
+    if (s <= 0) return "now";
+    if (s < 60) return `in ${s} s`;
+    if (s < 3600) return `in ${Math.floor(s / 60)} min ${s % 60} s`;
+    if (s < 86400) return `in ${Math.floor(s / 3600)} h ${Math.floor((s % 3600) / 60)} min`;
+    return `in ${Math.floor(s / 86400)} d ${Math.floor((s % 86400) / 3600)} h`;
+  }
+
+  /** Times in the browser's zone (UTC stays in the tooltip), countdowns every second. */
+  function showLocalTimes(root = document) {
+    for (const t of $$("time[data-local]", root)) {
+      const d = new Date(t.getAttribute("datetime"));
+      if (!isNaN(d)) t.textContent = d.toLocaleString(undefined, { weekday: "short", month: "short", day: "numeric", hour: "2-digit", minute: "2-digit", second: d.getUTCSeconds() ? "2-digit" : undefined });
+    }
+  }
+
+  function initDashboard() {
+    const tick = () => {
+      for (const t of $$("time[data-countdown]")) {
+        const d = new Date(t.getAttribute("datetime"));
+        if (!isNaN(d)) t.textContent = countdown(d);
+      }
+    };
+    showLocalTimes();
+    tick();
+    setInterval(tick, 1000);
+    // The figures follow the cluster: the page's live part is read again every 15 s.
+    setInterval(async () => {
+      if (document.hidden) return;
+      try {
+        const res = await fetch("/dashboard", { headers: { Accept: "text/html" } });
+        if (!res.ok) return;
+        const doc = new DOMParser().parseFromString(await res.text(), "text/html");
+        const fresh = $("#dashboard-live", doc);
+        if (fresh) $("#dashboard-live").replaceWith(document.importNode(fresh, true));
+        showLocalTimes();
+        refreshTimes();
+        tick();
+      } catch { /* the header says when the node does not answer */ }
+    }, 15000);
+  }
+
   document.addEventListener("DOMContentLoaded", () => {
     watchNode();
+    if (document.body.dataset.page === "dashboard") initDashboard();
     refreshTimes();
     setInterval(refreshTimes, 30000);
     if ($("#task-table")) initTasks();

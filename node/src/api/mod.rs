@@ -47,6 +47,7 @@ pub fn router(node: NodeHandle) -> Router {
         .route("/api/tasks/{key}/disable", post(disable_task))
         .route("/api/schedule", get(preview_schedule))
         .route("/api/runs", get(list_runs))
+        .route("/api/stats", get(run_stats))
         .route("/api/runs/{id}", get(get_run))
         .route("/api/runs/{id}/stop", post(stop_run))
         .route("/api/runs/{id}/log", get(follow::run_log))
@@ -425,8 +426,9 @@ async fn list_runs(
         status,
         node: p.node.clone(),
         trigger: p.trigger.clone(),
+        since: None,
     };
-    let crate::handle::ClusterRuns {
+    let crate::history::ClusterRuns {
         runs: mut page,
         unanswered,
     } = node.cluster_runs(query).await?;
@@ -456,6 +458,40 @@ async fn list_runs(
         }
     }
     Ok((headers, Json(page)))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StatsParams {
+    /// How many hours back, 1 to 720 (30 days); 24 when not given.
+    hours: Option<i64>,
+}
+
+/// What the runs of every live node in the last `hours` did, added up, with the nodes that did
+/// not answer in a `Taskmesh-Unanswered` header.
+#[instrument(name = "api", skip_all)]
+async fn run_stats(
+    State(node): State<NodeHandle>,
+    Query(p): Query<StatsParams>,
+) -> Result<impl IntoResponse, ApiError> {
+    let hours = match p.hours.unwrap_or(24) {
+        h @ 1..=720 => h,
+        h => {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                format!("hours {h} is out of range: 1 to 720"),
+            ));
+        }
+    };
+    let since = chrono::Utc::now() - chrono::Duration::hours(hours);
+    let crate::history::ClusterStats { stats, unanswered } = node.cluster_stats(since).await?;
+    let mut headers = HeaderMap::new();
+    if let Ok(value) = unanswered.join(", ").parse() {
+        if !unanswered.is_empty() {
+            headers.insert(UNANSWERED, value);
+        }
+    }
+    Ok((headers, Json(stats)))
 }
 
 /// A run status as the API spells it (`timed_out`).

@@ -625,7 +625,7 @@ async fn route_inbound(
                 tokio::spawn(async move {
                     let answer = match serde_json::from_str::<RunQuery>(body.get()) {
                         Ok(mut query) => {
-                            query.limit = query.limit.min(crate::handle::RUNS_ASKED_MAX);
+                            query.limit = query.limit.min(crate::history::RUNS_ASKED_MAX);
                             match ledger.list(query).await {
                                 Ok(runs) => serde_json::value::to_raw_value(&runs)
                                     .map(Response::Runs)
@@ -635,6 +635,22 @@ async fn route_inbound(
                         }
                         Err(e) => Response::Error(format!("not a query of runs: {e}")),
                     };
+                    let _ = request.reply.send(answer);
+                });
+            }
+            Request::RunStats(body) => {
+                let ledger = ledger.clone();
+                tokio::spawn(async move {
+                    let answer =
+                        match serde_json::from_str::<chrono::DateTime<chrono::Utc>>(body.get()) {
+                            Ok(since) => match ledger.stats(since).await {
+                                Ok(stats) => serde_json::value::to_raw_value(&stats)
+                                    .map(Response::RunStats)
+                                    .unwrap_or_else(|e| Response::Error(e.to_string())),
+                                Err(e) => Response::Error(format!("reading the history: {e}")),
+                            },
+                            Err(e) => Response::Error(format!("not a time: {e}")),
+                        };
                     let _ = request.reply.send(answer);
                 });
             }
