@@ -735,3 +735,51 @@ async fn the_dashboard_shows_what_the_api_counts() -> Result<()> {
     screenshot(&browser, "dashboard").await;
     Ok(())
 }
+
+/// The run page is live: a running run's duration counts up, and an exit rule's "sending" note
+/// turns into the delivery's outcome without a reload (the first try of the webhook fails, the
+/// retry delivers).
+#[tokio::test]
+async fn the_run_page_counts_its_duration_and_shows_the_delivery() -> Result<()> {
+    let fake = taskmesh_tests::fake_http::FakeHttp::start().await?;
+    fake.answer_next(500, json!({"error": "busy"}));
+    let node = TestNode::start().await?;
+    let base = node.api.base.clone();
+    let mut settings = node.handle.settings(true);
+    settings.cluster.channels = serde_json::from_value(json!({
+        "hook": {"kind": "webhook", "url": format!("{}/hook", fake.url)}
+    }))?;
+    node.handle.put_settings(settings).await?;
+    let id = node
+        .api
+        .create_task(
+            &json!({"name": "slow", "spec": {"shell": "sleep 6"}, "when": {"mode": "manual"},
+            "exit_rules": [{"on": "*", "action": "notify", "channel": "hook"}]}),
+        )
+        .await?;
+    let run = node.api.execute(&id).await?;
+    let run_id = run["id"].as_str().unwrap_or_default().to_owned();
+    let browser = logged_in(&node).await?;
+    browser.goto(&format!("{base}/runs/{run_id}")).await?;
+    let first = wait_text(&browser, "[data-field=duration]", "so far").await?;
+    let later = wait_for("the duration to count", Duration::from_secs(5), || async {
+        let now = text_of(&browser, "[data-field=duration]").await;
+        (now.contains("so far") && now != first).then_some(now)
+    })
+    .await?;
+    assert_ne!(first, later);
+    let delivered = wait_for(
+        "the delivery on the page",
+        Duration::from_secs(20),
+        || async {
+            let text = text_of(&browser, "[data-field=actions]").await;
+            text.contains("delivered").then_some(text)
+        },
+    )
+    .await?;
+    assert!(!delivered.contains("sending"), "{delivered}");
+    assert!(fake.seen().len() >= 2, "a failed try, then the delivery");
+    let duration = text_of(&browser, "[data-field=duration]").await;
+    assert!(!duration.contains("so far"), "{duration}");
+    Ok(())
+}

@@ -110,6 +110,15 @@
   }
 
   function statusLabel(status) { return String(status).replace(/_/g, " "); }
+
+  /** "850 ms", "12.3 s", "4 min 5 s", "2 h 3 min", as the server writes durations. */
+  function durationText(ms) {
+    const s = ms / 1000;
+    if (s < 1) return `${Math.max(0, Math.round(ms))} ms`;
+    if (s < 60) return `${s.toFixed(1)} s`;
+    if (s < 3600) return `${Math.floor(s / 60)} min ${Math.floor(s % 60)} s`;
+    return `${Math.floor(s / 3600)} h ${Math.floor((s % 3600) / 60)} min`;
+  }
   const ACTIVE = new Set(["queued", "running"]);
 
   /** Calls `fn` at most once per `ms`, and once more after the last call. */
@@ -958,6 +967,8 @@
     const follow = $("#log-follow");
     const stop = $("#stop-run");
     let offset = 0, ended = false, received = false;
+    // The run as last read: its status, start and exit rules' notes.
+    let current = null;
 
     function append(text) {
       log.append(document.createTextNode(text));
@@ -989,18 +1000,31 @@
       const fmt = (t) => t ? new Date(t).toISOString().replace("T", " ").replace(/\.\d+Z$/, " UTC").replace(/Z$/, " UTC") : "";
       if (run.started_at) field("started", fmt(run.started_at));
       field("ended", fmt(run.ended_at));
-      if (run.started_at && run.ended_at) {
-        const ms = new Date(run.ended_at) - new Date(run.started_at);
-        const s = ms / 1000;
-        field("duration", s < 1 ? `${ms} ms` : s < 60 ? `${s.toFixed(1)} s` : s < 3600
-          ? `${Math.floor(s / 60)} min ${Math.floor(s % 60)} s` : `${Math.floor(s / 3600)} h ${Math.floor((s % 3600) / 60)} min`);
-      }
+      current = run;
+      if (run.started_at && run.ended_at) field("duration", durationText(new Date(run.ended_at) - new Date(run.started_at)));
       const actions = run.actions || [];
       field("actions", actions.length
         ? el("ul", { class: "plain" }, ...actions.map((a) => el("li", { text: a })))
         : el("span", { class: "muted", text: "nothing" }));
       if (stop && !ACTIVE.has(run.status)) stop.remove();
     }
+
+    // While it runs, its duration counts up.
+    const running = () => (current ? ACTIVE.has(current.status) : box.dataset.active === "true");
+    setInterval(() => {
+      const started = (current && current.started_at) || box.dataset.started;
+      if (running() && started) field("duration", `${durationText(Date.now() - new Date(started))} so far`);
+    }, 1000);
+    // Until the run has ended and its exit rules' notes have settled ("notify ops: sending" turns
+    // into "delivered" or why not), it is read again: changes on this node arrive as events at
+    // once, a run on another node is asked for every 2 s.
+    const settled = () => current && !ACTIVE.has(current.status)
+      && !(current.actions || []).some((a) => /: sending\b/.test(a));
+    onEvents({ run: (run) => { if (run && run.id === id) showRun(run); } });
+    const reread = setInterval(async () => {
+      if (settled()) { clearInterval(reread); return; }
+      try { showRun(await api("GET", `/api/runs/${id}`)); } catch { /* the header says when the node does not answer */ }
+    }, 2000);
 
     function connect() {
       const es = new EventSource(`/api/runs/${id}/log?follow=true&offset=${offset}`);
