@@ -139,6 +139,16 @@ impl Browser {
         .await
     }
 
+    /// Runs asynchronous JavaScript: the script calls its last argument with the result.
+    pub async fn script_async(&self, js: &str, args: Vec<Value>) -> Result<Value> {
+        self.call(
+            reqwest::Method::POST,
+            "/execute/async",
+            Some(json!({"script": js, "args": args})),
+        )
+        .await
+    }
+
     pub async fn find_all(&self, css: &str) -> Result<Vec<Element>> {
         let v = self
             .call(

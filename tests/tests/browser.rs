@@ -783,3 +783,100 @@ async fn the_run_page_counts_its_duration_and_shows_the_delivery() -> Result<()>
     assert!(!duration.contains("so far"), "{duration}");
     Ok(())
 }
+
+/// What axe-core finds on the page in the browser: `impact: rule (what) at selectors`, for the
+/// serious and critical findings only.
+async fn accessibility_problems(browser: &Browser) -> Result<Vec<String>> {
+    static AXE: &str = include_str!("../vendor/axe-core/axe.min.js");
+    browser
+        .script(&format!("{AXE}\nreturn true;"), vec![])
+        .await?;
+    let found = browser
+        .script_async(
+            "const done = arguments[arguments.length - 1];
+             axe.run(document, {resultTypes: ['violations']}).then(
+               r => done(r.violations.filter(v => v.impact === 'serious' || v.impact === 'critical')
+                 .map(v => `${v.impact}: ${v.id} (${v.help}) at ${v.nodes.slice(0, 3).map(n => n.target.join(' ')).join(', ')}`)),
+               e => done([`axe failed: ${e}`]));",
+            vec![],
+        )
+        .await?;
+    Ok(serde_json::from_value(found)?)
+}
+
+/// axe-core finds no serious or critical problem on any page, light or dark, with a task
+/// expanded and a new task open; every page has a skip link to its content.
+#[tokio::test]
+async fn every_page_passes_axe_core() -> Result<()> {
+    let node = TestNode::start().await?;
+    let base = node.api.base.clone();
+    let id = node
+        .api
+        .create_task(
+            &json!({"name": "report", "spec": {"command": ["echo", "hi"]},
+            "when": {"mode": "cron", "schedule": "*/5 * * * *"},
+            "exit_rules": [{"on": "!0", "action": "retry"}]}),
+        )
+        .await?;
+    let run = node.api.execute(&id).await?;
+    let run_id = run["id"].as_str().unwrap_or_default().to_owned();
+    let anonymous = Browser::start().await?;
+    anonymous.goto(&format!("{base}/login")).await?;
+    anonymous.find("main").await?;
+    let mut problems: Vec<String> = accessibility_problems(&anonymous)
+        .await?
+        .into_iter()
+        .map(|p| format!("/login: {p}"))
+        .collect();
+    drop(anonymous);
+
+    let browser = logged_in(&node).await?;
+    for dark in [false, true] {
+        if dark {
+            browser
+                .cdp(
+                    "Emulation.setEmulatedMedia",
+                    json!({"features": [{"name": "prefers-color-scheme", "value": "dark"}]}),
+                )
+                .await?;
+        }
+        for page in [
+            "/dashboard".to_owned(),
+            "/index".to_owned(),
+            format!("/tasks/{id}"),
+            "/runs".to_owned(),
+            format!("/runs/{run_id}"),
+            "/settings".to_owned(),
+            "/node".to_owned(),
+            "/peers".to_owned(),
+            "/no-such-page".to_owned(),
+        ] {
+            browser.goto(&format!("{base}{page}")).await?;
+            browser.find("main").await?;
+            if page == "/index" {
+                browser
+                    .click(
+                        &browser
+                            .find(&format!("#task-{id} tr.summary td.name"))
+                            .await?,
+                    )
+                    .await?;
+                browser
+                    .find(&format!("#task-{id} form.panel .f-spec"))
+                    .await?;
+                browser.click(&browser.find("#new-task").await?).await?;
+                browser.find("tbody.new form.panel").await?;
+            }
+            let skip = browser.find_all("a.skip-link[href='#main']").await?;
+            if skip.is_empty() {
+                problems.push(format!("{page}: no skip link"));
+            }
+            let theme = if dark { "dark" } else { "light" };
+            for p in accessibility_problems(&browser).await? {
+                problems.push(format!("{page} ({theme}): {p}"));
+            }
+        }
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+    Ok(())
+}

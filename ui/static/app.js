@@ -296,7 +296,7 @@
       const panelRow = $(".panel-row", tbody);
       panelRow.hidden = !open;
       tbody.classList.toggle("open", open);
-      $(".summary", tbody).setAttribute("aria-expanded", String(open));
+      $(".row-toggle", tbody).setAttribute("aria-expanded", String(open));
       const id = tbody.dataset.id;
       if (updateHash && id) {
         const here = location.pathname + location.search;
@@ -354,30 +354,28 @@
       tbody.scrollIntoView({ block: "start", behavior: "smooth" });
     }
 
-    // Row clicks and keys: a click or Enter/Space on a summary row toggles its panel.
+    // A click on a summary row, or on its name (a button: Enter and Space too), toggles its
+    // panel; the arrow keys move between the rows' names.
     table.addEventListener("click", (e) => {
       const toggle = e.target.closest("button.toggle");
       if (toggle) { setEnabled(tbodyOf(toggle), toggle.getAttribute("aria-pressed") !== "true"); return; }
       const summary = e.target.closest("tr.summary");
-      if (!summary || e.target.closest("a, button, input, select, textarea")) return;
+      if (!summary) return;
+      if (!e.target.closest(".row-toggle") && e.target.closest("a, button, input, select, textarea")) return;
       const tbody = tbodyOf(summary);
       setOpen(tbody, !isOpen(tbody));
     });
     table.addEventListener("keydown", (e) => {
-      const summary = e.target.closest("tr.summary");
-      if (summary && e.target === summary && (e.key === "Enter" || e.key === " ")) {
+      const name = e.target.closest(".row-toggle");
+      if (name && (e.key === "ArrowDown" || e.key === "ArrowUp")) {
         e.preventDefault();
-        const tbody = tbodyOf(summary);
-        setOpen(tbody, !isOpen(tbody));
-      } else if (summary && e.target === summary && (e.key === "ArrowDown" || e.key === "ArrowUp")) {
-        e.preventDefault();
-        const rows = $$("tbody.task > tr.summary", table);
-        const next = rows[rows.indexOf(summary) + (e.key === "ArrowDown" ? 1 : -1)];
+        const names = $$("tbody.task > tr.summary .row-toggle", table);
+        const next = names[names.indexOf(name) + (e.key === "ArrowDown" ? 1 : -1)];
         if (next) next.focus();
       } else if (e.key === "Escape" && e.target.closest("form.panel")) {
         const tbody = tbodyOf(e.target);
         setOpen(tbody, false);
-        $(".summary", tbody).focus();
+        $(".row-toggle", tbody).focus();
       }
     });
 
@@ -806,7 +804,7 @@
         if (!res.ok) return;
         doc = new DOMParser().parseFromString(await res.text(), "text/html");
       } catch { return; }
-      const focusedSummary = document.activeElement && document.activeElement.matches("tr.summary")
+      const focusedSummary = document.activeElement && document.activeElement.matches(".row-toggle")
         ? tbodyOf(document.activeElement).dataset.id : null;
       const fresh = $$("#task-table > tbody.task", doc);
       const ids = new Set(fresh.map((t) => t.dataset.id));
@@ -844,7 +842,7 @@
       refreshTimes();
       if (focusedSummary) {
         const t = document.getElementById(`task-${focusedSummary}`);
-        if (t) $(".summary", t).focus();
+        if (t) $(".row-toggle", t).focus();
       }
     }
 
