@@ -880,3 +880,44 @@ async fn every_page_passes_axe_core() -> Result<()> {
     assert!(problems.is_empty(), "{}", problems.join("\n"));
     Ok(())
 }
+
+/// /node is the client view of the request: which tasks this node can run and what it lacks
+/// for the others, its own settings (secrets masked) with a way to edit them, and export/import.
+#[tokio::test]
+async fn the_node_page_tells_which_tasks_this_node_can_run() -> Result<()> {
+    let node = TestNode::start().await?;
+    let base = node.api.base.clone();
+    node.api
+        .create_task(
+            &json!({"name": "anywhere", "spec": {"command": ["true"]}, "when": {"mode": "manual"}}),
+        )
+        .await?;
+    node.api
+        .create_task(&json!({"name": "needs-gpu", "spec": {"command": ["true"], "dependencies": ["gpu=h100"]},
+            "when": {"mode": "manual"}}))
+        .await?;
+    let browser = logged_in(&node).await?;
+    browser.goto(&format!("{base}/node")).await?;
+    let fit = text_of(&browser, "#node-tasks").await;
+    let (can, cannot) = fit.split_once("Tasks it cannot run").unwrap_or((&fit, ""));
+    assert!(
+        can.contains("anywhere") && !can.contains("needs-gpu"),
+        "{fit}"
+    );
+    assert!(
+        cannot.contains("needs-gpu") && cannot.contains("lacks gpu=h100"),
+        "{fit}"
+    );
+    let settings = text_of(&browser, "#node-settings pre").await;
+    let parsed: Value = serde_json::from_str(&settings)?;
+    assert_eq!(parsed["name"], "test-node");
+    assert_eq!(parsed["cluster_key"], "********", "the key is masked");
+    browser.find("#node-settings a[href='/settings']").await?;
+    browser.find("#export-link").await?;
+    assert!(
+        !browser.find_all("#import-file").await?.is_empty(),
+        "import"
+    );
+    screenshot(&browser, "node").await;
+    Ok(())
+}

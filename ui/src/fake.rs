@@ -216,7 +216,13 @@ async fn every_page_renders_what_the_node_tells() {
         ("/settings", &["node-a", "f1ng3rpr1nt"]),
         (
             "/node",
-            &["127.0.0.1:8080", "/var/lib/taskmesh/logs", "4.0 KiB"],
+            &[
+                "127.0.0.1:8080",
+                "/var/lib/taskmesh/logs",
+                "4.0 KiB",
+                "Tasks this node can run <span class=\"count\">",
+                "&#34;name&#34;: &#34;node-a&#34;",
+            ],
         ),
         ("/peers", &["12D3KooWfake", "leader"]),
         (

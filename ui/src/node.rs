@@ -1,5 +1,6 @@
-//! The node page (`/node`), the "client" view: what this node is, fulfils, runs now and ran
-//! before, how its always-tasks are doing, and settings export/import.
+//! The node page (`/node`), the "client" view: what this node is, fulfils, which tasks it can
+//! run and why not the others, its own settings, what it runs now and ran before, how its
+//! always-tasks are doing, and settings export/import.
 
 use std::collections::BTreeMap;
 
@@ -30,6 +31,51 @@ pub struct NodeTemplate {
     pub daemons: Vec<DaemonRow>,
     pub key: ClusterKeyView,
     pub sink: SinkView,
+    pub tasks: TaskFit,
+    /// This node's own settings as JSON, secrets masked.
+    pub settings_json: String,
+}
+
+/// Which tasks this node can run by its dependencies, and what it lacks for the others.
+#[derive(Debug, Clone, Default)]
+pub struct TaskFit {
+    pub can: usize,
+    pub cannot: usize,
+    /// The first [`FIT_SHOWN`] of each.
+    pub runnable: Vec<(String, String)>,
+    pub lacking: Vec<(String, String, String)>,
+}
+
+/// Tasks listed under each side of [`TaskFit`].
+pub const FIT_SHOWN: usize = 50;
+
+impl TaskFit {
+    pub fn of(node: &impl NodeView) -> Self {
+        let have = node.node_settings().fulfilled();
+        let mut fit = Self::default();
+        for task in node.tasks() {
+            let missing: Vec<&str> = task
+                .spec
+                .dependencies
+                .iter()
+                .filter(|d| !have.contains(d))
+                .map(String::as_str)
+                .collect();
+            if missing.is_empty() {
+                fit.can += 1;
+                if fit.runnable.len() < FIT_SHOWN {
+                    fit.runnable.push((task.id.to_string(), task.name.clone()));
+                }
+            } else {
+                fit.cannot += 1;
+                if fit.lacking.len() < FIT_SHOWN {
+                    fit.lacking
+                        .push((task.id.to_string(), task.name.clone(), missing.join(", ")));
+                }
+            }
+        }
+        fit
+    }
 }
 
 /// The MySQL sink's card: where runs go, how many wait, what failed last.
@@ -164,6 +210,8 @@ pub async fn view_node_get<N: NodeView>(State(node): State<N>) -> NodeTemplate {
             .collect(),
         key: ClusterKeyView::of(&node),
         sink: SinkView::of(&node.sink_status(), now),
+        tasks: TaskFit::of(&node),
+        settings_json: serde_json::to_string_pretty(&node.settings(false).node).unwrap_or_default(),
     }
 }
 
@@ -209,6 +257,13 @@ mod tests {
                 peer_id: Some("12D3KooW".into()),
             },
             sink: SinkView::of(&sink, now),
+            tasks: TaskFit {
+                can: 1,
+                cannot: 1,
+                runnable: vec![("t-web".into(), "web".into())],
+                lacking: vec![("t-train".into(), "train".into(), "gpu=amd".into())],
+            },
+            settings_json: "{\"name\": \"node-a\"}".into(),
         }
         .render()
         .expect("render")
