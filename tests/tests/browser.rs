@@ -116,6 +116,30 @@ async fn the_task_flow_of_the_seed_works_in_a_browser() -> Result<()> {
     let times = browser.find_all("tbody.new .cron-preview li").await?;
     assert_eq!(times.len(), 5);
 
+    // Where, concurrency and the time limit are controls; the last two write into the JSON.
+    let select = |css: &'static str, value: &'static str| {
+        let browser = &browser;
+        async move {
+            browser
+                .script(
+                    &format!(
+                        "const s = document.querySelector('{css}'); s.value = '{value}';
+                         s.dispatchEvent(new Event('change', {{bubbles: true}}));"
+                    ),
+                    vec![],
+                )
+                .await
+        }
+    };
+    select("tbody.new .f-placement", "all").await?;
+    select("tbody.new .f-concurrency", "allow").await?;
+    let timeout = browser.find("tbody.new .f-timeout").await?;
+    browser.type_text(&timeout, "30s").await?;
+    let written: Value = serde_json::from_str(&browser.value(&spec).await?)?;
+    assert_eq!(written["concurrency"], "allow");
+    assert_eq!(written["timeout"], "30s");
+    assert_eq!(written["command"], json!(["echo", "hi from the browser"]));
+
     // Manual, then Execute now: saves and starts, with a link to the run.
     browser
         .click(&browser.find("tbody.new .f-mode[value=manual]").await?)
@@ -130,6 +154,9 @@ async fn the_task_flow_of_the_seed_works_in_a_browser() -> Result<()> {
     .await?;
     let id = task["id"].as_str().expect("id").to_owned();
     assert_eq!(task["when"]["mode"], "manual");
+    assert_eq!(task["placement"], "all");
+    assert_eq!(task["spec"]["concurrency"], "allow");
+    assert_eq!(task["spec"]["timeout"], "30s");
     let link = browser.find(&format!("#task-{id} .status a")).await?;
     screenshot(&browser, "tasks-expanded").await;
     browser.click(&link).await?;

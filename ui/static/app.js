@@ -329,6 +329,7 @@
         if (res.ok && form) {
           const panel = document.importNode(form, true);
           cell.append(panel);
+          readRunControls(panel);
           if (($(".f-mode:checked", panel) || {}).value === "cron") previewCron(panel, 0);
         }
         else cell.append(el("p", { class: "field-error", text: res.status === 404 ? "This task has been removed." : `The panel could not be loaded (${res.status}).` }));
@@ -389,6 +390,8 @@
         $(".new-name", tbody).textContent = e.target.value.trim() || "New task";
       }
       if (e.target.matches(".f-schedule, .f-timezone")) previewCron(form);
+      if (e.target.classList.contains("f-spec")) readRunControls(form);
+      if (e.target.classList.contains("f-timeout")) writeSpecKey(form, "timeout", e.target.value.trim() || null);
       if (e.target.classList.contains("f-arg") && $(".f-action", e.target.closest(".rule")).value === "run") {
         suggestTasks(e.target.value.trim());
       }
@@ -449,6 +452,7 @@
       if (!form) return;
       form.dataset.dirty = "1";
       if (e.target.classList.contains("f-mode")) showCron(form);
+      if (e.target.classList.contains("f-concurrency")) writeSpecKey(form, "concurrency", e.target.value === "forbid" ? null : e.target.value);
       if (e.target.classList.contains("f-action")) showArg(e.target.closest(".rule"));
     });
 
@@ -488,6 +492,36 @@
       const form = e.target.closest("form.panel");
       if (form && (e.ctrlKey || e.metaKey) && e.key === "s") { e.preventDefault(); save(form, { execute: false }); }
     });
+
+    /**
+     * The JSON box is where `timeout` and `concurrency` live; their controls write into it
+     * (keeping the rest as typed, re-indented) and follow it while it reads as JSON.
+     */
+    function writeSpecKey(form, key, value) {
+      const box = $(".f-spec", form);
+      const err = $('[data-err="run"]', form);
+      let spec;
+      try { spec = JSON.parse(box.value || "{}"); } catch {
+        err.textContent = "";
+        addError(err, `Fix the JSON above first: ${key} is written into it.`);
+        return;
+      }
+      if (!spec || typeof spec !== "object" || Array.isArray(spec)) return;
+      err.textContent = "";
+      if (value === null) delete spec[key]; else spec[key] = value;
+      box.value = JSON.stringify(spec, null, 2);
+    }
+
+    function readRunControls(form) {
+      let spec;
+      try { spec = JSON.parse($(".f-spec", form).value || "{}"); } catch { return; }
+      if (!spec || typeof spec !== "object") return;
+      const concurrency = $(".f-concurrency", form), timeout = $(".f-timeout", form);
+      if (concurrency) concurrency.value = ["allow", "replace"].includes(spec.concurrency) ? spec.concurrency : "forbid";
+      if (timeout && document.activeElement !== timeout) timeout.value = typeof spec.timeout === "string" ? spec.timeout : "";
+      const err = $('[data-err="run"]', form);
+      if (err) err.textContent = "";
+    }
 
     function showCron(form) {
       const mode = ($(".f-mode:checked", form) || {}).value;
@@ -565,7 +599,7 @@
         name: $(".f-name", form).value,
         spec: $(".f-spec", form).value,
         when,
-        placement: form.dataset.placement || "one",
+        placement: ($(".f-placement", form) || {}).value || form.dataset.placement || "one",
         exit_rules,
         enabled: $(".f-enabled", form).checked,
       };
@@ -889,6 +923,7 @@
       lagged: scheduleRefresh,
     });
     for (const form of $$("form.panel", table)) {
+      readRunControls(form);
       if (($(".f-mode:checked", form) || {}).value === "cron") previewCron(form, 0);
     }
     window.addEventListener("hashchange", openFromHash);
