@@ -948,3 +948,60 @@ async fn the_node_page_tells_which_tasks_this_node_can_run() -> Result<()> {
     screenshot(&browser, "node").await;
     Ok(())
 }
+
+/// A Telegram channel is set up by the form, without writing JSON: the token and the chat id
+/// land in the settings, and "Send test" reaches the (fake) Bot API with them.
+#[tokio::test]
+async fn a_channel_is_set_up_by_form_and_tested() -> Result<()> {
+    let fake = taskmesh_tests::fake_http::FakeHttp::start().await?;
+    let node = TestNode::start().await?;
+    let base = node.api.base.clone();
+    let mut settings = node.handle.settings(true);
+    settings.cluster.telegram.api_base = fake.url.clone();
+    node.handle.put_settings(settings).await?;
+    let browser = logged_in(&node).await?;
+    browser.goto(&format!("{base}/settings")).await?;
+    // Nothing typed: the form says what is missing, and nothing is saved.
+    browser
+        .click(&browser.find("#channel-form button[type=submit]").await?)
+        .await?;
+    wait_text(&browser, "#channel-errors", "Give the channel a name").await?;
+    browser
+        .type_text(&browser.find("#ch-name").await?, "ops")
+        .await?;
+    browser
+        .type_text(&browser.find("#ch-telegram-token").await?, "123456:ABC")
+        .await?;
+    browser
+        .type_text(&browser.find("#ch-chat-id").await?, "-10042")
+        .await?;
+    browser
+        .click(&browser.find("#channel-form button[type=submit]").await?)
+        .await?;
+    wait_text(&browser, "#channel-status", "Saved channel ops").await?;
+    let saved = node.handle.settings(true);
+    assert_eq!(
+        saved.cluster.telegram.bot_token.as_deref(),
+        Some("123456:ABC")
+    );
+    let channel = serde_json::to_value(&saved.cluster.channels)?;
+    assert_eq!(
+        channel["ops"],
+        json!({"kind": "telegram", "chat_id": "-10042"})
+    );
+    let button = browser
+        .find("#channel-rows tr[data-channel=ops] button")
+        .await?;
+    browser.click(&button).await?;
+    wait_text(
+        &browser,
+        "#channel-rows tr[data-channel=ops] td.result",
+        "Delivered",
+    )
+    .await?;
+    let seen = fake.seen();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].path, "/bot123456:ABC/sendMessage");
+    assert_eq!(seen[0].body["chat_id"], "-10042");
+    Ok(())
+}

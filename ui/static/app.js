@@ -245,8 +245,70 @@
       }
     });
     initTransfer((settings) => { show(settings); errors.textContent = ""; });
+    initChannelForm({ editor, show, edited });
     window.addEventListener("beforeunload", (e) => {
       if (edited()) { e.preventDefault(); e.returnValue = ""; }
+    });
+  }
+
+  /**
+   * The channel form: writes a channel (and the bot token its kind needs) into the settings
+   * document and saves the document, so that nobody has to write the JSON by hand.
+   */
+  function initChannelForm({ editor, show, edited }) {
+    const form = $("#channel-form");
+    if (!form) return;
+    const kind = $("#ch-kind");
+    const errors = $("#channel-errors");
+    const status = $("#channel-status");
+    const showKind = () => { for (const part of $$(".ch-kind", form)) part.hidden = part.dataset.kind !== kind.value; };
+    kind.addEventListener("change", showKind);
+    showKind();
+    const value = (id) => $(id).value.trim();
+    form.addEventListener("submit", async (e) => {
+      e.preventDefault();
+      errors.textContent = "";
+      setStatus(status, "");
+      const name = value("#ch-name");
+      const problems = [];
+      if (!name) problems.push("Give the channel a name, e.g. ops.");
+      let settings;
+      try { settings = JSON.parse(editor.value); } catch {
+        problems.push("The settings above are not valid JSON: fix them or press Reload, then save the channel.");
+      }
+      let channel = null;
+      if (kind.value === "telegram") {
+        if (!value("#ch-chat-id")) problems.push("Telegram needs the chat id (see how to get it below).");
+        channel = { kind: "telegram", chat_id: value("#ch-chat-id") };
+      } else if (kind.value === "slack") {
+        if (value("#ch-slack-webhook")) channel = { kind: "slack", webhook_url: value("#ch-slack-webhook") };
+        else if (value("#ch-slack-channel")) channel = { kind: "slack", channel: value("#ch-slack-channel") };
+        else problems.push("Slack needs an incoming webhook URL, or a channel for the bot.");
+      } else {
+        if (!value("#ch-webhook-url")) problems.push("A webhook needs its URL.");
+        channel = { kind: "webhook", url: value("#ch-webhook-url") };
+      }
+      if (problems.length) { for (const p of problems) addError(errors, p); return; }
+      if (edited() && !confirm("The settings editor has unsaved edits. Save them together with the channel?")) return;
+      settings.cluster = settings.cluster || {};
+      settings.cluster.channels = settings.cluster.channels || {};
+      settings.cluster.channels[name] = channel;
+      const token = kind.value === "telegram" ? value("#ch-telegram-token")
+        : kind.value === "slack" && channel.channel ? value("#ch-slack-token") : "";
+      if (token) {
+        const service = kind.value;
+        settings.cluster[service] = Object.assign({}, settings.cluster[service], { bot_token: token });
+      }
+      setStatus(status, "Saving…");
+      try {
+        show(await api("PUT", "/api/settings", settings));
+        setStatus(status, `Saved channel ${name}. Send it a test below the list.`, "ok");
+        for (const input of $$("input[type=password]", form)) input.value = "";
+      } catch (err) {
+        setStatus(status, "Not saved.", "bad");
+        addError(errors, err.message);
+        for (const d of err.details || []) addError(errors, `${cleanPath(d.path)}: ${d.message}`);
+      }
     });
   }
 
