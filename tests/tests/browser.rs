@@ -787,8 +787,31 @@ async fn the_run_page_counts_its_duration_and_shows_the_delivery() -> Result<()>
     let run = node.api.execute(&id).await?;
     let run_id = run["id"].as_str().unwrap_or_default().to_owned();
     let browser = logged_in(&node).await?;
+    browser
+        .cdp(
+            "Emulation.setTimezoneOverride",
+            json!({"timezoneId": "Asia/Tokyo"}),
+        )
+        .await?;
     browser.goto(&format!("{base}/runs/{run_id}")).await?;
     let first = wait_text(&browser, "[data-field=duration]", "so far").await?;
+    // Times show in the browser's zone (Tokyo, UTC+9), with UTC on hover.
+    let created = browser
+        .script(
+            "const t = document.querySelector('time[data-local]');
+             return [t.getAttribute('datetime'), t.textContent, t.title];",
+            vec![],
+        )
+        .await?;
+    let at: chrono::DateTime<chrono::Utc> = created[0].as_str().unwrap_or_default().parse()?;
+    let tokyo = at + chrono::Duration::hours(9);
+    let clock = tokyo.format("%I:%M:%S").to_string();
+    let text = created[1].as_str().unwrap_or_default();
+    assert!(text.contains(&clock), "{text} is not {clock} in Tokyo");
+    assert!(
+        created[2].as_str().unwrap_or_default().ends_with("UTC"),
+        "{created}"
+    );
     let later = wait_for("the duration to count", Duration::from_secs(5), || async {
         let now = text_of(&browser, "[data-field=duration]").await;
         (now.contains("so far") && now != first).then_some(now)

@@ -759,6 +759,12 @@ async fn any_node_lists_every_run_of_a_task_that_ran_on_three_nodes() -> Result<
     browser.find("#task-runs table.runs").await?;
     let rows = browser.find_all("#task-runs table.runs tbody tr").await?;
     assert_eq!(rows.len(), 30);
+    let bars = browser.find_all("#task-runs svg.spark rect.ok").await?;
+    assert_eq!(bars.len(), 30, "a bar per finished run, all succeeded");
+    let summary = browser
+        .text(&browser.find("#task-runs .task-summary").await?)
+        .await?;
+    assert!(summary.contains("100 %"), "{summary}");
 
     // n1 goes down: the others list what they can and name it.
     let mut members = members;

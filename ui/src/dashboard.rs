@@ -120,7 +120,7 @@ impl Sparkline {
     pub const WIDTH: u32 = 150;
     pub const HEIGHT: u32 = 28;
 
-    fn of(task: &TaskRunStats) -> Self {
+    pub fn of(task: &TaskRunStats) -> Self {
         let runs: Vec<_> = task.recent.iter().rev().collect();
         let Some(max) = runs.iter().map(|r| r.duration_ms).max() else {
             return Self::default();
@@ -165,7 +165,7 @@ impl Sparkline {
 }
 
 impl TaskLine {
-    fn of(id: &str, task: &TaskRunStats) -> Self {
+    pub fn of(id: &str, task: &TaskRunStats) -> Self {
         let finished = task.succeeded + task.failed;
         let rate = (finished > 0).then(|| task.succeeded as f64 * 100.0 / finished as f64);
         let timed: Vec<u64> = task.recent.iter().map(|r| r.duration_ms).collect();

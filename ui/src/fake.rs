@@ -234,6 +234,8 @@ async fn every_page_renders_what_the_node_tells() {
                 "failed",
                 "node-a",
                 "node-gone",
+                "<b>0 %</b>",
+                "<svg class=\"spark\"",
             ],
         ),
         ("/runs?status=failed", &["backup", "failed", "node-gone"]),

@@ -8,10 +8,11 @@ use axum::extract::{Query, State};
 use chrono::Utc;
 use serde::Deserialize;
 
+use super::dashboard::TaskLine;
 use super::view::{Layout, RunSummary};
 use crate::NodeView;
 use taskmesh_core::model::{RunId, RunStatus, TaskId, Trigger};
-use taskmesh_core::view::RunQuery;
+use taskmesh_core::view::{RunQuery, RunStats};
 
 /// Runs on one page of a history.
 pub const RUNS_PAGE: usize = 50;
@@ -59,6 +60,8 @@ pub struct HistoryView {
     pub nodes: Vec<String>,
     pub statuses: &'static [&'static str],
     pub triggers: &'static [&'static str],
+    /// On a task's page: the success rate, mean duration and sparkline of the runs listed.
+    pub summary: Option<TaskLine>,
 }
 
 impl HistoryView {
@@ -134,7 +137,22 @@ impl HistoryView {
         nodes.sort();
         nodes.dedup();
         let now = Utc::now();
+        let summary = one_task
+            .then(|| {
+                let mut stats = RunStats::default();
+                for run in &runs {
+                    stats.add(run);
+                }
+                stats
+                    .tasks
+                    .iter()
+                    .next()
+                    .map(|(id, t)| TaskLine::of(&id.0, t))
+            })
+            .flatten()
+            .filter(|line| !line.spark.bars.is_empty());
         Self {
+            summary,
             problems,
             runs: runs.iter().map(|r| RunSummary::of(r, now)).collect(),
             unanswered,

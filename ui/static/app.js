@@ -111,6 +111,25 @@
 
   function statusLabel(status) { return String(status).replace(/_/g, " "); }
 
+  /** A `<time>` in the browser's zone, with the UTC time on hover. */
+  function localTime(iso) {
+    const d = new Date(iso);
+    const utc = d.toISOString().replace("T", " ").replace(/\.\d+Z$/, " UTC").replace(/Z$/, " UTC");
+    return el("time", { datetime: iso, title: utc, text: localText(d) });
+  }
+
+  function localText(d) {
+    return d.toLocaleString(undefined, { weekday: "short", year: "numeric", month: "short", day: "numeric", hour: "2-digit", minute: "2-digit", second: "2-digit" });
+  }
+
+  /** Times the server wrote in UTC (`data-local`) are shown in the browser's zone; UTC stays on hover. */
+  function showLocalTimes(root = document) {
+    for (const t of $$("time[data-local]", root)) {
+      const d = new Date(t.getAttribute("datetime"));
+      if (!isNaN(d)) t.textContent = localText(d);
+    }
+  }
+
   /** "850 ms", "12.3 s", "4 min 5 s", "2 h 3 min", as the server writes durations. */
   function durationText(ms) {
     const s = ms / 1000;
@@ -1092,9 +1111,9 @@
       else if (run.outcome && run.outcome.kind === "timed_out") exit = "timed out";
       else if (run.outcome && run.outcome.kind === "lost") exit = "lost (its node went away)";
       field("exit", exit);
-      const fmt = (t) => t ? new Date(t).toISOString().replace("T", " ").replace(/\.\d+Z$/, " UTC").replace(/Z$/, " UTC") : "";
-      if (run.started_at) field("started", fmt(run.started_at));
-      field("ended", fmt(run.ended_at));
+      const at = (t) => t ? localTime(t) : "";
+      if (run.started_at) field("started", at(run.started_at));
+      field("ended", at(run.ended_at));
       current = run;
       if (run.started_at && run.ended_at) field("duration", durationText(new Date(run.ended_at) - new Date(run.started_at)));
       const actions = run.actions || [];
@@ -1217,13 +1236,6 @@
     return `in ${Math.floor(s / 86400)} d ${Math.floor((s % 86400) / 3600)} h`;
   }
 
-  /** Times in the browser's zone (UTC stays in the tooltip), countdowns every second. */
-  function showLocalTimes(root = document) {
-    for (const t of $$("time[data-local]", root)) {
-      const d = new Date(t.getAttribute("datetime"));
-      if (!isNaN(d)) t.textContent = d.toLocaleString(undefined, { weekday: "short", month: "short", day: "numeric", hour: "2-digit", minute: "2-digit", second: d.getUTCSeconds() ? "2-digit" : undefined });
-    }
-  }
 
   function initDashboard() {
     const tick = () => {
@@ -1253,6 +1265,7 @@
 
   document.addEventListener("DOMContentLoaded", () => {
     watchNode();
+    showLocalTimes();
     if (document.body.dataset.page === "dashboard") initDashboard();
     refreshTimes();
     setInterval(refreshTimes, 30000);
