@@ -140,6 +140,31 @@ async fn the_task_flow_of_the_seed_works_in_a_browser() -> Result<()> {
     assert_eq!(written["timeout"], "30s");
     assert_eq!(written["command"], json!(["echo", "hi from the browser"]));
 
+    // A rule whose target does not exist is refused at save, at its rule, in words.
+    browser
+        .click(&browser.find("tbody.new .add-rule").await?)
+        .await?;
+    let on = browser.find("tbody.new .rule .f-on").await?;
+    browser.clear(&on).await?;
+    browser.type_text(&on, "!0").await?;
+    select("tbody.new .rule .f-action", "run").await?;
+    let arg = browser.find("tbody.new .rule .f-arg").await?;
+    browser.type_text(&arg, "no-such-task").await?;
+    browser
+        .click(&browser.find("tbody.new .save").await?)
+        .await?;
+    wait_text(
+        &browser,
+        "tbody.new .rule [data-err=rule]",
+        "no task is called `no-such-task`",
+    )
+    .await?;
+    let (_, tasks) = node.api.get("/api/tasks").await?;
+    assert_eq!(tasks, json!([]), "nothing was saved");
+    browser
+        .click(&browser.find("tbody.new .rule .remove-rule").await?)
+        .await?;
+
     // Manual, then Execute now: saves and starts, with a link to the run.
     browser
         .click(&browser.find("tbody.new .f-mode[value=manual]").await?)
