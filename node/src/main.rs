@@ -4,21 +4,40 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Parser;
-use taskmesh::cli::{Cli, Command, RunArgs};
+use taskmesh::cli::{Cli, Command, LogFormat, RunArgs};
 use taskmesh::{Config, run};
 use tokio_util::sync::CancellationToken;
 
+/// The node's own story at info; openraft's and libp2p's internals only when they fail, so the
+/// login link is not lost among them (`TASKMESH_LOG=info` shows everything at info). openraft's
+/// replication reports every peer it cannot reach yet while a node joins: those go unless asked
+/// for.
+const DEFAULT_LOG: &str =
+    "info,openraft=error,openraft::replication=off,libp2p=error,libp2p_swarm=error";
+
+fn init_logging(format: LogFormat) {
+    use std::io::IsTerminal;
+    let filter = tracing_subscriber::EnvFilter::try_from_env("TASKMESH_LOG")
+        .unwrap_or_else(|_| DEFAULT_LOG.into());
+    let log = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => log
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .with_span_list(false)
+            .init(),
+        LogFormat::Text => log
+            .with_ansi(std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none())
+            .init(),
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("TASKMESH_LOG")
-                // The node's own story at info; openraft's and libp2p's internals only when
-                // they warn, so the login link is not lost among them (TASKMESH_LOG=info shows all).
-                .unwrap_or_else(|_| "info,openraft=warn,libp2p=warn,libp2p_swarm=warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    init_logging(cli.log_format);
     let runtime = match taskmesh::runtime() {
         Ok(rt) => rt,
         Err(e) => {

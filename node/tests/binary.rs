@@ -1534,3 +1534,124 @@ fn the_cli_talks_to_a_tls_node_trusting_its_own_certificate_or_a_given_one() {
     );
     stop(plain);
 }
+
+/// Every line `taskmesh run` writes to stderr, read on a thread.
+fn logged_lines(child: &mut std::process::Child) -> std::sync::Arc<std::sync::Mutex<Vec<String>>> {
+    use std::io::BufRead;
+    let stderr = child.stderr.take().expect("stderr");
+    let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let into = lines.clone();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            into.lock().expect("log").push(line);
+        }
+    });
+    lines
+}
+
+/// `--log-format json`: every line on stderr is one JSON object, and a run's start and end carry
+/// its `run_id` and `task`. The default text, on a pipe, has no ANSI colours and none of
+/// openraft's or libp2p's internals.
+#[test]
+fn logs_are_json_lines_with_run_fields_or_plain_text_for_a_pipe() {
+    let dir = tempfile::tempdir().expect("tmp");
+    std::fs::write(dir.path().join("access-token"), format!("{TOKEN}\n")).expect("token");
+    let mut child = Command::new(BIN)
+        .args([
+            "--log-format",
+            "json",
+            "run",
+            "--listen",
+            "127.0.0.1:0",
+            "--no-mdns",
+        ])
+        .args(["--p2p-listen", "/ip4/127.0.0.1/tcp/0", "--data-dir"])
+        .arg(dir.path())
+        .env_remove("TASKMESH_LOG")
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("spawn");
+    let lines = logged_lines(&mut child);
+    let parsed = || -> Vec<Value> {
+        let lines = lines.lock().expect("log").clone();
+        lines
+            .iter()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+            .collect()
+    };
+    let url = wait_until("the node's URL", Duration::from_secs(20), || {
+        parsed()
+            .iter()
+            .find_map(|l| l["url"].as_str().map(str::to_owned))
+    });
+    let http = client();
+    create_task(
+        &http,
+        &url,
+        &json!({"name": "logged", "spec": {"command": ["true"]}, "when": {"mode": "manual"}}),
+    );
+    let run: Value = http
+        .post(format!("{url}/api/tasks/logged/run"))
+        .send()
+        .and_then(|r| r.json())
+        .expect("execute");
+    let id = run["id"].as_str().expect("run id").to_owned();
+    let ended = wait_until("the run's end in the log", Duration::from_secs(20), || {
+        parsed()
+            .into_iter()
+            .find(|l| l["message"] == "run ended" && l["run_id"] == id.as_str())
+    });
+    assert_eq!(ended["task"], "logged");
+    assert_eq!(ended["level"], "INFO");
+    assert!(
+        ended["timestamp"].is_string() && ended["target"].is_string(),
+        "{ended}"
+    );
+    let started = parsed();
+    assert!(
+        started
+            .iter()
+            .any(|l| l["message"] == "run started" && l["run_id"] == id.as_str()),
+        "run started"
+    );
+    let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM);
+    let _ = child.wait();
+    for line in parsed() {
+        assert!(line.is_object(), "{line}");
+    }
+
+    // The default format on a pipe: plain text, no colours, no dependency internals.
+    let mut child = Command::new(BIN)
+        .args(["run", "--listen", "127.0.0.1:0", "--no-mdns"])
+        .args(["--p2p-listen", "/ip4/127.0.0.1/tcp/0", "--data-dir"])
+        .arg(dir.path())
+        .env_remove("TASKMESH_LOG")
+        .env_remove("TASKMESH_LOG_FORMAT")
+        .env_remove("NO_COLOR")
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("spawn");
+    let lines = logged_lines(&mut child);
+    wait_until("the node's URL", Duration::from_secs(20), || {
+        lines
+            .lock()
+            .expect("log")
+            .iter()
+            .find(|l| l.contains("url="))
+            .cloned()
+    });
+    let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM);
+    let _ = child.wait();
+    let text = lines.lock().expect("log").join("\n");
+    assert!(!text.contains('\u{1b}'), "ANSI escapes on a pipe:\n{text}");
+    assert!(
+        !text.contains("openraft::") && !text.contains("libp2p"),
+        "{text}"
+    );
+    assert!(text.contains(" INFO "), "{text}");
+}

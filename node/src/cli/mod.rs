@@ -7,7 +7,7 @@ mod terminal;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 
 pub use client::{ClientError, REFUSED, run_command};
 
@@ -20,8 +20,27 @@ pub use client::{ClientError, REFUSED, run_command};
 Every other command talks to a node's API (--url, or TASKMESH_URL)."
 )]
 pub struct Cli {
+    /// How to log to stderr: `text` for people and journald (colours only on a terminal, and
+    /// not with NO_COLOR) or `json`, one object a line with each event's fields (a run's
+    /// `run_id` and `task`). TASKMESH_LOG sets the filter (default: the node's own story at
+    /// info; openraft's and libp2p's internals only when they fail).
+    #[arg(
+        long,
+        global = true,
+        env = "TASKMESH_LOG_FORMAT",
+        value_enum,
+        default_value_t = LogFormat::Text
+    )]
+    pub log_format: LogFormat,
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// The format of the log on stderr.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Debug, Subcommand)]
