@@ -37,6 +37,14 @@ fn init_logging(format: LogFormat) {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    match taskmesh::cli::write_docs(&cli.command, &mut std::io::stdout().lock()) {
+        Ok(true) => return ExitCode::SUCCESS,
+        Ok(false) => {}
+        Err(e) => {
+            eprintln!("error: writing to stdout: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
     init_logging(cli.log_format);
     let runtime = match taskmesh::runtime() {
         Ok(rt) => rt,

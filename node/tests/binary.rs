@@ -1655,3 +1655,49 @@ fn logs_are_json_lines_with_run_fields_or_plain_text_for_a_pipe() {
     );
     assert!(text.contains(" INFO "), "{text}");
 }
+
+/// `taskmesh completions bash|zsh|fish` prints a script that knows the subcommands (bash's
+/// passes `bash -n`), and `taskmesh man` a manual page; neither needs a node.
+#[test]
+fn completions_and_the_manual_page_generate() {
+    for shell in ["bash", "zsh", "fish"] {
+        let out = Command::new(BIN)
+            .args(["completions", shell])
+            .output()
+            .expect("completions");
+        assert!(out.status.success(), "{shell}: {out:?}");
+        let script = String::from_utf8(out.stdout).expect("utf-8");
+        for word in ["login-url", "settings", "completions"] {
+            assert!(script.contains(word), "{shell} lacks {word}");
+        }
+        if shell == "bash" {
+            let path = std::env::temp_dir()
+                .join(format!("taskmesh-completion-{}.bash", std::process::id()));
+            std::fs::write(&path, &script).expect("write");
+            let checked = Command::new("bash")
+                .arg("-n")
+                .arg(&path)
+                .status()
+                .expect("bash -n");
+            let _ = std::fs::remove_file(&path);
+            assert!(checked.success(), "bash -n refused the script");
+        }
+    }
+    let out = Command::new(BIN).arg("man").output().expect("man");
+    assert!(out.status.success());
+    let page = String::from_utf8(out.stdout).expect("utf-8");
+    assert!(
+        page.contains(".TH taskmesh 1") && page.contains(".SH NAME"),
+        "{page}"
+    );
+    assert!(
+        page.contains("completions"),
+        "the page lists the subcommands"
+    );
+    let bad = Command::new(BIN)
+        .args(["completions", "tcsh"])
+        .output()
+        .expect("bad shell");
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("possible values"));
+}

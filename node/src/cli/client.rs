@@ -421,6 +421,9 @@ async fn command_result(command: super::Command) -> Result<ExitCode, ClientError
         super::Command::Run(_) => Err(ClientError::Usage(
             "`run` starts a node; it is not a client command".into(),
         )),
+        super::Command::Completions { .. } | super::Command::Man => Err(ClientError::Usage(
+            "`completions` and `man` print without a node".into(),
+        )),
         super::Command::Task(c) => task(c).await,
         super::Command::Settings(c) => settings(c).await,
         super::Command::Notify(super::NotifyCommand::Test { channel, remote }) => {

@@ -67,6 +67,29 @@ pub enum Command {
     /// The node's access token.
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Print a shell completion script: `taskmesh completions bash > /etc/bash_completion.d/taskmesh`.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff): `taskmesh man > /usr/share/man/man1/taskmesh.1`.
+    Man,
+}
+
+/// Writes what `completions` and `man` print; they need no node.
+pub fn write_docs(command: &Command, out: &mut impl std::io::Write) -> std::io::Result<bool> {
+    use clap::CommandFactory;
+    match command {
+        Command::Completions { shell } => {
+            clap_complete::generate(*shell, &mut Cli::command(), "taskmesh", out);
+            Ok(true)
+        }
+        Command::Man => {
+            clap_mangen::Man::new(Cli::command()).render(out)?;
+            Ok(true)
+        }
+        _ => Ok(false),
+    }
 }
 
 #[derive(Debug, Subcommand)]
