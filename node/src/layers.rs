@@ -40,6 +40,7 @@ const NODE_MODULES: &[&str] = &[
     "executor",
     "scheduler",
     "handle",
+    "history",
     "api",
     "cli",
     "server",
