@@ -1701,3 +1701,61 @@ fn completions_and_the_manual_page_generate() {
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("possible values"));
 }
+
+/// `taskmesh status` tells the node, the cluster and its leader, the members, the peers and what
+/// runs; with `--output json` it and `task ls` print JSON for scripts.
+#[test]
+fn the_cli_tells_the_status_and_lists_as_json() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let node = start(dir.path());
+    let cli = |args: &[&str]| {
+        let out = operator_cli(&node.url, dir.path())
+            .args(args)
+            .output()
+            .expect("run the cli");
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).expect("utf-8")
+    };
+    let http = client();
+    create_task(
+        &http,
+        &node.url,
+        &json!({"name": "sleeper", "spec": {"command": ["sleep", "30"]}, "when": {"mode": "manual"}}),
+    );
+    // One cluster, led by this node, once it has founded it.
+    let json: Value = wait_until("a founded cluster", Duration::from_secs(20), || {
+        let status: Value = serde_json::from_str(&cli(&["status", "--output", "json"])).ok()?;
+        (status["cluster"]["role"] == "leader").then_some(status)
+    });
+    assert_eq!(json["health"]["status"], "ok");
+    let run: Value = http
+        .post(format!("{}/api/tasks/sleeper/run", node.url))
+        .send()
+        .and_then(|r| r.json())
+        .expect("execute");
+    let id = run["id"].as_str().expect("id").to_owned();
+    let text = wait_until("the run in the status", Duration::from_secs(10), || {
+        let text = cli(&["status"]);
+        text.contains(&id).then_some(text)
+    });
+    for line in [
+        "node ",
+        "cluster ",
+        "members  1 voters, 0 learners, all live",
+        "peers    0 live",
+        "runs     1 running or queued",
+        "sleeper",
+    ] {
+        assert!(text.contains(line), "{line:?} missing in\n{text}");
+    }
+    assert!(text.contains("leader"), "{text}");
+    let tasks: Value =
+        serde_json::from_str(&cli(&["task", "ls", "--output", "json"])).expect("JSON");
+    assert_eq!(tasks.as_array().map(Vec::len), Some(1));
+    assert_eq!(tasks[0]["name"], "sleeper");
+    stop(node);
+}

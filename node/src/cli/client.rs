@@ -425,6 +425,7 @@ async fn command_result(command: super::Command) -> Result<ExitCode, ClientError
             "`completions` and `man` print without a node".into(),
         )),
         super::Command::Task(c) => task(c).await,
+        super::Command::Status { remote } => status(&remote).await,
         super::Command::Settings(c) => settings(c).await,
         super::Command::Notify(super::NotifyCommand::Test { channel, remote }) => {
             let api = Api::new(&remote)?;
@@ -469,12 +470,112 @@ async fn command_result(command: super::Command) -> Result<ExitCode, ClientError
     }
 }
 
+/// `taskmesh status`: what `/api/health`, `/api/peers` and the unfinished runs say, for people
+/// or (`--output json`) as one object.
+async fn status(remote: &super::Remote) -> Result<ExitCode, ClientError> {
+    let api = Api::new(remote)?;
+    let health = api.get("/api/health").await?;
+    let peers = api.get("/api/peers?limit=1000").await?;
+    let running = api.get("/api/runs?status=running&limit=1000").await?;
+    let queued = api.get("/api/runs?status=queued&limit=1000").await?;
+    if remote.output == super::Output::Json {
+        print_json(&serde_json::json!({
+            "health": health,
+            "this": peers["this"],
+            "cluster": peers["cluster"],
+            "peers": peers["peers"],
+            "running": running,
+            "queued": queued,
+        }));
+        return Ok(0);
+    }
+    let this = &peers["this"];
+    let cluster = &peers["cluster"];
+    println!(
+        "node     {} ({}), taskmesh {}, up since {}",
+        this["name"].as_str().unwrap_or("?"),
+        this["peer_id"].as_str().unwrap_or("no p2p endpoint"),
+        health["version"].as_str().unwrap_or("?"),
+        health["started_at"].as_str().unwrap_or("?"),
+    );
+    let members = cluster["members"].as_array().cloned().unwrap_or_default();
+    let name_of = |peer_id: &str| {
+        members
+            .iter()
+            .find(|m| m["peer_id"] == peer_id)
+            .and_then(|m| m["name"].as_str())
+            .unwrap_or(peer_id)
+            .to_owned()
+    };
+    match cluster["cluster"].as_str() {
+        Some(id) => println!(
+            "cluster  {id}, term {}, {} here, leader {}",
+            cluster["term"],
+            cluster["role"].as_str().unwrap_or("?"),
+            cluster["leader"]
+                .as_str()
+                .map_or("none (no quorum)".to_owned(), name_of),
+        ),
+        None => println!("cluster  not joined yet"),
+    }
+    let voters = members.iter().filter(|m| m["voter"] == true).count();
+    let down: Vec<String> = members
+        .iter()
+        .filter(|m| m["live"] != true)
+        .map(|m| name_of(m["peer_id"].as_str().unwrap_or("?")))
+        .collect();
+    println!(
+        "members  {voters} voters, {} learners{}",
+        members.len() - voters,
+        if down.is_empty() {
+            ", all live".to_owned()
+        } else {
+            format!(", down: {}", down.join(", "))
+        }
+    );
+    let live = peers["peers"].as_array().cloned().unwrap_or_default();
+    println!("peers    {} live", live.len());
+    for p in &live {
+        println!(
+            "         {:<20} {}/{} running, load {:.2}",
+            p["name"].as_str().unwrap_or("?"),
+            p["running"],
+            p["slots_total"],
+            p["load"].as_f64().unwrap_or(0.0),
+        );
+    }
+    let runs: Vec<&Value> = running
+        .as_array()
+        .into_iter()
+        .chain(queued.as_array())
+        .flatten()
+        .collect();
+    println!("runs     {} running or queued", runs.len());
+    for r in runs {
+        println!(
+            "         {:<20} {:<8} on {:<16} run {}",
+            r["task_name"].as_str().unwrap_or("?"),
+            r["status"].as_str().unwrap_or("?"),
+            r["node"]
+                .as_str()
+                .filter(|n| !n.is_empty())
+                .unwrap_or("(waiting)"),
+            r["id"].as_str().unwrap_or("?"),
+        );
+    }
+    Ok(0)
+}
+
 async fn task(command: TaskCommand) -> Result<ExitCode, ClientError> {
     match command {
         TaskCommand::Ls { remote } => {
             let api = Api::new(&remote)?;
             let tasks = api.get_all("/api/tasks").await?;
             let runs = api.get("/api/runs?limit=1000").await?;
+            if remote.output == super::Output::Json {
+                print_json(&Value::Array(tasks));
+                return Ok(0);
+            }
             println!("{:<24} {:<36} {:<8} LAST RUN", "NAME", "WHEN", "ENABLED");
             for t in &tasks {
                 let last = runs
@@ -789,6 +890,7 @@ mod tests {
             token_file: token_file.map(PathBuf::from),
             data_dir: data_dir.map(PathBuf::from),
             ca_cert: None,
+            output: crate::cli::Output::Text,
         }
     }
 

@@ -36,6 +36,14 @@ pub struct Cli {
     pub command: Command,
 }
 
+/// How a client command prints what it lists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum)]
+pub enum Output {
+    #[default]
+    Text,
+    Json,
+}
+
 /// The format of the log on stderr.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
@@ -59,6 +67,12 @@ pub enum Command {
     /// Notification channels.
     #[command(subcommand)]
     Notify(NotifyCommand),
+    /// The cluster at a glance: this node, the leader and term, the members, the live peers and
+    /// what runs now.
+    Status {
+        #[command(flatten)]
+        remote: Remote,
+    },
     /// Print a one-time link that logs a browser in to the node's UI (valid for 10 minutes).
     LoginUrl {
         #[command(flatten)]
@@ -191,6 +205,9 @@ pub struct Remote {
     /// node's own certificate (tls-cert.pem in the data directory).
     #[arg(long, global = true, env = "TASKMESH_CA_CERT", value_name = "FILE")]
     pub ca_cert: Option<PathBuf>,
+    /// How listings and `status` print: `text` for people, `json` for scripts.
+    #[arg(long, global = true, value_enum, default_value_t = Output::Text)]
+    pub output: Output,
 }
 
 /// Where a client command finds the node's access token.
