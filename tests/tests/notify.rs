@@ -255,6 +255,7 @@ async fn the_test_message_goes_out_from_the_api_and_the_cli() -> Result<()> {
         token_file: None,
         data_dir: Some(node.dir.clone()),
         ca_cert: None,
+        output: taskmesh::cli::Output::Text,
     };
     let code = taskmesh::cli::run_command(Command::Notify(NotifyCommand::Test {
         channel: "ops".into(),
