@@ -1757,5 +1757,15 @@ fn the_cli_tells_the_status_and_lists_as_json() {
         serde_json::from_str(&cli(&["task", "ls", "--output", "json"])).expect("JSON");
     assert_eq!(tasks.as_array().map(Vec::len), Some(1));
     assert_eq!(tasks[0]["name"], "sleeper");
+    assert_eq!(
+        tasks[0]["last_run"]["id"],
+        id.as_str(),
+        "its newest run, from the index"
+    );
+    let listed = cli(&["task", "ls"]);
+    assert!(
+        listed.contains("sleeper") && listed.contains("running"),
+        "{listed}"
+    );
     stop(node);
 }

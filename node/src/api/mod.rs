@@ -215,6 +215,10 @@ struct TasksParams {
     limit: Option<usize>,
     /// Only tasks whose name contains this, in any case.
     q: Option<String>,
+    /// Each task with its newest run (`last_run`, from the run ledger's index; null before the
+    /// first).
+    #[serde(default)]
+    last_run: bool,
 }
 
 /// One page of the task list, oldest first; a `Link: <…>; rel="next"` header names the next
@@ -228,24 +232,35 @@ async fn list_tasks(
     let after = p.after.map(TaskId);
     let q = p.q.as_deref().map(str::to_lowercase).unwrap_or_default();
     let state = node.state();
-    let mut page: Vec<crate::model::Task> = state
+    let mut page: Vec<&std::sync::Arc<crate::model::Task>> = state
         .tasks
         .after(after.as_ref())
         .filter(|t| q.is_empty() || t.name.to_lowercase().contains(&q))
         .take(limit + 1)
-        .map(|t| crate::model::Task::clone(t))
         .collect();
     let next = (page.len() > limit).then(|| {
         page.truncate(limit);
         let last = page.last().map(|t| t.id.0.as_str()).unwrap_or_default();
         let q = (!q.is_empty()).then(|| format!("q={}&", query_value(&q)));
+        let with = if p.last_run { "last_run=true&" } else { "" };
         format!(
-            "/api/tasks?{}after={}&limit={limit}",
+            "/api/tasks?{}{with}after={}&limit={limit}",
             q.unwrap_or_default(),
             query_value(last)
         )
     });
-    Ok((next_link(next), Json(page)))
+    let items: Vec<serde_json::Value> = page
+        .iter()
+        .map(|task| {
+            let mut item = serde_json::to_value(task.as_ref()).unwrap_or_default();
+            if p.last_run {
+                item["last_run"] =
+                    serde_json::to_value(state.runs.last_of(&task.id)).unwrap_or_default();
+            }
+            item
+        })
+        .collect();
+    Ok((next_link(next), Json(items)))
 }
 
 /// `limit` within 1 to [`PAGE_MAX`], `default` when not given.

@@ -570,19 +570,16 @@ async fn task(command: TaskCommand) -> Result<ExitCode, ClientError> {
     match command {
         TaskCommand::Ls { remote } => {
             let api = Api::new(&remote)?;
-            let tasks = api.get_all("/api/tasks").await?;
-            let runs = api.get("/api/runs?limit=1000").await?;
+            // Each task with its newest run, from the ledger's index (one read for the list).
+            let tasks = api.get_all("/api/tasks?last_run=true").await?;
             if remote.output == super::Output::Json {
                 print_json(&Value::Array(tasks));
                 return Ok(0);
             }
             println!("{:<24} {:<36} {:<8} LAST RUN", "NAME", "WHEN", "ENABLED");
             for t in &tasks {
-                let last = runs
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .find(|r| r["task_id"] == t["id"])
+                let last = Some(&t["last_run"])
+                    .filter(|r| r.is_object())
                     .map(|r| {
                         format!(
                             "{} {}",
@@ -830,7 +827,7 @@ async fn settings(command: SettingsCommand) -> Result<ExitCode, ClientError> {
     match command {
         SettingsCommand::Export {
             secrets,
-            output,
+            file,
             remote,
         } => {
             let api = Api::new(&remote)?;
@@ -838,7 +835,7 @@ async fn settings(command: SettingsCommand) -> Result<ExitCode, ClientError> {
                 .get(&format!("/api/settings/export?secrets={secrets}"))
                 .await?;
             let text = serde_json::to_string_pretty(&settings).unwrap_or_default() + "\n";
-            match output {
+            match file {
                 Some(path) => std::fs::write(&path, text).map_err(|source| ClientError::Io {
                     context: format!("writing {}", path.display()),
                     source,
@@ -867,6 +864,14 @@ mod tests {
     use std::path::PathBuf;
 
     use super::*;
+
+    /// clap checks a command line's shape only when a command is parsed (two arguments of one
+    /// name panic then): every subcommand is checked here instead.
+    #[test]
+    fn the_command_line_is_well_formed() {
+        use clap::CommandFactory;
+        crate::cli::Cli::command().debug_assert();
+    }
 
     #[test]
     fn the_next_page_is_read_from_a_link_header() {

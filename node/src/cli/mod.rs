@@ -320,8 +320,9 @@ pub enum SettingsCommand {
         /// Include secrets (tokens, passwords) instead of masking them.
         #[arg(long)]
         secrets: bool,
-        #[arg(long, short)]
-        output: Option<PathBuf>,
+        /// Write to this file instead of stdout.
+        #[arg(short = 'o', long = "file", value_name = "FILE")]
+        file: Option<PathBuf>,
         #[command(flatten)]
         remote: Remote,
     },
