@@ -9,6 +9,7 @@ use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use serde::de::DeserializeOwned;
 
+use crate::consensus::RUNS_PER_TASK;
 use crate::handle::{NodeError, NodeHandle};
 use crate::mesh::{PeerId, Request, Response};
 use crate::model::{Run, RunId};
@@ -36,6 +37,20 @@ pub struct ClusterStats {
     pub unanswered: Vec<String>,
 }
 
+/// Whether the run ledger (every unfinished run, and the newest [`RUNS_PER_TASK`] finished runs
+/// of each task) holds the whole answer, so that no peer needs to be asked: unfinished runs,
+/// and a task's first page when it is no longer than what the ledger keeps of it.
+fn ledger_answers(query: &RunQuery) -> bool {
+    use crate::model::RunStatus;
+    let unfinished = matches!(query.status, Some(RunStatus::Queued | RunStatus::Running));
+    let first_page_of_a_task = query.task.is_some()
+        && query.before.is_none()
+        && query.since.is_none()
+        && !query.is_filtered()
+        && query.limit <= RUNS_PER_TASK;
+    unfinished || first_page_of_a_task
+}
+
 /// What each peer answered, by its name, and the nodes without an answer: peers that did not
 /// answer in time and members that are down.
 struct Answers<T> {
@@ -49,6 +64,12 @@ impl NodeHandle {
     /// records of one run the finished one wins, then the one from the node that ran it.
     pub async fn cluster_runs(&self, query: RunQuery) -> Result<ClusterRuns, NodeError> {
         let mut runs = self.runs(query.clone()).await?;
+        if ledger_answers(&query) {
+            return Ok(ClusterRuns {
+                runs,
+                unanswered: Vec::new(),
+            });
+        }
         let Answers {
             answers,
             unanswered,
@@ -145,7 +166,12 @@ impl NodeHandle {
                 self.member_name(&member.peer_id, &member.name)
             ));
         }
-        let asks = view.peers.into_iter().map(|peer| {
+        // A peer this node holds no connection to cannot answer now: it is named at once
+        // rather than waited for (a node killed a moment ago is still listed until it times out).
+        let (reachable, cut): (Vec<_>, Vec<_>) =
+            view.peers.into_iter().partition(|peer| peer.connected);
+        unanswered.extend(cut.into_iter().map(|peer| peer.announcement.name));
+        let asks = reachable.into_iter().map(|peer| {
             let (mesh, body) = (mesh.clone(), body.clone());
             async move {
                 let name = peer.announcement.name.clone();
@@ -194,5 +220,52 @@ impl NodeHandle {
                 .unwrap_or(peer_id);
             format!("node …{short}")
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{RunId, RunStatus, TaskId};
+
+    #[test]
+    fn the_ledger_answers_unfinished_runs_and_a_tasks_short_first_page() {
+        let task = RunQuery {
+            task: Some(TaskId("t".into())),
+            limit: RUNS_PER_TASK,
+            ..RunQuery::default()
+        };
+        assert!(ledger_answers(&task));
+        let longer = RunQuery {
+            limit: RUNS_PER_TASK + 1,
+            ..task.clone()
+        };
+        assert!(!ledger_answers(&longer), "more than the ledger keeps");
+        let older = RunQuery {
+            before: RunId::parse(&"0".repeat(32)),
+            ..task.clone()
+        };
+        assert!(!ledger_answers(&older), "older pages are on the nodes");
+        let failed = RunQuery {
+            status: Some(RunStatus::Failed),
+            ..task.clone()
+        };
+        assert!(
+            !ledger_answers(&failed),
+            "a filter may reach past the ledger"
+        );
+        let running = RunQuery {
+            status: Some(RunStatus::Running),
+            limit: 1000,
+            ..RunQuery::default()
+        };
+        assert!(
+            ledger_answers(&running),
+            "every unfinished run is in the ledger"
+        );
+        assert!(!ledger_answers(&RunQuery {
+            limit: 50,
+            ..RunQuery::default()
+        }));
     }
 }
