@@ -384,27 +384,6 @@ async fn a_browser_gets_in_by_a_login_link_only_and_logs_out() -> Result<()> {
     Ok(())
 }
 
-/// Tasks as a merging cluster hands them over, 1,000 to a change: `id-00000`/`t00000` on.
-async fn add_tasks(node: &TestNode, count: usize) -> Result<()> {
-    let consensus = node.handle.consensus().clone();
-    for chunk in (0..count).collect::<Vec<_>>().chunks(1000) {
-        let tasks = chunk
-            .iter()
-            .map(|n| taskmesh::consensus::Adopted {
-                task: taskmesh::model::Task::sample(&format!("id-{n:05}"), &format!("t{n:05}")),
-                last_fired: None,
-            })
-            .collect();
-        consensus
-            .propose(taskmesh::consensus::Change::Adopt {
-                from: "elsewhere".into(),
-                tasks,
-            })
-            .await?;
-    }
-    Ok(())
-}
-
 async fn rows_named(browser: &Browser) -> Result<Vec<String>> {
     let names = browser
         .script(
@@ -423,7 +402,7 @@ async fn rows_named(browser: &Browser) -> Result<Vec<String>> {
 async fn ten_thousand_tasks_page_search_toggle_and_refuse_a_stale_save() -> Result<()> {
     let node = TestNode::start().await?;
     let base = node.api.base.clone();
-    add_tasks(&node, 10_000).await?;
+    node.adopt_tasks(0, 10_000).await?;
     let browser = logged_in(&node).await?;
     browser.goto(&format!("{base}/index")).await?;
     wait_text(&browser, "#task-count", "1–50 of 10,000 tasks").await?;

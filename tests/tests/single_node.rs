@@ -1106,41 +1106,16 @@ async fn a_run_placed_on_an_earlier_start_of_its_node_is_placed_again_and_runs_o
 #[tokio::test]
 async fn the_first_page_of_tasks_does_not_grow_with_the_task_list() -> Result<()> {
     let node = TestNode::start().await?;
-    // Tasks come in as a merging cluster hands them over: 1,000 to a change.
-    let add = |from: usize, to: usize| {
-        let consensus = node.handle.consensus().clone();
-        async move {
-            for chunk in (from..to).collect::<Vec<_>>().chunks(1000) {
-                let tasks = chunk
-                    .iter()
-                    .map(|n| taskmesh::consensus::Adopted {
-                        task: taskmesh::model::Task::sample(
-                            &format!("id-{n:05}"),
-                            &format!("t{n:05}"),
-                        ),
-                        last_fired: None,
-                    })
-                    .collect();
-                consensus
-                    .propose(taskmesh::consensus::Change::Adopt {
-                        from: "elsewhere".into(),
-                        tasks,
-                    })
-                    .await?;
-            }
-            anyhow::Ok(())
-        }
-    };
     let first_page = || async {
         let (status, page, next) = node.api.page("/api/tasks?limit=50").await?;
         anyhow::ensure!(status == 200, "{page}");
         let len = page.as_array().map_or(0, Vec::len);
         anyhow::Ok((page.to_string().len(), len, next.is_some()))
     };
-    add(0, 100).await?;
+    node.adopt_tasks(0, 100).await?;
     let (small, len, more) = first_page().await?;
     assert_eq!((len, more), (50, true));
-    add(100, 10_000).await?;
+    node.adopt_tasks(100, 10_000).await?;
     assert_eq!(node.handle.state().tasks.len(), 10_000);
     let (large, len, more) = first_page().await?;
     assert_eq!((len, more), (50, true));

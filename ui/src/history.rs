@@ -9,7 +9,7 @@ use chrono::Utc;
 use serde::Deserialize;
 
 use super::dashboard::TaskLine;
-use super::view::{Layout, RunSummary};
+use super::view::{Layout, RunSummary, node_names};
 use crate::NodeView;
 use taskmesh_core::model::{RunId, RunStatus, TaskId, Trigger};
 use taskmesh_core::view::{RunQuery, RunStats};
@@ -130,12 +130,7 @@ impl HistoryView {
             let last = runs.last().map(|r| r.id.to_string()).unwrap_or_default();
             filter.query_with_before(&last, one_task)
         });
-        let peers = node.peers();
-        let mut nodes: Vec<String> = std::iter::once(peers.this.name)
-            .chain(peers.peers.into_iter().map(|p| p.announcement.name))
-            .collect();
-        nodes.sort();
-        nodes.dedup();
+        let nodes = node_names(node);
         let now = Utc::now();
         let summary = one_task
             .then(|| {

@@ -9,7 +9,7 @@ use chrono::{DateTime, Utc};
 use std::collections::{HashMap, HashSet};
 
 use super::task_filter::{MODES, STATES, TaskFilter};
-use super::view::{Layout, RunSummary};
+use super::view::{Layout, RunSummary, node_names};
 use crate::NodeView;
 use taskmesh_core::model::{Action, CatchUp, Placement, Run, Task, TaskId, When};
 use taskmesh_core::view::DaemonStatus;
@@ -387,12 +387,7 @@ pub async fn view_tasks_get<N: NodeView>(
         rows.push(row);
     }
     let shown = rows.len();
-    let peers = node.peers();
-    let mut nodes: Vec<String> = std::iter::once(peers.this.name)
-        .chain(peers.peers.into_iter().map(|p| p.announcement.name))
-        .collect();
-    nodes.sort();
-    nodes.dedup();
+    let nodes = node_names(&node);
     TasksTemplate {
         layout: Layout::new(&node, "tasks"),
         channels: node.channels(),

@@ -46,6 +46,17 @@ impl Moment {
     }
 }
 
+/// This node's name and its live peers', sorted: what a filter by node offers.
+pub fn node_names(node: &impl crate::NodeView) -> Vec<String> {
+    let peers = node.peers();
+    let mut names: Vec<String> = std::iter::once(peers.this.name)
+        .chain(peers.peers.into_iter().map(|p| p.announcement.name))
+        .collect();
+    names.sort();
+    names.dedup();
+    names
+}
+
 /// "just now", "5 s ago", "3 min ago", "2 h ago", "4 d ago", or "in 5 s" for the future.
 pub fn relative(at: DateTime<Utc>, now: DateTime<Utc>) -> String {
     let secs = (now - at).num_seconds();
