@@ -1032,3 +1032,174 @@ async fn a_channel_is_set_up_by_form_and_tested() -> Result<()> {
     assert_eq!(seen[0].body["chat_id"], "-10042");
     Ok(())
 }
+
+/// Makes the browser ask for `languages` (`Accept-Language`) from the next page on.
+async fn prefer_language(browser: &Browser, languages: &str) -> Result<()> {
+    let agent = browser.script("return navigator.userAgent", vec![]).await?;
+    browser
+        .cdp(
+            "Emulation.setUserAgentOverride",
+            json!({"userAgent": agent, "acceptLanguage": languages}),
+        )
+        .await?;
+    Ok(())
+}
+
+/// English phrases of the catalog (long enough not to be anyone's data) that a German page
+/// still shows.
+async fn english_left(browser: &Browser) -> Result<Vec<String>> {
+    let left = browser
+        .script(
+            "const text = document.body.innerText;
+             return (window.TASKMESH_TEXT || [])
+               .filter(([en, de]) => en !== de && en.length >= 12 && !en.includes('{}') && !en.includes('<'))
+               .map(([en]) => en)
+               .filter((en) => text.includes(en));",
+            vec![],
+        )
+        .await?;
+    Ok(serde_json::from_value(left)?)
+}
+
+/// A browser that asks for German gets every page, the script's messages, a validation error
+/// from the node and the dates in German; the switch in the header sticks to English against
+/// the browser's wish, on every page, and back.
+#[tokio::test]
+async fn a_german_browser_gets_german_pages_and_the_switch_sticks() -> Result<()> {
+    let node = TestNode::start().await?;
+    let base = node.api.base.clone();
+    let id = node
+        .api
+        .create_task(
+            &json!({"name": "backup", "spec": {"shell": "exit 3"}, "when": {"mode": "manual"}}),
+        )
+        .await?;
+    node.api
+        .create_task(&json!({"name": "nightly", "spec": {"command": ["true"]},
+            "when": {"mode": "cron", "schedule": "0 3 * * *", "timezone": "Europe/Berlin"}}))
+        .await?;
+    let run = node.api.execute(&id).await?;
+    let run_id = run["id"].as_str().unwrap_or_default().to_owned();
+    wait_for("the run to fail", Duration::from_secs(10), || async {
+        let (_, run) = node.api.get(&format!("/api/runs/{run_id}")).await.ok()?;
+        (run["status"] == "failed").then_some(())
+    })
+    .await?;
+
+    // The login page already speaks German.
+    let fresh = Browser::start().await?;
+    prefer_language(&fresh, "de-DE,de;q=0.9,en;q=0.5").await?;
+    fresh.goto(&format!("{base}/login")).await?;
+    assert_eq!(text_of(&fresh, "label[for=token]").await, "Zugangs-Token");
+    drop(fresh);
+
+    let browser = logged_in(&node).await?;
+    prefer_language(&browser, "de-DE,de;q=0.9,en;q=0.5").await?;
+    browser.goto(&format!("{base}/index")).await?;
+    assert_eq!(
+        browser
+            .script("return document.documentElement.lang", vec![])
+            .await?,
+        json!("de")
+    );
+    assert_eq!(text_of(&browser, "h1").await, "Aufgaben");
+    let nav = text_of(&browser, "nav").await;
+    assert!(
+        nav.contains("Übersicht") && nav.contains("Läufe") && nav.contains("Einstellungen"),
+        "{nav}"
+    );
+    let last = text_of(&browser, &format!("#task-{id} td.last-run")).await;
+    assert!(
+        last.contains("fehlgeschlagen") && (last.contains("vor ") || last.contains("gerade eben")),
+        "the last run, in German: {last}"
+    );
+
+    // A validation error made by the node reads in German, parts and all.
+    browser
+        .click(
+            &browser
+                .find(&format!("#task-{id} tr.summary td.name"))
+                .await?,
+        )
+        .await?;
+    let spec = browser.find(&format!("#task-{id} .f-spec")).await?;
+    assert_eq!(
+        text_of(&browser, &format!("#task-{id} form.panel .execute")).await,
+        "Jetzt ausführen"
+    );
+    browser.clear(&spec).await?;
+    browser
+        .type_text(&spec, r#"{"shell": "exit 3", "priority": "high"}"#)
+        .await?;
+    browser
+        .click(
+            &browser
+                .find(&format!("#task-{id} form.panel .save"))
+                .await?,
+        )
+        .await?;
+    let error = wait_text(
+        &browser,
+        &format!("#task-{id} [data-err=spec]"),
+        "muss eine ganze Zahl sein",
+    )
+    .await?;
+    assert!(error.contains("nicht der Text"), "{error}");
+    screenshot(&browser, "de-tasks").await;
+
+    // The run page: words, exit and a date in German.
+    browser.goto(&format!("{base}/runs/{run_id}")).await?;
+    assert!(text_of(&browser, "h1").await.starts_with("Lauf von backup"));
+    assert_eq!(text_of(&browser, "[data-field=exit]").await, "Exit-Code 3");
+    let created = text_of(&browser, "#run time[data-local]").await;
+    let months = [
+        "Jan", "Feb", "März", "Apr", "Mai", "Juni", "Juli", "Aug", "Sept", "Okt", "Nov", "Dez",
+    ];
+    assert!(
+        months.iter().any(|m| created.contains(m)),
+        "a German date: {created}"
+    );
+
+    // No page shows English where the catalog has German.
+    for page in [
+        "/index",
+        "/dashboard",
+        "/runs",
+        "/settings",
+        "/node",
+        "/peers",
+    ] {
+        browser.goto(&format!("{base}{page}")).await?;
+        browser.find("main h1").await?;
+        let left = english_left(&browser).await?;
+        assert!(left.is_empty(), "{page} shows English: {left:?}");
+    }
+    browser.goto(&format!("{base}/tasks/{id}")).await?;
+    let left = english_left(&browser).await?;
+    assert!(left.is_empty(), "the task page shows English: {left:?}");
+    // German words are longer; the pages still fit a phone.
+    browser.set_window_size(390, 844).await?;
+    for page in ["/index", "/settings", "/node", "/runs"] {
+        browser.goto(&format!("{base}{page}")).await?;
+        let (width, what) = widest(&browser, 390).await?;
+        assert!(width <= 390, "{page} in German is {width} px wide ({what})");
+    }
+    browser.set_window_size(1280, 900).await?;
+
+    // The switch: English against the browser's wish, on every page after, and back.
+    browser.goto(&format!("{base}/runs")).await?;
+    assert_eq!(text_of(&browser, "main h1").await, "Läufe");
+    browser.click(&browser.find(".lang-switch").await?).await?;
+    wait_text(&browser, "main h1", "Runs").await?;
+    assert_eq!(
+        browser
+            .script("return document.documentElement.lang", vec![])
+            .await?,
+        json!("en")
+    );
+    browser.goto(&format!("{base}/dashboard")).await?;
+    assert_eq!(text_of(&browser, "h1").await, "Dashboard");
+    browser.click(&browser.find(".lang-switch").await?).await?;
+    wait_text(&browser, "main h1", "Übersicht").await?;
+    Ok(())
+}

@@ -15,13 +15,14 @@ const FAVICON: &str = "<svg xmlns=\"http://www.w3.org/2000/svg\" viewBox=\"0 0 1
 /// URLs are versioned (`?v=…`), so a year is safe.
 const CACHE: &str = "public, max-age=31536000, immutable";
 
-/// A short hash of both assets, for `?v=` in their URLs.
+/// A short hash of the assets and the German catalog, for `?v=` in their URLs.
 pub fn version() -> &'static str {
     static VERSION: OnceLock<String> = OnceLock::new();
     VERSION.get_or_init(|| {
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
         APP_CSS.hash(&mut hasher);
         APP_JS.hash(&mut hasher);
+        crate::i18n::DE_JSON.hash(&mut hasher);
         format!("{:012x}", hasher.finish() & 0xffff_ffff_ffff)
     })
 }
@@ -53,5 +54,21 @@ pub async fn favicon() -> impl IntoResponse {
             (header::CACHE_CONTROL, "public, max-age=86400"),
         ],
         FAVICON,
+    )
+}
+
+/// The German catalog for app.js, `window.TASKMESH_TEXT`; pages in German load it first.
+pub async fn de_js() -> impl IntoResponse {
+    const DE_JS: &str = concat!(
+        "window.TASKMESH_TEXT = ",
+        include_str!("../static/de.json"),
+        ";\n"
+    );
+    (
+        [
+            (header::CONTENT_TYPE, "text/javascript; charset=utf-8"),
+            (header::CACHE_CONTROL, CACHE),
+        ],
+        DE_JS,
     )
 }

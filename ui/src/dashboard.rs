@@ -9,6 +9,7 @@ use chrono::{DateTime, Duration, Utc};
 
 use super::view::{Layout, Moment, RunSummary, duration};
 use crate::NodeView;
+use crate::i18n::Lang;
 use taskmesh_core::cron::Schedule;
 use taskmesh_core::model::{RunStatus, When};
 use taskmesh_core::view::{RunStats, TaskRunStats};
@@ -31,6 +32,16 @@ pub struct DashboardTemplate {
     /// Nodes whose runs the figures lack.
     pub unanswered: Vec<String>,
     pub error: Option<String>,
+}
+
+impl DashboardTemplate {
+    /// The notice naming the nodes whose runs are not counted.
+    pub fn not_counted(&self) -> String {
+        format!(
+            "Not counted: the runs of {}, which did not answer in time.",
+            self.unanswered.join(", ")
+        )
+    }
 }
 
 /// The headline figures of the window.
@@ -211,7 +222,10 @@ pub fn next_runs(node: &impl NodeView, now: DateTime<Utc>, count: usize) -> Vec<
         .collect()
 }
 
-pub async fn view_dashboard_get<N: NodeView>(State(node): State<N>) -> DashboardTemplate {
+pub async fn view_dashboard_get<N: NodeView>(
+    State(node): State<N>,
+    lang: Lang,
+) -> DashboardTemplate {
     let now = Utc::now();
     let since = now - Duration::hours(WINDOW_HOURS);
     let (stats, unanswered, error) = match node.cluster_stats(since).await {
@@ -249,7 +263,7 @@ pub async fn view_dashboard_get<N: NodeView>(State(node): State<N>) -> Dashboard
         this.running = running.iter().filter(|r| r.node == this.name).count() as u32;
     }
     DashboardTemplate {
-        layout: Layout::new(&node, "dashboard"),
+        layout: Layout::new(&node, "dashboard", lang),
         figures: Figures::of(&stats),
         running,
         next: next_runs(&node, now, NEXT_RUNS),

@@ -11,6 +11,7 @@ use serde::Deserialize;
 use super::dashboard::TaskLine;
 use super::view::{Layout, RunSummary, node_names};
 use crate::NodeView;
+use crate::i18n::Lang;
 use taskmesh_core::model::{RunId, RunStatus, TaskId, Trigger};
 use taskmesh_core::view::{RunQuery, RunStats};
 
@@ -65,6 +66,20 @@ pub struct HistoryView {
 }
 
 impl HistoryView {
+    /// The notice naming the nodes whose runs the page lacks.
+    pub fn not_shown(&self) -> String {
+        format!(
+            "Not shown: the runs kept only on {}, which did not answer in time.",
+            self.unanswered.join(", ")
+        )
+    }
+
+    /// What the summary's mean is over.
+    pub fn mean_note(&self) -> String {
+        let finished = self.summary.as_ref().map_or(0, |t| t.spark.bars.len());
+        format!("mean duration, over the {finished} finished runs below")
+    }
+
     /// Whether a filter narrows the list.
     pub fn is_filtered(&self) -> bool {
         let f = &self.filter;
@@ -196,9 +211,10 @@ pub struct RunsTemplate {
 pub async fn view_runs_get<N: NodeView>(
     State(node): State<N>,
     Query(filter): Query<HistoryFilter>,
+    lang: Lang,
 ) -> RunsTemplate {
     RunsTemplate {
-        layout: Layout::new(&node, "runs"),
+        layout: Layout::new(&node, "runs", lang),
         history: HistoryView::read(&node, filter, None).await,
     }
 }

@@ -9,6 +9,7 @@ mod dashboard;
 #[cfg(test)]
 mod fake;
 mod history;
+mod i18n;
 mod login;
 mod node;
 mod node_view;
@@ -24,6 +25,7 @@ mod view;
 use axum::Router;
 use axum::routing::get;
 
+pub use i18n::Lang;
 pub use login::LoginTemplate;
 pub use node_view::{NodeView, Places};
 
@@ -40,6 +42,7 @@ pub fn router<N: NodeView>(node: N) -> Router {
         .route("/runs/{id}", get(run::view_run_get::<N>))
         .route("/static/app.css", get(assets::app_css))
         .route("/static/app.js", get(assets::app_js))
+        .route("/static/de.js", get(assets::de_js))
         .route("/static/favicon.svg", get(assets::favicon))
         .fallback(view_not_found::<N>)
         .with_state(node)
@@ -47,10 +50,11 @@ pub fn router<N: NodeView>(node: N) -> Router {
 
 async fn view_not_found<N: NodeView>(
     axum::extract::State(node): axum::extract::State<N>,
+    lang: Lang,
     uri: axum::http::Uri,
 ) -> axum::response::Response {
     problem::ProblemTemplate::new(
-        view::Layout::new(&node, ""),
+        view::Layout::new(&node, "", lang),
         axum::http::StatusCode::NOT_FOUND,
         "Not found",
         format!("There is no page at {}.", uri.path()),

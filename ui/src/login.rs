@@ -4,12 +4,15 @@
 use askama::Template;
 use askama_web::WebTemplate;
 
+use crate::i18n::Lang;
+
 #[derive(Template, WebTemplate)]
 #[template(path = "login.html")]
 pub struct LoginTemplate {
     /// Where to go after logging in (a local path).
     pub next: String,
     pub error: Option<String>,
+    pub lang: Lang,
 }
 
 #[cfg(test)]
@@ -21,6 +24,7 @@ mod tests {
         let html = LoginTemplate {
             next: "/\"><script>".into(),
             error: Some("wrong".into()),
+            lang: Lang::En,
         }
         .render()
         .expect("render");

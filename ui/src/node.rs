@@ -12,6 +12,7 @@ use chrono::{DateTime, Utc};
 use super::settings::{ClusterKeyView, Dependencies};
 use super::view::{Layout, Moment, RunSummary, bytes};
 use crate::NodeView;
+use crate::i18n::Lang;
 use taskmesh_core::model::{Run, TaskId};
 use taskmesh_core::view::DaemonStatus;
 use taskmesh_core::view::RunQuery;
@@ -34,6 +35,17 @@ pub struct NodeTemplate {
     pub tasks: TaskFit,
     /// This node's own settings as JSON, secrets masked.
     pub settings_json: String,
+}
+
+impl NodeTemplate {
+    /// Under a shortened list: how many it leaves out.
+    pub fn more(&self, n: usize) -> String {
+        format!("and {n} more")
+    }
+
+    pub fn recent_note(&self) -> String {
+        format!("the last {} runs on this node", self.recent.len())
+    }
 }
 
 /// Which tasks this node can run by its dependencies, and what it lacks for the others.
@@ -163,7 +175,7 @@ pub fn recent_runs(runs: &[Run], node_name: &str, now: DateTime<Utc>) -> Vec<Run
         .collect()
 }
 
-pub async fn view_node_get<N: NodeView>(State(node): State<N>) -> NodeTemplate {
+pub async fn view_node_get<N: NodeView>(State(node): State<N>, lang: Lang) -> NodeTemplate {
     let now = Utc::now();
     let settings = node.node_settings();
     let history = node
@@ -183,7 +195,7 @@ pub async fn view_node_get<N: NodeView>(State(node): State<N>) -> NodeTemplate {
     let health = node.health();
     let places = node.places();
     NodeTemplate {
-        layout: Layout::new(&node, "node"),
+        layout: Layout::new(&node, "node", lang),
         info: NodeInfo {
             name: settings.name.clone(),
             version: health.version,

@@ -7,6 +7,7 @@ use axum::extract::State;
 use super::settings::ClusterKeyView;
 use super::view::Layout;
 use crate::NodeView;
+use crate::i18n::Lang;
 use taskmesh_core::peer::PeerInfo;
 use taskmesh_core::view::ClusterStatus;
 
@@ -19,6 +20,25 @@ pub struct PeersTemplate {
     pub key: ClusterKeyView,
     pub mesh_up: bool,
     pub cluster: ClusterStatus,
+}
+
+impl PeersTemplate {
+    /// This node's Raft log: how far it goes, and what a snapshot holds.
+    pub fn log_note(&self) -> String {
+        let c = &self.cluster;
+        let Some(last) = c.last_log else {
+            return "This node's log: empty.".to_owned();
+        };
+        let mut note = format!("This node's log: up to entry {last}");
+        if let Some(s) = c.snapshot {
+            note.push_str(&format!("; snapshot at entry {s}"));
+        }
+        if let Some(p) = c.purged {
+            note.push_str(&format!("; entries up to {p} compacted into it"));
+        }
+        note.push('.');
+        note
+    }
 }
 
 /// One node in the table.
@@ -70,7 +90,7 @@ impl PeerRow {
     }
 }
 
-pub async fn view_peers_get<N: NodeView>(State(node): State<N>) -> PeersTemplate {
+pub async fn view_peers_get<N: NodeView>(State(node): State<N>, lang: Lang) -> PeersTemplate {
     let view = node.peers();
     let settings = node.node_settings();
     let this = PeerRow {
@@ -87,7 +107,7 @@ pub async fn view_peers_get<N: NodeView>(State(node): State<N>) -> PeersTemplate
         addrs: view.this.p2p_addrs.clone(),
     };
     PeersTemplate {
-        layout: Layout::new(&node, "peers"),
+        layout: Layout::new(&node, "peers", lang),
         this,
         peers: view.peers.iter().map(PeerRow::of).collect(),
         key: ClusterKeyView {

@@ -11,6 +11,7 @@ use chrono::Utc;
 use super::problem::ProblemTemplate;
 use super::view::{Layout, RunSummary};
 use crate::NodeView;
+use crate::i18n::Lang;
 use taskmesh_core::model::RunId;
 
 #[derive(Template, WebTemplate)]
@@ -20,8 +21,12 @@ pub struct RunTemplate {
     pub run: RunSummary,
 }
 
-pub async fn view_run_get<N: NodeView>(State(node): State<N>, Path(id): Path<String>) -> Response {
-    let layout = Layout::new(&node, "");
+pub async fn view_run_get<N: NodeView>(
+    State(node): State<N>,
+    Path(id): Path<String>,
+    lang: Lang,
+) -> Response {
+    let layout = Layout::new(&node, "", lang);
     let Some(run_id) = RunId::parse(&id) else {
         return ProblemTemplate::new(
             layout,

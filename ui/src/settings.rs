@@ -7,7 +7,8 @@ use axum::extract::State;
 
 use super::view::Layout;
 use crate::NodeView;
-use taskmesh_core::model::{MASK, NodeSettings, Settings};
+use crate::i18n::Lang;
+use taskmesh_core::model::{NodeSettings, Settings};
 
 /// Each `cluster` key with a one-line meaning.
 pub const CLUSTER_HELP: &[(&str, &str)] = &[
@@ -100,7 +101,6 @@ pub struct SettingsTemplate {
     pub layout: Layout,
     /// The masked settings, pretty JSON.
     pub settings_text: String,
-    pub mask: &'static str,
     pub cluster_help: &'static [(&'static str, &'static str)],
     pub node_help: &'static [(&'static str, &'static str)],
     pub deps: Dependencies,
@@ -151,7 +151,6 @@ impl SettingsTemplate {
             key,
             layout,
             settings_text: serde_json::to_string_pretty(settings).unwrap_or_else(|_| "{}".into()),
-            mask: MASK,
             cluster_help: CLUSTER_HELP,
             node_help: NODE_HELP,
             deps: Dependencies::of(&settings.node),
@@ -159,9 +158,9 @@ impl SettingsTemplate {
     }
 }
 
-pub async fn view_settings_get<N: NodeView>(State(node): State<N>) -> SettingsTemplate {
+pub async fn view_settings_get<N: NodeView>(State(node): State<N>, lang: Lang) -> SettingsTemplate {
     SettingsTemplate::new(
-        Layout::new(&node, "settings"),
+        Layout::new(&node, "settings", lang),
         &node.settings(false),
         ClusterKeyView::of(&node),
     )
@@ -170,6 +169,17 @@ pub async fn view_settings_get<N: NodeView>(State(node): State<N>) -> SettingsTe
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The settings hint writes the mask out (in both languages); it must be the real one.
+    #[test]
+    fn the_hint_shows_the_mask_secrets_have() {
+        use taskmesh_core::model::MASK;
+        let html = std::fs::read_to_string(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("templates/settings.html"),
+        )
+        .expect("template");
+        assert!(html.contains(&format!("shown as <code>{MASK}</code>")));
+    }
     use crate::view::sample::EVIL;
 
     #[test]

@@ -14,6 +14,7 @@ use super::problem::ProblemTemplate;
 use super::tasks::{RuleView, TIMEZONES, TaskPanel, TaskRow};
 use super::view::Layout;
 use crate::NodeView;
+use crate::i18n::Lang;
 
 #[derive(Template, WebTemplate)]
 #[template(path = "task.html")]
@@ -30,8 +31,9 @@ pub async fn view_task_get<N: NodeView>(
     State(node): State<N>,
     Path(key): Path<String>,
     Query(filter): Query<HistoryFilter>,
+    lang: Lang,
 ) -> Response {
-    let layout = Layout::new(&node, "tasks");
+    let layout = Layout::new(&node, "tasks", lang);
     let Some(task) = node.task(&key) else {
         return ProblemTemplate::new(
             layout,

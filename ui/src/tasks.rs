@@ -11,6 +11,7 @@ use std::collections::{HashMap, HashSet};
 use super::task_filter::{MODES, STATES, TaskFilter};
 use super::view::{Layout, RunSummary, node_names};
 use crate::NodeView;
+use crate::i18n::Lang;
 use taskmesh_core::model::{Action, CatchUp, Placement, Run, Task, TaskId, When};
 use taskmesh_core::view::DaemonStatus;
 
@@ -152,7 +153,8 @@ pub struct StateView {
     pub label: String,
     /// CSS class: running, queued, crash, waiting, idle.
     pub class: &'static str,
-    pub detail: String,
+    /// Facts beside the label ("2 restarts", "next start in 3 s"), each its own text.
+    pub detail: Vec<String>,
     /// The run to link to, when one is active.
     pub run_id: Option<String>,
 }
@@ -292,9 +294,9 @@ impl TaskRow {
     ) -> Self {
         let last_run = last.map(|run| RunSummary::of(run, now));
         let restarts = |d: &DaemonStatus| match d.restarts {
-            0 => String::new(),
-            1 => "1 restart".into(),
-            n => format!("{n} restarts"),
+            0 => None,
+            1 => Some("1 restart".to_owned()),
+            n => Some(format!("{n} restarts")),
         };
         let state = match (active, daemon) {
             (Some(run), daemon) => StateView {
@@ -308,34 +310,31 @@ impl TaskRow {
                 } else {
                     "running"
                 },
-                detail: daemon.map(restarts).unwrap_or_default(),
+                detail: daemon.and_then(restarts).into_iter().collect(),
                 run_id: Some(run.id.to_string()),
             },
             (None, Some(d)) if d.crash_loop => StateView {
                 label: "crash loop".into(),
                 class: "crash",
-                detail: [
-                    restarts(d),
-                    d.restart_in_ms
-                        .map(|ms| format!("next start in {}", wait(ms)))
-                        .unwrap_or_default(),
-                ]
-                .into_iter()
-                .filter(|s| !s.is_empty())
-                .collect::<Vec<_>>()
-                .join(" · "),
+                detail: restarts(d)
+                    .into_iter()
+                    .chain(
+                        d.restart_in_ms
+                            .map(|ms| format!("next start in {}", wait(ms))),
+                    )
+                    .collect(),
                 run_id: None,
             },
             (None, Some(d)) if d.restart_in_ms.is_some() => StateView {
                 label: "restarting".into(),
                 class: "waiting",
-                detail: format!("in {}", wait(d.restart_in_ms.unwrap_or(0))),
+                detail: vec![format!("in {}", wait(d.restart_in_ms.unwrap_or(0)))],
                 run_id: None,
             },
             _ => StateView {
                 label: "idle".into(),
                 class: "idle",
-                detail: String::new(),
+                detail: Vec::new(),
                 run_id: None,
             },
         };
@@ -364,6 +363,7 @@ fn wait(ms: u64) -> String {
 pub async fn view_tasks_get<N: NodeView>(
     State(node): State<N>,
     Query(filter): Query<TaskFilter>,
+    lang: Lang,
 ) -> TasksTemplate {
     let tasks = node.tasks();
     let active = node.active_runs();
@@ -389,7 +389,7 @@ pub async fn view_tasks_get<N: NodeView>(
     let shown = rows.len();
     let nodes = node_names(&node);
     TasksTemplate {
-        layout: Layout::new(&node, "tasks"),
+        layout: Layout::new(&node, "tasks", lang),
         channels: node.channels(),
         rows,
         list: ListView {

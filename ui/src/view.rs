@@ -4,7 +4,10 @@ use chrono::{DateTime, Utc};
 
 use taskmesh_core::model::{Outcome, Run, Trigger};
 
-/// What the base layout needs: the node's name for the header, and which nav entry is current.
+use crate::i18n::Lang;
+
+/// What the base layout needs: the node's name for the header, which nav entry is current, and
+/// the page's language.
 #[derive(Debug, Clone)]
 pub struct Layout {
     pub node_name: String,
@@ -12,11 +15,12 @@ pub struct Layout {
     pub page: &'static str,
     /// Appended to asset URLs so that a new build is fetched despite long cache lifetimes.
     pub assets: &'static str,
+    pub lang: Lang,
 }
 
 impl Layout {
-    pub fn new(node: &impl crate::NodeView, page: &'static str) -> Self {
-        Self::named(node.node_settings().name, page)
+    pub fn new(node: &impl crate::NodeView, page: &'static str, lang: Lang) -> Self {
+        Self::named(node.node_settings().name, page).in_lang(lang)
     }
 
     pub fn named(node_name: impl Into<String>, page: &'static str) -> Self {
@@ -24,7 +28,22 @@ impl Layout {
             node_name: node_name.into(),
             page,
             assets: super::assets::version(),
+            lang: Lang::En,
         }
+    }
+
+    pub fn in_lang(self, lang: Lang) -> Self {
+        Self { lang, ..self }
+    }
+
+    /// A template's literal text in the page's language.
+    pub fn t(&self, english: &'static str) -> &'static str {
+        self.lang.t(english)
+    }
+
+    /// Text a view made ("5 min ago", "timed out") in the page's language.
+    pub fn tr(&self, text: impl AsRef<str>) -> String {
+        self.lang.tr(text.as_ref()).into_owned()
     }
 }
 

@@ -3,10 +3,72 @@
 "use strict";
 
 (() => {
-  // ---------------------------------------------------------------- helpers
-
   const $ = (sel, root = document) => root.querySelector(sel);
   const $$ = (sel, root = document) => Array.from(root.querySelectorAll(sel));
+
+  // ---------------------------------------------------------------- language
+
+  /** The page's language; a German page loads its catalog (`/static/de.js`) before this file. */
+  const LANG = document.documentElement.lang || "en";
+
+  /** The catalog's `[English, German]` pairs: exact texts, and patterns with `{}` parts. */
+  const CATALOG = (() => {
+    const exact = new Map();
+    const patterns = [];
+    for (const [en, de] of (LANG === "de" && window.TASKMESH_TEXT) || []) {
+      if (en.includes("{}")) patterns.push([en, en.split("{}"), de.split("{}")]);
+      else exact.set(en, de);
+    }
+    // The longest pattern first, as the server orders them (ui/src/i18n.rs).
+    patterns.sort((a, b) => b[0].length - a[0].length);
+    return { exact, patterns };
+  })();
+
+  /**
+   * English text in the page's language: its entry, else the first pattern that reads it with
+   * its parts translated in turn, else the text itself (as `Lang::tr` in ui/src/i18n.rs).
+   */
+  function T(text, depth = 3) {
+    text = String(text);
+    const exact = CATALOG.exact.get(text);
+    if (exact !== undefined) return exact;
+    if (depth === 0) return text;
+    for (const [, en, de] of CATALOG.patterns) {
+      const parts = readPattern(en, text);
+      if (parts) return de.map((piece, i) => (i ? T(parts[i - 1], depth - 1) : "") + piece).join("");
+    }
+    return text;
+  }
+
+  /** The parts of `text` between a pattern's literal pieces, or null when it does not fit. */
+  function readPattern(pieces, text) {
+    const first = pieces[0];
+    const last = pieces[pieces.length - 1];
+    if (text.length < first.length + last.length || !text.startsWith(first) || !text.endsWith(last)) return null;
+    let rest = text.slice(first.length, text.length - last.length);
+    const parts = [];
+    for (const piece of pieces.slice(1, -1)) {
+      const at = rest.indexOf(piece);
+      if (at <= 0) return null;
+      parts.push(rest.slice(0, at));
+      rest = rest.slice(at + piece.length);
+    }
+    if (!rest) return null;
+    parts.push(rest);
+    return parts;
+  }
+
+  /** The switch in the header: the choice is a cookie, so every node's pages follow it. */
+  function initLanguageSwitch() {
+    for (const button of $$(".lang-switch")) {
+      button.addEventListener("click", () => {
+        document.cookie = `taskmesh_lang=${button.dataset.lang}; Path=/; Max-Age=31536000; SameSite=Lax`;
+        location.reload();
+      });
+    }
+  }
+
+  // ---------------------------------------------------------------- helpers
 
   function el(tag, attrs = {}, ...children) {
     const node = document.createElement(tag);
@@ -31,7 +93,7 @@
     try {
       res = await fetch(url, opts);
     } catch (e) {
-      const err = new Error("The node did not answer (" + e.message + ").");
+      const err = new Error(T(`The node did not answer (${e.message}).`));
       err.details = [];
       throw err;
     }
@@ -56,9 +118,9 @@
 
   /** "line 3, column 7", "column 4" or "". */
   function where(d) {
-    if (d.line && d.column) return `line ${d.line}, column ${d.column}`;
-    if (d.line) return `line ${d.line}`;
-    if (d.column) return `column ${d.column}`;
+    if (d.line && d.column) return T(`line ${d.line}, column ${d.column}`);
+    if (d.line) return T(`line ${d.line}`);
+    if (d.column) return T(`column ${d.column}`);
     return "";
   }
 
@@ -90,13 +152,13 @@
   function relative(date) {
     const secs = Math.round((Date.now() - date.getTime()) / 1000);
     const n = Math.abs(secs);
-    if (n < 5) return "just now";
+    if (n < 5) return T("just now");
     let t;
     if (n < 60) t = `${n} s`;
     else if (n < 3600) t = `${Math.floor(n / 60)} min`;
     else if (n < 86400) t = `${Math.floor(n / 3600)} h`;
     else t = `${Math.floor(n / 86400)} d`;
-    return secs < 0 ? `in ${t}` : `${t} ago`;
+    return T(secs < 0 ? `in ${t}` : `${t} ago`);
   }
 
   function refreshTimes() {
@@ -104,12 +166,12 @@
       const d = new Date(t.getAttribute("datetime"));
       if (!isNaN(d)) {
         t.textContent = relative(d);
-        if (!t.title) t.title = d.toLocaleString();
+        if (!t.title) t.title = d.toLocaleString(LANG);
       }
     }
   }
 
-  function statusLabel(status) { return String(status).replace(/_/g, " "); }
+  function statusLabel(status) { return T(String(status).replace(/_/g, " ")); }
 
   /** A `<time>` in the browser's zone, with the UTC time on hover. */
   function localTime(iso) {
@@ -119,7 +181,7 @@
   }
 
   function localText(d) {
-    return d.toLocaleString(undefined, { weekday: "short", year: "numeric", month: "short", day: "numeric", hour: "2-digit", minute: "2-digit", second: "2-digit" });
+    return d.toLocaleString(LANG, { weekday: "short", year: "numeric", month: "short", day: "numeric", hour: "2-digit", minute: "2-digit", second: "2-digit" });
   }
 
   /** Times the server wrote in UTC (`data-local`) are shown in the browser's zone; UTC stays on hover. */
@@ -186,22 +248,22 @@
       setStatus(status, "");
       const chosen = file.files && file.files[0];
       if (!chosen) {
-        addError(errors, "Choose an exported settings file first.");
+        addError(errors, T("Choose an exported settings file first."));
         file.focus();
         return;
       }
-      if (!confirm(`Replace all settings with ${chosen.name}?`)) return;
+      if (!confirm(T(`Replace all settings with ${chosen.name}?`))) return;
       button.disabled = true;
       try {
         const text = await chosen.text();
         const settings = await api("POST", "/api/settings/import", text, { raw: true });
-        setStatus(status, `Imported ${chosen.name}.`, "ok");
+        setStatus(status, T(`Imported ${chosen.name}.`), "ok");
         if (onImported) onImported(settings);
       } catch (e) {
-        addError(errors, e.message);
+        addError(errors, T(e.message));
         for (const d of e.details) {
-          const at = [cleanPath(d.path) || "(document)", where(d)].filter(Boolean).join(", ");
-          addError(errors, `${at}: ${d.message}`);
+          const at = [cleanPath(d.path) || T("(document)"), where(d)].filter(Boolean).join(", ");
+          addError(errors, `${at}: ${T(d.message)}`);
         }
       } finally {
         button.disabled = false;
@@ -230,18 +292,18 @@
       e.preventDefault();
       errors.textContent = "";
       editor.classList.remove("invalid");
-      setStatus(status, "Saving…");
+      setStatus(status, T("Saving…"));
       try {
         const saved = await api("PUT", "/api/settings", editor.value, { raw: true });
         show(saved);
-        setStatus(status, "Saved.", "ok");
+        setStatus(status, T("Saved."), "ok");
       } catch (err) {
-        setStatus(status, "Not saved.", "bad");
-        addError(errors, err.message);
+        setStatus(status, T("Not saved."), "bad");
+        addError(errors, T(err.message));
         let first = null;
         for (const d of err.details) {
-          const at = [cleanPath(d.path) || "(document)", where(d)].filter(Boolean).join(", ");
-          addError(errors, `${at}: ${d.message}`);
+          const at = [cleanPath(d.path) || T("(document)"), where(d)].filter(Boolean).join(", ");
+          addError(errors, `${at}: ${T(d.message)}`);
           if (!first && d.line) first = d;
         }
         editor.classList.add("invalid");
@@ -253,14 +315,14 @@
       if ((e.ctrlKey || e.metaKey) && e.key === "s") { e.preventDefault(); form.requestSubmit(); }
     });
     $("#settings-reset").addEventListener("click", async () => {
-      if (edited() && !confirm("Reload the settings from the node? Your unsaved edits will be lost.")) return;
+      if (edited() && !confirm(T("Reload the settings from the node? Your unsaved edits will be lost."))) return;
       errors.textContent = "";
       editor.classList.remove("invalid");
       try {
         show(await api("GET", "/api/settings"));
-        setStatus(status, "Reloaded from the node.", "ok");
+        setStatus(status, T("Reloaded from the node."), "ok");
       } catch (err) {
-        addError(errors, err.message);
+        addError(errors, T(err.message));
       }
     });
     initTransfer((settings) => { show(settings); errors.textContent = ""; });
@@ -290,25 +352,25 @@
       setStatus(status, "");
       const name = value("#ch-name");
       const problems = [];
-      if (!name) problems.push("Give the channel a name, e.g. ops.");
+      if (!name) problems.push(T("Give the channel a name, e.g. ops."));
       let settings;
       try { settings = JSON.parse(editor.value); } catch {
-        problems.push("The settings above are not valid JSON: fix them or press Reload, then save the channel.");
+        problems.push(T("The settings above are not valid JSON: fix them or press Reload, then save the channel."));
       }
       let channel = null;
       if (kind.value === "telegram") {
-        if (!value("#ch-chat-id")) problems.push("Telegram needs the chat id (see how to get it below).");
+        if (!value("#ch-chat-id")) problems.push(T("Telegram needs the chat id (see how to get it below)."));
         channel = { kind: "telegram", chat_id: value("#ch-chat-id") };
       } else if (kind.value === "slack") {
         if (value("#ch-slack-webhook")) channel = { kind: "slack", webhook_url: value("#ch-slack-webhook") };
         else if (value("#ch-slack-channel")) channel = { kind: "slack", channel: value("#ch-slack-channel") };
-        else problems.push("Slack needs an incoming webhook URL, or a channel for the bot.");
+        else problems.push(T("Slack needs an incoming webhook URL, or a channel for the bot."));
       } else {
-        if (!value("#ch-webhook-url")) problems.push("A webhook needs its URL.");
+        if (!value("#ch-webhook-url")) problems.push(T("A webhook needs its URL."));
         channel = { kind: "webhook", url: value("#ch-webhook-url") };
       }
       if (problems.length) { for (const p of problems) addError(errors, p); return; }
-      if (edited() && !confirm("The settings editor has unsaved edits. Save them together with the channel?")) return;
+      if (edited() && !confirm(T("The settings editor has unsaved edits. Save them together with the channel?"))) return;
       settings.cluster = settings.cluster || {};
       settings.cluster.channels = settings.cluster.channels || {};
       settings.cluster.channels[name] = channel;
@@ -318,15 +380,15 @@
         const service = kind.value;
         settings.cluster[service] = Object.assign({}, settings.cluster[service], { bot_token: token });
       }
-      setStatus(status, "Saving…");
+      setStatus(status, T("Saving…"));
       try {
         show(await api("PUT", "/api/settings", settings));
-        setStatus(status, `Saved channel ${name}. Send it a test below the list.`, "ok");
+        setStatus(status, T(`Saved channel ${name}. Send it a test below the list.`), "ok");
         for (const input of $$("input[type=password]", form)) input.value = "";
       } catch (err) {
-        setStatus(status, "Not saved.", "bad");
-        addError(errors, err.message);
-        for (const d of err.details || []) addError(errors, `${cleanPath(d.path)}: ${d.message}`);
+        setStatus(status, T("Not saved."), "bad");
+        addError(errors, T(err.message));
+        for (const d of err.details || []) addError(errors, `${cleanPath(d.path)}: ${T(d.message)}`);
       }
     });
   }
@@ -340,15 +402,15 @@
     $("#channels-none").hidden = names.length > 0;
     rows.replaceChildren(...names.map((name) => {
       const result = el("td", { class: "result", role: "status", "aria-live": "polite" });
-      const button = el("button", { type: "button", class: "btn small" }, "Send test");
+      const button = el("button", { type: "button", class: "btn small" }, T("Send test"));
       button.addEventListener("click", async () => {
         button.disabled = true;
-        setStatus(result, "Sending…");
+        setStatus(result, T("Sending…"));
         try {
           const answer = await api("POST", `/api/channels/${encodeURIComponent(name)}/test`);
-          setStatus(result, `Delivered (${answer.kind}).`, "ok");
+          setStatus(result, T(`Delivered (${answer.kind}).`), "ok");
         } catch (err) {
-          setStatus(result, err.message, "bad");
+          setStatus(result, T(err.message), "bad");
         } finally {
           button.disabled = false;
         }
@@ -399,7 +461,7 @@
       if (!cell.dataset.loading) {
         cell.dataset.loading = "1";
         cell.textContent = "";
-        cell.append(el("p", { class: "muted", role: "status", text: "Loading…" }));
+        cell.append(el("p", { class: "muted", role: "status", text: T("Loading…") }));
       }
       try {
         const res = await fetch(`/tasks/${encodeURIComponent(id)}`, { headers: { Accept: "text/html" } });
@@ -413,10 +475,10 @@
           readRunControls(panel);
           if (($(".f-mode:checked", panel) || {}).value === "cron") previewCron(panel, 0);
         }
-        else cell.append(el("p", { class: "field-error", text: res.status === 404 ? "This task has been removed." : `The panel could not be loaded (${res.status}).` }));
+        else cell.append(el("p", { class: "field-error", text: res.status === 404 ? T("This task has been removed.") : T(`The panel could not be loaded (${res.status}).`) }));
       } catch (e) {
         cell.textContent = "";
-        cell.append(el("p", { class: "field-error", text: `The node did not answer (${e.message}).` }));
+        cell.append(el("p", { class: "field-error", text: T(`The node did not answer (${e.message}).`) }));
       } finally {
         delete cell.dataset.loading;
       }
@@ -468,7 +530,7 @@
       form.dataset.dirty = "1";
       const tbody = tbodyOf(form);
       if (e.target.classList.contains("f-name") && tbody.classList.contains("new")) {
-        $(".new-name", tbody).textContent = e.target.value.trim() || "New task";
+        $(".new-name", tbody).textContent = e.target.value.trim() || T("New task");
       }
       if (e.target.matches(".f-schedule, .f-timezone")) previewCron(form);
       if (e.target.classList.contains("f-spec")) readRunControls(form);
@@ -511,7 +573,7 @@
           form.dataset.updatedAt = task.updated_at;
         }
       } catch (err) {
-        button.title = `Not changed: ${err.message}`;
+        button.title = T(`Not changed: ${err.message}`);
         button.classList.add("failed");
       } finally {
         button.disabled = false;
@@ -526,7 +588,7 @@
       button.classList.toggle("off", !enabled);
       button.classList.remove("failed");
       button.textContent = enabled ? "enabled" : "disabled";
-      button.title = `${enabled ? "Disable" : "Enable"} ${name}`;
+      button.title = `${enabled ? T("Disable") : T("Enable")} ${name}`;
     }
     table.addEventListener("change", (e) => {
       const form = e.target.closest("form.panel");
@@ -584,7 +646,7 @@
       let spec;
       try { spec = JSON.parse(box.value || "{}"); } catch {
         err.textContent = "";
-        addError(err, `Fix the JSON above first: ${key} is written into it.`);
+        addError(err, T(`Fix the JSON above first: ${key} is written into it.`));
         return;
       }
       if (!spec || typeof spec !== "object" || Array.isArray(spec)) return;
@@ -627,20 +689,23 @@
         try {
           answer = await api("GET", `/api/schedule?cron=${encodeURIComponent(cron)}&timezone=${encodeURIComponent(timeZone)}`);
         } catch (err) {
-          error = err.details && err.details.length ? err.details[0].message : err.message;
+          error = T(err.details && err.details.length ? err.details[0].message : err.message);
         }
         if (form._cronAsked !== asked) return; // typed on meanwhile
         box.textContent = "";
         box.classList.toggle("bad", !!error);
         if (error) { box.append(el("span", { text: error })); return; }
-        if (answer.reading) box.append(el("p", { class: "reading", text: answer.reading[0].toUpperCase() + answer.reading.slice(1) }));
+        if (answer.reading) {
+          const reading = T(answer.reading);
+          box.append(el("p", { class: "reading", text: reading[0].toUpperCase() + reading.slice(1) }));
+        }
         if (answer.reboot) return;
-        const list = el("ol", { class: "next-times", "aria-label": "Next times" });
+        const list = el("ol", { class: "next-times", "aria-label": T("Next times") });
         for (const at of answer.next) {
           const date = new Date(at);
           let local;
           try {
-            local = date.toLocaleString(undefined, { timeZone, weekday: "short", year: "numeric", month: "short", day: "numeric", hour: "2-digit", minute: "2-digit", second: date.getUTCSeconds() ? "2-digit" : undefined });
+            local = date.toLocaleString(LANG, { timeZone, weekday: "short", year: "numeric", month: "short", day: "numeric", hour: "2-digit", minute: "2-digit", second: date.getUTCSeconds() ? "2-digit" : undefined });
           } catch { local = date.toISOString(); }
           list.append(el("li", {}, el("time", { datetime: at, title: `${date.toISOString().replace(".000", "")} (UTC)` , text: local }), " ", el("span", { class: "muted", text: relative(date) })));
         }
@@ -653,8 +718,8 @@
       const label = $(".rule-arg", rule);
       const arg = $(".f-arg", rule);
       label.hidden = action !== "notify" && action !== "run";
-      if (action === "run") { arg.setAttribute("list", "task-names"); arg.placeholder = "task name"; }
-      if (action === "notify") { arg.setAttribute("list", "channel-names"); arg.placeholder = "channel (from the settings)"; }
+      if (action === "run") { arg.setAttribute("list", "task-names"); arg.placeholder = T("task name"); }
+      if (action === "notify") { arg.setAttribute("list", "channel-names"); arg.placeholder = T("channel (from the settings)"); }
     }
 
     function collect(form) {
@@ -695,16 +760,16 @@
       try { spec = JSON.parse(mine.spec); } catch { /* shown as changed */ }
       const when = current.when || {};
       const out = [];
-      if (current.name !== mine.name.trim()) out.push(`name: now “${current.name}”`);
-      if (!spec || !same(normalSpec(current.spec), normalSpec(spec))) out.push("the JSON (dependencies, parameters, priority, command)");
-      if (when.mode !== mine.when.mode) out.push(`when: now ${when.mode}`);
+      if (current.name !== mine.name.trim()) out.push(T(`name: now “${current.name}”`));
+      if (!spec || !same(normalSpec(current.spec), normalSpec(spec))) out.push(T("the JSON (dependencies, parameters, priority, command)"));
+      if (when.mode !== mine.when.mode) out.push(T(`when: now ${T(when.mode)}`));
       else if (when.mode === "cron" && (when.schedule !== mine.when.schedule || when.timezone !== mine.when.timezone || when.catch_up !== mine.when.catch_up)) {
-        out.push(`schedule: now ${when.schedule} (${when.timezone})`);
+        out.push(T(`schedule: now ${when.schedule} (${when.timezone})`));
       }
       if (!same((current.exit_rules || []).map((r) => [String(r.on), r.action, r.channel || r.task || ""]),
-        mine.exit_rules.map((r) => [r.on, r.action, r.channel || r.task || ""]))) out.push("the exit-code rules");
-      if (current.enabled !== mine.enabled) out.push(current.enabled ? "now enabled" : "now disabled");
-      if ((current.placement || "one") !== mine.placement) out.push(`placement: now ${current.placement}`);
+        mine.exit_rules.map((r) => [r.on, r.action, r.channel || r.task || ""]))) out.push(T("the exit-code rules"));
+      if (current.enabled !== mine.enabled) out.push(current.enabled ? T("now enabled") : T("now disabled"));
+      if ((current.placement || "one") !== mine.placement) out.push(T(`placement: now ${current.placement}`));
       return out;
     }
 
@@ -725,11 +790,11 @@
       const box = $(".conflict", form);
       const at = new Date(current.updated_at);
       $(".conflict-text", box).textContent =
-        `This task was changed at ${at.toLocaleString()} while you edited it. Nothing of yours is lost, and nothing was saved.`;
+        T(`This task was changed at ${at.toLocaleString(LANG)} while you edited it. Nothing of yours is lost, and nothing was saved.`);
       const list = $(".conflict-fields", box);
       list.textContent = "";
       const diff = differences(current, collect(form));
-      for (const d of diff.length ? diff : ["nothing you can see here (it was saved again unchanged)"]) list.append(el("li", { text: `Changed there: ${d}` }));
+      for (const d of diff.length ? diff : [T("nothing you can see here (it was saved again unchanged)")]) list.append(el("li", { text: T(`Changed there: ${d}`) }));
       box.hidden = false;
       box.dataset.theirs = current.updated_at;
       $(".keep-mine", box).focus();
@@ -753,44 +818,45 @@
         if (!firstField) firstField = field;
       };
       const details = err.details || [];
-      if (!details.length) addError(box("general"), err.message);
+      if (!details.length) addError(box("general"), T(err.message));
       for (const d of details) {
+        const message = T(d.message);
         const path = cleanPath(d.path);
         const at = where(d);
         let m;
         if (path === "name") {
-          addError(box("name"), d.message);
+          addError(box("name"), message);
           mark($(".f-name", form));
         } else if (path === "spec" || path.startsWith("spec.") || path.startsWith("spec[")) {
           const sub = path === "spec" ? "" : path.slice(5) || path;
           // Messages in plain words name their field ("priority" must be …) already.
-          const named = sub && d.message.includes(`"${sub.split(".").pop()}"`);
+          const named = sub && message.includes(`"${sub.split(".").pop()}"`);
           const prefix = [!named && sub, at].filter(Boolean).join(", ");
-          addError(box("spec"), prefix ? `${prefix}: ${d.message}` : d.message);
+          addError(box("spec"), prefix ? `${prefix}: ${message}` : message);
           mark($(".f-spec", form));
           if (d.line && !caret) caret = d;
         } else if (path === "when.schedule") {
-          addError(box("schedule"), at ? `${at}: ${d.message}` : d.message);
+          addError(box("schedule"), at ? `${at}: ${message}` : message);
           mark($(".f-schedule", form));
         } else if (path === "when.timezone") {
-          addError(box("timezone"), d.message);
+          addError(box("timezone"), message);
           mark($(".f-timezone", form));
         } else if (path === "when" || path.startsWith("when.")) {
-          addError(box("when"), d.message);
+          addError(box("when"), message);
         } else if ((m = /^exit_rules\[(\d+)\](.*)$/.exec(path))) {
           const row = $$(".rule", form)[Number(m[1])];
           if (row) {
-            addError(box("rule", row), d.message);
+            addError(box("rule", row), message);
             if (m[2].startsWith(".on")) mark($(".f-on", row));
             else if (!$(".rule-arg", row).hidden) mark($(".f-arg", row));
             else mark($(".f-action", row));
           } else {
-            addError(box("general"), `${path}: ${d.message}`);
+            addError(box("general"), `${path}: ${message}`);
           }
         } else if (path.startsWith("exit_rules")) {
-          addError(box("general"), `${path}: ${d.message}`);
+          addError(box("general"), `${path}: ${message}`);
         } else {
-          addError(box("general"), [path, at].filter(Boolean).join(", ") + (path || at ? ": " : "") + d.message);
+          addError(box("general"), [path, at].filter(Boolean).join(", ") + (path || at ? ": " : "") + message);
         }
       }
 
@@ -808,7 +874,7 @@
       const id = form.dataset.id;
       clearErrors(form);
       busy(form, true);
-      setStatus(status, execute ? "Saving, then starting…" : "Saving…");
+      setStatus(status, execute ? T("Saving, then starting…") : T("Saving…"));
       let task;
       try {
         task = id
@@ -817,11 +883,11 @@
       } catch (err) {
         busy(form, false);
         if (err.status === 409 && err.body && err.body.current) {
-          setStatus(status, "Not saved: changed elsewhere.", "bad");
+          setStatus(status, T("Not saved: changed elsewhere."), "bad");
           showConflict(form, err.body.current);
           return;
         }
-        setStatus(status, err.details && err.details.length ? "Not saved: see the marked fields." : "Not saved.", "bad");
+        setStatus(status, err.details && err.details.length ? T("Not saved: see the marked fields.") : T("Not saved."), "bad");
         showErrors(form, err);
         return;
       }
@@ -848,24 +914,24 @@
       const freshStatus = $(".status", freshForm);
       if (run) {
         freshStatus.textContent = "";
-        freshStatus.append("Saved and started: ", el("a", { href: `/runs/${run.id}`, text: `run ${run.id.slice(0, 8)}… →` }));
+        freshStatus.append(T("Saved and started:") + " ", el("a", { href: `/runs/${run.id}`, text: T(`run ${run.id.slice(0, 8)}… →`) }));
         freshStatus.className = "status ok";
       } else if (runError) {
-        setStatus(freshStatus, `Saved, but it did not start: ${runError}`, "bad");
+        setStatus(freshStatus, T(`Saved, but it did not start: ${runError}`), "bad");
       } else {
-        setStatus(freshStatus, "Saved.", "ok");
+        setStatus(freshStatus, T("Saved."), "ok");
       }
       $(".save", freshForm).focus();
     }
 
     async function remove(form) {
       const tbody = tbodyOf(form);
-      const name = $(".f-name", form).value.trim() || "this new task";
+      const name = $(".f-name", form).value.trim() || T("this new task");
       if (!form.dataset.id) {
-        if (!form.dataset.dirty || confirm(`Discard ${name}?`)) { tbody.remove(); updateCount(); }
+        if (!form.dataset.dirty || confirm(T(`Discard ${name}?`))) { tbody.remove(); updateCount(); }
         return;
       }
-      if (!confirm(`Remove the task “${name}”? Its runs stay in the history.`)) return;
+      if (!confirm(T(`Remove the task “${name}”? Its runs stay in the history.`))) return;
       busy(form, true);
       try {
         await api("DELETE", `/api/tasks/${encodeURIComponent(form.dataset.id)}`);
@@ -986,7 +1052,7 @@
         state.append(el("a", {
           class: run.status === "queued" ? "state-queued" : "state-running",
           href: `/runs/${run.id}`,
-          text: run.status === "queued" ? "queued" : "running now",
+          text: run.status === "queued" ? T("queued") : T("running now"),
         }));
       } else {
         scheduleRefresh(); // idle, restarting or crash loop: the server knows
@@ -1056,17 +1122,17 @@
       const code = $("#cluster-key");
       if (button.dataset.shown) {
         code.textContent = "********";
-        button.textContent = "Show";
+        button.textContent = T("Show");
         delete button.dataset.shown;
         return;
       }
       try {
         const data = await api("GET", "/api/cluster-key");
         code.textContent = data.key || "(none)";
-        button.textContent = "Hide";
+        button.textContent = T("Hide");
         button.dataset.shown = "1";
       } catch (err) {
-        code.textContent = `not available: ${err.message}`;
+        code.textContent = T(`not available: ${err.message}`);
       }
     });
   }
@@ -1105,11 +1171,11 @@
         badge.textContent = statusLabel(run.status);
       }
       let exit = "";
-      if (run.exit_code !== undefined && run.exit_code !== null) exit = `exit ${run.exit_code}`;
-      else if (run.signal !== undefined && run.signal !== null) exit = `signal ${run.signal}`;
-      else if (run.outcome && run.outcome.kind === "failed_to_start") exit = `failed to start: ${run.outcome.error}`;
-      else if (run.outcome && run.outcome.kind === "timed_out") exit = "timed out";
-      else if (run.outcome && run.outcome.kind === "lost") exit = "lost (its node went away)";
+      if (run.exit_code !== undefined && run.exit_code !== null) exit = T(`exit ${run.exit_code}`);
+      else if (run.signal !== undefined && run.signal !== null) exit = T(`signal ${run.signal}`);
+      else if (run.outcome && run.outcome.kind === "failed_to_start") exit = T(`failed to start: ${run.outcome.error}`);
+      else if (run.outcome && run.outcome.kind === "timed_out") exit = T("timed out");
+      else if (run.outcome && run.outcome.kind === "lost") exit = T("lost (its node went away)");
       field("exit", exit);
       const at = (t) => t ? localTime(t) : "";
       if (run.started_at) field("started", at(run.started_at));
@@ -1118,8 +1184,8 @@
       if (run.started_at && run.ended_at) field("duration", durationText(new Date(run.ended_at) - new Date(run.started_at)));
       const actions = run.actions || [];
       field("actions", actions.length
-        ? el("ul", { class: "plain" }, ...actions.map((a) => el("li", { text: a })))
-        : el("span", { class: "muted", text: "nothing" }));
+        ? el("ul", { class: "plain" }, ...actions.map((a) => el("li", { text: T(a) })))
+        : el("span", { class: "muted", text: T("nothing") }));
       if (stop && !ACTIVE.has(run.status)) stop.remove();
     }
 
@@ -1127,7 +1193,7 @@
     const running = () => (current ? ACTIVE.has(current.status) : box.dataset.active === "true");
     setInterval(() => {
       const started = (current && current.started_at) || box.dataset.started;
-      if (running() && started) field("duration", `${durationText(Date.now() - new Date(started))} so far`);
+      if (running() && started) field("duration", T(`${durationText(Date.now() - new Date(started))} so far`));
     }, 1000);
     // Until the run has ended and its exit rules' notes have settled ("notify ops: sending" turns
     // into "delivered" or why not), it is read again: changes on this node arrive as events at
@@ -1152,10 +1218,10 @@
         es.close();
         let run = null;
         try { run = JSON.parse(e.data); } catch { /* keep the page as it is */ }
-        if (!received) log.append(el("span", { class: "log-note", text: "(no output)" }));
+        if (!received) log.append(el("span", { class: "log-note", text: T("(no output)") }));
         if (run) {
           showRun(run);
-          setStatus(status, `finished: ${statusLabel(run.status)}`, run.status === "succeeded" ? "ok" : "bad");
+          setStatus(status, `${T("finished:")} ${statusLabel(run.status)}`, run.status === "succeeded" ? "ok" : "bad");
         } else {
           setStatus(status, "finished");
         }
@@ -1163,7 +1229,7 @@
       es.onerror = () => {
         es.close();
         if (ended) return;
-        setStatus(status, "connection lost, retrying…", "bad");
+        setStatus(status, T("connection lost, retrying…"), "bad");
         setTimeout(() => { setStatus(status, "following…"); connect(); }, 2000);
       };
     }
@@ -1177,7 +1243,7 @@
         } catch (err) {
           if (ended) return;
           stop.disabled = false;
-          setStatus(status, `could not stop: ${err.message}`, "bad");
+          setStatus(status, T(`could not stop: ${err.message}`), "bad");
         }
       });
     }
@@ -1210,13 +1276,13 @@
       if (!ok && !downSince) {
         downSince = new Date();
         badge.classList.add("down");
-        note.textContent = `not answering since ${downSince.toLocaleTimeString()}`;
-        badge.title = "This node does not answer; the page shows what it knew then.";
+        note.textContent = T(`not answering since ${downSince.toLocaleTimeString(LANG)}`);
+        badge.title = T("This node does not answer; the page shows what it knew then.");
       } else if (ok && downSince) {
         downSince = null;
         badge.classList.remove("down");
-        note.textContent = "back";
-        badge.title = "This node";
+        note.textContent = T("back");
+        badge.title = T("This node");
         setTimeout(() => { if (!downSince) note.textContent = ""; }, 5000);
       }
     }
@@ -1229,11 +1295,11 @@
   /** "in 3 min 12 s", "in 4 s", "now". */
   function countdown(date) {
     const s = Math.round((date.getTime() - Date.now()) / 1000);
-    if (s <= 0) return "now";
-    if (s < 60) return `in ${s} s`;
-    if (s < 3600) return `in ${Math.floor(s / 60)} min ${s % 60} s`;
-    if (s < 86400) return `in ${Math.floor(s / 3600)} h ${Math.floor((s % 3600) / 60)} min`;
-    return `in ${Math.floor(s / 86400)} d ${Math.floor((s % 86400) / 3600)} h`;
+    if (s <= 0) return T("now");
+    if (s < 60) return T(`in ${s} s`);
+    if (s < 3600) return T(`in ${Math.floor(s / 60)} min ${s % 60} s`);
+    if (s < 86400) return T(`in ${Math.floor(s / 3600)} h ${Math.floor((s % 3600) / 60)} min`);
+    return T(`in ${Math.floor(s / 86400)} d ${Math.floor((s % 86400) / 3600)} h`);
   }
 
 
@@ -1264,6 +1330,7 @@
   }
 
   document.addEventListener("DOMContentLoaded", () => {
+    initLanguageSwitch();
     watchNode();
     showLocalTimes();
     if (document.body.dataset.page === "dashboard") initDashboard();

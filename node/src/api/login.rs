@@ -10,7 +10,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Form, Json};
 use serde::Deserialize;
-use taskmesh_ui::LoginTemplate;
+use taskmesh_ui::{Lang, LoginTemplate};
 use tracing::info;
 
 use super::ApiError;
@@ -61,7 +61,7 @@ fn logged_in(access: &Access, session: &str, next: &str) -> Response {
     response
 }
 
-fn refused_page(refused: &LoginRefused, next: String) -> Response {
+fn refused_page(refused: &LoginRefused, next: String, lang: Lang) -> Response {
     let status = match refused {
         LoginRefused::Limited { .. } => StatusCode::TOO_MANY_REQUESTS,
         LoginRefused::Random(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -72,6 +72,7 @@ fn refused_page(refused: &LoginRefused, next: String) -> Response {
         LoginTemplate {
             next,
             error: Some(refused.to_string()),
+            lang,
         },
     )
         .into_response();
@@ -86,17 +87,24 @@ fn refused_page(refused: &LoginRefused, next: String) -> Response {
 async fn view_login_get(State(access): State<Arc<Access>>, request: Request) -> Response {
     let p = params(&request);
     let next = safe_next(p.next.as_deref());
+    let lang = Lang::of_request(request.headers());
     match p.code {
         Some(code) => match access.login_with_code(&code, client_of(&request)) {
             Ok(session) => logged_in(&access, &session, &next),
-            Err(refused) => refused_page(&refused, next),
+            Err(refused) => refused_page(&refused, next, lang),
         },
-        None => LoginTemplate { next, error: None }.into_response(),
+        None => LoginTemplate {
+            next,
+            error: None,
+            lang,
+        }
+        .into_response(),
     }
 }
 
 async fn view_login_post(State(access): State<Arc<Access>>, request: Request) -> Response {
     let client = client_of(&request);
+    let lang = Lang::of_request(request.headers());
     let Form(form) = match Form::<LoginForm>::from_request(request, &()).await {
         Ok(form) => form,
         Err(rejection) => return rejection.into_response(),
@@ -104,7 +112,7 @@ async fn view_login_post(State(access): State<Arc<Access>>, request: Request) ->
     let next = safe_next(form.next.as_deref());
     match access.login_with_token(&form.token, client) {
         Ok(session) => logged_in(&access, &session, &next),
-        Err(refused) => refused_page(&refused, next),
+        Err(refused) => refused_page(&refused, next, lang),
     }
 }
 
