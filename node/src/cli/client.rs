@@ -481,7 +481,7 @@ async fn status(remote: &super::Remote) -> Result<ExitCode, ClientError> {
     if remote.output == super::Output::Json {
         print_json(&serde_json::json!({
             "health": health,
-            "this": peers["this"],
+            "this": peers["self"],
             "cluster": peers["cluster"],
             "peers": peers["peers"],
             "running": running,
@@ -489,7 +489,7 @@ async fn status(remote: &super::Remote) -> Result<ExitCode, ClientError> {
         }));
         return Ok(0);
     }
-    let this = &peers["this"];
+    let this = &peers["self"];
     let cluster = &peers["cluster"];
     println!(
         "node     {} ({}), taskmesh {}, up since {}",
