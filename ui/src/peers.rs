@@ -23,6 +23,25 @@ pub struct PeersTemplate {
 }
 
 impl PeersTemplate {
+    /// When the mesh runs more than one version: each version with its nodes, in one sentence.
+    /// All nodes of a mesh must run one version (docs/guide.md, upgrades).
+    pub fn mixed_versions(&self) -> Option<String> {
+        let mut versions: std::collections::BTreeMap<&str, Vec<&str>> = Default::default();
+        for row in std::iter::once(&self.this).chain(&self.peers) {
+            versions.entry(&row.version).or_default().push(&row.name);
+        }
+        (versions.len() > 1).then(|| {
+            let each: Vec<String> = versions
+                .iter()
+                .map(|(version, names)| format!("{version}: {}", names.join(", ")))
+                .collect();
+            format!(
+                "Mixed versions: {}. All nodes of a mesh must run one version; upgrade them together.",
+                each.join("; ")
+            )
+        })
+    }
+
     /// This node's Raft log: how far it goes, and what a snapshot holds.
     pub fn log_note(&self) -> String {
         let c = &self.cluster;
@@ -215,6 +234,22 @@ mod tests {
             html.contains("lab-2") && html.contains("gpu=nvidia") && html.contains("6 of 8 free")
         );
         assert!(html.contains("id=\"peers-live\""));
+    }
+
+    #[test]
+    fn a_mesh_of_two_versions_is_told() {
+        let mut older = peer("lab-2", "");
+        older.announcement.version = "0.0.9".into();
+        let html = render(vec![peer("lab-3", ""), older]);
+        let banner = html
+            .split("id=\"mixed-versions\"")
+            .nth(1)
+            .expect("a banner when versions differ");
+        assert!(
+            banner.contains("Mixed versions: 0.0.9: lab-2; 0.1.0: me, lab-3."),
+            "{banner}"
+        );
+        assert!(!render(vec![peer("lab-3", "")]).contains("mixed-versions"));
     }
 
     #[test]
