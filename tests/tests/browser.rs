@@ -1179,7 +1179,16 @@ async fn a_german_browser_gets_german_pages_and_the_switch_sticks() -> Result<()
     assert!(left.is_empty(), "the task page shows English: {left:?}");
     // German words are longer; the pages still fit a phone.
     browser.set_window_size(390, 844).await?;
-    for page in ["/index", "/settings", "/node", "/runs"] {
+    let task_page = format!("/tasks/{id}");
+    for page in [
+        "/index",
+        "/dashboard",
+        "/runs",
+        "/settings",
+        "/node",
+        "/peers",
+        &task_page,
+    ] {
         browser.goto(&format!("{base}{page}")).await?;
         let (width, what) = widest(&browser, 390).await?;
         assert!(width <= 390, "{page} in German is {width} px wide ({what})");
