@@ -1328,32 +1328,6 @@ async fn a_schedule_is_previewed_with_its_next_times_and_in_words() -> Result<()
     Ok(())
 }
 
-/// A scrape of `/metrics` read back by a Prometheus text parser.
-fn parse_scrape(text: &str) -> Result<prometheus_parse::Scrape> {
-    Ok(prometheus_parse::Scrape::parse(
-        text.lines().map(|l| Ok(l.to_owned())),
-    )?)
-}
-
-/// The value of the counter or gauge sample `metric` whose labels include `labels`.
-fn scraped(
-    scrape: &prometheus_parse::Scrape,
-    metric: &str,
-    labels: &[(&str, &str)],
-) -> Option<f64> {
-    scrape
-        .samples
-        .iter()
-        .filter(|s| s.metric == metric)
-        .filter(|s| labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
-        .find_map(|s| match s.value {
-            prometheus_parse::Value::Counter(v)
-            | prometheus_parse::Value::Gauge(v)
-            | prometheus_parse::Value::Untyped(v) => Some(v),
-            _ => None,
-        })
-}
-
 /// GET /metrics with `token` as the bearer (none: without credentials): status and body.
 async fn get_metrics(node: &TestNode, token: Option<&str>) -> Result<(u16, String, String)> {
     let api = match token {
@@ -1410,8 +1384,8 @@ async fn metrics_count_the_runs_that_ran_and_need_a_token() -> Result<()> {
         Duration::from_secs(10),
         || async {
             let (status, _, text) = get_metrics(&node, Some(&access)).await.ok()?;
-            let scrape = parse_scrape(&text).ok()?;
-            let done = scraped(
+            let scrape = taskmesh_tests::parse_metrics(&text).ok()?;
+            let done = taskmesh_tests::metric_value(
                 &scrape,
                 "taskmesh_runs_finished_total",
                 &[("task", "metered"), ("outcome", "succeeded")],
@@ -1453,7 +1427,7 @@ async fn metrics_count_the_runs_that_ran_and_need_a_token() -> Result<()> {
         assert!(scrape.docs.contains_key(family), "no {family} in\n{text}");
     }
     assert_eq!(
-        scraped(
+        taskmesh_tests::metric_value(
             &scrape,
             "taskmesh_runs_finished_total",
             &[("task", "metered"), ("outcome", "succeeded")]
@@ -1462,7 +1436,7 @@ async fn metrics_count_the_runs_that_ran_and_need_a_token() -> Result<()> {
         "{text}"
     );
     assert_eq!(
-        scraped(
+        taskmesh_tests::metric_value(
             &scrape,
             "taskmesh_runs_started_total",
             &[("task", "metered"), ("trigger", "manual")]
@@ -1471,7 +1445,7 @@ async fn metrics_count_the_runs_that_ran_and_need_a_token() -> Result<()> {
         "{text}"
     );
     assert_eq!(
-        scraped(
+        taskmesh_tests::metric_value(
             &scrape,
             "taskmesh_runs_finished_total",
             &[("task", "metered"), ("outcome", "failed")]
@@ -1496,7 +1470,7 @@ async fn metrics_count_the_runs_that_ran_and_need_a_token() -> Result<()> {
     assert_eq!(all.count, 1.0, "{text}");
     // The cron runs: counted with their trigger, each slot's lateness observed (under a minute).
     assert!(
-        scraped(
+        taskmesh_tests::metric_value(
             &scrape,
             "taskmesh_runs_started_total",
             &[("task", "ticker"), ("trigger", "cron")]
@@ -1518,13 +1492,27 @@ async fn metrics_count_the_runs_that_ran_and_need_a_token() -> Result<()> {
     assert!(count(f64::INFINITY).is_some_and(|n| n >= 1.0), "{text}");
     assert_eq!(count(60.0), count(f64::INFINITY), "{text}");
     // One node alone leads its cluster, with every committed entry applied.
-    assert_eq!(scraped(&scrape, "taskmesh_raft_is_leader", &[]), Some(1.0));
-    assert!(scraped(&scrape, "taskmesh_raft_term", &[]).is_some_and(|t| t >= 1.0));
-    assert!(scraped(&scrape, "taskmesh_raft_applied_index", &[]).is_some_and(|i| i >= 1.0));
-    assert_eq!(scraped(&scrape, "taskmesh_slots", &[]), Some(8.0));
-    assert!(scraped(&scrape, "process_resident_memory_bytes", &[]).is_some_and(|b| b > 0.0));
     assert_eq!(
-        scraped(&scrape, "taskmesh_node_info", &[("node", "test-node")]),
+        taskmesh_tests::metric_value(&scrape, "taskmesh_raft_is_leader", &[]),
+        Some(1.0)
+    );
+    assert!(
+        taskmesh_tests::metric_value(&scrape, "taskmesh_raft_term", &[]).is_some_and(|t| t >= 1.0)
+    );
+    assert!(
+        taskmesh_tests::metric_value(&scrape, "taskmesh_raft_applied_index", &[])
+            .is_some_and(|i| i >= 1.0)
+    );
+    assert_eq!(
+        taskmesh_tests::metric_value(&scrape, "taskmesh_slots", &[]),
+        Some(8.0)
+    );
+    assert!(
+        taskmesh_tests::metric_value(&scrape, "process_resident_memory_bytes", &[])
+            .is_some_and(|b| b > 0.0)
+    );
+    assert_eq!(
+        taskmesh_tests::metric_value(&scrape, "taskmesh_node_info", &[("node", "test-node")]),
         Some(1.0),
         "{text}"
     );
@@ -1551,9 +1539,9 @@ async fn metrics_count_the_runs_that_ran_and_need_a_token() -> Result<()> {
     assert_eq!(saved["node"]["metrics_token"], "********", "{saved}");
     let (status, _, text) = get_metrics(&node, Some(scrape_token)).await?;
     assert_eq!(status, 200, "{text}");
-    let by_token = parse_scrape(&text)?;
+    let by_token = taskmesh_tests::parse_metrics(&text)?;
     assert_eq!(
-        scraped(
+        taskmesh_tests::metric_value(
             &by_token,
             "taskmesh_runs_finished_total",
             &[("task", "metered"), ("outcome", "succeeded")]
