@@ -38,6 +38,23 @@ pub const PROPOSE_TIMEOUT: Duration = Duration::from_secs(3);
 /// How long the news that runs ended may take to the leader (its report follows regardless).
 const HINT_TIMEOUT: Duration = Duration::from_secs(1);
 
+/// A node's Raft figures at one moment ([`Consensus::figures`]); indexes are 0 before the first
+/// entry.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RaftFigures {
+    pub term: u64,
+    /// This node is the leader.
+    pub leader: bool,
+    /// This node knows a leader (itself or another).
+    pub has_leader: bool,
+    /// The newest entry in this node's log.
+    pub last_log: u64,
+    /// The newest entry this node knows to be committed.
+    pub committed: u64,
+    /// The newest entry this node's state has applied.
+    pub applied: u64,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ProposeError {
     #[error(transparent)]
@@ -250,6 +267,28 @@ impl Consensus {
         self.state.clone()
     }
 
+    /// This node's Raft figures now: term, leadership and how far its log is committed and
+    /// applied (what `/metrics` exports).
+    pub fn figures(&self) -> RaftFigures {
+        let state = self.state();
+        let raft = self.replica.raft();
+        let metrics = raft.metrics();
+        let metrics = metrics.borrow();
+        let applied = metrics
+            .last_applied
+            .map_or(0, |l| l.index)
+            .max(state.applied.unwrap_or(0));
+        RaftFigures {
+            term: metrics.current_term,
+            leader: metrics.state == openraft::ServerState::Leader,
+            has_leader: metrics.current_leader.is_some(),
+            last_log: metrics.last_log_index.unwrap_or(0),
+            // A follower may learn of a commit after it applied the entry: never below applied.
+            committed: self.replica.committed().max(applied),
+            applied,
+        }
+    }
+
     /// The leader's PeerId, as this node knows it.
     pub fn leader_peer(&self) -> Option<String> {
         self.replica.leader().map(|n| n.peer_id)
@@ -371,6 +410,7 @@ mod tests {
             announce_every: Duration::from_millis(300),
             peer_ttl: Duration::from_secs(10),
             inbound: Some(inbound_tx),
+            traffic: Arc::default(),
         };
         let (mesh, _task) = taskmesh_mesh::start(config, cancel.clone())
             .await

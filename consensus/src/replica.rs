@@ -83,6 +83,8 @@ struct Parts {
     state: watch::Sender<Arc<State>>,
     config: Arc<openraft::Config>,
     snapshot_every: u64,
+    /// The newest committed index, kept across reopenings of the Raft instance.
+    committed: Arc<std::sync::atomic::AtomicU64>,
 }
 
 pub struct Replica {
@@ -114,6 +116,7 @@ impl Replica {
             state,
             config: timing.raft_config(),
             snapshot_every: timing.snapshot_every,
+            committed: Arc::default(),
         };
         let raft = open_raft(id, &parts, mesh.clone()).await?;
         Ok(Self {
@@ -133,6 +136,13 @@ impl Replica {
             .read()
             .expect("the raft lock is never poisoned")
             .clone()
+    }
+
+    /// The index of the newest entry this node knows to be committed.
+    pub fn committed(&self) -> u64 {
+        self.parts
+            .committed
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     pub fn mesh(&self) -> Option<MeshHandle> {
@@ -291,7 +301,9 @@ async fn open_raft(
     parts: &Parts,
     mesh: watch::Receiver<Option<MeshHandle>>,
 ) -> Result<Raft<TypeConfig>, OpenError> {
-    let log = LogStore::beside(&parts.store).map_err(|e| OpenError(e.to_string()))?;
+    let log = LogStore::beside(&parts.store)
+        .map_err(|e| OpenError(e.to_string()))?
+        .report_committed(parts.committed.clone());
     let sm = StateMachine::open_into(&parts.store, parts.state.clone(), log.on_disk())
         .map_err(|e| OpenError(e.to_string()))?;
     let raft = Raft::new(id, parts.config.clone(), MeshNetwork { mesh }, log, sm)

@@ -115,6 +115,7 @@ struct Actor {
     /// When this node last relayed an announcement of each peer ([`Self::relay`]).
     relayed: HashMap<String, Instant>,
     publish_stats: Arc<super::Published>,
+    traffic: Arc<super::Traffic>,
     /// `own` for the request streams, which answer "who are you?" themselves.
     own_tx: watch::Sender<Option<Announcement>>,
     rpc: Rpc,
@@ -270,9 +271,10 @@ pub(super) async fn start(
         incoming,
         own_rx,
         config.inbound.clone(),
+        config.traffic.clone(),
         cancel.clone(),
     ));
-    let rpc = Rpc::new(control, cancel.clone());
+    let rpc = Rpc::new(control, config.traffic.clone(), cancel.clone());
     let (tx, inbox) = mpsc::channel(256);
     let (peers_tx, peers_rx) = watch::channel(Arc::new(Vec::new()));
     let (listen_tx, listen_rx) = watch::channel(vec![first]);
@@ -292,6 +294,7 @@ pub(super) async fn start(
         published: None,
         relayed: HashMap::new(),
         publish_stats: publish_stats.clone(),
+        traffic: config.traffic.clone(),
         own_tx,
         rpc: rpc.clone(),
         publish_at: None,
@@ -451,8 +454,10 @@ impl Actor {
     /// Publishes `data` on `topic`; having no peers yet is no error.
     fn gossip(&mut self, topic: gossipsub::IdentTopic, data: Vec<u8>) {
         let name = topic.to_string();
+        let bytes = data.len();
         match self.swarm.behaviour_mut().gossipsub.publish(topic, data) {
-            Ok(_) | Err(gossipsub::PublishError::NoPeersSubscribedToTopic) => {}
+            Ok(_) => self.traffic.gossip_sent(bytes),
+            Err(gossipsub::PublishError::NoPeersSubscribedToTopic) => {}
             Err(e) => debug!(topic = %name, error = %e, "not published"),
         }
     }
@@ -737,6 +742,7 @@ impl Actor {
                 message_id,
                 message,
             }) => {
+                self.traffic.gossip_received(message.data.len());
                 let verdict = match message.source {
                     None => gossipsub::MessageAcceptance::Reject,
                     Some(source) if message.topic == self.beat_topic.hash() => {

@@ -97,6 +97,9 @@ pub struct MeshConfig {
     pub peer_ttl: Duration,
     /// Where requests the mesh does not answer itself go (Raft RPCs, run logs).
     pub inbound: Option<mpsc::Sender<Inbound>>,
+    /// Where the endpoint counts the bytes it sends and receives; the node keeps one across
+    /// restarts of its endpoint, so the counts only grow.
+    pub traffic: Arc<Traffic>,
 }
 
 /// Requests one node sends another over the mesh.
@@ -219,6 +222,63 @@ impl Published {
     }
 }
 
+/// The bytes an endpoint sent and received: the request frames (`[length][id][JSON]`, both
+/// directions of every request stream) and the payloads of the gossip messages this node
+/// published or was delivered. What noise, yamux and gossipsub add around them is not counted.
+#[derive(Debug, Default)]
+pub struct Traffic {
+    rpc_sent: std::sync::atomic::AtomicU64,
+    rpc_received: std::sync::atomic::AtomicU64,
+    gossip_sent: std::sync::atomic::AtomicU64,
+    gossip_received: std::sync::atomic::AtomicU64,
+}
+
+impl Traffic {
+    /// Counts `bytes` of request frames written to a peer.
+    pub fn rpc_sent(&self, bytes: usize) {
+        Self::add(&self.rpc_sent, bytes);
+    }
+
+    /// Counts `bytes` of request frames read from a peer.
+    pub fn rpc_received(&self, bytes: usize) {
+        Self::add(&self.rpc_received, bytes);
+    }
+
+    /// Counts a gossip message of `bytes` this node published.
+    pub fn gossip_sent(&self, bytes: usize) {
+        Self::add(&self.gossip_sent, bytes);
+    }
+
+    /// Counts a gossip message of `bytes` delivered to this node.
+    pub fn gossip_received(&self, bytes: usize) {
+        Self::add(&self.gossip_received, bytes);
+    }
+
+    fn add(counter: &std::sync::atomic::AtomicU64, bytes: usize) {
+        counter.fetch_add(bytes as u64, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// The counts so far.
+    pub fn totals(&self) -> TrafficTotals {
+        use std::sync::atomic::Ordering::Relaxed;
+        TrafficTotals {
+            rpc_sent: self.rpc_sent.load(Relaxed),
+            rpc_received: self.rpc_received.load(Relaxed),
+            gossip_sent: self.gossip_sent.load(Relaxed),
+            gossip_received: self.gossip_received.load(Relaxed),
+        }
+    }
+}
+
+/// A reading of [`Traffic`], in bytes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TrafficTotals {
+    pub rpc_sent: u64,
+    pub rpc_received: u64,
+    pub gossip_sent: u64,
+    pub gossip_received: u64,
+}
+
 /// A cloneable handle on the mesh actor.
 #[derive(Clone)]
 pub struct MeshHandle {
@@ -323,6 +383,7 @@ mod tests {
             announce_every: Duration::from_secs(2),
             peer_ttl: Duration::from_secs(10),
             inbound,
+            traffic: Arc::default(),
         }
     }
 

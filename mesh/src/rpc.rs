@@ -31,7 +31,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
-use super::{Announcement, Inbound, MeshError, Request, Response};
+use super::{Announcement, Inbound, MeshError, Request, Response, Traffic};
 
 pub(super) const PROTOCOL: StreamProtocol = StreamProtocol::new("/taskmesh/rpc/2");
 /// The largest request or answer, in bytes of JSON.
@@ -55,6 +55,7 @@ struct Inner {
     control: libp2p_stream::Control,
     channels: Mutex<HashMap<PeerId, Channel>>,
     next_id: AtomicU64,
+    traffic: Arc<Traffic>,
     cancel: CancellationToken,
 }
 
@@ -68,12 +69,17 @@ struct Channel {
 
 impl Rpc {
     /// Stops its streams when `cancel` fires (they also end with the mesh's connections).
-    pub(super) fn new(control: libp2p_stream::Control, cancel: CancellationToken) -> Self {
+    pub(super) fn new(
+        control: libp2p_stream::Control,
+        traffic: Arc<Traffic>,
+        cancel: CancellationToken,
+    ) -> Self {
         Self {
             inner: Arc::new(Inner {
                 control,
                 channels: Mutex::new(HashMap::new()),
                 next_id: AtomicU64::new(0),
+                traffic,
                 cancel,
             }),
         }
@@ -127,6 +133,7 @@ impl Rpc {
             peer,
             channel.clone(),
             frames,
+            self.inner.traffic.clone(),
             self.inner.cancel.clone(),
         ));
         channel
@@ -152,6 +159,7 @@ async fn run_channel(
     peer: PeerId,
     channel: Channel,
     mut frames: mpsc::UnboundedReceiver<Vec<u8>>,
+    traffic: Arc<Traffic>,
     cancel: CancellationToken,
 ) {
     let outcome = async {
@@ -161,8 +169,8 @@ async fn run_channel(
             .map_err(|e| e.to_string())?;
         let (read, write) = stream.split();
         tokio::select! {
-            r = write_frames(write, &mut frames) => r,
-            r = read_answers(peer, read, &channel.waiting) => r,
+            r = write_frames(write, &mut frames, &traffic) => r,
+            r = read_answers(peer, read, &channel.waiting, &traffic) => r,
         }
     };
     let why = tokio::select! {
@@ -196,6 +204,7 @@ async fn run_channel(
 async fn write_frames(
     mut write: WriteHalf<Stream>,
     frames: &mut mpsc::UnboundedReceiver<Vec<u8>>,
+    traffic: &Traffic,
 ) -> Result<(), String> {
     let mut buf = Vec::new();
     while let Some(first) = frames.recv().await {
@@ -206,6 +215,7 @@ async fn write_frames(
         }
         write.write_all(&buf).await.map_err(|e| e.to_string())?;
         write.flush().await.map_err(|e| e.to_string())?;
+        traffic.rpc_sent(buf.len());
     }
     let _ = write.close().await;
     Ok(())
@@ -217,9 +227,11 @@ async fn read_answers(
     peer: PeerId,
     read: ReadHalf<Stream>,
     waiting: &Waiting,
+    traffic: &Traffic,
 ) -> Result<(), String> {
     let mut read = BufReader::with_capacity(64 << 10, read);
     while let Some((id, body)) = read_frame(&mut read).await? {
+        traffic.rpc_received(HEADER + body.len());
         let answer = decode_response(&body).map_err(|e| MeshError::Request {
             peer,
             message: format!("unreadable answer: {e}"),
@@ -236,6 +248,7 @@ pub(super) async fn serve(
     mut incoming: libp2p_stream::IncomingStreams,
     own: watch::Receiver<Option<Announcement>>,
     inbound: Option<mpsc::Sender<Inbound>>,
+    traffic: Arc<Traffic>,
     cancel: CancellationToken,
 ) {
     loop {
@@ -247,12 +260,13 @@ pub(super) async fn serve(
             },
         };
         let (own, inbound, cancel) = (own.clone(), inbound.clone(), cancel.clone());
+        let traffic = traffic.clone();
         tokio::spawn(async move {
             let (read, write) = stream.split();
             let (answers, mut queued) = mpsc::unbounded_channel();
             let why = tokio::select! {
-                r = read_requests(peer, read, answers, own, inbound) => r.err(),
-                r = write_frames(write, &mut queued) => r.err(),
+                r = read_requests(peer, read, answers, own, inbound, &traffic) => r.err(),
+                r = write_frames(write, &mut queued, &traffic) => r.err(),
                 _ = cancel.cancelled() => None,
             };
             debug!(%peer, reason = ?why, "rpc stream from the peer ended");
@@ -267,9 +281,11 @@ async fn read_requests(
     answers: mpsc::UnboundedSender<Vec<u8>>,
     own: watch::Receiver<Option<Announcement>>,
     inbound: Option<mpsc::Sender<Inbound>>,
+    traffic: &Traffic,
 ) -> Result<(), String> {
     let mut read = BufReader::with_capacity(64 << 10, read);
     while let Some((id, body)) = read_frame(&mut read).await? {
+        traffic.rpc_received(HEADER + body.len());
         let reply = Reply {
             id,
             answers: Some(answers.clone()),

@@ -99,6 +99,7 @@ pub(crate) struct Inner {
     /// The p2p endpoint while it runs (it restarts when the cluster key or mesh settings change).
     pub(crate) mesh: watch::Receiver<Option<crate::mesh::MeshHandle>>,
     pub(crate) sink: watch::Receiver<crate::sink::SinkStatus>,
+    pub(crate) metrics: Arc<crate::metrics::Metrics>,
 }
 
 pub use taskmesh_core::view::{Health, PeersView, ThisNode};
@@ -488,6 +489,18 @@ impl NodeHandle {
     /// What the MySQL sink is doing: its target, runs waiting, the last error.
     pub fn sink_status(&self) -> crate::sink::SinkStatus {
         self.inner.sink.borrow().clone()
+    }
+
+    /// This node's metrics in the OpenMetrics text format (`GET /metrics`, docs/metrics.md).
+    pub fn metrics_text(&self) -> String {
+        let mesh = self.mesh();
+        let live = crate::metrics::Live {
+            node: self.inner.node.borrow().name.clone(),
+            raft: Some(self.inner.consensus.figures()),
+            mesh_up: mesh.is_some(),
+            peers: mesh.map_or(0, |m| m.peers().len()),
+        };
+        self.inner.metrics.render(&live)
     }
 
     /// The p2p endpoint, while it runs.

@@ -1,6 +1,6 @@
 //! taskmesh: runs tasks across a mesh of equal machines. This crate is the node: it wires the
 //! layers below it (the crates `taskmesh-core`, `-mesh`, `-store`, `-consensus` and `-ui`,
-//! re-exported here under their layer names) to its own (scheduler, executor, ledger, logs,
+//! re-exported here under their layer names) to its own (scheduler, executor, ledger, logs, metrics,
 //! notify, sink, api, cli) and holds the [`run`] entry point. docs/ARCHITECTURE.md has the map.
 
 pub mod api;
@@ -15,6 +15,7 @@ pub mod http_client;
 mod layers;
 pub mod ledger;
 pub mod logs;
+pub mod metrics;
 pub mod notify;
 pub mod process_setup;
 pub mod reports;

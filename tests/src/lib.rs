@@ -241,10 +241,52 @@ impl Api {
         Ok(run)
     }
 
+    /// `GET /metrics`, read back by a Prometheus text parser; fails unless it answers `200`.
+    pub async fn metrics(&self) -> Result<prometheus_parse::Scrape> {
+        let r = self
+            .http
+            .get(format!("{}/metrics", self.base))
+            .send()
+            .await?;
+        let status = r.status().as_u16();
+        let text = r.text().await?;
+        if status != 200 {
+            bail!("/metrics answered {status}: {text}");
+        }
+        parse_metrics(&text)
+    }
+
     pub async fn runs_of(&self, task_id: &str) -> Result<Vec<Value>> {
         let (_, runs) = self
             .get(&format!("/api/runs?task={task_id}&limit=1000"))
             .await?;
         Ok(runs.as_array().cloned().unwrap_or_default())
     }
+}
+
+/// A scrape of `/metrics` (its text) read back by a Prometheus text parser.
+pub fn parse_metrics(text: &str) -> Result<prometheus_parse::Scrape> {
+    Ok(prometheus_parse::Scrape::parse(
+        text.lines().map(|l| Ok(l.to_owned())),
+    )?)
+}
+
+/// The value of the counter or gauge sample `metric` (a counter's sample ends in `_total`) whose
+/// labels include `labels`.
+pub fn metric_value(
+    scrape: &prometheus_parse::Scrape,
+    metric: &str,
+    labels: &[(&str, &str)],
+) -> Option<f64> {
+    scrape
+        .samples
+        .iter()
+        .filter(|s| s.metric == metric)
+        .filter(|s| labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+        .find_map(|s| match s.value {
+            prometheus_parse::Value::Counter(v)
+            | prometheus_parse::Value::Gauge(v)
+            | prometheus_parse::Value::Untyped(v) => Some(v),
+            _ => None,
+        })
 }

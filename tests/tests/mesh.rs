@@ -239,3 +239,70 @@ async fn importing_a_members_settings_joins_its_mesh() -> Result<()> {
     .await?;
     Ok(())
 }
+
+#[tokio::test]
+async fn metrics_show_the_peers_the_leader_and_the_bytes_between_them() -> Result<()> {
+    use taskmesh_tests::metric_value;
+    let (seed, _d0) = node("m0", KEY, vec![]).await?;
+    let addr = seed_addr(&seed).await?;
+    let (other, _d1) = node("m1", KEY, vec![addr]).await?;
+    let nodes = [&seed, &other];
+    // Each sees the other, one of them leads, and the follower has applied what was committed.
+    let scrapes = wait_for(
+        "two peers, one leader, no lag in the metrics",
+        Duration::from_secs(30),
+        || async {
+            let mut scrapes = Vec::new();
+            for node in nodes {
+                scrapes.push(node.api.metrics().await.ok()?);
+            }
+            let all = |metric: &str, want: f64| {
+                scrapes
+                    .iter()
+                    .all(|s| metric_value(s, metric, &[]) == Some(want))
+            };
+            let leaders: f64 = scrapes
+                .iter()
+                .filter_map(|s| metric_value(s, "taskmesh_raft_is_leader", &[]))
+                .sum();
+            let joined = scrapes.iter().all(|s| {
+                metric_value(s, "taskmesh_raft_applied_index", &[]).is_some_and(|i| i >= 2.0)
+            });
+            (all("taskmesh_mesh_peers", 1.0)
+                && all("taskmesh_raft_has_leader", 1.0)
+                && all("taskmesh_raft_apply_lag", 0.0)
+                && leaders == 1.0
+                && joined)
+                .then_some(scrapes)
+        },
+    )
+    .await?;
+    let terms: Vec<Option<f64>> = scrapes
+        .iter()
+        .map(|s| metric_value(s, "taskmesh_raft_term", &[]))
+        .collect();
+    assert_eq!(terms[0], terms[1], "one term on both nodes");
+    for scrape in &scrapes {
+        let commit = metric_value(scrape, "taskmesh_raft_commit_index", &[]).expect("commit");
+        let applied = metric_value(scrape, "taskmesh_raft_applied_index", &[]).expect("applied");
+        assert!(commit >= applied, "commit {commit} < applied {applied}");
+        // Raft and announcements went both ways, over request streams and gossip.
+        for (kind, direction) in [
+            ("rpc", "out"),
+            ("rpc", "in"),
+            ("gossip", "out"),
+            ("gossip", "in"),
+        ] {
+            let bytes = metric_value(
+                scrape,
+                "taskmesh_mesh_bytes_total",
+                &[("kind", kind), ("direction", direction)],
+            );
+            assert!(
+                bytes.is_some_and(|b| b > 0.0),
+                "{kind} {direction}: {bytes:?}"
+            );
+        }
+    }
+    Ok(())
+}

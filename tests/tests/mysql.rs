@@ -248,6 +248,16 @@ async fn every_run_reaches_mariadb_once_across_an_outage_and_a_restart() -> Resu
     .await?;
     let error = failing["last_error"].as_str().context("last_error")?;
     assert!(error.contains(&db.target()), "{error}");
+    // /metrics tells the same: failed attempts, failing, runs waiting.
+    wait_for("/metrics to show the outage", DEADLINE, || async {
+        let scrape = node.api.metrics().await.ok()?;
+        let value = |metric| taskmesh_tests::metric_value(&scrape, metric, &[]);
+        (value("taskmesh_sink_failures_total").is_some_and(|n| n >= 1.0)
+            && value("taskmesh_sink_failing") == Some(1.0)
+            && value("taskmesh_sink_pending_runs").is_some_and(|n| n > 0.0))
+        .then_some(())
+    })
+    .await?;
     assert!(!error.contains(&db.password), "{error}");
     let page = node
         .api
@@ -265,6 +275,16 @@ async fn every_run_reaches_mariadb_once_across_an_outage_and_a_restart() -> Resu
     wait_for("the outbox to empty", DEADLINE, || async {
         let s = sink(&node).await;
         (s["pending"] == 0 && s["failing"] == false).then_some(())
+    })
+    .await?;
+    wait_for("/metrics to show the recovery", DEADLINE, || async {
+        let scrape = node.api.metrics().await.ok()?;
+        let value = |metric| taskmesh_tests::metric_value(&scrape, metric, &[]);
+        // Each of the 9 runs was written at least once (a run may be written per state).
+        (value("taskmesh_sink_delivered_runs_total").is_some_and(|n| n >= 9.0)
+            && value("taskmesh_sink_failing") == Some(0.0)
+            && value("taskmesh_sink_pending_runs") == Some(0.0))
+        .then_some(())
     })
     .await?;
 

@@ -157,6 +157,14 @@ async fn delivery_is_retried_and_a_failure_shows_on_the_run_without_the_token() 
     let note = outcome(&node, &id, "ops").await?;
     assert_eq!(note, "notify ops: delivered (telegram, 3 tries)");
     assert_eq!(fake.seen().len(), 3);
+    // /metrics counts the notification once, however many tries it took.
+    let telegram = |result| [("kind", "telegram"), ("result", result)];
+    let scrape = node.api.metrics().await?;
+    let sent = |scrape: &_, result| {
+        taskmesh_tests::metric_value(scrape, "taskmesh_notifications_total", &telegram(result))
+    };
+    assert_eq!(sent(&scrape, "delivered"), Some(1.0));
+    assert_eq!(sent(&scrape, "failed"), Some(0.0));
 
     // A refusal that will not change (a bad token) is not tried again.
     fake.answer_next(
@@ -172,6 +180,9 @@ async fn delivery_is_retried_and_a_failure_shows_on_the_run_without_the_token() 
     );
     assert_eq!(fake.seen().len(), 4, "no second try after a 401");
     assert!(!note.contains(TOKEN));
+    let scrape = node.api.metrics().await?;
+    assert_eq!(sent(&scrape, "delivered"), Some(1.0));
+    assert_eq!(sent(&scrape, "failed"), Some(1.0));
     node.stop().await;
     Ok(())
 }

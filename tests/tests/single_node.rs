@@ -1327,3 +1327,235 @@ async fn a_schedule_is_previewed_with_its_next_times_and_in_words() -> Result<()
     node.stop().await;
     Ok(())
 }
+
+/// GET /metrics with `token` as the bearer (none: without credentials): status and body.
+async fn get_metrics(node: &TestNode, token: Option<&str>) -> Result<(u16, String, String)> {
+    let api = match token {
+        Some(token) => taskmesh_tests::Api::with_token(&node.api.base, token),
+        None => taskmesh_tests::Api::anonymous(&node.api.base),
+    };
+    let r = api.http.get(format!("{}/metrics", api.base)).send().await?;
+    let status = r.status().as_u16();
+    let kind = r
+        .headers()
+        .get(reqwest::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    Ok((status, kind, r.text().await?))
+}
+
+#[tokio::test]
+async fn metrics_count_the_runs_that_ran_and_need_a_token() -> Result<()> {
+    let node = TestNode::start().await?;
+    let id = node
+        .api
+        .create_task(
+            &json!({"name": "metered", "spec": {"command": ["true"]}, "when": {"mode": "manual"}}),
+        )
+        .await?;
+    node.api.execute(&id).await?;
+    wait_for("the run to succeed", Duration::from_secs(10), || async {
+        let runs = node.api.runs_of(&id).await.ok()?;
+        runs.iter()
+            .any(|r| r["status"] == "succeeded")
+            .then_some(())
+    })
+    .await?;
+
+    // Without credentials: refused like the API, with JSON and no redirect.
+    let (status, _, body) = get_metrics(&node, None).await?;
+    assert_eq!(status, 401, "{body}");
+    assert!(body.contains("Bearer"), "{body}");
+
+    // A cron task, for the lateness of its slots.
+    node.api
+        .create_task(&json!({
+            "name": "ticker",
+            "spec": {"command": ["true"]},
+            "when": {"mode": "cron", "schedule": "* * * * * *"}
+        }))
+        .await?;
+
+    // With the access token: the families, and the one run counted once.
+    let access = taskmesh_tests::access_token(&node.dir)?;
+    let scrape = wait_for(
+        "both runs in the metrics",
+        Duration::from_secs(10),
+        || async {
+            let (status, _, text) = get_metrics(&node, Some(&access)).await.ok()?;
+            let scrape = taskmesh_tests::parse_metrics(&text).ok()?;
+            let done = taskmesh_tests::metric_value(
+                &scrape,
+                "taskmesh_runs_finished_total",
+                &[("task", "metered"), ("outcome", "succeeded")],
+            );
+            let late = scrape.samples.iter().any(|s| {
+                s.metric == "taskmesh_cron_lateness_seconds"
+                    && s.labels.get("task") == Some("ticker")
+            });
+            (status == 200 && done.is_some() && late).then_some(scrape)
+        },
+    )
+    .await?;
+    let (_, kind, text) = get_metrics(&node, Some(&access)).await?;
+    assert!(kind.starts_with("application/openmetrics-text"), "{kind}");
+    assert!(text.ends_with("# EOF\n"), "{text}");
+    for family in [
+        "taskmesh_runs_started",
+        "taskmesh_runs_finished",
+        "taskmesh_run_duration_seconds",
+        "taskmesh_cron_lateness_seconds",
+        "taskmesh_queue_length",
+        "taskmesh_slots",
+        "taskmesh_slots_free",
+        "taskmesh_notifications",
+        "taskmesh_sink_delivered_runs",
+        "taskmesh_sink_failures",
+        "taskmesh_sink_pending_runs",
+        "taskmesh_raft_term",
+        "taskmesh_raft_is_leader",
+        "taskmesh_raft_commit_index",
+        "taskmesh_raft_applied_index",
+        "taskmesh_raft_apply_lag",
+        "taskmesh_mesh_peers",
+        "taskmesh_mesh_bytes",
+        "process_resident_memory_bytes",
+        "process_cpu_seconds",
+        "process_open_fds",
+    ] {
+        assert!(scrape.docs.contains_key(family), "no {family} in\n{text}");
+    }
+    assert_eq!(
+        taskmesh_tests::metric_value(
+            &scrape,
+            "taskmesh_runs_finished_total",
+            &[("task", "metered"), ("outcome", "succeeded")]
+        ),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        taskmesh_tests::metric_value(
+            &scrape,
+            "taskmesh_runs_started_total",
+            &[("task", "metered"), ("trigger", "manual")]
+        ),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        taskmesh_tests::metric_value(
+            &scrape,
+            "taskmesh_runs_finished_total",
+            &[("task", "metered"), ("outcome", "failed")]
+        ),
+        None,
+        "{text}"
+    );
+    let duration = scrape
+        .samples
+        .iter()
+        .find(|s| {
+            s.metric == "taskmesh_run_duration_seconds" && s.labels.get("task") == Some("metered")
+        })
+        .context("the run's duration")?;
+    let prometheus_parse::Value::Histogram(buckets) = &duration.value else {
+        anyhow::bail!("the duration is no histogram: {duration:?}");
+    };
+    let all = buckets
+        .iter()
+        .find(|b| b.less_than.is_infinite())
+        .context("+Inf bucket")?;
+    assert_eq!(all.count, 1.0, "{text}");
+    // The cron runs: counted with their trigger, each slot's lateness observed (under a minute).
+    assert!(
+        taskmesh_tests::metric_value(
+            &scrape,
+            "taskmesh_runs_started_total",
+            &[("task", "ticker"), ("trigger", "cron")]
+        )
+        .is_some_and(|n| n >= 1.0),
+        "{text}"
+    );
+    let lateness = scrape
+        .samples
+        .iter()
+        .find(|s| {
+            s.metric == "taskmesh_cron_lateness_seconds" && s.labels.get("task") == Some("ticker")
+        })
+        .context("the cron runs' lateness")?;
+    let prometheus_parse::Value::Histogram(late) = &lateness.value else {
+        anyhow::bail!("the lateness is no histogram: {lateness:?}");
+    };
+    let count = |le: f64| late.iter().find(|b| b.less_than == le).map(|b| b.count);
+    assert!(count(f64::INFINITY).is_some_and(|n| n >= 1.0), "{text}");
+    assert_eq!(count(60.0), count(f64::INFINITY), "{text}");
+    // One node alone leads its cluster, with every committed entry applied.
+    assert_eq!(
+        taskmesh_tests::metric_value(&scrape, "taskmesh_raft_is_leader", &[]),
+        Some(1.0)
+    );
+    assert!(
+        taskmesh_tests::metric_value(&scrape, "taskmesh_raft_term", &[]).is_some_and(|t| t >= 1.0)
+    );
+    assert!(
+        taskmesh_tests::metric_value(&scrape, "taskmesh_raft_applied_index", &[])
+            .is_some_and(|i| i >= 1.0)
+    );
+    assert_eq!(
+        taskmesh_tests::metric_value(&scrape, "taskmesh_slots", &[]),
+        Some(8.0)
+    );
+    assert!(
+        taskmesh_tests::metric_value(&scrape, "process_resident_memory_bytes", &[])
+            .is_some_and(|b| b > 0.0)
+    );
+    assert_eq!(
+        taskmesh_tests::metric_value(&scrape, "taskmesh_node_info", &[("node", "test-node")]),
+        Some(1.0),
+        "{text}"
+    );
+
+    // A metrics token: set, masked in the settings, and good for /metrics only.
+    let scrape_token = "scrape-token-0123456789abcdef";
+    let mut settings = node.api.get("/api/settings").await?.1;
+    settings["node"]["metrics_token"] = json!("short");
+    let (status, refused) = node
+        .api
+        .send(reqwest::Method::PUT, "/api/settings", Some(&settings))
+        .await?;
+    assert_eq!(status, 400, "{refused}");
+    assert!(
+        refused.to_string().contains("node.metrics_token"),
+        "{refused}"
+    );
+    settings["node"]["metrics_token"] = json!(scrape_token);
+    let (status, saved) = node
+        .api
+        .send(reqwest::Method::PUT, "/api/settings", Some(&settings))
+        .await?;
+    assert_eq!(status, 200, "{saved}");
+    assert_eq!(saved["node"]["metrics_token"], "********", "{saved}");
+    let (status, _, text) = get_metrics(&node, Some(scrape_token)).await?;
+    assert_eq!(status, 200, "{text}");
+    let by_token = taskmesh_tests::parse_metrics(&text)?;
+    assert_eq!(
+        taskmesh_tests::metric_value(
+            &by_token,
+            "taskmesh_runs_finished_total",
+            &[("task", "metered"), ("outcome", "succeeded")]
+        ),
+        Some(1.0),
+        "{text}"
+    );
+    let (status, body) = taskmesh_tests::Api::with_token(&node.api.base, scrape_token)
+        .get("/api/tasks")
+        .await?;
+    assert_eq!(status, 401, "the metrics token opens nothing else: {body}");
+    let (status, _, body) = get_metrics(&node, Some("wrong-token-0123456789abcdef")).await?;
+    assert_eq!(status, 401, "{body}");
+    // The access token still reads /metrics.
+    assert_eq!(get_metrics(&node, Some(&access)).await?.0, 200);
+    Ok(())
+}

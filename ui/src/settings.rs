@@ -93,6 +93,10 @@ pub const NODE_HELP: &[(&str, &str)] = &[
         "cluster_key",
         "the mesh's shared secret (secret): only nodes with the same key can connect; saving a new one reconnects at once",
     ),
+    (
+        "metrics_token",
+        "a read-only token for Prometheus (secret, 16+ characters): as a bearer token it reads /metrics and nothing else; null means /metrics needs the access token",
+    ),
 ];
 
 #[derive(Template, WebTemplate)]

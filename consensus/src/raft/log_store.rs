@@ -57,6 +57,8 @@ pub struct LogStore {
     log: Arc<Mutex<Log>>,
     writer: std_mpsc::Sender<Job>,
     on_disk: OnDisk,
+    /// The index of the newest committed entry openraft told the log of (0 before any).
+    committed: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// How far this node's log is on disk. The state machine acts on an applied entry only once the
@@ -377,12 +379,28 @@ impl LogStore {
             log,
             writer,
             on_disk,
+            committed: Arc::default(),
         })
     }
 
     /// Opens the log of the node whose database is `store`, beside it (see [`path`]).
     pub fn beside(store: &RedbStore) -> Result<Self> {
         Self::open(&store.database(), &path(store.path()))
+    }
+
+    /// Tells `committed` the index of the newest committed entry from now on, starting with
+    /// the one the log holds (the node's metrics read it; openraft 0.9's own metrics lack it).
+    pub fn report_committed(mut self, committed: Arc<std::sync::atomic::AtomicU64>) -> Self {
+        let index = self
+            .log
+            .lock()
+            .expect("log")
+            .disk
+            .committed
+            .map_or(0, |c| c.index);
+        committed.store(index, std::sync::atomic::Ordering::Relaxed);
+        self.committed = committed;
+        self
     }
 
     /// How far this log is on disk.
@@ -485,6 +503,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn save_committed(&mut self, committed: Option<LogId<NodeId>>) -> Result<()> {
         // Advisory (see the module): it goes with the next write, unawaited.
+        if let Some(id) = committed {
+            self.committed
+                .store(id.index, std::sync::atomic::Ordering::Relaxed);
+        }
         self.queue(Job::Committed(committed), ErrorSubject::Store)
     }
 

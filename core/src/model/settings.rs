@@ -284,6 +284,9 @@ pub struct NodeSettings {
     pub mdns: bool,
     /// The mesh's shared secret (64 hex digits): only nodes with it can connect.
     pub cluster_key: Option<String>,
+    /// A read-only token for scrapers: `Authorization: Bearer <it>` reads this node's
+    /// `/metrics` and nothing else. Unset: `/metrics` needs the access token like the API.
+    pub metrics_token: Option<String>,
 }
 
 impl Default for NodeSettings {
@@ -296,6 +299,7 @@ impl Default for NodeSettings {
             slots: 8,
             mdns: true,
             cluster_key: None,
+            metrics_token: None,
         }
     }
 }
@@ -464,6 +468,11 @@ impl Settings {
         if n.name.trim().is_empty() {
             errors.push(FieldError::new("node.name", "a node needs a name"));
         }
+        if let Some(token) = n.metrics_token.as_deref().filter(|t| *t != MASK) {
+            if let Err(why) = check_metrics_token(token) {
+                errors.push(FieldError::new("node.metrics_token", why));
+            }
+        }
         if n.slots == 0 || n.slots > 10_000 {
             errors.push(FieldError::new("node.slots", "between 1 and 10000"));
         }
@@ -559,6 +568,11 @@ impl Settings {
             destination: Vec::new(),
             value: &mut self.node.cluster_key,
         });
+        f(Secret {
+            path: "node.metrics_token".into(),
+            destination: Vec::new(),
+            value: &mut self.node.metrics_token,
+        });
         let c = &mut self.cluster;
         f(Secret {
             path: "cluster.telegram.bot_token".into(),
@@ -630,6 +644,26 @@ fn changed_fields(before: &Destination, after: &Destination) -> Vec<&'static str
         .collect()
 }
 
+/// The shortest metrics token accepted.
+pub const METRICS_TOKEN_MIN: usize = 16;
+
+/// Whether `token` can be a metrics token: long enough to resist guessing, and sendable as an
+/// `Authorization` header (visible ASCII, no spaces).
+fn check_metrics_token(token: &str) -> Result<(), String> {
+    if token.len() < METRICS_TOKEN_MIN {
+        return Err(format!(
+            "at least {METRICS_TOKEN_MIN} characters (it has {}); `openssl rand -hex 32` makes one",
+            token.chars().count()
+        ));
+    }
+    if let Some(bad) = token.chars().find(|c| !c.is_ascii_graphic()) {
+        return Err(format!(
+            "visible ASCII characters only, without spaces (found {bad:?})"
+        ));
+    }
+    Ok(())
+}
+
 fn is_http_url(s: &str) -> bool {
     (s.starts_with("http://") || s.starts_with("https://")) && s.len() > "https://".len() - 1
 }
@@ -672,6 +706,14 @@ mod tests {
                 "cluster.retention_days",
             ),
             (r#"{"node": {"slots": 0}}"#, "node.slots"),
+            (
+                r#"{"node": {"metrics_token": "short"}}"#,
+                "node.metrics_token",
+            ),
+            (
+                r#"{"node": {"metrics_token": "has a space in it, long enough"}}"#,
+                "node.metrics_token",
+            ),
             (
                 r#"{"node": {"peers": ["10.0.0.1:7946", "nope"]}}"#,
                 "node.peers[1]",
@@ -732,10 +774,11 @@ mod tests {
         assert_eq!(edited.cluster.retention_days, 3);
     }
     /// Settings with every kind of secret: both bot tokens, a MySQL password, a Slack incoming
-    /// webhook and a generic webhook.
+    /// webhook, a generic webhook and a metrics token.
     fn with_secrets() -> Settings {
         let mut s = Settings::default();
         s.node.cluster_key = Some("ab".repeat(32));
+        s.node.metrics_token = Some("scrape-secret-0123456789".into());
         s.cluster.telegram.bot_token = Some("123:tg-secret".into());
         s.cluster.slack.bot_token = Some("xoxb-slack-secret".into());
         s.cluster.mysql = Some(MysqlSettings {
@@ -768,6 +811,7 @@ mod tests {
         "db-secret",
         "hook-secret",
         "web-secret",
+        "scrape-secret",
     ];
 
     #[test]

@@ -1,6 +1,8 @@
 //! Who may use the UI and API: holders of the node's access token, sent as
 //! `Authorization: Bearer`, or a browser session made at `/login` (with the token, or with a
 //! one-time login link). Loopback is no exception: other local users are attackers too.
+//! `/metrics` also takes the node's read-only metrics token (`node.metrics_token`), when one is
+//! set, and only `/metrics` does.
 //!
 //! Invariants: the token lives in `<data dir>/access-token` (0600, written atomically on
 //! rotation); sessions and login codes live in memory only, are bounded in number, expire, and
@@ -26,6 +28,8 @@ use subtle::ConstantTimeEq;
 use tracing::warn;
 
 use super::ApiError;
+use crate::model::NodeSettings;
+use tokio::sync::watch;
 
 /// The session cookie's name.
 pub const COOKIE: &str = "taskmesh_session";
@@ -51,7 +55,12 @@ pub struct AccessOptions {
     pub secure_cookies: bool,
     /// The node's UI address (`http://127.0.0.1:8080`), for login links.
     pub ui_url: String,
+    /// The node's settings, whose `metrics_token` (when set) also opens [`METRICS_PATH`].
+    pub node: Option<watch::Receiver<NodeSettings>>,
 }
+
+/// The one path the metrics token opens.
+pub const METRICS_PATH: &str = "/metrics";
 
 /// The access rules of one node.
 pub struct Access {
@@ -130,6 +139,32 @@ impl Access {
             return Ok(());
         }
         Err(Denied::NoCredentials)
+    }
+
+    /// Like [`Access::check`], for [`METRICS_PATH`]: the metrics token, when the node has one,
+    /// is let in too (a wrong one counts as a failed login like a wrong access token).
+    pub fn check_metrics(&self, headers: &HeaderMap, client: IpAddr) -> Result<(), Denied> {
+        if let Some(given) = bearer(headers) {
+            self.limited(client).map_err(Denied::Login)?;
+            if self.metrics_token_matches(given) {
+                return Ok(());
+            }
+        }
+        self.check(headers, client)
+    }
+
+    fn metrics_token_matches(&self, given: &str) -> bool {
+        let Some(node) = &self.options.node else {
+            return false;
+        };
+        let settings = node.borrow();
+        match settings.metrics_token.as_deref() {
+            // The mask is what the settings page shows in its place, never a token.
+            Some(token) if token != crate::model::MASK && !token.trim().is_empty() => {
+                bool::from(token.trim().as_bytes().ct_eq(given.trim().as_bytes()))
+            }
+            _ => false,
+        }
     }
 
     fn session_alive(&self, headers: &HeaderMap) -> bool {
@@ -439,11 +474,15 @@ pub async fn require(State(access): State<Arc<Access>>, request: Request, next: 
         return next.run(request).await;
     }
     let client = client_of(&request);
-    let denied = match access.check(request.headers(), client) {
+    let checked = match path == METRICS_PATH {
+        true => access.check_metrics(request.headers(), client),
+        false => access.check(request.headers(), client),
+    };
+    let denied = match checked {
         Ok(()) => return next.run(request).await,
         Err(denied) => denied,
     };
-    if path.starts_with("/api/") {
+    if path.starts_with("/api/") || path == METRICS_PATH {
         return match denied {
             Denied::Login(refused) => refused.api_response(),
             Denied::NoCredentials => ApiError::new(
@@ -508,6 +547,7 @@ mod tests {
             session_ttl: Duration::from_secs(60),
             secure_cookies: false,
             ui_url: "http://127.0.0.1:8080".into(),
+            node: None,
         })
         .expect("access")
     }
@@ -570,6 +610,48 @@ mod tests {
         let new = std::fs::read_to_string(dir.path().join("access-token")).expect("token");
         assert_ne!(new.trim(), token);
         assert!(access.check(&with_bearer(new.trim()), HOME).is_ok());
+    }
+
+    #[test]
+    fn the_metrics_token_opens_metrics_only_and_only_when_set() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let (node, settings) = watch::channel(NodeSettings::default());
+        let access = Access::start(AccessOptions {
+            node: Some(settings),
+            ..access(dir.path()).options().clone()
+        })
+        .expect("access");
+        let scrape = "scrape-0123456789abcdef";
+        let other = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 3));
+        // Not set: the would-be token is a wrong one (and counts as a failure).
+        assert!(matches!(
+            access.check_metrics(&with_bearer(scrape), other),
+            Err(Denied::Login(LoginRefused::WrongToken))
+        ));
+        node.send_modify(|n| n.metrics_token = Some(scrape.into()));
+        assert!(access.check_metrics(&with_bearer(scrape), HOME).is_ok());
+        assert!(
+            matches!(
+                access.check(&with_bearer(scrape), HOME),
+                Err(Denied::Login(LoginRefused::WrongToken))
+            ),
+            "the metrics token opens nothing else"
+        );
+        assert!(access.check_metrics(&with_bearer("wrong"), HOME).is_err());
+        // The access token still opens /metrics.
+        let token = std::fs::read_to_string(dir.path().join("access-token")).expect("token");
+        assert!(
+            access
+                .check_metrics(&with_bearer(token.trim()), HOME)
+                .is_ok()
+        );
+        // The mask shown in its place is no token.
+        node.send_modify(|n| n.metrics_token = Some(crate::model::MASK.into()));
+        assert!(
+            access
+                .check_metrics(&with_bearer(crate::model::MASK), HOME)
+                .is_err()
+        );
     }
 
     #[test]

@@ -56,6 +56,7 @@ pub fn router(node: NodeHandle) -> Router {
         .route("/api/settings/export", get(export_settings))
         .route("/api/settings/import", post(import_settings))
         .route("/api/channels/{name}/test", post(test_channel))
+        .route(auth::METRICS_PATH, get(metrics))
         // Unknown API paths answer JSON; other unknown paths get the UI's page.
         .route("/api/{*rest}", axum::routing::any(not_found))
         .layer(DefaultBodyLimit::max(MAX_BODY))
@@ -154,6 +155,14 @@ async fn not_found() -> ApiError {
 
 async fn health(State(node): State<NodeHandle>) -> impl IntoResponse {
     Json(node.health())
+}
+
+/// The node's metrics for Prometheus (docs/metrics.md).
+async fn metrics(State(node): State<NodeHandle>) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)],
+        node.metrics_text(),
+    )
 }
 
 async fn sink(State(node): State<NodeHandle>) -> impl IntoResponse {

@@ -25,6 +25,7 @@ use tracing::{debug, info};
 use crate::events::Events;
 use crate::ledger::RunLedger;
 use crate::logs::LogPaths;
+use crate::metrics::Metrics;
 use crate::model::{ClusterSettings, NodeSettings, Run, RunId, RunStatus, Task, Trigger};
 
 pub use groups::ProcessGroups;
@@ -175,6 +176,7 @@ pub struct Executor {
     running: HashMap<RunId, Running>,
     seen: Seen,
     busy_slots: u32,
+    metrics: std::sync::Arc<Metrics>,
     cancel: CancellationToken,
 }
 
@@ -189,6 +191,8 @@ pub struct Parts {
     /// Where ended runs go (the supervisor).
     pub finished: mpsc::Sender<Finished>,
     pub groups: ProcessGroups,
+    /// Where runs started and ended, their durations and the queue are counted.
+    pub metrics: std::sync::Arc<Metrics>,
 }
 
 impl Executor {
@@ -201,6 +205,7 @@ impl Executor {
             peer_id,
             finished,
             groups,
+            metrics,
         } = parts;
         let (tx, inbox) = mpsc::channel(1024);
         let handle = ExecutorHandle {
@@ -225,6 +230,7 @@ impl Executor {
                 order: VecDeque::new(),
             },
             busy_slots: 0,
+            metrics,
             cancel,
         };
         (executor, handle)
@@ -232,6 +238,8 @@ impl Executor {
 
     pub async fn run(mut self) {
         loop {
+            self.metrics
+                .queue(self.queue.len(), self.node.borrow().slots, self.busy_slots);
             tokio::select! {
                 biased;
                 _ = self.cancel.cancelled() => break,
@@ -328,11 +336,14 @@ impl Executor {
         };
         let done = self.tx.clone();
         let finished = self.finished.clone();
+        let metrics = self.metrics.clone();
+        metrics.run_started(&order.run, Utc::now());
         // Every line the run's start, end and actions log carries its id and task, on every node.
         let span = tracing::info_span!("run", run = %order.run.id, task = %order.run.task_name);
         let run = async move {
             let task = order.task.clone();
             let (run, stopped) = process::execute(order, &ctx, stop).await;
+            metrics.run_finished(&run);
             let id = run.id.clone();
             let ended = Finished {
                 run: run.clone(),

@@ -21,6 +21,7 @@ use tracing::{info, warn};
 use crate::consensus::State;
 use crate::ledger::RunLedger;
 use crate::logs::LogPaths;
+use crate::metrics::Metrics;
 use crate::model::{NodeSettings, Run};
 pub use deliver::{Failure, kind};
 pub use message::Message;
@@ -66,6 +67,7 @@ struct Inner {
     /// Notes on runs are read, changed and written back one at a time: two notifications of
     /// one run that end together must not overwrite each other's note.
     noting: tokio::sync::Mutex<()>,
+    metrics: Arc<Metrics>,
     cancel: CancellationToken,
 }
 
@@ -89,6 +91,7 @@ impl Notifier {
         ledger: RunLedger,
         logs: LogPaths,
         own_ui: String,
+        metrics: Arc<Metrics>,
         cancel: CancellationToken,
     ) -> Self {
         Self {
@@ -101,6 +104,7 @@ impl Notifier {
                 own_ui,
                 turns: Semaphore::new(AT_ONCE),
                 noting: tokio::sync::Mutex::new(()),
+                metrics,
                 cancel,
             }),
         }
@@ -150,6 +154,7 @@ impl Inner {
         };
         let settings = self.state.borrow().settings.clone();
         let Some(target) = settings.channels.get(&notice.channel).cloned() else {
+            self.metrics.notification("none", false);
             return self
                 .note(&notice, "no such channel in the settings (any more)".into())
                 .await;
@@ -180,6 +185,7 @@ impl Inner {
                 Err(failure) => break Err(failure),
             }
         };
+        self.metrics.notification(kind, outcome.is_ok());
         let tries_text = match tries {
             1 => "1 try".to_owned(),
             n => format!("{n} tries"),

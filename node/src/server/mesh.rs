@@ -57,6 +57,8 @@ pub(super) struct MeshRunner {
     pub node: watch::Receiver<NodeSettings>,
     pub state: watch::Receiver<Arc<State>>,
     pub consensus: Consensus,
+    /// Where every endpoint this runner starts counts its bytes (`/metrics`).
+    pub traffic: Arc<mesh::Traffic>,
     /// Where the endpoint hands the requests it does not answer itself (consensus requests).
     pub inbound: mpsc::Sender<Inbound>,
     pub ledger: RunLedger,
@@ -121,6 +123,7 @@ impl MeshRunner {
             announce_every: ANNOUNCE_EVERY,
             peer_ttl: shape.peer_ttl,
             inbound: Some(self.inbound.clone()),
+            traffic: self.traffic.clone(),
         })
     }
 

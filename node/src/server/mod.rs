@@ -91,14 +91,16 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Starte
     // are still recorded.
     let core = CancellationToken::new();
     let work = shutdown.child_token();
+    let metrics = Arc::new(crate::metrics::Metrics::new());
     let (consensus, inbound) = start_consensus(&config, &storage, core.clone()).await?;
-    let history = start_history(&storage, &consensus).await?;
+    let history = start_history(&storage, &consensus, &metrics).await?;
     let workers = start_workers(
         &storage,
         &consensus,
         inbound,
         &history,
         &listening.ui_url,
+        &metrics,
         work.clone(),
     );
     let handle = NodeHandle {
@@ -117,6 +119,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Starte
             started_at: Utc::now(),
             mesh: consensus.mesh_rx.clone(),
             sink: history.sink_status.clone(),
+            metrics: metrics.clone(),
         }),
     };
     // The mesh outlives the workers, so that the ends of the runs stopped at shutdown still
@@ -132,6 +135,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Starte
             node: storage.node.subscribe(),
             state: consensus.consensus.subscribe(),
             consensus: consensus.consensus.clone(),
+            traffic: metrics.traffic(),
             inbound: consensus.inbound_tx,
             ledger: history.ledger.clone(),
             current: consensus.mesh_tx,
@@ -334,7 +338,11 @@ struct History {
 
 /// Phase 4: the run ledger (this node's history), the reporter (runs to the cluster) and the
 /// MySQL sink. Each has its own stop, so that the last runs' ends still reach them.
-async fn start_history(storage: &Storage, replication: &Replication) -> Result<History, NodeError> {
+async fn start_history(
+    storage: &Storage,
+    replication: &Replication,
+    metrics: &Arc<crate::metrics::Metrics>,
+) -> Result<History, NodeError> {
     let consensus = &replication.consensus;
     let reports = crate::reports::Reports::default();
     let outbox = {
@@ -363,6 +371,7 @@ async fn start_history(storage: &Storage, replication: &Replication) -> Result<H
             state: consensus.subscribe(),
             logs: storage.logs.clone(),
             status: sink_tx,
+            metrics: metrics.clone(),
             cancel: sinking.clone(),
         }
         .run(),
@@ -407,6 +416,7 @@ fn start_workers(
     inbound: mpsc::Receiver<crate::mesh::Inbound>,
     history: &History,
     ui_url: &str,
+    metrics: &Arc<crate::metrics::Metrics>,
     work: CancellationToken,
 ) -> Workers {
     let consensus = &replication.consensus;
@@ -425,6 +435,7 @@ fn start_workers(
             peer_id: peer_id.clone(),
             finished: finished_tx,
             groups: storage.groups.clone(),
+            metrics: metrics.clone(),
         },
         work.clone(),
     );
@@ -434,6 +445,7 @@ fn start_workers(
         ledger.clone(),
         logs.clone(),
         ui_url.to_owned(),
+        metrics.clone(),
         work.clone(),
     );
     let (lease_tx, lease) = watch::channel(false);
@@ -522,6 +534,7 @@ fn serve(
         session_ttl: config.session_ttl,
         secure_cookies: listening.tls.is_some(),
         ui_url: listening.ui_url.clone(),
+        node: Some(handle.inner.node.subscribe()),
     })
     .map_err(|e| NodeError::Unavailable(crate::error_text::error_text(&e)))?;
     info!(token_file = %config.access_token_path().display(), "the UI and API require the access token in this file");

@@ -50,6 +50,8 @@ pub struct Sink {
     pub state: watch::Receiver<Arc<State>>,
     pub logs: LogPaths,
     pub status: watch::Sender<SinkStatus>,
+    /// Where deliveries, failures and the outbox's length are counted.
+    pub metrics: Arc<crate::metrics::Metrics>,
     pub cancel: CancellationToken,
 }
 
@@ -100,6 +102,7 @@ impl Sink {
                         }
                     }
                     Some(Err(e)) => {
+                        self.metrics.sink_failed();
                         link = None;
                         let error = error_text(&e);
                         if retry_at.is_none() {
@@ -212,6 +215,9 @@ impl Sink {
                 outbox.len()
             })
             .await?;
+            self.metrics.sink_delivered(count);
+            self.metrics
+                .sink_state(pending, self.status.borrow().failing);
             self.status.send_modify(|s| {
                 s.delivered += count;
                 s.pending = pending;
@@ -224,6 +230,8 @@ impl Sink {
         let outbox = self.outbox.clone();
         match blocking(move || outbox.len()).await {
             Ok(pending) => {
+                self.metrics
+                    .sink_state(pending, self.status.borrow().failing);
                 self.status.send_if_modified(|s| {
                     let changed = s.pending != pending;
                     s.pending = pending;
