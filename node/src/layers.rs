@@ -32,6 +32,7 @@ const NODE_MODULES: &[&str] = &[
     "http_client",
     "cluster_key",
     "config",
+    "service",
     "logs",
     "reports",
     "sink",
