@@ -405,7 +405,9 @@ pub fn install(options: &InstallOptions, out: &mut dyn Write) -> Result<(), Serv
         );
     }
 
-    if !options.start {
+    if !options.start && !options.unit {
+        // The Debian package's postinst: the package enables and starts its own unit.
+    } else if !options.start {
         let _ = writeln!(
             out,
             "not started (--no-start): `systemctl daemon-reload && systemctl enable --now taskmesh` starts it"
