@@ -1965,11 +1965,10 @@ fn the_node_tells_systemd_it_is_ready_once_its_api_answers_and_that_it_stops_at_
     };
     let mut command = Command::new(BIN);
     command.env("NOTIFY_SOCKET", &socket_path);
-    let node = start_via(
-        command,
-        &tmp.path().join("data"),
-        &["--p2p-listen", "/ip4/127.0.0.1/tcp/0"],
-    );
+    // Made here, so that the node is given the tests' access token.
+    let data = tmp.path().join("data");
+    std::fs::create_dir(&data).expect("mkdir");
+    let node = start_via(command, &data, &["--p2p-listen", "/ip4/127.0.0.1/tcp/0"]);
     let ready = receive("READY=1");
     // At READY=1 the API answers at once: no connection refused, no wait for the catch-up.
     let http = http_client()
@@ -1982,6 +1981,22 @@ fn the_node_tells_systemd_it_is_ready_once_its_api_answers_and_that_it_stops_at_
         .expect("the API answers when READY=1 arrives");
     assert_eq!(health.status().as_u16(), 200);
     assert!(ready.contains(&node.url), "STATUS names the UI: {ready}");
+    // The socket is the node's: its tasks do not inherit it.
+    let authed = client();
+    create_task(
+        &authed,
+        &node.url,
+        &json!({
+            "name": "socket",
+            "spec": {"shell": "echo \"socket=[${NOTIFY_SOCKET:-}]\""},
+            "when": {"mode": "manual"}
+        }),
+    );
+    let log = run_to_end(&authed, &node, "socket");
+    assert!(
+        log.contains("socket=[]"),
+        "a task saw the notify socket: {log}"
+    );
     let pid = node.child.id() as i32;
     let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
     let stopping = receive("STOPPING=1");

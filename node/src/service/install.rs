@@ -93,6 +93,11 @@ pub enum ServiceError {
     #[error("`{command}` failed: {reason}")]
     Command { command: String, reason: String },
     #[error(
+        "--user: the Debian package's unit {path} runs the node as root; to run it as another \
+         user, add User= and Group= with `systemctl edit taskmesh`"
+    )]
+    PackagedAsRoot { path: PathBuf },
+    #[error(
         "taskmesh was installed by its Debian package ({path}): remove it with `apt remove \
          taskmesh` (`apt purge taskmesh` deletes its data and config too)"
     )]
@@ -310,8 +315,16 @@ pub fn install(options: &InstallOptions, out: &mut dyn Write) -> Result<(), Serv
     if options.user && !system {
         return Err(ServiceError::UserUnderRoot { root: root.clone() });
     }
-    let unit = options
-        .unit
+    // A machine with the Debian package keeps the package's unit: another one in /etc would
+    // hide it.
+    let packaged = PACKAGED_UNIT_PATHS
+        .iter()
+        .map(|p| under(root, Path::new(p)))
+        .find(|p| p.exists());
+    if let (Some(path), true) = (&packaged, options.user) {
+        return Err(ServiceError::PackagedAsRoot { path: path.clone() });
+    }
+    let unit = (options.unit && packaged.is_none())
         .then(|| unit_text(&options.binary, options.user))
         .transpose()?;
 
@@ -394,6 +407,13 @@ pub fn install(options: &InstallOptions, out: &mut dyn Write) -> Result<(), Serv
         let _ = writeln!(out, "data dir {}: owned by {USER}", data_dir.display());
     }
 
+    if let (Some(path), true) = (&packaged, options.unit) {
+        let _ = writeln!(
+            out,
+            "unit {}: the Debian package's, kept (no unit written to {UNIT_PATH})",
+            path.display()
+        );
+    }
     if let Some(text) = unit {
         let path = under(root, Path::new(UNIT_PATH));
         write_file(&path, &text, 0o644)?;
@@ -594,6 +614,37 @@ mod tests {
             !under(root.path(), Path::new(UNIT_PATH)).exists(),
             "nothing else is written"
         );
+    }
+
+    #[test]
+    fn a_packaged_unit_is_kept_and_not_hidden_by_another_in_etc() {
+        let root = tempfile::tempdir().expect("tmp");
+        let packaged = under(root.path(), Path::new(PACKAGED_UNIT_PATHS[1]));
+        std::fs::create_dir_all(packaged.parent().expect("parent")).expect("mkdir");
+        std::fs::write(&packaged, UNIT).expect("write");
+        let options = InstallOptions {
+            root: root.path().to_owned(),
+            binary: PathBuf::from("/usr/local/bin/taskmesh"),
+            user: false,
+            unit: true,
+            start: false,
+            cluster_key_file: None,
+        };
+        let mut out = Vec::new();
+        install(&options, &mut out).expect("install");
+        let out = String::from_utf8(out).expect("utf-8");
+        assert!(out.contains("the Debian package's, kept"), "{out}");
+        assert!(!under(root.path(), Path::new(UNIT_PATH)).exists());
+        let error = uninstall(
+            &UninstallOptions {
+                root: root.path().to_owned(),
+                purge: true,
+            },
+            &mut Vec::new(),
+        )
+        .expect_err("left to apt");
+        assert!(error.to_string().contains("apt remove taskmesh"), "{error}");
+        assert!(under(root.path(), Path::new("/var/lib/taskmesh/cluster-key")).exists());
     }
 
     #[test]
