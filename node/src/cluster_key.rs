@@ -61,6 +61,16 @@ pub enum KeyError {
     Missing { path: PathBuf },
     #[error("making a cluster key")]
     Generate(#[source] std::io::Error),
+    #[error(
+        "{given} holds another cluster key than {kept}, the one this node already keeps \
+         (fingerprint {kept_fingerprint}): a node is in one mesh at a time. To move it to the \
+         other mesh, stop it and remove {kept} first"
+    )]
+    Differs {
+        given: PathBuf,
+        kept: PathBuf,
+        kept_fingerprint: String,
+    },
     #[error("writing the cluster key file {path}")]
     Write {
         path: PathBuf,
@@ -129,6 +139,68 @@ pub(super) fn keep(path: &Path, key: &ClusterKey) -> Result<(), KeyError> {
         path: path.to_owned(),
         source,
     })
+}
+
+/// What [`prepare`] found or made in the data dir.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Prepared {
+    /// The key from the given file, now kept.
+    Given(ClusterKey),
+    /// The key the data dir already kept.
+    Kept(ClusterKey),
+    /// A new key, made and kept now.
+    New(ClusterKey),
+    /// No key: the data dir has a database, whose node finds its key at start (an older
+    /// version may have kept it there).
+    LeftToNode,
+}
+
+/// Puts the cluster key in the data dir's file before a node's first start (`taskmesh service
+/// install`), the same file and rules a start uses: the key in `key_file` when given (refused
+/// when the data dir already keeps another), else the one kept, else a new one, unless the
+/// data dir already has a database (`has_database`), whose key the node finds at its start.
+pub fn prepare(
+    kept: &Path,
+    key_file: Option<&Path>,
+    has_database: bool,
+) -> Result<Prepared, KeyError> {
+    let existing = match read(kept)? {
+        Some(text) => Some(
+            text.parse::<ClusterKey>()
+                .map_err(|message| KeyError::Invalid {
+                    origin: kept.display().to_string(),
+                    message,
+                })?,
+        ),
+        None => None,
+    };
+    if let Some(path) = key_file {
+        let (key, _) = resolve(&Sources {
+            key_file: Some(path),
+            given: None,
+            kept,
+            stored: None,
+            in_cluster: false,
+        })?;
+        if let Some(old) = existing.filter(|old| *old != key) {
+            return Err(KeyError::Differs {
+                given: path.to_owned(),
+                kept: kept.to_owned(),
+                kept_fingerprint: crate::mesh::fingerprint(&old),
+            });
+        }
+        keep(kept, &key)?;
+        return Ok(Prepared::Given(key));
+    }
+    if let Some(key) = existing {
+        return Ok(Prepared::Kept(key));
+    }
+    if has_database {
+        return Ok(Prepared::LeftToNode);
+    }
+    let key = ClusterKey::generate().map_err(KeyError::Generate)?;
+    keep(kept, &key)?;
+    Ok(Prepared::New(key))
 }
 
 #[cfg(test)]

@@ -33,6 +33,7 @@ const NODE_MODULES: &[&str] = &[
     "cluster_key",
     "config",
     "metrics",
+    "service",
     "logs",
     "reports",
     "sink",

@@ -21,6 +21,7 @@ pub mod process_setup;
 pub mod reports;
 pub mod scheduler;
 pub mod server;
+pub mod service;
 pub mod sink;
 
 pub use taskmesh_consensus as consensus;

@@ -1769,3 +1769,241 @@ fn the_cli_tells_the_status_and_lists_as_json() {
     );
     stop(node);
 }
+
+/// Runs `taskmesh service …` and returns (success, stdout, stderr).
+fn service(args: &[&str]) -> (bool, String, String) {
+    let output = Command::new(BIN)
+        .arg("service")
+        .args(args)
+        .env("NO_COLOR", "1")
+        .output()
+        .expect("run taskmesh service");
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+fn mode_of(path: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .permissions()
+        .mode()
+        & 0o7777
+}
+
+#[test]
+fn service_install_writes_the_unit_config_and_a_private_data_dir_and_uninstall_keeps_the_data() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let root = tmp.path().join("root");
+    std::fs::create_dir(&root).expect("mkdir");
+    let root_arg = root.to_str().expect("utf-8");
+
+    let (ok, out, err) = service(&["install", "--root", root_arg, "--no-start"]);
+    assert!(ok, "install failed: {out}{err}");
+    let unit = root.join("etc/systemd/system/taskmesh.service");
+    let config = root.join("etc/taskmesh/node.toml");
+    let data = root.join("var/lib/taskmesh");
+    let key = data.join("cluster-key");
+    assert!(out.contains("not started (--no-start)"), "{out}");
+    assert!(out.contains(&key.display().to_string()), "{out}");
+
+    let unit_text = std::fs::read_to_string(&unit).expect("the unit");
+    assert!(
+        unit_text.contains(&format!(
+            "\nExecStart={BIN} run --config /etc/taskmesh/node.toml\n"
+        )),
+        "the unit starts this binary:\n{unit_text}"
+    );
+    for line in [
+        "Type=notify",
+        "KillMode=mixed",
+        "Restart=on-failure",
+        "PrivateTmp=no",
+    ] {
+        assert!(unit_text.contains(&format!("\n{line}\n")), "{line} missing");
+    }
+    assert_eq!(mode_of(&unit), 0o644);
+    assert_eq!(mode_of(&config), 0o644);
+    let loaded = taskmesh::Config::load(&config).expect("the config loads");
+    assert_eq!(loaded.data_dir, Path::new("/var/lib/taskmesh"));
+    assert_eq!(mode_of(&data), 0o700);
+    for secret in [key.clone(), data.join("identity")] {
+        assert_eq!(mode_of(&secret), 0o600, "{}", secret.display());
+    }
+    let first_key = std::fs::read_to_string(&key).expect("key");
+    assert_eq!(first_key.trim().len(), 64, "a cluster key: {first_key}");
+    for (path, mode, _) in modes(&data) {
+        assert_eq!(mode & 0o077, 0, "{} is {mode:o}", path.display());
+    }
+
+    // Again: the operator's config and the keys are kept; the unit is written anew.
+    let written = std::fs::read_to_string(&config).expect("config");
+    let edited = written.replace("listen = \"127.0.0.1:8080\"", "listen = \"0.0.0.0:8080\"");
+    assert_ne!(edited, written, "the config names its listen address");
+    std::fs::write(&config, &edited).expect("edit the config");
+    std::fs::remove_file(&unit).expect("rm unit");
+    let (ok, out, err) = service(&["install", "--root", root_arg, "--no-start"]);
+    assert!(ok, "second install failed: {out}{err}");
+    assert!(out.contains("kept as it is"), "{out}");
+    assert_eq!(std::fs::read_to_string(&config).expect("config"), edited);
+    assert_eq!(std::fs::read_to_string(&key).expect("key"), first_key);
+    assert!(unit.exists(), "the unit is written again");
+
+    // Uninstall removes the unit and keeps the data and the config.
+    let (ok, out, err) = service(&["uninstall", "--root", root_arg]);
+    assert!(ok, "uninstall failed: {out}{err}");
+    assert!(!unit.exists(), "the unit is gone");
+    assert_eq!(std::fs::read_to_string(&key).expect("key kept"), first_key);
+    assert!(config.exists() && data.join("identity").exists());
+    assert!(out.contains("--purge deletes them"), "{out}");
+
+    // --purge deletes them.
+    let (ok, out, err) = service(&["uninstall", "--root", root_arg, "--purge"]);
+    assert!(ok, "purge failed: {out}{err}");
+    assert!(!data.exists() && !config.exists(), "{out}");
+
+    // Bad input: a root that is not there, a key file that is not a key.
+    let missing = tmp.path().join("nowhere");
+    let (ok, _, err) = service(&["install", "--root", missing.to_str().expect("utf-8")]);
+    assert!(!ok);
+    assert!(
+        err.contains(&format!("--root {}: not a folder", missing.display())),
+        "{err}"
+    );
+    let bad_key = tmp.path().join("bad-key");
+    std::fs::write(&bad_key, "not a key\n").expect("write");
+    let (ok, _, err) = service(&[
+        "install",
+        "--root",
+        root_arg,
+        "--no-start",
+        "--cluster-key-file",
+        bad_key.to_str().expect("utf-8"),
+    ]);
+    assert!(!ok);
+    assert!(
+        err.contains(&bad_key.display().to_string()) && err.contains("64 hex digits"),
+        "{err}"
+    );
+}
+
+#[test]
+fn service_install_with_a_key_file_joins_that_mesh_and_the_node_starts_from_the_install() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let root = tmp.path().join("root");
+    std::fs::create_dir(&root).expect("mkdir");
+    let key_file = tmp.path().join("key.txt");
+    let key = "0123456789abcdef".repeat(4);
+    std::fs::write(&key_file, format!("{key}\n")).expect("write");
+    let (ok, out, err) = service(&[
+        "install",
+        "--root",
+        root.to_str().expect("utf-8"),
+        "--no-start",
+        "--no-unit",
+        "--cluster-key-file",
+        key_file.to_str().expect("utf-8"),
+    ]);
+    assert!(ok, "install failed: {out}{err}");
+    assert!(
+        !root.join("etc/systemd/system/taskmesh.service").exists(),
+        "--no-unit writes no unit"
+    );
+    let data = root.join("var/lib/taskmesh");
+    assert_eq!(
+        std::fs::read_to_string(data.join("cluster-key"))
+            .expect("key")
+            .trim(),
+        key
+    );
+    // A node started on the installed data dir uses that key and identity.
+    let node = start_with(
+        &data,
+        &[
+            "--p2p-listen",
+            "/ip4/127.0.0.1/tcp/0",
+            "--name",
+            "installed",
+        ],
+    );
+    let health: Value = client()
+        .get(format!("{}/api/health", node.url))
+        .send()
+        .expect("health")
+        .json()
+        .expect("json");
+    assert!(health.is_object(), "{health}");
+    stop(node);
+    assert_eq!(
+        std::fs::read_to_string(data.join("cluster-key"))
+            .expect("key")
+            .trim(),
+        key,
+        "the node kept the installed key"
+    );
+}
+
+#[test]
+fn the_node_tells_systemd_it_is_ready_once_its_api_answers_and_that_it_stops_at_sigterm() {
+    use std::os::unix::net::UnixDatagram;
+    let tmp = tempfile::tempdir().expect("tmp");
+    let socket_path = tmp.path().join("notify.sock");
+    let socket = UnixDatagram::bind(&socket_path).expect("bind the notify socket");
+    socket
+        .set_read_timeout(Some(Duration::from_millis(100)))
+        .expect("timeout");
+    let receive = |what: &str| -> String {
+        let mut buf = [0u8; 4096];
+        wait_until(what, Duration::from_secs(20), || {
+            let n = socket.recv(&mut buf).ok()?;
+            let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+            text.lines().any(|l| l == what).then_some(text)
+        })
+    };
+    let mut command = Command::new(BIN);
+    command.env("NOTIFY_SOCKET", &socket_path);
+    // Made here, so that the node is given the tests' access token.
+    let data = tmp.path().join("data");
+    std::fs::create_dir(&data).expect("mkdir");
+    let node = start_via(command, &data, &["--p2p-listen", "/ip4/127.0.0.1/tcp/0"]);
+    let ready = receive("READY=1");
+    // At READY=1 the API answers at once: no connection refused, no wait for the catch-up.
+    let http = http_client()
+        .timeout(Duration::from_millis(500))
+        .build()
+        .expect("client");
+    let health = http
+        .get(format!("{}/api/health", node.url))
+        .send()
+        .expect("the API answers when READY=1 arrives");
+    assert_eq!(health.status().as_u16(), 200);
+    assert!(ready.contains(&node.url), "STATUS names the UI: {ready}");
+    // The socket is the node's: its tasks do not inherit it.
+    let authed = client();
+    create_task(
+        &authed,
+        &node.url,
+        &json!({
+            "name": "socket",
+            "spec": {"shell": "echo \"socket=[${NOTIFY_SOCKET:-}]\""},
+            "when": {"mode": "manual"}
+        }),
+    );
+    let log = run_to_end(&authed, &node, "socket");
+    assert!(
+        log.contains("socket=[]"),
+        "a task saw the notify socket: {log}"
+    );
+    let pid = node.child.id() as i32;
+    let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
+    let stopping = receive("STOPPING=1");
+    assert!(stopping.contains("STATUS=stopping"), "{stopping}");
+    let mut node = node;
+    let exited = wait_until("the node to stop", Duration::from_secs(15), || {
+        node.child.try_wait().ok().flatten()
+    });
+    assert!(exited.success(), "{exited:?}");
+}

@@ -395,3 +395,49 @@ fn idle_p2p_and_slow_http_connections_leave_the_node_answering() {
     });
     drop((p2p, slow));
 }
+
+#[test]
+fn service_install_and_uninstall_by_another_user_say_they_need_root_and_write_nothing() {
+    if !is_root() {
+        return;
+    }
+    let (public, bin) = public_folder();
+    let bin = bin.to_str().expect("utf-8").to_owned();
+    for command in ["install", "uninstall"] {
+        let out = as_nobody(&bin, &["service", command], &[]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{command} ran as nobody: {stderr}");
+        assert!(
+            stderr.contains(&format!("taskmesh service {command} needs root"))
+                && stderr.contains("--root DIR"),
+            "{command}: {stderr}"
+        );
+    }
+    // With --root, a folder it may not write is named in the error.
+    let closed = public.path().join("closed");
+    std::fs::create_dir(&closed).expect("mkdir");
+    std::fs::set_permissions(&closed, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let out = as_nobody(
+        &bin,
+        &[
+            "service",
+            "install",
+            "--root",
+            closed.to_str().expect("utf-8"),
+            "--no-start",
+        ],
+        &[],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(&closed.join("etc").display().to_string())
+            && stderr.contains("Permission denied"),
+        "{stderr}"
+    );
+    assert_eq!(
+        std::fs::read_dir(&closed).expect("read").count(),
+        0,
+        "nothing written"
+    );
+}

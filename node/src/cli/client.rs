@@ -53,6 +53,8 @@ pub enum ClientError {
     },
     #[error("{0}")]
     Usage(String),
+    #[error(transparent)]
+    Service(#[from] crate::service::ServiceError),
 }
 
 /// What the command wants the process to exit with.
@@ -424,6 +426,10 @@ async fn command_result(command: super::Command) -> Result<ExitCode, ClientError
         super::Command::Completions { .. } | super::Command::Man => Err(ClientError::Usage(
             "`completions` and `man` print without a node".into(),
         )),
+        super::Command::Service(c) => {
+            super::service(c)?;
+            Ok(0)
+        }
         super::Command::Task(c) => task(c).await,
         super::Command::Status { remote } => status(&remote).await,
         super::Command::Settings(c) => settings(c).await,

@@ -81,6 +81,9 @@ pub enum Command {
     /// The node's access token.
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Install the node as a systemd service, or remove it (docs/service.md).
+    #[command(subcommand)]
+    Service(ServiceCommand),
     /// Print a shell completion script: `taskmesh completions bash > /etc/bash_completion.d/taskmesh`.
     Completions {
         #[arg(value_enum)]
@@ -103,6 +106,89 @@ pub fn write_docs(command: &Command, out: &mut impl std::io::Write) -> std::io::
             Ok(true)
         }
         _ => Ok(false),
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ServiceCommand {
+    /// Install the node as a systemd service: /etc/taskmesh/node.toml (an existing one is
+    /// kept), the data dir (0700) with the node's identity and cluster key (0600), the unit
+    /// /etc/systemd/system/taskmesh.service, then `systemctl daemon-reload` and `systemctl
+    /// enable --now taskmesh`. Needs root, unless --root.
+    Install(InstallArgs),
+    /// Stop and disable the service and remove its unit. The data dir and the config stay,
+    /// unless --purge.
+    Uninstall(UninstallArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct InstallArgs {
+    /// Write into DIR as if it were / (packaging, tests); systemctl is not run then.
+    #[arg(long, value_name = "DIR", default_value = "/")]
+    pub root: PathBuf,
+    /// Write the files, but do not run `systemctl daemon-reload` and `systemctl enable --now`.
+    #[arg(long)]
+    pub no_start: bool,
+    /// Run the node as the system user `taskmesh` (made when missing) instead of root. Its
+    /// tasks run as that user too, and a task's own `user` cannot be another one.
+    #[arg(long)]
+    pub user: bool,
+    /// Do not write the unit (the Debian package ships its own in /lib/systemd/system).
+    #[arg(long)]
+    pub no_unit: bool,
+    /// Join a mesh: a file holding its cluster key (another node's DATA_DIR/cluster-key, or
+    /// `taskmesh key gen`) [default: the key the data dir keeps, or a new one].
+    #[arg(long, value_name = "FILE")]
+    pub cluster_key_file: Option<PathBuf>,
+    /// The binary the unit starts [default: this one].
+    #[arg(long, value_name = "PATH")]
+    pub binary: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct UninstallArgs {
+    /// Remove from DIR as if it were / (packaging, tests); systemctl is not run then.
+    #[arg(long, value_name = "DIR", default_value = "/")]
+    pub root: PathBuf,
+    /// Also delete the data dir (database, logs, keys) and /etc/taskmesh.
+    #[arg(long)]
+    pub purge: bool,
+}
+
+/// Runs `service install|uninstall`, saying what it does on stdout.
+pub fn service(command: ServiceCommand) -> Result<(), crate::service::ServiceError> {
+    let mut out = std::io::stdout().lock();
+    match command {
+        ServiceCommand::Install(args) => {
+            let binary = match args.binary {
+                Some(path) => path,
+                None => std::env::current_exe().map_err(|source| {
+                    crate::service::ServiceError::File {
+                        action: "finding this binary's path (pass --binary PATH)",
+                        path: PathBuf::from("/proc/self/exe"),
+                        source,
+                    }
+                })?,
+            };
+            crate::service::install(
+                &crate::service::InstallOptions {
+                    root: args.root,
+                    binary,
+                    user: args.user,
+                    unit: !args.no_unit,
+                    start: !args.no_start,
+                    cluster_key_file: args.cluster_key_file,
+                },
+                &mut out,
+            )
+        }
+        ServiceCommand::Uninstall(args) => crate::service::uninstall(
+            &crate::service::UninstallOptions {
+                root: args.root,
+                purge: args.purge,
+            },
+            &mut out,
+        ),
     }
 }
 

@@ -236,6 +236,8 @@ fn command(task: &Task, run: &Run) -> Result<Command, String> {
     for name in node_variables(std::env::vars_os().map(|(name, _)| name)) {
         cmd.env_remove(name);
     }
+    // systemd's socket is the node's: a task's own `READY=1` or `STOPPING=1` is not the node's.
+    cmd.env_remove(crate::service::sd_notify::SOCKET_VARIABLE);
     for (name, value) in &spec.parameters {
         cmd.env(name, Spec::parameter_text(value));
     }

@@ -44,12 +44,23 @@ pub struct Started {
     pub ui_url: String,
     access: Arc<Access>,
     done: JoinHandle<()>,
+    /// Fires when the web server begins to answer.
+    answering: Option<tokio::sync::oneshot::Receiver<()>>,
 }
 
 impl Started {
     /// A fresh one-time login link for the browser.
     pub fn login_link(&self) -> Result<String, crate::api::auth::LoginRefused> {
         Ok(self.access.login_url(&self.access.new_code()?))
+    }
+
+    /// Waits until the UI and API answer (the state has caught up with the log, at most
+    /// 3 s after the start): `true`, or `false` when the node stopped first.
+    pub async fn answering(&mut self) -> bool {
+        match self.answering.take() {
+            Some(answering) => answering.await.is_ok(),
+            None => false,
+        }
     }
 
     /// Waits until the node has shut down (after its cancel token fired) and flushed its state.
@@ -62,8 +73,10 @@ impl Started {
 const CATCH_UP_WAIT: Duration = Duration::from_secs(3);
 
 /// Runs a node until `shutdown` is cancelled, then stops its processes and flushes its state.
+/// Under systemd (`Type=notify`), it says `READY=1` once the UI and API answer and
+/// `STOPPING=1` when `shutdown` fires.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), NodeError> {
-    let started = start(config, shutdown).await?;
+    let mut started = start(config, shutdown.clone()).await?;
     info!(url = %started.ui_url, "taskmesh node is up");
     // On its own line after the one above (tests read the first `url=`); the field's name
     // does not contain `url=`.
@@ -73,6 +86,16 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Node
         }
         Err(e) => warn!(error = %e, "no login link"),
     }
+    let ui_url = started.ui_url.clone();
+    let answering = tokio::select! {
+        _ = shutdown.cancelled() => false,
+        answering = started.answering() => answering,
+    };
+    if answering {
+        crate::service::sd_notify::ready(&ui_url);
+        shutdown.cancelled().await;
+    }
+    crate::service::sd_notify::stopping();
     started.wait().await;
     Ok(())
 }
@@ -144,7 +167,11 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Starte
         .run(),
     );
     let addr = listening.addr;
-    let (access, server) = serve(&config, listening, handle.clone(), work.clone())?;
+    let Serving {
+        access,
+        server,
+        answering,
+    } = serve(&config, listening, handle.clone(), work.clone())?;
     let done = tokio::spawn(shut_down(
         work,
         core,
@@ -163,6 +190,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> Result<Starte
         ui_url: access.options().ui_url.clone(),
         access,
         done,
+        answering: Some(answering),
     })
 }
 
@@ -521,6 +549,14 @@ fn start_workers(
     }
 }
 
+/// What [`serve`] started: the access check, the server's task, and a signal that fires when
+/// the server begins to answer.
+struct Serving {
+    access: Arc<Access>,
+    server: JoinHandle<()>,
+    answering: tokio::sync::oneshot::Receiver<()>,
+}
+
 /// Phase 6: the web server (API, UI and login behind the access check and the Host guard),
 /// answering once the state has caught up with the Raft log.
 fn serve(
@@ -528,7 +564,7 @@ fn serve(
     listening: Listening,
     handle: NodeHandle,
     work: CancellationToken,
-) -> Result<(Arc<Access>, JoinHandle<()>), NodeError> {
+) -> Result<Serving, NodeError> {
     let access = Access::start(crate::api::auth::AccessOptions {
         token_path: config.access_token_path(),
         session_ttl: config.session_ttl,
@@ -556,6 +592,7 @@ fn serve(
     };
     let listener = listening.listener;
     let mut applied = handle.inner.consensus.subscribe();
+    let (answering_tx, answering) = tokio::sync::oneshot::channel();
     let server = tokio::spawn(async move {
         // After a crash the state tables may lag the Raft log (docs/consensus.md, "Applying"):
         // answer once the state holds what the log held at start, so a read right after a
@@ -565,9 +602,18 @@ fn serve(
             _ = work.cancelled() => {}
             _ = tokio::time::timeout(CATCH_UP_WAIT, applied.wait_for(|s| s.caught_up)) => {}
         }
+        if !work.is_cancelled() {
+            // The listener is bound and this task accepts from here on: a connection made
+            // after this answer is served.
+            let _ = answering_tx.send(());
+        }
         crate::api::serve::serve(listener, app, serve_options, work).await;
     });
-    Ok((access, server))
+    Ok(Serving {
+        access,
+        server,
+        answering,
+    })
 }
 
 /// What [`shut_down`] stops, in order.
