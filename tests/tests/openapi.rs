@@ -85,3 +85,60 @@ async fn every_described_operation_is_served() -> Result<()> {
     node.stop().await;
     Ok(())
 }
+
+/// The CLI reads the API's answers as the types the API serializes: each reading command gets
+/// through them against a real node (an answer that does not fit fails the command with
+/// "unreadable answer").
+#[tokio::test]
+async fn the_cli_reads_the_answers_as_the_shared_types() -> Result<()> {
+    use clap::Parser;
+    let node = TestNode::start().await?;
+    // A failing run whose exit rule disables its task, and a cron task that never ran: the
+    // listing carries a run, a null `last_run`, exit-code matchers and each kind of `when`.
+    let task = node
+        .api
+        .create_task(&serde_json::json!({
+            "name": "typed", "spec": {"shell": "exit 3"}, "when": {"mode": "manual"},
+            "exit_rules": [{"on": "!0", "action": "disable"}]
+        }))
+        .await?;
+    node.api
+        .create_task(&serde_json::json!({
+            "name": "nightly", "spec": {"shell": "true"},
+            "when": {"mode": "cron", "schedule": "0 3 * * *", "timezone": "Europe/Berlin"}
+        }))
+        .await?;
+    node.api.execute(&task).await?;
+    taskmesh_tests::wait_for(
+        "the run to end",
+        std::time::Duration::from_secs(10),
+        || async {
+            let (_, runs) = node.api.get(&format!("/api/runs?task={task}")).await.ok()?;
+            (runs[0]["status"] == "failed").then_some(())
+        },
+    )
+    .await?;
+    let token_file = node.dir.join("access-token");
+    for args in [
+        &["status"][..],
+        &["status", "--output", "json"],
+        &["task", "ls"],
+        &["task", "ls", "--output", "json"],
+        &["task", "show", "typed"],
+    ] {
+        let mut argv = vec!["taskmesh"];
+        argv.extend_from_slice(args);
+        let cli = taskmesh::cli::Cli::try_parse_from(
+            argv.iter()
+                .copied()
+                .chain(["--url", &node.api.base])
+                .chain(["--token-file", token_file.to_str().context("path")?]),
+        )?;
+        let code = taskmesh::cli::run_command(cli.command)
+            .await
+            .with_context(|| format!("taskmesh {}", args.join(" ")))?;
+        assert_eq!(code, 0, "taskmesh {}", args.join(" "));
+    }
+    node.stop().await;
+    Ok(())
+}
