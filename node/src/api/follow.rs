@@ -55,7 +55,7 @@ pub(super) struct LogParams {
                 (String = "text/plain"),
                 (String = "text/event-stream"),
             )),
-        (status = 400, body = super::error::ErrorBody),
+        (status = 400, description = "bad input: `error` (and `details`) say what and where", body = super::error::ErrorBody),
         (status = 404, description = "no such run, or it never started, or its log was deleted", body = super::error::ErrorBody),
     ))]
 pub(super) async fn run_log(

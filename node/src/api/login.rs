@@ -136,7 +136,7 @@ async fn view_logout_post(State(access): State<Arc<Access>>, headers: HeaderMap)
 
 /// A one-time login link: 201 `{"url", "expires_in_s"}`.
 #[utoipa::path(post, path = "/api/login-links", tag = "access",
-    responses((status = 201, body = super::openapi::LoginLink), (status = 503, body = super::error::ErrorBody)))]
+    responses((status = 201, description = "created", body = super::openapi::LoginLink), (status = 503, description = "not committed: no quorum, not joined yet, or shutting down", body = super::error::ErrorBody)))]
 async fn create_login_link(State(access): State<Arc<Access>>) -> Result<Response, ApiError> {
     let code = access
         .new_code()
@@ -153,7 +153,7 @@ async fn create_login_link(State(access): State<Arc<Access>>) -> Result<Response
 
 /// Writes a new token to the token file and ends every session; the old token stops working.
 #[utoipa::path(post, path = "/api/token/rotate", tag = "access",
-    responses((status = 200, body = super::openapi::TokenRotated), (status = 500, body = super::error::ErrorBody)))]
+    responses((status = 200, description = "OK", body = super::openapi::TokenRotated), (status = 500, description = "the token file could not be written", body = super::error::ErrorBody)))]
 async fn rotate_token(State(access): State<Arc<Access>>) -> Result<Response, ApiError> {
     let rotator = access.clone();
     tokio::task::spawn_blocking(move || rotator.rotate())

@@ -166,14 +166,14 @@ async fn not_found() -> ApiError {
 
 /// This node's health; open without the access token.
 #[utoipa::path(get, path = "/api/health", tag = "node", security(()),
-    responses((status = 200, body = taskmesh_core::view::Health)))]
+    responses((status = 200, description = "OK", body = taskmesh_core::view::Health)))]
 async fn health(State(node): State<NodeHandle>) -> impl IntoResponse {
     Json(node.health())
 }
 
 /// This node's MySQL sink: its target, outbox and last error (never the password).
 #[utoipa::path(get, path = "/api/sink", tag = "node",
-    responses((status = 200, body = taskmesh_core::view::SinkStatus)))]
+    responses((status = 200, description = "OK", body = taskmesh_core::view::SinkStatus)))]
 async fn sink(State(node): State<NodeHandle>) -> impl IntoResponse {
     Json(node.sink_status())
 }
@@ -184,6 +184,8 @@ async fn sink(State(node): State<NodeHandle>) -> impl IntoResponse {
 struct PeersParams {
     /// The PeerId of the last peer of the previous page.
     after: Option<String>,
+    /// How many peers a page holds, 1 to 1000; 1000 when not given.
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<usize>,
 }
 
@@ -191,9 +193,9 @@ struct PeersParams {
 /// next page like [`list_tasks`].
 #[utoipa::path(get, path = "/api/peers", tag = "node", params(PeersParams),
     responses(
-        (status = 200, body = taskmesh_core::view::PeersView,
+        (status = 200, description = "OK", body = taskmesh_core::view::PeersView,
             headers(("link" = String, description = "the next page, while there is one"))),
-        (status = 400, body = error::ErrorBody),
+        (status = 400, description = "bad input: `error` (and `details`) say what and where", body = error::ErrorBody),
     ))]
 async fn peers(
     State(node): State<NodeHandle>,
@@ -219,7 +221,7 @@ async fn peers(
 
 /// The cluster key itself (a secret: the UI shows it only when asked).
 #[utoipa::path(get, path = "/api/cluster-key", tag = "node",
-    responses((status = 200, body = openapi::ClusterKey)))]
+    responses((status = 200, description = "OK", body = openapi::ClusterKey)))]
 async fn cluster_key(State(node): State<NodeHandle>) -> impl IntoResponse {
     let settings = node.settings(true);
     Json(openapi::ClusterKey {
@@ -240,6 +242,8 @@ const PEERS_PAGE: usize = 1000;
 struct TasksParams {
     /// The id of the last task of the previous page.
     after: Option<String>,
+    /// How many tasks a page holds, 1 to 1000; 1000 when not given.
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<usize>,
     /// Only tasks whose name contains this, in any case.
     q: Option<String>,
@@ -253,9 +257,9 @@ struct TasksParams {
 /// page while there is one.
 #[utoipa::path(get, path = "/api/tasks", tag = "tasks", params(TasksParams),
     responses(
-        (status = 200, body = Vec<taskmesh_core::view::TaskListItem>,
+        (status = 200, description = "OK", body = Vec<taskmesh_core::view::TaskListItem>,
             headers(("link" = String, description = "the next page, while there is one"))),
-        (status = 400, body = error::ErrorBody),
+        (status = 400, description = "bad input: `error` (and `details`) say what and where", body = error::ErrorBody),
     ))]
 #[instrument(name = "api", skip_all)]
 async fn list_tasks(
@@ -322,7 +326,7 @@ fn query_value(s: &str) -> String {
 /// One task.
 #[utoipa::path(get, path = "/api/tasks/{key}", tag = "tasks",
     params(("key" = String, Path, description = TASK_KEY)),
-    responses((status = 200, body = crate::model::Task), (status = 404, body = error::ErrorBody)))]
+    responses((status = 200, description = "OK", body = crate::model::Task), (status = 404, description = "no such task, run or channel", body = error::ErrorBody)))]
 #[instrument(name = "api", skip_all, fields(task = %key))]
 async fn get_task(
     State(node): State<NodeHandle>,
@@ -335,7 +339,7 @@ async fn get_task(
 #[utoipa::path(post, path = "/api/tasks", tag = "tasks",
     request_body = crate::model::TaskInput,
     responses(
-        (status = 201, body = crate::model::Task),
+        (status = 201, description = "created", body = crate::model::Task),
         (status = 400, description = "invalid: `details` names each field", body = error::ErrorBody),
         (status = 503, description = "not committed", body = error::ErrorBody),
     ))]
@@ -354,9 +358,9 @@ async fn create_task(
     params(("key" = String, Path, description = TASK_KEY)),
     request_body = crate::model::TaskInput,
     responses(
-        (status = 200, body = crate::model::Task),
-        (status = 400, body = error::ErrorBody),
-        (status = 404, body = error::ErrorBody),
+        (status = 200, description = "OK", body = crate::model::Task),
+        (status = 400, description = "bad input: `error` (and `details`) say what and where", body = error::ErrorBody),
+        (status = 404, description = "no such task, run or channel", body = error::ErrorBody),
         (status = 409, description = "`refused: \"stale\"`: the task changed since `updated_at`; it is in `current`", body = error::ErrorBody),
     ))]
 #[instrument(name = "api", skip_all, fields(task = %key))]
@@ -373,7 +377,7 @@ async fn update_task(
 /// Removes a task (an always-task is stopped) and answers it.
 #[utoipa::path(delete, path = "/api/tasks/{key}", tag = "tasks",
     params(("key" = String, Path, description = TASK_KEY)),
-    responses((status = 200, body = crate::model::Task), (status = 404, body = error::ErrorBody)))]
+    responses((status = 200, description = "OK", body = crate::model::Task), (status = 404, description = "no such task, run or channel", body = error::ErrorBody)))]
 #[instrument(name = "api", skip_all, fields(task = %key))]
 async fn remove_task(
     State(node): State<NodeHandle>,
@@ -386,10 +390,10 @@ async fn remove_task(
 #[utoipa::path(post, path = "/api/tasks/{key}/run", tag = "tasks",
     params(("key" = String, Path, description = TASK_KEY)),
     responses(
-        (status = 202, body = crate::model::Run),
-        (status = 404, body = error::ErrorBody),
+        (status = 202, description = "accepted", body = crate::model::Run),
+        (status = 404, description = "no such task, run or channel", body = error::ErrorBody),
         (status = 409, description = "refused as the cluster is now (`refused`: `no_node`, `still_running`)", body = error::ErrorBody),
-        (status = 503, body = error::ErrorBody),
+        (status = 503, description = "not committed: no quorum, not joined yet, or shutting down", body = error::ErrorBody),
     ))]
 #[instrument(name = "api", skip_all, fields(task = %key))]
 async fn execute_task(
@@ -402,7 +406,7 @@ async fn execute_task(
 /// Sets the task's `enabled` flag.
 #[utoipa::path(post, path = "/api/tasks/{key}/enable", tag = "tasks",
     params(("key" = String, Path, description = TASK_KEY)),
-    responses((status = 200, body = crate::model::Task), (status = 404, body = error::ErrorBody)))]
+    responses((status = 200, description = "OK", body = crate::model::Task), (status = 404, description = "no such task, run or channel", body = error::ErrorBody)))]
 #[instrument(name = "api", skip_all, fields(task = %key))]
 async fn enable_task(
     State(node): State<NodeHandle>,
@@ -414,7 +418,7 @@ async fn enable_task(
 /// Clears the task's `enabled` flag.
 #[utoipa::path(post, path = "/api/tasks/{key}/disable", tag = "tasks",
     params(("key" = String, Path, description = TASK_KEY)),
-    responses((status = 200, body = crate::model::Task), (status = 404, body = error::ErrorBody)))]
+    responses((status = 200, description = "OK", body = crate::model::Task), (status = 404, description = "no such task, run or channel", body = error::ErrorBody)))]
 #[instrument(name = "api", skip_all, fields(task = %key))]
 async fn disable_task(
     State(node): State<NodeHandle>,
@@ -427,10 +431,14 @@ async fn disable_task(
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct ScheduleParams {
+    /// A crontab entry: five or six fields, or `@reboot`, `@daily`, ….
     cron: String,
+    /// An IANA timezone; UTC when not given.
     #[serde(default = "utc")]
+    #[param(required = false)]
     timezone: String,
     /// How many next times, 1 to 20.
+    #[param(minimum = 1, maximum = 20)]
     count: Option<usize>,
 }
 
@@ -441,7 +449,7 @@ fn utc() -> String {
 /// A crontab entry checked and previewed: its next times and, for the common forms, the entry
 /// in plain words; `400` with the error at `when.schedule` (with its column) or `when.timezone`.
 #[utoipa::path(get, path = "/api/schedule", tag = "tasks", params(ScheduleParams),
-    responses((status = 200, body = openapi::SchedulePreview), (status = 400, body = error::ErrorBody)))]
+    responses((status = 200, description = "OK", body = openapi::SchedulePreview), (status = 400, description = "bad input: `error` (and `details`) say what and where", body = error::ErrorBody)))]
 async fn preview_schedule(Query(p): Query<ScheduleParams>) -> Result<impl IntoResponse, ApiError> {
     let count = match p.count.unwrap_or(5) {
         n @ 1..=20 => n,
@@ -476,11 +484,19 @@ async fn preview_schedule(Query(p): Query<ScheduleParams>) -> Result<impl IntoRe
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct RunsParams {
+    /// A task id or name: only its runs.
     task: Option<String>,
+    /// The id of the last run of the previous page.
     before: Option<String>,
+    /// How many runs a page holds, 1 to 1000; 50 when not given.
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<usize>,
+    /// Only runs with this status: queued, running, succeeded, failed, timed_out, killed, lost,
+    /// skipped.
     status: Option<String>,
+    /// Only runs on the node of this name.
     node: Option<String>,
+    /// Only runs made by this kind of trigger: manual, cron, reboot, always, retry, rule.
     trigger: Option<String>,
 }
 
@@ -491,11 +507,11 @@ const UNANSWERED: &str = "taskmesh-unanswered";
 /// [`list_tasks`], and the nodes that did not answer in a `Taskmesh-Unanswered` header.
 #[utoipa::path(get, path = "/api/runs", tag = "runs", params(RunsParams),
     responses(
-        (status = 200, body = Vec<crate::model::Run>, headers(
+        (status = 200, description = "OK", body = Vec<crate::model::Run>, headers(
             ("link" = String, description = "the next page, while there is one"),
             ("taskmesh-unanswered" = String, description = "the nodes whose history is missing"),
         )),
-        (status = 400, body = error::ErrorBody),
+        (status = 400, description = "bad input: `error` (and `details`) say what and where", body = error::ErrorBody),
     ))]
 #[instrument(name = "api", skip_all, fields(task = ?p.task))]
 async fn list_runs(
@@ -567,6 +583,7 @@ async fn list_runs(
 #[serde(deny_unknown_fields)]
 struct StatsParams {
     /// How many hours back, 1 to 720 (30 days); 24 when not given.
+    #[param(minimum = 1, maximum = 720)]
     hours: Option<i64>,
 }
 
@@ -574,10 +591,10 @@ struct StatsParams {
 /// not answer in a `Taskmesh-Unanswered` header.
 #[utoipa::path(get, path = "/api/stats", tag = "runs", params(StatsParams),
     responses(
-        (status = 200, body = taskmesh_core::view::RunStats, headers(
+        (status = 200, description = "OK", body = taskmesh_core::view::RunStats, headers(
             ("taskmesh-unanswered" = String, description = "the nodes that did not answer"),
         )),
-        (status = 400, body = error::ErrorBody),
+        (status = 400, description = "bad input: `error` (and `details`) say what and where", body = error::ErrorBody),
     ))]
 #[instrument(name = "api", skip_all)]
 async fn run_stats(
@@ -629,7 +646,7 @@ pub(crate) fn parse_run_id(s: &str) -> Result<RunId, ApiError> {
 /// One run, wherever it ran.
 #[utoipa::path(get, path = "/api/runs/{id}", tag = "runs",
     params(("id" = String, Path, description = RUN_ID)),
-    responses((status = 200, body = crate::model::Run), (status = 400, body = error::ErrorBody), (status = 404, body = error::ErrorBody)))]
+    responses((status = 200, description = "OK", body = crate::model::Run), (status = 400, description = "bad input: `error` (and `details`) say what and where", body = error::ErrorBody), (status = 404, description = "no such task, run or channel", body = error::ErrorBody)))]
 #[instrument(name = "api", skip_all, fields(run = %id))]
 async fn get_run(
     State(node): State<NodeHandle>,
@@ -641,7 +658,7 @@ async fn get_run(
 /// Stops a run: SIGTERM to its process group, SIGKILL after `cluster.kill_grace`.
 #[utoipa::path(post, path = "/api/runs/{id}/stop", tag = "runs",
     params(("id" = String, Path, description = RUN_ID)),
-    responses((status = 202, body = crate::model::Run), (status = 400, body = error::ErrorBody), (status = 404, body = error::ErrorBody)))]
+    responses((status = 202, description = "accepted", body = crate::model::Run), (status = 400, description = "bad input: `error` (and `details`) say what and where", body = error::ErrorBody), (status = 404, description = "no such task, run or channel", body = error::ErrorBody)))]
 #[instrument(name = "api", skip_all, fields(run = %id))]
 async fn stop_run(
     State(node): State<NodeHandle>,
@@ -658,8 +675,8 @@ async fn stop_run(
 #[utoipa::path(post, path = "/api/channels/{name}/test", tag = "settings",
     params(("name" = String, Path, description = "a channel's name in `cluster.channels`")),
     responses(
-        (status = 200, body = openapi::ChannelTested),
-        (status = 404, body = error::ErrorBody),
+        (status = 200, description = "OK", body = openapi::ChannelTested),
+        (status = 404, description = "no such task, run or channel", body = error::ErrorBody),
         (status = 502, description = "not delivered: the receiver's answer", body = error::ErrorBody),
     ))]
 #[instrument(name = "api", skip_all, fields(channel = %name))]
@@ -682,7 +699,7 @@ async fn test_channel(
 
 /// The settings, secrets shown as `********`.
 #[utoipa::path(get, path = "/api/settings", tag = "settings",
-    responses((status = 200, body = crate::model::Settings)))]
+    responses((status = 200, description = "OK", body = crate::model::Settings)))]
 async fn get_settings(State(node): State<NodeHandle>) -> impl IntoResponse {
     Json(node.settings(false))
 }
@@ -690,7 +707,7 @@ async fn get_settings(State(node): State<NodeHandle>) -> impl IntoResponse {
 /// Replaces the settings; a secret sent as `********` keeps its stored value.
 #[utoipa::path(put, path = "/api/settings", tag = "settings",
     request_body = crate::model::Settings,
-    responses((status = 200, body = crate::model::Settings), (status = 400, body = error::ErrorBody), (status = 503, body = error::ErrorBody)))]
+    responses((status = 200, description = "OK", body = crate::model::Settings), (status = 400, description = "bad input: `error` (and `details`) say what and where", body = error::ErrorBody), (status = 503, description = "not committed: no quorum, not joined yet, or shutting down", body = error::ErrorBody)))]
 #[instrument(name = "api", skip_all)]
 async fn put_settings(
     State(node): State<NodeHandle>,
@@ -713,7 +730,7 @@ struct ExportParams {
 
 /// The settings as a download, with `exported_by`.
 #[utoipa::path(get, path = "/api/settings/export", tag = "settings", params(ExportParams),
-    responses((status = 200, body = crate::model::Settings,
+    responses((status = 200, description = "OK", body = crate::model::Settings,
         headers(("content-disposition" = String, description = "attachment; filename=…")))))]
 async fn export_settings(
     State(node): State<NodeHandle>,
@@ -736,7 +753,7 @@ async fn export_settings(
 /// Imports an exported settings file; one from another node joins that node's mesh.
 #[utoipa::path(post, path = "/api/settings/import", tag = "settings",
     request_body = crate::model::Settings,
-    responses((status = 200, body = crate::model::Settings), (status = 400, body = error::ErrorBody), (status = 503, body = error::ErrorBody)))]
+    responses((status = 200, description = "OK", body = crate::model::Settings), (status = 400, description = "bad input: `error` (and `details`) say what and where", body = error::ErrorBody), (status = 503, description = "not committed: no quorum, not joined yet, or shutting down", body = error::ErrorBody)))]
 #[instrument(name = "api", skip_all)]
 async fn import_settings(
     State(node): State<NodeHandle>,

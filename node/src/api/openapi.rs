@@ -77,7 +77,48 @@ pub fn document() -> utoipa::openapi::OpenApi {
     let mut doc = ApiDoc::openapi();
     doc.merge(super::described_routes().into_openapi());
     doc.merge(super::login::described_routes().into_openapi());
+    add_front_door_answers(&mut doc);
     doc
+}
+
+/// The answers the web front door gives before any handler runs, added to each operation:
+/// `401` without credentials (not for the open ones), `403` for a cross-site write, `421` for
+/// a foreign `Host`.
+fn add_front_door_answers(doc: &mut utoipa::openapi::OpenApi) {
+    use utoipa::openapi::{Content, Ref, RefOr, ResponseBuilder};
+    let error = |text: &str| -> RefOr<utoipa::openapi::Response> {
+        ResponseBuilder::new()
+            .description(text)
+            .content(
+                "application/json",
+                Content::new(Some(Ref::from_schema_name("ErrorBody"))),
+            )
+            .into()
+    };
+    for item in doc.paths.paths.values_mut() {
+        let reads = item.get.iter_mut().map(|op| (op, false));
+        let writes = [&mut item.put, &mut item.post, &mut item.delete]
+            .into_iter()
+            .flatten()
+            .map(|op| (op, true));
+        for (op, write) in reads.chain(writes) {
+            let open = serde_json::to_value(&op.security).ok() == Some(serde_json::json!([{}]));
+            let answers = &mut op.responses.responses;
+            if !open {
+                answers
+                    .entry("401".into())
+                    .or_insert_with(|| error("no access token or session, or a wrong token"));
+            }
+            if write {
+                answers
+                    .entry("403".into())
+                    .or_insert_with(|| error("a cross-site write (CSRF protection)"));
+            }
+            answers
+                .entry("421".into())
+                .or_insert_with(|| error("the Host is not one of this node's names"));
+        }
+    }
 }
 
 /// The document as JSON text, made once.
@@ -271,7 +312,19 @@ mod tests {
         );
         let security = &doc["components"]["securitySchemes"];
         assert_eq!(security["bearer"]["scheme"], "bearer", "{security}");
-        let health = &doc["paths"]["/api/health"]["get"]["security"];
-        assert_eq!(health, &serde_json::json!([{}]), "health is open: {health}");
+        let health = &doc["paths"]["/api/health"]["get"];
+        assert_eq!(
+            health["security"],
+            serde_json::json!([{}]),
+            "health is open: {health}"
+        );
+        assert!(health["responses"]["401"].is_null(), "{health}");
+        let tasks = &doc["paths"]["/api/tasks"];
+        assert!(tasks["get"]["responses"]["401"].is_object(), "{tasks}");
+        assert!(
+            tasks["get"]["responses"]["403"].is_null(),
+            "a read is not a write: {tasks}"
+        );
+        assert!(tasks["post"]["responses"]["403"].is_object(), "{tasks}");
     }
 }
