@@ -310,3 +310,80 @@ where
 {
     Option::<T>::deserialize(d).map(Some)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Task, Trigger};
+    use crate::peer::{Announcement, PeerInfo};
+
+    /// The CLI reads what the API writes with these same types: each must read back as it was
+    /// written.
+    #[test]
+    fn the_views_read_back_what_they_write() {
+        let task = Task::sample("t1", "backup");
+        let run = Run::new(
+            task.id.clone(),
+            task.name.clone(),
+            Trigger::Manual,
+            1,
+            "a".into(),
+        );
+        for item in [
+            TaskListItem {
+                task: task.clone(),
+                last_run: None,
+            },
+            TaskListItem {
+                task: task.clone(),
+                last_run: Some(None),
+            },
+            TaskListItem {
+                task: task.clone(),
+                last_run: Some(Some(run.clone())),
+            },
+        ] {
+            let json = serde_json::to_value(&item).expect("serialize");
+            assert_eq!(json["name"], "backup", "the task is flattened: {json}");
+            assert_eq!(
+                json.get("last_run").is_some(),
+                item.last_run.is_some(),
+                "last_run is there exactly when asked for: {json}"
+            );
+            let back: TaskListItem = serde_json::from_value(json.clone()).expect("deserialize");
+            assert_eq!(back, item, "{json}");
+        }
+        let peers = PeersView {
+            this: ThisNode {
+                peer_id: Some("p0".into()),
+                name: "here".into(),
+                p2p_addrs: vec!["/ip4/127.0.0.1/tcp/1".into()],
+                key_fingerprint: None,
+                dependencies: vec!["os=linux".into()],
+                mesh_up: true,
+            },
+            peers: vec![PeerInfo {
+                announcement: Announcement::sample("p1", 3),
+                last_seen_ms: 840,
+                connected: true,
+            }],
+            cluster: ClusterStatus {
+                cluster: Some("00ff".into()),
+                role: "leader".into(),
+                term: 2,
+                leader: Some("p0".into()),
+                members: vec![],
+                last_log: Some(4),
+                snapshot: None,
+                purged: None,
+            },
+        };
+        let json = serde_json::to_value(&peers).expect("serialize");
+        assert_eq!(json["self"]["name"], "here", "{json}");
+        assert_eq!(json["peers"][0]["name"], "node-p1", "flattened: {json}");
+        let back: PeersView = serde_json::from_value(json).expect("deserialize");
+        assert_eq!(back.peers, peers.peers);
+        assert_eq!(back.this.name, "here");
+        assert_eq!(back.cluster.role, "leader");
+    }
+}
