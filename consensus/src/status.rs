@@ -98,7 +98,7 @@ pub fn of(
     };
     ClusterStatus {
         cluster: state.cluster.map(|c| format!("{:016x}", c.id)),
-        role,
+        role: role.into(),
         term: metrics.current_term,
         leader: leader_id
             .and_then(|id| membership.get_node(&id))

@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 /// What a node gossips about itself, on change and every few seconds.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Announcement {
     pub peer_id: String,
     pub name: String,
@@ -33,7 +33,7 @@ pub struct Announcement {
 
 /// A node's place in its Raft cluster, as it announces it: enough for every other node to run the
 /// autopilot's decisions and to show leader, voters and lag from mesh data alone.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ClusterBadge {
     /// The cluster's id (see `model::ClusterIdentity`).
     pub id: u64,
@@ -122,7 +122,7 @@ impl Announcement {
 }
 
 /// A peer as the UI and the scheduler see it.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct PeerInfo {
     #[serde(flatten)]
     pub announcement: Announcement,

@@ -21,7 +21,7 @@ pub struct DaemonStatus {
 }
 
 /// What the sink is doing, for `/node` and `GET /api/sink`.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct SinkStatus {
     /// `user@host:port/database` while `cluster.mysql` is set (never the password).
     pub target: Option<String>,
@@ -86,7 +86,7 @@ impl RunQuery {
 
 /// What runs did since a time: counts, durations and each task's recent runs. Each node counts
 /// the runs of its own history; the dashboard adds the nodes' counts up.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct RunStats {
     pub since: Option<DateTime<Utc>>,
     /// Runs created since then, finished or not.
@@ -103,7 +103,7 @@ pub struct RunStats {
 }
 
 /// One task's share of [`RunStats`].
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct TaskRunStats {
     pub name: String,
     pub runs: u64,
@@ -114,7 +114,7 @@ pub struct TaskRunStats {
 }
 
 /// A finished run as a task's sparkline draws it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct RecentRun {
     pub id: RunId,
     pub status: RunStatus,
@@ -205,12 +205,12 @@ impl RunStats {
 }
 
 /// The cluster as /peers shows it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ClusterStatus {
     /// The cluster's id in hex; `None` while this node has not joined one.
     pub cluster: Option<String>,
     /// This node's role: `leader`, `follower`, `learner`, `candidate` or `not joined`.
-    pub role: &'static str,
+    pub role: String,
     pub term: u64,
     /// The leader's PeerId.
     pub leader: Option<String>,
@@ -222,7 +222,7 @@ pub struct ClusterStatus {
     pub purged: Option<u64>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct MemberStatus {
     pub peer_id: String,
     /// Its name, when it is a live peer (or this node).
@@ -255,7 +255,7 @@ impl MemberStatus {
 }
 
 /// This node and the peers it knows, for /peers and /api/peers.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct PeersView {
     #[serde(rename = "self")]
     pub this: ThisNode,
@@ -264,7 +264,7 @@ pub struct PeersView {
     pub cluster: ClusterStatus,
 }
 
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct ThisNode {
     pub peer_id: Option<String>,
     pub name: String,
@@ -276,12 +276,114 @@ pub struct ThisNode {
 }
 
 /// What the health endpoint reports.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct Health {
-    pub status: &'static str,
+    pub status: String,
     pub node: String,
-    pub version: &'static str,
+    pub version: String,
     pub started_at: DateTime<Utc>,
     pub tasks: usize,
     pub active_runs: usize,
+}
+
+/// One task of the task list (`GET /api/tasks`): the task, and, when the listing was asked
+/// for it (`last_run=true`), its newest run, null before the first.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct TaskListItem {
+    #[serde(flatten)]
+    pub task: crate::model::Task,
+    /// Left out unless asked for; null when the task has not run yet.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "present"
+    )]
+    #[schema(value_type = Option<Run>, required = false)]
+    pub last_run: Option<Option<Run>>,
+}
+
+/// A field that is there, even as null, is `Some`; a missing one is `None` (by `default`).
+fn present<'de, D, T>(d: D) -> Result<Option<Option<T>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Option::<T>::deserialize(d).map(Some)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Task, Trigger};
+    use crate::peer::{Announcement, PeerInfo};
+
+    /// The CLI reads what the API writes with these same types: each must read back as it was
+    /// written.
+    #[test]
+    fn the_views_read_back_what_they_write() {
+        let task = Task::sample("t1", "backup");
+        let run = Run::new(
+            task.id.clone(),
+            task.name.clone(),
+            Trigger::Manual,
+            1,
+            "a".into(),
+        );
+        for item in [
+            TaskListItem {
+                task: task.clone(),
+                last_run: None,
+            },
+            TaskListItem {
+                task: task.clone(),
+                last_run: Some(None),
+            },
+            TaskListItem {
+                task: task.clone(),
+                last_run: Some(Some(run.clone())),
+            },
+        ] {
+            let json = serde_json::to_value(&item).expect("serialize");
+            assert_eq!(json["name"], "backup", "the task is flattened: {json}");
+            assert_eq!(
+                json.get("last_run").is_some(),
+                item.last_run.is_some(),
+                "last_run is there exactly when asked for: {json}"
+            );
+            let back: TaskListItem = serde_json::from_value(json.clone()).expect("deserialize");
+            assert_eq!(back, item, "{json}");
+        }
+        let peers = PeersView {
+            this: ThisNode {
+                peer_id: Some("p0".into()),
+                name: "here".into(),
+                p2p_addrs: vec!["/ip4/127.0.0.1/tcp/1".into()],
+                key_fingerprint: None,
+                dependencies: vec!["os=linux".into()],
+                mesh_up: true,
+            },
+            peers: vec![PeerInfo {
+                announcement: Announcement::sample("p1", 3),
+                last_seen_ms: 840,
+                connected: true,
+            }],
+            cluster: ClusterStatus {
+                cluster: Some("00ff".into()),
+                role: "leader".into(),
+                term: 2,
+                leader: Some("p0".into()),
+                members: vec![],
+                last_log: Some(4),
+                snapshot: None,
+                purged: None,
+            },
+        };
+        let json = serde_json::to_value(&peers).expect("serialize");
+        assert_eq!(json["self"]["name"], "here", "{json}");
+        assert_eq!(json["peers"][0]["name"], "node-p1", "flattened: {json}");
+        let back: PeersView = serde_json::from_value(json).expect("deserialize");
+        assert_eq!(back.peers, peers.peers);
+        assert_eq!(back.this.name, "here");
+        assert_eq!(back.cluster.role, "leader");
+    }
 }

@@ -142,9 +142,9 @@ impl NodeHandle {
 
     pub fn health(&self) -> Health {
         Health {
-            status: "ok",
+            status: "ok".into(),
             node: self.inner.node.borrow().name.clone(),
-            version: env!("CARGO_PKG_VERSION"),
+            version: env!("CARGO_PKG_VERSION").into(),
             started_at: self.inner.started_at,
             tasks: self.state().tasks.len(),
             active_runs: self.inner.ledger.active().len(),

@@ -892,7 +892,7 @@ fn fake_follow_node(pieces: Vec<&'static [u8]>) -> String {
             }
             let request = head.first().cloned().unwrap_or_default();
             if request.starts_with("POST /api/tasks/greet/run ") {
-                let body = r#"{"id": "r1"}"#;
+                let body = r#"{"id": "r1", "task_id": "t1", "task_name": "greet", "trigger": {"kind": "manual"}, "attempt": 1, "node": "", "status": "queued", "created_at": "2026-12-01T00:00:00Z"}"#;
                 let _ = write!(
                     conn,
                     "HTTP/1.1 201 Created\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
@@ -925,7 +925,7 @@ fn the_cli_follows_a_log_whose_characters_are_split_across_reads() {
         b": a comment\nevent: log\nid: 11\ndata: Gr\xc3",
         b"\xbc\xc3\x9fe \xe2\x9c",
         b"\x93\ndata: \n\n",
-        b"event: end\r\ndata: {\"id\": \"r1\", \"status\": \"failed\", \"exit_code\": 4}\r\n\r\n",
+        b"event: end\r\ndata: {\"id\": \"r1\", \"task_id\": \"t1\", \"task_name\": \"greet\", \"trigger\": {\"kind\": \"manual\"}, \"attempt\": 1, \"node\": \"fake\", \"status\": \"failed\", \"exit_code\": 4, \"created_at\": \"2026-12-01T00:00:00Z\"}\r\n\r\n",
     ]);
     let dir = tempfile::tempdir().expect("tmp");
     let out = Command::new(BIN)

@@ -145,9 +145,9 @@ impl NodeView for FakeNode {
 
     fn health(&self) -> Health {
         Health {
-            status: "ok",
+            status: "ok".into(),
             node: "node-a".into(),
-            version: "0.0.0",
+            version: "0.0.0".into(),
             started_at: sample::now(),
             tasks: self.tasks.len(),
             active_runs: 0,
@@ -183,7 +183,7 @@ impl NodeView for FakeNode {
             peers: vec![],
             cluster: ClusterStatus {
                 cluster: Some("c0ffee".into()),
-                role: "leader",
+                role: "leader".into(),
                 term: 1,
                 leader: Some("12D3KooWfake".into()),
                 members: vec![],

@@ -119,7 +119,7 @@ impl SinkView {
 #[derive(Debug, Clone)]
 pub struct NodeInfo {
     pub name: String,
-    pub version: &'static str,
+    pub version: String,
     pub started: Moment,
     pub listen: String,
     pub data_dir: String,
@@ -248,7 +248,7 @@ mod tests {
             layout: Layout::named(name, "node"),
             info: NodeInfo {
                 name: name.into(),
-                version: "0.1.0",
+                version: "0.1.0".into(),
                 started: Moment::new(now - chrono::Duration::hours(3), now),
                 listen: "127.0.0.1:8080".into(),
                 data_dir: "/var/lib/taskmesh".into(),

@@ -197,7 +197,7 @@ mod tests {
         };
         ClusterStatus {
             cluster: Some("00000000000000ab".into()),
-            role: "follower",
+            role: "follower".into(),
             term: 7,
             leader: Some("12D3KooWlab-1".into()),
             members: vec![

@@ -43,3 +43,18 @@ impl<'de> Deserialize<'de> for HumanDuration {
         s.parse().map_err(serde::de::Error::custom)
     }
 }
+
+/// On the wire a duration is a string ("30s", "5m", "1h30m"), not the struct it is in Rust.
+impl utoipa::PartialSchema for HumanDuration {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        utoipa::openapi::schema::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::schema::Type::String)
+            .description(Some(
+                "A duration as people write it: \"30s\", \"5m\", \"1h30m\", \"2days\"",
+            ))
+            .examples(["30s", "1h30m"])
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for HumanDuration {}

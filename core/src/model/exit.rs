@@ -6,7 +6,7 @@ use std::str::FromStr;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// How a process ended.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Outcome {
     Exited {
@@ -122,8 +122,34 @@ impl<'de> Deserialize<'de> for ExitMatch {
     }
 }
 
+/// On the wire a matcher is a string (`"0"`, `"1-5"`, `"!0"`, `"*"`, `"timeout"`, `"signal"`);
+/// a plain exit code may also be sent as a number.
+impl utoipa::PartialSchema for ExitMatch {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{ObjectBuilder, OneOfBuilder, Type};
+        OneOfBuilder::new()
+            .item(
+                ObjectBuilder::new()
+                    .schema_type(Type::String)
+                    .description(Some(
+                        "an exit code (`0`), a range (`1-5`), a negation (`!0`), any outcome \
+                         (`*`), `timeout` or `signal`",
+                    ))
+                    .examples(["0", "1-5", "!0", "*", "timeout", "signal"]),
+            )
+            .item(
+                ObjectBuilder::new()
+                    .schema_type(Type::Integer)
+                    .description(Some("an exit code")),
+            )
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for ExitMatch {}
+
 /// What a matching rule does.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(tag = "action", rename_all = "lowercase", deny_unknown_fields)]
 pub enum Action {
     /// Run the task again, up to the settings' max retries, with backoff.
@@ -160,7 +186,7 @@ impl fmt::Display for Action {
 }
 
 /// One rule: when the outcome matches `on`, do `action`. Every matching rule acts.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ExitRule {
     pub on: ExitMatch,
     #[serde(flatten)]

@@ -9,7 +9,9 @@ use super::exit::Outcome;
 use super::task::TaskId;
 
 /// A run's identity. Time-ordered (UUIDv7), so sorting ids sorts runs by creation.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, utoipa::ToSchema,
+)]
 #[serde(transparent)]
 pub struct RunId(pub String);
 
@@ -31,7 +33,7 @@ impl fmt::Display for RunId {
 }
 
 /// Why a run exists.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Trigger {
     /// Execute now: UI, API or CLI.
@@ -102,7 +104,7 @@ impl fmt::Display for Trigger {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum RunStatus {
     Queued,
@@ -152,7 +154,7 @@ impl fmt::Display for RunStatus {
 }
 
 /// One execution of a task on one node.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Run {
     pub id: RunId,
     pub task_id: TaskId,

@@ -13,7 +13,7 @@ use super::validate::{FieldError, Invalid, parse_json};
 pub const MASK: &str = "********";
 
 /// Everything on /settings: `cluster` is the same on every node, `node` is this node's own.
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Settings {
     #[serde(default)]
@@ -27,7 +27,7 @@ pub struct Settings {
 }
 
 /// Who exported a settings file, and where it can be reached.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ExportOrigin {
     pub peer_id: String,
@@ -65,7 +65,7 @@ impl Settings {
 }
 
 /// Settings shared by the whole cluster.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct ClusterSettings {
     /// Also write each task's output to `<log path>/<task>/<YYYY-MM-DD>.log`.
@@ -95,7 +95,7 @@ pub struct ClusterSettings {
 }
 
 /// Which cluster a node's replicated state belongs to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ClusterIdentity {
     /// Chosen by the node that bootstrapped the cluster (its Raft node id).
     pub id: u64,
@@ -144,7 +144,7 @@ impl ClusterSettings {
 /// lease check, which runs every 250 ms, and the kernel's last kill.
 const HANDOVER_MARGIN: Duration = Duration::from_secs(1);
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct TelegramSettings {
     pub bot_token: Option<String>,
@@ -160,7 +160,7 @@ impl Default for TelegramSettings {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct SlackSettings {
     pub bot_token: Option<String>,
@@ -177,7 +177,7 @@ impl Default for SlackSettings {
 }
 
 /// The text of notifications: a template with `{placeholders}`, see [`NOTIFY_PLACEHOLDERS`].
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct NotifySettings {
     pub template: String,
@@ -230,7 +230,7 @@ pub fn template_placeholders(template: &str) -> Result<Vec<&str>, String> {
 }
 
 /// Where a notify action delivers.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
 pub enum NotifyChannel {
     Telegram {
@@ -247,7 +247,7 @@ pub enum NotifyChannel {
     },
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct MysqlSettings {
     pub host: String,
@@ -267,12 +267,13 @@ fn mysql_port() -> u16 {
 }
 
 /// This node's own settings; they are not replicated.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct NodeSettings {
     /// Shown in the UI and recorded on runs; defaults to the host name.
     pub name: String,
     /// Where run logs and daily logs go; defaults to `<data dir>/logs`. Applies at the next start.
+    #[schema(value_type = Option<String>)]
     pub log_path: Option<PathBuf>,
     /// Addresses of other nodes ("IPs of the clients"), host:port.
     pub peers: Vec<String>,

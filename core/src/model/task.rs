@@ -11,7 +11,9 @@ use super::exit::ExitRule;
 use super::validate::{FieldError, Invalid, parse_json};
 
 /// A task's stable identity. Names can change; the id never does.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, utoipa::ToSchema,
+)]
 #[serde(transparent)]
 pub struct TaskId(pub String);
 
@@ -28,7 +30,7 @@ impl fmt::Display for TaskId {
 }
 
 /// A task as the mesh stores and replicates it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Task {
     pub id: TaskId,
     pub name: String,
@@ -48,7 +50,7 @@ fn yes() -> bool {
 }
 
 /// The JSON box: what runs, with which parameters, and what the node must fulfil.
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Spec {
     /// argv, run without a shell. `{{name}}` is replaced by the parameter `name`.
@@ -86,7 +88,7 @@ pub struct Spec {
 /// What happens to a run whose node stopped answering while it was unfinished (or that a
 /// restarted node found unfinished): the run is `lost` either way; the choice is whether it is
 /// tried again.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum OnLost {
     /// Retried on another node while attempts remain: at least once, so the task should be
@@ -105,7 +107,7 @@ impl OnLost {
 
 /// What a new run of a task does while an earlier one is queued or running (always-tasks have
 /// one process per holder and ignore it).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Concurrency {
     /// It does not run; it is recorded as `skipped`, saying why (Nomad's and Dkron's default).
@@ -124,7 +126,7 @@ impl Concurrency {
 }
 
 /// When a task runs.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(tag = "mode", rename_all = "lowercase", deny_unknown_fields)]
 pub enum When {
     /// Only by Execute now, the API or the CLI.
@@ -146,7 +148,7 @@ fn utc() -> String {
 }
 
 /// What happens to cron slots missed while no node could fire them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum CatchUp {
     /// Run the latest missed slot once (Nomad's behaviour).
@@ -159,7 +161,7 @@ pub enum CatchUp {
 }
 
 /// On how many matching nodes a run happens.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Placement {
     #[default]
@@ -169,7 +171,7 @@ pub enum Placement {
 
 /// What a user sends to create or replace a task. `spec` may be a JSON object or the raw text
 /// of the JSON box, so that a syntax error can be reported with its line and column.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TaskInput {
     pub name: String,
@@ -194,6 +196,39 @@ pub struct TaskInput {
 pub enum SpecInput {
     Text(String),
     Value(serde_json::Value),
+}
+
+/// On the wire `spec` is the [`Spec`] object, or the JSON box's text as one string.
+impl utoipa::PartialSchema for SpecInput {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{ObjectBuilder, OneOfBuilder, Type};
+        use utoipa::openapi::{Ref, RefOr};
+        OneOfBuilder::new()
+            .item(RefOr::Ref(Ref::from_schema_name(
+                <Spec as utoipa::ToSchema>::name(),
+            )))
+            .item(
+                ObjectBuilder::new()
+                    .schema_type(Type::String)
+                    .description(Some(
+                        "the spec as JSON text; a syntax error is reported with its line and column",
+                    )),
+            )
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for SpecInput {
+    fn schemas(
+        schemas: &mut Vec<(
+            String,
+            utoipa::openapi::RefOr<utoipa::openapi::schema::Schema>,
+        )>,
+    ) {
+        use utoipa::PartialSchema;
+        schemas.push((Spec::name().into_owned(), Spec::schema()));
+        Spec::schemas(schemas);
+    }
 }
 
 impl Default for SpecInput {

@@ -19,13 +19,17 @@ pub struct ApiError {
     pub body: ErrorBody,
 }
 
-#[derive(Debug, Serialize)]
+/// Every error answer's body.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ErrorBody {
+    /// What went wrong.
     pub error: String,
+    /// With `400`: each invalid field, with its path (and line and column for JSON text).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub details: Vec<FieldError>,
     /// With `409`: why the run was refused (`no_node`, `still_running`).
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
     pub refused: Option<&'static str>,
     /// With `409` for a stale replacement: the task as it is now.
     #[serde(skip_serializing_if = "Option::is_none")]

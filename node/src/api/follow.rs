@@ -26,11 +26,14 @@ const RECHECK: Duration = Duration::from_millis(250);
 /// The largest byte offset in a file (`off_t` is signed): a larger `offset` is refused.
 const MAX_OFFSET: u64 = i64::MAX as u64;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub(super) struct LogParams {
+    /// The byte of the log to start at, 0 to 2^63 - 1.
     #[serde(default)]
     offset: u64,
+    /// Follow the log as server-sent events until the run ends.
     #[serde(default)]
     follow: bool,
 }
@@ -39,6 +42,22 @@ pub(super) struct LogParams {
 /// events: `log` (a piece of output, `id` = the offset after it), then `end` with the finished
 /// run. A follower that reconnects with `Last-Event-ID` (as `EventSource` does) resumes at that
 /// offset.
+#[utoipa::path(get, path = "/api/runs/{id}/log", tag = "runs",
+    params(
+        ("id" = String, Path, description = super::RUN_ID),
+        LogParams,
+        ("last-event-id" = Option<String>, Header, description = "with `follow=true`: resume at this offset"),
+    ),
+    responses(
+        (status = 200, description = "the log from `offset` on; with `follow=true` server-sent events: \
+            `log` (a piece of output, `id:` the offset after it), then one `end` with the finished run as JSON",
+            content(
+                (String = "text/plain"),
+                (String = "text/event-stream"),
+            )),
+        (status = 400, description = "bad input: `error` (and `details`) say what and where", body = super::error::ErrorBody),
+        (status = 404, description = "no such run, or it never started, or its log was deleted", body = super::error::ErrorBody),
+    ))]
 pub(super) async fn run_log(
     State(node): State<NodeHandle>,
     Path(id): Path<String>,
@@ -214,6 +233,11 @@ impl Follow {
 
 /// `GET /api/events`: `run` (a run changed, with the run), `state` (tasks or settings changed)
 /// and `supervision` events, for live pages.
+#[utoipa::path(get, path = "/api/events", tag = "node",
+    responses((status = 200, description = "server-sent events: `run` (data: the run, on every change), \
+        `state` (tasks or settings changed), `supervision` (an always-task's restart state changed), \
+        `lagged` (the client fell behind; re-read what it shows)",
+        content_type = "text/event-stream", body = String)))]
 pub(super) async fn events(
     State(node): State<NodeHandle>,
 ) -> Sse<impl Stream<Item = Result<SseEvent, Infallible>>> {

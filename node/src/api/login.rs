@@ -12,6 +12,8 @@ use axum::{Form, Json};
 use serde::Deserialize;
 use taskmesh_ui::{Lang, LoginTemplate};
 use tracing::info;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::ApiError;
 use super::auth::{Access, CODE_TTL, LoginRefused, client_of, redirect, safe_next};
@@ -29,12 +31,18 @@ struct LoginForm {
     next: Option<String>,
 }
 
+/// The login router's API routes, registered and described by their annotations (see
+/// [`super::openapi`]).
+pub(super) fn described_routes() -> OpenApiRouter<Arc<Access>> {
+    OpenApiRouter::new()
+        .routes(routes!(create_login_link))
+        .routes(routes!(rotate_token))
+}
+
 pub fn login_router(access: Arc<Access>) -> Router {
-    Router::new()
-        .route("/login", get(view_login_get).post(view_login_post))
+    let (api, _) = described_routes().split_for_parts();
+    api.route("/login", get(view_login_get).post(view_login_post))
         .route("/logout", post(view_logout_post))
-        .route("/api/login-links", post(create_login_link))
-        .route("/api/token/rotate", post(rotate_token))
         .layer(axum::middleware::from_fn(super::same_origin_writes))
         .with_state(access)
 }
@@ -127,21 +135,25 @@ async fn view_logout_post(State(access): State<Arc<Access>>, headers: HeaderMap)
 }
 
 /// A one-time login link: 201 `{"url", "expires_in_s"}`.
+#[utoipa::path(post, path = "/api/login-links", tag = "access",
+    responses((status = 201, description = "created", body = super::openapi::LoginLink), (status = 503, description = "not committed: no quorum, not joined yet, or shutting down", body = super::error::ErrorBody)))]
 async fn create_login_link(State(access): State<Arc<Access>>) -> Result<Response, ApiError> {
     let code = access
         .new_code()
         .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
     Ok((
         StatusCode::CREATED,
-        Json(serde_json::json!({
-            "url": access.login_url(&code),
-            "expires_in_s": CODE_TTL.as_secs(),
-        })),
+        Json(super::openapi::LoginLink {
+            url: access.login_url(&code),
+            expires_in_s: CODE_TTL.as_secs(),
+        }),
     )
         .into_response())
 }
 
 /// Writes a new token to the token file and ends every session; the old token stops working.
+#[utoipa::path(post, path = "/api/token/rotate", tag = "access",
+    responses((status = 200, description = "OK", body = super::openapi::TokenRotated), (status = 500, description = "the token file could not be written", body = super::error::ErrorBody)))]
 async fn rotate_token(State(access): State<Arc<Access>>) -> Result<Response, ApiError> {
     let rotator = access.clone();
     tokio::task::spawn_blocking(move || rotator.rotate())
@@ -155,9 +167,9 @@ async fn rotate_token(State(access): State<Arc<Access>>) -> Result<Response, Api
         })?;
     let path = access.options().token_path.display().to_string();
     info!(token_file = %path, "access token rotated; every session ended");
-    Ok(Json(serde_json::json!({
-        "rotated": true,
-        "token_file": path,
-    }))
+    Ok(Json(super::openapi::TokenRotated {
+        rotated: true,
+        token_file: path,
+    })
     .into_response())
 }

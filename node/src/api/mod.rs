@@ -6,6 +6,7 @@ mod error;
 mod follow;
 pub mod guard;
 mod login;
+pub mod openapi;
 pub mod serve;
 pub mod tls;
 
@@ -16,7 +17,6 @@ use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
 use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
@@ -24,6 +24,9 @@ use crate::handle::NodeHandle;
 use crate::model::{RunId, TaskId, TaskInput, parse_json};
 use crate::store::RunQuery;
 use tracing::instrument;
+use utoipa::IntoParams;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 pub use error::ApiError;
 pub use login::login_router;
@@ -31,32 +34,36 @@ pub use login::login_router;
 /// Largest request body accepted (a settings import, a task).
 pub const MAX_BODY: usize = 1 << 20;
 
+/// The node's API routes, each registered where its `#[utoipa::path]` annotation says and
+/// described by it (see [`openapi`]). `routes!` takes handlers of one path only.
+pub(crate) fn described_routes() -> OpenApiRouter<NodeHandle> {
+    OpenApiRouter::new()
+        .routes(routes!(health))
+        .routes(routes!(openapi::openapi_json))
+        .routes(routes!(peers))
+        .routes(routes!(sink))
+        .routes(routes!(cluster_key))
+        .routes(routes!(list_tasks, create_task))
+        .routes(routes!(get_task, update_task, remove_task))
+        .routes(routes!(execute_task))
+        .routes(routes!(enable_task))
+        .routes(routes!(disable_task))
+        .routes(routes!(preview_schedule))
+        .routes(routes!(list_runs))
+        .routes(routes!(run_stats))
+        .routes(routes!(get_run))
+        .routes(routes!(stop_run))
+        .routes(routes!(follow::run_log))
+        .routes(routes!(follow::events))
+        .routes(routes!(get_settings, put_settings))
+        .routes(routes!(export_settings))
+        .routes(routes!(import_settings))
+        .routes(routes!(test_channel))
+}
+
 pub fn router(node: NodeHandle) -> Router {
-    Router::new()
-        .route("/api/health", get(health))
-        .route("/api/peers", get(peers))
-        .route("/api/sink", get(sink))
-        .route("/api/cluster-key", get(cluster_key))
-        .route("/api/tasks", get(list_tasks).post(create_task))
-        .route(
-            "/api/tasks/{key}",
-            get(get_task).put(update_task).delete(remove_task),
-        )
-        .route("/api/tasks/{key}/run", post(execute_task))
-        .route("/api/tasks/{key}/enable", post(enable_task))
-        .route("/api/tasks/{key}/disable", post(disable_task))
-        .route("/api/schedule", get(preview_schedule))
-        .route("/api/runs", get(list_runs))
-        .route("/api/stats", get(run_stats))
-        .route("/api/runs/{id}", get(get_run))
-        .route("/api/runs/{id}/stop", post(stop_run))
-        .route("/api/runs/{id}/log", get(follow::run_log))
-        .route("/api/events", get(follow::events))
-        .route("/api/settings", get(get_settings).put(put_settings))
-        .route("/api/settings/export", get(export_settings))
-        .route("/api/settings/import", post(import_settings))
-        .route("/api/channels/{name}/test", post(test_channel))
-        .route(auth::METRICS_PATH, get(metrics))
+    let (api, _) = described_routes().split_for_parts();
+    api.route(auth::METRICS_PATH, axum::routing::get(metrics))
         // Unknown API paths answer JSON; other unknown paths get the UI's page.
         .route("/api/{*rest}", axum::routing::any(not_found))
         .layer(DefaultBodyLimit::max(MAX_BODY))
@@ -64,6 +71,10 @@ pub fn router(node: NodeHandle) -> Router {
         .layer(middleware::from_fn(json_errors))
         .with_state(node)
 }
+
+/// Path parameters, as the annotations name them.
+const TASK_KEY: &str = "a task id or a task name";
+const RUN_ID: &str = "a run id: 32 hex digits";
 
 /// Every error answer of the API is JSON, including the ones axum's extractors make (a body over
 /// the limit, a bad query string) as plain text.
@@ -153,6 +164,9 @@ async fn not_found() -> ApiError {
     ApiError::new(StatusCode::NOT_FOUND, "no such route; see docs/api.md")
 }
 
+/// This node's health; open without the access token.
+#[utoipa::path(get, path = "/api/health", tag = "node", security(()),
+    responses((status = 200, description = "OK", body = taskmesh_core::view::Health)))]
 async fn health(State(node): State<NodeHandle>) -> impl IntoResponse {
     Json(node.health())
 }
@@ -165,20 +179,32 @@ async fn metrics(State(node): State<NodeHandle>) -> impl IntoResponse {
     )
 }
 
+/// This node's MySQL sink: its target, outbox and last error (never the password).
+#[utoipa::path(get, path = "/api/sink", tag = "node",
+    responses((status = 200, description = "OK", body = taskmesh_core::view::SinkStatus)))]
 async fn sink(State(node): State<NodeHandle>) -> impl IntoResponse {
     Json(node.sink_status())
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct PeersParams {
     /// The PeerId of the last peer of the previous page.
     after: Option<String>,
+    /// How many peers a page holds, 1 to 1000; 1000 when not given.
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<usize>,
 }
 
 /// This node, the cluster, and one page of the live peers in PeerId order, with a `Link` to the
 /// next page like [`list_tasks`].
+#[utoipa::path(get, path = "/api/peers", tag = "node", params(PeersParams),
+    responses(
+        (status = 200, description = "OK", body = taskmesh_core::view::PeersView,
+            headers(("link" = String, description = "the next page, while there is one"))),
+        (status = 400, description = "bad input: `error` (and `details`) say what and where", body = error::ErrorBody),
+    ))]
 async fn peers(
     State(node): State<NodeHandle>,
     Query(p): Query<PeersParams>,
@@ -202,12 +228,14 @@ async fn peers(
 }
 
 /// The cluster key itself (a secret: the UI shows it only when asked).
+#[utoipa::path(get, path = "/api/cluster-key", tag = "node",
+    responses((status = 200, description = "OK", body = openapi::ClusterKey)))]
 async fn cluster_key(State(node): State<NodeHandle>) -> impl IntoResponse {
     let settings = node.settings(true);
-    Json(serde_json::json!({
-        "key": settings.node.cluster_key,
-        "fingerprint": node.peers().this.key_fingerprint,
-    }))
+    Json(openapi::ClusterKey {
+        key: settings.node.cluster_key,
+        fingerprint: node.peers().this.key_fingerprint,
+    })
 }
 
 /// The most items one page of a listing holds, and how many it holds when not asked.
@@ -216,11 +244,14 @@ const TASKS_PAGE: usize = 1000;
 const RUNS_PAGE: usize = 50;
 const PEERS_PAGE: usize = 1000;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct TasksParams {
     /// The id of the last task of the previous page.
     after: Option<String>,
+    /// How many tasks a page holds, 1 to 1000; 1000 when not given.
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<usize>,
     /// Only tasks whose name contains this, in any case.
     q: Option<String>,
@@ -232,6 +263,12 @@ struct TasksParams {
 
 /// One page of the task list, oldest first; a `Link: <…>; rel="next"` header names the next
 /// page while there is one.
+#[utoipa::path(get, path = "/api/tasks", tag = "tasks", params(TasksParams),
+    responses(
+        (status = 200, description = "OK", body = Vec<taskmesh_core::view::TaskListItem>,
+            headers(("link" = String, description = "the next page, while there is one"))),
+        (status = 400, description = "bad input: `error` (and `details`) say what and where", body = error::ErrorBody),
+    ))]
 #[instrument(name = "api", skip_all)]
 async fn list_tasks(
     State(node): State<NodeHandle>,
@@ -258,15 +295,13 @@ async fn list_tasks(
             query_value(last)
         )
     });
-    let items: Vec<serde_json::Value> = page
+    let items: Vec<taskmesh_core::view::TaskListItem> = page
         .iter()
-        .map(|task| {
-            let mut item = serde_json::to_value(task.as_ref()).unwrap_or_default();
-            if p.last_run {
-                item["last_run"] =
-                    serde_json::to_value(state.runs.last_of(&task.id)).unwrap_or_default();
-            }
-            item
+        .map(|task| taskmesh_core::view::TaskListItem {
+            task: task.as_ref().clone(),
+            last_run: p
+                .last_run
+                .then(|| state.runs.last_of(&task.id).map(|r| r.as_ref().clone())),
         })
         .collect();
     Ok((next_link(next), Json(items)))
@@ -296,6 +331,10 @@ fn query_value(s: &str) -> String {
     percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
 }
 
+/// One task.
+#[utoipa::path(get, path = "/api/tasks/{key}", tag = "tasks",
+    params(("key" = String, Path, description = TASK_KEY)),
+    responses((status = 200, description = "OK", body = crate::model::Task), (status = 404, description = "no such task, run or channel", body = error::ErrorBody)))]
 #[instrument(name = "api", skip_all, fields(task = %key))]
 async fn get_task(
     State(node): State<NodeHandle>,
@@ -304,6 +343,14 @@ async fn get_task(
     Ok(Json(node.task(&key)?))
 }
 
+/// Creates a task.
+#[utoipa::path(post, path = "/api/tasks", tag = "tasks",
+    request_body = crate::model::TaskInput,
+    responses(
+        (status = 201, description = "created", body = crate::model::Task),
+        (status = 400, description = "invalid: `details` names each field", body = error::ErrorBody),
+        (status = 503, description = "not committed", body = error::ErrorBody),
+    ))]
 #[instrument(name = "api", skip_all)]
 async fn create_task(
     State(node): State<NodeHandle>,
@@ -314,6 +361,16 @@ async fn create_task(
     Ok((StatusCode::CREATED, Json(node.create_task(input).await?)))
 }
 
+/// Replaces a task; with `updated_at`, only if it has not changed since.
+#[utoipa::path(put, path = "/api/tasks/{key}", tag = "tasks",
+    params(("key" = String, Path, description = TASK_KEY)),
+    request_body = crate::model::TaskInput,
+    responses(
+        (status = 200, description = "OK", body = crate::model::Task),
+        (status = 400, description = "bad input: `error` (and `details`) say what and where", body = error::ErrorBody),
+        (status = 404, description = "no such task, run or channel", body = error::ErrorBody),
+        (status = 409, description = "`refused: \"stale\"`: the task changed since `updated_at`; it is in `current`", body = error::ErrorBody),
+    ))]
 #[instrument(name = "api", skip_all, fields(task = %key))]
 async fn update_task(
     State(node): State<NodeHandle>,
@@ -325,6 +382,10 @@ async fn update_task(
     Ok(Json(node.update_task(&key, input).await?))
 }
 
+/// Removes a task (an always-task is stopped) and answers it.
+#[utoipa::path(delete, path = "/api/tasks/{key}", tag = "tasks",
+    params(("key" = String, Path, description = TASK_KEY)),
+    responses((status = 200, description = "OK", body = crate::model::Task), (status = 404, description = "no such task, run or channel", body = error::ErrorBody)))]
 #[instrument(name = "api", skip_all, fields(task = %key))]
 async fn remove_task(
     State(node): State<NodeHandle>,
@@ -333,6 +394,15 @@ async fn remove_task(
     Ok(Json(node.remove_task(&key).await?))
 }
 
+/// Execute now: a new run of the task.
+#[utoipa::path(post, path = "/api/tasks/{key}/run", tag = "tasks",
+    params(("key" = String, Path, description = TASK_KEY)),
+    responses(
+        (status = 202, description = "accepted", body = crate::model::Run),
+        (status = 404, description = "no such task, run or channel", body = error::ErrorBody),
+        (status = 409, description = "refused as the cluster is now (`refused`: `no_node`, `still_running`)", body = error::ErrorBody),
+        (status = 503, description = "not committed: no quorum, not joined yet, or shutting down", body = error::ErrorBody),
+    ))]
 #[instrument(name = "api", skip_all, fields(task = %key))]
 async fn execute_task(
     State(node): State<NodeHandle>,
@@ -341,6 +411,10 @@ async fn execute_task(
     Ok((StatusCode::ACCEPTED, Json(node.execute(&key).await?)))
 }
 
+/// Sets the task's `enabled` flag.
+#[utoipa::path(post, path = "/api/tasks/{key}/enable", tag = "tasks",
+    params(("key" = String, Path, description = TASK_KEY)),
+    responses((status = 200, description = "OK", body = crate::model::Task), (status = 404, description = "no such task, run or channel", body = error::ErrorBody)))]
 #[instrument(name = "api", skip_all, fields(task = %key))]
 async fn enable_task(
     State(node): State<NodeHandle>,
@@ -349,6 +423,10 @@ async fn enable_task(
     Ok(Json(node.set_enabled(&key, true).await?))
 }
 
+/// Clears the task's `enabled` flag.
+#[utoipa::path(post, path = "/api/tasks/{key}/disable", tag = "tasks",
+    params(("key" = String, Path, description = TASK_KEY)),
+    responses((status = 200, description = "OK", body = crate::model::Task), (status = 404, description = "no such task, run or channel", body = error::ErrorBody)))]
 #[instrument(name = "api", skip_all, fields(task = %key))]
 async fn disable_task(
     State(node): State<NodeHandle>,
@@ -357,13 +435,18 @@ async fn disable_task(
     Ok(Json(node.set_enabled(&key, false).await?))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct ScheduleParams {
+    /// A crontab entry: five or six fields, or `@reboot`, `@daily`, ….
     cron: String,
+    /// An IANA timezone; UTC when not given.
     #[serde(default = "utc")]
+    #[param(required = false)]
     timezone: String,
     /// How many next times, 1 to 20.
+    #[param(minimum = 1, maximum = 20)]
     count: Option<usize>,
 }
 
@@ -373,6 +456,8 @@ fn utc() -> String {
 
 /// A crontab entry checked and previewed: its next times and, for the common forms, the entry
 /// in plain words; `400` with the error at `when.schedule` (with its column) or `when.timezone`.
+#[utoipa::path(get, path = "/api/schedule", tag = "tasks", params(ScheduleParams),
+    responses((status = 200, description = "OK", body = openapi::SchedulePreview), (status = 400, description = "bad input: `error` (and `details`) say what and where", body = error::ErrorBody)))]
 async fn preview_schedule(Query(p): Query<ScheduleParams>) -> Result<impl IntoResponse, ApiError> {
     let count = match p.count.unwrap_or(5) {
         n @ 1..=20 => n,
@@ -394,23 +479,32 @@ async fn preview_schedule(Query(p): Query<ScheduleParams>) -> Result<impl IntoRe
         next.push(at);
         after = at;
     }
-    Ok(Json(serde_json::json!({
-        "cron": p.cron,
-        "timezone": p.timezone,
-        "reading": taskmesh_core::cron_reading::reading(&p.cron),
-        "reboot": schedule.is_reboot(),
-        "next": next,
-    })))
+    Ok(Json(openapi::SchedulePreview {
+        reading: taskmesh_core::cron_reading::reading(&p.cron),
+        reboot: schedule.is_reboot(),
+        next,
+        cron: p.cron,
+        timezone: p.timezone,
+    }))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct RunsParams {
+    /// A task id or name: only its runs.
     task: Option<String>,
+    /// The id of the last run of the previous page.
     before: Option<String>,
+    /// How many runs a page holds, 1 to 1000; 50 when not given.
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<usize>,
+    /// Only runs with this status: queued, running, succeeded, failed, timed_out, killed, lost,
+    /// skipped.
     status: Option<String>,
+    /// Only runs on the node of this name.
     node: Option<String>,
+    /// Only runs made by this kind of trigger: manual, cron, reboot, always, retry, rule.
     trigger: Option<String>,
 }
 
@@ -419,6 +513,14 @@ const UNANSWERED: &str = "taskmesh-unanswered";
 
 /// One page of runs from every live node, newest first, with a `Link` to the next page like
 /// [`list_tasks`], and the nodes that did not answer in a `Taskmesh-Unanswered` header.
+#[utoipa::path(get, path = "/api/runs", tag = "runs", params(RunsParams),
+    responses(
+        (status = 200, description = "OK", body = Vec<crate::model::Run>, headers(
+            ("link" = String, description = "the next page, while there is one"),
+            ("taskmesh-unanswered" = String, description = "the nodes whose history is missing"),
+        )),
+        (status = 400, description = "bad input: `error` (and `details`) say what and where", body = error::ErrorBody),
+    ))]
 #[instrument(name = "api", skip_all, fields(task = ?p.task))]
 async fn list_runs(
     State(node): State<NodeHandle>,
@@ -484,15 +586,24 @@ async fn list_runs(
     Ok((headers, Json(page)))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct StatsParams {
     /// How many hours back, 1 to 720 (30 days); 24 when not given.
+    #[param(minimum = 1, maximum = 720)]
     hours: Option<i64>,
 }
 
 /// What the runs of every live node in the last `hours` did, added up, with the nodes that did
 /// not answer in a `Taskmesh-Unanswered` header.
+#[utoipa::path(get, path = "/api/stats", tag = "runs", params(StatsParams),
+    responses(
+        (status = 200, description = "OK", body = taskmesh_core::view::RunStats, headers(
+            ("taskmesh-unanswered" = String, description = "the nodes that did not answer"),
+        )),
+        (status = 400, description = "bad input: `error` (and `details`) say what and where", body = error::ErrorBody),
+    ))]
 #[instrument(name = "api", skip_all)]
 async fn run_stats(
     State(node): State<NodeHandle>,
@@ -540,6 +651,10 @@ pub(crate) fn parse_run_id(s: &str) -> Result<RunId, ApiError> {
     })
 }
 
+/// One run, wherever it ran.
+#[utoipa::path(get, path = "/api/runs/{id}", tag = "runs",
+    params(("id" = String, Path, description = RUN_ID)),
+    responses((status = 200, description = "OK", body = crate::model::Run), (status = 400, description = "bad input: `error` (and `details`) say what and where", body = error::ErrorBody), (status = 404, description = "no such task, run or channel", body = error::ErrorBody)))]
 #[instrument(name = "api", skip_all, fields(run = %id))]
 async fn get_run(
     State(node): State<NodeHandle>,
@@ -548,6 +663,10 @@ async fn get_run(
     Ok(Json(node.run(&parse_run_id(&id)?).await?))
 }
 
+/// Stops a run: SIGTERM to its process group, SIGKILL after `cluster.kill_grace`.
+#[utoipa::path(post, path = "/api/runs/{id}/stop", tag = "runs",
+    params(("id" = String, Path, description = RUN_ID)),
+    responses((status = 202, description = "accepted", body = crate::model::Run), (status = 400, description = "bad input: `error` (and `details`) say what and where", body = error::ErrorBody), (status = 404, description = "no such task, run or channel", body = error::ErrorBody)))]
 #[instrument(name = "api", skip_all, fields(run = %id))]
 async fn stop_run(
     State(node): State<NodeHandle>,
@@ -561,17 +680,24 @@ async fn stop_run(
 
 /// Sends a test message to a notification channel: 200 when it was delivered, 404 for an
 /// unknown channel, 502 with the receiver's answer when it was not.
+#[utoipa::path(post, path = "/api/channels/{name}/test", tag = "settings",
+    params(("name" = String, Path, description = "a channel's name in `cluster.channels`")),
+    responses(
+        (status = 200, description = "OK", body = openapi::ChannelTested),
+        (status = 404, description = "no such task, run or channel", body = error::ErrorBody),
+        (status = 502, description = "not delivered: the receiver's answer", body = error::ErrorBody),
+    ))]
 #[instrument(name = "api", skip_all, fields(channel = %name))]
 async fn test_channel(
     State(node): State<NodeHandle>,
     Path(name): Path<String>,
 ) -> Result<impl IntoResponse, ApiError> {
     match node.notifier().test(&name).await {
-        Ok(kind) => Ok(Json(serde_json::json!({
-            "channel": name,
-            "kind": kind,
-            "delivered": true,
-        }))),
+        Ok(kind) => Ok(Json(openapi::ChannelTested {
+            channel: name,
+            kind: kind.to_string(),
+            delivered: true,
+        })),
         Err(e @ crate::notify::TestError::NoChannel(_)) => {
             Err(ApiError::new(StatusCode::NOT_FOUND, e.to_string()))
         }
@@ -579,10 +705,17 @@ async fn test_channel(
     }
 }
 
+/// The settings, secrets shown as `********`.
+#[utoipa::path(get, path = "/api/settings", tag = "settings",
+    responses((status = 200, description = "OK", body = crate::model::Settings)))]
 async fn get_settings(State(node): State<NodeHandle>) -> impl IntoResponse {
     Json(node.settings(false))
 }
 
+/// Replaces the settings; a secret sent as `********` keeps its stored value.
+#[utoipa::path(put, path = "/api/settings", tag = "settings",
+    request_body = crate::model::Settings,
+    responses((status = 200, description = "OK", body = crate::model::Settings), (status = 400, description = "bad input: `error` (and `details`) say what and where", body = error::ErrorBody), (status = 503, description = "not committed: no quorum, not joined yet, or shutting down", body = error::ErrorBody)))]
 #[instrument(name = "api", skip_all)]
 async fn put_settings(
     State(node): State<NodeHandle>,
@@ -594,13 +727,19 @@ async fn put_settings(
     ))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct ExportParams {
+    /// Include the secrets (and so the cluster key).
     #[serde(default)]
     secrets: bool,
 }
 
+/// The settings as a download, with `exported_by`.
+#[utoipa::path(get, path = "/api/settings/export", tag = "settings", params(ExportParams),
+    responses((status = 200, description = "OK", body = crate::model::Settings,
+        headers(("content-disposition" = String, description = "attachment; filename=…")))))]
 async fn export_settings(
     State(node): State<NodeHandle>,
     Query(p): Query<ExportParams>,
@@ -619,6 +758,10 @@ async fn export_settings(
     )
 }
 
+/// Imports an exported settings file; one from another node joins that node's mesh.
+#[utoipa::path(post, path = "/api/settings/import", tag = "settings",
+    request_body = crate::model::Settings,
+    responses((status = 200, description = "OK", body = crate::model::Settings), (status = 400, description = "bad input: `error` (and `details`) say what and where", body = error::ErrorBody), (status = 503, description = "not committed: no quorum, not joined yet, or shutting down", body = error::ErrorBody)))]
 #[instrument(name = "api", skip_all)]
 async fn import_settings(
     State(node): State<NodeHandle>,

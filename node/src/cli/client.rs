@@ -7,9 +7,13 @@ use futures::StreamExt;
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use reqwest::{Method, Response, StatusCode, header};
 use rustls::pki_types::CertificateDer;
+use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
+use crate::api::openapi::{ChannelTested, LoginLink, TokenRotated};
 use crate::http_client;
+use crate::model::{Run, Task, When};
+use taskmesh_core::view::{Health, PeersView, TaskListItem};
 
 use super::{AddArgs, Remote, SettingsCommand, TaskCommand, TokenSource};
 
@@ -202,6 +206,17 @@ impl Api {
         path: &str,
         body: Option<Value>,
     ) -> Result<Value, ClientError> {
+        self.call(method, path, body).await
+    }
+
+    /// Sends `body` as JSON; the answer read as `T`, the type the API serializes (core's model
+    /// and views), so that a change of that type breaks the CLI where it is built.
+    async fn call<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<T, ClientError> {
         let body = body.map(|b| ("application/json", b.to_string().into_bytes()));
         let response = self.send(method, path, body).await?;
         let bytes = read_body(response)
@@ -215,9 +230,14 @@ impl Api {
         self.write(Method::GET, path, None).await
     }
 
+    /// A `GET` answer read as `T`.
+    async fn read<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
+        self.call(Method::GET, path, None).await
+    }
+
     /// Every item of a paged listing: the pages from `path` on, following each answer's
     /// `Link: <…>; rel="next"`.
-    async fn get_all(&self, path: &str) -> Result<Vec<Value>, ClientError> {
+    async fn get_all<T: DeserializeOwned>(&self, path: &str) -> Result<Vec<T>, ClientError> {
         let mut items = Vec::new();
         let mut next = Some(path.to_owned());
         while let Some(path) = next.take() {
@@ -230,7 +250,7 @@ impl Api {
             let bytes = read_body(response)
                 .await
                 .map_err(|e| ClientError::Api(format!("reading the answer to {path}: {e}")))?;
-            let page: Vec<Value> = serde_json::from_slice(&bytes)
+            let page: Vec<T> = serde_json::from_slice(&bytes)
                 .map_err(|e| ClientError::Api(format!("unreadable answer to {path}: {e}")))?;
             items.extend(page);
         }
@@ -393,15 +413,13 @@ fn print_json(v: &Value) {
     println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
 }
 
-fn when_text(when: &Value) -> String {
-    match when["mode"].as_str() {
-        Some("cron") => format!(
-            "cron {} ({})",
-            when["schedule"].as_str().unwrap_or(""),
-            when["timezone"].as_str().unwrap_or("UTC")
-        ),
-        Some(mode) => mode.to_owned(),
-        None => "?".into(),
+fn when_text(when: &When) -> String {
+    match when {
+        When::Cron {
+            schedule, timezone, ..
+        } => format!("cron {schedule} ({timezone})"),
+        When::Manual => "manual".into(),
+        When::Always => "always".into(),
     }
 }
 
@@ -435,33 +453,28 @@ async fn command_result(command: super::Command) -> Result<ExitCode, ClientError
         super::Command::Settings(c) => settings(c).await,
         super::Command::Notify(super::NotifyCommand::Test { channel, remote }) => {
             let api = Api::new(&remote)?;
-            let answer = api
-                .write(
+            let answer: ChannelTested = api
+                .call(
                     Method::POST,
                     &format!("/api/channels/{}/test", enc(&channel)),
                     None,
                 )
                 .await?;
-            println!(
-                "test message delivered to {channel} ({})",
-                answer["kind"].as_str().unwrap_or("?")
-            );
+            println!("test message delivered to {channel} ({})", answer.kind);
             Ok(0)
         }
         super::Command::LoginUrl { remote } => {
             let api = Api::new(&remote)?;
-            let link = api.write(Method::POST, "/api/login-links", None).await?;
-            println!("{}", link["url"].as_str().unwrap_or(""));
+            let link: LoginLink = api.call(Method::POST, "/api/login-links", None).await?;
+            println!("{}", link.url);
             Ok(0)
         }
         super::Command::Token(super::TokenCommand::Rotate { remote }) => {
             let api = Api::new(&remote)?;
-            let answer = api.write(Method::POST, "/api/token/rotate", None).await?;
+            let answer: TokenRotated = api.call(Method::POST, "/api/token/rotate", None).await?;
             println!(
                 "access token rotated: the new one is in {} on the node; every browser session ended",
-                answer["token_file"]
-                    .as_str()
-                    .unwrap_or("<data dir>/access-token")
+                answer.token_file
             );
             Ok(0)
         }
@@ -480,55 +493,58 @@ async fn command_result(command: super::Command) -> Result<ExitCode, ClientError
 /// or (`--output json`) as one object.
 async fn status(remote: &super::Remote) -> Result<ExitCode, ClientError> {
     let api = Api::new(remote)?;
-    let health = api.get("/api/health").await?;
-    let peers = api.get("/api/peers?limit=1000").await?;
-    let running = api.get("/api/runs?status=running&limit=1000").await?;
-    let queued = api.get("/api/runs?status=queued&limit=1000").await?;
+    let health: Health = api.read("/api/health").await?;
+    let peers: PeersView = api.read("/api/peers?limit=1000").await?;
+    let running: Vec<Run> = api.read("/api/runs?status=running&limit=1000").await?;
+    let queued: Vec<Run> = api.read("/api/runs?status=queued&limit=1000").await?;
     if remote.output == super::Output::Json {
         print_json(&serde_json::json!({
             "health": health,
-            "this": peers["self"],
-            "cluster": peers["cluster"],
-            "peers": peers["peers"],
+            "this": peers.this,
+            "cluster": peers.cluster,
+            "peers": peers.peers,
             "running": running,
             "queued": queued,
         }));
         return Ok(0);
     }
-    let this = &peers["self"];
-    let cluster = &peers["cluster"];
+    let this = &peers.this;
+    let cluster = &peers.cluster;
     println!(
         "node     {} ({}), taskmesh {}, up since {}",
-        this["name"].as_str().unwrap_or("?"),
-        this["peer_id"].as_str().unwrap_or("no p2p endpoint"),
-        health["version"].as_str().unwrap_or("?"),
-        health["started_at"].as_str().unwrap_or("?"),
+        this.name,
+        this.peer_id.as_deref().unwrap_or("no p2p endpoint"),
+        health.version,
+        health
+            .started_at
+            .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
     );
-    let members = cluster["members"].as_array().cloned().unwrap_or_default();
+    let members = &cluster.members;
     let name_of = |peer_id: &str| {
         members
             .iter()
-            .find(|m| m["peer_id"] == peer_id)
-            .and_then(|m| m["name"].as_str())
+            .find(|m| m.peer_id == peer_id)
+            .and_then(|m| m.name.as_deref())
             .unwrap_or(peer_id)
             .to_owned()
     };
-    match cluster["cluster"].as_str() {
+    match &cluster.cluster {
         Some(id) => println!(
             "cluster  {id}, term {}, {} here, leader {}",
-            cluster["term"],
-            cluster["role"].as_str().unwrap_or("?"),
-            cluster["leader"]
-                .as_str()
+            cluster.term,
+            cluster.role,
+            cluster
+                .leader
+                .as_deref()
                 .map_or("none (no quorum)".to_owned(), name_of),
         ),
         None => println!("cluster  not joined yet"),
     }
-    let voters = members.iter().filter(|m| m["voter"] == true).count();
+    let voters = members.iter().filter(|m| m.voter).count();
     let down: Vec<String> = members
         .iter()
-        .filter(|m| m["live"] != true)
-        .map(|m| name_of(m["peer_id"].as_str().unwrap_or("?")))
+        .filter(|m| !m.live)
+        .map(|m| name_of(&m.peer_id))
         .collect();
     println!(
         "members  {voters} voters, {} learners{}",
@@ -539,34 +555,25 @@ async fn status(remote: &super::Remote) -> Result<ExitCode, ClientError> {
             format!(", down: {}", down.join(", "))
         }
     );
-    let live = peers["peers"].as_array().cloned().unwrap_or_default();
-    println!("peers    {} live", live.len());
-    for p in &live {
+    println!("peers    {} live", peers.peers.len());
+    for p in &peers.peers {
+        let a = &p.announcement;
         println!(
             "         {:<20} {}/{} running, load {:.2}",
-            p["name"].as_str().unwrap_or("?"),
-            p["running"],
-            p["slots_total"],
-            p["load"].as_f64().unwrap_or(0.0),
+            a.name, a.running, a.slots_total, a.load,
         );
     }
-    let runs: Vec<&Value> = running
-        .as_array()
-        .into_iter()
-        .chain(queued.as_array())
-        .flatten()
-        .collect();
+    let runs: Vec<&Run> = running.iter().chain(&queued).collect();
     println!("runs     {} running or queued", runs.len());
     for r in runs {
         println!(
             "         {:<20} {:<8} on {:<16} run {}",
-            r["task_name"].as_str().unwrap_or("?"),
-            r["status"].as_str().unwrap_or("?"),
-            r["node"]
-                .as_str()
+            r.task_name,
+            r.status.to_string(),
+            Some(r.node.as_str())
                 .filter(|n| !n.is_empty())
                 .unwrap_or("(waiting)"),
-            r["id"].as_str().unwrap_or("?"),
+            r.id,
         );
     }
     Ok(0)
@@ -577,57 +584,44 @@ async fn task(command: TaskCommand) -> Result<ExitCode, ClientError> {
         TaskCommand::Ls { remote } => {
             let api = Api::new(&remote)?;
             // Each task with its newest run, from the ledger's index (one read for the list).
-            let tasks = api.get_all("/api/tasks?last_run=true").await?;
+            let tasks: Vec<TaskListItem> = api.get_all("/api/tasks?last_run=true").await?;
             if remote.output == super::Output::Json {
-                print_json(&Value::Array(tasks));
+                print_json(&serde_json::to_value(&tasks).unwrap_or_default());
                 return Ok(0);
             }
             println!("{:<24} {:<36} {:<8} LAST RUN", "NAME", "WHEN", "ENABLED");
-            for t in &tasks {
-                let last = Some(&t["last_run"])
-                    .filter(|r| r.is_object())
-                    .map(|r| {
-                        format!(
-                            "{} {}",
-                            r["status"].as_str().unwrap_or(""),
-                            r["created_at"].as_str().unwrap_or("")
-                        )
-                    })
+            for TaskListItem { task: t, last_run } in &tasks {
+                let last = last_run
+                    .iter()
+                    .flatten()
+                    .map(|r| format!("{} {}", r.status, iso(&r.created_at)))
+                    .next()
                     .unwrap_or_else(|| "-".into());
                 println!(
                     "{:<24} {:<36} {:<8} {last}",
-                    t["name"].as_str().unwrap_or(""),
-                    when_text(&t["when"]),
-                    if t["enabled"].as_bool().unwrap_or(true) {
-                        "yes"
-                    } else {
-                        "no"
-                    },
+                    t.name,
+                    when_text(&t.when),
+                    if t.enabled { "yes" } else { "no" },
                 );
             }
             Ok(0)
         }
         TaskCommand::Show { task, remote } => {
             let api = Api::new(&remote)?;
-            let t = api.get(&format!("/api/tasks/{}", enc(&task))).await?;
-            print_json(&t);
-            let runs = api
-                .get(&format!(
-                    "/api/runs?task={}&limit=10",
-                    enc(t["id"].as_str().unwrap_or(""))
-                ))
+            let t: Task = api.read(&format!("/api/tasks/{}", enc(&task))).await?;
+            print_json(&serde_json::to_value(&t).unwrap_or_default());
+            let runs: Vec<Run> = api
+                .read(&format!("/api/runs?task={}&limit=10", enc(&t.id.0)))
                 .await?;
-            if let Some(runs) = runs.as_array().filter(|r| !r.is_empty()) {
+            if !runs.is_empty() {
                 println!("\nrecent runs:");
-                for r in runs {
+                for r in &runs {
                     println!(
                         "  {}  {:<10} {:<18} exit {}",
-                        r["id"].as_str().unwrap_or(""),
-                        r["status"].as_str().unwrap_or(""),
-                        r["created_at"].as_str().unwrap_or(""),
-                        r["exit_code"]
-                            .as_i64()
-                            .map_or("-".into(), |c| c.to_string())
+                        r.id,
+                        r.status.to_string(),
+                        iso(&r.created_at),
+                        r.exit_code.map_or("-".into(), |c| c.to_string())
                     );
                 }
             }
@@ -636,21 +630,21 @@ async fn task(command: TaskCommand) -> Result<ExitCode, ClientError> {
         TaskCommand::Add(args) => add(args).await,
         TaskCommand::Edit { task, file, remote } => {
             let api = Api::new(&remote)?;
-            let current = api.get(&format!("/api/tasks/{}", enc(&task))).await?;
+            let current: Task = api.read(&format!("/api/tasks/{}", enc(&task))).await?;
             let text = match file {
                 Some(path) => read(&path)?,
                 None => edit_in_editor(&editable(&current))?,
             };
             let body: Value = serde_json::from_str(&text)
                 .map_err(|e| ClientError::Usage(format!("the edited task is not JSON: {e}")))?;
-            let saved = api
-                .write(
+            let saved: Task = api
+                .call(
                     Method::PUT,
-                    &format!("/api/tasks/{}", enc(current["id"].as_str().unwrap_or(""))),
+                    &format!("/api/tasks/{}", enc(&current.id.0)),
                     Some(body),
                 )
                 .await?;
-            println!("saved {}", saved["name"].as_str().unwrap_or(""));
+            println!("saved {}", saved.name);
             Ok(0)
         }
         TaskCommand::Run {
@@ -659,14 +653,14 @@ async fn task(command: TaskCommand) -> Result<ExitCode, ClientError> {
             remote,
         } => {
             let api = Api::new(&remote)?;
-            let run = api
-                .write(
+            let run: Run = api
+                .call(
                     Method::POST,
                     &format!("/api/tasks/{}/run", enc(&task)),
                     None,
                 )
                 .await?;
-            let id = run["id"].as_str().unwrap_or("").to_owned();
+            let id = run.id.0;
             if !follow {
                 println!("{id}");
                 return Ok(0);
@@ -676,25 +670,30 @@ async fn task(command: TaskCommand) -> Result<ExitCode, ClientError> {
         }
         TaskCommand::Rm { task, remote } => {
             let api = Api::new(&remote)?;
-            let removed = api
-                .write(Method::DELETE, &format!("/api/tasks/{}", enc(&task)), None)
+            let removed: Task = api
+                .call(Method::DELETE, &format!("/api/tasks/{}", enc(&task)), None)
                 .await?;
-            println!("removed {}", removed["name"].as_str().unwrap_or(""));
+            println!("removed {}", removed.name);
             Ok(0)
         }
     }
 }
 
 /// The fields of a task a user edits (what the API takes back).
-fn editable(task: &Value) -> Value {
+fn editable(task: &Task) -> Value {
     json!({
-        "name": task["name"],
-        "spec": task["spec"],
-        "when": task["when"],
-        "placement": task["placement"],
-        "exit_rules": task["exit_rules"],
-        "enabled": task["enabled"],
+        "name": task.name,
+        "spec": task.spec,
+        "when": task.when,
+        "placement": task.placement,
+        "exit_rules": task.exit_rules,
+        "enabled": task.enabled,
     })
+}
+
+/// A time as the API writes it, to the second.
+fn iso(at: &chrono::DateTime<chrono::Utc>) -> String {
+    at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
 }
 
 fn edit_in_editor(task: &Value) -> Result<String, ClientError> {
@@ -772,12 +771,8 @@ async fn add(args: AddArgs) -> Result<ExitCode, ClientError> {
             json!({ "name": name, "spec": spec, "when": when })
         }
     };
-    let task = api.write(Method::POST, "/api/tasks", Some(body)).await?;
-    println!(
-        "added {} ({})",
-        task["name"].as_str().unwrap_or(""),
-        task["id"].as_str().unwrap_or("")
-    );
+    let task: Task = api.call(Method::POST, "/api/tasks", Some(body)).await?;
+    println!("added {} ({})", task.name, task.id);
     Ok(0)
 }
 
@@ -813,13 +808,11 @@ async fn follow_log(api: &Api, id: &str) -> Result<ExitCode, ClientError> {
                 let _ = stdout.flush();
             }
             Some("end") => {
-                let run: Value = serde_json::from_str(&data).unwrap_or(Value::Null);
-                eprintln!(
-                    "run {} {}",
-                    run["id"].as_str().unwrap_or(id),
-                    run["status"].as_str().unwrap_or("ended")
-                );
-                return Ok(run["exit_code"].as_i64().map_or(1, |c| c as i32));
+                let run: Run = serde_json::from_str(&data).map_err(|e| {
+                    ClientError::Api(format!("the end of run {id}'s log is not a run: {e}"))
+                })?;
+                eprintln!("run {} {}", run.id, run.status);
+                return Ok(run.exit_code.unwrap_or(1));
             }
             _ => {}
         }
