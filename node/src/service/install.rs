@@ -302,16 +302,11 @@ fn ensure_config(path: &Path, out: &mut dyn Write) -> Result<Config, ServiceErro
 /// user when asked, the unit, then `systemctl daemon-reload` and `enable --now`.
 pub fn install(options: &InstallOptions, out: &mut dyn Write) -> Result<(), ServiceError> {
     let root = &options.root;
-    if !root.is_dir() {
-        return Err(ServiceError::NoRoot { path: root.clone() });
-    }
-    let system = is_system(root);
-    if system && !nix::unistd::geteuid().is_root() {
-        return Err(ServiceError::NotRoot {
-            command: "taskmesh service install",
-            writes: format!("{UNIT_PATH}, {CONFIG_PATH} and /var/lib/taskmesh"),
-        });
-    }
+    let system = writable_root(
+        root,
+        "taskmesh service install",
+        format!("{UNIT_PATH}, {CONFIG_PATH} and /var/lib/taskmesh"),
+    )?;
     if options.user && !system {
         return Err(ServiceError::UserUnderRoot { root: root.clone() });
     }
@@ -456,20 +451,30 @@ pub fn install(options: &InstallOptions, out: &mut dyn Write) -> Result<(), Serv
     Ok(())
 }
 
+/// Checks that `root` is a folder and, when it is the real `/`, that we are root; answers
+/// whether it is the real `/`.
+fn writable_root(root: &Path, command: &'static str, writes: String) -> Result<bool, ServiceError> {
+    if !root.is_dir() {
+        return Err(ServiceError::NoRoot {
+            path: root.to_owned(),
+        });
+    }
+    let system = is_system(root);
+    if system && !nix::unistd::geteuid().is_root() {
+        return Err(ServiceError::NotRoot { command, writes });
+    }
+    Ok(system)
+}
+
 /// Uninstalls the service, saying what it does on `out`: stops and disables it, removes the
 /// unit, and keeps the data dir and config unless `purge`.
 pub fn uninstall(options: &UninstallOptions, out: &mut dyn Write) -> Result<(), ServiceError> {
     let root = &options.root;
-    if !root.is_dir() {
-        return Err(ServiceError::NoRoot { path: root.clone() });
-    }
-    let system = is_system(root);
-    if system && !nix::unistd::geteuid().is_root() {
-        return Err(ServiceError::NotRoot {
-            command: "taskmesh service uninstall",
-            writes: format!("{UNIT_PATH} (and with --purge, {CONFIG_PATH} and the data dir)"),
-        });
-    }
+    let system = writable_root(
+        root,
+        "taskmesh service uninstall",
+        format!("{UNIT_PATH} (and with --purge, {CONFIG_PATH} and the data dir)"),
+    )?;
     let unit_path = under(root, Path::new(UNIT_PATH));
     if !unit_path.exists()
         && let Some(packaged) = PACKAGED_UNIT_PATHS
