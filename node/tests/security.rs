@@ -441,3 +441,82 @@ fn service_install_and_uninstall_by_another_user_say_they_need_root_and_write_no
         "nothing written"
     );
 }
+
+/// `service install --user` on a machine as it is, then the node started as the unit would
+/// start it: the system user is made, the data dir and keys are its own and private, and the
+/// node runs as that user on them. The machine's /etc and /var/lib stay untouched: all of it
+/// happens in a mount namespace over a copy of /etc and an empty /var/lib.
+#[test]
+fn service_install_as_its_own_user_gives_that_user_a_private_data_dir_and_the_node_runs_as_it() {
+    if !is_root() {
+        return;
+    }
+    let (public, bin) = public_folder();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let script = r#"
+set -eu
+cp -a /etc "$WORK/etc"
+mount --bind "$WORK/etc" /etc
+mount -t tmpfs -o mode=0755 tmpfs /var/lib
+"$BIN" service install --user --no-start
+echo "unit user lines: $(grep -c '^User=taskmesh$' /etc/systemd/system/taskmesh.service)"
+find /var/lib/taskmesh -printf 'installed %u %g %m %p\n'
+setpriv --reuid=taskmesh --regid=taskmesh --init-groups -- "$BIN" run \
+    --config /etc/taskmesh/node.toml --listen "127.0.0.1:$PORT" \
+    --p2p-listen /ip4/127.0.0.1/tcp/0 --no-mdns >"$WORK/node.log" 2>&1 &
+node=$!
+deadline=$(( $(date +%s) + 60 ))
+until [ -e /var/lib/taskmesh/access-token ] &&
+    curl -s -o /dev/null --noproxy '*' --max-time 2 "http://127.0.0.1:$PORT/"; do
+    if ! kill -0 "$node" 2>/dev/null; then echo "the node exited"; cat "$WORK/node.log"; exit 1; fi
+    if [ "$(date +%s)" -ge "$deadline" ]; then echo "the node did not answer"; cat "$WORK/node.log"; exit 1; fi
+    sleep 0.1
+done
+echo "node runs as $(stat -c %U "/proc/$node")"
+find /var/lib/taskmesh -printf 'running %u %g %m %p\n'
+kill "$node"
+wait "$node" || true
+"#;
+    let out = Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "sh", "-c", script])
+        .env("WORK", public.path())
+        .env("BIN", &bin)
+        .env("PORT", port.to_string())
+        .output()
+        .expect("unshare");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(stdout.contains("user taskmesh: made"), "{stdout}");
+    assert!(stdout.contains("unit user lines: 1\n"), "{stdout}");
+    assert!(stdout.contains("node runs as taskmesh\n"), "{stdout}");
+    for stage in ["installed", "running"] {
+        let files: Vec<&str> = stdout
+            .lines()
+            .filter(|l| l.starts_with(&format!("{stage} ")))
+            .collect();
+        for name in ["/var/lib/taskmesh", "cluster-key", "identity"] {
+            assert!(
+                files.iter().any(|l| l.ends_with(name)),
+                "{stage}: {name} missing: {files:?}"
+            );
+        }
+        if stage == "running" {
+            assert!(
+                files.iter().any(|l| l.ends_with("/access-token")),
+                "the node made its token: {files:?}"
+            );
+        }
+        for line in &files {
+            let fields: Vec<&str> = line.split(' ').collect();
+            let mode = u32::from_str_radix(fields[3], 8).expect("an octal mode");
+            assert!(
+                fields[1] == "taskmesh" && fields[2] == "taskmesh" && mode & 0o077 == 0,
+                "{stage}: not the user's own and private: {line}"
+            );
+        }
+    }
+}
