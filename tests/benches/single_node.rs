@@ -191,20 +191,41 @@ async fn first_restart(node: &TestNode) -> Result<()> {
     Ok(())
 }
 
-/// Idle RSS and CPU of the release binary with a few tasks defined.
-fn idle_binary() -> Result<()> {
-    let bin = std::env::current_exe()?
+/// Idle RSS and CPU of the built binaries, in turn, twice each: the release build the other
+/// figures use and, when it is built (`cargo build --profile dist -p taskmesh`), the one that
+/// ships.
+fn idle_binaries() -> Result<()> {
+    let target = std::env::current_exe()?
         .parent()
         .and_then(|deps| deps.parent())
-        .map(|release| release.join("taskmesh"))
-        .context("target dir")?;
+        .and_then(|release| release.parent())
+        .context("target dir")?
+        .to_owned();
+    let release = target.join("release/taskmesh");
     anyhow::ensure!(
-        bin.exists(),
+        release.exists(),
         "build the binary first: cargo build --release -p taskmesh ({})",
-        bin.display()
+        release.display()
     );
+    let mut builds = vec![("idle node (release binary)", release)];
+    let dist = target.join("dist/taskmesh");
+    if dist.exists() {
+        builds.push(("idle node (dist binary, shipped)", dist));
+    } else {
+        println!("no dist build at {}: only the release binary", dist.display());
+    }
+    for _ in 0..2 {
+        for (label, bin) in &builds {
+            idle_binary(label, bin)?;
+        }
+    }
+    Ok(())
+}
+
+/// Idle RSS and CPU of `bin` over 20 s, on an empty data dir.
+fn idle_binary(label: &str, bin: &std::path::Path) -> Result<()> {
     let dir = tempfile::tempdir()?;
-    let mut child = std::process::Command::new(&bin)
+    let mut child = std::process::Command::new(bin)
         .args([
             "run",
             "--listen",
@@ -243,7 +264,7 @@ fn idle_binary() -> Result<()> {
     let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)?.unwrap_or(100) as f64;
     println!(
         "{:<44} RSS {:.1} MB, CPU {:.3} % of one core over {} s",
-        "idle node (release binary)",
+        label,
         rss_kb as f64 / 1024.0,
         (t1 - t0) as f64 / hz / window.as_secs_f64() * 100.0,
         window.as_secs()
@@ -274,5 +295,5 @@ fn main() -> Result<()> {
         node.stop().await;
         anyhow::Ok(())
     })?;
-    idle_binary()
+    idle_binaries()
 }
