@@ -3,7 +3,8 @@
 //! reading and the preview shows the next times alone. The entry is assumed to parse
 //! ([`crate::cron::Schedule::parse`] says what is wrong with one that does not).
 
-const WEEKDAYS: [&str; 7] = [
+/// The English names of the weekdays, 0 = Sunday.
+pub const WEEKDAYS: [&str; 7] = [
     "Sunday",
     "Monday",
     "Tuesday",
@@ -12,7 +13,8 @@ const WEEKDAYS: [&str; 7] = [
     "Friday",
     "Saturday",
 ];
-const MONTHS: [&str; 12] = [
+/// The English names of the months, January at 0.
+pub const MONTHS: [&str; 12] = [
     "January",
     "February",
     "March",
@@ -27,19 +29,66 @@ const MONTHS: [&str; 12] = [
     "December",
 ];
 
-/// The entry in plain words, or `None` for a form this does not read.
+/// What a crontab entry says, for rendering in a language: English here ([`Reading`]'s
+/// `Display`), German in the UI crate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reading {
+    /// `@reboot`.
+    AtStart,
+    /// `@every 30s`: the interval as written.
+    Interval(String),
+    /// A five- or six-field entry.
+    Schedule {
+        time: Time,
+        days: Days,
+        /// 1–12, ascending; empty: every month.
+        months: Vec<u32>,
+    },
+}
+
+/// The times of day of a [`Reading::Schedule`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Time {
+    /// Every n seconds (n = 1: every second).
+    EverySeconds(u32),
+    /// Every n minutes.
+    EveryMinutes(u32),
+    /// Every hour at this minute (0: on the hour).
+    Hourly(u32),
+    /// At these times of day, `(hour, minute)`.
+    At(Vec<(u32, u32)>),
+    /// Every n minutes within these hours.
+    MinutesInHours(u32, Vec<u32>),
+}
+
+/// The days of a [`Reading::Schedule`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Days {
+    Any,
+    /// Days of the week, 0 = Sunday, ascending.
+    Weekdays(Vec<u32>),
+    /// Days of the month, ascending.
+    MonthDays(Vec<u32>),
+}
+
+/// The entry in plain English words, or `None` for a form this does not read.
 pub fn reading(expr: &str) -> Option<String> {
+    read(expr).map(|r| r.to_string())
+}
+
+/// What the entry says, or `None` for a form this does not read.
+pub fn read(expr: &str) -> Option<Reading> {
     let words: Vec<&str> = expr.split_whitespace().collect();
     let first = words.first()?.to_ascii_lowercase();
     if first.starts_with('@') {
         return match first.as_str() {
-            "@reboot" => Some("when the node starts".into()),
-            "@every" => Some(format!("every {}", words.get(1..)?.join(" "))),
-            "@hourly" => reading("0 * * * *"),
-            "@daily" | "@midnight" => reading("0 0 * * *"),
-            "@weekly" => reading("0 0 * * 0"),
-            "@monthly" => reading("0 0 1 * *"),
-            "@yearly" | "@annually" => reading("0 0 1 1 *"),
+            "@reboot" => Some(Reading::AtStart),
+            "@every" => Some(Reading::Interval(words.get(1..)?.join(" "))),
+            "@hourly" => read("0 * * * *"),
+            "@daily" | "@midnight" => read("0 0 * * *"),
+            "@weekly" => read("0 0 * * 0"),
+            "@monthly" => read("0 0 1 * *"),
+            "@yearly" | "@annually" => read("0 0 1 1 *"),
             _ => None,
         };
     }
@@ -52,20 +101,12 @@ pub fn reading(expr: &str) -> Option<String> {
         return None;
     };
     let time = time_of_day(second, minute, hour)?;
-    let days = days(day, month, weekday)?;
-    Some(match (days.as_str(), time) {
-        ("", Time::Repeating(t)) => t,
-        (d, Time::Repeating(t)) => format!("{t}, {d}"),
-        ("", Time::At(t)) => format!("every day {t}"),
-        (d, Time::At(t)) => format!("{d} {t}"),
-    })
-}
-
-enum Time {
-    /// "at 03:00", "at 03:00 and 15:00".
-    At(String),
-    /// "every 5 minutes", "every hour, on the hour".
-    Repeating(String),
+    let days = days(day, weekday)?;
+    let months = match *month {
+        "*" => Vec::new(),
+        m => from_one(list(m, 12)?)?,
+    };
+    Some(Reading::Schedule { time, days, months })
 }
 
 fn time_of_day(second: Option<&str>, minute: &str, hour: &str) -> Option<Time> {
@@ -73,56 +114,29 @@ fn time_of_day(second: Option<&str>, minute: &str, hour: &str) -> Option<Time> {
     if let Some(second) = second.filter(|s| *s != "0") {
         // Seconds that vary: only "every n seconds" (of every minute) is read.
         return match (minute, hour) {
-            ("*", "*") => Some(Time::Repeating(every(second, "second")?)),
+            ("*", "*") => Some(Time::EverySeconds(step(second)?)),
             _ => None,
         };
     }
-    let minute_value = number(minute, 59);
-    let hours = list(hour, 23);
-    Some(match (minute_value, hour) {
-        (Some(0), "*") => Time::Repeating("every hour, on the hour".into()),
-        (Some(m), "*") => Time::Repeating(format!("every hour at minute {m}")),
-        (Some(m), _) => {
-            let times: Vec<String> = hours?.iter().map(|h| format!("{h:02}:{m:02}")).collect();
-            Time::At(format!("at {}", join_and(&times)))
-        }
-        (None, "*") if at_second_zero => Time::Repeating(every(minute, "minute")?),
-        (None, _) => {
-            let hours = hours?;
-            let minutes = every(minute, "minute")?;
-            let hours: Vec<String> = hours.iter().map(|h| format!("{h:02}:00")).collect();
-            Time::Repeating(format!("{minutes} in the hours from {}", join_and(&hours)))
-        }
+    Some(match (number(minute, 59), hour) {
+        (Some(m), "*") => Time::Hourly(m),
+        (Some(m), _) => Time::At(list(hour, 23)?.into_iter().map(|h| (h, m)).collect()),
+        (None, "*") if at_second_zero => Time::EveryMinutes(step(minute)?),
+        (None, _) => Time::MinutesInHours(step(minute)?, list(hour, 23)?),
     })
 }
 
-/// "every minute" for `*`, "every 5 minutes" for `*/5`.
-fn every(field: &str, unit: &str) -> Option<String> {
+/// 1 for `*`, n for `*/n`.
+fn step(field: &str) -> Option<u32> {
     if field == "*" {
-        return Some(format!("every {unit}"));
+        return Some(1);
     }
-    let step: u32 = field.strip_prefix("*/")?.parse().ok()?;
-    Some(match step {
-        1 => format!("every {unit}"),
-        n => format!("every {n} {unit}s"),
-    })
+    field.strip_prefix("*/")?.parse().ok().filter(|n| *n > 0)
 }
 
-fn days(day: &str, month: &str, weekday: &str) -> Option<String> {
-    let in_month = match month {
-        "*" => String::new(),
-        m => {
-            let months = list(m, 12)?;
-            let names: Vec<&str> = months
-                .iter()
-                .map(|m| MONTHS.get((*m as usize).checked_sub(1)?).copied())
-                .collect::<Option<_>>()?;
-            format!(" in {}", join_and(&names))
-        }
-    };
+fn days(day: &str, weekday: &str) -> Option<Days> {
     Some(match (day, weekday) {
-        ("*" | "?", "*" | "?") if in_month.is_empty() => String::new(),
-        ("*" | "?", "*" | "?") => format!("every day{in_month}"),
+        ("*" | "?", "*" | "?") => Days::Any,
         ("*" | "?", w) => {
             let mut days = list(w, 7)?;
             for d in &mut days {
@@ -130,26 +144,90 @@ fn days(day: &str, month: &str, weekday: &str) -> Option<String> {
             }
             days.sort_unstable();
             days.dedup();
-            let name = match days.as_slice() {
-                [1, 2, 3, 4, 5] => "every weekday".to_owned(),
-                [0, 6] => "every weekend day".to_owned(),
-                _ => {
-                    let names: Vec<&str> = days.iter().map(|d| WEEKDAYS[*d as usize]).collect();
-                    format!("every {}", join_and(&names))
-                }
-            };
-            format!("{name}{in_month}")
+            Days::Weekdays(days)
         }
-        (d, "*" | "?") => {
-            let days = list(d, 31)?;
-            let ordinals: Vec<String> = days.iter().map(|d| ordinal(*d)).collect();
-            match in_month.as_str() {
-                "" => format!("on the {} of every month", join_and(&ordinals)),
-                m => format!("on the {}{m}", join_and(&ordinals)),
-            }
-        }
+        (d, "*" | "?") => Days::MonthDays(from_one(list(d, 31)?)?),
         _ => return None,
     })
+}
+
+impl std::fmt::Display for Reading {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (time, days, months) = match self {
+            Reading::AtStart => return f.write_str("when the node starts"),
+            Reading::Interval(every) => return write!(f, "every {every}"),
+            Reading::Schedule { time, days, months } => (time, days, months),
+        };
+        let in_months = match months.as_slice() {
+            [] => String::new(),
+            m => format!(" in {}", join_and(&names(&MONTHS, m, 1))),
+        };
+        let days = match days {
+            Days::Any if in_months.is_empty() => String::new(),
+            Days::Any => format!("every day{in_months}"),
+            Days::Weekdays(d) => {
+                let name = match d.as_slice() {
+                    [1, 2, 3, 4, 5] => "every weekday".to_owned(),
+                    [0, 6] => "every weekend day".to_owned(),
+                    d => format!("every {}", join_and(&names(&WEEKDAYS, d, 0))),
+                };
+                format!("{name}{in_months}")
+            }
+            Days::MonthDays(d) => {
+                let ordinals: Vec<String> = d.iter().map(|d| ordinal(*d)).collect();
+                match in_months.as_str() {
+                    "" => format!("on the {} of every month", join_and(&ordinals)),
+                    m => format!("on the {}{m}", join_and(&ordinals)),
+                }
+            }
+        };
+        let every = |n: u32, unit: &str| match n {
+            1 => format!("every {unit}"),
+            n => format!("every {n} {unit}s"),
+        };
+        let (repeating, time) = match time {
+            Time::EverySeconds(n) => (true, every(*n, "second")),
+            Time::EveryMinutes(n) => (true, every(*n, "minute")),
+            Time::Hourly(0) => (true, "every hour, on the hour".to_owned()),
+            Time::Hourly(m) => (true, format!("every hour at minute {m}")),
+            Time::At(times) => (false, format!("at {}", join_and(&clock_times(times)))),
+            Time::MinutesInHours(n, hours) => {
+                let hours: Vec<(u32, u32)> = hours.iter().map(|h| (*h, 0)).collect();
+                let minutes = every(*n, "minute");
+                let hours = join_and(&clock_times(&hours));
+                (true, format!("{minutes} in the hours from {hours}"))
+            }
+        };
+        match (days.as_str(), repeating) {
+            ("", true) => f.write_str(&time),
+            (d, true) => write!(f, "{time}, {d}"),
+            ("", false) => write!(f, "every day {time}"),
+            (d, false) => write!(f, "{d} {time}"),
+        }
+    }
+}
+
+/// `names[value - first]` for each value.
+pub fn names<'a>(names: &[&'a str], values: &[u32], first: u32) -> Vec<&'a str> {
+    values
+        .iter()
+        .filter_map(|v| names.get(v.checked_sub(first)? as usize).copied())
+        .collect()
+}
+
+/// `03:00` for `(3, 0)`.
+pub fn clock_times(times: &[(u32, u32)]) -> Vec<String> {
+    times
+        .iter()
+        .map(|(h, m)| format!("{h:02}:{m:02}"))
+        .collect()
+}
+
+/// `values`, sorted, when none is 0 (months and days of the month count from 1).
+fn from_one(mut values: Vec<u32>) -> Option<Vec<u32>> {
+    values.sort_unstable();
+    values.dedup();
+    (!values.contains(&0)).then_some(values)
 }
 
 /// A single number no greater than `max`.
@@ -188,12 +266,17 @@ fn ordinal(n: u32) -> String {
 
 /// "a", "a and b", "a, b and c".
 fn join_and<S: AsRef<str>>(items: &[S]) -> String {
+    join_list(items, "and")
+}
+
+/// `items` as a list with `and` before the last: "a", "a and b", "a, b and c".
+pub fn join_list<S: AsRef<str>>(items: &[S], and: &str) -> String {
     match items {
         [] => String::new(),
         [one] => one.as_ref().to_owned(),
         [init @ .., last] => {
             let init: Vec<&str> = init.iter().map(AsRef::as_ref).collect();
-            format!("{} and {}", init.join(", "), last.as_ref())
+            format!("{} {and} {}", init.join(", "), last.as_ref())
         }
     }
 }

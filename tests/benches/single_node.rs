@@ -212,7 +212,10 @@ fn idle_binaries() -> Result<()> {
     if dist.exists() {
         builds.push(("idle node (dist binary, shipped)", dist));
     } else {
-        println!("no dist build at {}: only the release binary", dist.display());
+        println!(
+            "no dist build at {}: only the release binary",
+            dist.display()
+        );
     }
     for _ in 0..2 {
         for (label, bin) in &builds {

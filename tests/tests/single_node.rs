@@ -1284,8 +1284,8 @@ async fn a_stale_save_is_refused_with_the_task_as_it_is_now() -> Result<()> {
     Ok(())
 }
 
-/// The schedule preview: the next times of an entry in its timezone and the entry in words;
-/// a bad entry or timezone is a 400 naming the field (and the column).
+/// The schedule preview: the next times of an entry in its timezone and the entry in words
+/// (in German for a German browser); a bad entry or timezone is a 400 naming the field (and the column).
 #[tokio::test]
 async fn a_schedule_is_previewed_with_its_next_times_and_in_words() -> Result<()> {
     use chrono::{Datelike, Timelike};
@@ -1305,6 +1305,25 @@ async fn a_schedule_is_previewed_with_its_next_times_and_in_words() -> Result<()
         assert!(at.weekday().number_from_monday() <= 5, "{at} is a weekend");
     }
     assert!(next[0] > Utc::now());
+    // A German browser reads it in German, lists and ordinals included.
+    for (cron, german) in [
+        ("0%203%20*%20*%201-5", "werktags um 03:00"),
+        (
+            "30%202%201,15%20*%20*",
+            "am 1. und 15. jedes Monats um 02:30",
+        ),
+    ] {
+        let answer = node
+            .api
+            .http
+            .get(format!("{}/api/schedule?cron={cron}", node.api.base))
+            .header("accept-language", "de-DE,de;q=0.9")
+            .send()
+            .await?;
+        assert_eq!(answer.status(), 200);
+        let preview: serde_json::Value = answer.json().await?;
+        assert_eq!(preview["reading"], german, "{cron}");
+    }
 
     let (status, body) = node
         .api

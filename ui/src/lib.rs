@@ -16,6 +16,7 @@ mod node_view;
 mod peers;
 mod problem;
 mod run;
+mod schedule_reading;
 mod settings;
 mod task_filter;
 mod task_page;
@@ -28,6 +29,7 @@ use axum::routing::get;
 pub use i18n::Lang;
 pub use login::LoginTemplate;
 pub use node_view::{NodeView, Places};
+pub use schedule_reading::reading as schedule_reading;
 
 pub fn router<N: NodeView>(node: N) -> Router {
     Router::new()

@@ -696,7 +696,7 @@
         box.classList.toggle("bad", !!error);
         if (error) { box.append(el("span", { text: error })); return; }
         if (answer.reading) {
-          const reading = T(answer.reading);
+          const reading = answer.reading; // in the page's language already
           box.append(el("p", { class: "reading", text: reading[0].toUpperCase() + reading.slice(1) }));
         }
         if (answer.reboot) return;

@@ -455,10 +455,14 @@ fn utc() -> String {
 }
 
 /// A crontab entry checked and previewed: its next times and, for the common forms, the entry
-/// in plain words; `400` with the error at `when.schedule` (with its column) or `when.timezone`.
+/// in plain words (German for a German browser: the `taskmesh_lang` cookie, else
+/// `Accept-Language`); `400` with the error at `when.schedule` (with its column) or `when.timezone`.
 #[utoipa::path(get, path = "/api/schedule", tag = "tasks", params(ScheduleParams),
     responses((status = 200, description = "OK", body = openapi::SchedulePreview), (status = 400, description = "bad input: `error` (and `details`) say what and where", body = error::ErrorBody)))]
-async fn preview_schedule(Query(p): Query<ScheduleParams>) -> Result<impl IntoResponse, ApiError> {
+async fn preview_schedule(
+    lang: crate::ui::Lang,
+    Query(p): Query<ScheduleParams>,
+) -> Result<impl IntoResponse, ApiError> {
     let count = match p.count.unwrap_or(5) {
         n @ 1..=20 => n,
         n => {
@@ -480,7 +484,7 @@ async fn preview_schedule(Query(p): Query<ScheduleParams>) -> Result<impl IntoRe
         after = at;
     }
     Ok(Json(openapi::SchedulePreview {
-        reading: taskmesh_core::cron_reading::reading(&p.cron),
+        reading: crate::ui::schedule_reading(lang, &p.cron),
         reboot: schedule.is_reboot(),
         next,
         cron: p.cron,

@@ -155,7 +155,8 @@ pub struct ClusterKey {
 pub struct SchedulePreview {
     pub cron: String,
     pub timezone: String,
-    /// The entry in words for the common forms ("every weekday at 03:00"), else null.
+    /// The entry in words for the common forms ("every weekday at 03:00"), else null; German
+    /// for a German browser (the `taskmesh_lang` cookie, else `Accept-Language`).
     pub reading: Option<String>,
     /// Whether the entry is `@reboot`.
     pub reboot: bool,
