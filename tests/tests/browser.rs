@@ -708,9 +708,10 @@ async fn the_dashboard_shows_what_the_api_counts() -> Result<()> {
     let task = |name: &str, command: &str| json!({"name": name, "spec": {"shell": command}, "when": {"mode": "manual"}});
     let ok = node.api.create_task(&task("fine", "true")).await?;
     let bad = node.api.create_task(&task("broken", "exit 3")).await?;
-    node.api
+    let nightly = node
+        .api
         .create_task(&json!({"name": "nightly", "spec": {"command": ["true"]},
-            "when": {"mode": "cron", "schedule": "0 3 * * *", "timezone": "Europe/Berlin"}}))
+            "when": {"mode": "cron", "schedule": "0 3 1,15 * *", "timezone": "Europe/Berlin"}}))
         .await?;
     for (id, times) in [(&ok, 3), (&bad, 2)] {
         for _ in 0..times {
@@ -1074,9 +1075,10 @@ async fn a_german_browser_gets_german_pages_and_the_switch_sticks() -> Result<()
             &json!({"name": "backup", "spec": {"shell": "exit 3"}, "when": {"mode": "manual"}}),
         )
         .await?;
-    node.api
+    let nightly = node
+        .api
         .create_task(&json!({"name": "nightly", "spec": {"command": ["true"]},
-            "when": {"mode": "cron", "schedule": "0 3 * * *", "timezone": "Europe/Berlin"}}))
+            "when": {"mode": "cron", "schedule": "0 3 1,15 * *", "timezone": "Europe/Berlin"}}))
         .await?;
     let run = node.api.execute(&id).await?;
     let run_id = run["id"].as_str().unwrap_or_default().to_owned();
@@ -1146,6 +1148,20 @@ async fn a_german_browser_gets_german_pages_and_the_switch_sticks() -> Result<()
     .await?;
     assert!(error.contains("nicht der Text"), "{error}");
     screenshot(&browser, "de-tasks").await;
+    // A schedule in words, told in German, its list and ordinals too.
+    browser
+        .click(
+            &browser
+                .find(&format!("#task-{nightly} tr.summary td.name"))
+                .await?,
+        )
+        .await?;
+    wait_text(
+        &browser,
+        &format!("#task-{nightly} .cron-preview"),
+        "Am 1. und 15. jedes Monats um 03:00",
+    )
+    .await?;
 
     // The run page: words, exit and a date in German.
     browser.goto(&format!("{base}/runs/{run_id}")).await?;
