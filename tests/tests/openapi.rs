@@ -142,3 +142,60 @@ async fn the_cli_reads_the_answers_as_the_shared_types() -> Result<()> {
     node.stop().await;
     Ok(())
 }
+
+/// Error answers read as the shared `ErrorBody` the CLI reads them with: a `400` with its
+/// fields, a `404`, and a stale replacement's `409` with the task as it is now.
+#[tokio::test]
+async fn error_answers_read_as_the_shared_error_body() -> Result<()> {
+    use taskmesh::api::ErrorBody;
+    let node = TestNode::start().await?;
+    let (status, bad) = node
+        .api
+        .post(
+            "/api/tasks",
+            &serde_json::json!({"name": "x", "spec": {"command": []}, "when": {"mode": "cron", "schedule": "61 * * * *"}}),
+        )
+        .await?;
+    assert_eq!(status, 400);
+    let bad: ErrorBody = serde_json::from_value(bad)?;
+    assert!(
+        bad.details.iter().any(|d| d.path == "when.schedule"),
+        "{bad:?}"
+    );
+
+    let (status, missing) = node.api.get("/api/tasks/nope").await?;
+    assert_eq!(status, 404);
+    let missing: ErrorBody = serde_json::from_value(missing)?;
+    assert!(
+        missing.details.is_empty() && missing.refused.is_none(),
+        "{missing:?}"
+    );
+
+    let id = node
+        .api
+        .create_task(&serde_json::json!({"name": "t", "spec": {"shell": "true"}, "when": {"mode": "manual"}}))
+        .await?;
+    let (_, task) = node.api.get(&format!("/api/tasks/{id}")).await?;
+    let stale = serde_json::json!({
+        "name": task["name"], "spec": {"shell": "false"}, "when": task["when"],
+        "updated_at": "2020-01-01T00:00:00Z"
+    });
+    let (status, conflict) = node
+        .api
+        .send(
+            reqwest::Method::PUT,
+            &format!("/api/tasks/{id}"),
+            Some(&stale),
+        )
+        .await?;
+    assert_eq!(status, 409, "{conflict}");
+    let conflict: ErrorBody = serde_json::from_value(conflict)?;
+    assert_eq!(conflict.refused.as_deref(), Some("stale"));
+    assert_eq!(
+        conflict.current.map(|t| t.id.0),
+        Some(id),
+        "the task as it is now"
+    );
+    node.stop().await;
+    Ok(())
+}

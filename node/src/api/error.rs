@@ -8,7 +8,9 @@
 use axum::Json;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use serde::Serialize;
+use std::borrow::Cow;
+
+use serde::{Deserialize, Serialize};
 
 use crate::handle::NodeError;
 use crate::model::{FieldError, Invalid};
@@ -19,20 +21,20 @@ pub struct ApiError {
     pub body: ErrorBody,
 }
 
-/// Every error answer's body.
-#[derive(Debug, Serialize, utoipa::ToSchema)]
+/// Every error answer's body (the CLI reads it back as this type).
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ErrorBody {
     /// What went wrong.
     pub error: String,
     /// With `400`: each invalid field, with its path (and line and column for JSON text).
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub details: Vec<FieldError>,
     /// With `409`: why the run was refused (`no_node`, `still_running`).
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<String>)]
-    pub refused: Option<&'static str>,
+    pub refused: Option<Cow<'static, str>>,
     /// With `409` for a stale replacement: the task as it is now.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub current: Option<Box<crate::model::Task>>,
 }
 
@@ -74,12 +76,12 @@ impl From<NodeError> for ApiError {
             // the dependency joins, the earlier run ends): 409, not 422, and not 503.
             NodeError::CannotRun(refusal) => {
                 let mut error = Self::new(StatusCode::CONFLICT, refusal.to_string());
-                error.body.refused = Some(refusal.kind());
+                error.body.refused = Some(Cow::Borrowed(refusal.kind()));
                 error
             }
             NodeError::Stale { message, current } => {
                 let mut error = Self::new(StatusCode::CONFLICT, message);
-                error.body.refused = Some("stale");
+                error.body.refused = Some(Cow::Borrowed("stale"));
                 error.body.current = Some(current);
                 error
             }

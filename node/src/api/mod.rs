@@ -10,6 +10,8 @@ pub mod openapi;
 pub mod serve;
 pub mod tls;
 
+pub use error::ErrorBody;
+
 use axum::Json;
 use axum::Router;
 use axum::body::Bytes;

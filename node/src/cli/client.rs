@@ -10,6 +10,7 @@ use rustls::pki_types::CertificateDer;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
+use crate::api::ErrorBody;
 use crate::api::openapi::{ChannelTested, LoginLink, TokenRotated};
 use crate::http_client;
 use crate::model::{Run, Task, When};
@@ -139,11 +140,10 @@ impl Api {
             return Ok(response);
         }
         let status = response.status();
-        let body: Value = read_body(response)
+        let body: Option<ErrorBody> = read_body(response)
             .await
             .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok())
-            .unwrap_or(Value::Null);
+            .and_then(|b| serde_json::from_slice(&b).ok());
         if status == StatusCode::UNAUTHORIZED {
             if let Err(why) = &self.token {
                 return Err(ClientError::Api(format!(
@@ -151,27 +151,23 @@ impl Api {
                 )));
             }
         }
+        let Some(body) = body else {
+            return Err(ClientError::Api(format!("{status}: request failed")));
+        };
         if status == StatusCode::CONFLICT {
             return Err(ClientError::Refused {
                 status,
-                reason: body["error"].as_str().unwrap_or("refused").to_owned(),
-                refused: body["refused"].as_str().map(str::to_owned),
+                reason: body.error,
+                refused: body.refused.map(String::from),
             });
         }
-        let mut message = format!(
-            "{status}: {}",
-            body["error"].as_str().unwrap_or("request failed")
-        );
-        for d in body["details"].as_array().into_iter().flatten() {
-            let at = match (d["line"].as_u64(), d["column"].as_u64()) {
+        let mut message = format!("{status}: {}", body.error);
+        for d in &body.details {
+            let at = match (d.line, d.column) {
                 (Some(l), Some(c)) => format!(" (line {l}, column {c})"),
                 _ => String::new(),
             };
-            message.push_str(&format!(
-                "\n  {}{at}: {}",
-                d["path"].as_str().unwrap_or(""),
-                d["message"].as_str().unwrap_or("")
-            ));
+            message.push_str(&format!("\n  {}{at}: {}", d.path, d.message));
         }
         Err(ClientError::Api(message))
     }
