@@ -1,5 +1,5 @@
 //! Turns due cron slots, `@reboot`, and run requests (Execute now, retries, exit rules) into
-//! runs, and places them on the live nodes (issue 5; DESIGN.md "scheduler").
+//! runs, and places them on the live nodes (DESIGN.md "scheduler").
 //!
 //! A [`Scheduler`] runs on every node, and does different things there:
 //!
