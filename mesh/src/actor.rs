@@ -400,7 +400,12 @@ impl Actor {
             }
             Command::Observe(peer, announcement) => {
                 if announcement.peer_id == peer.to_string() {
-                    let _ = self.observe(*announcement);
+                    let origin = announcement.peer_id.clone();
+                    if self.observe(*announcement) {
+                        // News heard by asking, which relays nothing: the peer's next gossiped
+                        // announcement is relayed at once, so that the others learn it too.
+                        self.relayed.remove(&origin);
+                    }
                 }
             }
             Command::Dial(addrs) => {

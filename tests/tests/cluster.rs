@@ -127,27 +127,51 @@ async fn all_have(members: &[&Member], names: &BTreeSet<String>) -> Result<()> {
 /// Waits until every member's `GET /api/peers` lists every member with one applied index and one
 /// state hash; returns them, after checking the hash against each node's own state.
 async fn states_agree(members: &[&Member]) -> Result<(u64, String)> {
+    let last = std::sync::Mutex::new(Vec::new());
     let (applied, hash) = wait_for(
         "every member to show the same applied index and state hash",
         FORM,
         || async {
             let mut seen = BTreeSet::new();
+            let mut views = Vec::new();
             for m in members {
-                let (status, peers) = m.node.api.get("/api/peers").await.ok()?;
-                let listed = peers["cluster"]["members"].as_array()?;
+                let (status, peers) = match m.node.api.get("/api/peers").await {
+                    Ok(answer) => answer,
+                    Err(e) => {
+                        views.push(format!("{}: {e:#}", m.name));
+                        *last.lock().expect("lock") = views;
+                        return None;
+                    }
+                };
+                let Some(listed) = peers["cluster"]["members"].as_array() else {
+                    views.push(format!("{} ({status}): {peers}", m.name));
+                    *last.lock().expect("lock") = views;
+                    return None;
+                };
+                views.push(format!(
+                    "{} ({}, own digest {:016x}): {}",
+                    m.name,
+                    status,
+                    m.node.handle.state().digest(),
+                    serde_json::Value::from(listed.clone())
+                ));
                 if status != 200 || listed.len() != members.len() {
+                    *last.lock().expect("lock") = views;
                     return None;
                 }
+                *last.lock().expect("lock") = views.clone();
                 for member in listed {
                     let applied = member["applied"].as_u64()?;
                     let hash = member["state_hash"].as_str()?.to_owned();
                     seen.insert((applied, hash));
                 }
             }
+            *last.lock().expect("lock") = views;
             (seen.len() == 1).then(|| seen.pop_first()).flatten()
         },
     )
-    .await?;
+    .await
+    .with_context(|| format!("last seen:\n{}", last.lock().expect("lock").join("\n")))?;
     ensure!(
         hash.len() == 16 && hash.bytes().all(|b| b.is_ascii_hexdigit()),
         "a state hash is 16 hex digits: {hash}"
@@ -246,7 +270,13 @@ async fn three_nodes_replicate_elect_a_new_leader_and_catch_up_by_snapshot() -> 
     );
 
     // It comes back (on a new port) and catches up, by snapshot since the log it missed is gone.
-    let peers = vec![p2p_addr(&members[0].node).await?];
+    // It is given both survivors, as an operator's peer list would: this test is about the
+    // catch-up, and a node that knows only one seed learns of the others by gossip
+    // (`tests/tests/mesh.rs`).
+    let peers = vec![
+        p2p_addr(&members[0].node).await?,
+        p2p_addr(&members[1].node).await?,
+    ];
     let back = start(&gone_name, gone_dir, peers).await?;
     members.push(back);
     all_have(&members.iter().collect::<Vec<_>>(), &expected).await?;
