@@ -433,9 +433,12 @@ fn an_always_task_whose_node_dies_runs_on_another_node_once() {
     );
     let took = killed.elapsed();
     assert_ne!(next, holder);
-    // The stated bound: the peer timeout (here 3 s, but a peer counts as live for 5 s after its
-    // last announcement) plus about a second to place it and start it.
-    assert!(took < Duration::from_secs(10), "moved after {took:?}");
+    // A holder whose process died is handed over at once when a dial to it is refused (about
+    // 1.5 s on loopback, docs/guarantees.md). The bound held here is the hand-over of a silent
+    // holder, which a loaded machine has been seen to fall back to (10.6 s once in CI): counted
+    // live up to 5 s after it was last heard, then the lease term (1.5 s) + kill_grace (5 s) +
+    // 1 s, then placing and starting it.
+    assert!(took < Duration::from_secs(20), "moved after {took:?}");
     eprintln!("the always-task ran again on another node {took:?} after its node was killed");
     // And it stays at one instance (nothing else starts it) for a while.
     let until = Instant::now() + Duration::from_secs(2);
