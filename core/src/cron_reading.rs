@@ -71,11 +71,6 @@ pub enum Days {
     MonthDays(Vec<u32>),
 }
 
-/// The entry in plain English words, or `None` for a form this does not read.
-pub fn reading(expr: &str) -> Option<String> {
-    read(expr).map(|r| r.to_string())
-}
-
 /// What the entry says, or `None` for a form this does not read.
 pub fn read(expr: &str) -> Option<Reading> {
     let words: Vec<&str> = expr.split_whitespace().collect();
@@ -283,7 +278,12 @@ pub fn join_list<S: AsRef<str>>(items: &[S], and: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::reading;
+    use super::read;
+
+    /// The entry in plain English words.
+    fn reading(expr: &str) -> Option<String> {
+        read(expr).map(|r| r.to_string())
+    }
 
     #[test]
     fn common_forms_read_plainly() {
