@@ -306,9 +306,15 @@ async fn open_raft(
         .report_committed(parts.committed.clone());
     let sm = StateMachine::open_into(&parts.store, parts.state.clone(), log.on_disk())
         .map_err(|e| OpenError(e.to_string()))?;
-    let raft = Raft::new(id, parts.config.clone(), MeshNetwork { mesh }, log, sm)
+    let network = MeshNetwork {
+        mesh,
+        metrics: Arc::default(),
+    };
+    let metrics = network.metrics.clone();
+    let raft = Raft::new(id, parts.config.clone(), network, log, sm)
         .await
         .map_err(|e| OpenError(e.to_string()))?;
+    let _ = metrics.set(raft.metrics());
     tokio::spawn(follow_snapshots(
         raft.clone(),
         parts.snapshot_every,

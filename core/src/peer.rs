@@ -12,7 +12,8 @@ pub struct Announcement {
     pub dependencies: Vec<String>,
     pub slots_total: u32,
     pub slots_free: u32,
-    /// 1-minute load average.
+    /// 1-minute load average, as of this announcement; it travels with the node's beats (the
+    /// peers it beats hold the newest), and moving is no news.
     pub load: f32,
     /// Runs in progress on the node.
     pub running: u32,
@@ -50,10 +51,6 @@ pub struct ClusterBadge {
     pub state_hash: Option<u64>,
 }
 
-/// How far the load average moves before peers hear of it at once (less goes out with the next
-/// refresh).
-pub const LOAD_NEWS: f32 = 0.5;
-
 /// Limits on a peer's announcement, so a bad peer cannot flood memory.
 const MAX_LIST: usize = 256;
 const MAX_TEXT: usize = 512;
@@ -80,15 +77,13 @@ impl Announcement {
     }
 
     /// Whether this announcement tells peers something `sent` did not, enough to send it at once:
-    /// anything but its number, a load that moved less than [`LOAD_NEWS`], and the progress of
-    /// the node's state (applied and logged index, digest). Those go out with the next refresh;
-    /// the leader learns a follower's progress from Raft itself.
+    /// anything but its number, its load (which travels with beats) and the progress of the
+    /// node's state (applied and logged index, digest). The progress goes out with the next
+    /// refresh; the leader learns a follower's progress from Raft itself.
     pub fn is_news_after(&self, sent: &Announcement) -> bool {
         let mut same = self.clone();
         same.seq = sent.seq;
-        if (self.load - sent.load).abs() < LOAD_NEWS {
-            same.load = sent.load;
-        }
+        same.load = sent.load;
         if let (Some(now), Some(then)) = (same.cluster.as_mut(), sent.cluster.as_ref()) {
             now.applied = then.applied;
             now.last_log = then.last_log;
@@ -126,8 +121,12 @@ impl Announcement {
 pub struct PeerInfo {
     #[serde(flatten)]
     pub announcement: Announcement,
-    /// Milliseconds since it was last heard: its last announcement or beat.
+    /// Milliseconds since it was last known alive: heard itself (its last announcement or
+    /// beat), or named live by a voter that hears it (see `docs/ARCHITECTURE.md`, mesh).
     pub last_seen_ms: u64,
+    /// Milliseconds since this node last heard it itself (what the always-task lease counts).
+    #[serde(default)]
+    pub heard_ms: u64,
     /// Whether this node has a direct connection to it.
     pub connected: bool,
 }
@@ -158,8 +157,8 @@ mod tests {
         let badge = later.cluster.as_mut().unwrap();
         (badge.applied, badge.last_log, badge.state_hash) = (12, 13, Some(8));
         assert!(!later.is_news_after(&sent), "counters and load noise wait");
-        later.load = 0.5;
-        assert!(later.is_news_after(&sent), "a load that moved half a point");
+        later.load = 3.5;
+        assert!(!later.is_news_after(&sent), "the load goes with the beats");
         later.load = 0.0;
         later.slots_free = 3;
         assert!(later.is_news_after(&sent), "a slot taken");

@@ -365,6 +365,7 @@ mod tests {
             peers: vec![PeerInfo {
                 announcement: Announcement::sample("p1", 3),
                 last_seen_ms: 840,
+                heard_ms: 840,
                 connected: true,
             }],
             cluster: ClusterStatus {

@@ -1,5 +1,17 @@
 //! The mesh actor: owns the Swarm, turns commands into swarm calls and swarm events into the
 //! peer table.
+//!
+//! **Liveness.** A peer is live while it is heard: its announcements (gossiped to every
+//! connected peer when they hold news) and its beats. A beat is a request on the stream the two
+//! nodes hold (`Request::Beat`), answered with the other's beat, every `announce_every`; a node
+//! beats every connected peer except the learners of its own cluster. So a voter hears every
+//! node (each beats it) and every node hears the voters (their answers), while two learners do
+//! not beat each other: the traffic of a learner does not grow with the mesh. A learner knows
+//! the other learners are alive from the voters: a voter's beat carries the digest of the peers
+//! it heard itself ([`super::Live`]), the learner asks for that list when the digest is new, and
+//! each later beat with the same digest *vouches* for the peers on it (`PeerTable::vouch`).
+//! Vouching lists a peer; only hearing it oneself counts for the always-task lease
+//! (`PeerInfo::heard_ms`).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -13,8 +25,8 @@ use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use libp2p::swarm::{ListenError, NetworkBehaviour, SwarmEvent};
 use libp2p::{
-    Multiaddr, PeerId, Swarm, Transport, connection_limits, gossipsub, identify, mdns, noise, ping,
-    tcp, yamux,
+    Multiaddr, PeerId, Swarm, Transport, connection_limits, gossipsub, identify, mdns, noise, tcp,
+    yamux,
 };
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
@@ -24,15 +36,12 @@ use tracing::{debug, info, warn};
 use super::limits::{OverAddressCap, PendingPerAddress};
 use super::rpc::{self, Rpc};
 use super::{
-    Announcement, CONNECTION_CAPS, Command, HANDSHAKE_TIMEOUT, MeshConfig, MeshError, MeshHandle,
-    PeerTable, Request, Response, peer_multiaddr,
+    Announcement, Beat, CONNECTION_CAPS, Command, HANDSHAKE_TIMEOUT, Live, MeshConfig, MeshError,
+    MeshHandle, PeerTable, Request, Response, peer_multiaddr,
 };
 use taskmesh_core::backoff::{self, Backoff};
 
 const TOPIC: &str = "taskmesh/announce/1";
-/// Where a node says it is alive and which announcement is current, when nothing in its
-/// announcement changed since it last sent it (8 bytes: that announcement's `seq`).
-const BEAT_TOPIC: &str = "taskmesh/beat/1";
 /// Configured peers are redialled after this, doubling up to [`MAX_REDIAL`].
 const FIRST_REDIAL: Duration = Duration::from_secs(1);
 const MAX_REDIAL: Duration = Duration::from_secs(30);
@@ -84,7 +93,6 @@ struct Behaviour {
     per_address: PendingPerAddress,
     mdns: Toggle<mdns::tokio::Behaviour>,
     identify: identify::Behaviour,
-    ping: ping::Behaviour,
     gossipsub: gossipsub::Behaviour,
     /// The streams requests travel on (see [`rpc`]).
     streams: libp2p_stream::Behaviour,
@@ -105,8 +113,9 @@ struct Actor {
     inbox: mpsc::Receiver<Command>,
     self_tx: mpsc::Sender<Command>,
     topic: gossipsub::IdentTopic,
-    beat_topic: gossipsub::IdentTopic,
     table: PeerTable,
+    /// The list each voter last gave of the peers it hears, while this node is a learner.
+    vouches: HashMap<PeerId, Live>,
     peers_tx: watch::Sender<Arc<Vec<super::PeerInfo>>>,
     listen_tx: watch::Sender<Vec<Multiaddr>>,
     own: Option<Announcement>,
@@ -159,10 +168,10 @@ fn build_swarm(config: &MeshConfig) -> Result<Swarm<Behaviour>, MeshError> {
         .with_behaviour(|key| {
             let peer_id = key.public().to_peer_id();
             let mdns = if mdns {
-                let config = mdns::Config {
-                    query_interval: Duration::from_secs(30),
-                    ..Default::default()
-                };
+                // libp2p's default: a query every 5 minutes (a node starting queries every
+                // second or so at first, so a new node finds the others at once); each query is
+                // answered by every node on the LAN.
+                let config = mdns::Config::default();
                 Some(mdns::tokio::Behaviour::new(config, peer_id)?)
             } else {
                 None
@@ -197,7 +206,6 @@ fn build_swarm(config: &MeshConfig) -> Result<Swarm<Behaviour>, MeshError> {
                     identify::Config::new("/taskmesh/1".into(), key.public())
                         .with_agent_version(format!("taskmesh/{}", env!("CARGO_PKG_VERSION"))),
                 ),
-                ping: ping::Behaviour::new(ping::Config::new()),
                 gossipsub,
                 streams: libp2p_stream::Behaviour::new(),
             })
@@ -231,14 +239,11 @@ pub(super) async fn start(
 ) -> Result<(MeshHandle, tokio::task::JoinHandle<()>), MeshError> {
     let mut swarm = build_swarm(&config)?;
     let topic = gossipsub::IdentTopic::new(TOPIC);
-    let beat_topic = gossipsub::IdentTopic::new(BEAT_TOPIC);
-    for t in [&topic, &beat_topic] {
-        swarm
-            .behaviour_mut()
-            .gossipsub
-            .subscribe(t)
-            .map_err(|e| MeshError::Build(e.to_string()))?;
-    }
+    swarm
+        .behaviour_mut()
+        .gossipsub
+        .subscribe(&topic)
+        .map_err(|e| MeshError::Build(e.to_string()))?;
     swarm
         .listen_on(config.listen.clone())
         .map_err(|e| MeshError::Listen {
@@ -267,15 +272,16 @@ pub(super) async fn start(
         .accept(rpc::PROTOCOL)
         .map_err(|e| MeshError::Build(e.to_string()))?;
     let (own_tx, own_rx) = watch::channel(None);
+    let (tx, inbox) = mpsc::channel(256);
     tokio::spawn(rpc::serve(
         incoming,
         own_rx,
+        tx.clone(),
         config.inbound.clone(),
         config.traffic.clone(),
         cancel.clone(),
     ));
     let rpc = Rpc::new(control, config.traffic.clone(), cancel.clone());
-    let (tx, inbox) = mpsc::channel(256);
     let (peers_tx, peers_rx) = watch::channel(Arc::new(Vec::new()));
     let (listen_tx, listen_rx) = watch::channel(vec![first]);
     let (down_tx, down_rx) = watch::channel(Arc::new(std::collections::BTreeSet::new()));
@@ -286,8 +292,8 @@ pub(super) async fn start(
         inbox,
         self_tx: tx.clone(),
         topic,
-        beat_topic,
         table: PeerTable::default(),
+        vouches: HashMap::new(),
         peers_tx,
         listen_tx,
         own: None,
@@ -408,6 +414,21 @@ impl Actor {
                     }
                 }
             }
+            Command::Beat(peer, beat, reply) => {
+                self.heard(peer, beat);
+                let _ = reply.send(Response::Beat(self.own_beat()));
+            }
+            Command::Beaten(peer, beat) => self.heard(peer, beat),
+            Command::Live(reply) => {
+                let _ = reply.send(Response::Live(self.live()));
+            }
+            Command::Vouches(voter, mut live) => {
+                if live.digest != 0 && !self.is_voter() {
+                    live.peers.truncate(Live::MAX_PEERS);
+                    self.vouches.insert(voter, live);
+                    self.apply_vouch(voter);
+                }
+            }
             Command::Dial(addrs) => {
                 for addr in addrs {
                     if let Err(e) = self.swarm.dial(addr.clone()) {
@@ -467,16 +488,132 @@ impl Actor {
         }
     }
 
-    /// Tells peers this node is alive and its last announcement is current (see [`BEAT_TOPIC`]).
-    fn beat(&mut self, seq: u64) {
-        self.last_publish = Instant::now();
+    /// Beats every connected peer but the learners of this node's cluster (see the module's
+    /// doc); each answer comes back as [`Command::Beaten`].
+    fn beat(&mut self) {
         self.publish_stats.record_beat();
-        self.gossip(self.beat_topic.clone(), seq.to_be_bytes().to_vec());
+        let beat = self.own_beat();
+        let mine = self.own.as_ref().and_then(|a| a.cluster).map(|b| b.id);
+        let targets: Vec<PeerId> = self
+            .connected
+            .iter()
+            .filter(|p| {
+                let learner = self
+                    .table
+                    .get(&p.to_string())
+                    .and_then(|a| a.cluster)
+                    .is_some_and(|b| Some(b.id) == mine && !b.voter);
+                !learner
+            })
+            .copied()
+            .collect();
+        for peer in targets {
+            self.publish_stats.record_exchange();
+            let (rpc, me) = (self.rpc.clone(), self.self_tx.clone());
+            tokio::spawn(async move {
+                match rpc.request(peer, &Request::Beat(beat)).await {
+                    Ok(Response::Beat(answer)) => {
+                        let _ = me.send(Command::Beaten(peer, answer)).await;
+                    }
+                    Ok(other) => debug!(%peer, answer = ?other, "a beat answered with no beat"),
+                    Err(e) => debug!(%peer, error = %e, "beat not answered"),
+                }
+            });
+        }
     }
 
-    /// Every `announce_every`: the announcement if something in it changed since it went out
-    /// (its progress included, a load that moved less than `LOAD_NEWS` not), else a beat.
+    /// This node's side of a beat exchange.
+    fn own_beat(&self) -> Beat {
+        Beat {
+            seq: self.published.as_ref().map_or(0, |a| a.seq),
+            load: self.own.as_ref().map_or(0.0, |a| a.load),
+            live: self.live().digest,
+        }
+    }
+
+    fn is_voter(&self) -> bool {
+        self.own
+            .as_ref()
+            .and_then(|a| a.cluster)
+            .is_some_and(|b| b.voter)
+    }
+
+    /// The peers this node heard itself, when it is a voter (the list it vouches with); an
+    /// empty list with digest 0 otherwise.
+    fn live(&self) -> Live {
+        if !self.is_voter() {
+            return Live {
+                digest: 0,
+                peers: Vec::new(),
+            };
+        }
+        Live::of(
+            self.table
+                .heard_within(std::time::Instant::now(), self.peer_ttl),
+        )
+    }
+
+    /// A peer's beat, sent or answered: it keeps the peer listed, or, naming an announcement
+    /// this node does not hold, makes it ask the peer directly; a voter's also vouches for the
+    /// peers it hears.
+    fn heard(&mut self, peer: PeerId, beat: Beat) {
+        let now = std::time::Instant::now();
+        if self.table.beat(&peer.to_string(), beat.seq, beat.load, now) {
+            if self.connected.contains(&peer) {
+                self.ask(peer);
+            }
+        } else {
+            self.publish_peers();
+        }
+        if beat.live == 0 || self.is_voter() {
+            self.vouches.remove(&peer);
+        } else if self
+            .vouches
+            .get(&peer)
+            .is_some_and(|l| l.digest == beat.live)
+        {
+            self.apply_vouch(peer);
+        } else {
+            self.ask_live(peer);
+        }
+    }
+
+    /// Takes the word of `voter`'s last list: every peer on it is alive.
+    fn apply_vouch(&mut self, voter: PeerId) {
+        let Some(live) = self.vouches.get(&voter) else {
+            return;
+        };
+        let (local, now) = (self.local().to_string(), std::time::Instant::now());
+        let mut ask = Vec::new();
+        for (peer, seq) in &live.peers {
+            if *peer != local && self.table.vouch(peer, *seq, now) {
+                ask.extend(peer.parse::<PeerId>().ok());
+            }
+        }
+        for peer in ask.into_iter().filter(|p| self.connected.contains(p)) {
+            self.ask(peer);
+        }
+        self.publish_peers();
+    }
+
+    /// Asks a voter whom it hears.
+    fn ask_live(&self, voter: PeerId) {
+        let (rpc, me) = (self.rpc.clone(), self.self_tx.clone());
+        tokio::spawn(async move {
+            match rpc.request(voter, &Request::Live).await {
+                Ok(Response::Live(live)) => {
+                    let _ = me.send(Command::Vouches(voter, live)).await;
+                }
+                Ok(_) => {}
+                Err(e) => debug!(%voter, error = %e, "no list of live peers"),
+            }
+        });
+    }
+
+    /// Every `announce_every`: a round of beats, and the announcement too if something in it
+    /// changed since it went out (its progress included, its load not).
     fn refresh(&mut self) {
+        self.last_publish = Instant::now();
         let unchanged = match (&self.own, &self.published) {
             (Some(own), Some(sent)) => {
                 !own.is_news_after(sent)
@@ -485,10 +622,10 @@ impl Actor {
             }
             _ => false,
         };
-        match (unchanged, &self.published) {
-            (true, Some(sent)) => self.beat(sent.seq),
-            _ => self.publish(),
+        if !unchanged {
+            self.publish();
         }
+        self.beat();
     }
 
     fn on_tick(&mut self) {
@@ -500,6 +637,9 @@ impl Actor {
         for id in &gone {
             info!(peer_id = %id, "peer expired (silent)");
             self.relayed.remove(id);
+            if let Ok(peer) = id.parse::<PeerId>() {
+                self.vouches.remove(&peer);
+            }
         }
         if !gone.is_empty() {
             self.publish_peers();
@@ -606,6 +746,7 @@ impl Actor {
         info!(peer_id = %peer, "peer's process is gone (its connection closed and a dial was refused)");
         self.table.remove(&peer.to_string());
         self.relayed.remove(&peer.to_string());
+        self.vouches.remove(&peer);
         self.down_tx.send_modify(|down| {
             let down = Arc::make_mut(down);
             if down.len() >= MAX_DOWN {
@@ -750,9 +891,6 @@ impl Actor {
                 self.traffic.gossip_received(message.data.len());
                 let verdict = match message.source {
                     None => gossipsub::MessageAcceptance::Reject,
-                    Some(source) if message.topic == self.beat_topic.hash() => {
-                        self.on_beat(source, &message.data)
-                    }
                     Some(source) => self.on_announcement(source, &message.data),
                 };
                 self.swarm
@@ -784,24 +922,6 @@ impl Actor {
                 gossipsub::MessageAcceptance::Reject
             }
         }
-    }
-
-    /// A peer's beat: it keeps the peer listed, or, naming an announcement this node does not
-    /// hold, makes it ask the peer directly. Never relayed: it reached every connected peer.
-    fn on_beat(&mut self, source: PeerId, data: &[u8]) -> gossipsub::MessageAcceptance {
-        let Ok(seq) = <[u8; 8]>::try_from(data).map(u64::from_be_bytes) else {
-            warn!(%source, "beat ignored: not 8 bytes");
-            return gossipsub::MessageAcceptance::Reject;
-        };
-        let now = std::time::Instant::now();
-        if self.table.beat(&source.to_string(), seq, now) {
-            if source != self.local() && self.connected.contains(&source) {
-                self.ask(source);
-            }
-        } else {
-            self.publish_peers();
-        }
-        gossipsub::MessageAcceptance::Ignore
     }
 
     /// Asks a connected peer for its announcement ("who are you?").

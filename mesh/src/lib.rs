@@ -1,5 +1,5 @@
-//! The mesh: one actor owns the libp2p Swarm (tcp + pnet + noise + yamux; mdns, identify, ping,
-//! gossipsub, and streams for requests). Everyone else talks to it through a cloneable
+//! The mesh: one actor owns the libp2p Swarm (tcp + pnet + noise + yamux; mdns, identify,
+//! gossipsub, and streams for requests and beats). Everyone else talks to it through a cloneable
 //! [`MeshHandle`]; requests go over one long-lived stream per peer (`rpc.rs`), not through the
 //! actor.
 //!
@@ -9,8 +9,10 @@
 //!   exchange: each announcement carries the sender's addresses, and gossip carries every
 //!   announcement to every node, so a node given one peer learns them all. For discovered peers
 //!   only the lower PeerId dials, so two nodes never dial each other at once.
-//! - **Announcements.** Each node gossips its [`Announcement`] on change and every few seconds;
-//!   a peer silent for longer than the peer TTL expires.
+//! - **Announcements and beats.** Each node gossips its [`Announcement`] when it holds news, and
+//!   beats the voters (a voter: everyone) every few seconds; a learner lists the other
+//!   learners on the voters' word. A peer neither heard nor vouched for within the peer TTL
+//!   expires (see `actor.rs`).
 //! - **Bounded.** Connections are capped ([`CONNECTION_CAPS`]), and one that has not finished
 //!   its handshakes within [`HANDSHAKE_TIMEOUT`] is closed, so connections without the key
 //!   cannot use up the node's file descriptors.
@@ -107,6 +109,10 @@ pub struct MeshConfig {
 pub enum Request {
     /// "Who are you?": the peer's current announcement (the mesh answers it itself).
     Announcement,
+    /// "I am alive": answered with the peer's own [`Beat`] (the mesh answers it itself).
+    Beat(Beat),
+    /// "Whom do you hear?": a voter's [`Live`] list (the mesh answers it itself).
+    Live,
     /// A Raft RPC, opaque to the mesh (the consensus layer encodes and answers it). Raw JSON:
     /// the mesh carries it as it is, without building a tree of it.
     Raft(Box<RawValue>),
@@ -128,6 +134,8 @@ impl Request {
     pub fn kind(&self) -> &'static str {
         match self {
             Request::Announcement => "announcement",
+            Request::Beat(_) => "beat",
+            Request::Live => "live",
             Request::Raft(_) => "raft",
             Request::RunLog { .. } => "run_log",
             Request::Schedule(_) => "schedule",
@@ -140,6 +148,8 @@ impl Request {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum Response {
     Announcement(Option<Box<Announcement>>),
+    Beat(Beat),
+    Live(Live),
     Raft(Box<RawValue>),
     /// The log piece; `None` when the node has no log for that run.
     RunLog(Option<Vec<u8>>),
@@ -151,6 +161,42 @@ pub enum Response {
     RunStats(Box<RawValue>),
     /// The receiving node could not handle the request (no handler, or it failed).
     Error(String),
+}
+
+/// One side of a beat exchange: the number of the announcement the node holds out as current
+/// (0 before its first), its load average now, and, from a voter, the digest of the peers it
+/// hears itself (its [`Live`] list; 0 from a node that is not a voter).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Beat {
+    pub seq: u64,
+    pub load: f32,
+    pub live: u64,
+}
+
+/// The peers a voter heard itself within the peer timeout, each with the number of the
+/// announcement it holds, and the digest of their ids that its beats carry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Live {
+    pub digest: u64,
+    pub peers: Vec<(String, u64)>,
+}
+
+impl Live {
+    /// The most peers a list may name (a 30-node mesh names 29).
+    pub const MAX_PEERS: usize = 1024;
+
+    /// A voter's list of `peers`: the digest is never 0, which stands for "no list".
+    pub fn of(peers: Vec<(String, u64)>) -> Self {
+        use std::hash::{Hash, Hasher};
+        let mut hasher = std::hash::DefaultHasher::new();
+        for (id, _) in &peers {
+            id.hash(&mut hasher);
+        }
+        Live {
+            digest: hasher.finish() | 1,
+            peers,
+        }
+    }
 }
 
 /// A request from a peer that the mesh does not answer itself; whoever handles it answers
@@ -177,15 +223,24 @@ pub(crate) enum Command {
     Dial(Vec<Multiaddr>),
     /// A peer's answer to "who are you?", asked when it connected.
     Observe(PeerId, Box<Announcement>),
+    /// A peer's beat, to be answered with this node's.
+    Beat(PeerId, Beat, Reply),
+    /// A peer's answer to this node's beat.
+    Beaten(PeerId, Beat),
+    /// A peer asks whom this node hears.
+    Live(Reply),
+    /// A voter's answer to that.
+    Vouches(PeerId, Live),
 }
 
-/// What this node has gossiped of its own since the endpoint started: announcements and beats.
+/// What this node has sent of its own since the endpoint started: announcements and beats.
 #[derive(Debug, Default)]
 pub struct Published {
     count: std::sync::atomic::AtomicU64,
     bytes: std::sync::atomic::AtomicU64,
     largest: std::sync::atomic::AtomicU64,
     beats: std::sync::atomic::AtomicU64,
+    exchanges: std::sync::atomic::AtomicU64,
 }
 
 impl Published {
@@ -201,9 +256,19 @@ impl Published {
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
 
-    /// How many beats went out.
+    pub(crate) fn record_exchange(&self) {
+        self.exchanges
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// How many rounds of beats went out.
     pub fn beats(&self) -> u64 {
         self.beats.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// How many beats went out to single peers, in all rounds.
+    pub fn beat_exchanges(&self) -> u64 {
+        self.exchanges.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// How many announcements went out.

@@ -27,10 +27,21 @@ pub fn load_average() -> f32 {
 
 struct Entry {
     announcement: Announcement,
+    /// When this node last heard the peer itself.
     seen: Instant,
+    /// When a voter last named the peer live with this announcement ([`PeerTable::vouch`]).
+    vouched: Option<Instant>,
 }
 
-/// Live peers by PeerId: refreshed by announcements, expired after silence. Pure data.
+impl Entry {
+    /// When the peer was last known alive, heard or vouched for.
+    fn alive(&self) -> Instant {
+        self.vouched.map_or(self.seen, |v| v.max(self.seen))
+    }
+}
+
+/// Live peers by PeerId: refreshed by announcements and beats, and by voters that vouch for
+/// them; expired after silence. Pure data.
 #[derive(Default)]
 pub struct PeerTable {
     entries: BTreeMap<String, Entry>,
@@ -53,6 +64,7 @@ impl PeerTable {
                     Entry {
                         announcement,
                         seen: now,
+                        vouched: None,
                     },
                 );
                 true
@@ -60,13 +72,15 @@ impl PeerTable {
         }
     }
 
-    /// Takes a peer's beat: it is alive, and its current announcement is number `seq`.
-    /// Returns true when that is one this table does not hold (an unknown peer, or a newer
-    /// announcement that did not arrive), which the caller then asks the peer for.
-    pub fn beat(&mut self, peer_id: &str, seq: u64, now: Instant) -> bool {
+    /// Takes a peer's beat: it is alive, its current announcement is number `seq`, and its
+    /// load average is `load`. Returns true when that is an announcement this table does not
+    /// hold (an unknown peer, or a newer announcement that did not arrive), which the caller
+    /// then asks the peer for.
+    pub fn beat(&mut self, peer_id: &str, seq: u64, load: f32, now: Instant) -> bool {
         match self.entries.get_mut(peer_id) {
             Some(entry) if entry.announcement.seq == seq => {
                 entry.seen = now;
+                entry.announcement.load = load;
                 false
             }
             Some(entry) => seq > entry.announcement.seq,
@@ -74,12 +88,36 @@ impl PeerTable {
         }
     }
 
-    /// Drops peers silent for longer than `ttl`; returns their ids.
+    /// Takes a voter's word that the peer is alive (it heard the peer itself), holding
+    /// announcement `seq` of it when it made its list. Returns true, as [`Self::beat`] does,
+    /// when that is an announcement this table does not hold: an unknown peer, or a newer one.
+    pub fn vouch(&mut self, peer_id: &str, seq: u64, now: Instant) -> bool {
+        match self.entries.get_mut(peer_id) {
+            Some(entry) => {
+                entry.vouched = Some(now);
+                seq > entry.announcement.seq
+            }
+            None => true,
+        }
+    }
+
+    /// The peers this node heard itself within `ttl`, with the announcement it holds of each,
+    /// in PeerId order: what a voter vouches for.
+    pub fn heard_within(&self, now: Instant, ttl: Duration) -> Vec<(String, u64)> {
+        self.entries
+            .iter()
+            .filter(|(_, e)| now.saturating_duration_since(e.seen) <= ttl)
+            .map(|(id, e)| (id.clone(), e.announcement.seq))
+            .collect()
+    }
+
+    /// Drops peers silent for longer than `ttl` (neither heard nor vouched for); returns their
+    /// ids.
     pub fn expire(&mut self, now: Instant, ttl: Duration) -> Vec<String> {
         let gone: Vec<String> = self
             .entries
             .iter()
-            .filter(|(_, e)| now.saturating_duration_since(e.seen) > ttl)
+            .filter(|(_, e)| now.saturating_duration_since(e.alive()) > ttl)
             .map(|(id, _)| id.clone())
             .collect();
         for id in &gone {
@@ -105,13 +143,19 @@ impl PeerTable {
         self.entries.contains_key(peer_id)
     }
 
+    /// The announcement held of a peer.
+    pub fn get(&self, peer_id: &str) -> Option<&Announcement> {
+        self.entries.get(peer_id).map(|e| &e.announcement)
+    }
+
     pub fn snapshot(&self, now: Instant, connected: impl Fn(&str) -> bool) -> Vec<PeerInfo> {
         let mut peers: Vec<PeerInfo> = self
             .entries
             .values()
             .map(|e| PeerInfo {
                 announcement: e.announcement.clone(),
-                last_seen_ms: now.saturating_duration_since(e.seen).as_millis() as u64,
+                last_seen_ms: now.saturating_duration_since(e.alive()).as_millis() as u64,
+                heard_ms: now.saturating_duration_since(e.seen).as_millis() as u64,
                 connected: connected(&e.announcement.peer_id),
             })
             .collect();
@@ -156,21 +200,55 @@ mod tests {
         table.observe(Announcement::sample("a", 5), t0);
         let t1 = t0 + Duration::from_secs(8);
         assert!(
-            !table.beat("a", 5, t1),
+            !table.beat("a", 5, 1.5, t1),
             "the announcement held: nothing to ask"
         );
-        assert!(!table.beat("a", 4, t1), "an old beat: nothing to ask");
+        assert!(!table.beat("a", 4, 9.0, t1), "an old beat: nothing to ask");
         assert!(
-            table.beat("a", 6, t1),
+            table.beat("a", 6, 9.0, t1),
             "a newer announcement was missed: ask for it"
         );
-        assert!(table.beat("b", 1, t1), "an unknown peer: ask who it is");
+        assert!(
+            table.beat("b", 1, 0.0, t1),
+            "an unknown peer: ask who it is"
+        );
         assert!(
             table
                 .expire(t0 + Duration::from_secs(12), Duration::from_secs(10))
                 .is_empty(),
             "the beat at 8 s kept a alive"
         );
-        assert_eq!(table.snapshot(t1, |_| true)[0].last_seen_ms, 0);
+        let a = &table.snapshot(t1, |_| true)[0];
+        assert_eq!(a.last_seen_ms, 0);
+        assert_eq!(
+            a.announcement.load, 1.5,
+            "the load of the beat that matched"
+        );
+    }
+
+    #[test]
+    fn a_vouch_keeps_a_peer_listed_but_not_heard() {
+        let t0 = Instant::now();
+        let ttl = Duration::from_secs(10);
+        let mut table = PeerTable::default();
+        table.observe(Announcement::sample("a", 5), t0);
+        table.observe(Announcement::sample("b", 2), t0);
+        let t1 = t0 + Duration::from_secs(8);
+        assert!(!table.vouch("a", 5, t1), "the announcement held");
+        assert!(table.vouch("a", 6, t1), "a newer one: ask for it");
+        assert!(table.vouch("c", 1, t1), "an unknown peer: ask who it is");
+        assert!(
+            !table.contains("c"),
+            "a vouch lists no peer it does not know"
+        );
+        let t2 = t0 + Duration::from_secs(12);
+        assert_eq!(table.expire(t2, ttl), vec!["b".to_string()]);
+        let a = &table.snapshot(t2, |_| true)[0];
+        assert_eq!((a.last_seen_ms, a.heard_ms), (4000, 12000));
+        assert!(
+            table.heard_within(t2, ttl).is_empty(),
+            "a voter vouches only for what it heard itself"
+        );
+        assert_eq!(table.heard_within(t1, ttl), vec![("a".to_string(), 5)]);
     }
 }

@@ -31,7 +31,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
-use super::{Announcement, Inbound, MeshError, Request, Response, Traffic};
+use super::{Announcement, Command, Inbound, MeshError, Request, Response, Traffic};
 
 pub(super) const PROTOCOL: StreamProtocol = StreamProtocol::new("/taskmesh/rpc/2");
 /// The largest request or answer, in bytes of JSON.
@@ -247,6 +247,7 @@ async fn read_answers(
 pub(super) async fn serve(
     mut incoming: libp2p_stream::IncomingStreams,
     own: watch::Receiver<Option<Announcement>>,
+    actor: mpsc::Sender<Command>,
     inbound: Option<mpsc::Sender<Inbound>>,
     traffic: Arc<Traffic>,
     cancel: CancellationToken,
@@ -260,12 +261,12 @@ pub(super) async fn serve(
             },
         };
         let (own, inbound, cancel) = (own.clone(), inbound.clone(), cancel.clone());
-        let traffic = traffic.clone();
+        let (actor, traffic) = (actor.clone(), traffic.clone());
         tokio::spawn(async move {
             let (read, write) = stream.split();
             let (answers, mut queued) = mpsc::unbounded_channel();
             let why = tokio::select! {
-                r = read_requests(peer, read, answers, own, inbound, &traffic) => r.err(),
+                r = read_requests(peer, read, answers, own, &actor, inbound, &traffic) => r.err(),
                 r = write_frames(write, &mut queued, &traffic) => r.err(),
                 _ = cancel.cancelled() => None,
             };
@@ -280,6 +281,7 @@ async fn read_requests(
     read: ReadHalf<Stream>,
     answers: mpsc::UnboundedSender<Vec<u8>>,
     own: watch::Receiver<Option<Announcement>>,
+    actor: &mpsc::Sender<Command>,
     inbound: Option<mpsc::Sender<Inbound>>,
     traffic: &Traffic,
 ) -> Result<(), String> {
@@ -302,6 +304,13 @@ async fn read_requests(
             (Request::Announcement, _) => {
                 let own = own.borrow().clone().map(Box::new);
                 let _ = reply.send(Response::Announcement(own));
+            }
+            // The mesh's actor answers these (a reply dropped on its way answers with an error).
+            (Request::Beat(beat), _) => {
+                let _ = actor.send(Command::Beat(peer, beat, reply)).await;
+            }
+            (Request::Live, _) => {
+                let _ = actor.send(Command::Live(reply)).await;
             }
             (_, None) => {
                 let _ = reply.send(Response::Error("this node handles no such request".into()));

@@ -630,7 +630,7 @@ async fn nodes_gossip_beats_when_idle_and_one_announcement_per_refresh_when_busy
         Ok((p.count(), p.beats(), p.largest()))
     };
     let counts = || -> Result<Vec<(u64, u64, u64)>> { members.iter().map(gossiped).collect() };
-    // Idle: every node beats, and announces at most once (a load average that moved).
+    // Idle: every node beats, and announces at most once (its load goes with the beats).
     let before = counts()?;
     let t0 = Instant::now();
     wait_for("every node to beat twice", FORM, || async {
@@ -666,7 +666,8 @@ async fn nodes_gossip_beats_when_idle_and_one_announcement_per_refresh_when_busy
     }
     all_have(&all, &names).await?;
     let seconds = t0.elapsed().as_secs_f64();
-    // One per refresh, and two for a load average that moved.
+    // One per refresh, and two to spare (a refresh that falls just before the first write and
+    // just after the last).
     let allowed = (seconds / 2.0).ceil() as u64 + 2;
     for ((m, now), before) in members.iter().zip(counts()?).zip(before) {
         let sent = now.0 - before.0;
@@ -680,6 +681,70 @@ async fn nodes_gossip_beats_when_idle_and_one_announcement_per_refresh_when_busy
             "{}'s largest announcement is {} bytes",
             m.name,
             now.2
+        );
+    }
+    Ok(())
+}
+
+/// Liveness that does not grow with the mesh: with five voters and two learners, a learner
+/// beats only the voters and a voter only the other voters, yet every node keeps every other
+/// listed live; each learner lists the other on the voters' word, without hearing it itself.
+#[tokio::test]
+async fn learners_beat_only_the_voters_and_list_each_other_on_their_word() -> Result<()> {
+    let members = cluster(7).await?;
+    let all: Vec<&Member> = members.iter().collect();
+    formed(&all, 5, 2).await?;
+    let peer_id = |m: &Member| m.node.handle.peers().this.peer_id.unwrap_or_default();
+    let learners: Vec<&Member> = members
+        .iter()
+        .filter(|m| status(m).role == "learner")
+        .collect();
+    ensure!(learners.len() == 2, "two learners");
+    let beats = |m: &Member| -> Result<(u64, u64)> {
+        let mesh = m.node.handle.mesh().context("the mesh runs")?;
+        let p = mesh.published();
+        Ok((p.beats(), p.beat_exchanges()))
+    };
+    let before: Vec<(u64, u64)> = members.iter().map(beats).collect::<Result<_>>()?;
+    for (me, other) in [(learners[0], learners[1]), (learners[1], learners[0])] {
+        let other_id = peer_id(other);
+        wait_for(
+            &format!("{} to list {} unheard but vouched for", me.name, other.name),
+            FORM,
+            || async {
+                me.node
+                    .handle
+                    .peers()
+                    .peers
+                    .iter()
+                    .find(|p| p.announcement.peer_id == other_id)
+                    .is_some_and(|p| p.heard_ms >= 4000 && p.last_seen_ms < 2500)
+                    .then_some(())
+            },
+        )
+        .await?;
+    }
+    for (m, before) in members.iter().zip(before) {
+        let (rounds, exchanges) = beats(m)?;
+        let (rounds, exchanges) = (rounds - before.0, exchanges - before.1);
+        let learner = learners.iter().any(|l| l.name == m.name);
+        // A learner beats the five voters; a voter the four others.
+        let most = if learner { 5 } else { 4 };
+        ensure!(rounds >= 2, "{} beat {rounds} times", m.name);
+        ensure!(
+            exchanges <= most * rounds,
+            "{} sent {exchanges} beats in {rounds} rounds (at most {most} a round)",
+            m.name
+        );
+        let listed = m.node.handle.peers().peers;
+        ensure!(
+            listed.len() == 6 && listed.iter().all(|p| p.last_seen_ms < 5000),
+            "{} lists {:?}",
+            m.name,
+            listed
+                .iter()
+                .map(|p| (&p.announcement.name, p.last_seen_ms))
+                .collect::<Vec<_>>()
         );
     }
     Ok(())

@@ -569,6 +569,14 @@ async fn a_leader_cut_off_starts_and_saves_nothing_the_majority_goes_on_and_all_
             on_minority.is_empty(),
             "the cut-off node started runs: {on_minority:?}"
         );
+        // It tries its cron slot again each tick (4 a second), not in a busy loop.
+        let log = std::fs::read_to_string(net.dir().join(format!("node{leader}/node.log")))?;
+        let tries = log.matches("could not commit a cron slot").count();
+        let seconds = (chrono::Utc::now() - cut_at).num_milliseconds() as f64 / 1000.0;
+        ensure!(
+            tries as f64 <= seconds * 8.0 + 20.0,
+            "the cut-off leader tried its cron slot {tries} times in {seconds:.1} s"
+        );
 
         // Heal: every node ends with the same tasks, without the refused one.
         net.script("heal", &[])?;

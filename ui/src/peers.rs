@@ -162,6 +162,7 @@ mod tests {
                 start: None,
             },
             last_seen_ms: 1500,
+            heard_ms: 1500,
             connected: true,
         }
     }

@@ -1,7 +1,8 @@
 //! Raft RPCs over the mesh: the client side (`RaftNetwork` for openraft) sends them as
 //! `mesh::Request::Raft`; `consensus::inbound` answers the ones that arrive.
 
-use std::time::Duration;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
 
 use openraft::error::{
     InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
@@ -11,6 +12,7 @@ use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
     VoteRequest, VoteResponse,
 };
+use openraft::{LogId, RaftMetrics, Vote};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
@@ -64,10 +66,15 @@ pub enum Refusal {
     Failed(String),
 }
 
+/// How often a learner hears a keep-alive that says nothing new (see [`Repeat`]).
+pub const LEARNER_KEEP_ALIVE: Duration = Duration::from_secs(5);
+
 /// Makes a [`MeshConnection`] per target; uses whichever mesh endpoint runs at the time.
 #[derive(Clone)]
 pub struct MeshNetwork {
     pub mesh: watch::Receiver<Option<MeshHandle>>,
+    /// The instance's metrics, once it runs: they say which targets are voters.
+    pub metrics: Arc<OnceLock<watch::Receiver<RaftMetrics<NodeId, MeshNode>>>>,
 }
 
 impl RaftNetworkFactory<TypeConfig> for MeshNetwork {
@@ -78,6 +85,8 @@ impl RaftNetworkFactory<TypeConfig> for MeshNetwork {
             target,
             peer: node.peer_id.parse().ok(),
             mesh: self.mesh.clone(),
+            metrics: self.metrics.clone(),
+            last_keep_alive: None,
         }
     }
 }
@@ -86,6 +95,39 @@ pub struct MeshConnection {
     target: NodeId,
     peer: Option<PeerId>,
     mesh: watch::Receiver<Option<MeshHandle>>,
+    metrics: Arc<OnceLock<watch::Receiver<RaftMetrics<NodeId, MeshNode>>>>,
+    /// The last keep-alive the target took, while it is a learner.
+    last_keep_alive: Option<(Repeat, Instant)>,
+}
+
+/// What an append request without entries says: whose it is, where the log stands and what is
+/// committed. The leader sends one to every member ten times a second. A voter needs each (its
+/// election timer waits for them); a learner elects no one, so one that repeats the last it took
+/// goes to it at most once per [`LEARNER_KEEP_ALIVE`] and is answered with that one's success
+/// meanwhile. Anything new (a new leader's first request, a commit, entries) goes at once.
+#[derive(Debug, Clone, PartialEq)]
+struct Repeat {
+    vote: Vote<NodeId>,
+    prev_log_id: Option<LogId<NodeId>>,
+    leader_commit: Option<LogId<NodeId>>,
+}
+
+impl Repeat {
+    fn of(rpc: &AppendEntriesRequest<TypeConfig>) -> Option<Self> {
+        rpc.entries.is_empty().then_some(Repeat {
+            vote: rpc.vote,
+            prev_log_id: rpc.prev_log_id,
+            leader_commit: rpc.leader_commit,
+        })
+    }
+
+    /// Whether this keep-alive to a learner may be answered here: it repeats the last one the
+    /// learner took, less than [`LEARNER_KEEP_ALIVE`] ago.
+    fn answered_by(&self, last: Option<&(Repeat, Instant)>, now: Instant) -> bool {
+        last.is_some_and(|(last, at)| {
+            last == self && now.saturating_duration_since(*at) < LEARNER_KEEP_ALIVE
+        })
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -158,6 +200,17 @@ impl MeshConnection {
         })
     }
 
+    /// Whether the target is a learner, as far as this instance knows.
+    fn to_learner(&self) -> bool {
+        self.metrics.get().is_some_and(|m| {
+            !m.borrow()
+                .membership_config
+                .membership()
+                .voter_ids()
+                .any(|v| v == self.target)
+        })
+    }
+
     fn remote<T, E: std::error::Error>(
         &self,
         result: Result<T, RaftError<NodeId, E>>,
@@ -178,10 +231,22 @@ impl RaftNetwork<TypeConfig> for MeshConnection {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, MeshNode, RaftError<NodeId>>> {
-        match self.call(RaftRpc::Append(rpc), option.hard_ttl()).await? {
-            RaftReply::Append(result) => self.remote(result),
-            _ => Err(mismatch()),
+        let repeat = Repeat::of(&rpc).filter(|_| self.to_learner());
+        if repeat
+            .as_ref()
+            .is_some_and(|r| r.answered_by(self.last_keep_alive.as_ref(), Instant::now()))
+        {
+            return Ok(AppendEntriesResponse::Success);
         }
+        let answer = match self.call(RaftRpc::Append(rpc), option.hard_ttl()).await? {
+            RaftReply::Append(result) => self.remote(result)?,
+            _ => return Err(mismatch()),
+        };
+        self.last_keep_alive = match (repeat, &answer) {
+            (Some(repeat), AppendEntriesResponse::Success) => Some((repeat, Instant::now())),
+            _ => None,
+        };
+        Ok(answer)
     }
 
     async fn install_snapshot(
@@ -207,5 +272,44 @@ impl RaftNetwork<TypeConfig> for MeshConnection {
             RaftReply::Vote(result) => self.remote(result),
             _ => Err(mismatch()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use openraft::CommittedLeaderId;
+
+    fn keep_alive(term: u64, index: u64, commit: u64) -> Repeat {
+        let log = |i| Some(LogId::new(CommittedLeaderId::new(term, 1), i));
+        Repeat {
+            vote: Vote::new_committed(term, 1),
+            prev_log_id: log(index),
+            leader_commit: log(commit),
+        }
+    }
+
+    #[test]
+    fn a_learner_hears_a_repeated_keep_alive_every_few_seconds_and_news_at_once() {
+        let t0 = Instant::now();
+        let last = (keep_alive(3, 10, 10), t0);
+        let soon = t0 + Duration::from_millis(300);
+        assert!(keep_alive(3, 10, 10).answered_by(Some(&last), soon));
+        assert!(
+            !keep_alive(3, 10, 10).answered_by(Some(&last), t0 + LEARNER_KEEP_ALIVE),
+            "after the pause it goes"
+        );
+        assert!(
+            !keep_alive(3, 10, 10).answered_by(None, soon),
+            "the first goes"
+        );
+        assert!(
+            !keep_alive(3, 11, 11).answered_by(Some(&last), soon),
+            "a commit goes at once"
+        );
+        assert!(
+            !keep_alive(4, 10, 10).answered_by(Some(&last), soon),
+            "a new leader's first request goes at once"
+        );
     }
 }

@@ -29,15 +29,15 @@ use crate::model::ClusterSettings;
 /// How often the lease is checked.
 const CHECK_EVERY: Duration = Duration::from_millis(250);
 
-/// Whether `me` hears a majority of `voters`: itself, and those whose announcement is younger
-/// than `within`.
+/// Whether `me` hears a majority of `voters`: itself, and those it heard itself (an
+/// announcement or a beat, not another voter's word) within `within`.
 pub fn hears_majority(me: &str, voters: &[String], peers: &[PeerInfo], within: Duration) -> bool {
     let heard = voters
         .iter()
         .filter(|v| {
             v.as_str() == me
                 || peers.iter().any(|p| {
-                    p.announcement.peer_id == **v && Duration::from_millis(p.last_seen_ms) < within
+                    p.announcement.peer_id == **v && Duration::from_millis(p.heard_ms) < within
                 })
         })
         .count();
@@ -49,7 +49,7 @@ pub fn hears_majority(me: &str, voters: &[String], peers: &[PeerInfo], within: D
 fn leader_applied(peers: &[PeerInfo], within: Duration) -> Option<u64> {
     peers
         .iter()
-        .filter(|p| Duration::from_millis(p.last_seen_ms) < within)
+        .filter(|p| Duration::from_millis(p.heard_ms) < within)
         .filter_map(|p| p.announcement.cluster)
         .filter(|b| b.leader)
         .max_by_key(|b| b.term)
@@ -126,10 +126,12 @@ mod tests {
     use super::*;
     use crate::mesh::Announcement;
 
-    fn peer(id: &str, last_seen_ms: u64) -> PeerInfo {
+    fn peer(id: &str, heard_ms: u64) -> PeerInfo {
         PeerInfo {
             announcement: Announcement::sample(id, 1),
-            last_seen_ms,
+            // Vouched for by a voter just now: only hearing the peer itself counts.
+            last_seen_ms: 0,
+            heard_ms,
             connected: true,
         }
     }

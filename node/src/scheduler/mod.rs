@@ -537,15 +537,21 @@ impl Scheduler {
             .fires
             .into_iter()
             .map(|change| self.consensus.propose(change));
+        let mut failed = false;
         for result in futures::future::join_all(commits).await {
             match result {
                 Ok(()) => {}
                 Err(ProposeError::Rejected(e)) => debug!(error = %e, "slot already fired"),
-                Err(e) => warn!(error = %e, "could not commit a cron slot; it is tried again"),
+                Err(e) => {
+                    failed = true;
+                    warn!(error = %e, "could not commit a cron slot; it is tried again");
+                }
             }
         }
         // The commits changed the state; the loop comes straight back to compute the next slots.
-        Some(Instant::now())
+        // A commit that failed (a leader cut off from the voters is refused at once) is tried
+        // again a tick later, not in a busy loop.
+        Some(Instant::now() + if failed { TICK } else { Duration::ZERO })
     }
 
     /// On the leader: places the runs that wait for a node ([`decide::place_waiting`]).
