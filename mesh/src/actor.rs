@@ -425,6 +425,15 @@ impl Actor {
             Command::Vouches(voter, mut live) => {
                 if live.digest != 0 && !self.is_voter() {
                     live.peers.truncate(Live::MAX_PEERS);
+                    // A peer the voter no longer hears loses its word at once (another voter
+                    // that still hears it gives it again with its next beat).
+                    if let Some(old) = self.vouches.get(&voter) {
+                        for (peer, _) in &old.peers {
+                            if !live.peers.iter().any(|(p, _)| p == peer) {
+                                self.table.unvouch(peer);
+                            }
+                        }
+                    }
                     self.vouches.insert(voter, live);
                     self.apply_vouch(voter);
                 }
@@ -538,8 +547,8 @@ impl Actor {
             .is_some_and(|b| b.voter)
     }
 
-    /// The peers this node heard itself, when it is a voter (the list it vouches with); an
-    /// empty list with digest 0 otherwise.
+    /// The peers this node heard itself within half the peer timeout (the lease term), when it
+    /// is a voter: the list it vouches with. An empty list with digest 0 otherwise.
     fn live(&self) -> Live {
         if !self.is_voter() {
             return Live {
@@ -549,7 +558,7 @@ impl Actor {
         }
         Live::of(
             self.table
-                .heard_within(std::time::Instant::now(), self.peer_ttl),
+                .heard_within(std::time::Instant::now(), self.peer_ttl / 2),
         )
     }
 

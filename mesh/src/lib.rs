@@ -173,7 +173,7 @@ pub struct Beat {
     pub live: u64,
 }
 
-/// The peers a voter heard itself within the peer timeout, each with the number of the
+/// The peers a voter heard itself within half the peer timeout, each with the number of the
 /// announcement it holds, and the digest of their ids that its beats carry.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Live {

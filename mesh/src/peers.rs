@@ -101,6 +101,14 @@ impl PeerTable {
         }
     }
 
+    /// Takes back a voter's word for a peer (the voter no longer names it): it stays listed
+    /// only while it is heard, or until another voter vouches for it again.
+    pub fn unvouch(&mut self, peer_id: &str) {
+        if let Some(entry) = self.entries.get_mut(peer_id) {
+            entry.vouched = None;
+        }
+    }
+
     /// The peers this node heard itself within `ttl`, with the announcement it holds of each,
     /// in PeerId order: what a voter vouches for.
     pub fn heard_within(&self, now: Instant, ttl: Duration) -> Vec<(String, u64)> {
@@ -250,5 +258,11 @@ mod tests {
             "a voter vouches only for what it heard itself"
         );
         assert_eq!(table.heard_within(t1, ttl), vec![("a".to_string(), 5)]);
+        table.unvouch("a");
+        assert_eq!(
+            table.expire(t2, ttl),
+            vec!["a".to_string()],
+            "without the word, a peer not heard for 12 s is gone"
+        );
     }
 }

@@ -67,7 +67,7 @@ pub enum Refusal {
 }
 
 /// How often a learner hears a keep-alive that says nothing new (see [`Repeat`]).
-pub const LEARNER_KEEP_ALIVE: Duration = Duration::from_secs(5);
+const LEARNER_KEEP_ALIVE: Duration = Duration::from_secs(5);
 
 /// Makes a [`MeshConnection`] per target; uses whichever mesh endpoint runs at the time.
 #[derive(Clone)]
