@@ -428,14 +428,17 @@ impl Actor {
                     // A peer the voter no longer hears loses its word at once (another voter
                     // that still hears it gives it again with its next beat).
                     if let Some(old) = self.vouches.get(&voter) {
+                        let named: HashSet<&str> =
+                            live.peers.iter().map(|(p, _)| p.as_str()).collect();
                         for (peer, _) in &old.peers {
-                            if !live.peers.iter().any(|(p, _)| p == peer) {
+                            if !named.contains(peer.as_str()) {
                                 self.table.unvouch(peer);
                             }
                         }
                     }
                     self.vouches.insert(voter, live);
                     self.apply_vouch(voter);
+                    self.publish_peers();
                 }
             }
             Command::Dial(addrs) => {
@@ -567,12 +570,10 @@ impl Actor {
     /// peers it hears.
     fn heard(&mut self, peer: PeerId, beat: Beat) {
         let now = std::time::Instant::now();
-        if self.table.beat(&peer.to_string(), beat.seq, beat.load, now) {
-            if self.connected.contains(&peer) {
-                self.ask(peer);
-            }
-        } else {
-            self.publish_peers();
+        if self.table.beat(&peer.to_string(), beat.seq, beat.load, now)
+            && self.connected.contains(&peer)
+        {
+            self.ask(peer);
         }
         if beat.live == 0 || self.is_voter() {
             self.vouches.remove(&peer);
@@ -585,9 +586,11 @@ impl Actor {
         } else {
             self.ask_live(peer);
         }
+        self.publish_peers();
     }
 
-    /// Takes the word of `voter`'s last list: every peer on it is alive.
+    /// Takes the word of `voter`'s last list: every peer on it is alive. The caller publishes
+    /// the table.
     fn apply_vouch(&mut self, voter: PeerId) {
         let Some(live) = self.vouches.get(&voter) else {
             return;
@@ -602,7 +605,6 @@ impl Actor {
         for peer in ask.into_iter().filter(|p| self.connected.contains(p)) {
             self.ask(peer);
         }
-        self.publish_peers();
     }
 
     /// Asks a voter whom it hears.
