@@ -2,10 +2,11 @@
 //! start is acknowledged, watched by the reaper (`executor::reaper`) while the node lives, and
 //! swept at the next start when the node died with some still alive.
 //!
-//! The journal (`data/process-groups`) holds one line per event: `+ PGID START RUN` when a run's
-//! group starts (`START`: its leader's start time in clock ticks since boot, field 22 of
-//! `/proc/PID/stat`) and `- PGID` when it is gone. It is written without fsync: it only has to
-//! outlive the node's process, not the machine, whose end takes the runs' processes with it.
+//! The journal (`data/process-groups`) holds one line per event: `? RUN` just before a run's
+//! process is spawned, `+ PGID START RUN` once its group exists (`START`: its leader's start time
+//! in clock ticks since boot, field 22 of `/proc/PID/stat`), `x RUN` when the spawn failed, and
+//! `- PGID` when the group is gone. It is written without fsync: it only has to outlive the
+//! node's process, not the machine, whose end takes the runs' processes with it.
 //!
 //! At start, [`ProcessGroups::open`] reads what the previous process left listed and kills every
 //! process still in one of those groups that is that run's (same group, started no earlier than
@@ -13,6 +14,11 @@
 //! waits until they are gone, and only then lets the node go on — the run history then reports
 //! those runs `lost`, and the cluster retries them by their task's `on_lost`. Nothing of a run
 //! that a previous process started is adopted: its output pipes died with that process.
+//!
+//! The `?` line closes the window between the spawn and the `+` line: a node that dies there
+//! (its thread preempted right after the spawn, while the run's shell goes on) leaves a run
+//! whose group nobody listed. For such a run the sweep looks at every process on the machine and
+//! kills those whose environment names it.
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
@@ -43,6 +49,15 @@ pub struct GroupRecord {
     pub start: u64,
 }
 
+/// What a journal leaves listed.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Left {
+    /// The groups that started and did not end.
+    pub groups: Vec<GroupRecord>,
+    /// The runs whose spawn began but whose group was never listed.
+    pub spawning: Vec<RunId>,
+}
+
 /// What the start-up sweep found of a previous process's runs.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Swept {
@@ -60,6 +75,8 @@ struct Inner {
     path: PathBuf,
     journal: File,
     live: HashMap<i32, GroupRecord>,
+    /// Runs between their `?` line and their `+` or `x` line.
+    spawning: Vec<RunId>,
     /// Lines written since the journal was last rewritten.
     lines: usize,
     reaper: Option<Reaper>,
@@ -73,11 +90,11 @@ impl ProcessGroups {
         let path = data_dir.join(FILE_NAME);
         let left = match std::fs::read_to_string(&path) {
             Ok(text) => parse_journal(&text),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Left::default(),
             Err(e) => return Err(e),
         };
         let swept = sweep(&left);
-        let journal = rewrite(&path, &[])?;
+        let journal = rewrite(&path, &Left::default())?;
         let reaper = match Reaper::start() {
             Ok(reaper) => Some(reaper),
             Err(e) => {
@@ -90,6 +107,7 @@ impl ProcessGroups {
                 path,
                 journal,
                 live: HashMap::new(),
+                spawning: Vec::new(),
                 lines: 0,
                 reaper,
             })),
@@ -100,6 +118,22 @@ impl ProcessGroups {
     /// The reaper's process id, if it runs.
     pub fn reaper_pid(&self) -> Option<i32> {
         self.lock().reaper.as_ref().map(Reaper::pid)
+    }
+
+    /// Notes that a run's process is about to be spawned. Called just before the spawn, and
+    /// followed by [`ProcessGroups::started`] or [`ProcessGroups::not_started`].
+    pub fn spawning(&self, run: &RunId) {
+        let mut inner = self.lock();
+        inner.append(&format!("? {}\n", run.0));
+        inner.spawning.push(run.clone());
+    }
+
+    /// Takes back [`ProcessGroups::spawning`]: the spawn failed.
+    pub fn not_started(&self, run: &RunId) {
+        let mut inner = self.lock();
+        if inner.take_spawning(run) {
+            inner.append(&format!("x {}\n", run.0));
+        }
     }
 
     /// Lists a run's new process group (its leader is `pgid`), in the journal and with the
@@ -115,6 +149,7 @@ impl ProcessGroups {
         if let Some(reaper) = &mut inner.reaper {
             reaper.watch(pgid);
         }
+        inner.take_spawning(run);
         inner.append(&format!("+ {pgid} {start} {}\n", run.0));
         inner.live.insert(pgid, record);
     }
@@ -142,18 +177,27 @@ impl ProcessGroups {
 }
 
 impl Inner {
+    fn take_spawning(&mut self, run: &RunId) -> bool {
+        let before = self.spawning.len();
+        self.spawning.retain(|r| r != run);
+        self.spawning.len() != before
+    }
+
     fn append(&mut self, line: &str) {
         if let Err(e) = self.journal.write_all(line.as_bytes()) {
             warn!(error = %e, path = %self.path.display(), "writing the process-group journal failed");
         }
         self.lines += 1;
         // Rewritten to the live groups once the ended ones dominate, so it stays small.
-        if self.lines > 1024 + 4 * self.live.len() {
-            let live: Vec<GroupRecord> = self.live.values().cloned().collect();
-            match rewrite(&self.path, &live) {
+        if self.lines > 1024 + 4 * (self.live.len() + self.spawning.len()) {
+            let left = Left {
+                groups: self.live.values().cloned().collect(),
+                spawning: self.spawning.clone(),
+            };
+            match rewrite(&self.path, &left) {
                 Ok(journal) => {
                     self.journal = journal;
-                    self.lines = live.len();
+                    self.lines = left.groups.len() + left.spawning.len();
                 }
                 Err(e) => {
                     warn!(error = %e, path = %self.path.display(), "rewriting the process-group journal failed")
@@ -163,14 +207,16 @@ impl Inner {
     }
 }
 
-/// Writes `live` as a new private journal (through a temporary file and a rename; no fsync, see
+/// Writes `left` as a new private journal (through a temporary file and a rename; no fsync, see
 /// the module's doc) and opens it for appending.
-fn rewrite(path: &Path, live: &[GroupRecord]) -> io::Result<File> {
+fn rewrite(path: &Path, left: &Left) -> io::Result<File> {
     let tmp = path.with_extension("tmp");
-    let text: String = live
+    let groups = left
+        .groups
         .iter()
-        .map(|g| format!("+ {} {} {}\n", g.pgid, g.start, g.run.0))
-        .collect();
+        .map(|g| format!("+ {} {} {}\n", g.pgid, g.start, g.run.0));
+    let spawning = left.spawning.iter().map(|r| format!("? {}\n", r.0));
+    let text: String = groups.chain(spawning).collect();
     match std::fs::remove_file(&tmp) {
         Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
         _ => {}
@@ -185,44 +231,70 @@ fn rewrite(path: &Path, live: &[GroupRecord]) -> io::Result<File> {
     crate::private_files::open_append(path)
 }
 
-/// The groups a journal leaves listed. Lines it cannot read (a torn last line) are skipped.
-pub fn parse_journal(text: &str) -> Vec<GroupRecord> {
-    let mut live: Vec<GroupRecord> = Vec::new();
+/// What a journal leaves listed. Lines it cannot read (a torn last line) are skipped.
+pub fn parse_journal(text: &str) -> Left {
+    let mut left = Left::default();
     for line in text.lines() {
-        let mut words = line.split_ascii_whitespace();
-        match (
-            words.next(),
-            words.next().and_then(|w| w.parse::<i32>().ok()),
-        ) {
-            (Some("+"), Some(pgid)) if pgid > 0 => {
-                let start = words.next().and_then(|w| w.parse().ok());
-                let run = words.next();
-                if let (Some(start), Some(run)) = (start, run) {
-                    live.retain(|g| g.pgid != pgid);
-                    live.push(GroupRecord {
-                        run: RunId(run.to_string()),
-                        pgid,
-                        start,
-                    });
+        let words: Vec<&str> = line.split_ascii_whitespace().collect();
+        match words.as_slice() {
+            ["+", pgid, start, run] => {
+                let (Ok(pgid), Ok(start)) = (pgid.parse::<i32>(), start.parse::<u64>()) else {
+                    continue;
+                };
+                if pgid <= 0 {
+                    continue;
+                }
+                left.groups.retain(|g| g.pgid != pgid);
+                left.spawning.retain(|r| r.0 != *run);
+                left.groups.push(GroupRecord {
+                    run: RunId(run.to_string()),
+                    pgid,
+                    start,
+                });
+            }
+            ["-", pgid] => {
+                if let Ok(pgid) = pgid.parse::<i32>() {
+                    left.groups.retain(|g| g.pgid != pgid);
                 }
             }
-            (Some("-"), Some(pgid)) => live.retain(|g| g.pgid != pgid),
+            ["?", run] => left.spawning.push(RunId(run.to_string())),
+            ["x", run] => left.spawning.retain(|r| r.0 != *run),
             _ => {}
         }
     }
-    live
+    left
 }
 
-/// Kills what is left of `groups` and waits (bounded) until it is gone.
-fn sweep(groups: &[GroupRecord]) -> Swept {
+/// Kills what is left of the runs in `left` and waits (bounded) until it is gone.
+fn sweep(left: &Left) -> Swept {
     let mut swept = Swept::default();
-    if groups.is_empty() {
+    if left.groups.is_empty() && left.spawning.is_empty() {
         return swept;
     }
-    let pgids: std::collections::HashSet<i32> = groups.iter().map(|g| g.pgid).collect();
-    let procs = processes_in(&pgids);
+    let pgids: std::collections::HashSet<i32> = left.groups.iter().map(|g| g.pgid).collect();
+    let procs = processes(&pgids, !left.spawning.is_empty());
     let mut killed: Vec<(i32, u64)> = Vec::new();
-    for group in groups {
+    for run in &left.spawning {
+        let me = std::process::id() as i32;
+        let mine: Vec<&Proc> = procs
+            .iter()
+            .filter(|p| {
+                p.pid != me
+                    && p.run
+                        .as_ref()
+                        .is_some_and(|r| r.as_deref() == Some(run.0.as_str()))
+            })
+            .collect();
+        for p in &mine {
+            let _ = kill(Pid::from_raw(p.pid), Signal::SIGKILL);
+            killed.push((p.pid, p.start));
+        }
+        if !mine.is_empty() {
+            info!(run_id = %run, processes = mine.len(), "killed what a previous start of this node left running, found by its environment");
+            swept.killed.push((run.clone(), mine.len()));
+        }
+    }
+    for group in &left.groups {
         let mine: Vec<&Proc> = procs
             .iter()
             .filter(|p| p.pgid == group.pgid && p.start >= group.start && p.has_run(&group.run))
@@ -266,15 +338,15 @@ impl Proc {
     }
 }
 
-/// The processes on the machine in one of `pgids`, with their group and start time (the
-/// environment is read only for those).
-fn processes_in(pgids: &std::collections::HashSet<i32>) -> Vec<Proc> {
+/// The processes on the machine in one of `pgids`, or all of them with `every`, with their group,
+/// start time and run (the environment is read only for those).
+fn processes(pgids: &std::collections::HashSet<i32>, every: bool) -> Vec<Proc> {
     let Ok(dir) = std::fs::read_dir("/proc") else {
         return Vec::new();
     };
     dir.filter_map(|entry| {
         let pid: i32 = entry.ok()?.file_name().to_str()?.parse().ok()?;
-        let (pgid, start) = stat(pid).filter(|(pgid, _)| pgids.contains(pgid))?;
+        let (pgid, start) = stat(pid).filter(|(pgid, _)| every || pgids.contains(pgid))?;
         let run = std::fs::read(format!("/proc/{pid}/environ"))
             .ok()
             .map(|env| run_id_in(&env));
@@ -336,16 +408,52 @@ fn parse_stat(text: &str) -> Option<Stat> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::process::CommandExt;
 
     #[test]
     fn the_journal_leaves_listed_what_started_and_did_not_end() {
-        let text = "+ 10 500 r1\n+ 11 501 r2\n- 10\n+ 12 502 r3\n+ 13 5";
-        let live = parse_journal(text);
-        let runs: Vec<(&str, i32, u64)> = live
+        let text = "? r1\n+ 10 500 r1\n? r2\n+ 11 501 r2\n- 10\n? r3\n+ 12 502 r3\n? r4\nx r4\n? r5\n+ 13 5";
+        let left = parse_journal(text);
+        let runs: Vec<(&str, i32, u64)> = left
+            .groups
             .iter()
             .map(|g| (g.run.0.as_str(), g.pgid, g.start))
             .collect();
         assert_eq!(runs, [("r2", 11, 501), ("r3", 12, 502)]);
+        assert_eq!(left.spawning, [RunId("r5".into())]);
+    }
+
+    #[test]
+    fn a_run_whose_group_was_never_listed_is_found_by_its_environment() {
+        let run = RunId(format!("sweep-test-{}", std::process::id()));
+        let mut child = std::process::Command::new("sleep")
+            .arg("300")
+            .env("TASKMESH_RUN_ID", &run.0)
+            .process_group(0)
+            .spawn()
+            .expect("spawn sleep");
+        let pid = child.id() as i32;
+        // The environment is readable once the child has exec'd `sleep`.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while processes(&Default::default(), true)
+            .iter()
+            .all(|p| p.pid != pid || p.run.as_ref().and_then(|r| r.as_deref()) != Some(&run.0))
+        {
+            assert!(
+                Instant::now() < deadline,
+                "the child's environment never showed its run"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let other = RunId("another-run".into());
+        let swept = sweep(&Left {
+            groups: Vec::new(),
+            spawning: vec![other, run.clone()],
+        });
+        assert_eq!(swept.killed, [(run, 1)]);
+        let status = child.wait().expect("reap");
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(status.signal(), Some(libc::SIGKILL));
     }
 
     #[test]

@@ -60,12 +60,16 @@ pub(super) async fn execute(order: RunOrder, ctx: &Ctx, stop: CancellationToken)
             return (run, false);
         }
     };
+    // Noted before the spawn: a crash between the spawn and the group's listing below still
+    // leaves the run to the next start's sweep.
+    ctx.groups.spawning(&run.id);
     let mut child = match command(&task, &run).and_then(|mut cmd| {
         cmd.spawn()
             .map_err(|e| format!("starting `{}`: {e}", program(&task.spec)))
     }) {
         Ok(child) => child,
         Err(error) => {
+            ctx.groups.not_started(&run.id);
             let _ = log.note(&error);
             emit_log(ctx, &run, &log);
             run.started_at = Some(Utc::now());
@@ -77,8 +81,9 @@ pub(super) async fn execute(order: RunOrder, ctx: &Ctx, stop: CancellationToken)
     run.pid = child.id();
     // Listed before the start is recorded anywhere: a crash from here on leaves the group to
     // the reaper, or to the next start's sweep.
-    if let Some(pgid) = pgid {
-        ctx.groups.started(&run.id, pgid.as_raw());
+    match pgid {
+        Some(pgid) => ctx.groups.started(&run.id, pgid.as_raw()),
+        None => ctx.groups.not_started(&run.id),
     }
     run.status = RunStatus::Running;
     run.started_at = Some(Utc::now());
