@@ -724,6 +724,15 @@ async fn learners_beat_only_the_voters_and_list_each_other_on_their_word() -> Re
         )
         .await?;
     }
+    // Two rounds of beats at least since `before` (the vouching above may have held already).
+    wait_for("two rounds of beats on every node", FORM, || async {
+        members
+            .iter()
+            .zip(&before)
+            .all(|(m, b)| beats(m).is_ok_and(|(rounds, _)| rounds >= b.0 + 2))
+            .then_some(())
+    })
+    .await?;
     for (m, before) in members.iter().zip(before) {
         let (rounds, exchanges) = beats(m)?;
         let (rounds, exchanges) = (rounds - before.0, exchanges - before.1);
