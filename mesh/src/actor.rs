@@ -12,6 +12,14 @@
 //! each later beat with the same digest *vouches* for the peers on it (`PeerTable::vouch`).
 //! Vouching lists a peer; only hearing it oneself counts for the always-task lease
 //! (`PeerInfo::heard_ms`).
+//!
+//! **Discovery.** A node learns of peers by mDNS, by the configured peers, and by announcements
+//! (relayed by gossip to peers not connected to their origin, see [`Actor::relay`]). Relaying
+//! can miss: two nodes that join through a third at the same moment may each miss the other's
+//! announcement, and the next relay is a minute away. So every node, voter or learner, also asks
+//! for a voter's list when its digest is new, and asks that voter where a peer on it listens
+//! that the node is not connected to (`Request::AddrsOf`); it dials the addresses, and the peer
+//! tells who it is once connected.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -53,6 +61,9 @@ const DEBOUNCE: Duration = Duration::from_millis(100);
 /// A discovered peer with a higher PeerId is expected to dial us; if it has not after this
 /// long (it may not have discovered us yet), we dial it after all.
 const FALLBACK_DIAL: Duration = Duration::from_millis(700);
+/// How many peers a node asks a voter about for each of its beats, when the voter names peers
+/// the node is not connected to.
+const ASK_ADDRS_PER_BEAT: usize = 8;
 /// How often a node relays a peer's announcement that tells it nothing new ([`Actor::relay`]).
 const RELAY_EVERY: Duration = Duration::from_secs(60);
 /// Connections refused over a cap are logged as a warning at most this often (a flood would
@@ -422,12 +433,23 @@ impl Actor {
             Command::Live(reply) => {
                 let _ = reply.send(Response::Live(self.live()));
             }
+            Command::AddrsOf(peer, reply) => {
+                let _ = reply.send(Response::Addrs(self.table.addrs_of(&peer)));
+            }
+            Command::Found(peer, addrs) => {
+                let addrs = addrs
+                    .iter()
+                    .filter_map(|a| a.parse::<Multiaddr>().ok())
+                    .map(StripP2p::with_p2p_stripped)
+                    .collect();
+                self.dial_discovered(peer, addrs);
+            }
             Command::Vouches(voter, mut live) => {
-                if live.digest != 0 && !self.is_voter() {
+                if live.digest != 0 {
                     live.peers.truncate(Live::MAX_PEERS);
                     // A peer the voter no longer hears loses its word at once (another voter
                     // that still hears it gives it again with its next beat).
-                    if let Some(old) = self.vouches.get(&voter) {
+                    if let Some(old) = self.vouches.get(&voter).filter(|_| !self.is_voter()) {
                         let named: HashSet<&str> =
                             live.peers.iter().map(|(p, _)| p.as_str()).collect();
                         for (peer, _) in &old.peers {
@@ -575,7 +597,7 @@ impl Actor {
         {
             self.ask(peer);
         }
-        if beat.live == 0 || self.is_voter() {
+        if beat.live == 0 {
             self.vouches.remove(&peer);
         } else if self
             .vouches
@@ -589,22 +611,57 @@ impl Actor {
         self.publish_peers();
     }
 
-    /// Takes the word of `voter`'s last list: every peer on it is alive. The caller publishes
-    /// the table.
+    /// Takes `voter`'s last list: a learner takes its word that every peer on it is alive, and
+    /// any node asks where a peer on it listens that it is not connected to (two nodes that
+    /// joined through a third at the same moment may each have missed the other's
+    /// announcement; a peer may be back on a new address). The caller publishes the table.
     fn apply_vouch(&mut self, voter: PeerId) {
         let Some(live) = self.vouches.get(&voter) else {
             return;
         };
+        let learner = !self.is_voter();
         let (local, now) = (self.local().to_string(), std::time::Instant::now());
-        let mut ask = Vec::new();
+        let (mut ask, mut unreached) = (Vec::new(), Vec::new());
         for (peer, seq) in &live.peers {
-            if *peer != local && self.table.vouch(peer, *seq, now) {
-                ask.extend(peer.parse::<PeerId>().ok());
+            let Ok(id) = peer.parse::<PeerId>() else {
+                continue;
+            };
+            if *peer == local {
+                continue;
+            }
+            let known = self.table.contains(peer);
+            let newer = learner && self.table.vouch(peer, *seq, now);
+            if self.connected.contains(&id) {
+                if newer || !known {
+                    ask.push(id);
+                }
+            } else if unreached.len() < ASK_ADDRS_PER_BEAT {
+                unreached.push(id);
             }
         }
-        for peer in ask.into_iter().filter(|p| self.connected.contains(p)) {
+        for peer in unreached {
+            self.ask_addrs(voter, peer);
+        }
+        for peer in ask {
             self.ask(peer);
         }
+    }
+
+    /// Asks a voter where `peer` listens, to dial it.
+    fn ask_addrs(&self, voter: PeerId, peer: PeerId) {
+        let (rpc, me) = (self.rpc.clone(), self.self_tx.clone());
+        tokio::spawn(async move {
+            match rpc
+                .request(voter, &Request::AddrsOf(peer.to_string()))
+                .await
+            {
+                Ok(Response::Addrs(addrs)) => {
+                    let _ = me.send(Command::Found(peer, addrs)).await;
+                }
+                Ok(_) => {}
+                Err(e) => debug!(%voter, %peer, error = %e, "no addresses"),
+            }
+        });
     }
 
     /// Asks a voter whom it hears.

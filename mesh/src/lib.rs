@@ -113,6 +113,10 @@ pub enum Request {
     Beat(Beat),
     /// "Whom do you hear?": a voter's [`Live`] list (the mesh answers it itself).
     Live,
+    /// "Where does this peer listen?": the addresses of another peer, as the asked node holds
+    /// them (the mesh answers it itself). How a learner reaches a peer a voter names that it
+    /// never heard of; who the peer is, the peer tells once connected.
+    AddrsOf(String),
     /// A Raft RPC, opaque to the mesh (the consensus layer encodes and answers it). Raw JSON:
     /// the mesh carries it as it is, without building a tree of it.
     Raft(Box<RawValue>),
@@ -136,6 +140,7 @@ impl Request {
             Request::Announcement => "announcement",
             Request::Beat(_) => "beat",
             Request::Live => "live",
+            Request::AddrsOf(_) => "addrs_of",
             Request::Raft(_) => "raft",
             Request::RunLog { .. } => "run_log",
             Request::Schedule(_) => "schedule",
@@ -150,6 +155,8 @@ pub enum Response {
     Announcement(Option<Box<Announcement>>),
     Beat(Beat),
     Live(Live),
+    /// A peer's addresses; empty when the node does not know it.
+    Addrs(Vec<String>),
     Raft(Box<RawValue>),
     /// The log piece; `None` when the node has no log for that run.
     RunLog(Option<Vec<u8>>),
@@ -231,6 +238,10 @@ pub(crate) enum Command {
     Live(Reply),
     /// A voter's answer to that.
     Vouches(PeerId, Live),
+    /// A peer asks where another peer listens.
+    AddrsOf(String, Reply),
+    /// The answer to that, about `peer`.
+    Found(PeerId, Vec<String>),
 }
 
 /// What this node has sent of its own since the endpoint started: announcements and beats.

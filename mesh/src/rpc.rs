@@ -312,6 +312,9 @@ async fn read_requests(
             (Request::Live, _) => {
                 let _ = actor.send(Command::Live(reply)).await;
             }
+            (Request::AddrsOf(peer), _) => {
+                let _ = actor.send(Command::AddrsOf(peer, reply)).await;
+            }
             (_, None) => {
                 let _ = reply.send(Response::Error("this node handles no such request".into()));
             }
