@@ -11,28 +11,16 @@ running on this machine (CRONICLE_USER / CRONICLE_PASSWORD, admin / admin by def
 Prints lines in the format of the taskmesh bench.
 """
 import json, os, subprocess, tempfile, time, urllib.request
+
+import measure
+from measure import report
 from concurrent.futures import ThreadPoolExecutor
 
 URL = os.environ.get("CRONICLE_URL", "http://localhost:3012").rstrip("/")
 
 
-def pct(values, p):
-    values = sorted(values)
-    return values[min(len(values) - 1, round((len(values) - 1) * p))]
-
-
-def report(name, values):
-    print(f"{name:<44} n={len(values):<5} p50={pct(values, .5):>9.3f} ms  p99={pct(values, .99):>9.3f} ms  max={max(values):>9.3f} ms")
-
-
 def wait_for(check, deadline=30.0):
-    end = time.time() + deadline
-    while time.time() < end:
-        value = check()
-        if value is not None:
-            return value
-        time.sleep(0.002)
-    raise TimeoutError("cronicle bench: condition not met")
+    return measure.wait_for(check, deadline, "cronicle bench")
 
 
 def call(path, body, session=None):

@@ -8,24 +8,12 @@ Prints lines in the format of the taskmesh bench.
 """
 import os, signal, subprocess, sys, tempfile, time, xmlrpc.client
 
-
-def pct(values, p):
-    values = sorted(values)
-    return values[min(len(values) - 1, round((len(values) - 1) * p))]
-
-
-def report(name, values):
-    print(f"{name:<44} n={len(values):<5} p50={pct(values, .5):>9.3f} ms  p99={pct(values, .99):>9.3f} ms  max={max(values):>9.3f} ms")
+import measure
+from measure import report
 
 
 def wait_for(check, deadline=10.0):
-    end = time.time() + deadline
-    while time.time() < end:
-        value = check()
-        if value is not None:
-            return value
-        time.sleep(0.002)
-    raise TimeoutError("supervisord bench: condition not met")
+    return measure.wait_for(check, deadline, "supervisord bench")
 
 
 def main():

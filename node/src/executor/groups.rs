@@ -274,15 +274,16 @@ fn sweep(left: &Left) -> Swept {
     let pgids: std::collections::HashSet<i32> = left.groups.iter().map(|g| g.pgid).collect();
     let procs = processes(&pgids, !left.spawning.is_empty());
     let mut killed: Vec<(i32, u64)> = Vec::new();
-    for run in &left.spawning {
-        let me = std::process::id() as i32;
+    let me = std::process::id() as i32;
+    // A run whose group was never listed is found by its environment alone.
+    let unlisted = left.spawning.iter().map(|run| (run, None));
+    let listed = left.groups.iter().map(|g| (&g.run, Some(g)));
+    for (run, group) in unlisted.chain(listed) {
         let mine: Vec<&Proc> = procs
             .iter()
-            .filter(|p| {
-                p.pid != me
-                    && p.run
-                        .as_ref()
-                        .is_some_and(|r| r.as_deref() == Some(run.0.as_str()))
+            .filter(|p| match group {
+                Some(g) => p.pgid == g.pgid && p.start >= g.start && p.has_run(run),
+                None => p.pid != me && p.names(run),
             })
             .collect();
         for p in &mine {
@@ -290,22 +291,8 @@ fn sweep(left: &Left) -> Swept {
             killed.push((p.pid, p.start));
         }
         if !mine.is_empty() {
-            info!(run_id = %run, processes = mine.len(), "killed what a previous start of this node left running, found by its environment");
+            info!(run_id = %run, pgid = ?group.map(|g| g.pgid), processes = mine.len(), "killed what a previous start of this node left running");
             swept.killed.push((run.clone(), mine.len()));
-        }
-    }
-    for group in &left.groups {
-        let mine: Vec<&Proc> = procs
-            .iter()
-            .filter(|p| p.pgid == group.pgid && p.start >= group.start && p.has_run(&group.run))
-            .collect();
-        for p in &mine {
-            let _ = kill(Pid::from_raw(p.pid), Signal::SIGKILL);
-            killed.push((p.pid, p.start));
-        }
-        if !mine.is_empty() {
-            info!(run_id = %group.run, pgid = group.pgid, processes = mine.len(), "killed what a previous start of this node left running");
-            swept.killed.push((group.run.clone(), mine.len()));
         }
     }
     let deadline = Instant::now() + SWEEP_WAIT;
@@ -331,10 +318,17 @@ struct Proc {
 impl Proc {
     fn has_run(&self, run: &RunId) -> bool {
         match &self.run {
-            Some(found) => found.as_deref() == Some(run.0.as_str()),
+            Some(_) => self.names(run),
             // Unreadable (another user's process, a set-id program): group and start decide.
             None => true,
         }
+    }
+
+    /// Whether its environment is readable and names `run`.
+    fn names(&self, run: &RunId) -> bool {
+        self.run
+            .as_ref()
+            .is_some_and(|found| found.as_deref() == Some(run.0.as_str()))
     }
 }
 
