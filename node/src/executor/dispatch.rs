@@ -9,9 +9,11 @@
 //! node may have seen before it started (and started before a crash without the start reaching
 //! its history) is not started at all: it is reported `lost`, and the leader retries it by
 //! policy. Those are the runs in the state
-//! the node starts with, and in every state until [`State::caught_up`]: the node acts only on
-//! entries on disk in its log, but its state tables may lag the log after a crash, so the runs
-//! of entries its log held at the start can reach it again after the start. Runs first seen
+//! the node starts with, and in every state up to the first that is [`State::caught_up`], that
+//! one included (the batch of entries that completes it can name such runs too), but for runs
+//! placed on this start: the node acts only on entries on disk in its log, but its state tables
+//! may lag the log after a crash, so the runs of entries its log held at the start can reach it
+//! again after the start. Runs first seen
 //! later were never seen before, so they start, unless the leader placed them on an earlier
 //! start of this node (`Run::node_start`, from the start each node announces): a leader that
 //! has not yet heard of this start may place a run on the process that died, and it may have
@@ -66,12 +68,11 @@ impl Dispatcher {
         let mut stopping: HashSet<RunId> = HashSet::new();
         // Runs placed on an earlier start of this node, handed back while the state shows them so.
         let mut returned: HashSet<RunId> = HashSet::new();
+        let mut earlier = EarlierStart::default();
         let mut first = true;
         loop {
             let state = self.state.borrow_and_update().clone();
-            // What the node saw before this start, and what reaches it until its state holds
-            // every entry its log held at the start, it may have acted on before.
-            if first || !state.caught_up {
+            if earlier.may_have_acted_on(&state) {
                 let abandoned = self.settle(&state, &mut settled, &mut handed).await;
                 // The scheduler waits for this: a stale `queued` would hold back a task's next
                 // run under concurrency `forbid`.
@@ -147,24 +148,18 @@ impl Dispatcher {
         handed: &mut HashSet<RunId>,
     ) -> Vec<Run> {
         let live: HashSet<_> = self.ledger.active().into_iter().map(|r| r.id).collect();
-        let previous: Vec<&Run> = state
-            .runs
-            .unfinished()
-            .map(Arc::as_ref)
-            .filter(|r| {
-                r.node_id.as_deref() == Some(self.peer_id.as_str())
-                    && !r.status.is_final()
-                    && !live.contains(&r.id)
-                    && !settled.contains(&r.id)
-            })
-            .collect();
+        let previous: Vec<Run> = previous_runs(state, &self.peer_id, self.start, |id| {
+            live.contains(id) || settled.contains(id)
+        })
+        .cloned()
+        .collect();
         let mut abandoned = Vec::new();
         for run in previous {
             settled.insert(run.id.clone());
             handed.insert(run.id.clone());
             match self.ledger.get(&run.id).await {
                 Ok(Some(known)) => abandoned.push(known),
-                _ => abandoned.push(self.give_up(run.clone()).await),
+                _ => abandoned.push(self.give_up(run).await),
             }
         }
         abandoned
@@ -257,5 +252,117 @@ impl Dispatcher {
             }
             _ => executor.start(order).await,
         }
+    }
+}
+
+/// Which states may hold runs an earlier start of this node acted on: the one it starts with,
+/// and every one until the first that holds every entry its log held at the start
+/// ([`State::caught_up`]), that one included, since the entries that complete it may name such
+/// runs too.
+#[derive(Default)]
+struct EarlierStart {
+    caught_up: bool,
+}
+
+impl EarlierStart {
+    fn may_have_acted_on(&mut self, state: &State) -> bool {
+        if self.caught_up {
+            return false;
+        }
+        self.caught_up = state.caught_up;
+        true
+    }
+}
+
+/// The unfinished runs on node `peer_id` in `state` that an earlier start of it may have started:
+/// all but those placed on this start (`start`) and those `known` to this process.
+fn previous_runs<'a>(
+    state: &'a State,
+    peer_id: &'a str,
+    start: u64,
+    known: impl Fn(&RunId) -> bool + 'a,
+) -> impl Iterator<Item = &'a Run> + 'a {
+    state.runs.unfinished().map(Arc::as_ref).filter(move |r| {
+        r.node_id.as_deref() == Some(peer_id)
+            && !r.status.is_final()
+            && r.node_start != Some(start)
+            && !known(&r.id)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::TaskId;
+
+    const OLD: u64 = 1;
+    const NOW: u64 = 2;
+
+    fn queued(id: &str, node: &str, start: Option<u64>) -> Arc<Run> {
+        let mut run = Run::new(
+            TaskId("t".into()),
+            "t".into(),
+            Trigger::Manual,
+            1,
+            node.into(),
+        );
+        run.id = RunId(id.into());
+        run.node_id = Some(node.into());
+        run.node_start = start;
+        Arc::new(run)
+    }
+
+    fn state(caught_up: bool, runs: &[Arc<Run>]) -> State {
+        let mut state = State {
+            caught_up,
+            ..State::default()
+        };
+        for run in runs {
+            state.runs.insert(run.clone());
+        }
+        state
+    }
+
+    /// The entries that complete what the log held at the start reach the node in the state
+    /// that is caught up; a run in them that the earlier start placed here must be settled, not
+    /// handed back to be placed again (it may have started: seen as one slot run on two nodes).
+    #[test]
+    fn the_state_that_catches_up_is_still_checked_for_runs_of_an_earlier_start() {
+        let mut earlier = EarlierStart::default();
+        assert!(earlier.may_have_acted_on(&state(false, &[])));
+        assert!(earlier.may_have_acted_on(&state(false, &[])));
+        let caught_up = state(true, &[queued("r", "me", Some(OLD))]);
+        assert!(earlier.may_have_acted_on(&caught_up));
+        let found: Vec<_> = previous_runs(&caught_up, "me", NOW, |_| false)
+            .map(|r| r.id.0.as_str())
+            .collect();
+        assert_eq!(found, ["r"]);
+        assert!(!earlier.may_have_acted_on(&state(true, &[])));
+    }
+
+    #[test]
+    fn a_state_caught_up_at_once_is_checked_once() {
+        let mut earlier = EarlierStart::default();
+        assert!(earlier.may_have_acted_on(&state(true, &[])));
+        assert!(!earlier.may_have_acted_on(&state(true, &[])));
+    }
+
+    #[test]
+    fn runs_placed_on_this_start_elsewhere_or_known_are_not_an_earlier_starts() {
+        let s = state(
+            false,
+            &[
+                queued("old", "me", Some(OLD)),
+                queued("unknown-start", "me", None),
+                queued("this-start", "me", Some(NOW)),
+                queued("elsewhere", "other", Some(OLD)),
+                queued("known", "me", Some(OLD)),
+            ],
+        );
+        let mut found: Vec<_> = previous_runs(&s, "me", NOW, |id| id.0 == "known")
+            .map(|r| r.id.0.as_str())
+            .collect();
+        found.sort();
+        assert_eq!(found, ["old", "unknown-start"]);
     }
 }
