@@ -41,6 +41,30 @@ where
     }
 }
 
+/// A free port on 127.0.0.1 below the kernel's ephemeral range, for a test that dials a port
+/// before anything listens on it. A port from that range may meanwhile be given to another
+/// socket bound to port 0 (another test's node), or be picked as the source port of one of the
+/// dials, which then connects the dialling socket to itself.
+pub fn closed_port_outside_ephemeral_range() -> Result<u16> {
+    let range =
+        std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").unwrap_or_default();
+    let low: u16 = range
+        .split_whitespace()
+        .next()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(32768);
+    let (first, last) = (low.saturating_sub(12_000).max(1024), low.saturating_sub(1));
+    let span = u32::from(last - first) + 1;
+    let offset = std::process::id() % span;
+    for i in 0..span {
+        let port = first + ((offset + i) % span) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return Ok(port);
+        }
+    }
+    bail!("no free port between {first} and {last}")
+}
+
 /// A node running inside the test process.
 pub struct TestNode {
     pub handle: NodeHandle,

@@ -4,9 +4,9 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use serde_json::json;
-use taskmesh_tests::{TestNode, wait_for};
+use taskmesh_tests::{TestNode, closed_port_outside_ephemeral_range, wait_for};
 
 const KEY: &str = "5f1c0a9e3b7d2a6c8e4f1b3d5a7c9e0b2d4f6a8c0e1b3d5f7a9c1e3b5d7f9a1c";
 
@@ -155,9 +155,7 @@ async fn a_node_with_another_key_stays_out() -> Result<()> {
 
 #[tokio::test]
 async fn a_configured_peer_that_is_down_is_redialled_until_it_comes_up() -> Result<()> {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port();
+    let port = closed_port_outside_ephemeral_range()?;
     let (b, _db) = node("b", KEY, vec![format!("127.0.0.1:{port}")]).await?;
     // b dials a closed port and backs off; a then starts on that port.
     tokio::time::sleep(Duration::from_millis(1500)).await;
@@ -174,7 +172,8 @@ async fn a_configured_peer_that_is_down_is_redialled_until_it_comes_up() -> Resu
         Duration::from_secs(20),
         || async { (names(&b).contains("a") && names(&a).contains("b")).then_some(()) },
     )
-    .await?;
+    .await
+    .with_context(|| format!("b lists {:?}, a lists {:?}", names(&b), names(&a)))?;
     Ok(())
 }
 
