@@ -98,6 +98,16 @@ async fn exchange(from: &TestNode, to: &TestNode) -> Result<()> {
     .await
 }
 
+/// Each peer `node` lists, by name, and whether it is connected: what a failed wait reports.
+fn view(node: &TestNode) -> Vec<(String, bool)> {
+    node.handle
+        .peers()
+        .peers
+        .iter()
+        .map(|p| (p.announcement.name.clone(), p.connected))
+        .collect()
+}
+
 fn lists(node: &TestNode, name: &str) -> bool {
     node.handle
         .peers()
@@ -151,7 +161,8 @@ async fn a_flood_of_connections_without_the_key_is_bounded_and_closed() -> Resul
     wait_for("a to list c", HANDSHAKE_TIMEOUT / 2, || async {
         lists(&a, "c").then_some(())
     })
-    .await?;
+    .await
+    .with_context(|| format!("a lists {:?}, c lists {:?}", view(&a), view(&c)))?;
     exchange(&c, &a).await?;
     assert!(started.elapsed() < HANDSHAKE_TIMEOUT, "too slow to tell");
     c.stop().await;
