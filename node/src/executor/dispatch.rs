@@ -1,23 +1,21 @@
 //! The node's side of placement: starts the runs the leader committed to this node.
 //!
-//! Runs on every node, beside the executor it feeds (the scheduler, which decides where runs
-//! go, acts only on the leader). A run reaches its node through the replicated run ledger: the
-//! leader commits it as `queued` with this node's PeerId (guarantee 1: the assignment is
-//! committed before dispatch), every node applies it, and this node's dispatcher hands it to the
-//! local executor, on its slot for a cron run. A run id starts at most once: the dispatcher
-//! remembers what it handed over, the executor refuses an id it has seen, and a run that this
-//! node may have seen before it started (and started before a crash without the start reaching
-//! its history) is not started at all: it is reported `lost`, and the leader retries it by
-//! policy. Those are the runs in the state
-//! the node starts with, and in every state up to the first that is [`State::caught_up`], that
-//! one included (the batch of entries that completes it can name such runs too), but for runs
-//! placed on this start: the node acts only on entries on disk in its log, but its state tables
-//! may lag the log after a crash, so the runs of entries its log held at the start can reach it
-//! again after the start. Runs first seen
-//! later were never seen before, so they start, unless the leader placed them on an earlier
-//! start of this node (`Run::node_start`, from the start each node announces): a leader that
-//! has not yet heard of this start may place a run on the process that died, and it may have
-//! marked that run `lost` and retried it elsewhere meanwhile. Such a run is handed back to the
+//! Runs on every node, beside the executor it feeds (the scheduler, which decides where runs go,
+//! acts only on the leader). A run reaches its node through the replicated run ledger: the leader
+//! commits it as `queued` with this node's PeerId (guarantee 1: the assignment is committed before
+//! dispatch), every node applies it, and this node's dispatcher hands it to the local executor, on
+//! its slot for a cron run. A run id starts at most once: the dispatcher remembers what it handed
+//! over, the executor refuses an id it has seen, and a run that this node may have seen before it
+//! started (and started before a crash without the start reaching its history) is not started at
+//! all: it is reported `lost`, and the leader retries it by policy. Those are the runs in the state
+//! the node starts with, and in every state up to the first that is [`State::caught_up`], that one
+//! included (the batch of entries that completes it can name such runs too), but for runs placed on
+//! this start: the node acts only on entries on disk in its log, but its state tables may lag the
+//! log after a crash, so the runs of entries its log held at the start can reach it again after the
+//! start. Runs first seen later were never seen before, so they start, unless the leader placed
+//! them on an earlier start of this node (`Run::node_start`, from the start each node announces): a
+//! leader that has not yet heard of this start may place a run on the process that died, and it may
+//! have marked that run `lost` and retried it elsewhere meanwhile. Such a run is handed back to the
 //! leader, unstarted, to be placed again (a `lost` one stays lost), so it runs once.
 //!
 //! The cluster's ledger learns of a start some milliseconds after it (the run reporter batches),
