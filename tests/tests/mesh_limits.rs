@@ -109,11 +109,9 @@ fn view(node: &TestNode) -> Vec<(String, bool)> {
 }
 
 fn lists(node: &TestNode, name: &str) -> bool {
-    node.handle
-        .peers()
-        .peers
+    view(node)
         .iter()
-        .any(|p| p.announcement.name == name && p.connected)
+        .any(|(n, connected)| n == name && *connected)
 }
 
 #[tokio::test]
