@@ -2010,3 +2010,174 @@ fn the_node_tells_systemd_it_is_ready_once_its_api_answers_and_that_it_stops_at_
     });
     assert!(exited.success(), "{exited:?}");
 }
+
+/// What the node's process holds: open file descriptors, threads, and exited children it has
+/// not collected (zombies).
+fn held(pid: u32) -> (usize, usize, usize) {
+    let fds = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .expect("fd dir")
+        .count();
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    let threads = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Threads:"))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("Threads");
+    let zombies = std::fs::read_dir("/proc")
+        .expect("/proc")
+        .flatten()
+        .filter_map(|e| std::fs::read_to_string(e.path().join("stat")).ok())
+        .filter(|stat| {
+            // `pid (comm) state ppid …`; comm may hold spaces and parentheses.
+            let Some((_, rest)) = stat.rsplit_once(')') else {
+                return false;
+            };
+            let mut fields = rest.split_whitespace();
+            let (state, ppid) = (fields.next(), fields.next());
+            state == Some("Z") && ppid == Some(pid.to_string().as_str())
+        })
+        .count();
+    (fds, threads, zombies)
+}
+
+#[test]
+fn a_node_holds_no_more_files_threads_or_children_after_busy_use_than_before() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let node = start(dir.path());
+    let pid = node.child.id();
+    let url = node.url.clone();
+    let warm = client();
+    // Every run stays listed, so that the test can see each one end.
+    set_cluster_setting(&warm, &url, "history_per_task", json!(1000));
+    create_task(
+        &warm,
+        &url,
+        &json!({"name": "echo", "spec": {"shell": "echo out; echo err >&2", "concurrency": "allow"},
+            "when": {"mode": "manual"}}),
+    );
+    create_task(
+        &warm,
+        &url,
+        &json!({"name": "slow", "spec": {"shell": "sleep 2; echo done", "concurrency": "allow"},
+            "when": {"mode": "manual"}}),
+    );
+    // The first run opens what later runs share (the task's daily log, the tables).
+    run_to_end(&warm, &node, "echo");
+    drop(warm);
+    let (fds_before, threads_before, _) = wait_until(
+        "the node to close the warm-up client's connection",
+        Duration::from_secs(10),
+        || {
+            let now = held(pid);
+            std::thread::sleep(Duration::from_millis(200));
+            (held(pid) == now).then_some(now)
+        },
+    );
+
+    // 400 runs, 8 clients posting at once; event streams and log follows that end, and some the
+    // client drops halfway through.
+    std::thread::scope(|s| {
+        for _ in 0..8 {
+            s.spawn(|| {
+                let http = client();
+                for _ in 0..50 {
+                    let r = http
+                        .post(format!("{url}/api/tasks/echo/run"))
+                        .send()
+                        .expect("run");
+                    assert_eq!(r.status().as_u16(), 202);
+                }
+            });
+        }
+        s.spawn(|| {
+            let http = client();
+            for _ in 0..20 {
+                let impatient = http_client()
+                    .default_headers(
+                        [(
+                            reqwest::header::AUTHORIZATION,
+                            format!("Bearer {TOKEN}").parse().expect("header"),
+                        )]
+                        .into_iter()
+                        .collect(),
+                    )
+                    .timeout(Duration::from_millis(300))
+                    .build()
+                    .expect("client");
+                // An event stream never ends: the client leaves.
+                if let Ok(r) = impatient.get(format!("{url}/api/events")).send() {
+                    assert_eq!(r.status().as_u16(), 200);
+                    let _ = r.bytes();
+                }
+                // A running run's log: the client leaves before it ends.
+                let run: Value = http
+                    .post(format!("{url}/api/tasks/slow/run"))
+                    .send()
+                    .expect("run")
+                    .json()
+                    .expect("json");
+                let id = run["id"].as_str().expect("id").to_owned();
+                if let Ok(r) = impatient
+                    .get(format!("{url}/api/runs/{id}/log?follow=true"))
+                    .send()
+                {
+                    let _ = r.bytes();
+                }
+            }
+        });
+    });
+    // Every run ends, and a follow of a finished run ends by itself.
+    let http = client();
+    let active = || -> usize {
+        let runs: Value = http
+            .get(format!("{url}/api/runs?limit=1000"))
+            .send()
+            .expect("runs")
+            .json()
+            .expect("json");
+        runs.as_array()
+            .expect("runs")
+            .iter()
+            .filter(|r| !matches!(r["status"].as_str(), Some("succeeded")))
+            .count()
+    };
+    wait_until("every run to end", Duration::from_secs(60), || {
+        (active() == 0).then_some(())
+    });
+    let runs: Value = http
+        .get(format!("{url}/api/runs?limit=1000"))
+        .send()
+        .expect("runs")
+        .json()
+        .expect("json");
+    assert_eq!(runs.as_array().expect("runs").len(), 1 + 400 + 20);
+    let last = runs[0]["id"].as_str().expect("id").to_owned();
+    let followed = http
+        .get(format!("{url}/api/runs/{last}/log?follow=true"))
+        .send()
+        .expect("follow")
+        .text()
+        .expect("a followed log that ends");
+    assert!(followed.contains("event: end"), "{followed}");
+    drop(http);
+
+    // What the node holds returns to what it held before; idle pool threads retire after 10 s.
+    let mut seen = (0, 0, 0);
+    let settled = Instant::now() + Duration::from_secs(40);
+    while Instant::now() < settled {
+        seen = held(pid);
+        let (fds, threads, zombies) = seen;
+        if fds <= fds_before + 2 && threads <= threads_before + 2 && zombies == 0 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (fds, threads, zombies) = seen;
+    assert!(
+        fds <= fds_before + 2 && threads <= threads_before + 2 && zombies == 0,
+        "after 421 runs, 20 dropped event streams and 20 dropped log follows the node holds \
+         {fds} files and {threads} threads ({fds_before} and {threads_before} before) and \
+         {zombies} uncollected children"
+    );
+    stop(node);
+}

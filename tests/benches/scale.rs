@@ -9,6 +9,12 @@
 //!   finished runs in the node's history (and 20 per task in the replicated ledger): store
 //!   size, a page of 50 runs (all tasks, and one task further back), `/`, and runs per second
 //!   of trivial runs, beside one task with an empty history in the same run.
+//! - **time** (the release binary; only when named, `scripts/bench-scale time [--minutes N]`):
+//!   a steady mixed load for N minutes (10 by default): 20 cron tasks every second, a daemon that
+//!   prints and exits every 11 s (just long enough not to count as a crash loop), 20 manual runs a second through the API, a browser's polling and
+//!   a client of the live event stream coming and going. Every minute a row: runs ended, RSS,
+//!   threads, open files, CPU, and the data directory's size; at the end, how fast each grew
+//!   over the second half. A node that leaks shows it here.
 //!
 //! Run with `scripts/bench-scale` (release build); the figures go in docs/performance.md.
 //! Every loop is bounded by a count and a deadline.
@@ -505,6 +511,203 @@ async fn history(plot: &mut Plot) -> Result<()> {
     Ok(())
 }
 
+/// What the `time` table reads of the node's process and data directory.
+struct Sample {
+    at: f64,
+    ended: u64,
+    failed: u64,
+    rss_mb: f64,
+    threads: u64,
+    fds: u64,
+    cpu_ticks: u64,
+    data_mb: f64,
+}
+
+impl Sample {
+    fn take(pid: u32, dir: &Path, at: f64, ended: u64, failed: u64) -> Result<Self> {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+        let field = |name: &str| -> Result<u64> {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|v| v.split_whitespace().next()?.parse().ok())
+                .with_context(|| format!("{name} in /proc/{pid}/status"))
+        };
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+        let fields: Vec<&str> = stat
+            .rsplit_once(')')
+            .context("/proc/PID/stat")?
+            .1
+            .split_whitespace()
+            .collect();
+        Ok(Self {
+            at,
+            ended,
+            failed,
+            rss_mb: field("VmRSS:")? as f64 / 1024.0,
+            threads: field("Threads:")?,
+            fds: std::fs::read_dir(format!("/proc/{pid}/fd"))?.count() as u64,
+            cpu_ticks: fields[11].parse::<u64>()? + fields[12].parse::<u64>()?,
+            data_mb: dir_bytes(dir) as f64 / 1e6,
+        })
+    }
+}
+
+fn dir_bytes(dir: &Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|e| match e.metadata() {
+            Ok(m) if m.is_dir() => dir_bytes(&e.path()),
+            Ok(m) => m.len(),
+            Err(_) => 0,
+        })
+        .sum()
+}
+
+/// Runs the node's executor ran to their end, and how many of them did not succeed, from its
+/// metrics.
+async fn runs_ended(api: &Api) -> Result<(u64, u64)> {
+    let scrape = api.metrics().await?;
+    let (mut ended, mut failed) = (0.0, 0.0);
+    for sample in scrape
+        .samples
+        .iter()
+        .filter(|s| s.metric == "taskmesh_runs_finished_total")
+    {
+        let (prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Untyped(v)) =
+            sample.value
+        else {
+            continue;
+        };
+        ended += v;
+        if sample.labels.get("outcome") != Some("succeeded") {
+            failed += v;
+        }
+    }
+    Ok((ended as u64, failed as u64))
+}
+
+/// The slope of `value` over `samples` by least squares, per hour.
+fn per_hour(samples: &[Sample], value: impl Fn(&Sample) -> f64) -> f64 {
+    let n = samples.len() as f64;
+    if n < 2.0 {
+        return f64::NAN;
+    }
+    let (mx, my) = (
+        samples.iter().map(|s| s.at).sum::<f64>() / n,
+        samples.iter().map(&value).sum::<f64>() / n,
+    );
+    let (mut sxy, mut sxx) = (0.0, 0.0);
+    for s in samples {
+        sxy += (s.at - mx) * (value(s) - my);
+        sxx += (s.at - mx) * (s.at - mx);
+    }
+    sxy / sxx * 3600.0
+}
+
+/// The `time` table: the release binary under a steady mixed load, a row a minute.
+async fn time(minutes: u64) -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let dir = tmp.path().join("node");
+    let node = Binary::start(&dir, &[]).await?;
+    let api = node.api.clone();
+    let mut settings = api.get("/api/settings").await?.1;
+    settings["node"]["slots"] = json!(64);
+    let (status, body) = api
+        .send(reqwest::Method::PUT, "/api/settings", Some(&settings))
+        .await?;
+    ensure!(status == 200, "settings: {status} {body}");
+    for n in 0..20 {
+        api.create_task(
+            &json!({"name": format!("cron{n:02}"), "spec": {"command": ["true"]},
+            "when": {"mode": "cron", "schedule": "@every 1s"}}),
+        )
+        .await?;
+    }
+    api.create_task(
+        &json!({"name": "daemon", "spec": {"shell": "echo started; sleep 11; echo done"},
+        "when": {"mode": "always"}}),
+    )
+    .await?;
+    let manual = api
+        .create_task(
+            &json!({"name": "manual", "spec": {"shell": "echo hello", "concurrency": "allow"},
+            "when": {"mode": "manual"}}),
+        )
+        .await?;
+    println!(
+        "{:>6} {:>9} {:>9} {:>8} {:>8} {:>6} {:>8} {:>8}",
+        "min", "runs end", "not succ.", "RSS MB", "threads", "fds", "CPU %", "data MB"
+    );
+    let pid = node.child.id();
+    let t0 = Instant::now();
+    let mut samples = vec![Sample::take(pid, &dir, 0.0, 0, 0)?];
+    let deadline = Duration::from_secs(minutes * 60);
+    let mut tick = tokio::time::interval(Duration::from_millis(50));
+    let mut n: u64 = 0;
+    while t0.elapsed() < deadline {
+        tick.tick().await;
+        n += 1;
+        let (status, body) = api
+            .post(&format!("/api/tasks/{manual}/run"), &Value::Null)
+            .await?;
+        ensure!(status == 202, "execute: {status} {body}");
+        if n.is_multiple_of(20) {
+            // A browser on the dashboard and the runs page.
+            for path in ["/", "/runs", "/api/runs?limit=50"] {
+                let (status, _) = api.get(path).await?;
+                ensure!(status == 200, "{path}: {status}");
+            }
+        }
+        if n.is_multiple_of(200) {
+            let r = api
+                .http
+                .get(format!("{}/api/events", api.base))
+                .send()
+                .await?;
+            ensure!(r.status() == 200, "/api/events: {}", r.status());
+            let _ = tokio::time::timeout(Duration::from_millis(500), r.bytes()).await;
+        }
+        let at = t0.elapsed().as_secs_f64();
+        if at >= samples.len() as f64 * 60.0 {
+            let (ended, failed) = runs_ended(&api).await?;
+            let s = Sample::take(pid, &dir, at, ended, failed)?;
+            let last = samples.last().context("a sample")?;
+            let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)?.unwrap_or(100) as f64;
+            let cpu = (s.cpu_ticks - last.cpu_ticks) as f64 / hz / (s.at - last.at) * 100.0;
+            println!(
+                "{:>6.0} {:>9} {:>9} {:>8.1} {:>8} {:>6} {:>8.1} {:>8.1}",
+                at / 60.0,
+                s.ended,
+                s.failed,
+                s.rss_mb,
+                s.threads,
+                s.fds,
+                cpu,
+                s.data_mb
+            );
+            samples.push(s);
+        }
+    }
+    ensure!(
+        samples.last().is_some_and(|s| s.ended > 0),
+        "no run ended in {minutes} minutes"
+    );
+    let half = &samples[samples.len() / 2..];
+    println!(
+        "second half, per hour: RSS {:+.1} MB, threads {:+.0}, fds {:+.0}, data {:+.1} MB ({} samples)",
+        per_hour(half, |s| s.rss_mb),
+        per_hour(half, |s| s.threads as f64),
+        per_hour(half, |s| s.fds as f64),
+        per_hour(half, |s| s.data_mb),
+        half.len()
+    );
+    node.stop().await
+}
+
 /// Writes `plot` as `name` in the directory given with `--svg DIR`, if any.
 fn write_svg(plot: &Plot, name: &str, title: &str) -> Result<()> {
     let args: Vec<String> = std::env::args().collect();
@@ -528,15 +731,27 @@ fn main() -> Result<()> {
         return Ok(());
     }
     let only = |name: &str| {
-        // Table names among the arguments (not the program, not `--svg`'s directory).
+        // Table names among the arguments (not the program, not the values of `--svg` and
+        // `--minutes`).
         let args: Vec<String> = std::env::args().skip(1).collect();
         let named: Vec<&String> = args
             .iter()
             .enumerate()
-            .filter(|(i, a)| !a.starts_with('-') && (*i == 0 || args[i - 1] != "--svg"))
+            .filter(|(i, a)| {
+                !a.starts_with('-')
+                    && (*i == 0 || !["--svg", "--minutes"].contains(&args[i - 1].as_str()))
+            })
             .map(|(_, a)| a)
             .collect();
-        named.is_empty() || named.iter().any(|a| *a == name)
+        named.is_empty() && name != "time" || named.iter().any(|a| *a == name)
+    };
+    let minutes: u64 = match std::env::args()
+        .collect::<Vec<_>>()
+        .windows(2)
+        .find(|w| w[0] == "--minutes")
+    {
+        Some(w) => w[1].parse().context("--minutes takes a whole number")?,
+        None => 10,
     };
     let rt = taskmesh::runtime()?;
     rt.block_on(async {
@@ -570,6 +785,10 @@ fn main() -> Result<()> {
             let mut plot = Plot::default();
             history(&mut plot).await?;
             write_svg(&plot, "scale-history.svg", "How cost grows with the history")?;
+        }
+        if only("time") {
+            println!("== time ({minutes} minutes of steady load, release binary)");
+            time(minutes).await?;
         }
         anyhow::Ok(())
     })?;
