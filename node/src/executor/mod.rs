@@ -11,10 +11,11 @@ pub mod groups;
 pub mod lease;
 mod process;
 mod reaper;
+mod seen;
 pub mod supervisor;
 
 use std::cmp::Ordering;
-use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
+use std::collections::{BinaryHeap, HashMap};
 use std::time::Duration;
 
 use chrono::Utc;
@@ -22,6 +23,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
+use self::seen::Seen;
 use crate::events::Events;
 use crate::ledger::RunLedger;
 use crate::logs::LogPaths;
@@ -140,29 +142,6 @@ struct Running {
     takes_slot: bool,
 }
 
-/// Remembers recent run ids so that a repeated start request is acknowledged, not run twice.
-struct Seen {
-    set: HashSet<RunId>,
-    order: VecDeque<RunId>,
-}
-
-impl Seen {
-    const CAPACITY: usize = 100_000;
-
-    fn insert(&mut self, id: &RunId) -> bool {
-        if !self.set.insert(id.clone()) {
-            return false;
-        }
-        self.order.push_back(id.clone());
-        if self.order.len() > Self::CAPACITY {
-            if let Some(old) = self.order.pop_front() {
-                self.set.remove(&old);
-            }
-        }
-        true
-    }
-}
-
 pub struct Executor {
     inbox: mpsc::Receiver<Msg>,
     tx: mpsc::Sender<Msg>,
@@ -225,10 +204,7 @@ impl Executor {
             groups,
             queue: BinaryHeap::new(),
             running: HashMap::new(),
-            seen: Seen {
-                set: HashSet::new(),
-                order: VecDeque::new(),
-            },
+            seen: Seen::default(),
             busy_slots: 0,
             metrics,
             cancel,
