@@ -2092,18 +2092,7 @@ fn a_node_holds_no_more_files_threads_or_children_after_busy_use_than_before() {
         s.spawn(|| {
             let http = client();
             for _ in 0..20 {
-                let impatient = http_client()
-                    .default_headers(
-                        [(
-                            reqwest::header::AUTHORIZATION,
-                            format!("Bearer {TOKEN}").parse().expect("header"),
-                        )]
-                        .into_iter()
-                        .collect(),
-                    )
-                    .timeout(Duration::from_millis(300))
-                    .build()
-                    .expect("client");
+                let impatient = client_with_timeout(Duration::from_millis(300));
                 // An event stream never ends: the client leaves.
                 if let Ok(r) = impatient.get(format!("{url}/api/events")).send() {
                     assert_eq!(r.status().as_u16(), 200);
@@ -2128,29 +2117,21 @@ fn a_node_holds_no_more_files_threads_or_children_after_busy_use_than_before() {
     });
     // Every run ends, and a follow of a finished run ends by itself.
     let http = client();
-    let active = || -> usize {
+    let runs = wait_until("every run to end", Duration::from_secs(60), || {
         let runs: Value = http
             .get(format!("{url}/api/runs?limit=1000"))
             .send()
-            .expect("runs")
+            .ok()?
             .json()
-            .expect("json");
-        runs.as_array()
-            .expect("runs")
-            .iter()
-            .filter(|r| !matches!(r["status"].as_str(), Some("succeeded")))
-            .count()
-    };
-    wait_until("every run to end", Duration::from_secs(60), || {
-        (active() == 0).then_some(())
+            .ok()?;
+        let Value::Array(runs) = runs else {
+            return None;
+        };
+        runs.iter()
+            .all(|r| r["status"] == "succeeded")
+            .then_some(runs)
     });
-    let runs: Value = http
-        .get(format!("{url}/api/runs?limit=1000"))
-        .send()
-        .expect("runs")
-        .json()
-        .expect("json");
-    assert_eq!(runs.as_array().expect("runs").len(), 1 + 400 + 20);
+    assert_eq!(runs.len(), 1 + 400 + 20);
     let last = runs[0]["id"].as_str().expect("id").to_owned();
     let followed = http
         .get(format!("{url}/api/runs/{last}/log?follow=true"))

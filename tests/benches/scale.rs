@@ -29,7 +29,7 @@ use serde_json::{Value, json};
 use taskmesh::consensus::State;
 use taskmesh::model::{Outcome, Run, RunId, TaskId, Trigger};
 use taskmesh::store::{RedbStore, Store};
-use taskmesh_tests::{Api, TestNode, access_token};
+use taskmesh_tests::{Api, TestNode, access_token, proc_stat};
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
@@ -241,13 +241,7 @@ impl Binary {
     }
 
     fn rss_mb(&self) -> Result<f64> {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))?;
-        let kb: f64 = status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.split_whitespace().next()?.parse().ok())
-            .context("VmRSS")?;
-        Ok(kb / 1024.0)
+        Ok(proc_stat::status_field(self.child.id(), "VmRSS:")? as f64 / 1024.0)
     }
 
     /// SIGTERM, and waits for it to exit (SIGKILL after 30 s).
@@ -525,29 +519,14 @@ struct Sample {
 
 impl Sample {
     fn take(pid: u32, dir: &Path, at: f64, ended: u64, failed: u64) -> Result<Self> {
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-        let field = |name: &str| -> Result<u64> {
-            status
-                .lines()
-                .find_map(|l| l.strip_prefix(name))
-                .and_then(|v| v.split_whitespace().next()?.parse().ok())
-                .with_context(|| format!("{name} in /proc/{pid}/status"))
-        };
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-        let fields: Vec<&str> = stat
-            .rsplit_once(')')
-            .context("/proc/PID/stat")?
-            .1
-            .split_whitespace()
-            .collect();
         Ok(Self {
             at,
             ended,
             failed,
-            rss_mb: field("VmRSS:")? as f64 / 1024.0,
-            threads: field("Threads:")?,
+            rss_mb: proc_stat::status_field(pid, "VmRSS:")? as f64 / 1024.0,
+            threads: proc_stat::status_field(pid, "Threads:")?,
             fds: std::fs::read_dir(format!("/proc/{pid}/fd"))?.count() as u64,
-            cpu_ticks: fields[11].parse::<u64>()? + fields[12].parse::<u64>()?,
+            cpu_ticks: proc_stat::cpu_ticks(pid)?,
             data_mb: dir_bytes(dir) as f64 / 1e6,
         })
     }
@@ -676,8 +655,10 @@ async fn time(minutes: u64) -> Result<()> {
             let (ended, failed) = runs_ended(&api).await?;
             let s = Sample::take(pid, &dir, at, ended, failed)?;
             let last = samples.last().context("a sample")?;
-            let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)?.unwrap_or(100) as f64;
-            let cpu = (s.cpu_ticks - last.cpu_ticks) as f64 / hz / (s.at - last.at) * 100.0;
+            let cpu = (s.cpu_ticks - last.cpu_ticks) as f64
+                / proc_stat::ticks_per_second()
+                / (s.at - last.at)
+                * 100.0;
             println!(
                 "{:>6.0} {:>9} {:>9} {:>8.1} {:>8} {:>6} {:>8.1} {:>8.1}",
                 at / 60.0,

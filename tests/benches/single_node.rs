@@ -8,7 +8,7 @@ use anyhow::{Context, Result};
 use serde_json::{Value, json};
 use taskmesh::events::Event;
 use taskmesh::model::{RunId, RunStatus};
-use taskmesh_tests::{TestNode, wait_for};
+use taskmesh_tests::{TestNode, proc_stat, wait_for};
 
 fn now_ns() -> i128 {
     SystemTime::now()
@@ -243,28 +243,17 @@ fn idle_binary(label: &str, bin: &std::path::Path) -> Result<()> {
         .spawn()?;
     let pid = child.id();
     let stat = || -> Result<(u64, u64)> {
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-        let rss_kb = status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.split_whitespace().next()?.parse().ok())
-            .context("VmRSS")?;
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-        let fields: Vec<&str> = stat
-            .rsplit_once(')')
-            .context("stat")?
-            .1
-            .split_whitespace()
-            .collect();
-        let ticks: u64 = fields[11].parse::<u64>()? + fields[12].parse::<u64>()?;
-        Ok((rss_kb, ticks))
+        Ok((
+            proc_stat::status_field(pid, "VmRSS:")?,
+            proc_stat::cpu_ticks(pid)?,
+        ))
     };
     std::thread::sleep(Duration::from_secs(2));
     let (_, t0) = stat()?;
     let window = Duration::from_secs(20);
     std::thread::sleep(window);
     let (rss_kb, t1) = stat()?;
-    let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)?.unwrap_or(100) as f64;
+    let hz = proc_stat::ticks_per_second();
     println!(
         "{:<44} RSS {:.1} MB, CPU {:.3} % of one core over {} s",
         label,

@@ -2,6 +2,7 @@
 //! client for their API, and polling with a deadline.
 
 pub mod fake_http;
+pub mod proc_stat;
 pub mod webdriver;
 
 use std::future::Future;

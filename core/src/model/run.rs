@@ -22,7 +22,16 @@ impl RunId {
 
     /// Whether `s` has the shape of a run id (so it is safe in a file name).
     pub fn parse(s: &str) -> Option<Self> {
-        (s.len() == 32 && s.bytes().all(|b| b.is_ascii_hexdigit())).then(|| Self(s.to_owned()))
+        Self::shaped(s).then(|| Self(s.to_owned()))
+    }
+
+    /// The 128-bit number the id spells, if it has the shape of a run id (a UUID in hex).
+    pub fn as_u128(&self) -> Option<u128> {
+        Self::shaped(&self.0).then(|| u128::from_str_radix(&self.0, 16).expect("32 hex digits"))
+    }
+
+    fn shaped(s: &str) -> bool {
+        s.len() == 32 && s.bytes().all(|b| b.is_ascii_hexdigit())
     }
 }
 

@@ -38,16 +38,12 @@ impl Seen {
 }
 
 fn key(id: &RunId) -> u128 {
-    match RunId::parse(&id.0) {
-        // 32 hex digits: exactly one number, and every number has one such spelling.
-        Some(_) => u128::from_str_radix(&id.0.to_ascii_lowercase(), 16).expect("32 hex digits"),
-        None => {
-            let digest = ring::digest::digest(&ring::digest::SHA256, id.0.as_bytes());
-            let mut first = [0u8; 16];
-            first.copy_from_slice(&digest.as_ref()[..16]);
-            u128::from_be_bytes(first)
-        }
-    }
+    id.as_u128().unwrap_or_else(|| {
+        let digest = ring::digest::digest(&ring::digest::SHA256, id.0.as_bytes());
+        let mut first = [0u8; 16];
+        first.copy_from_slice(&digest.as_ref()[..16]);
+        u128::from_be_bytes(first)
+    })
 }
 
 #[cfg(test)]

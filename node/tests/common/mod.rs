@@ -108,6 +108,11 @@ pub fn http_client() -> reqwest::blocking::ClientBuilder {
 
 /// A client that sends the nodes' access token with every request.
 pub fn client() -> reqwest::blocking::Client {
+    client_with_timeout(Duration::from_secs(10))
+}
+
+/// A client with the nodes' access token that gives up on a request after `timeout`.
+pub fn client_with_timeout(timeout: Duration) -> reqwest::blocking::Client {
     let mut headers = reqwest::header::HeaderMap::new();
     headers.insert(
         reqwest::header::AUTHORIZATION,
@@ -115,7 +120,7 @@ pub fn client() -> reqwest::blocking::Client {
     );
     http_client()
         .default_headers(headers)
-        .timeout(Duration::from_secs(10))
+        .timeout(timeout)
         .build()
         .expect("client")
 }
