@@ -83,6 +83,7 @@ pub fn of(
                 applied,
                 state_hash: digest.map(state_hash_text),
                 lag: leader_log.zip(applied).map(|(l, a)| l.saturating_sub(a)),
+                drained: state.drained.contains(&node.peer_id),
             }
         })
         .collect();

@@ -150,6 +150,8 @@ fn change() -> impl Strategy<Value = Change> {
             .prop_map(|(task, nodes)| Change::Hold { task, nodes }),
         2 => (run_id(), 0u32..1000).prop_map(|(run, at)| Change::StopRun { run, at: time(at) }),
         1 => run_id().prop_map(Change::Stop),
+        1 => ("peer-[1-3]|", any::<bool>())
+            .prop_map(|(node, drained)| Change::Drain { node, drained }),
     ]
 }
 
@@ -353,6 +355,7 @@ proptest! {
         prop_assert_eq!(&reloaded.last_fired, &state.last_fired);
         prop_assert_eq!(&reloaded.holders, &state.holders);
         prop_assert_eq!(&reloaded.stops, &state.stops);
+        prop_assert_eq!(&reloaded.drained, &state.drained);
     }
 
     #[test]

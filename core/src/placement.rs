@@ -4,9 +4,9 @@
 //! A node can take a task when its dependencies include all of the task's. Among those, the one
 //! with the most free slots wins, then the lower load, then the lower PeerId (so that every
 //! leader picks the same). Placement `all` takes every matching node, whatever its slots (each
-//! node queues beyond its slots itself).
+//! node queues beyond its slots itself). A node an operator drained takes none.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
 
 use crate::model::{NodeSettings, Placement, Task};
@@ -25,6 +25,8 @@ pub struct Candidate {
     pub load: f32,
     /// The node's current start, as it announces it (`Announcement::start`).
     pub start: Option<u64>,
+    /// Drained by an operator: it takes no new run.
+    pub drained: bool,
 }
 
 impl Candidate {
@@ -37,12 +39,19 @@ impl Candidate {
             slots: node.slots,
             load,
             start,
+            drained: false,
         }
     }
 }
 
-/// The nodes that can take runs: `this` and the live peers of the same cluster.
-pub fn live(this: Candidate, peers: &[PeerInfo], cluster: Option<u64>) -> Vec<Candidate> {
+/// The nodes that can take runs: `this` and the live peers of the same cluster, each marked
+/// when it is in `drained` (PeerIds).
+pub fn live(
+    this: Candidate,
+    peers: &[PeerInfo],
+    cluster: Option<u64>,
+    drained: &BTreeSet<String>,
+) -> Vec<Candidate> {
     let others = peers
         .iter()
         .filter(|p| Duration::from_millis(p.last_seen_ms) < LIVE)
@@ -56,9 +65,16 @@ pub fn live(this: Candidate, peers: &[PeerInfo], cluster: Option<u64>) -> Vec<Ca
                 slots: a.slots_total,
                 load: a.load,
                 start: a.start,
+                drained: false,
             }
         });
-    std::iter::once(this).chain(others).collect()
+    std::iter::once(this)
+        .chain(others)
+        .map(|mut c| {
+            c.drained = drained.contains(&c.peer_id);
+            c
+        })
+        .collect()
 }
 
 /// Why no live node can run `task`, if none can.
@@ -95,12 +111,25 @@ pub fn place<'a>(
     busy: &HashMap<String, u32>,
 ) -> Result<Vec<&'a Candidate>, NoPlace> {
     let needs = &task.spec.dependencies;
+    let fulfils = |c: &&Candidate| needs.iter().all(|d| c.dependencies.contains(d));
     let matching: Vec<&Candidate> = candidates
         .iter()
-        .filter(|c| needs.iter().all(|d| c.dependencies.contains(d)))
+        .filter(fulfils)
+        .filter(|c| !c.drained)
         .collect();
     if matching.is_empty() {
-        return Err(NoPlace::NoMatch(missing(needs, candidates)));
+        let drained: Vec<&str> = candidates
+            .iter()
+            .filter(fulfils)
+            .map(|c| c.name.as_str())
+            .collect();
+        return Err(NoPlace::NoMatch(match drained.is_empty() {
+            true => missing(needs, candidates),
+            false => format!(
+                "every live node that could run it is drained: {}",
+                drained.join(", ")
+            ),
+        }));
     }
     if task.placement == Placement::All {
         return Ok(matching);
@@ -144,6 +173,7 @@ mod tests {
             slots,
             load,
             start: None,
+            drained: false,
         }
     }
 
@@ -188,6 +218,41 @@ mod tests {
         );
         let any = task(&[], Placement::One);
         assert_eq!(ids(place(&any, &nodes, &none)), Ok(vec!["a".into()]));
+    }
+
+    #[test]
+    fn a_drained_node_takes_no_run_and_a_task_only_it_could_run_says_so() {
+        let mut nodes = [
+            node("a", &["os=linux"], 4, 0.0),
+            node("b", &["os=linux", "gpu=nvidia"], 4, 0.9),
+        ];
+        nodes[0].drained = true;
+        let none = HashMap::new();
+        let any = task(&[], Placement::One);
+        assert_eq!(ids(place(&any, &nodes, &none)), Ok(vec!["b".into()]));
+        let all = task(&["os=linux"], Placement::All);
+        assert_eq!(ids(place(&all, &nodes, &none)), Ok(vec!["b".into()]));
+        nodes[1].drained = true;
+        assert_eq!(
+            place(&any, &nodes, &none),
+            Err(NoPlace::NoMatch(
+                "every live node that could run it is drained: node-a, node-b".into()
+            ))
+        );
+        let gpu = task(&["arch=riscv64"], Placement::One);
+        assert_eq!(
+            place(&gpu, &nodes, &none),
+            Err(NoPlace::NoMatch("no live node has arch=riscv64".into())),
+            "what is missing comes before what is drained"
+        );
+    }
+
+    #[test]
+    fn live_marks_the_drained_nodes() {
+        let this = node("a", &[], 4, 0.0);
+        let drained = BTreeSet::from(["a".to_string()]);
+        assert!(live(this.clone(), &[], None, &drained)[0].drained);
+        assert!(!live(this, &[], None, &BTreeSet::new())[0].drained);
     }
 
     #[test]

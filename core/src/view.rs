@@ -239,6 +239,9 @@ pub struct MemberStatus {
     pub state_hash: Option<String>,
     /// How many entries it is behind the leader's log.
     pub lag: Option<u64>,
+    /// Drained by an operator: no new run goes there.
+    #[serde(default)]
+    pub drained: bool,
 }
 
 /// A state digest as [`MemberStatus::state_hash`] shows it: 16 hex digits.
@@ -273,6 +276,28 @@ pub struct ThisNode {
     pub key_fingerprint: Option<String>,
     pub dependencies: Vec<String>,
     pub mesh_up: bool,
+}
+
+/// A node's drain, for `/api/peers/{node}/drain`: whether it is drained, and what still runs
+/// there (a drain is complete when nothing does).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct NodeDrain {
+    pub peer_id: String,
+    /// Its name, when it is this node, a live peer or a member that announced one.
+    pub name: Option<String>,
+    /// Drained: the leader places no new run on it and moves its always-tasks away.
+    pub drained: bool,
+    /// Its unfinished runs, as the cluster's run ledger shows them.
+    pub unfinished_runs: usize,
+    /// The always-tasks it still holds, by name.
+    pub always_tasks: Vec<String>,
+}
+
+impl NodeDrain {
+    /// Drained, and nothing runs there any more.
+    pub fn complete(&self) -> bool {
+        self.drained && self.unfinished_runs == 0 && self.always_tasks.is_empty()
+    }
 }
 
 /// What the health endpoint reports.

@@ -22,6 +22,7 @@ use crate::notify::Notifier;
 use crate::scheduler::{NotScheduled, Refusal, SchedulerHandle};
 use crate::store::{RunQuery, Store, StoreError, Write};
 use taskmesh_core::placement::{self, Candidate};
+use taskmesh_core::view::NodeDrain;
 
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
@@ -224,6 +225,99 @@ impl NodeHandle {
         task.enabled = enabled;
         task.updated_at = at;
         Ok(task)
+    }
+
+    /// Drains the node `key` (a name or a PeerId of this node, a live peer or a member), or
+    /// ends its drain.
+    pub async fn drain(&self, key: &str, drained: bool) -> Result<NodeDrain, NodeError> {
+        let peer_id = self.node_of(key)?;
+        self.inner
+            .consensus
+            .propose(Change::Drain {
+                node: peer_id.clone(),
+                drained,
+            })
+            .await?;
+        if drained {
+            info!(node = %key, "node drained: no new runs go there");
+        }
+        Ok(self.drain_of(&peer_id, &self.state()))
+    }
+
+    /// The drain of the node `key`, and what still runs there.
+    pub fn drain_status(&self, key: &str) -> Result<NodeDrain, NodeError> {
+        let peer_id = self.node_of(key)?;
+        Ok(self.drain_of(&peer_id, &self.state()))
+    }
+
+    fn drain_of(&self, peer_id: &str, state: &State) -> NodeDrain {
+        let view = self.peers();
+        let name = match view.this.peer_id.as_deref() == Some(peer_id) {
+            true => Some(view.this.name.clone()),
+            false => view
+                .cluster
+                .members
+                .iter()
+                .find(|m| m.peer_id == peer_id)
+                .and_then(|m| m.name.clone())
+                .or_else(|| {
+                    view.peers
+                        .iter()
+                        .find(|p| p.announcement.peer_id == peer_id)
+                        .map(|p| p.announcement.name.clone())
+                }),
+        };
+        let always_tasks = state
+            .holders
+            .iter()
+            .filter(|(_, nodes)| nodes.iter().any(|n| n == peer_id))
+            .filter_map(|(task, _)| state.tasks.get(task).map(|t| t.name.clone()))
+            .collect();
+        NodeDrain {
+            peer_id: peer_id.to_owned(),
+            name,
+            drained: state.drained.contains(peer_id),
+            unfinished_runs: state
+                .runs
+                .unfinished()
+                .filter(|r| r.node_id.as_deref() == Some(peer_id))
+                .count(),
+            always_tasks,
+        }
+    }
+
+    /// The PeerId of the node `key` names: this node, a live peer or a member of the cluster,
+    /// by name or PeerId.
+    fn node_of(&self, key: &str) -> Result<String, NodeError> {
+        let view = self.peers();
+        let mut found = std::collections::BTreeSet::new();
+        if let Some(me) = &view.this.peer_id
+            && (view.this.name == key || me == key)
+        {
+            found.insert(me.clone());
+        }
+        for p in &view.peers {
+            let a = &p.announcement;
+            if a.name == key || a.peer_id == key {
+                found.insert(a.peer_id.clone());
+            }
+        }
+        for m in &view.cluster.members {
+            if m.peer_id == key || m.name.as_deref() == Some(key) {
+                found.insert(m.peer_id.clone());
+            }
+        }
+        let mut found = found.into_iter();
+        match (found.next(), found.next()) {
+            (Some(peer_id), None) => Ok(peer_id),
+            (None, _) => Err(NodeError::NotFound(format!(
+                "no node `{key}`: name this node, a live peer or a member of the cluster, by name or PeerId"
+            ))),
+            (Some(_), Some(_)) => Err(NodeError::Invalid(Invalid::field(
+                "node",
+                format!("`{key}` names more than one node; give its PeerId"),
+            ))),
+        }
     }
 
     pub async fn remove_task(&self, key: &str) -> Result<Task, NodeError> {
@@ -481,8 +575,8 @@ impl NodeHandle {
             0.0,
         );
         let peers = mesh.map(|m| m.peers()).unwrap_or_default();
-        let cluster = self.state().cluster.map(|c| c.id);
-        let live = placement::live(this, &peers, cluster);
+        let state = self.state();
+        let live = placement::live(this, &peers, state.cluster.map(|c| c.id), &state.drained);
         tasks.iter().map(|t| placement::why_not(t, &live)).collect()
     }
 
@@ -498,7 +592,12 @@ impl NodeHandle {
             node: self.inner.node.borrow().name.clone(),
             raft: Some(self.inner.consensus.figures()),
             mesh_up: mesh.is_some(),
-            peers: mesh.map_or(0, |m| m.peers().len()),
+            peers: mesh.as_ref().map_or(0, |m| m.peers().len()),
+            drained: mesh.is_some_and(|m| {
+                self.state()
+                    .drained
+                    .contains(&m.local_peer_id().to_string())
+            }),
         };
         self.inner.metrics.render(&live)
     }

@@ -105,6 +105,7 @@ pub struct Metrics {
     raft_apply_lag: Gauge,
     mesh_up: Gauge,
     mesh_peers: Gauge,
+    drained: Gauge,
     traffic: Arc<Traffic>,
 }
 
@@ -125,6 +126,8 @@ pub struct Live {
     pub mesh_up: bool,
     /// Live peers (this node not counted).
     pub peers: usize,
+    /// Whether an operator drained this node.
+    pub drained: bool,
 }
 
 impl Default for Metrics {
@@ -264,6 +267,11 @@ impl Metrics {
             "taskmesh_mesh_peers",
             "Live peers this node sees in the mesh (itself not counted)",
         );
+        let drained = gauge(
+            &mut registry,
+            "taskmesh_drained",
+            "1 while an operator has this node drained (no new run is placed on it), else 0",
+        );
         let traffic = Arc::new(Traffic::default());
         registry.register_collector(Box::new(TrafficCollector(traffic.clone())));
         registry.register_collector(Box::new(ProcessCollector));
@@ -292,6 +300,7 @@ impl Metrics {
             raft_apply_lag,
             mesh_up,
             mesh_peers,
+            drained,
             traffic,
         }
     }
@@ -406,6 +415,7 @@ impl Metrics {
             .set(index(raft.committed.saturating_sub(raft.applied)));
         self.mesh_up.set(i64::from(live.mesh_up));
         self.mesh_peers.set(live.peers as i64);
+        self.drained.set(i64::from(live.drained));
         let mut text = String::with_capacity(16 * 1024);
         // Writing to a String cannot fail; an encoder error would be a bug in a collector.
         if let Err(e) = prometheus_client::encoding::text::encode(&mut text, &self.registry) {
@@ -683,6 +693,7 @@ mod tests {
             }),
             mesh_up: true,
             peers: 2,
+            drained: true,
         });
         for (series, value) in [
             ("taskmesh_queue_length", 3.0),
@@ -696,6 +707,7 @@ mod tests {
                 r#"taskmesh_notifications_total{kind="telegram",result="delivered"}"#,
                 1.0,
             ),
+            ("taskmesh_drained", 1.0),
             ("taskmesh_raft_term", 5.0),
             ("taskmesh_raft_is_leader", 1.0),
             ("taskmesh_raft_commit_index", 11.0),

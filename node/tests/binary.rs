@@ -448,6 +448,177 @@ fn an_always_task_whose_node_dies_runs_on_another_node_once() {
     cluster.stop_all();
 }
 
+/// Lines `start|stop <run id> <ns since the epoch>` the daemon's processes wrote, in order.
+fn daemon_lines(file: &Path) -> Vec<(String, String, u128)> {
+    std::fs::read_to_string(file)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|line| {
+            let mut parts = line.split(' ');
+            let (what, run, at) = (parts.next()?, parts.next()?, parts.next()?);
+            Some((what.to_owned(), run.to_owned(), at.parse().ok()?))
+        })
+        .collect()
+}
+
+#[test]
+fn a_drained_node_hands_its_daemon_over_without_overlap_and_finishes_its_runs() {
+    let cluster = Cluster::start(3);
+    let http = client();
+    let leader = cluster.formed(3, &http);
+    let url = cluster.url(leader);
+    let out = tempfile::tempdir().expect("tmp");
+    let log = out.path().join("daemon");
+    let done = out.path().join("done");
+    // The daemon writes when it starts and, half a second after SIGTERM, when it ends: two
+    // instances at once would show as a start before the previous stop.
+    let daemon = format!(
+        "echo start $TASKMESH_RUN_ID $(date +%s%N) >> {log}; \
+         trap 'sleep 0.5; echo stop $TASKMESH_RUN_ID $(date +%s%N) >> {log}; exit 0' TERM; \
+         while :; do sleep 0.05; done",
+        log = log.display()
+    );
+    create_task(
+        &http,
+        &url,
+        &json!({"name": "daemon", "spec": {"shell": daemon}, "when": {"mode": "always"}}),
+    );
+    // One run on every node that outlasts the drain, and one that shows where runs go.
+    create_task(
+        &http,
+        &url,
+        &json!({"name": "long", "placement": "all", "spec": {"shell": format!(
+            "sleep 4; echo $TASKMESH_RUN_ID >> {}", done.display())}, "when": {"mode": "manual"}}),
+    );
+    create_task(
+        &http,
+        &url,
+        &json!({"name": "probe", "placement": "all", "spec": {"shell": "true", "concurrency": "allow"},
+            "when": {"mode": "manual"}}),
+    );
+    let started = wait_until("the daemon to start", Duration::from_secs(20), || {
+        daemon_lines(&log)
+            .into_iter()
+            .find(|(what, ..)| what == "start")
+    });
+    let run: Value = http
+        .get(format!("{url}/api/runs/{}", started.1))
+        .send()
+        .and_then(|r| r.json())
+        .expect("the daemon's run");
+    let holder = cluster.index_of(run["node_id"].as_str().expect("placed"), &http);
+    let holder_id = run["node_id"].as_str().expect("placed").to_owned();
+    let r = http
+        .post(format!("{url}/api/tasks/long/run"))
+        .send()
+        .expect("run long");
+    assert_eq!(r.status().as_u16(), 202);
+
+    // Drained through the CLI of another node, which waits until nothing runs there.
+    let asker = (holder + 1) % 3;
+    let mut drain = operator_cli(&cluster.url(asker), cluster.dirs[asker].path())
+        .args(["node", "drain", &format!("n{holder}"), "--wait"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("taskmesh node drain");
+    let status = wait_until("the drain to complete", Duration::from_secs(60), || {
+        drain.try_wait().expect("wait")
+    });
+    let mut said = String::new();
+    std::io::Read::read_to_string(drain.stdout.as_mut().expect("stdout"), &mut said).expect("read");
+    assert!(status.success(), "{said}");
+    assert!(
+        said.lines()
+            .last()
+            .is_some_and(|l| l.ends_with("drained: nothing runs there")),
+        "{said}"
+    );
+
+    // The daemon runs again elsewhere, and never two at once.
+    let lines = wait_until(
+        "the daemon to start elsewhere",
+        Duration::from_secs(30),
+        || {
+            let lines = daemon_lines(&log);
+            (lines.iter().filter(|(what, ..)| what == "start").count() == 2).then_some(lines)
+        },
+    );
+    let kinds: Vec<&str> = lines.iter().map(|(what, ..)| what.as_str()).collect();
+    assert_eq!(kinds, ["start", "stop", "start"], "{lines:?}");
+    assert_eq!(
+        lines[0].1, lines[1].1,
+        "the first instance stopped: {lines:?}"
+    );
+    assert!(
+        lines[1].2 < lines[2].2,
+        "the second started after the first stopped: {lines:?}"
+    );
+    let second: Value = http
+        .get(format!("{url}/api/runs/{}", lines[2].1))
+        .send()
+        .and_then(|r| r.json())
+        .expect("the second run");
+    assert_ne!(second["node_id"], holder_id.as_str(), "{second}");
+
+    // The run that was there went on to its end; new runs go only to the two others.
+    let runs: Vec<Value> = http
+        .get(format!("{url}/api/runs?task=long&limit=10"))
+        .send()
+        .and_then(|r| r.json())
+        .expect("runs");
+    let there = runs
+        .iter()
+        .find(|r| r["node_id"] == holder_id.as_str())
+        .expect("a run of long on the drained node");
+    assert_eq!(there["status"], "succeeded", "{there}");
+    assert!(
+        std::fs::read_to_string(&done)
+            .unwrap_or_default()
+            .contains(there["id"].as_str().expect("id"))
+    );
+    let probe_nodes = |http: &reqwest::blocking::Client| -> BTreeSet<String> {
+        let answer = http
+            .post(format!("{url}/api/tasks/probe/run"))
+            .send()
+            .expect("run probe");
+        let status = answer.status().as_u16();
+        let first: Value = answer.json().expect("json");
+        assert_eq!(status, 202, "{first}");
+        let created = first["created_at"].clone();
+        wait_until("the probe's runs", Duration::from_secs(10), || {
+            let runs: Vec<Value> = http
+                .get(format!("{url}/api/runs?task=probe&limit=10"))
+                .send()
+                .and_then(|r| r.json())
+                .ok()?;
+            let nodes: BTreeSet<String> = runs
+                .iter()
+                .filter(|r| r["created_at"] == created)
+                .filter_map(|r| r["node_id"].as_str().map(str::to_owned))
+                .collect();
+            Some(nodes).filter(|n| !n.is_empty())
+        })
+    };
+    let nodes = probe_nodes(&http);
+    assert_eq!(nodes.len(), 2, "{nodes:?}");
+    assert!(!nodes.contains(&holder_id), "{nodes:?}");
+
+    // Undrained, it takes runs again.
+    let r: Value = http
+        .post(format!("{url}/api/peers/{holder_id}/undrain"))
+        .send()
+        .and_then(|r| r.json())
+        .expect("undrain");
+    assert_eq!(r["drained"], false, "{r}");
+    assert_eq!(probe_nodes(&http).len(), 3);
+    let unknown = http
+        .post(format!("{url}/api/peers/nobody/drain"))
+        .send()
+        .expect("drain nobody");
+    assert_eq!(unknown.status().as_u16(), 404);
+    cluster.stop_all();
+}
+
 /// Sleeps until half a second past the next whole second: between cron slots, when no
 /// one-second run of the chaos test is in flight.
 fn between_slots() {

@@ -52,6 +52,8 @@ pub enum Write {
     Stops(BTreeSet<RunId>),
     /// Which nodes hold each always-task (see `consensus::State::holders`).
     Holders(BTreeMap<TaskId, Vec<String>>),
+    /// The drained nodes (see `consensus::State::drained`).
+    Drained(BTreeSet<String>),
     /// A run in the replicated run ledger (see `consensus::State::runs`).
     ClusterRun(std::sync::Arc<Run>),
     ForgetClusterRun(RunId),
@@ -70,6 +72,7 @@ pub trait Store: Send + Sync + 'static {
     fn cluster_runs(&self) -> Result<Vec<Run>, StoreError>;
     fn holders(&self) -> Result<BTreeMap<TaskId, Vec<String>>, StoreError>;
     fn stops(&self) -> Result<BTreeSet<RunId>, StoreError>;
+    fn drained(&self) -> Result<BTreeSet<String>, StoreError>;
     /// Commits the writes in one durable transaction before returning.
     fn write(&self, batch: &[Write]) -> Result<(), StoreError>;
 

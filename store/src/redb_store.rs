@@ -37,6 +37,7 @@ const NODE_SETTINGS: &str = "node_settings";
 const CLUSTER: &str = "cluster";
 const HOLDERS: &str = "holders";
 const STOPS: &str = "stops";
+const DRAINED: &str = "drained";
 
 pub struct RedbStore {
     /// Shared with the Raft state machine (`consensus::raft`), which keeps its own tables in the
@@ -209,6 +210,9 @@ pub fn write_in(txn: &WriteTransaction, batch: &[Write]) -> Result<(), StoreErro
             Write::Holders(h) => {
                 meta.insert(HOLDERS, encode(h).as_slice()).map_err(db_err)?;
             }
+            Write::Drained(d) => {
+                meta.insert(DRAINED, encode(d).as_slice()).map_err(db_err)?;
+            }
             Write::ClusterRun(run) => {
                 cluster_runs
                     .insert(run.id.0.as_str(), encode(run).as_slice())
@@ -249,6 +253,7 @@ pub fn clear_replicated_in(txn: &WriteTransaction) -> Result<(), redb::Error> {
     meta.remove(CLUSTER)?;
     meta.remove(HOLDERS)?;
     meta.remove(STOPS)?;
+    meta.remove(DRAINED)?;
     Ok(())
 }
 
@@ -282,6 +287,10 @@ impl Store for RedbStore {
 
     fn holders(&self) -> Result<BTreeMap<TaskId, Vec<String>>, StoreError> {
         Ok(self.meta(HOLDERS)?.unwrap_or_default())
+    }
+
+    fn drained(&self) -> Result<BTreeSet<String>, StoreError> {
+        Ok(self.meta(DRAINED)?.unwrap_or_default())
     }
 
     fn cluster_runs(&self) -> Result<Vec<Run>, StoreError> {

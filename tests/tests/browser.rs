@@ -976,6 +976,62 @@ async fn the_node_page_tells_which_tasks_this_node_can_run() -> Result<()> {
     Ok(())
 }
 
+/// The drain button on /peers asks first, drains the node (no new run goes there, and Execute
+/// now says why), and the undrain button ends it.
+#[tokio::test]
+async fn a_node_is_drained_and_undrained_from_the_peers_page() -> Result<()> {
+    let node = TestNode::start().await?;
+    let base = node.api.base.clone();
+    node.api
+        .create_task(
+            &json!({"name": "job", "spec": {"command": ["true"]}, "when": {"mode": "manual"}}),
+        )
+        .await?;
+    let browser = logged_in(&node).await?;
+    browser.goto(&format!("{base}/peers")).await?;
+    let drain = "button[data-drain]";
+    wait_for("the drain button", Duration::from_secs(20), || async {
+        browser.find(drain).await.ok()
+    })
+    .await?;
+    browser.click(&browser.find(drain).await?).await?;
+    browser.dismiss_alert().await?;
+    let drained = || async {
+        let (_, peers) = node.api.get("/api/peers").await.ok()?;
+        Some(peers["cluster"]["members"][0]["drained"] == true)
+    };
+    assert_eq!(drained().await, Some(false), "Cancel drains nothing");
+    browser.click(&browser.find(drain).await?).await?;
+    browser.accept_alert().await?;
+    wait_text(&browser, "#drain-status", "is drained").await?;
+    wait_text(&browser, "#peers-live .members", "drained").await?;
+    assert_eq!(drained().await, Some(true));
+    let (status, refused) = node.api.post("/api/tasks/job/run", &json!({})).await?;
+    assert_eq!(status, 409, "{refused}");
+    assert!(
+        refused["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("every live node that could run it is drained")),
+        "{refused}"
+    );
+    screenshot(&browser, "peers-drained").await;
+    browser.goto(&format!("{base}/node")).await?;
+    wait_text(&browser, "#node-drained", "This node is drained").await?;
+    browser.goto(&format!("{base}/peers")).await?;
+    wait_for("the undrain button", Duration::from_secs(10), || async {
+        browser.find("button[data-undrain]").await.ok()
+    })
+    .await?;
+    browser
+        .click(&browser.find("button[data-undrain]").await?)
+        .await?;
+    wait_text(&browser, "#drain-status", "takes runs again").await?;
+    assert_eq!(drained().await, Some(false));
+    let (status, run) = node.api.post("/api/tasks/job/run", &json!({})).await?;
+    assert_eq!(status, 202, "{run}");
+    Ok(())
+}
+
 /// A Telegram channel is set up by the form, without writing JSON: the token and the chat id
 /// land in the settings, and "Send test" reaches the (fake) Bot API with them.
 #[tokio::test]

@@ -1438,6 +1438,7 @@ async fn metrics_count_the_runs_that_ran_and_need_a_token() -> Result<()> {
         "taskmesh_raft_applied_index",
         "taskmesh_raft_apply_lag",
         "taskmesh_mesh_peers",
+        "taskmesh_drained",
         "taskmesh_mesh_bytes",
         "process_resident_memory_bytes",
         "process_cpu_seconds",

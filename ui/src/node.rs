@@ -127,6 +127,8 @@ pub struct NodeInfo {
     pub log_usage: String,
     pub slots: u32,
     pub peers: Vec<String>,
+    /// Drained by an operator: the leader places no new run here.
+    pub drained: bool,
 }
 
 /// One always-task's supervision on this node.
@@ -206,6 +208,12 @@ pub async fn view_node_get<N: NodeView>(State(node): State<N>, lang: Lang) -> No
             log_usage: bytes(node.log_disk_usage().await),
             slots: settings.slots,
             peers: settings.peers.clone(),
+            drained: node
+                .peers()
+                .cluster
+                .members
+                .iter()
+                .any(|m| m.this_node && m.drained),
         },
         deps: Dependencies::of(&settings),
         active: node
@@ -256,6 +264,7 @@ mod tests {
                 log_usage: bytes(3 << 20),
                 slots: 8,
                 peers: vec!["10.0.0.2:7946".into()],
+                drained: name == "drained-node",
             },
             deps: Dependencies::of(&NodeSettings {
                 dependencies: vec!["gpu=nvidia".into()],
@@ -319,6 +328,8 @@ mod tests {
 
     #[test]
     fn shows_the_mysql_sink() {
+        assert!(!page("node-a", vec![], vec![]).contains("node-drained"));
+        assert!(page("drained-node", vec![], vec![]).contains("This node is drained"));
         let off = page("node-a", vec![], vec![]);
         assert!(off.contains("MySQL") && off.contains("Not configured"));
         let failing = SinkStatus {

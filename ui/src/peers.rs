@@ -195,6 +195,7 @@ mod tests {
             applied: Some(40),
             state_hash: Some("5f0c2a91d3b4e687".into()),
             lag: Some(lag),
+            drained: false,
         };
         ClusterStatus {
             cluster: Some("00000000000000ab".into()),

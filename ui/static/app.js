@@ -1102,8 +1102,7 @@
   // ----------------------------------------------------------------- peers page
 
   function initPeers() {
-    // Announcements arrive over the mesh, not as events here: refresh the table every 2 s.
-    setInterval(async () => {
+    const refresh = async () => {
       try {
         const res = await fetch("/peers", { headers: { Accept: "text/html" } });
         if (!res.ok) return;
@@ -1111,7 +1110,29 @@
         const fresh = $("#peers-live", doc);
         if (fresh) $("#peers-live").replaceWith(document.importNode(fresh, true));
       } catch { /* try again */ }
-    }, 2000);
+    };
+    // Announcements arrive over the mesh, not as events here: refresh the table every 2 s.
+    setInterval(refresh, 2000);
+    // Drain and undrain buttons (the table is replaced on every refresh: one listener above it).
+    const status = el("p", { class: "small", id: "drain-status", role: "status", "aria-live": "polite" });
+    $("#peers-live").before(status);
+    document.addEventListener("click", async (e) => {
+      const button = e.target.closest("[data-drain], [data-undrain]");
+      if (!button) return;
+      const drain = button.hasAttribute("data-drain");
+      const peer = drain ? button.dataset.drain : button.dataset.undrain;
+      const name = button.dataset.name;
+      if (drain && !confirm(T(`Drain ${name}? No new run goes there and its always-tasks move to other nodes; what runs there goes on to its end.`))) return;
+      button.disabled = true;
+      try {
+        await api("POST", `/api/peers/${encodeURIComponent(peer)}/${drain ? "drain" : "undrain"}`);
+        setStatus(status, drain ? T(`${name} is drained.`) : T(`${name} takes runs again.`));
+        await refresh();
+      } catch (err) {
+        button.disabled = false;
+        setStatus(status, err.message, "bad");
+      }
+    });
   }
 
   // The cluster key is a secret: fetched and shown only on request.

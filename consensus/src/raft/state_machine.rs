@@ -511,6 +511,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         writes.extend(state.runs.values().cloned().map(Write::ClusterRun));
         writes.push(Write::Holders(state.holders.clone()));
         writes.push(Write::Stops(state.stops.clone()));
+        writes.push(Write::Drained(state.drained.clone()));
         writes.extend(
             state
                 .last_fired

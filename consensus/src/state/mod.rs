@@ -44,6 +44,10 @@ pub struct State {
     /// run ends.
     #[serde(default)]
     pub stops: BTreeSet<RunId>,
+    /// The drained nodes (PeerIds): the leader places no new run on them and moves their
+    /// always-tasks away; what already runs there goes on to its end.
+    #[serde(default)]
+    pub drained: BTreeSet<String>,
     /// Not agreed, this node's own: whether this state holds every entry this node's Raft log
     /// held when the node started, that is everything the node may have acted on before a
     /// restart (set by the state machine; never replicated).
@@ -122,6 +126,11 @@ pub enum Change {
         run: RunId,
         at: DateTime<Utc>,
     },
+    /// Drains a node (PeerId) or ends its drain.
+    Drain {
+        node: String,
+        drained: bool,
+    },
     /// `StopRun` as versions before it wrote it, without a time: a waiting run it ends is
     /// closed at its own `created_at`, the one time every replica agrees on.
     Stop(RunId),
@@ -142,6 +151,7 @@ impl Change {
             Change::MergeInto { .. } => "merge_into",
             Change::Runs(_) => "runs",
             Change::Hold { .. } => "hold",
+            Change::Drain { .. } => "drain",
             Change::StopRun { .. } | Change::Stop(_) => "stop",
         }
     }
@@ -167,6 +177,7 @@ impl State {
             runs: store.cluster_runs()?.into_iter().collect(),
             holders: store.holders()?,
             stops: store.stops()?,
+            drained: store.drained()?,
             caught_up: false,
             applied: None,
         })
@@ -182,7 +193,7 @@ impl State {
     ///
     /// It is stable across nodes, versions of Rust and runs: xxHash64 with seed 0 (no random
     /// keys) over each part in a fixed order (tasks, settings, last fired slots, cluster, runs,
-    /// holders, stops). Tasks and runs count as the wrapping sum of each one's hash
+    /// holders, stops, drained nodes when there are any). Tasks and runs count as the wrapping sum of each one's hash
     /// (`json_hash` of its JSON), which their maps keep up to date with every change, so the
     /// digest does not read every task and run again; the other parts count as their JSON, maps
     /// in key order. A fired slot counts in milliseconds, as the tables keep it. What is this
@@ -202,6 +213,9 @@ impl State {
         digest.part("runs", &self.runs.hash_sum());
         digest.part("holders", &self.holders);
         digest.part("stops", &self.stops);
+        if !self.drained.is_empty() {
+            digest.part("drained", &self.drained);
+        }
         digest.0.finish()
     }
 
@@ -369,6 +383,19 @@ impl State {
                     false => self.holders.insert(task, nodes),
                 };
                 Ok(vec![Write::Holders(self.holders.clone())])
+            }
+            Change::Drain { node, drained } => {
+                if node.is_empty() {
+                    return Err(Invalid::field("node", "names no node"));
+                }
+                let changed = match drained {
+                    true => self.drained.insert(node),
+                    false => self.drained.remove(&node),
+                };
+                Ok(match changed {
+                    true => vec![Write::Drained(self.drained.clone())],
+                    false => Vec::new(),
+                })
             }
         }
     }

@@ -43,6 +43,8 @@ pub(crate) fn described_routes() -> OpenApiRouter<NodeHandle> {
         .routes(routes!(health))
         .routes(routes!(openapi::openapi_json))
         .routes(routes!(peers))
+        .routes(routes!(get_drain, drain_node))
+        .routes(routes!(undrain_node))
         .routes(routes!(sink))
         .routes(routes!(cluster_key))
         .routes(routes!(list_tasks, create_task))
@@ -227,6 +229,57 @@ async fn peers(
         )
     });
     Ok((next_link(next), Json(view)))
+}
+
+const NODE_KEY: &str = "a node's name or PeerId: this node, a live peer or a member";
+
+/// Whether the node is drained, and what still runs there.
+#[utoipa::path(get, path = "/api/peers/{node}/drain", tag = "node",
+    params(("node" = String, Path, description = NODE_KEY)),
+    responses(
+        (status = 200, description = "OK", body = taskmesh_core::view::NodeDrain),
+        (status = 404, description = "no such node", body = error::ErrorBody),
+    ))]
+async fn get_drain(
+    State(node): State<NodeHandle>,
+    Path(key): Path<String>,
+) -> Result<impl IntoResponse, ApiError> {
+    Ok(Json(node.drain_status(&key)?))
+}
+
+/// Drains the node: the leader places no new run on it and moves its always-tasks to other
+/// nodes (each starts there once it has stopped here); runs already there go on to their end.
+#[utoipa::path(post, path = "/api/peers/{node}/drain", tag = "node",
+    params(("node" = String, Path, description = NODE_KEY)),
+    responses(
+        (status = 200, description = "drained", body = taskmesh_core::view::NodeDrain),
+        (status = 400, description = "the name fits more than one node", body = error::ErrorBody),
+        (status = 404, description = "no such node", body = error::ErrorBody),
+        (status = 503, description = "not committed: no quorum, not joined yet, or shutting down", body = error::ErrorBody),
+    ))]
+#[instrument(name = "api", skip_all, fields(node = %key))]
+async fn drain_node(
+    State(node): State<NodeHandle>,
+    Path(key): Path<String>,
+) -> Result<impl IntoResponse, ApiError> {
+    Ok(Json(node.drain(&key, true).await?))
+}
+
+/// Ends the node's drain: it takes runs again.
+#[utoipa::path(post, path = "/api/peers/{node}/undrain", tag = "node",
+    params(("node" = String, Path, description = NODE_KEY)),
+    responses(
+        (status = 200, description = "no longer drained", body = taskmesh_core::view::NodeDrain),
+        (status = 400, description = "the name fits more than one node", body = error::ErrorBody),
+        (status = 404, description = "no such node", body = error::ErrorBody),
+        (status = 503, description = "not committed: no quorum, not joined yet, or shutting down", body = error::ErrorBody),
+    ))]
+#[instrument(name = "api", skip_all, fields(node = %key))]
+async fn undrain_node(
+    State(node): State<NodeHandle>,
+    Path(key): Path<String>,
+) -> Result<impl IntoResponse, ApiError> {
+    Ok(Json(node.drain(&key, false).await?))
 }
 
 /// The cluster key itself (a secret: the UI shows it only when asked).

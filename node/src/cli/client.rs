@@ -2,6 +2,7 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use futures::StreamExt;
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
@@ -14,7 +15,7 @@ use crate::api::ErrorBody;
 use crate::api::openapi::{ChannelTested, LoginLink, TokenRotated};
 use crate::http_client;
 use crate::model::{Run, Task, When};
-use taskmesh_core::view::{Health, PeersView, TaskListItem};
+use taskmesh_core::view::{Health, NodeDrain, PeersView, TaskListItem};
 
 use super::{AddArgs, Remote, SettingsCommand, TaskCommand, TokenSource};
 
@@ -446,6 +447,7 @@ async fn command_result(command: super::Command) -> Result<ExitCode, ClientError
         }
         super::Command::Task(c) => task(c).await,
         super::Command::Status { remote } => status(&remote).await,
+        super::Command::Node(c) => node(c).await,
         super::Command::Settings(c) => settings(c).await,
         super::Command::Notify(super::NotifyCommand::Test { channel, remote }) => {
             let api = Api::new(&remote)?;
@@ -482,6 +484,54 @@ async fn command_result(command: super::Command) -> Result<ExitCode, ClientError
             println!("{key}");
             Ok(0)
         }
+    }
+}
+
+/// `taskmesh node drain|undrain`.
+async fn node(command: super::NodeCommand) -> Result<ExitCode, ClientError> {
+    let (key, drained, wait, remote) = match command {
+        super::NodeCommand::Drain { node, wait, remote } => (node, true, wait, remote),
+        super::NodeCommand::Undrain { node, remote } => (node, false, false, remote),
+    };
+    let api = Api::new(&remote)?;
+    let verb = if drained { "drain" } else { "undrain" };
+    let path = format!("/api/peers/{}/", enc(&key));
+    let mut drain: NodeDrain = api
+        .call(Method::POST, &format!("{path}{verb}"), None)
+        .await?;
+    loop {
+        if remote.output == super::Output::Json {
+            print_json(&serde_json::to_value(&drain).unwrap_or_default());
+        } else {
+            println!("{}", drain_text(&drain));
+        }
+        if !wait || drain.complete() {
+            return Ok(0);
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        drain = api.read(&format!("{path}drain")).await?;
+    }
+}
+
+/// "lab-2 (12D3…) drained: 2 runs still running, always-tasks still held: web".
+fn drain_text(drain: &NodeDrain) -> String {
+    let name = drain.name.as_deref().unwrap_or("?");
+    if !drain.drained {
+        return format!("{name} ({}) takes runs", drain.peer_id);
+    }
+    let mut left = Vec::new();
+    if drain.unfinished_runs > 0 {
+        left.push(format!("{} runs still running", drain.unfinished_runs));
+    }
+    if !drain.always_tasks.is_empty() {
+        left.push(format!(
+            "always-tasks still held: {}",
+            drain.always_tasks.join(", ")
+        ));
+    }
+    match left.is_empty() {
+        true => format!("{name} ({}) drained: nothing runs there", drain.peer_id),
+        false => format!("{name} ({}) drained: {}", drain.peer_id, left.join(", ")),
     }
 }
 
@@ -551,6 +601,14 @@ async fn status(remote: &super::Remote) -> Result<ExitCode, ClientError> {
             format!(", down: {}", down.join(", "))
         }
     );
+    let drained: Vec<String> = members
+        .iter()
+        .filter(|m| m.drained)
+        .map(|m| name_of(&m.peer_id))
+        .collect();
+    if !drained.is_empty() {
+        println!("drained  {}", drained.join(", "));
+    }
     println!("peers    {} live", peers.peers.len());
     for p in &peers.peers {
         let a = &p.announcement;

@@ -67,6 +67,9 @@ pub enum Command {
     /// Notification channels.
     #[command(subcommand)]
     Notify(NotifyCommand),
+    /// Drain a node before maintenance, or end its drain.
+    #[command(subcommand)]
+    Node(NodeCommand),
     /// The cluster at a glance: this node, the leader and term, the members, the live peers and
     /// what runs now.
     Status {
@@ -190,6 +193,26 @@ pub fn service(command: ServiceCommand) -> Result<(), crate::service::ServiceErr
             &mut out,
         ),
     }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum NodeCommand {
+    /// Drain a node (by name or PeerId): no new run goes there, its always-tasks move to other
+    /// nodes, and what runs there goes on to its end.
+    Drain {
+        node: String,
+        /// Wait until nothing runs there any more.
+        #[arg(long)]
+        wait: bool,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// End a node's drain: it takes runs again.
+    Undrain {
+        node: String,
+        #[command(flatten)]
+        remote: Remote,
+    },
 }
 
 #[derive(Debug, Subcommand)]

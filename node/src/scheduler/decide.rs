@@ -356,9 +356,13 @@ pub fn reap_lost(
 }
 
 /// Gives each enabled always-task its holders: one live matching node (the same one while it is
-/// not `gone`), or every matching node for placement `all` (and the holders not gone yet). A
-/// task that is no longer an enabled always-task loses its holders. One `Change::Hold` for each
-/// task whose holders change.
+/// not `gone` or drained), or every matching node for placement `all` (and the holders not gone
+/// yet, unless drained). A task that is no longer an enabled always-task loses its holders. One
+/// `Change::Hold` for each task whose holders change.
+///
+/// A task with placement `one` gets a new holder only once no instance of it runs anywhere that
+/// is not `gone`: a holder it was taken from (drained, or the task disabled and enabled again)
+/// first stops its daemon and reports the run ended, so two never run at once.
 pub fn place_daemons(view: &View, gone: impl Fn(&str) -> bool) -> Vec<Change> {
     let (state, candidates) = (view.state, view.candidates);
     let mut changes: Vec<Change> = state
@@ -388,8 +392,13 @@ pub fn place_daemons(view: &View, gone: impl Fn(&str) -> bool) -> Vec<Change> {
             Ok(nodes) => nodes.into_iter().map(|c| c.peer_id.clone()).collect(),
             Err(_) => Vec::new(),
         };
-        // Holders that are still around keep the task (no restart for a missed announcement).
-        let staying: Vec<String> = held.iter().filter(|h| !gone(h)).cloned().collect();
+        // Holders that are still around keep the task (no restart for a missed announcement),
+        // unless an operator drained them.
+        let staying: Vec<String> = held
+            .iter()
+            .filter(|h| !gone(h) && !state.drained.contains(*h))
+            .cloned()
+            .collect();
         let mut nodes = match task.placement {
             Placement::All => {
                 let mut all = matching.clone();
@@ -398,6 +407,7 @@ pub fn place_daemons(view: &View, gone: impl Fn(&str) -> bool) -> Vec<Change> {
             }
             Placement::One => match staying.into_iter().next() {
                 Some(holder) => vec![holder],
+                None if still_running(view, &task.id, &gone) => Vec::new(),
                 None => placement::place(task, candidates, &HashMap::new())
                     .map(|c| vec![c[0].peer_id.clone()])
                     .unwrap_or_default(),
@@ -412,6 +422,16 @@ pub fn place_daemons(view: &View, gone: impl Fn(&str) -> bool) -> Vec<Change> {
         }
     }
     changes
+}
+
+/// Whether a run of `task` is still unfinished on a node that is not `gone`, as far as the
+/// ledger and the runs the leader knows to have ended tell.
+fn still_running(view: &View, task: &TaskId, gone: impl Fn(&str) -> bool) -> bool {
+    view.state.runs.of_task(task).any(|run| {
+        !run.status.is_final()
+            && !view.ending.contains(&run.id)
+            && run.node_id.as_deref().is_some_and(|node| !gone(node))
+    })
 }
 
 /// A request for a run of a task, as the decisions see it.
@@ -766,6 +786,7 @@ mod tests {
             slots,
             load: 0.0,
             start: Some(START),
+            drained: false,
         }
     }
 
@@ -1547,6 +1568,103 @@ mod tests {
             }
             let changes = place_daemons(&world.view(at("09:00:00")), |p| p == "gone");
             assert_eq!(briefs(&changes), case.changes, "{}", case.name);
+        }
+    }
+
+    #[test]
+    fn a_drained_holder_gives_its_always_task_away_once_its_daemon_has_ended() {
+        let d = task("d", When::Always);
+        let daemon = |status, node| run("x", &d, status, Some(node));
+        // (what, placement, holders, drained, the daemon's run, ended as the leader knows,
+        // changes)
+        let cases = [
+            (
+                "the drained holder loses it",
+                Placement::One,
+                vec!["b"],
+                vec!["b"],
+                Some(daemon(RunStatus::Running, "b")),
+                false,
+                vec!["hold d: []"],
+            ),
+            (
+                "nobody else gets it while the daemon still runs there",
+                Placement::One,
+                vec![],
+                vec!["b"],
+                Some(daemon(RunStatus::Running, "b")),
+                false,
+                vec![],
+            ),
+            (
+                "another node gets it once the leader knows the daemon ended",
+                Placement::One,
+                vec![],
+                vec!["b"],
+                Some(daemon(RunStatus::Running, "b")),
+                true,
+                vec!["hold d: [a]"],
+            ),
+            (
+                "or once the ledger shows it",
+                Placement::One,
+                vec![],
+                vec!["b"],
+                Some(daemon(RunStatus::Killed, "b")),
+                false,
+                vec!["hold d: [a]"],
+            ),
+            (
+                "enabled again while its last instance still stops: it waits for it too",
+                Placement::One,
+                vec![],
+                vec![],
+                Some(daemon(RunStatus::Running, "b")),
+                false,
+                vec![],
+            ),
+            (
+                "a daemon on a gone node does not hold it up",
+                Placement::One,
+                vec![],
+                vec![],
+                Some(daemon(RunStatus::Running, "gone")),
+                false,
+                vec!["hold d: [a]"],
+            ),
+            (
+                "placement all: the drained holder leaves, the others stay",
+                Placement::All,
+                vec!["a", "b"],
+                vec!["b"],
+                Some(daemon(RunStatus::Running, "b")),
+                false,
+                vec!["hold d: [a]"],
+            ),
+            (
+                "every node drained: nobody holds it",
+                Placement::One,
+                vec!["b"],
+                vec!["a", "b"],
+                None,
+                false,
+                vec!["hold d: []"],
+            ),
+        ];
+        for (what, placement, holders, drained, daemon, ended, changes) in cases {
+            let d = with(d.clone(), |t| t.placement = placement);
+            let mut world = World::new([d], daemon.as_slice());
+            let holders = holders.iter().map(|n| n.to_string()).collect();
+            world.state.holders.insert(TaskId("d".into()), holders);
+            world.state.drained = drained.iter().map(|n| n.to_string()).collect();
+            for node in &mut world.nodes {
+                node.drained = world.state.drained.contains(&node.peer_id);
+            }
+            if ended {
+                world.ending.insert(RunId("x".into()));
+            }
+            let placed = place_daemons(&world.view(at("09:00:00")), |p| p == "gone");
+            assert_eq!(briefs(&placed), changes, "{what}");
         }
     }
 

@@ -426,7 +426,7 @@ impl Scheduler {
             .as_ref()
             .map(|m| m.peers())
             .unwrap_or_default();
-        let live = placement::live(this, &peers, state.cluster.map(|c| c.id));
+        let live = placement::live(this, &peers, state.cluster.map(|c| c.id), &state.drained);
         self.down = self
             .mesh
             .borrow()
@@ -443,6 +443,10 @@ impl Scheduler {
     /// `@reboot` tasks run on every node that fulfils them, when that node starts.
     async fn fire_reboot(&mut self) {
         let state = self.state.borrow().clone();
+        if state.drained.contains(&self.peer_id) {
+            info!("this node is drained: its @reboot tasks do not run");
+            return;
+        }
         for task in state.tasks.values().filter(|t| t.enabled) {
             if !self.schedule(task).is_some_and(|s| s.is_reboot()) {
                 continue;
