@@ -108,5 +108,6 @@ pub fn of(
         last_log: metrics.last_log_index,
         snapshot: metrics.snapshot.map(|l| l.index),
         purged: metrics.purged.map(|l| l.index),
+        cron_paused_since: state.cron_paused,
     }
 }

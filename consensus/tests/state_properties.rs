@@ -152,6 +152,8 @@ fn change() -> impl Strategy<Value = Change> {
         1 => run_id().prop_map(Change::Stop),
         1 => ("peer-[1-3]|", any::<bool>())
             .prop_map(|(node, drained)| Change::Drain { node, drained }),
+        1 => (any::<bool>(), 0u32..1000)
+            .prop_map(|(paused, at)| Change::PauseCron { paused, at: time(at) }),
     ]
 }
 
@@ -356,6 +358,7 @@ proptest! {
         prop_assert_eq!(&reloaded.holders, &state.holders);
         prop_assert_eq!(&reloaded.stops, &state.stops);
         prop_assert_eq!(&reloaded.drained, &state.drained);
+        prop_assert_eq!(&reloaded.cron_paused, &state.cron_paused);
     }
 
     #[test]

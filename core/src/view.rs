@@ -220,6 +220,9 @@ pub struct ClusterStatus {
     pub last_log: Option<u64>,
     pub snapshot: Option<u64>,
     pub purged: Option<u64>,
+    /// Since when cron is paused, while it is.
+    #[serde(default)]
+    pub cron_paused_since: Option<DateTime<Utc>>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
@@ -298,6 +301,15 @@ impl NodeDrain {
     pub fn complete(&self) -> bool {
         self.drained && self.unfinished_runs == 0 && self.always_tasks.is_empty()
     }
+}
+
+/// Whether cron is paused, for `/api/cron`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct CronPause {
+    /// Paused: the leader fires no cron slot, and no node its `@reboot` tasks.
+    pub paused: bool,
+    /// Since when, while paused.
+    pub since: Option<DateTime<Utc>>,
 }
 
 /// What the health endpoint reports.
@@ -402,6 +414,7 @@ mod tests {
                 last_log: Some(4),
                 snapshot: None,
                 purged: None,
+                cron_paused_since: None,
             },
         };
         let json = serde_json::to_value(&peers).expect("serialize");

@@ -22,7 +22,7 @@ use crate::notify::Notifier;
 use crate::scheduler::{NotScheduled, Refusal, SchedulerHandle};
 use crate::store::{RunQuery, Store, StoreError, Write};
 use taskmesh_core::placement::{self, Candidate};
-use taskmesh_core::view::NodeDrain;
+use taskmesh_core::view::{CronPause, NodeDrain};
 
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
@@ -242,6 +242,31 @@ impl NodeHandle {
             info!(node = %key, "node drained: no new runs go there");
         }
         Ok(self.drain_of(&peer_id, &self.state()))
+    }
+
+    /// Pauses cron for the whole cluster, or resumes it.
+    pub async fn pause_cron(&self, paused: bool) -> Result<CronPause, NodeError> {
+        self.inner
+            .consensus
+            .propose(Change::PauseCron {
+                paused,
+                at: Utc::now(),
+            })
+            .await?;
+        match paused {
+            true => info!("cron paused: no cron slot fires until it is resumed"),
+            false => info!("cron resumed"),
+        }
+        Ok(self.cron_pause())
+    }
+
+    /// Whether cron is paused, and since when.
+    pub fn cron_pause(&self) -> CronPause {
+        let since = self.state().cron_paused;
+        CronPause {
+            paused: since.is_some(),
+            since,
+        }
     }
 
     /// The drain of the node `key`, and what still runs there.
@@ -593,6 +618,7 @@ impl NodeHandle {
             raft: Some(self.inner.consensus.figures()),
             mesh_up: mesh.is_some(),
             peers: mesh.as_ref().map_or(0, |m| m.peers().len()),
+            cron_paused: self.state().cron_paused.is_some(),
             drained: mesh.is_some_and(|m| {
                 self.state()
                     .drained
@@ -738,5 +764,9 @@ impl taskmesh_ui::NodeView for NodeHandle {
 
     fn peers(&self) -> PeersView {
         NodeHandle::peers(self)
+    }
+
+    fn cron_paused(&self) -> Option<chrono::DateTime<Utc>> {
+        self.state().cron_paused
     }
 }

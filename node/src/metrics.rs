@@ -106,6 +106,7 @@ pub struct Metrics {
     mesh_up: Gauge,
     mesh_peers: Gauge,
     drained: Gauge,
+    cron_paused: Gauge,
     traffic: Arc<Traffic>,
 }
 
@@ -128,6 +129,8 @@ pub struct Live {
     pub peers: usize,
     /// Whether an operator drained this node.
     pub drained: bool,
+    /// Whether cron is paused.
+    pub cron_paused: bool,
 }
 
 impl Default for Metrics {
@@ -272,6 +275,11 @@ impl Metrics {
             "taskmesh_drained",
             "1 while an operator has this node drained (no new run is placed on it), else 0",
         );
+        let cron_paused = gauge(
+            &mut registry,
+            "taskmesh_cron_paused",
+            "1 while an operator has cron paused for the cluster (no cron slot fires), else 0",
+        );
         let traffic = Arc::new(Traffic::default());
         registry.register_collector(Box::new(TrafficCollector(traffic.clone())));
         registry.register_collector(Box::new(ProcessCollector));
@@ -301,6 +309,7 @@ impl Metrics {
             mesh_up,
             mesh_peers,
             drained,
+            cron_paused,
             traffic,
         }
     }
@@ -416,6 +425,7 @@ impl Metrics {
         self.mesh_up.set(i64::from(live.mesh_up));
         self.mesh_peers.set(live.peers as i64);
         self.drained.set(i64::from(live.drained));
+        self.cron_paused.set(i64::from(live.cron_paused));
         let mut text = String::with_capacity(16 * 1024);
         // Writing to a String cannot fail; an encoder error would be a bug in a collector.
         if let Err(e) = prometheus_client::encoding::text::encode(&mut text, &self.registry) {
@@ -694,6 +704,7 @@ mod tests {
             mesh_up: true,
             peers: 2,
             drained: true,
+            cron_paused: false,
         });
         for (series, value) in [
             ("taskmesh_queue_length", 3.0),
@@ -708,6 +719,7 @@ mod tests {
                 1.0,
             ),
             ("taskmesh_drained", 1.0),
+            ("taskmesh_cron_paused", 0.0),
             ("taskmesh_raft_term", 5.0),
             ("taskmesh_raft_is_leader", 1.0),
             ("taskmesh_raft_commit_index", 11.0),

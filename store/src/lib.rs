@@ -54,6 +54,8 @@ pub enum Write {
     Holders(BTreeMap<TaskId, Vec<String>>),
     /// The drained nodes (see `consensus::State::drained`).
     Drained(BTreeSet<String>),
+    /// Since when cron is paused, if it is (see `consensus::State::cron_paused`).
+    CronPaused(Option<DateTime<Utc>>),
     /// A run in the replicated run ledger (see `consensus::State::runs`).
     ClusterRun(std::sync::Arc<Run>),
     ForgetClusterRun(RunId),
@@ -73,6 +75,7 @@ pub trait Store: Send + Sync + 'static {
     fn holders(&self) -> Result<BTreeMap<TaskId, Vec<String>>, StoreError>;
     fn stops(&self) -> Result<BTreeSet<RunId>, StoreError>;
     fn drained(&self) -> Result<BTreeSet<String>, StoreError>;
+    fn cron_paused(&self) -> Result<Option<DateTime<Utc>>, StoreError>;
     /// Commits the writes in one durable transaction before returning.
     fn write(&self, batch: &[Write]) -> Result<(), StoreError>;
 

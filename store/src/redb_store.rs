@@ -38,6 +38,7 @@ const CLUSTER: &str = "cluster";
 const HOLDERS: &str = "holders";
 const STOPS: &str = "stops";
 const DRAINED: &str = "drained";
+const CRON_PAUSED: &str = "cron_paused";
 
 pub struct RedbStore {
     /// Shared with the Raft state machine (`consensus::raft`), which keeps its own tables in the
@@ -213,6 +214,13 @@ pub fn write_in(txn: &WriteTransaction, batch: &[Write]) -> Result<(), StoreErro
             Write::Drained(d) => {
                 meta.insert(DRAINED, encode(d).as_slice()).map_err(db_err)?;
             }
+            Write::CronPaused(Some(since)) => {
+                meta.insert(CRON_PAUSED, encode(since).as_slice())
+                    .map_err(db_err)?;
+            }
+            Write::CronPaused(None) => {
+                meta.remove(CRON_PAUSED).map_err(db_err)?;
+            }
             Write::ClusterRun(run) => {
                 cluster_runs
                     .insert(run.id.0.as_str(), encode(run).as_slice())
@@ -254,6 +262,7 @@ pub fn clear_replicated_in(txn: &WriteTransaction) -> Result<(), redb::Error> {
     meta.remove(HOLDERS)?;
     meta.remove(STOPS)?;
     meta.remove(DRAINED)?;
+    meta.remove(CRON_PAUSED)?;
     Ok(())
 }
 
@@ -291,6 +300,10 @@ impl Store for RedbStore {
 
     fn drained(&self) -> Result<BTreeSet<String>, StoreError> {
         Ok(self.meta(DRAINED)?.unwrap_or_default())
+    }
+
+    fn cron_paused(&self) -> Result<Option<DateTime<Utc>>, StoreError> {
+        self.meta(CRON_PAUSED)
     }
 
     fn cluster_runs(&self) -> Result<Vec<Run>, StoreError> {

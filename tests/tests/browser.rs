@@ -1032,6 +1032,46 @@ async fn a_node_is_drained_and_undrained_from_the_peers_page() -> Result<()> {
     Ok(())
 }
 
+/// Pause cron on the dashboard: every page says so, with a button that resumes it.
+#[tokio::test]
+async fn cron_is_paused_from_the_dashboard_and_resumed_from_any_page() -> Result<()> {
+    let node = TestNode::start().await?;
+    let base = node.api.base.clone();
+    let browser = logged_in(&node).await?;
+    browser.goto(&format!("{base}/dashboard")).await?;
+    assert!(browser.find_all("#cron-paused").await?.is_empty());
+    browser.click(&browser.find("#cron-pause").await?).await?;
+    browser.dismiss_alert().await?;
+    assert_eq!(
+        node.api.get("/api/cron").await?.1["paused"],
+        false,
+        "Cancel pauses nothing"
+    );
+    browser.click(&browser.find("#cron-pause").await?).await?;
+    browser.accept_alert().await?;
+    wait_text(&browser, "#cron-paused", "Cron is paused").await?;
+    assert_eq!(node.api.get("/api/cron").await?.1["paused"], true);
+    assert!(
+        browser.find_all("#cron-pause").await?.is_empty(),
+        "no second pause"
+    );
+    browser.goto(&format!("{base}/index")).await?;
+    wait_text(&browser, "#cron-paused", "Cron is paused").await?;
+    screenshot(&browser, "cron-paused").await;
+    browser.click(&browser.find("#cron-resume").await?).await?;
+    wait_for("the banner to go", Duration::from_secs(10), || async {
+        browser
+            .find_all("#cron-paused")
+            .await
+            .ok()?
+            .is_empty()
+            .then_some(())
+    })
+    .await?;
+    assert_eq!(node.api.get("/api/cron").await?.1["paused"], false);
+    Ok(())
+}
+
 /// A Telegram channel is set up by the form, without writing JSON: the token and the chat id
 /// land in the settings, and "Send test" reaches the (fake) Bot API with them.
 #[tokio::test]

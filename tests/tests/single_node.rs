@@ -343,6 +343,91 @@ async fn missed_slots_follow_the_catch_up_policy_and_are_never_silent() -> Resul
 }
 
 #[tokio::test]
+async fn paused_cron_fires_nothing_and_resumed_it_catches_up_by_policy() -> Result<()> {
+    let node = TestNode::start().await?;
+    let out = tempfile::tempdir()?;
+    let file = out.path().join("slots");
+    let id = node
+        .api
+        .create_task(&json!({
+            "name": "tick",
+            "spec": {"shell": format!("echo $TASKMESH_SLOT >> {}", file.display()), "concurrency": "allow"},
+            "when": {"mode": "cron", "schedule": "* * * * * *", "catch_up": "one"}
+        }))
+        .await?;
+    // The slots the runs' own processes wrote.
+    let slots = || -> Vec<DateTime<Utc>> {
+        std::fs::read_to_string(&file)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.parse().ok())
+            .collect()
+    };
+    wait_for("two slots", Duration::from_secs(10), || async {
+        (slots().len() >= 2).then_some(())
+    })
+    .await?;
+
+    let (status, paused) = node.api.post("/api/cron/pause", &json!({})).await?;
+    assert_eq!(status, 200, "{paused}");
+    let paused_at = Utc::now();
+    assert_eq!(paused["paused"], true, "{paused}");
+    assert_eq!(node.api.get("/api/cron").await?.1["paused"], true);
+    // A slot fired just before the pause may still be starting; after that, nothing starts.
+    let since =
+        |ms: i64| async move { ((Utc::now() - paused_at).num_milliseconds() > ms).then_some(()) };
+    wait_for("a second of pause", Duration::from_secs(5), || since(1_000)).await?;
+    let before = slots().len();
+    wait_for(
+        "three more seconds of pause",
+        Duration::from_secs(10),
+        || since(4_000),
+    )
+    .await?;
+    assert_eq!(
+        slots().len(),
+        before,
+        "a cron slot ran while cron was paused: {:?}",
+        slots()
+    );
+
+    let (status, resumed) = node.api.post("/api/cron/resume", &json!({})).await?;
+    assert_eq!(status, 200, "{resumed}");
+    let resumed_at = Utc::now();
+    assert_eq!(resumed["paused"], false, "{resumed}");
+    wait_for("cron to run again", Duration::from_secs(10), || async {
+        slots().iter().any(|s| *s > resumed_at).then_some(())
+    })
+    .await?;
+    // Policy `one`: of the slots missed while paused, only the latest ran; the others are
+    // recorded as skipped, not silently dropped.
+    let missed_ran = slots()
+        .into_iter()
+        .filter(|s| {
+            *s > paused_at + chrono::Duration::seconds(1)
+                && *s < resumed_at - chrono::Duration::seconds(1)
+        })
+        .count();
+    assert!(
+        missed_ran <= 1,
+        "more than one missed slot ran: {:?}",
+        slots()
+    );
+    let skipped = wait_for("the skipped record", Duration::from_secs(10), || async {
+        let runs = node.api.runs_of(&id).await.ok()?;
+        runs.into_iter().find(|r| r["status"] == "skipped")
+    })
+    .await?;
+    assert!(
+        skipped["actions"][0]
+            .as_str()
+            .is_some_and(|a| a.contains("not run (catch-up policy `one`)")),
+        "{skipped}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
 async fn the_log_follows_a_running_task_and_daily_files_are_written() -> Result<()> {
     let node = TestNode::start().await?;
     let id = node
@@ -1439,6 +1524,7 @@ async fn metrics_count_the_runs_that_ran_and_need_a_token() -> Result<()> {
         "taskmesh_raft_apply_lag",
         "taskmesh_mesh_peers",
         "taskmesh_drained",
+        "taskmesh_cron_paused",
         "taskmesh_mesh_bytes",
         "process_resident_memory_bytes",
         "process_cpu_seconds",

@@ -170,6 +170,10 @@ impl NodeView for FakeNode {
         SinkStatus::default()
     }
 
+    fn cron_paused(&self) -> Option<chrono::DateTime<chrono::Utc>> {
+        None
+    }
+
     fn peers(&self) -> PeersView {
         PeersView {
             this: ThisNode {
@@ -190,6 +194,7 @@ impl NodeView for FakeNode {
                 last_log: Some(1),
                 snapshot: None,
                 purged: None,
+                cron_paused_since: None,
             },
         }
     }

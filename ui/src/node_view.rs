@@ -60,4 +60,6 @@ pub trait NodeView: Clone + Send + Sync + 'static {
     fn log_disk_usage(&self) -> impl Future<Output = u64> + Send;
     fn sink_status(&self) -> SinkStatus;
     fn peers(&self) -> PeersView;
+    /// Since when cron is paused for the cluster, while it is.
+    fn cron_paused(&self) -> Option<chrono::DateTime<chrono::Utc>>;
 }

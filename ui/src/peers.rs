@@ -210,6 +210,7 @@ mod tests {
             last_log: Some(52),
             snapshot: Some(40),
             purged: Some(30),
+            cron_paused_since: None,
         }
     }
 

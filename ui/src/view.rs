@@ -16,11 +16,16 @@ pub struct Layout {
     /// Appended to asset URLs so that a new build is fetched despite long cache lifetimes.
     pub assets: &'static str,
     pub lang: Lang,
+    /// Since when cron is paused for the cluster (every page says so while it is).
+    pub cron_paused: Option<Moment>,
 }
 
 impl Layout {
     pub fn new(node: &impl crate::NodeView, page: &'static str, lang: Lang) -> Self {
-        Self::named(node.node_settings().name, page).in_lang(lang)
+        Self {
+            cron_paused: node.cron_paused().map(|at| Moment::new(at, Utc::now())),
+            ..Self::named(node.node_settings().name, page).in_lang(lang)
+        }
     }
 
     pub fn named(node_name: impl Into<String>, page: &'static str) -> Self {
@@ -29,6 +34,7 @@ impl Layout {
             page,
             assets: super::assets::version(),
             lang: Lang::En,
+            cron_paused: None,
         }
     }
 

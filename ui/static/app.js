@@ -1271,6 +1271,39 @@
     connect();
   }
 
+  // ------------------------------------------------------------ cron's pause
+
+  /** The dashboard's Pause cron and every page's Resume cron (shown while cron is paused). */
+  function initCronPause() {
+    const pause = $("#cron-pause");
+    if (pause) {
+      pause.addEventListener("click", async () => {
+        if (!confirm(T("Pause cron for the whole cluster? No cron slot fires until it is resumed; then each task's catch-up policy decides about the slots it missed."))) return;
+        pause.disabled = true;
+        try {
+          await api("POST", "/api/cron/pause");
+          location.reload();
+        } catch (err) {
+          pause.disabled = false;
+          alert(err.message);
+        }
+      });
+    }
+    const resume = $("#cron-resume");
+    if (resume) {
+      resume.addEventListener("click", async () => {
+        resume.disabled = true;
+        try {
+          await api("POST", "/api/cron/resume");
+          location.reload();
+        } catch (err) {
+          resume.disabled = false;
+          alert(err.message);
+        }
+      });
+    }
+  }
+
   // ---------------------------------------------------------------------- boot
 
   // ---------------------------------------------------------- the header's node
@@ -1352,6 +1385,7 @@
 
   document.addEventListener("DOMContentLoaded", () => {
     initLanguageSwitch();
+    initCronPause();
     watchNode();
     showLocalTimes();
     if (document.body.dataset.page === "dashboard") initDashboard();

@@ -512,6 +512,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         writes.push(Write::Holders(state.holders.clone()));
         writes.push(Write::Stops(state.stops.clone()));
         writes.push(Write::Drained(state.drained.clone()));
+        writes.push(Write::CronPaused(state.cron_paused));
         writes.extend(
             state
                 .last_fired

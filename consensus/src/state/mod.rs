@@ -48,6 +48,11 @@ pub struct State {
     /// always-tasks away; what already runs there goes on to its end.
     #[serde(default)]
     pub drained: BTreeSet<String>,
+    /// Since when an operator has cron paused, if it is: the leader fires no cron slot (nor a
+    /// node its `@reboot` tasks) until it is resumed; then each task's catch-up policy decides
+    /// what happens to the slots it missed.
+    #[serde(default)]
+    pub cron_paused: Option<DateTime<Utc>>,
     /// Not agreed, this node's own: whether this state holds every entry this node's Raft log
     /// held when the node started, that is everything the node may have acted on before a
     /// restart (set by the state machine; never replicated).
@@ -131,6 +136,11 @@ pub enum Change {
         node: String,
         drained: bool,
     },
+    /// Pauses cron (at `at`, read by the proposer) or resumes it.
+    PauseCron {
+        paused: bool,
+        at: DateTime<Utc>,
+    },
     /// `StopRun` as versions before it wrote it, without a time: a waiting run it ends is
     /// closed at its own `created_at`, the one time every replica agrees on.
     Stop(RunId),
@@ -152,6 +162,7 @@ impl Change {
             Change::Runs(_) => "runs",
             Change::Hold { .. } => "hold",
             Change::Drain { .. } => "drain",
+            Change::PauseCron { .. } => "pause_cron",
             Change::StopRun { .. } | Change::Stop(_) => "stop",
         }
     }
@@ -178,6 +189,7 @@ impl State {
             holders: store.holders()?,
             stops: store.stops()?,
             drained: store.drained()?,
+            cron_paused: store.cron_paused()?,
             caught_up: false,
             applied: None,
         })
@@ -193,7 +205,7 @@ impl State {
     ///
     /// It is stable across nodes, versions of Rust and runs: xxHash64 with seed 0 (no random
     /// keys) over each part in a fixed order (tasks, settings, last fired slots, cluster, runs,
-    /// holders, stops, drained nodes when there are any). Tasks and runs count as the wrapping sum of each one's hash
+    /// holders, stops, drained nodes when there are any, cron's pause while it is paused). Tasks and runs count as the wrapping sum of each one's hash
     /// (`json_hash` of its JSON), which their maps keep up to date with every change, so the
     /// digest does not read every task and run again; the other parts count as their JSON, maps
     /// in key order. A fired slot counts in milliseconds, as the tables keep it. What is this
@@ -215,6 +227,9 @@ impl State {
         digest.part("stops", &self.stops);
         if !self.drained.is_empty() {
             digest.part("drained", &self.drained);
+        }
+        if let Some(since) = self.cron_paused {
+            digest.part("cron_paused", &since.timestamp_millis());
         }
         digest.0.finish()
     }
@@ -396,6 +411,19 @@ impl State {
                     true => vec![Write::Drained(self.drained.clone())],
                     false => Vec::new(),
                 })
+            }
+            Change::PauseCron { paused, at } => {
+                let since = match (paused, self.cron_paused) {
+                    // Paused again: it stays paused since the first time.
+                    (true, Some(since)) => Some(since),
+                    (true, None) => Some(at),
+                    (false, _) => None,
+                };
+                if since == self.cron_paused {
+                    return Ok(Vec::new());
+                }
+                self.cron_paused = since;
+                Ok(vec![Write::CronPaused(since)])
             }
         }
     }

@@ -45,6 +45,9 @@ pub(crate) fn described_routes() -> OpenApiRouter<NodeHandle> {
         .routes(routes!(peers))
         .routes(routes!(get_drain, drain_node))
         .routes(routes!(undrain_node))
+        .routes(routes!(cron_pause))
+        .routes(routes!(pause_cron))
+        .routes(routes!(resume_cron))
         .routes(routes!(sink))
         .routes(routes!(cluster_key))
         .routes(routes!(list_tasks, create_task))
@@ -280,6 +283,36 @@ async fn undrain_node(
     Path(key): Path<String>,
 ) -> Result<impl IntoResponse, ApiError> {
     Ok(Json(node.drain(&key, false).await?))
+}
+
+/// Whether cron is paused for the cluster, and since when.
+#[utoipa::path(get, path = "/api/cron", tag = "tasks",
+    responses((status = 200, description = "OK", body = taskmesh_core::view::CronPause)))]
+async fn cron_pause(State(node): State<NodeHandle>) -> impl IntoResponse {
+    Json(node.cron_pause())
+}
+
+/// Pauses cron for the whole cluster: no cron slot fires and no `@reboot` task starts until it
+/// is resumed. Manual runs, retries, rules and always-tasks go on.
+#[utoipa::path(post, path = "/api/cron/pause", tag = "tasks",
+    responses(
+        (status = 200, description = "paused", body = taskmesh_core::view::CronPause),
+        (status = 503, description = "not committed: no quorum, not joined yet, or shutting down", body = error::ErrorBody),
+    ))]
+#[instrument(name = "api", skip_all)]
+async fn pause_cron(State(node): State<NodeHandle>) -> Result<impl IntoResponse, ApiError> {
+    Ok(Json(node.pause_cron(true).await?))
+}
+
+/// Resumes cron: each task's catch-up policy decides what happens to the slots it missed.
+#[utoipa::path(post, path = "/api/cron/resume", tag = "tasks",
+    responses(
+        (status = 200, description = "resumed", body = taskmesh_core::view::CronPause),
+        (status = 503, description = "not committed: no quorum, not joined yet, or shutting down", body = error::ErrorBody),
+    ))]
+#[instrument(name = "api", skip_all)]
+async fn resume_cron(State(node): State<NodeHandle>) -> Result<impl IntoResponse, ApiError> {
+    Ok(Json(node.pause_cron(false).await?))
 }
 
 /// The cluster key itself (a secret: the UI shows it only when asked).

@@ -15,7 +15,7 @@ use crate::api::ErrorBody;
 use crate::api::openapi::{ChannelTested, LoginLink, TokenRotated};
 use crate::http_client;
 use crate::model::{Run, Task, When};
-use taskmesh_core::view::{Health, NodeDrain, PeersView, TaskListItem};
+use taskmesh_core::view::{CronPause, Health, NodeDrain, PeersView, TaskListItem};
 
 use super::{AddArgs, Remote, SettingsCommand, TaskCommand, TokenSource};
 
@@ -448,6 +448,24 @@ async fn command_result(command: super::Command) -> Result<ExitCode, ClientError
         super::Command::Task(c) => task(c).await,
         super::Command::Status { remote } => status(&remote).await,
         super::Command::Node(c) => node(c).await,
+        super::Command::Cron(c) => {
+            let (verb, remote) = match c {
+                super::CronCommand::Pause { remote } => ("pause", remote),
+                super::CronCommand::Resume { remote } => ("resume", remote),
+            };
+            let api = Api::new(&remote)?;
+            let pause: CronPause = api
+                .call(Method::POST, &format!("/api/cron/{verb}"), None)
+                .await?;
+            match (remote.output, pause.since) {
+                (super::Output::Json, _) => {
+                    print_json(&serde_json::to_value(&pause).unwrap_or_default())
+                }
+                (_, Some(since)) => println!("cron paused since {}", iso(&since)),
+                (_, None) => println!("cron runs"),
+            }
+            Ok(0)
+        }
         super::Command::Settings(c) => settings(c).await,
         super::Command::Notify(super::NotifyCommand::Test { channel, remote }) => {
             let api = Api::new(&remote)?;
@@ -608,6 +626,9 @@ async fn status(remote: &super::Remote) -> Result<ExitCode, ClientError> {
         .collect();
     if !drained.is_empty() {
         println!("drained  {}", drained.join(", "));
+    }
+    if let Some(since) = cluster.cron_paused_since {
+        println!("cron     paused since {}", iso(&since));
     }
     println!("peers    {} live", peers.peers.len());
     for p in &peers.peers {

@@ -70,6 +70,9 @@ pub enum Command {
     /// Drain a node before maintenance, or end its drain.
     #[command(subcommand)]
     Node(NodeCommand),
+    /// Pause cron for the whole cluster, or resume it.
+    #[command(subcommand)]
+    Cron(CronCommand),
     /// The cluster at a glance: this node, the leader and term, the members, the live peers and
     /// what runs now.
     Status {
@@ -210,6 +213,21 @@ pub enum NodeCommand {
     /// End a node's drain: it takes runs again.
     Undrain {
         node: String,
+        #[command(flatten)]
+        remote: Remote,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CronCommand {
+    /// Pause cron: no cron slot fires and no @reboot task starts anywhere until it is resumed.
+    /// Manual runs, retries, rules and always-tasks go on.
+    Pause {
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Resume cron: each task's catch-up policy decides what happens to the slots it missed.
+    Resume {
         #[command(flatten)]
         remote: Remote,
     },

@@ -101,13 +101,17 @@ pub struct Firing {
 /// slot more than [`LATE`] in the past was missed: the task's catch-up policy decides which of
 /// the missed slots run, and the others are recorded as one `skipped` run. Each slot that runs
 /// passes the task's concurrency policy and is placed (`schedule_of` gives a task's parsed
-/// schedule).
+/// schedule). While cron is paused nothing fires; once it is resumed, the slots it missed are
+/// missed slots like any others.
 pub fn fire_due<'s>(
     view: &View,
     schedule_of: impl Fn(&Task) -> Option<&'s Schedule>,
     mut new_id: impl FnMut() -> RunId,
 ) -> Firing {
     let (state, now) = (view.state, view.now);
+    if state.cron_paused.is_some() {
+        return Firing::default();
+    }
     let lead = chrono::Duration::from_std(LEAD).unwrap_or_default();
     let late = chrono::Duration::from_std(LATE).unwrap_or_default();
     let mut firing = Firing::default();
@@ -1192,6 +1196,27 @@ mod tests {
                 },
             ]
         );
+    }
+
+    #[test]
+    fn nothing_fires_while_cron_is_paused_and_the_missed_slots_follow_the_policy_after() {
+        let t = cron("t", CatchUp::One);
+        let mut world = World::new([t.clone()], &[]);
+        world.state.cron_paused = Some(at("09:00:30"));
+        let schedule = Schedule::parse("* * * * *", "UTC").expect("schedule");
+        let paused = fire_due(&world.view(at("09:03:30")), |_| Some(&schedule), ids());
+        assert!(paused.fires.is_empty(), "{:?}", briefs(&paused.fires));
+        assert_eq!(paused.wake, None);
+        world.state.cron_paused = None;
+        let resumed = fire_due(&world.view(at("09:03:30")), |_| Some(&schedule), ids());
+        assert_eq!(
+            resumed.notices,
+            vec![Notice::Missed {
+                task: "t".into(),
+                skipped: 2
+            }]
+        );
+        assert_eq!(resumed.fires.len(), 1, "{:?}", briefs(&resumed.fires));
     }
 
     #[test]

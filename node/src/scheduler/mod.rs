@@ -447,6 +447,10 @@ impl Scheduler {
             info!("this node is drained: its @reboot tasks do not run");
             return;
         }
+        if let Some(since) = state.cron_paused {
+            info!(%since, "cron is paused: this node's @reboot tasks do not run");
+            return;
+        }
         for task in state.tasks.values().filter(|t| t.enabled) {
             if !self.schedule(task).is_some_and(|s| s.is_reboot()) {
                 continue;
