@@ -1275,33 +1275,23 @@
 
   /** The dashboard's Pause cron and every page's Resume cron (shown while cron is paused). */
   function initCronPause() {
-    const pause = $("#cron-pause");
-    if (pause) {
-      pause.addEventListener("click", async () => {
-        if (!confirm(T("Pause cron for the whole cluster? No cron slot fires until it is resumed; then each task's catch-up policy decides about the slots it missed."))) return;
-        pause.disabled = true;
+    const wire = (button, path, question) => {
+      if (!button) return;
+      button.addEventListener("click", async () => {
+        if (question && !confirm(question)) return;
+        button.disabled = true;
         try {
-          await api("POST", "/api/cron/pause");
+          await api("POST", path);
           location.reload();
         } catch (err) {
-          pause.disabled = false;
+          button.disabled = false;
           alert(err.message);
         }
       });
-    }
-    const resume = $("#cron-resume");
-    if (resume) {
-      resume.addEventListener("click", async () => {
-        resume.disabled = true;
-        try {
-          await api("POST", "/api/cron/resume");
-          location.reload();
-        } catch (err) {
-          resume.disabled = false;
-          alert(err.message);
-        }
-      });
-    }
+    };
+    wire($("#cron-pause"), "/api/cron/pause",
+      T("Pause cron for the whole cluster? No cron slot fires until it is resumed; then each task's catch-up policy decides about the slots it missed."));
+    wire($("#cron-resume"), "/api/cron/resume");
   }
 
   // ---------------------------------------------------------------------- boot
