@@ -427,6 +427,111 @@ async fn paused_cron_fires_nothing_and_resumed_it_catches_up_by_policy() -> Resu
     Ok(())
 }
 
+/// A task's `stop_signal` is what Stop sends (its trap writes the signal's name), and its own
+/// `kill_grace` is how long a run that ignores it has before SIGKILL.
+#[tokio::test]
+async fn a_run_is_stopped_with_its_tasks_signal_and_killed_after_its_grace() -> Result<()> {
+    let node = TestNode::start().await?;
+    let out = tempfile::tempdir()?;
+    let file = out.path().join("signals");
+    let trap = |signal: &str| {
+        format!(
+            "trap 'echo {signal} >> {file}; exit 0' {signal}; echo up >> {file}; while :; do sleep 0.05; done",
+            file = file.display()
+        )
+    };
+    node.api
+        .create_task(&json!({"name": "graceful", "when": {"mode": "manual"},
+            "spec": {"shell": trap("QUIT"), "stop_signal": "QUIT", "kill_grace": "30s"}}))
+        .await?;
+    node.api
+        .create_task(&json!({"name": "stubborn", "when": {"mode": "manual"},
+            "spec": {"shell": "trap '' TERM; while :; do sleep 0.05; done", "kill_grace": "1s"}}))
+        .await?;
+    let lines = || std::fs::read_to_string(&file).unwrap_or_default();
+    let run = node.api.execute("graceful").await?;
+    let id = run["id"].as_str().context("run id")?.to_owned();
+    wait_for("the run to be up", Duration::from_secs(10), || async {
+        lines().contains("up").then_some(())
+    })
+    .await?;
+    let (status, body) = node
+        .api
+        .post(&format!("/api/runs/{id}/stop"), &json!({}))
+        .await?;
+    assert_eq!(status, 202, "{body}");
+    let ended = wait_for(
+        "the graceful run to end",
+        Duration::from_secs(20),
+        || async {
+            let (_, run) = node.api.get(&format!("/api/runs/{id}")).await.ok()?;
+            (run["status"] != "running" && run["status"] != "queued").then_some(run)
+        },
+    )
+    .await?;
+    assert_eq!(lines(), "up\nQUIT\n", "its trap ran: {ended}");
+    let log_of = |id: String| {
+        let request = node
+            .api
+            .http
+            .get(format!("{}/api/runs/{id}/log", node.api.base));
+        async move { anyhow::Ok(request.send().await?.text().await?) }
+    };
+    let log = log_of(id).await?;
+    assert!(log.contains("stopped; sending SIGQUIT"), "{log}");
+
+    let run = node.api.execute("stubborn").await?;
+    let id = run["id"].as_str().context("run id")?.to_owned();
+    wait_for(
+        "the stubborn run to run",
+        Duration::from_secs(10),
+        || async {
+            let (_, run) = node.api.get(&format!("/api/runs/{id}")).await.ok()?;
+            (run["status"] == "running").then_some(())
+        },
+    )
+    .await?;
+    node.api
+        .post(&format!("/api/runs/{id}/stop"), &json!({}))
+        .await?;
+    let ended = wait_for(
+        "the stubborn run to be killed",
+        Duration::from_secs(20),
+        || async {
+            let (_, run) = node.api.get(&format!("/api/runs/{id}")).await.ok()?;
+            (run["status"] != "running").then_some(run)
+        },
+    )
+    .await?;
+    let log = log_of(id).await?;
+    assert!(
+        log.contains("still running after the grace time; sending SIGKILL"),
+        "{ended} {log}"
+    );
+    // Well before the cluster's grace (5 s) would have run out: its own second counted.
+    let took = time(&ended["ended_at"]) - time(&ended["started_at"]);
+    assert!(
+        took < chrono::Duration::seconds(4),
+        "killed after {took}: {ended}"
+    );
+
+    let (status, bad) = node
+        .api
+        .post(
+            "/api/tasks",
+            &json!({"name": "bad", "when": {"mode": "manual"},
+            "spec": {"command": ["true"], "stop_signal": "KILL", "kill_grace": "2h"}}),
+        )
+        .await?;
+    assert_eq!(status, 400, "{bad}");
+    let text = bad.to_string();
+    assert!(
+        text.contains("spec.stop_signal") || text.contains("KILL"),
+        "{bad}"
+    );
+    Ok(())
+}
+
 #[tokio::test]
 async fn the_log_follows_a_running_task_and_daily_files_are_written() -> Result<()> {
     let node = TestNode::start().await?;

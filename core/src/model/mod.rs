@@ -16,6 +16,7 @@ pub use settings::{
     hostname,
 };
 pub use task::{
-    CatchUp, Concurrency, OnLost, Placement, Spec, Task, TaskId, TaskInput, When, parse_schedule,
+    CatchUp, Concurrency, MAX_KILL_GRACE, OnLost, Placement, Spec, StopSignal, Task, TaskId,
+    TaskInput, When, parse_schedule,
 };
 pub use validate::{FieldError, Invalid, parse_json};

@@ -130,13 +130,13 @@ impl ClusterSettings {
         self.peer_timeout.0 / 2
     }
 
-    /// How long a holder must have been silent before the leader gives its always-tasks to
-    /// another node: `peer_timeout`, and at least the lease term plus the kill grace plus a
-    /// margin, so that the old holder has stopped its daemon by then.
-    pub fn daemon_handover(&self) -> Duration {
+    /// How long a holder must have been silent before the leader gives its always-task of
+    /// `task` to another node: `peer_timeout`, and at least the lease term plus the task's kill
+    /// grace plus a margin, so that the old holder has stopped its daemon by then.
+    pub fn daemon_handover(&self, task: &super::Task) -> Duration {
         self.peer_timeout
             .0
-            .max(self.lease_term() + self.kill_grace.0 + HANDOVER_MARGIN)
+            .max(self.lease_term() + task.kill_grace(self.kill_grace.0) + HANDOVER_MARGIN)
     }
 }
 
@@ -686,6 +686,16 @@ fn is_peer_address(s: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_always_task_is_handed_over_after_the_lease_its_own_grace_and_a_margin() {
+        let cluster = ClusterSettings::default();
+        let mut task = crate::model::Task::sample("t", "t");
+        // peer_timeout 10 s against 5 s + 5 s + 1 s.
+        assert_eq!(cluster.daemon_handover(&task), Duration::from_secs(11));
+        task.spec.kill_grace = Some(HumanDuration::from_secs(60));
+        assert_eq!(cluster.daemon_handover(&task), Duration::from_secs(66));
+    }
 
     #[test]
     fn defaults_are_valid_and_round_trip() {

@@ -83,6 +83,55 @@ pub struct Spec {
     /// What happens to a run lost with its node (which may have done part of its work).
     #[serde(default, skip_serializing_if = "OnLost::is_default")]
     pub on_lost: OnLost,
+    /// The signal that asks a run to stop (Stop, its timeout, an always-task moved or removed,
+    /// the node shutting down); SIGKILL follows after the grace time.
+    #[serde(default, skip_serializing_if = "StopSignal::is_default")]
+    pub stop_signal: StopSignal,
+    /// How long a run asked to stop may take before SIGKILL; the cluster's `kill_grace` when
+    /// left out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kill_grace: Option<HumanDuration>,
+}
+
+/// The longest [`Spec::kill_grace`]: the leader waits that long, and more, before it moves the
+/// always-task of a silent holder.
+pub const MAX_KILL_GRACE: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// The signal sent to a run's process group to ask it to stop (supervisord's `stopsignal`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum StopSignal {
+    #[default]
+    #[serde(alias = "SIGTERM")]
+    Term,
+    #[serde(alias = "SIGINT")]
+    Int,
+    #[serde(alias = "SIGQUIT")]
+    Quit,
+    #[serde(alias = "SIGHUP")]
+    Hup,
+    #[serde(alias = "SIGUSR1")]
+    Usr1,
+    #[serde(alias = "SIGUSR2")]
+    Usr2,
+}
+
+impl StopSignal {
+    fn is_default(&self) -> bool {
+        *self == StopSignal::Term
+    }
+
+    /// Its name as `kill -l` and the run log say it: `SIGTERM`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            StopSignal::Term => "SIGTERM",
+            StopSignal::Int => "SIGINT",
+            StopSignal::Quit => "SIGQUIT",
+            StopSignal::Hup => "SIGHUP",
+            StopSignal::Usr1 => "SIGUSR1",
+            StopSignal::Usr2 => "SIGUSR2",
+        }
+    }
 }
 
 /// What happens to a run whose node stopped answering while it was unfinished (or that a
@@ -421,6 +470,14 @@ impl Spec {
                 ));
             }
         }
+        if let Some(grace) = self.kill_grace {
+            if grace.0 > MAX_KILL_GRACE {
+                errors.push(FieldError::new(
+                    "spec.kill_grace",
+                    "at most 1h (a stopped run is killed after it)",
+                ));
+            }
+        }
         if let Some(user) = &self.user {
             if user.trim().is_empty() {
                 errors.push(FieldError::new(
@@ -467,6 +524,12 @@ fn placeholders(s: &str) -> impl Iterator<Item = &str> {
 }
 
 impl Task {
+    /// How long a run of this task asked to stop may take before SIGKILL: its own
+    /// `kill_grace`, else the cluster's (`cluster`).
+    pub fn kill_grace(&self, cluster: std::time::Duration) -> std::time::Duration {
+        self.spec.kill_grace.map_or(cluster, |g| g.0)
+    }
+
     /// The exit rules whose target does not exist, one error each at the rule: a notify rule's
     /// channel that is not among `channels` (the settings'), a run rule's task that
     /// `task_exists` does not know (the task itself always counts).
@@ -600,6 +663,14 @@ mod tests {
                 serde_json::json!({"name": "a/b", "spec": {"shell": "x"}, "when": {"mode": "manual"}}),
                 "name",
             ),
+            (
+                serde_json::json!({"name": "a", "spec": {"shell": "x", "stop_signal": "KILL"}, "when": {"mode": "manual"}}),
+                "spec.stop_signal",
+            ),
+            (
+                serde_json::json!({"name": "a", "spec": {"shell": "x", "kill_grace": "2h"}, "when": {"mode": "manual"}}),
+                "spec.kill_grace",
+            ),
         ];
         for (json, path) in cases {
             let err = input(json.clone()).expect_err(&json.to_string());
@@ -608,6 +679,30 @@ mod tests {
                 "{json}: {err:?}"
             );
         }
+    }
+
+    #[test]
+    fn a_stop_signal_is_named_with_or_without_sig_and_a_grace_falls_back_to_the_clusters() {
+        let task = |spec: serde_json::Value| {
+            input(serde_json::json!({"name": "a", "spec": spec, "when": {"mode": "manual"}}))
+                .expect("valid")
+        };
+        let quit =
+            task(serde_json::json!({"shell": "x", "stop_signal": "SIGQUIT", "kill_grace": "1m"}));
+        assert_eq!(quit.spec.stop_signal, StopSignal::Quit);
+        assert_eq!(quit.spec.stop_signal.name(), "SIGQUIT");
+        let cluster = std::time::Duration::from_secs(5);
+        assert_eq!(quit.kill_grace(cluster), std::time::Duration::from_secs(60));
+        let plain = task(serde_json::json!({"shell": "x", "stop_signal": "INT"}));
+        assert_eq!(plain.spec.stop_signal, StopSignal::Int);
+        assert_eq!(plain.kill_grace(cluster), cluster);
+        // The defaults are not written out.
+        let json =
+            serde_json::to_value(&task(serde_json::json!({"shell": "x"})).spec).expect("json");
+        assert!(
+            json.get("stop_signal").is_none() && json.get("kill_grace").is_none(),
+            "{json}"
+        );
     }
 
     #[test]

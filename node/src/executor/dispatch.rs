@@ -233,7 +233,7 @@ impl Dispatcher {
         let order = RunOrder {
             run: run.clone(),
             task: Task::clone(task),
-            kill_grace: state.settings.kill_grace.0,
+            kill_grace: task.kill_grace(state.settings.kill_grace.0),
             daily_logs: state.settings.daily_logs,
         };
         self.ledger.record(&run).await;

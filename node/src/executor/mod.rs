@@ -89,7 +89,7 @@ impl ExecutorHandle {
         self.start(RunOrder {
             run: run.clone(),
             task: task.clone(),
-            kill_grace: settings.kill_grace.0,
+            kill_grace: task.kill_grace(settings.kill_grace.0),
             daily_logs: settings.daily_logs,
         })
         .await;

@@ -20,7 +20,7 @@ use super::RunOrder;
 use crate::events::{Event, Events};
 use crate::ledger::RunLedger;
 use crate::logs::{LogPaths, RunLogWriter, Stream};
-use crate::model::{Outcome, Run, RunStatus, Spec, Task};
+use crate::model::{Outcome, Run, RunStatus, Spec, StopSignal, Task};
 
 /// Longest line kept as one log line; longer output is split.
 const MAX_LINE: u64 = 64 * 1024;
@@ -98,6 +98,15 @@ pub(super) async fn execute(order: RunOrder, ctx: &Ctx, stop: CancellationToken)
         tokio::spawn(read_lines(err, Stream::Stderr, lines_tx));
     }
 
+    let stop_signal = task.spec.stop_signal;
+    let stop_with = match stop_signal {
+        StopSignal::Term => Signal::SIGTERM,
+        StopSignal::Int => Signal::SIGINT,
+        StopSignal::Quit => Signal::SIGQUIT,
+        StopSignal::Hup => Signal::SIGHUP,
+        StopSignal::Usr1 => Signal::SIGUSR1,
+        StopSignal::Usr2 => Signal::SIGUSR2,
+    };
     let far = Instant::now() + Duration::from_secs(100 * 365 * 86_400);
     let timeout_at = task.spec.timeout.map_or(far, |t| Instant::now() + t.0);
     let mut kill: Option<Kill> = None;
@@ -107,14 +116,14 @@ pub(super) async fn execute(order: RunOrder, ctx: &Ctx, stop: CancellationToken)
             Some((stream, line)) = lines.recv() => write(ctx, &run, &mut log, stream, &line),
             status = child.wait() => break status,
             _ = tokio::time::sleep_until(timeout_at), if kill.is_none() => {
-                let _ = log.note(&format!("timed out after {}; sending SIGTERM", humantime::format_duration(task.spec.timeout.map(|t| t.0).unwrap_or_default())));
-                signal(pgid, Signal::SIGTERM);
+                let _ = log.note(&format!("timed out after {}; sending {}", humantime::format_duration(task.spec.timeout.map(|t| t.0).unwrap_or_default()), stop_signal.name()));
+                signal(pgid, stop_with);
                 kill = Some(Kill::Timeout);
                 hard_kill_at = Instant::now() + kill_grace;
             }
             _ = stop.cancelled(), if kill.is_none() => {
-                let _ = log.note("stopped; sending SIGTERM");
-                signal(pgid, Signal::SIGTERM);
+                let _ = log.note(&format!("stopped; sending {}", stop_signal.name()));
+                signal(pgid, stop_with);
                 kill = Some(Kill::Stop);
                 hard_kill_at = Instant::now() + kill_grace;
             }

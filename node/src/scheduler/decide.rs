@@ -366,8 +366,10 @@ pub fn reap_lost(
 ///
 /// A task with placement `one` gets a new holder only once no instance of it runs anywhere that
 /// is not `gone`: a holder it was taken from (drained, or the task disabled and enabled again)
-/// first stops its daemon and reports the run ended, so two never run at once.
-pub fn place_daemons(view: &View, gone: impl Fn(&str) -> bool) -> Vec<Change> {
+/// first stops its daemon and reports the run ended, so two never run at once. `gone(node,
+/// task)` says whether a node has been silent long enough to give `task` away (its kill grace
+/// counts).
+pub fn place_daemons(view: &View, gone: impl Fn(&str, &Task) -> bool) -> Vec<Change> {
     let (state, candidates) = (view.state, view.candidates);
     let mut changes: Vec<Change> = state
         .holders
@@ -400,7 +402,7 @@ pub fn place_daemons(view: &View, gone: impl Fn(&str) -> bool) -> Vec<Change> {
         // unless an operator drained them.
         let staying: Vec<String> = held
             .iter()
-            .filter(|h| !gone(h) && !state.drained.contains(*h))
+            .filter(|h| !gone(h, task) && !state.drained.contains(*h))
             .cloned()
             .collect();
         let mut nodes = match task.placement {
@@ -411,7 +413,7 @@ pub fn place_daemons(view: &View, gone: impl Fn(&str) -> bool) -> Vec<Change> {
             }
             Placement::One => match staying.into_iter().next() {
                 Some(holder) => vec![holder],
-                None if still_running(view, &task.id, &gone) => Vec::new(),
+                None if still_running(view, &task.id, |node| gone(node, task)) => Vec::new(),
                 None => placement::place(task, candidates, &HashMap::new())
                     .map(|c| vec![c[0].peer_id.clone()])
                     .unwrap_or_default(),
@@ -1591,7 +1593,7 @@ mod tests {
                 let nodes = nodes.iter().map(|n| n.to_string()).collect();
                 world.state.holders.insert(TaskId(task.to_string()), nodes);
             }
-            let changes = place_daemons(&world.view(at("09:00:00")), |p| p == "gone");
+            let changes = place_daemons(&world.view(at("09:00:00")), |p, _| p == "gone");
             assert_eq!(briefs(&changes), case.changes, "{}", case.name);
         }
     }
@@ -1688,7 +1690,7 @@ mod tests {
             if ended {
                 world.ending.insert(RunId("x".into()));
             }
-            let placed = place_daemons(&world.view(at("09:00:00")), |p| p == "gone");
+            let placed = place_daemons(&world.view(at("09:00:00")), |p, _| p == "gone");
             assert_eq!(briefs(&placed), changes, "{what}");
         }
     }

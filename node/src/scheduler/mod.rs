@@ -581,10 +581,10 @@ impl Scheduler {
         let state = &snapshot.state;
         // A silent holder keeps its always-tasks until its lease has surely lapsed and its
         // daemons are stopped (see `executor::lease`).
-        let changes = decide::place_daemons(
-            &snapshot.view(candidates, &self.peer_id),
-            self.silent_for(candidates, state.settings.daemon_handover()),
-        );
+        let changes =
+            decide::place_daemons(&snapshot.view(candidates, &self.peer_id), |node, task| {
+                self.silent_for(candidates, state.settings.daemon_handover(task))(node)
+            });
         for change in &changes {
             if let Change::Hold { task, nodes } = change {
                 let name = state
