@@ -22,7 +22,7 @@ pub async fn answer(replica: &Replica, rpc: RaftRpc) -> RaftReply {
         RaftRpc::Vote(req) => RaftReply::Vote(raft.vote(req).await),
         RaftRpc::Snapshot(req) => RaftReply::Snapshot(raft.install_snapshot(req).await),
         RaftRpc::Propose(change) => {
-            RaftReply::Propose(replica.write_here(change, LEADER_TTL).await)
+            RaftReply::Propose(replica.write_here(*change, LEADER_TTL).await)
         }
         RaftRpc::Join(node) => RaftReply::Join(replica.join_here(node, LEADER_TTL).await),
         RaftRpc::Ended(runs) => RaftReply::Ended(replica.hint_here(&runs)),

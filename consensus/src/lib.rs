@@ -175,7 +175,7 @@ impl Consensus {
             }
             let result = match &target {
                 Some(node) if node.peer_id != me => {
-                    let rpc = RaftRpc::Propose(change.clone());
+                    let rpc = RaftRpc::Propose(Box::new(change.clone()));
                     match self.replica.ask(node, &rpc, remaining).await {
                         Ok(RaftReply::Propose(result)) => result,
                         Ok(_) => Err(Refusal::Failed("the reply does not match".into())),

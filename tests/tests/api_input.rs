@@ -267,3 +267,53 @@ async fn a_log_is_read_and_resumed_from_any_offset() -> Result<()> {
     );
     Ok(())
 }
+
+/// A task's description and labels are saved as given (trimmed), the list filters by label with
+/// its paging link keeping the filter, and a bad label is refused at its place.
+#[tokio::test]
+async fn labels_and_descriptions_are_saved_and_filter_the_list() -> Result<()> {
+    let node = TestNode::start().await?;
+    for (name, labels) in [
+        ("a", json!(["team=ops", "nightly"])),
+        ("b", json!(["team=web"])),
+        ("c", json!(["team=ops"])),
+    ] {
+        node.api
+            .create_task(
+                &json!({"name": name, "description": format!("task {name}"), "labels": labels,
+                "spec": {"command": ["true"]}, "when": {"mode": "manual"}}),
+            )
+            .await?;
+    }
+    let (status, a) = node.api.get("/api/tasks/a").await?;
+    assert_eq!(status, 200, "{a}");
+    assert_eq!(a["description"], "task a");
+    assert_eq!(a["labels"], json!(["team=ops", "nightly"]));
+    let (_, ops, next) = node.api.page("/api/tasks?label=team%3Dops&limit=1").await?;
+    let names = |page: &Value| -> Vec<String> {
+        page.as_array()
+            .map(|tasks| {
+                tasks
+                    .iter()
+                    .filter_map(|t| t["name"].as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    assert_eq!(names(&ops), ["a"]);
+    let next = next.context("a next page")?;
+    assert!(next.contains("label=team%3Dops"), "{next}");
+    let (_, rest, _) = node.api.page(&next).await?;
+    assert_eq!(names(&rest), ["c"]);
+    let (status, bad) = node
+        .api
+        .post(
+            "/api/tasks",
+            &json!({"name": "d", "labels": ["fine", "not fine"],
+            "spec": {"command": ["true"]}, "when": {"mode": "manual"}}),
+        )
+        .await?;
+    assert_eq!(status, 400, "{bad}");
+    assert_eq!(bad["details"][0]["path"], "labels[1]", "{bad}");
+    Ok(())
+}

@@ -387,7 +387,7 @@ async fn a_browser_gets_in_by_a_login_link_only_and_logs_out() -> Result<()> {
 async fn rows_named(browser: &Browser) -> Result<Vec<String>> {
     let names = browser
         .script(
-            "return [...document.querySelectorAll('#task-table > tbody.task td.name')].map(td => td.textContent.trim())",
+            "return [...document.querySelectorAll('#task-table > tbody.task td.name .row-toggle')].map(b => b.textContent.trim())",
             vec![],
         )
         .await?;
@@ -490,6 +490,110 @@ async fn ten_thousand_tasks_page_search_toggle_and_refuse_a_stale_save() -> Resu
         (task["spec"]["command"] == json!(["echo", "mine"])).then_some(())
     })
     .await?;
+    Ok(())
+}
+
+/// Labels show on the rows and filter the list; the panel edits them and the description.
+#[tokio::test]
+async fn labels_group_tasks_and_the_panel_edits_them() -> Result<()> {
+    let node = TestNode::start().await?;
+    let base = node.api.base.clone();
+    let id = node
+        .api
+        .create_task(
+            &json!({"name": "backup", "labels": ["team=ops"], "description": "Backs up the wiki.",
+            "spec": {"command": ["true"]}, "when": {"mode": "manual"}}),
+        )
+        .await?;
+    node.api
+        .create_task(&json!({"name": "deploy", "labels": ["team=web"],
+            "spec": {"command": ["true"]}, "when": {"mode": "manual"}}))
+        .await?;
+    let browser = logged_in(&node).await?;
+    browser.goto(&format!("{base}/index")).await?;
+    let row = format!("#task-{id}");
+    wait_text(&browser, &format!("{row} td.name .labels"), "team=ops").await?;
+    wait_text(
+        &browser,
+        &format!("{row} td.name .description"),
+        "Backs up the wiki.",
+    )
+    .await?;
+    browser
+        .click(&browser.find(&format!("{row} td.name .labels a")).await?)
+        .await?;
+    wait_for(
+        "the list filtered by the label",
+        Duration::from_secs(10),
+        || async {
+            let rows = rows_named(&browser).await.ok()?;
+            (rows == ["backup"]).then_some(())
+        },
+    )
+    .await?;
+    assert_eq!(
+        browser
+            .value(&browser.find("#task-filter select[name=label]").await?)
+            .await?,
+        "team=ops"
+    );
+    browser
+        .click(
+            &browser
+                .find(&format!("{row} tr.summary button.row-toggle"))
+                .await?,
+        )
+        .await?;
+    let labels = browser.find(&format!("{row} form.panel .f-labels")).await?;
+    assert_eq!(browser.value(&labels).await?, "team=ops");
+    browser.clear(&labels).await?;
+    browser.type_text(&labels, "team=ops, nightly").await?;
+    let description = browser
+        .find(&format!("{row} form.panel .f-description"))
+        .await?;
+    browser.clear(&description).await?;
+    browser
+        .type_text(&description, "Backs up the wiki; ask ops.")
+        .await?;
+    browser
+        .click(&browser.find(&format!("{row} .save")).await?)
+        .await?;
+    wait_for(
+        "the labels to be saved",
+        Duration::from_secs(10),
+        || async {
+            let (_, task) = node.api.get(&format!("/api/tasks/{id}")).await.ok()?;
+            (task["labels"] == json!(["team=ops", "nightly"])
+                && task["description"] == "Backs up the wiki; ask ops.")
+                .then_some(())
+        },
+    )
+    .await?;
+    // A bad label is refused at its field, and nothing is saved (the saved row is drawn anew).
+    let labels = wait_for(
+        "the panel after the save",
+        Duration::from_secs(10),
+        || async {
+            let labels = browser
+                .find(&format!("{row} form.panel .f-labels"))
+                .await
+                .ok()?;
+            let value = browser.value(&labels).await.ok()?;
+            (value == "team=ops nightly").then_some(labels)
+        },
+    )
+    .await?;
+    browser.clear(&labels).await?;
+    browser.type_text(&labels, "team=ops -bad").await?;
+    browser
+        .click(&browser.find(&format!("{row} .save")).await?)
+        .await?;
+    wait_text(&browser, &format!("{row} [data-err=labels]"), "labels[1]").await?;
+    assert_eq!(
+        node.api.get(&format!("/api/tasks/{id}")).await?.1["labels"],
+        json!(["team=ops", "nightly"])
+    );
+    screenshot(&browser, "task-labels").await;
     Ok(())
 }
 

@@ -1,4 +1,4 @@
-//! Which tasks the list shows: a search by name, filters by mode, state and node, and one page
+//! Which tasks the list shows: a search by name, filters by mode, state, node and label, and one page
 //! of the matches, oldest first, with links to the pages before and after it.
 
 use std::collections::HashSet;
@@ -25,6 +25,8 @@ pub struct TaskFilter {
     pub state: String,
     /// The node the task runs or last ran on.
     pub node: String,
+    /// One of the task's labels.
+    pub label: String,
     /// The id of the last task of the previous page.
     pub after: Option<String>,
     /// The id of the first task of the next page.
@@ -58,7 +60,8 @@ impl TaskFilter {
         !(self.q.trim().is_empty()
             && self.mode.is_empty()
             && self.state.is_empty()
-            && self.node.is_empty())
+            && self.node.is_empty()
+            && self.label.is_empty())
     }
 
     /// What the page cannot read in the query, in plain words.
@@ -101,7 +104,8 @@ impl TaskFilter {
             _ => true,
         };
         let node_ok = self.node.is_empty() || facts.last_run.is_some_and(|r| r.node == self.node);
-        mode_ok && state_ok && node_ok
+        let label_ok = self.label.is_empty() || task.labels.contains(&self.label);
+        mode_ok && state_ok && node_ok && label_ok
     }
 
     /// Whether matching needs each task's newest run (an index read per task).
@@ -165,6 +169,7 @@ impl TaskFilter {
             ("mode", self.mode.as_str()),
             ("state", self.state.as_str()),
             ("node", self.node.as_str()),
+            ("label", self.label.as_str()),
         ]
         .into_iter()
         .filter(|(_, v)| !v.is_empty())

@@ -81,6 +81,8 @@ pub struct ListView {
     pub next: Option<String>,
     /// Node names the node filter offers.
     pub nodes: Vec<String>,
+    /// The labels of the tasks, each once, sorted: what the label filter offers.
+    pub labels: Vec<String>,
     pub modes: &'static [&'static str],
     pub states: &'static [&'static str],
 }
@@ -133,6 +135,8 @@ pub fn thousands(n: usize) -> String {
 pub struct TaskRow {
     pub id: String,
     pub name: String,
+    pub description: String,
+    pub labels: Vec<String>,
     /// "manual", "always", "cron */5 * * * * (Europe/Berlin)".
     pub when_text: String,
     pub enabled: bool,
@@ -167,6 +171,9 @@ pub struct TaskPanel {
     /// Empty for a task not saved yet.
     pub id: String,
     pub name: String,
+    pub description: String,
+    /// The labels as the input shows them: separated by spaces.
+    pub labels_text: String,
     pub spec_text: String,
     /// manual, always or cron.
     pub mode: &'static str,
@@ -227,6 +234,8 @@ impl TaskPanel {
             key: task.id.to_string(),
             id: task.id.to_string(),
             name: task.name.clone(),
+            description: task.description.clone(),
+            labels_text: task.labels.join(" "),
             spec_text: serde_json::to_string_pretty(&task.spec).unwrap_or_else(|_| "{}".into()),
             mode,
             schedule,
@@ -270,6 +279,8 @@ impl TaskPanel {
             key: "new".into(),
             id: String::new(),
             name: String::new(),
+            description: String::new(),
+            labels_text: String::new(),
             spec_text: NEW_SPEC.into(),
             mode: "manual",
             schedule: "*/5 * * * *".into(),
@@ -341,6 +352,8 @@ impl TaskRow {
         Self {
             id: task.id.to_string(),
             name: task.name.clone(),
+            description: task.description.clone(),
+            labels: task.labels.clone(),
             when_text: when_text(&task.when),
             enabled: task.enabled,
             node: active.or(last).map(|r| r.node.clone()).unwrap_or_default(),
@@ -388,6 +401,9 @@ pub async fn view_tasks_get<N: NodeView>(
     }
     let shown = rows.len();
     let nodes = node_names(&node);
+    let labels: std::collections::BTreeSet<&String> =
+        tasks.iter().flat_map(|t| t.labels.iter()).collect();
+    let labels = labels.into_iter().cloned().collect();
     TasksTemplate {
         layout: Layout::new(&node, "tasks", lang),
         channels: node.channels(),
@@ -401,6 +417,7 @@ pub async fn view_tasks_get<N: NodeView>(
             prev: page.prev,
             next: page.next,
             nodes,
+            labels,
             modes: MODES,
             states: STATES,
             filter,
@@ -421,6 +438,8 @@ mod tests {
         Task {
             id: TaskId(format!("t-{name}")),
             name: name.into(),
+            description: String::new(),
+            labels: Vec::new(),
             spec: Spec {
                 shell: Some("echo hi".into()),
                 dependencies: vec!["python3".into()],

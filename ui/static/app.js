@@ -743,6 +743,8 @@
       });
       const task = {
         name: $(".f-name", form).value,
+        description: ($(".f-description", form) || { value: "" }).value,
+        labels: ($(".f-labels", form) || { value: "" }).value.split(/[\s,]+/).filter(Boolean),
         spec: $(".f-spec", form).value,
         when,
         placement: ($(".f-placement", form) || {}).value || form.dataset.placement || "one",
@@ -761,6 +763,8 @@
       const when = current.when || {};
       const out = [];
       if (current.name !== mine.name.trim()) out.push(T(`name: now “${current.name}”`));
+      if ((current.description || "") !== mine.description.trim()) out.push(T("the description"));
+      if (!same(current.labels || [], mine.labels)) out.push(T(`labels: now ${(current.labels || []).join(" ") || "none"}`));
       if (!spec || !same(normalSpec(current.spec), normalSpec(spec))) out.push(T("the JSON (dependencies, parameters, priority, command)"));
       if (when.mode !== mine.when.mode) out.push(T(`when: now ${T(when.mode)}`));
       else if (when.mode === "cron" && (when.schedule !== mine.when.schedule || when.timezone !== mine.when.timezone || when.catch_up !== mine.when.catch_up)) {
@@ -827,6 +831,12 @@
         if (path === "name") {
           addError(box("name"), message);
           mark($(".f-name", form));
+        } else if (path === "description") {
+          addError(box("description"), message);
+          mark($(".f-description", form));
+        } else if (path === "labels" || path.startsWith("labels[")) {
+          addError(box("labels"), path === "labels" ? message : `${path}: ${message}`);
+          mark($(".f-labels", form));
         } else if (path === "spec" || path.startsWith("spec.") || path.startsWith("spec[")) {
           const sub = path === "spec" ? "" : path.slice(5) || path;
           // Messages in plain words name their field ("priority" must be …) already.

@@ -29,7 +29,7 @@ pub enum RaftRpc {
     Vote(VoteRequest<NodeId>),
     Snapshot(InstallSnapshotRequest<TypeConfig>),
     /// Commit this change (answered by the leader only).
-    Propose(Change),
+    Propose(Box<Change>),
     /// Take this node in as a learner (answered by the leader only).
     Join(MeshNode),
     /// These runs of the sender's have ended; the proposal that reports them follows (taken by

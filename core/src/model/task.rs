@@ -34,6 +34,12 @@ impl fmt::Display for TaskId {
 pub struct Task {
     pub id: TaskId,
     pub name: String,
+    /// What the task is for, in the operator's words (shown under its name).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub description: String,
+    /// Words to group and find tasks by, e.g. `team=billing` or `nightly`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub labels: Vec<String>,
     pub spec: Spec,
     pub when: When,
     #[serde(default)]
@@ -224,6 +230,13 @@ pub enum Placement {
 #[serde(deny_unknown_fields)]
 pub struct TaskInput {
     pub name: String,
+    /// What the task is for (at most 2,000 characters).
+    #[serde(default)]
+    pub description: String,
+    /// Words to group and find tasks by: at most 20, each 1 to 64 letters, digits and
+    /// `_ . : = / -`, starting with a letter or digit.
+    #[serde(default)]
+    pub labels: Vec<String>,
     #[serde(default)]
     pub spec: SpecInput,
     pub when: When,
@@ -346,10 +359,30 @@ impl TaskInput {
                 errors.push(FieldError::new(format!("exit_rules[{i}].action"), message));
             }
         }
+        let description = self.description.trim().to_owned();
+        if description.chars().count() > MAX_DESCRIPTION {
+            errors.push(FieldError::new(
+                "description",
+                format!("at most {MAX_DESCRIPTION} characters"),
+            ));
+        }
+        if description
+            .chars()
+            .any(|c| c.is_control() && c != '\n' && c != '\t')
+        {
+            errors.push(FieldError::new(
+                "description",
+                "control characters other than line breaks and tabs are not allowed",
+            ));
+        }
+        let labels: Vec<String> = self.labels.iter().map(|l| l.trim().to_owned()).collect();
+        errors.extend(check_labels(&labels));
         match spec {
             Some(spec) if errors.is_empty() => Ok(Task {
                 id,
                 name,
+                description,
+                labels,
                 spec,
                 when: self.when,
                 placement: self.placement,
@@ -360,6 +393,44 @@ impl TaskInput {
             _ => Err(Invalid::new("the task is not valid", errors)),
         }
     }
+}
+
+/// The longest [`Task::description`], in characters.
+pub const MAX_DESCRIPTION: usize = 2000;
+/// The most [`Task::labels`] a task has.
+pub const MAX_LABELS: usize = 20;
+
+/// Each label that is not a word of 1 to 64 letters, digits and `_ . : = / -` starting with a
+/// letter or digit, or that repeats one before it; and too many labels.
+fn check_labels(labels: &[String]) -> Vec<FieldError> {
+    let mut errors = Vec::new();
+    if labels.len() > MAX_LABELS {
+        errors.push(FieldError::new(
+            "labels",
+            format!("at most {MAX_LABELS} labels"),
+        ));
+    }
+    for (i, label) in labels.iter().enumerate() {
+        let first_ok = label
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphanumeric());
+        let rest_ok = label
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_.:=/-".contains(c));
+        if !first_ok || !rest_ok || label.len() > 64 {
+            errors.push(FieldError::new(
+                format!("labels[{i}]"),
+                "a label is 1 to 64 letters, digits and `_ . : = / -`, starting with a letter or digit",
+            ));
+        } else if labels[..i].contains(label) {
+            errors.push(FieldError::new(
+                format!("labels[{i}]"),
+                format!("`{label}` is given twice"),
+            ));
+        }
+    }
+    errors
 }
 
 fn check_name(name: &str) -> Result<(), String> {
@@ -569,6 +640,8 @@ impl Task {
         Task {
             id: TaskId(id.into()),
             name: name.into(),
+            description: String::new(),
+            labels: Vec::new(),
             spec: Spec {
                 shell: Some("true".into()),
                 ..Default::default()
@@ -668,6 +741,22 @@ mod tests {
                 "spec.stop_signal",
             ),
             (
+                serde_json::json!({"name": "a", "labels": ["ok", "two words"], "spec": {"shell": "x"}, "when": {"mode": "manual"}}),
+                "labels[1]",
+            ),
+            (
+                serde_json::json!({"name": "a", "labels": ["team=x", "team=x"], "spec": {"shell": "x"}, "when": {"mode": "manual"}}),
+                "labels[1]",
+            ),
+            (
+                serde_json::json!({"name": "a", "labels": ["-x"], "spec": {"shell": "x"}, "when": {"mode": "manual"}}),
+                "labels[0]",
+            ),
+            (
+                serde_json::json!({"name": "a", "description": "x".repeat(2001), "spec": {"shell": "x"}, "when": {"mode": "manual"}}),
+                "description",
+            ),
+            (
                 serde_json::json!({"name": "a", "spec": {"shell": "x", "kill_grace": "2h"}, "when": {"mode": "manual"}}),
                 "spec.kill_grace",
             ),
@@ -679,6 +768,24 @@ mod tests {
                 "{json}: {err:?}"
             );
         }
+    }
+
+    #[test]
+    fn a_description_and_labels_are_kept_trimmed_and_left_out_when_empty() {
+        let task = input(serde_json::json!({"name": "a", "description": "  Backs up the wiki.\nAsk ops.  ",
+            "labels": [" team=ops ", "nightly"], "spec": {"shell": "x"}, "when": {"mode": "manual"}}))
+        .expect("valid");
+        assert_eq!(task.description, "Backs up the wiki.\nAsk ops.");
+        assert_eq!(task.labels, ["team=ops", "nightly"]);
+        let plain = input(
+            serde_json::json!({"name": "a", "spec": {"shell": "x"}, "when": {"mode": "manual"}}),
+        )
+        .expect("valid");
+        let json = serde_json::to_value(&plain).expect("json");
+        assert!(
+            json.get("description").is_none() && json.get("labels").is_none(),
+            "{json}"
+        );
     }
 
     #[test]

@@ -343,6 +343,8 @@ struct TasksParams {
     limit: Option<usize>,
     /// Only tasks whose name contains this, in any case.
     q: Option<String>,
+    /// Only tasks with this label.
+    label: Option<String>,
     /// Each task with its newest run (`last_run`, from the run ledger's index; null before the
     /// first).
     #[serde(default)]
@@ -370,16 +372,22 @@ async fn list_tasks(
         .tasks
         .after(after.as_ref())
         .filter(|t| q.is_empty() || t.name.to_lowercase().contains(&q))
+        .filter(|t| p.label.as_ref().is_none_or(|l| t.labels.contains(l)))
         .take(limit + 1)
         .collect();
     let next = (page.len() > limit).then(|| {
         page.truncate(limit);
         let last = page.last().map(|t| t.id.0.as_str()).unwrap_or_default();
         let q = (!q.is_empty()).then(|| format!("q={}&", query_value(&q)));
+        let label = p
+            .label
+            .as_ref()
+            .map(|l| format!("label={}&", query_value(l)));
         let with = if p.last_run { "last_run=true&" } else { "" };
         format!(
-            "/api/tasks?{}{with}after={}&limit={limit}",
+            "/api/tasks?{}{}{with}after={}&limit={limit}",
             q.unwrap_or_default(),
+            label.unwrap_or_default(),
             query_value(last)
         )
     });

@@ -758,6 +758,8 @@ async fn task(command: TaskCommand) -> Result<ExitCode, ClientError> {
 fn editable(task: &Task) -> Value {
     json!({
         "name": task.name,
+        "description": task.description,
+        "labels": task.labels,
         "spec": task.spec,
         "when": task.when,
         "placement": task.placement,

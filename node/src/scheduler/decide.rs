@@ -753,6 +753,8 @@ mod tests {
         Task {
             id: TaskId(id.into()),
             name: id.into(),
+            description: String::new(),
+            labels: Vec::new(),
             spec: Spec {
                 shell: Some("true".into()),
                 ..Default::default()
