@@ -14,7 +14,7 @@ use proptest::prelude::*;
 
 use taskmesh_consensus::{Adopted, Change, RUNS_PER_TASK, State};
 use taskmesh_core::model::{
-    ClusterSettings, Outcome, Run, RunId, RunStatus, Task, TaskId, Trigger, When,
+    ClusterSettings, Origin, Outcome, Run, RunId, RunStatus, Task, TaskId, Trigger, When,
 };
 use taskmesh_store::{RedbStore, Store, Write};
 
@@ -154,6 +154,14 @@ fn change() -> impl Strategy<Value = Change> {
             .prop_map(|(node, drained)| Change::Drain { node, drained }),
         1 => (any::<bool>(), 0u32..1000)
             .prop_map(|(paused, at)| Change::PauseCron { paused, at: time(at) }),
+        2 => (task(), 0u32..1000, "ui|cli|api").prop_map(|(task, at, via)| Change::By {
+            origin: Origin { at: time(at), node: "node-a".into(), via, client: "10.0.0.9".into() },
+            change: Box::new(Change::PutTask(task)),
+        }),
+        1 => (task_id(), any::<bool>(), 0u32..1000).prop_map(|(task, enabled, at)| Change::By {
+            origin: Origin { at: time(at), node: "node-b".into(), via: "api".into(), client: "::1".into() },
+            change: Box::new(Change::SetEnabled { task, enabled, at: Some(time(at)) }),
+        }),
     ]
 }
 
@@ -181,6 +189,13 @@ fn check_step(
             change.kind()
         );
     }
+    // An operator's change that applies is listed once, newest last; the list stays bounded.
+    if let Change::By { origin, .. } = change {
+        if result.is_ok() {
+            prop_assert_eq!(after.activity.last().map(|a| &a.origin), Some(origin));
+        }
+    }
+    prop_assert!(after.activity.len() <= taskmesh_core::model::MAX_ACTIVITY);
     // A slot fires once: a fired slot only moves forward while its task exists.
     if let Change::Fire { task, slot, .. } = change {
         let fired_before = before.last_fired.get(task);
@@ -359,6 +374,7 @@ proptest! {
         prop_assert_eq!(&reloaded.stops, &state.stops);
         prop_assert_eq!(&reloaded.drained, &state.drained);
         prop_assert_eq!(&reloaded.cron_paused, &state.cron_paused);
+        prop_assert_eq!(&reloaded.activity, &state.activity);
     }
 
     #[test]

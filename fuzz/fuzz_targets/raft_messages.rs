@@ -25,7 +25,7 @@ fuzz_target!(|data: &[u8]| {
                 _ => None,
             })
             .collect(),
-        RaftRpc::Propose(change) => vec![change],
+        RaftRpc::Propose(change) => vec![*change],
         _ => vec![],
     };
     let mut state = State::default();

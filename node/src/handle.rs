@@ -17,7 +17,9 @@ use crate::events::{Event, Events};
 use crate::executor::{DaemonStatus, ExecutorHandle};
 use crate::ledger::RunLedger;
 use crate::logs::{self, LogPaths};
-use crate::model::{Invalid, NodeSettings, Run, RunId, Settings, Task, TaskId, TaskInput, Trigger};
+use crate::model::{
+    Invalid, NodeSettings, Origin, Run, RunId, Settings, Task, TaskId, TaskInput, Trigger,
+};
 use crate::notify::Notifier;
 use crate::scheduler::{NotScheduled, Refusal, SchedulerHandle};
 use crate::store::{RunQuery, Store, StoreError, Write};
@@ -106,6 +108,24 @@ pub(crate) struct Inner {
 pub use taskmesh_core::view::{Health, PeersView, ThisNode};
 
 impl NodeHandle {
+    /// Commits an operator's `change`: named with who asked ([`crate::caller`]) when a request
+    /// is being served, so that the cluster lists it in its activity.
+    async fn propose(&self, change: Change) -> Result<(), ProposeError> {
+        let change = match crate::caller::current() {
+            Some(caller) => Change::By {
+                origin: Origin {
+                    at: Utc::now(),
+                    node: self.inner.node.borrow().name.clone(),
+                    via: caller.via.to_owned(),
+                    client: caller.client,
+                },
+                change: Box::new(change),
+            },
+            None => change,
+        };
+        self.inner.consensus.propose(change).await
+    }
+
     pub fn state(&self) -> Arc<State> {
         self.inner.consensus.state()
     }
@@ -167,10 +187,7 @@ impl NodeHandle {
     pub async fn create_task(&self, input: TaskInput) -> Result<Task, NodeError> {
         let task = input.into_task(TaskId::generate(), Utc::now())?;
         self.check_targets(&task)?;
-        self.inner
-            .consensus
-            .propose(Change::PutTask(task.clone()))
-            .await?;
+        self.propose(Change::PutTask(task.clone())).await?;
         Ok(task)
     }
 
@@ -187,7 +204,7 @@ impl NodeHandle {
             },
             None => Change::PutTask(task.clone()),
         };
-        match self.inner.consensus.propose(change).await {
+        match self.propose(change).await {
             Ok(_) => Ok(task),
             Err(ProposeError::Rejected(invalid)) if invalid.is_stale() => Err(NodeError::Stale {
                 message: invalid.message,
@@ -214,14 +231,12 @@ impl NodeHandle {
     pub async fn set_enabled(&self, key: &str, enabled: bool) -> Result<Task, NodeError> {
         let mut task = self.task(key)?;
         let at = Utc::now();
-        self.inner
-            .consensus
-            .propose(Change::SetEnabled {
-                task: task.id.clone(),
-                enabled,
-                at: Some(at),
-            })
-            .await?;
+        self.propose(Change::SetEnabled {
+            task: task.id.clone(),
+            enabled,
+            at: Some(at),
+        })
+        .await?;
         task.enabled = enabled;
         task.updated_at = at;
         Ok(task)
@@ -231,13 +246,11 @@ impl NodeHandle {
     /// ends its drain.
     pub async fn drain(&self, key: &str, drained: bool) -> Result<NodeDrain, NodeError> {
         let peer_id = self.node_of(key)?;
-        self.inner
-            .consensus
-            .propose(Change::Drain {
-                node: peer_id.clone(),
-                drained,
-            })
-            .await?;
+        self.propose(Change::Drain {
+            node: peer_id.clone(),
+            drained,
+        })
+        .await?;
         if drained {
             info!(node = %key, "node drained: no new runs go there");
         }
@@ -246,18 +259,27 @@ impl NodeHandle {
 
     /// Pauses cron for the whole cluster, or resumes it.
     pub async fn pause_cron(&self, paused: bool) -> Result<CronPause, NodeError> {
-        self.inner
-            .consensus
-            .propose(Change::PauseCron {
-                paused,
-                at: Utc::now(),
-            })
-            .await?;
+        self.propose(Change::PauseCron {
+            paused,
+            at: Utc::now(),
+        })
+        .await?;
         match paused {
             true => info!("cron paused: no cron slot fires until it is resumed"),
             false => info!("cron resumed"),
         }
         Ok(self.cron_pause())
+    }
+
+    /// The newest `limit` changes operators made, newest first.
+    pub fn activity(&self, limit: usize) -> Vec<crate::model::Activity> {
+        self.state()
+            .activity
+            .iter()
+            .rev()
+            .take(limit)
+            .cloned()
+            .collect()
     }
 
     /// Whether cron is paused, and since when.
@@ -347,10 +369,7 @@ impl NodeHandle {
 
     pub async fn remove_task(&self, key: &str) -> Result<Task, NodeError> {
         let task = self.task(key)?;
-        self.inner
-            .consensus
-            .propose(Change::RemoveTask(task.id.clone()))
-            .await?;
+        self.propose(Change::RemoveTask(task.id.clone())).await?;
         Ok(task)
     }
 
@@ -371,13 +390,11 @@ impl NodeHandle {
         if self.active_runs().iter().any(|r| &r.id == id) {
             self.inner.executor.stop(id).await;
         } else if !run.status.is_final() {
-            self.inner
-                .consensus
-                .propose(Change::StopRun {
-                    run: id.clone(),
-                    at: Utc::now(),
-                })
-                .await?;
+            self.propose(Change::StopRun {
+                run: id.clone(),
+                at: Utc::now(),
+            })
+            .await?;
         }
         Ok(run)
     }
@@ -544,9 +561,7 @@ impl NodeHandle {
         .await
         .map_err(|e| NodeError::Unavailable(e.to_string()))??;
         self.inner.node.send_replace(node);
-        self.inner
-            .consensus
-            .propose(Change::Settings(settings.cluster.clone()))
+        self.propose(Change::Settings(settings.cluster.clone()))
             .await?;
         let _ = self.inner.events.send(Event::State);
         Ok(self.settings(false))
@@ -768,5 +783,9 @@ impl taskmesh_ui::NodeView for NodeHandle {
 
     fn cron_paused(&self) -> Option<chrono::DateTime<Utc>> {
         self.state().cron_paused
+    }
+
+    fn activity(&self, limit: usize) -> Vec<crate::model::Activity> {
+        NodeHandle::activity(self, limit)
     }
 }

@@ -41,6 +41,7 @@ const NODE_MODULES: &[&str] = &[
     "notify",
     "executor",
     "scheduler",
+    "caller",
     "handle",
     "history",
     "api",

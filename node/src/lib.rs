@@ -4,6 +4,7 @@
 //! notify, sink, api, cli) and holds the [`run`] entry point. docs/ARCHITECTURE.md has the map.
 
 pub mod api;
+pub mod caller;
 pub mod cli;
 pub mod cluster_key;
 pub mod config;

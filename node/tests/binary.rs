@@ -616,6 +616,32 @@ fn a_drained_node_hands_its_daemon_over_without_overlap_and_finishes_its_runs() 
         .send()
         .expect("drain nobody");
     assert_eq!(unknown.status().as_u16(), 404);
+
+    // Every node lists who drained and undrained it: the CLI on the asker, the API on `url`.
+    let holder_url = cluster.url(holder);
+    let changes: Vec<Value> = wait_until(
+        "the activity on the holder",
+        Duration::from_secs(10),
+        || {
+            let all: Vec<Value> = http
+                .get(format!("{holder_url}/api/activity"))
+                .send()
+                .ok()?
+                .json()
+                .ok()?;
+            let drains: Vec<Value> = all.into_iter().filter(|a| a["what"] == "drain").collect();
+            (drains.len() == 2).then_some(drains)
+        },
+    );
+    let (undrain, drain) = (&changes[0], &changes[1]);
+    assert_eq!(drain["detail"], "drained", "{drain}");
+    assert_eq!(drain["via"], "cli", "{drain}");
+    assert_eq!(drain["node"], format!("n{asker}"), "{drain}");
+    assert_eq!(drain["subject"], holder_id.as_str(), "{drain}");
+    assert_eq!(drain["client"], "127.0.0.1", "{drain}");
+    assert_eq!(undrain["detail"], "undrained", "{undrain}");
+    assert_eq!(undrain["via"], "api", "{undrain}");
+    assert_eq!(undrain["node"], format!("n{leader}"), "{undrain}");
     cluster.stop_all();
 }
 

@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use chrono::{DateTime, Utc};
 
 use taskmesh_core::model::{
-    ClusterIdentity, ClusterSettings, NodeSettings, Run, RunId, Task, TaskId,
+    Activity, ClusterIdentity, ClusterSettings, NodeSettings, Run, RunId, Task, TaskId,
 };
 
 pub use redb_store::RedbStore;
@@ -56,6 +56,8 @@ pub enum Write {
     Drained(BTreeSet<String>),
     /// Since when cron is paused, if it is (see `consensus::State::cron_paused`).
     CronPaused(Option<DateTime<Utc>>),
+    /// The operators' newest changes (see `consensus::State::activity`).
+    Activity(Vec<Activity>),
     /// A run in the replicated run ledger (see `consensus::State::runs`).
     ClusterRun(std::sync::Arc<Run>),
     ForgetClusterRun(RunId),
@@ -76,6 +78,7 @@ pub trait Store: Send + Sync + 'static {
     fn stops(&self) -> Result<BTreeSet<RunId>, StoreError>;
     fn drained(&self) -> Result<BTreeSet<String>, StoreError>;
     fn cron_paused(&self) -> Result<Option<DateTime<Utc>>, StoreError>;
+    fn activity(&self) -> Result<Vec<Activity>, StoreError>;
     /// Commits the writes in one durable transaction before returning.
     fn write(&self, batch: &[Write]) -> Result<(), StoreError>;
 

@@ -12,7 +12,7 @@ use serde::de::DeserializeOwned;
 
 use super::{RunQuery, Store, StoreError, Write};
 use taskmesh_core::model::{
-    ClusterIdentity, ClusterSettings, NodeSettings, Run, RunId, Task, TaskId,
+    Activity, ClusterIdentity, ClusterSettings, NodeSettings, Run, RunId, Task, TaskId,
 };
 
 const TASKS: TableDefinition<&str, &[u8]> = TableDefinition::new("tasks");
@@ -39,6 +39,7 @@ const HOLDERS: &str = "holders";
 const STOPS: &str = "stops";
 const DRAINED: &str = "drained";
 const CRON_PAUSED: &str = "cron_paused";
+const ACTIVITY: &str = "activity";
 
 pub struct RedbStore {
     /// Shared with the Raft state machine (`consensus::raft`), which keeps its own tables in the
@@ -221,6 +222,10 @@ pub fn write_in(txn: &WriteTransaction, batch: &[Write]) -> Result<(), StoreErro
             Write::CronPaused(None) => {
                 meta.remove(CRON_PAUSED).map_err(db_err)?;
             }
+            Write::Activity(a) => {
+                meta.insert(ACTIVITY, encode(a).as_slice())
+                    .map_err(db_err)?;
+            }
             Write::ClusterRun(run) => {
                 cluster_runs
                     .insert(run.id.0.as_str(), encode(run).as_slice())
@@ -263,6 +268,7 @@ pub fn clear_replicated_in(txn: &WriteTransaction) -> Result<(), redb::Error> {
     meta.remove(STOPS)?;
     meta.remove(DRAINED)?;
     meta.remove(CRON_PAUSED)?;
+    meta.remove(ACTIVITY)?;
     Ok(())
 }
 
@@ -304,6 +310,10 @@ impl Store for RedbStore {
 
     fn cron_paused(&self) -> Result<Option<DateTime<Utc>>, StoreError> {
         self.meta(CRON_PAUSED)
+    }
+
+    fn activity(&self) -> Result<Vec<Activity>, StoreError> {
+        Ok(self.meta(ACTIVITY)?.unwrap_or_default())
     }
 
     fn cluster_runs(&self) -> Result<Vec<Run>, StoreError> {

@@ -1173,6 +1173,13 @@ async fn cron_is_paused_from_the_dashboard_and_resumed_from_any_page() -> Result
     })
     .await?;
     assert_eq!(node.api.get("/api/cron").await?.1["paused"], false);
+    // The dashboard lists both, made through the UI of this node.
+    browser.goto(&format!("{base}/dashboard")).await?;
+    let changes = wait_text(&browser, "#dash-changes", "cron resumed").await?;
+    assert!(
+        changes.contains("cron paused") && changes.contains("ui on test-node from 127.0.0.1"),
+        "{changes}"
+    );
     Ok(())
 }
 

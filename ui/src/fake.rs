@@ -174,6 +174,10 @@ impl NodeView for FakeNode {
         None
     }
 
+    fn activity(&self, _limit: usize) -> Vec<taskmesh_core::model::Activity> {
+        Vec::new()
+    }
+
     fn peers(&self) -> PeersView {
         PeersView {
             this: ThisNode {

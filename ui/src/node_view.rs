@@ -62,4 +62,6 @@ pub trait NodeView: Clone + Send + Sync + 'static {
     fn peers(&self) -> PeersView;
     /// Since when cron is paused for the cluster, while it is.
     fn cron_paused(&self) -> Option<chrono::DateTime<chrono::Utc>>;
+    /// The newest `limit` changes operators made, newest first.
+    fn activity(&self, limit: usize) -> Vec<taskmesh_core::model::Activity>;
 }

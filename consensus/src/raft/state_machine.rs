@@ -513,6 +513,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         writes.push(Write::Stops(state.stops.clone()));
         writes.push(Write::Drained(state.drained.clone()));
         writes.push(Write::CronPaused(state.cron_paused));
+        writes.push(Write::Activity(state.activity.iter().cloned().collect()));
         writes.extend(
             state
                 .last_fired

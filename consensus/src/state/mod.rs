@@ -13,7 +13,10 @@ use imbl::OrdMap;
 pub use runs::ClusterRuns;
 pub use tasks::Tasks;
 
-use taskmesh_core::model::{ClusterIdentity, ClusterSettings, Invalid, Run, RunId, Task, TaskId};
+use taskmesh_core::model::{
+    Activity, ClusterIdentity, ClusterSettings, Invalid, MAX_ACTIVITY, Origin, Run, RunId, Task,
+    TaskId,
+};
 
 /// Finished runs the replicated ledger keeps per task (unfinished ones are always kept).
 pub const RUNS_PER_TASK: usize = 20;
@@ -53,6 +56,10 @@ pub struct State {
     /// what happens to the slots it missed.
     #[serde(default)]
     pub cron_paused: Option<DateTime<Utc>>,
+    /// The newest changes operators made ([`MAX_ACTIVITY`]), oldest first: who (the node that
+    /// took the request, how, from where), what, and when (`Change::By`).
+    #[serde(default)]
+    pub activity: imbl::Vector<Activity>,
     /// Not agreed, this node's own: whether this state holds every entry this node's Raft log
     /// held when the node started, that is everything the node may have acted on before a
     /// restart (set by the state machine; never replicated).
@@ -141,6 +148,12 @@ pub enum Change {
         paused: bool,
         at: DateTime<Utc>,
     },
+    /// `change`, made by an operator through a node's UI, API or CLI (`origin`): applied as
+    /// itself, and listed in [`State::activity`] when it applies.
+    By {
+        origin: Origin,
+        change: Box<Change>,
+    },
     /// `StopRun` as versions before it wrote it, without a time: a waiting run it ends is
     /// closed at its own `created_at`, the one time every replica agrees on.
     Stop(RunId),
@@ -163,13 +176,18 @@ impl Change {
             Change::Hold { .. } => "hold",
             Change::Drain { .. } => "drain",
             Change::PauseCron { .. } => "pause_cron",
+            Change::By { change, .. } => change.kind(),
             Change::StopRun { .. } | Change::Stop(_) => "stop",
         }
     }
 
     /// The runs this change ends: those it carries with a final status.
     pub fn ended_runs(&self) -> impl Iterator<Item = &RunId> {
-        let runs: &[Run] = match self {
+        let mut change = self;
+        while let Change::By { change: inner, .. } = change {
+            change = inner;
+        }
+        let runs: &[Run] = match change {
             Change::Runs(runs) | Change::Fire { runs, .. } => runs,
             _ => &[],
         };
@@ -190,6 +208,7 @@ impl State {
             stops: store.stops()?,
             drained: store.drained()?,
             cron_paused: store.cron_paused()?,
+            activity: store.activity()?.into_iter().collect(),
             caught_up: false,
             applied: None,
         })
@@ -205,7 +224,8 @@ impl State {
     ///
     /// It is stable across nodes, versions of Rust and runs: xxHash64 with seed 0 (no random
     /// keys) over each part in a fixed order (tasks, settings, last fired slots, cluster, runs,
-    /// holders, stops, drained nodes when there are any, cron's pause while it is paused). Tasks and runs count as the wrapping sum of each one's hash
+    /// holders, stops, drained nodes when there are any, cron's pause while it is paused, the
+    /// operators' activity when there is any). Tasks and runs count as the wrapping sum of each one's hash
     /// (`json_hash` of its JSON), which their maps keep up to date with every change, so the
     /// digest does not read every task and run again; the other parts count as their JSON, maps
     /// in key order. A fired slot counts in milliseconds, as the tables keep it. What is this
@@ -230,6 +250,9 @@ impl State {
         }
         if let Some(since) = self.cron_paused {
             digest.part("cron_paused", &since.timestamp_millis());
+        }
+        if !self.activity.is_empty() {
+            digest.part("activity", &self.activity);
         }
         digest.0.finish()
     }
@@ -412,6 +435,25 @@ impl State {
                     false => Vec::new(),
                 })
             }
+            Change::By { origin, change } => {
+                if matches!(*change, Change::By { .. }) {
+                    return Err(Invalid::field("change", "a change names its origin once"));
+                }
+                let (subject, detail) = self.subject_of(&change);
+                let what = change.kind().to_owned();
+                let mut writes = self.apply(*change)?;
+                self.activity.push_back(Activity {
+                    origin,
+                    what,
+                    subject,
+                    detail,
+                });
+                while self.activity.len() > MAX_ACTIVITY {
+                    self.activity.pop_front();
+                }
+                writes.push(Write::Activity(self.activity.iter().cloned().collect()));
+                Ok(writes)
+            }
             Change::PauseCron { paused, at } => {
                 let since = match (paused, self.cron_paused) {
                     // Paused again: it stays paused since the first time.
@@ -425,6 +467,37 @@ impl State {
                 self.cron_paused = since;
                 Ok(vec![Write::CronPaused(since)])
             }
+        }
+    }
+
+    /// What an operator's `change` is done to, and more about it, as the activity lists it
+    /// (read before it applies: a removed task's name is gone after).
+    fn subject_of(&self, change: &Change) -> (String, String) {
+        let task_name = |id: &TaskId| {
+            self.tasks
+                .get(id)
+                .map_or_else(|| id.to_string(), |t| t.name.clone())
+        };
+        let on_off = |on: bool, yes: &str, no: &str| if on { yes } else { no }.to_owned();
+        match change {
+            Change::PutTask(task) | Change::ReplaceTask { task, .. } => {
+                (task.name.clone(), String::new())
+            }
+            Change::RemoveTask(id) => (task_name(id), String::new()),
+            Change::SetEnabled { task, enabled, .. } => {
+                (task_name(task), on_off(*enabled, "enabled", "disabled"))
+            }
+            Change::StopRun { run, .. } | Change::Stop(run) => {
+                let task = self.runs.get(run).map(|r| r.task_name.clone());
+                (run.to_string(), task.unwrap_or_default())
+            }
+            Change::Drain { node, drained } => {
+                (node.clone(), on_off(*drained, "drained", "undrained"))
+            }
+            Change::PauseCron { paused, .. } => {
+                (String::new(), on_off(*paused, "paused", "resumed"))
+            }
+            _ => (String::new(), String::new()),
         }
     }
 
@@ -517,6 +590,62 @@ impl std::io::Write for Digest {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn operators_changes_are_listed_with_who_made_them_and_the_list_is_bounded() {
+        let mut state = State::default();
+        let origin = |n: usize| Origin {
+            at: chrono::DateTime::from_timestamp(1_800_000_000 + n as i64, 0).expect("time"),
+            node: "lab-1".into(),
+            via: "cli".into(),
+            client: "10.0.0.5".into(),
+        };
+        for n in 0..MAX_ACTIVITY + 10 {
+            let task = Task::sample(&format!("t{n}"), &format!("task-{n}"));
+            state
+                .apply(Change::By {
+                    origin: origin(n),
+                    change: Box::new(Change::PutTask(task)),
+                })
+                .expect("applies");
+        }
+        assert_eq!(state.activity.len(), MAX_ACTIVITY);
+        assert_eq!(
+            state.activity[0].subject, "task-10",
+            "the oldest went first"
+        );
+        let last = state.activity.last().expect("one");
+        assert_eq!(
+            (last.what.as_str(), last.origin.via.as_str()),
+            ("put_task", "cli")
+        );
+        // A refused change is not listed.
+        let before = state.activity.clone();
+        let refused = state.apply(Change::By {
+            origin: origin(0),
+            change: Box::new(Change::RemoveTask(TaskId("nope".into()))),
+        });
+        assert!(refused.is_err());
+        assert_eq!(state.activity, before);
+        // A change names its origin once.
+        let twice = Change::By {
+            origin: origin(0),
+            change: Box::new(Change::By {
+                origin: origin(0),
+                change: Box::new(Change::PutTask(Task::sample("x", "x"))),
+            }),
+        };
+        assert!(state.apply(twice).is_err());
+        assert_eq!(state.activity, before);
+        // The removed task is named, read before it went.
+        state
+            .apply(Change::By {
+                origin: origin(1),
+                change: Box::new(Change::RemoveTask(TaskId("t509".into()))),
+            })
+            .expect("removed");
+        assert_eq!(state.activity.last().expect("one").subject, "task-509");
+    }
 
     fn task(id: &str, name: &str) -> Task {
         Task::sample(id, name)

@@ -1,5 +1,6 @@
 //! The data the node works on: tasks, runs, settings, and how user input becomes them.
 
+mod activity;
 mod duration;
 mod exit;
 mod run;
@@ -7,6 +8,7 @@ mod settings;
 mod task;
 mod validate;
 
+pub use activity::{Activity, MAX_ACTIVITY, Origin};
 pub use duration::HumanDuration;
 pub use exit::{Action, ExitMatch, ExitRule, Outcome, matching_actions};
 pub use run::{Run, RunId, RunStatus, Trigger};

@@ -375,6 +375,20 @@ impl LoginRefused {
     }
 }
 
+/// How a request that passed [`Access::check`] authenticated: with the token (`cli` when the
+/// taskmesh command sent it, else `api`), or with a browser session (`ui`).
+fn via(headers: &HeaderMap) -> &'static str {
+    let cli = headers
+        .get(header::USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ua| ua.starts_with("taskmesh-cli/"));
+    match (bearer(headers).is_some(), cli) {
+        (true, true) => "cli",
+        (true, false) => "api",
+        (false, _) => "ui",
+    }
+}
+
 fn bearer(headers: &HeaderMap) -> Option<&str> {
     headers
         .get(header::AUTHORIZATION)
@@ -479,7 +493,13 @@ pub async fn require(State(access): State<Arc<Access>>, request: Request, next: 
         false => access.check(request.headers(), client),
     };
     let denied = match checked {
-        Ok(()) => return next.run(request).await,
+        Ok(()) => {
+            let caller = crate::caller::Caller {
+                via: via(request.headers()),
+                client: client.to_string(),
+            };
+            return crate::caller::scope(caller, next.run(request)).await;
+        }
         Err(denied) => denied,
     };
     if path.starts_with("/api/") || path == METRICS_PATH {

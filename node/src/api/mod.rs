@@ -45,6 +45,7 @@ pub(crate) fn described_routes() -> OpenApiRouter<NodeHandle> {
         .routes(routes!(peers))
         .routes(routes!(get_drain, drain_node))
         .routes(routes!(undrain_node))
+        .routes(routes!(activity))
         .routes(routes!(cron_pause))
         .routes(routes!(pause_cron))
         .routes(routes!(resume_cron))
@@ -283,6 +284,31 @@ async fn undrain_node(
     Path(key): Path<String>,
 ) -> Result<impl IntoResponse, ApiError> {
     Ok(Json(node.drain(&key, false).await?))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+struct ActivityParams {
+    /// How many changes, 1 to 1000; 100 when not given.
+    #[param(minimum = 1, maximum = 1000)]
+    limit: Option<usize>,
+}
+
+/// The newest changes operators made through any node's UI, API or CLI, newest first (the
+/// cluster keeps the last 500): when, which node took the request, how (`ui`, `cli`, `api`),
+/// from which address, what was done and to what.
+#[utoipa::path(get, path = "/api/activity", tag = "node", params(ActivityParams),
+    responses(
+        (status = 200, description = "OK", body = Vec<crate::model::Activity>),
+        (status = 400, description = "bad input: `error` (and `details`) say what and where", body = error::ErrorBody),
+    ))]
+async fn activity(
+    State(node): State<NodeHandle>,
+    Query(p): Query<ActivityParams>,
+) -> Result<impl IntoResponse, ApiError> {
+    let limit = page_limit(p.limit, 100)?;
+    Ok(Json(node.activity(limit)))
 }
 
 /// Whether cron is paused for the cluster, and since when.

@@ -1,0 +1,36 @@
+//! Who changed what: each change an operator made through a node's UI, API or CLI, as the
+//! cluster agreed on it (the replicated state keeps the newest [`MAX_ACTIVITY`]).
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+/// The newest changes the replicated state keeps.
+pub const MAX_ACTIVITY: usize = 500;
+
+/// Who asked for a change, as the node that took the request saw it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Origin {
+    /// When the node took the request (its clock).
+    pub at: DateTime<Utc>,
+    /// The node that took it, by name.
+    pub node: String,
+    /// `ui` (a browser session), `cli` (the taskmesh command) or `api` (the access token).
+    pub via: String,
+    /// The client's address.
+    pub client: String,
+}
+
+/// One change an operator made.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Activity {
+    #[serde(flatten)]
+    pub origin: Origin,
+    /// What was done: `put_task`, `remove_task`, `settings`, `set_enabled`, `stop`, `drain`,
+    /// `pause_cron`, ….
+    pub what: String,
+    /// What it was done to: a task's name, a run's id, a node; empty for the settings.
+    pub subject: String,
+    /// More about it: `enabled`/`disabled`, `drained`/`undrained`, `paused`/`resumed`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub detail: String,
+}
