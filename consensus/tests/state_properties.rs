@@ -375,6 +375,7 @@ proptest! {
         prop_assert_eq!(&reloaded.drained, &state.drained);
         prop_assert_eq!(&reloaded.cron_paused, &state.cron_paused);
         prop_assert_eq!(&reloaded.activity, &state.activity);
+        prop_assert_eq!(reloaded.activity_count, state.activity_count);
     }
 
     #[test]
@@ -422,4 +423,39 @@ fn the_ledger_bound_holds_for_runs_reported_one_by_one() {
         Some(format!("{:032}", RUNS_PER_TASK)),
         "the newest {RUNS_PER_TASK} stay"
     );
+}
+
+/// Past its bound the list forgets its oldest changes in the tables too: a restarted node reads
+/// back the same newest changes, under the same numbers.
+#[test]
+fn the_activity_read_back_is_the_newest_changes_past_the_bound() {
+    let mut state = State::default();
+    let mut writes = Vec::new();
+    let bound = taskmesh_core::model::MAX_ACTIVITY;
+    for n in 0..bound + 7 {
+        let task = Task {
+            id: TaskId(format!("t{n}")),
+            name: format!("task-{n}"),
+            ..Task::sample("t", "t")
+        };
+        writes.extend(
+            state
+                .apply(Change::By {
+                    origin: Origin {
+                        at: time(n as u32),
+                        node: "node-a".into(),
+                        via: "ui".into(),
+                        client: "10.0.0.9".into(),
+                    },
+                    change: Box::new(Change::PutTask(task)),
+                })
+                .expect("applies"),
+        );
+    }
+    let reloaded = reload(&writes);
+    assert_eq!(reloaded.activity.len(), bound);
+    assert_eq!(reloaded.activity, state.activity);
+    assert_eq!(reloaded.activity_count, (bound + 7) as u64);
+    assert_eq!(reloaded.activity[0].subject, "task-7");
+    assert_eq!(reloaded.digest(), state.digest());
 }

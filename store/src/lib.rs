@@ -56,8 +56,10 @@ pub enum Write {
     Drained(BTreeSet<String>),
     /// Since when cron is paused, if it is (see `consensus::State::cron_paused`).
     CronPaused(Option<DateTime<Utc>>),
-    /// The operators' newest changes (see `consensus::State::activity`).
-    Activity(Vec<Activity>),
+    /// An operator's change, by its number (see `consensus::State::activity`).
+    Activity(u64, Activity),
+    /// The change of this number leaves the list.
+    ForgetActivity(u64),
     /// A run in the replicated run ledger (see `consensus::State::runs`).
     ClusterRun(std::sync::Arc<Run>),
     ForgetClusterRun(RunId),
@@ -78,7 +80,8 @@ pub trait Store: Send + Sync + 'static {
     fn stops(&self) -> Result<BTreeSet<RunId>, StoreError>;
     fn drained(&self) -> Result<BTreeSet<String>, StoreError>;
     fn cron_paused(&self) -> Result<Option<DateTime<Utc>>, StoreError>;
-    fn activity(&self) -> Result<Vec<Activity>, StoreError>;
+    /// The operators' changes the list holds, with their numbers, oldest first.
+    fn activity(&self) -> Result<Vec<(u64, Activity)>, StoreError>;
     /// Commits the writes in one durable transaction before returning.
     fn write(&self, batch: &[Write]) -> Result<(), StoreError>;
 

@@ -29,6 +29,8 @@ const RUNS_BY_TASK: TableDefinition<&str, ()> = TableDefinition::new("runs_by_ta
 const RUN_COUNTS: TableDefinition<&str, u64> = TableDefinition::new("run_counts");
 /// The replicated run ledger: run id → run (every node's recent runs, bounded per task).
 const CLUSTER_RUNS: TableDefinition<&str, &[u8]> = TableDefinition::new("cluster_runs");
+/// The operators' changes the replicated state lists, by number.
+const ACTIVITY: TableDefinition<u64, &[u8]> = TableDefinition::new("activity");
 /// Ids of runs not yet final, so a restart finds what it left unfinished without reading history.
 const UNFINISHED: TableDefinition<&str, ()> = TableDefinition::new("unfinished_runs");
 
@@ -39,7 +41,6 @@ const HOLDERS: &str = "holders";
 const STOPS: &str = "stops";
 const DRAINED: &str = "drained";
 const CRON_PAUSED: &str = "cron_paused";
-const ACTIVITY: &str = "activity";
 
 pub struct RedbStore {
     /// Shared with the Raft state machine (`consensus::raft`), which keeps its own tables in the
@@ -102,6 +103,7 @@ impl RedbStore {
             txn.open_table(RUNS_BY_TASK).map_err(db_err)?;
             txn.open_table(UNFINISHED).map_err(db_err)?;
             txn.open_table(CLUSTER_RUNS).map_err(db_err)?;
+            txn.open_table(ACTIVITY).map_err(db_err)?;
         }
         txn.commit().map_err(db_err)?;
         Ok(Self {
@@ -176,6 +178,7 @@ pub fn write_in(txn: &WriteTransaction, batch: &[Write]) -> Result<(), StoreErro
     let mut meta = txn.open_table(META).map_err(db_err)?;
     let mut fired = txn.open_table(LAST_FIRED).map_err(db_err)?;
     let mut cluster_runs = txn.open_table(CLUSTER_RUNS).map_err(db_err)?;
+    let mut activity = txn.open_table(ACTIVITY).map_err(db_err)?;
     for write in batch {
         match write {
             Write::PutTask(task) => {
@@ -222,9 +225,11 @@ pub fn write_in(txn: &WriteTransaction, batch: &[Write]) -> Result<(), StoreErro
             Write::CronPaused(None) => {
                 meta.remove(CRON_PAUSED).map_err(db_err)?;
             }
-            Write::Activity(a) => {
-                meta.insert(ACTIVITY, encode(a).as_slice())
-                    .map_err(db_err)?;
+            Write::Activity(n, a) => {
+                activity.insert(n, encode(a).as_slice()).map_err(db_err)?;
+            }
+            Write::ForgetActivity(n) => {
+                activity.remove(n).map_err(db_err)?;
             }
             Write::ClusterRun(run) => {
                 cluster_runs
@@ -268,7 +273,7 @@ pub fn clear_replicated_in(txn: &WriteTransaction) -> Result<(), redb::Error> {
     meta.remove(STOPS)?;
     meta.remove(DRAINED)?;
     meta.remove(CRON_PAUSED)?;
-    meta.remove(ACTIVITY)?;
+    txn.open_table(ACTIVITY)?.retain(|_, _| false)?;
     Ok(())
 }
 
@@ -312,8 +317,16 @@ impl Store for RedbStore {
         self.meta(CRON_PAUSED)
     }
 
-    fn activity(&self) -> Result<Vec<Activity>, StoreError> {
-        Ok(self.meta(ACTIVITY)?.unwrap_or_default())
+    fn activity(&self) -> Result<Vec<(u64, Activity)>, StoreError> {
+        let txn = self.db.begin_read().map_err(db_err)?;
+        let table = txn.open_table(ACTIVITY).map_err(db_err)?;
+        let mut out = Vec::new();
+        for entry in table.iter().map_err(db_err)? {
+            let (k, v) = entry.map_err(db_err)?;
+            let n = k.value();
+            out.push((n, decode("activity", &n.to_string(), v.value())?));
+        }
+        Ok(out)
     }
 
     fn cluster_runs(&self) -> Result<Vec<Run>, StoreError> {

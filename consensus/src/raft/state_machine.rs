@@ -513,7 +513,14 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         writes.push(Write::Stops(state.stops.clone()));
         writes.push(Write::Drained(state.drained.clone()));
         writes.push(Write::CronPaused(state.cron_paused));
-        writes.push(Write::Activity(state.activity.iter().cloned().collect()));
+        let first = state.activity_count + 1 - state.activity.len() as u64;
+        writes.extend(
+            state
+                .activity
+                .iter()
+                .zip(first..)
+                .map(|(a, n)| Write::Activity(n, a.clone())),
+        );
         writes.extend(
             state
                 .last_fired

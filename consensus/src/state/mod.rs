@@ -60,6 +60,10 @@ pub struct State {
     /// took the request, how, from where), what, and when (`Change::By`).
     #[serde(default)]
     pub activity: imbl::Vector<Activity>,
+    /// How many changes were ever listed: the number of the newest in `activity` (each is
+    /// stored under its number, so a change adds one row and forgets one).
+    #[serde(default)]
+    pub activity_count: u64,
     /// Not agreed, this node's own: whether this state holds every entry this node's Raft log
     /// held when the node started, that is everything the node may have acted on before a
     /// restart (set by the state machine; never replicated).
@@ -208,7 +212,8 @@ impl State {
             stops: store.stops()?,
             drained: store.drained()?,
             cron_paused: store.cron_paused()?,
-            activity: store.activity()?.into_iter().collect(),
+            activity_count: store.activity()?.last().map_or(0, |(n, _)| *n),
+            activity: store.activity()?.into_iter().map(|(_, a)| a).collect(),
             caught_up: false,
             applied: None,
         })
@@ -252,7 +257,7 @@ impl State {
             digest.part("cron_paused", &since.timestamp_millis());
         }
         if !self.activity.is_empty() {
-            digest.part("activity", &self.activity);
+            digest.part("activity", &(self.activity_count, &self.activity));
         }
         digest.0.finish()
     }
@@ -442,16 +447,20 @@ impl State {
                 let (subject, detail) = self.subject_of(&change);
                 let what = change.kind().to_owned();
                 let mut writes = self.apply(*change)?;
-                self.activity.push_back(Activity {
+                let activity = Activity {
                     origin,
                     what,
                     subject,
                     detail,
-                });
+                };
+                self.activity_count += 1;
+                self.activity.push_back(activity.clone());
+                writes.push(Write::Activity(self.activity_count, activity));
                 while self.activity.len() > MAX_ACTIVITY {
                     self.activity.pop_front();
+                    let oldest = self.activity_count - self.activity.len() as u64;
+                    writes.push(Write::ForgetActivity(oldest));
                 }
-                writes.push(Write::Activity(self.activity.iter().cloned().collect()));
                 Ok(writes)
             }
             Change::PauseCron { paused, at } => {
