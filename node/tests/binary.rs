@@ -985,6 +985,32 @@ fn the_cli_adds_runs_and_removes_a_task() {
     );
     let ls = String::from_utf8_lossy(&cli(&["task", "ls"]).stdout).to_string();
     assert!(ls.contains("greet") && ls.contains("fail"), "{ls}");
+    let out = cli(&[
+        "task",
+        "add",
+        "tagged",
+        "--label",
+        "team=ops",
+        "--description",
+        "for ops",
+        "--",
+        "true",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let ops =
+        String::from_utf8_lossy(&cli(&["task", "ls", "--label", "team=ops"]).stdout).to_string();
+    assert!(ops.contains("tagged") && !ops.contains("greet"), "{ops}");
+    // The CLI's own changes are listed as the CLI's.
+    let activity = String::from_utf8_lossy(&cli(&["activity", "--limit", "3"]).stdout).to_string();
+    let newest = activity.lines().nth(1).unwrap_or_default();
+    assert!(
+        newest.contains("put_task") && newest.contains("tagged") && newest.contains("cli on "),
+        "{activity}"
+    );
     let bad = cli(&["task", "add", "x", "--cron", "99 * * * *", "--", "true"]);
     assert!(!bad.status.success());
     assert!(

@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 use crate::api::ErrorBody;
 use crate::api::openapi::{ChannelTested, LoginLink, TokenRotated};
 use crate::http_client;
-use crate::model::{Run, Task, When};
+use crate::model::{Activity, Run, Task, When};
 use taskmesh_core::view::{CronPause, Health, NodeDrain, PeersView, TaskListItem};
 
 use super::{AddArgs, Remote, SettingsCommand, TaskCommand, TokenSource};
@@ -448,6 +448,31 @@ async fn command_result(command: super::Command) -> Result<ExitCode, ClientError
         super::Command::Task(c) => task(c).await,
         super::Command::Status { remote } => status(&remote).await,
         super::Command::Node(c) => node(c).await,
+        super::Command::Activity { limit, remote } => {
+            let api = Api::new(&remote)?;
+            let changes: Vec<Activity> = api.read(&format!("/api/activity?limit={limit}")).await?;
+            if remote.output == super::Output::Json {
+                print_json(&serde_json::to_value(&changes).unwrap_or_default());
+                return Ok(0);
+            }
+            println!(
+                "{:<20} {:<12} {:<28} {:<12} BY",
+                "WHEN", "WHAT", "TO", "DETAIL"
+            );
+            for a in &changes {
+                println!(
+                    "{:<20} {:<12} {:<28} {:<12} {} on {} from {}",
+                    iso(&a.origin.at),
+                    a.what,
+                    a.subject,
+                    a.detail,
+                    a.origin.via,
+                    a.origin.node,
+                    a.origin.client,
+                );
+            }
+            Ok(0)
+        }
         super::Command::Cron(c) => {
             let (verb, remote) = match c {
                 super::CronCommand::Pause { remote } => ("pause", remote),
@@ -656,10 +681,15 @@ async fn status(remote: &super::Remote) -> Result<ExitCode, ClientError> {
 
 async fn task(command: TaskCommand) -> Result<ExitCode, ClientError> {
     match command {
-        TaskCommand::Ls { remote } => {
+        TaskCommand::Ls { label, remote } => {
             let api = Api::new(&remote)?;
+            let label = label
+                .map(|l| format!("&label={}", enc(&l)))
+                .unwrap_or_default();
             // Each task with its newest run, from the ledger's index (one read for the list).
-            let tasks: Vec<TaskListItem> = api.get_all("/api/tasks?last_run=true").await?;
+            let tasks: Vec<TaskListItem> = api
+                .get_all(&format!("/api/tasks?last_run=true{label}"))
+                .await?;
             if remote.output == super::Output::Json {
                 print_json(&serde_json::to_value(&tasks).unwrap_or_default());
                 return Ok(0);
@@ -845,7 +875,13 @@ async fn add(args: AddArgs) -> Result<ExitCode, ClientError> {
                 (None, true) => json!({ "mode": "always" }),
                 (None, false) => json!({ "mode": "manual" }),
             };
-            json!({ "name": name, "spec": spec, "when": when })
+            json!({
+                "name": name,
+                "description": args.description.clone().unwrap_or_default(),
+                "labels": args.labels,
+                "spec": spec,
+                "when": when,
+            })
         }
     };
     let task: Task = api.call(Method::POST, "/api/tasks", Some(body)).await?;

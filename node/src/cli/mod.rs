@@ -73,6 +73,14 @@ pub enum Command {
     /// Pause cron for the whole cluster, or resume it.
     #[command(subcommand)]
     Cron(CronCommand),
+    /// The newest changes operators made through any node (UI, API or CLI), newest first.
+    Activity {
+        /// How many, 1 to 1000.
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+        #[command(flatten)]
+        remote: Remote,
+    },
     /// The cluster at a glance: this node, the leader and term, the members, the live peers and
     /// what runs now.
     Status {
@@ -372,6 +380,9 @@ impl Remote {
 pub enum TaskCommand {
     /// List tasks with their schedule and last run.
     Ls {
+        /// Only the tasks with this label.
+        #[arg(long)]
+        label: Option<String>,
         #[command(flatten)]
         remote: Remote,
     },
@@ -433,6 +444,12 @@ pub struct AddArgs {
     /// Keep it running: start it now and restart it whenever it exits.
     #[arg(long)]
     pub always: bool,
+    /// What the task is for.
+    #[arg(long, conflicts_with = "file")]
+    pub description: Option<String>,
+    /// A label to group and find the task by, e.g. team=ops; repeatable.
+    #[arg(long = "label", value_name = "LABEL", conflicts_with = "file")]
+    pub labels: Vec<String>,
     /// The program and its arguments, after `--` (no shell).
     #[arg(last = true)]
     pub argv: Vec<String>,
