@@ -677,6 +677,7 @@ async fn every_page_fits_a_phone_and_turns_dark_when_the_system_is() -> Result<(
         "/settings".to_owned(),
         "/node".to_owned(),
         "/peers".to_owned(),
+        "/activity".to_owned(),
         format!("/runs/{run_id}"),
         "/no-such-page".to_owned(),
     ] {
@@ -1007,6 +1008,7 @@ async fn every_page_passes_axe_core() -> Result<()> {
             "/settings".to_owned(),
             "/node".to_owned(),
             "/peers".to_owned(),
+            "/activity".to_owned(),
             "/no-such-page".to_owned(),
         ] {
             browser.goto(&format!("{base}{page}")).await?;
@@ -1179,6 +1181,14 @@ async fn cron_is_paused_from_the_dashboard_and_resumed_from_any_page() -> Result
     assert!(
         changes.contains("cron paused") && changes.contains("ui on test-node from 127.0.0.1"),
         "{changes}"
+    );
+    browser
+        .click(&browser.find("#dash-changes a[href='/activity']").await?)
+        .await?;
+    let all = wait_text(&browser, "#activity", "cron paused").await?;
+    assert!(
+        all.find("cron resumed") < all.find("cron paused"),
+        "newest first: {all}"
     );
     Ok(())
 }
@@ -1390,6 +1400,7 @@ async fn a_german_browser_gets_german_pages_and_the_switch_sticks() -> Result<()
         "/settings",
         "/node",
         "/peers",
+        "/activity",
     ] {
         browser.goto(&format!("{base}{page}")).await?;
         browser.find("main h1").await?;
@@ -1409,6 +1420,7 @@ async fn a_german_browser_gets_german_pages_and_the_switch_sticks() -> Result<()
         "/settings",
         "/node",
         "/peers",
+        "/activity",
         &task_page,
     ] {
         browser.goto(&format!("{base}{page}")).await?;

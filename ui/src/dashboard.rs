@@ -7,11 +7,12 @@ use askama_web::WebTemplate;
 use axum::extract::State;
 use chrono::{DateTime, Duration, Utc};
 
+use super::activity::Change;
 use super::view::{Layout, Moment, RunSummary, duration};
 use crate::NodeView;
 use crate::i18n::Lang;
 use taskmesh_core::cron::Schedule;
-use taskmesh_core::model::{Activity, RunStatus, When};
+use taskmesh_core::model::{RunStatus, When};
 use taskmesh_core::view::{RunStats, TaskRunStats};
 
 /// How far back the figures look.
@@ -38,44 +39,6 @@ pub struct DashboardTemplate {
 
 /// How many changes the dashboard lists.
 const CHANGES: usize = 10;
-
-/// One change an operator made, as the dashboard lists it.
-#[derive(Debug, Clone)]
-pub struct Change {
-    pub at: Moment,
-    /// "set_enabled" in words: "enabled", "saved", "removed", ….
-    pub what: String,
-    pub subject: String,
-    /// "ui on lab-1 from 10.0.0.5".
-    pub who: String,
-}
-
-impl Change {
-    fn of(a: &Activity, now: DateTime<Utc>) -> Self {
-        let what = match (a.what.as_str(), a.detail.as_str()) {
-            ("put_task" | "replace_task", _) => "task saved".to_owned(),
-            ("remove_task", _) => "task removed".to_owned(),
-            ("settings", _) => "settings saved".to_owned(),
-            ("set_enabled", "enabled") => "task enabled".to_owned(),
-            ("set_enabled", _) => "task disabled".to_owned(),
-            ("stop", _) => "run stopped".to_owned(),
-            ("drain", "drained") => "node drained".to_owned(),
-            ("drain", _) => "node undrained".to_owned(),
-            ("pause_cron", "paused") => "cron paused".to_owned(),
-            ("pause_cron", _) => "cron resumed".to_owned(),
-            (other, _) => other.to_owned(),
-        };
-        Self {
-            at: Moment::new(a.origin.at, now),
-            what,
-            subject: a.subject.clone(),
-            who: format!(
-                "{} on {} from {}",
-                a.origin.via, a.origin.node, a.origin.client
-            ),
-        }
-    }
-}
 
 impl DashboardTemplate {
     /// The notice naming the nodes whose runs are not counted.
@@ -314,10 +277,6 @@ pub async fn view_dashboard_get<N: NodeView>(
         tasks: lines,
         unanswered,
         error,
-        changes: node
-            .activity(CHANGES)
-            .iter()
-            .map(|a| Change::of(a, now))
-            .collect(),
+        changes: super::activity::changes(&node, CHANGES),
     }
 }

@@ -4,6 +4,7 @@
 //! so the templates can be rendered from sample data in tests. Every write goes through the JSON
 //! REST API from `static/app.js`.
 
+mod activity;
 mod assets;
 mod dashboard;
 #[cfg(test)]
@@ -40,6 +41,7 @@ pub fn router<N: NodeView>(node: N) -> Router {
         .route("/node", get(node::view_node_get::<N>))
         .route("/peers", get(peers::view_peers_get::<N>))
         .route("/dashboard", get(dashboard::view_dashboard_get::<N>))
+        .route("/activity", get(activity::view_activity_get::<N>))
         .route("/runs", get(history::view_runs_get::<N>))
         .route("/runs/{id}", get(run::view_run_get::<N>))
         .route("/static/app.css", get(assets::app_css))

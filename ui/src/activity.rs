@@ -1,0 +1,73 @@
+//! Who changed what (`/activity`, and the dashboard's *Changes*): the changes operators made
+//! through any node, newest first, as the cluster keeps them (`GET /api/activity`).
+
+use askama::Template;
+use askama_web::WebTemplate;
+use axum::extract::State;
+use chrono::{DateTime, Utc};
+
+use super::view::{Layout, Moment};
+use crate::NodeView;
+use crate::i18n::Lang;
+use taskmesh_core::model::{Activity, MAX_ACTIVITY};
+
+#[derive(Template, WebTemplate)]
+#[template(path = "activity.html")]
+pub struct ActivityTemplate {
+    pub layout: Layout,
+    pub changes: Vec<Change>,
+}
+
+/// One change an operator made, as the pages list it.
+#[derive(Debug, Clone)]
+pub struct Change {
+    pub at: Moment,
+    /// The change in words: "task saved", "node drained", ….
+    pub what: String,
+    pub subject: String,
+    /// "ui on lab-1 from 10.0.0.5".
+    pub who: String,
+}
+
+impl Change {
+    pub fn of(a: &Activity, now: DateTime<Utc>) -> Self {
+        let what = match (a.what.as_str(), a.detail.as_str()) {
+            ("put_task" | "replace_task", _) => "task saved",
+            ("remove_task", _) => "task removed",
+            ("settings", _) => "settings saved",
+            ("set_enabled", "enabled") => "task enabled",
+            ("set_enabled", _) => "task disabled",
+            ("stop", _) => "run stopped",
+            ("drain", "drained") => "node drained",
+            ("drain", _) => "node undrained",
+            ("pause_cron", "paused") => "cron paused",
+            ("pause_cron", _) => "cron resumed",
+            (other, _) => other,
+        };
+        Self {
+            at: Moment::new(a.origin.at, now),
+            what: what.to_owned(),
+            subject: a.subject.clone(),
+            who: format!(
+                "{} on {} from {}",
+                a.origin.via, a.origin.node, a.origin.client
+            ),
+        }
+    }
+}
+
+/// The newest `limit` changes, as the pages list them.
+pub fn changes(node: &impl NodeView, limit: usize) -> Vec<Change> {
+    let now = Utc::now();
+    node.activity(limit)
+        .iter()
+        .map(|a| Change::of(a, now))
+        .collect()
+}
+
+pub async fn view_activity_get<N: NodeView>(State(node): State<N>, lang: Lang) -> ActivityTemplate {
+    ActivityTemplate {
+        layout: Layout::new(&node, "activity", lang),
+        changes: changes(&node, MAX_ACTIVITY),
+    }
+}
