@@ -553,6 +553,10 @@ fn a_drained_node_hands_its_daemon_over_without_overlap_and_finishes_its_runs() 
         lines[1].2 < lines[2].2,
         "the second started after the first stopped: {lines:?}"
     );
+    eprintln!(
+        "the daemon ran again {} ms after its first instance ended",
+        (lines[2].2 - lines[1].2) / 1_000_000
+    );
     let second: Value = http
         .get(format!("{url}/api/runs/{}", lines[2].1))
         .send()
