@@ -1015,6 +1015,15 @@ fn the_cli_adds_runs_and_removes_a_task() {
         newest.contains("put_task") && newest.contains("tagged") && newest.contains("cli on "),
         "{activity}"
     );
+    // Without a name, the node the CLI talks to is drained and undrained.
+    let drained = cli(&["node", "drain", "--wait"]);
+    let said = String::from_utf8_lossy(&drained.stdout).to_string();
+    assert!(
+        drained.status.success() && said.contains("drained: nothing runs there"),
+        "{said}"
+    );
+    let said = String::from_utf8_lossy(&cli(&["node", "undrain"]).stdout).to_string();
+    assert!(said.contains("takes runs"), "{said}");
     let bad = cli(&["task", "add", "x", "--cron", "99 * * * *", "--", "true"]);
     assert!(!bad.status.success());
     assert!(

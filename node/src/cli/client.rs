@@ -537,6 +537,15 @@ async fn node(command: super::NodeCommand) -> Result<ExitCode, ClientError> {
         super::NodeCommand::Undrain { node, remote } => (node, false, false, remote),
     };
     let api = Api::new(&remote)?;
+    let key = match key {
+        Some(key) => key,
+        None => {
+            let peers: PeersView = api.read("/api/peers?limit=1").await?;
+            peers.this.peer_id.ok_or_else(|| {
+                ClientError::Api("the node has no p2p endpoint, so no PeerId to drain".into())
+            })?
+        }
+    };
     let verb = if drained { "drain" } else { "undrain" };
     let path = format!("/api/peers/{}/", enc(&key));
     let mut drain: NodeDrain = api

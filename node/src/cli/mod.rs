@@ -211,7 +211,8 @@ pub enum NodeCommand {
     /// Drain a node (by name or PeerId): no new run goes there, its always-tasks move to other
     /// nodes, and what runs there goes on to its end.
     Drain {
-        node: String,
+        /// The node's name or PeerId [default: the node the command talks to].
+        node: Option<String>,
         /// Wait until nothing runs there any more.
         #[arg(long)]
         wait: bool,
@@ -220,7 +221,8 @@ pub enum NodeCommand {
     },
     /// End a node's drain: it takes runs again.
     Undrain {
-        node: String,
+        /// The node's name or PeerId [default: the node the command talks to].
+        node: Option<String>,
         #[command(flatten)]
         remote: Remote,
     },
