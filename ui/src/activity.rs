@@ -71,3 +71,51 @@ pub async fn view_activity_get<N: NodeView>(State(node): State<N>, lang: Lang) -
         changes: changes(&node, MAX_ACTIVITY),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::view::sample::{self, EVIL};
+    use taskmesh_core::model::Origin;
+
+    fn change(what: &str, subject: &str, detail: &str) -> Activity {
+        Activity {
+            origin: Origin {
+                at: sample::now(),
+                node: "lab-1".into(),
+                via: "cli".into(),
+                client: "10.0.0.5".into(),
+            },
+            what: what.into(),
+            subject: subject.into(),
+            detail: detail.into(),
+        }
+    }
+
+    #[test]
+    fn the_page_says_what_was_done_to_what_and_by_whom_escaping_names() {
+        let now = sample::now();
+        let html = ActivityTemplate {
+            layout: Layout::named("lab-1", "activity"),
+            changes: vec![
+                Change::of(&change("drain", "12D3KooWx", "drained"), now),
+                Change::of(&change("put_task", EVIL, ""), now),
+            ],
+        }
+        .render()
+        .expect("render");
+        assert!(
+            html.contains("node drained") && html.contains("task saved"),
+            "{html}"
+        );
+        assert!(html.contains("cli on lab-1 from 10.0.0.5"), "{html}");
+        assert!(!html.contains(EVIL), "a task name is escaped");
+        let empty = ActivityTemplate {
+            layout: Layout::named("lab-1", "activity"),
+            changes: Vec::new(),
+        }
+        .render()
+        .expect("render");
+        assert!(empty.contains("No change made yet."), "{empty}");
+    }
+}

@@ -24,6 +24,8 @@ struct FakeNode {
     broken: Option<String>,
     /// How often `runs` and `run` were asked (reads of a node's history).
     history_reads: Arc<AtomicUsize>,
+    cron_paused: Option<chrono::DateTime<chrono::Utc>>,
+    activity: Vec<taskmesh_core::model::Activity>,
 }
 
 impl FakeNode {
@@ -39,6 +41,18 @@ impl FakeNode {
             runs: vec![failed],
             broken: None,
             history_reads: Arc::default(),
+            cron_paused: None,
+            activity: vec![taskmesh_core::model::Activity {
+                origin: taskmesh_core::model::Origin {
+                    at: sample::now(),
+                    node: "node-a".into(),
+                    via: "api".into(),
+                    client: "127.0.0.1".into(),
+                },
+                what: "put_task".into(),
+                subject: EVIL.into(),
+                detail: String::new(),
+            }],
         }
     }
 
@@ -171,11 +185,11 @@ impl NodeView for FakeNode {
     }
 
     fn cron_paused(&self) -> Option<chrono::DateTime<chrono::Utc>> {
-        None
+        self.cron_paused
     }
 
-    fn activity(&self, _limit: usize) -> Vec<taskmesh_core::model::Activity> {
-        Vec::new()
+    fn activity(&self, limit: usize) -> Vec<taskmesh_core::model::Activity> {
+        self.activity.iter().take(limit).cloned().collect()
     }
 
     fn peers(&self) -> PeersView {
@@ -256,8 +270,11 @@ async fn every_page_renders_what_the_node_tells() {
                 "0 %",
                 "node-gone",
                 "<svg class=\"spark\"",
+                "id=\"cron-pause\"",
+                "task saved",
             ],
         ),
+        ("/activity", &["task saved", "api on node-a from 127.0.0.1"]),
         (&format!("/runs/{run}"), &["backup", "failed"]),
     ];
     for (path, expected) in cases {
@@ -268,6 +285,26 @@ async fn every_page_renders_what_the_node_tells() {
         }
         assert!(!html.contains(EVIL), "{path} shows unescaped markup");
     }
+}
+
+#[tokio::test]
+async fn every_page_says_cron_is_paused_and_the_dashboard_offers_no_second_pause() {
+    let paused = || FakeNode {
+        cron_paused: Some(sample::now()),
+        ..FakeNode::new()
+    };
+    for path in ["/index", "/dashboard", "/peers", "/activity"] {
+        let (status, html) = page(paused(), path).await;
+        assert_eq!(status, StatusCode::OK, "{path}");
+        assert!(
+            html.contains("id=\"cron-paused\"") && html.contains("id=\"cron-resume\""),
+            "{path}: {html}"
+        );
+    }
+    let (_, html) = page(paused(), "/dashboard").await;
+    assert!(!html.contains("id=\"cron-pause\""), "{html}");
+    let (_, html) = page(FakeNode::new(), "/index").await;
+    assert!(!html.contains("id=\"cron-paused\""), "{html}");
 }
 
 #[tokio::test]

@@ -230,6 +230,31 @@ mod tests {
     }
 
     #[test]
+    fn each_member_has_a_drain_button_and_a_drained_one_says_so() {
+        let html = render(vec![]);
+        assert_eq!(html.matches("data-drain=").count(), 3, "{html}");
+        assert!(!html.contains("data-undrain="));
+        let mut page = PeersTemplate {
+            layout: Layout::named("me", "peers"),
+            this: PeerRow::of(&peer("me", "")),
+            peers: vec![],
+            key: ClusterKeyView {
+                fingerprint: None,
+                peer_id: None,
+            },
+            mesh_up: true,
+            cluster: cluster(),
+        };
+        page.cluster.members[2].drained = true;
+        let html = page.render().expect("render");
+        assert!(
+            html.contains(r#"data-undrain="12D3KooWlab-3" data-name="lab-3""#),
+            "{html}"
+        );
+        assert_eq!(html.matches("data-drain=").count(), 2);
+    }
+
+    #[test]
     fn peers_link_to_their_own_ui() {
         let html = render(vec![peer("lab-2", "http://198.18.0.12:8080")]);
         assert!(html.contains("href=\"http://198.18.0.12:8080\""), "{html}");

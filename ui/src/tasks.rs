@@ -485,6 +485,24 @@ mod tests {
     }
 
     #[test]
+    fn a_row_shows_its_labels_as_filter_links_and_its_description_escaped() {
+        let mut t = task("backup", When::Manual);
+        t.labels = vec!["team=ops".into()];
+        t.description = EVIL.into();
+        let html = page(vec![TaskRow::new(&t, None, None, None, sample::now())]);
+        assert!(html.contains(r#"href="?label=team%3Dops""#), "{html}");
+        assert!(!html.contains(EVIL), "the description is escaped");
+        let plain = page(vec![TaskRow::new(
+            &task("plain", When::Manual),
+            None,
+            None,
+            None,
+            sample::now(),
+        )]);
+        assert!(!plain.contains("class=\"labels\"") && !plain.contains("class=\"description"));
+    }
+
+    #[test]
     fn renders_rows_panels_and_controls() {
         let now = sample::now();
         let backup = task(
