@@ -245,7 +245,8 @@ impl NodeHandle {
     /// Drains the node `key` (a name or a PeerId of this node, a live peer or a member), or
     /// ends its drain.
     pub async fn drain(&self, key: &str, drained: bool) -> Result<NodeDrain, NodeError> {
-        let peer_id = self.node_of(key)?;
+        let view = self.peers();
+        let peer_id = node_of(&view, key)?;
         self.propose(Change::Drain {
             node: peer_id.clone(),
             drained,
@@ -254,7 +255,7 @@ impl NodeHandle {
         if drained {
             info!(node = %key, "node drained: no new runs go there");
         }
-        Ok(self.drain_of(&peer_id, &self.state()))
+        Ok(drain_of(&view, &peer_id, &self.state()))
     }
 
     /// Pauses cron for the whole cluster, or resumes it.
@@ -293,78 +294,9 @@ impl NodeHandle {
 
     /// The drain of the node `key`, and what still runs there.
     pub fn drain_status(&self, key: &str) -> Result<NodeDrain, NodeError> {
-        let peer_id = self.node_of(key)?;
-        Ok(self.drain_of(&peer_id, &self.state()))
-    }
-
-    fn drain_of(&self, peer_id: &str, state: &State) -> NodeDrain {
         let view = self.peers();
-        let name = match view.this.peer_id.as_deref() == Some(peer_id) {
-            true => Some(view.this.name.clone()),
-            false => view
-                .cluster
-                .members
-                .iter()
-                .find(|m| m.peer_id == peer_id)
-                .and_then(|m| m.name.clone())
-                .or_else(|| {
-                    view.peers
-                        .iter()
-                        .find(|p| p.announcement.peer_id == peer_id)
-                        .map(|p| p.announcement.name.clone())
-                }),
-        };
-        let always_tasks = state
-            .holders
-            .iter()
-            .filter(|(_, nodes)| nodes.iter().any(|n| n == peer_id))
-            .filter_map(|(task, _)| state.tasks.get(task).map(|t| t.name.clone()))
-            .collect();
-        NodeDrain {
-            peer_id: peer_id.to_owned(),
-            name,
-            drained: state.drained.contains(peer_id),
-            unfinished_runs: state
-                .runs
-                .unfinished()
-                .filter(|r| r.node_id.as_deref() == Some(peer_id))
-                .count(),
-            always_tasks,
-        }
-    }
-
-    /// The PeerId of the node `key` names: this node, a live peer or a member of the cluster,
-    /// by name or PeerId.
-    fn node_of(&self, key: &str) -> Result<String, NodeError> {
-        let view = self.peers();
-        let mut found = std::collections::BTreeSet::new();
-        if let Some(me) = &view.this.peer_id
-            && (view.this.name == key || me == key)
-        {
-            found.insert(me.clone());
-        }
-        for p in &view.peers {
-            let a = &p.announcement;
-            if a.name == key || a.peer_id == key {
-                found.insert(a.peer_id.clone());
-            }
-        }
-        for m in &view.cluster.members {
-            if m.peer_id == key || m.name.as_deref() == Some(key) {
-                found.insert(m.peer_id.clone());
-            }
-        }
-        let mut found = found.into_iter();
-        match (found.next(), found.next()) {
-            (Some(peer_id), None) => Ok(peer_id),
-            (None, _) => Err(NodeError::NotFound(format!(
-                "no node `{key}`: name this node, a live peer or a member of the cluster, by name or PeerId"
-            ))),
-            (Some(_), Some(_)) => Err(NodeError::Invalid(Invalid::field(
-                "node",
-                format!("`{key}` names more than one node; give its PeerId"),
-            ))),
-        }
+        let peer_id = node_of(&view, key)?;
+        Ok(drain_of(&view, &peer_id, &self.state()))
     }
 
     pub async fn remove_task(&self, key: &str) -> Result<Task, NodeError> {
@@ -628,17 +560,14 @@ impl NodeHandle {
     /// This node's metrics in the OpenMetrics text format (`GET /metrics`, docs/metrics.md).
     pub fn metrics_text(&self) -> String {
         let mesh = self.mesh();
+        let state = self.state();
         let live = crate::metrics::Live {
             node: self.inner.node.borrow().name.clone(),
             raft: Some(self.inner.consensus.figures()),
             mesh_up: mesh.is_some(),
             peers: mesh.as_ref().map_or(0, |m| m.peers().len()),
-            cron_paused: self.state().cron_paused.is_some(),
-            drained: mesh.is_some_and(|m| {
-                self.state()
-                    .drained
-                    .contains(&m.local_peer_id().to_string())
-            }),
+            cron_paused: state.cron_paused.is_some(),
+            drained: mesh.is_some_and(|m| state.drained.contains(&m.local_peer_id().to_string())),
         };
         self.inner.metrics.render(&live)
     }
@@ -683,6 +612,75 @@ impl NodeHandle {
         tokio::task::spawn_blocking(move || logs::disk_usage(&root))
             .await
             .unwrap_or(0)
+    }
+}
+
+/// A node's drain as `view` and `state` show it: its name, and what still runs there.
+fn drain_of(view: &PeersView, peer_id: &str, state: &State) -> NodeDrain {
+    let name = match view.this.peer_id.as_deref() == Some(peer_id) {
+        true => Some(view.this.name.clone()),
+        false => view
+            .cluster
+            .members
+            .iter()
+            .find(|m| m.peer_id == peer_id)
+            .and_then(|m| m.name.clone())
+            .or_else(|| {
+                view.peers
+                    .iter()
+                    .find(|p| p.announcement.peer_id == peer_id)
+                    .map(|p| p.announcement.name.clone())
+            }),
+    };
+    let always_tasks = state
+        .holders
+        .iter()
+        .filter(|(_, nodes)| nodes.iter().any(|n| n == peer_id))
+        .filter_map(|(task, _)| state.tasks.get(task).map(|t| t.name.clone()))
+        .collect();
+    NodeDrain {
+        peer_id: peer_id.to_owned(),
+        name,
+        drained: state.drained.contains(peer_id),
+        unfinished_runs: state
+            .runs
+            .unfinished()
+            .filter(|r| r.node_id.as_deref() == Some(peer_id))
+            .count(),
+        always_tasks,
+    }
+}
+
+/// The PeerId of the node `key` names in `view`: this node, a live peer or a member of the
+/// cluster, by name or PeerId.
+fn node_of(view: &PeersView, key: &str) -> Result<String, NodeError> {
+    let mut found = std::collections::BTreeSet::new();
+    if let Some(me) = &view.this.peer_id
+        && (view.this.name == key || me == key)
+    {
+        found.insert(me.clone());
+    }
+    for p in &view.peers {
+        let a = &p.announcement;
+        if a.name == key || a.peer_id == key {
+            found.insert(a.peer_id.clone());
+        }
+    }
+    for m in &view.cluster.members {
+        if m.peer_id == key || m.name.as_deref() == Some(key) {
+            found.insert(m.peer_id.clone());
+        }
+    }
+    let mut found = found.into_iter();
+    match (found.next(), found.next()) {
+        (Some(peer_id), None) => Ok(peer_id),
+        (None, _) => Err(NodeError::NotFound(format!(
+            "no node `{key}`: name this node, a live peer or a member of the cluster, by name or PeerId"
+        ))),
+        (Some(_), Some(_)) => Err(NodeError::Invalid(Invalid::field(
+            "node",
+            format!("`{key}` names more than one node; give its PeerId"),
+        ))),
     }
 }
 

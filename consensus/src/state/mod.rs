@@ -202,6 +202,7 @@ impl Change {
 impl State {
     /// The state as stored (not yet known to be caught up).
     pub fn load(store: &dyn Store) -> Result<Self, StoreError> {
+        let activity = store.activity()?;
         Ok(Self {
             tasks: store.tasks()?.into_iter().collect(),
             settings: store.cluster_settings()?.unwrap_or_default(),
@@ -212,8 +213,8 @@ impl State {
             stops: store.stops()?,
             drained: store.drained()?,
             cron_paused: store.cron_paused()?,
-            activity_count: store.activity()?.last().map_or(0, |(n, _)| *n),
-            activity: store.activity()?.into_iter().map(|(_, a)| a).collect(),
+            activity_count: activity.last().map_or(0, |(n, _)| *n),
+            activity: activity.into_iter().map(|(_, a)| a).collect(),
             caught_up: false,
             applied: None,
         })
