@@ -19,6 +19,7 @@ pub async fn answer(replica: &Replica, rpc: RaftRpc) -> RaftReply {
     let raft = replica.raft();
     match rpc {
         RaftRpc::Append(req) => RaftReply::Append(raft.append_entries(req).await),
+        RaftRpc::KeepAlive(k) => RaftReply::Append(raft.append_entries(k.request()).await),
         RaftRpc::Vote(req) => RaftReply::Vote(raft.vote(req).await),
         RaftRpc::Snapshot(req) => RaftReply::Snapshot(raft.install_snapshot(req).await),
         RaftRpc::Propose(change) => {
