@@ -14,7 +14,8 @@ use proptest::prelude::*;
 
 use taskmesh_consensus::{Adopted, Change, RUNS_PER_TASK, State};
 use taskmesh_core::model::{
-    ClusterSettings, Origin, Outcome, Run, RunId, RunStatus, Task, TaskId, Trigger, When,
+    ClusterSettings, NamedToken, Origin, Outcome, Run, RunId, RunStatus, Task, TaskId, Trigger,
+    When,
 };
 use taskmesh_store::{RedbStore, Store, Write};
 
@@ -154,12 +155,16 @@ fn change() -> impl Strategy<Value = Change> {
             .prop_map(|(node, drained)| Change::Drain { node, drained }),
         1 => (any::<bool>(), 0u32..1000)
             .prop_map(|(paused, at)| Change::PauseCron { paused, at: time(at) }),
+        1 => ("tok-[1-3]|-bad", any::<bool>(), 0u32..1000).prop_map(|(name, read_only, at)| {
+            Change::PutToken(NamedToken { name, read_only, hash: "ab".repeat(32), created: time(at) })
+        }),
+        1 => "tok-[1-4]".prop_map(Change::RemoveToken),
         2 => (task(), 0u32..1000, "ui|cli|api").prop_map(|(task, at, via)| Change::By {
-            origin: Origin { at: time(at), node: "node-a".into(), via, client: "10.0.0.9".into() },
+            origin: Origin { at: time(at), node: "node-a".into(), via, client: "10.0.0.9".into(), token: None },
             change: Box::new(Change::PutTask(task)),
         }),
         1 => (task_id(), any::<bool>(), 0u32..1000).prop_map(|(task, enabled, at)| Change::By {
-            origin: Origin { at: time(at), node: "node-b".into(), via: "api".into(), client: "::1".into() },
+            origin: Origin { at: time(at), node: "node-b".into(), via: "api".into(), client: "::1".into(), token: Some("alice".into()) },
             change: Box::new(Change::SetEnabled { task, enabled, at: Some(time(at)) }),
         }),
     ]
@@ -446,6 +451,7 @@ fn the_activity_read_back_is_the_newest_changes_past_the_bound() {
                         node: "node-a".into(),
                         via: "ui".into(),
                         client: "10.0.0.9".into(),
+                        token: None,
                     },
                     change: Box::new(Change::PutTask(task)),
                 })

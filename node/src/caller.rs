@@ -10,6 +10,9 @@ pub struct Caller {
     /// `ui` (a browser session), `cli` (the taskmesh command) or `api` (the access token).
     pub via: &'static str,
     pub client: String,
+    /// The named access token it came with (or that made its browser session); `None` for the
+    /// node's own token.
+    pub token: Option<String>,
 }
 
 tokio::task_local! {

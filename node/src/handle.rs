@@ -118,6 +118,7 @@ impl NodeHandle {
                     node: self.inner.node.borrow().name.clone(),
                     via: caller.via.to_owned(),
                     client: caller.client,
+                    token: caller.token,
                 },
                 change: Box::new(change),
             },
@@ -270,6 +271,49 @@ impl NodeHandle {
             false => info!("cron resumed"),
         }
         Ok(self.cron_pause())
+    }
+
+    /// Adds a named access token (read-only, or with every right) of which the cluster keeps
+    /// `hash` (`api::auth::token_hash`; the token itself is made and shown by the API).
+    pub async fn add_token(
+        &self,
+        name: &str,
+        read_only: bool,
+        hash: String,
+    ) -> Result<(), NodeError> {
+        crate::model::check_token_name(name)?;
+        if self.state().tokens.contains_key(name) {
+            return Err(Invalid::field(
+                "name",
+                format!("a token named '{name}' exists; remove it first to make a new one"),
+            )
+            .into());
+        }
+        self.propose(Change::PutToken(crate::model::NamedToken {
+            name: name.to_owned(),
+            read_only,
+            hash,
+            created: Utc::now(),
+        }))
+        .await?;
+        info!(token = %name, read_only, "named access token added");
+        Ok(())
+    }
+
+    /// Removes the named access token `name`: it, and every session it made, stop working on
+    /// every node.
+    pub async fn remove_token(&self, name: &str) -> Result<(), NodeError> {
+        if !self.state().tokens.contains_key(name) {
+            return Err(NodeError::NotFound(format!("no token named '{name}'")));
+        }
+        self.propose(Change::RemoveToken(name.to_owned())).await?;
+        info!(token = %name, "named access token removed");
+        Ok(())
+    }
+
+    /// The named access tokens (names and rights, never the tokens).
+    pub fn tokens(&self) -> Vec<crate::model::TokenInfo> {
+        self.state().tokens.values().map(|t| t.info()).collect()
     }
 
     /// The newest `limit` changes operators made, newest first.

@@ -2398,3 +2398,224 @@ fn a_node_holds_no_more_files_threads_or_children_after_busy_use_than_before() {
     );
     stop(node);
 }
+
+/// Every file under `dir`, recursively.
+fn files_under(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).expect("read dir").flatten() {
+        let path = entry.path();
+        match path.is_dir() {
+            true => out.extend(files_under(&path)),
+            false => out.push(path),
+        }
+    }
+    out
+}
+
+#[test]
+fn named_tokens_work_on_every_node_read_only_ones_change_nothing_and_a_removed_one_stops() {
+    let cluster = Cluster::start(3);
+    let http = client();
+    cluster.formed(3, &http);
+    let (maker, other) = (cluster.url(0), cluster.url(1));
+    let cli = |args: &[&str]| {
+        let out = operator_cli(&maker, cluster.dirs[0].path())
+            .args(args)
+            .output()
+            .expect("taskmesh");
+        let text = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        assert!(
+            out.status.success(),
+            "{args:?}: {text} {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        text
+    };
+    let viewer = cli(&["token", "add", "viewer", "--read-only"]);
+    let deploy = cli(&["token", "add", "deploy"]);
+    assert!(viewer.len() == 64 && deploy.len() == 64 && viewer != deploy);
+    let bearer = |token: &str| {
+        let mut headers = reqwest::header::HeaderMap::new();
+        headers.insert(
+            reqwest::header::AUTHORIZATION,
+            format!("Bearer {token}").parse().expect("header"),
+        );
+        http_client()
+            .default_headers(headers)
+            .redirect(reqwest::redirect::Policy::none())
+            .timeout(Duration::from_secs(10))
+            .build()
+            .expect("client")
+    };
+    let status = |client: &reqwest::blocking::Client, method: reqwest::Method, path: &str| {
+        let r = client
+            .request(method, format!("{other}{path}"))
+            .json(&json!({"name": "made-by-viewer", "spec": {"command": ["true"]}, "when": {"mode": "manual"}}))
+            .send()
+            .expect("request");
+        (r.status().as_u16(), r.text().unwrap_or_default())
+    };
+
+    // A token made through one node works on the other, once the cluster has it (asked with
+    // the node's token: each wrong token would count as a failed login).
+    let listed_there = || -> Vec<String> {
+        let tokens: Value = http
+            .get(format!("{other}/api/tokens"))
+            .send()
+            .and_then(|r| r.json())
+            .expect("tokens");
+        tokens
+            .as_array()
+            .expect("a list")
+            .iter()
+            .map(|t| t["name"].as_str().unwrap_or_default().to_owned())
+            .collect()
+    };
+    wait_until(
+        "the other node to take the tokens",
+        Duration::from_secs(10),
+        || (listed_there().len() == 2).then_some(()),
+    );
+    let as_viewer = bearer(&viewer);
+    assert_eq!(
+        status(&as_viewer, reqwest::Method::GET, "/api/tasks").0,
+        200
+    );
+    let (code, said) = status(&as_viewer, reqwest::Method::POST, "/api/tasks");
+    assert_eq!(code, 403, "{said}");
+    assert!(said.contains("the token 'viewer' is read-only"), "{said}");
+    assert_eq!(
+        status(&as_viewer, reqwest::Method::GET, "/api/cluster-key").0,
+        403
+    );
+    assert_eq!(
+        status(
+            &as_viewer,
+            reqwest::Method::GET,
+            "/api/settings/export?secrets=true"
+        )
+        .0,
+        403
+    );
+    assert_eq!(
+        status(&as_viewer, reqwest::Method::GET, "/api/settings/export").0,
+        200
+    );
+    let tasks: Value = http
+        .get(format!("{other}/api/tasks"))
+        .send()
+        .and_then(|r| r.json())
+        .expect("tasks");
+    assert_eq!(tasks.as_array().map(Vec::len), Some(0), "{tasks}");
+
+    // A browser session made with it reads, and changes nothing either.
+    let login = http_client()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("client")
+        .post(format!("{other}/login"))
+        .header(
+            reqwest::header::CONTENT_TYPE,
+            "application/x-www-form-urlencoded",
+        )
+        .body(format!("token={viewer}&next=%2F"))
+        .send()
+        .expect("login");
+    assert_eq!(login.status().as_u16(), 303);
+    let cookie = login
+        .headers()
+        .get(reqwest::header::SET_COOKIE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .expect("a session cookie")
+        .to_owned();
+    let with_session = |method: reqwest::Method, path: &str| {
+        http_client()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .expect("client")
+            .request(method, format!("{other}{path}"))
+            .header(reqwest::header::COOKIE, &cookie)
+            .json(&json!({"name": "x", "spec": {"command": ["true"]}, "when": {"mode": "manual"}}))
+            .send()
+            .expect("request")
+            .status()
+            .as_u16()
+    };
+    assert_eq!(with_session(reqwest::Method::GET, "/api/tasks"), 200);
+    assert_eq!(with_session(reqwest::Method::POST, "/api/tasks"), 403);
+
+    // A full one changes things, and the activity names it.
+    let (code, said) = status(&bearer(&deploy), reqwest::Method::POST, "/api/tasks");
+    assert_eq!(code, 201, "{said}");
+    let activity: Value = http
+        .get(format!("{other}/api/activity?limit=5"))
+        .send()
+        .and_then(|r| r.json())
+        .expect("activity");
+    assert_eq!(activity[0]["what"], "put_task", "{activity}");
+    assert_eq!(activity[0]["token"], "deploy", "{activity}");
+    assert!(
+        activity
+            .as_array()
+            .expect("list")
+            .iter()
+            .any(|a| a["what"] == "put_token"
+                && a["subject"] == "viewer"
+                && a["detail"] == "read-only"
+                && a["via"] == "cli"),
+        "{activity}"
+    );
+
+    // Listed by name and rights; the tokens themselves are nowhere: not in the answers, the
+    // nodes' files or their logs.
+    let listed = cli(&["token", "ls", "--output", "json"]);
+    let names: Vec<String> = serde_json::from_str::<Vec<Value>>(&listed)
+        .expect("json")
+        .iter()
+        .map(|t| format!("{}:{}", t["name"], t["read_only"]))
+        .collect();
+    assert_eq!(names, ["\"deploy\":false", "\"viewer\":true"], "{listed}");
+    for dir in &cluster.dirs {
+        for file in files_under(dir.path()) {
+            let bytes = std::fs::read(&file).unwrap_or_default();
+            for token in [&viewer, &deploy] {
+                assert!(
+                    !bytes.windows(64).any(|w| w == token.as_bytes()),
+                    "{} holds a named token",
+                    file.display()
+                );
+            }
+        }
+    }
+    for node in cluster.nodes.iter().flatten() {
+        let log = node.log.lock().expect("log").join("\n");
+        assert!(
+            !log.contains(&viewer) && !log.contains(&deploy),
+            "a log names a token"
+        );
+    }
+
+    // Removed through one node: the token and its session stop on the other.
+    cli(&["token", "rm", "viewer"]);
+    wait_until(
+        "the other node to drop the token",
+        Duration::from_secs(10),
+        || (listed_there() == ["deploy"]).then_some(()),
+    );
+    assert_eq!(
+        status(&as_viewer, reqwest::Method::GET, "/api/tasks").0,
+        401
+    );
+    assert_eq!(with_session(reqwest::Method::GET, "/api/tasks"), 401);
+    let again = operator_cli(&maker, cluster.dirs[0].path())
+        .args(["token", "rm", "viewer"])
+        .output()
+        .expect("taskmesh");
+    assert!(!again.status.success());
+    assert!(
+        String::from_utf8_lossy(&again.stderr).contains("no token named 'viewer'"),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+}

@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use chrono::{DateTime, Utc};
 
 use taskmesh_core::model::{
-    Activity, ClusterIdentity, ClusterSettings, NodeSettings, Run, RunId, Task, TaskId,
+    Activity, ClusterIdentity, ClusterSettings, NamedToken, NodeSettings, Run, RunId, Task, TaskId,
 };
 
 pub use redb_store::RedbStore;
@@ -54,6 +54,8 @@ pub enum Write {
     Holders(BTreeMap<TaskId, Vec<String>>),
     /// The drained nodes (see `consensus::State::drained`).
     Drained(BTreeSet<String>),
+    /// The named access tokens (see `consensus::State::tokens`).
+    Tokens(BTreeMap<String, NamedToken>),
     /// Since when cron is paused, if it is (see `consensus::State::cron_paused`).
     CronPaused(Option<DateTime<Utc>>),
     /// An operator's change, by its number (see `consensus::State::activity`).
@@ -79,6 +81,7 @@ pub trait Store: Send + Sync + 'static {
     fn holders(&self) -> Result<BTreeMap<TaskId, Vec<String>>, StoreError>;
     fn stops(&self) -> Result<BTreeSet<RunId>, StoreError>;
     fn drained(&self) -> Result<BTreeSet<String>, StoreError>;
+    fn tokens(&self) -> Result<BTreeMap<String, NamedToken>, StoreError>;
     fn cron_paused(&self) -> Result<Option<DateTime<Utc>>, StoreError>;
     /// The operators' changes the list holds, with their numbers, oldest first.
     fn activity(&self) -> Result<Vec<(u64, Activity)>, StoreError>;

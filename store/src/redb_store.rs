@@ -12,7 +12,7 @@ use serde::de::DeserializeOwned;
 
 use super::{RunQuery, Store, StoreError, Write};
 use taskmesh_core::model::{
-    Activity, ClusterIdentity, ClusterSettings, NodeSettings, Run, RunId, Task, TaskId,
+    Activity, ClusterIdentity, ClusterSettings, NamedToken, NodeSettings, Run, RunId, Task, TaskId,
 };
 
 const TASKS: TableDefinition<&str, &[u8]> = TableDefinition::new("tasks");
@@ -40,6 +40,7 @@ const CLUSTER: &str = "cluster";
 const HOLDERS: &str = "holders";
 const STOPS: &str = "stops";
 const DRAINED: &str = "drained";
+const TOKENS: &str = "tokens";
 const CRON_PAUSED: &str = "cron_paused";
 
 pub struct RedbStore {
@@ -218,6 +219,9 @@ pub fn write_in(txn: &WriteTransaction, batch: &[Write]) -> Result<(), StoreErro
             Write::Drained(d) => {
                 meta.insert(DRAINED, encode(d).as_slice()).map_err(db_err)?;
             }
+            Write::Tokens(t) => {
+                meta.insert(TOKENS, encode(t).as_slice()).map_err(db_err)?;
+            }
             Write::CronPaused(Some(since)) => {
                 meta.insert(CRON_PAUSED, encode(since).as_slice())
                     .map_err(db_err)?;
@@ -272,6 +276,7 @@ pub fn clear_replicated_in(txn: &WriteTransaction) -> Result<(), redb::Error> {
     meta.remove(HOLDERS)?;
     meta.remove(STOPS)?;
     meta.remove(DRAINED)?;
+    meta.remove(TOKENS)?;
     meta.remove(CRON_PAUSED)?;
     txn.open_table(ACTIVITY)?.retain(|_, _| false)?;
     Ok(())
@@ -311,6 +316,10 @@ impl Store for RedbStore {
 
     fn drained(&self) -> Result<BTreeSet<String>, StoreError> {
         Ok(self.meta(DRAINED)?.unwrap_or_default())
+    }
+
+    fn tokens(&self) -> Result<BTreeMap<String, NamedToken>, StoreError> {
+        Ok(self.meta(TOKENS)?.unwrap_or_default())
     }
 
     fn cron_paused(&self) -> Result<Option<DateTime<Utc>>, StoreError> {

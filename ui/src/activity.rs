@@ -1,6 +1,8 @@
 //! Who changed what (`/activity`, and the dashboard's *Changes*): the changes operators made
 //! through any node, newest first, as the cluster keeps them (`GET /api/activity`).
 
+use std::collections::HashMap;
+
 use askama::Template;
 use askama_web::WebTemplate;
 use axum::extract::State;
@@ -25,12 +27,14 @@ pub struct Change {
     /// The change in words: "task saved", "node drained", ….
     pub what: String,
     pub subject: String,
-    /// "ui on lab-1 from 10.0.0.5".
+    /// "ui on lab-1 from 10.0.0.5", "cli (alice) on lab-1 from 10.0.0.5".
     pub who: String,
 }
 
 impl Change {
-    pub fn of(a: &Activity, now: DateTime<Utc>) -> Self {
+    /// `a` in words; `names` gives the names of the nodes the cluster knows, by PeerId (a drain
+    /// names its node by PeerId; the page shows its name when known).
+    pub fn of(a: &Activity, now: DateTime<Utc>, names: &HashMap<String, String>) -> Self {
         let what = match (a.what.as_str(), a.detail.as_str()) {
             ("put_task" | "replace_task", _) => "task saved",
             ("remove_task", _) => "task removed",
@@ -42,15 +46,27 @@ impl Change {
             ("drain", _) => "node undrained",
             ("pause_cron", "paused") => "cron paused",
             ("pause_cron", _) => "cron resumed",
+            ("put_token", _) => "token added",
+            ("remove_token", _) => "token removed",
             (other, _) => other,
         };
         Self {
             at: Moment::new(a.origin.at, now),
             what: what.to_owned(),
-            subject: a.subject.clone(),
+            subject: match names.get(&a.subject) {
+                Some(name) if a.what == "drain" => format!("{name} ({})", a.subject),
+                _ => a.subject.clone(),
+            },
             who: format!(
-                "{} on {} from {}",
-                a.origin.via, a.origin.node, a.origin.client
+                "{}{} on {} from {}",
+                a.origin.via,
+                a.origin
+                    .token
+                    .as_ref()
+                    .map(|t| format!(" ({t})"))
+                    .unwrap_or_default(),
+                a.origin.node,
+                a.origin.client
             ),
         }
     }
@@ -59,9 +75,20 @@ impl Change {
 /// The newest `limit` changes, as the pages list them.
 pub fn changes(node: &impl NodeView, limit: usize) -> Vec<Change> {
     let now = Utc::now();
-    node.activity(limit)
+    let activity = node.activity(limit);
+    let names = if activity.iter().any(|a| a.what == "drain") {
+        node.peers()
+            .cluster
+            .members
+            .into_iter()
+            .filter_map(|m| Some((m.peer_id, m.name?)))
+            .collect()
+    } else {
+        HashMap::new()
+    };
+    activity
         .iter()
-        .map(|a| Change::of(a, now))
+        .map(|a| Change::of(a, now, &names))
         .collect()
 }
 
@@ -85,6 +112,7 @@ mod tests {
                 node: "lab-1".into(),
                 via: "cli".into(),
                 client: "10.0.0.5".into(),
+                token: None,
             },
             what: what.into(),
             subject: subject.into(),
@@ -95,11 +123,13 @@ mod tests {
     #[test]
     fn the_page_says_what_was_done_to_what_and_by_whom_escaping_names() {
         let now = sample::now();
+        let names = HashMap::from([("12D3KooWx".to_owned(), "lab-2".to_owned())]);
         let html = ActivityTemplate {
             layout: Layout::named("lab-1", "activity"),
             changes: vec![
-                Change::of(&change("drain", "12D3KooWx", "drained"), now),
-                Change::of(&change("put_task", EVIL, ""), now),
+                Change::of(&change("drain", "12D3KooWx", "drained"), now, &names),
+                Change::of(&change("drain", "12D3KooWy", "undrained"), now, &names),
+                Change::of(&change("put_task", EVIL, ""), now, &names),
             ],
         }
         .render()
@@ -109,6 +139,10 @@ mod tests {
             "{html}"
         );
         assert!(html.contains("cli on lab-1 from 10.0.0.5"), "{html}");
+        assert!(
+            html.contains("lab-2 (12D3KooWx)") && html.contains(">12D3KooWy<"),
+            "a drained node by its name where the cluster knows it: {html}"
+        );
         assert!(!html.contains(EVIL), "a task name is escaped");
         let empty = ActivityTemplate {
             layout: Layout::named("lab-1", "activity"),

@@ -48,6 +48,7 @@ impl FakeNode {
                     node: "node-a".into(),
                     via: "api".into(),
                     client: "127.0.0.1".into(),
+                    token: None,
                 },
                 what: "put_task".into(),
                 subject: EVIL.into(),

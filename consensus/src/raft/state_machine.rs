@@ -512,6 +512,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         writes.push(Write::Holders(state.holders.clone()));
         writes.push(Write::Stops(state.stops.clone()));
         writes.push(Write::Drained(state.drained.clone()));
+        writes.push(Write::Tokens(state.tokens.clone()));
         writes.push(Write::CronPaused(state.cron_paused));
         let first = state.activity_count + 1 - state.activity.len() as u64;
         writes.extend(

@@ -14,8 +14,8 @@ pub use runs::ClusterRuns;
 pub use tasks::Tasks;
 
 use taskmesh_core::model::{
-    Activity, ClusterIdentity, ClusterSettings, Invalid, MAX_ACTIVITY, Origin, Run, RunId, Task,
-    TaskId,
+    Activity, ClusterIdentity, ClusterSettings, Invalid, MAX_ACTIVITY, MAX_TOKENS, NamedToken,
+    Origin, Run, RunId, Task, TaskId,
 };
 
 /// Finished runs the replicated ledger keeps per task (unfinished ones are always kept).
@@ -64,6 +64,9 @@ pub struct State {
     /// stored under its number, so a change adds one row and forgets one).
     #[serde(default)]
     pub activity_count: u64,
+    /// The named access tokens, by name (their hashes, never the tokens).
+    #[serde(default)]
+    pub tokens: BTreeMap<String, NamedToken>,
     /// Not agreed, this node's own: whether this state holds every entry this node's Raft log
     /// held when the node started, that is everything the node may have acted on before a
     /// restart (set by the state machine; never replicated).
@@ -152,6 +155,10 @@ pub enum Change {
         paused: bool,
         at: DateTime<Utc>,
     },
+    /// Adds a named access token; a name in use is refused (remove the old one first).
+    PutToken(NamedToken),
+    /// Removes the named access token of this name: it stops working on every node.
+    RemoveToken(String),
     /// `change`, made by an operator through a node's UI, API or CLI (`origin`): applied as
     /// itself, and listed in [`State::activity`] when it applies.
     By {
@@ -180,6 +187,8 @@ impl Change {
             Change::Hold { .. } => "hold",
             Change::Drain { .. } => "drain",
             Change::PauseCron { .. } => "pause_cron",
+            Change::PutToken(_) => "put_token",
+            Change::RemoveToken(_) => "remove_token",
             Change::By { change, .. } => change.kind(),
             Change::StopRun { .. } | Change::Stop(_) => "stop",
         }
@@ -213,6 +222,7 @@ impl State {
             stops: store.stops()?,
             drained: store.drained()?,
             cron_paused: store.cron_paused()?,
+            tokens: store.tokens()?,
             activity_count: activity.last().map_or(0, |(n, _)| *n),
             activity: activity.into_iter().map(|(_, a)| a).collect(),
             caught_up: false,
@@ -231,7 +241,7 @@ impl State {
     /// It is stable across nodes, versions of Rust and runs: xxHash64 with seed 0 (no random
     /// keys) over each part in a fixed order (tasks, settings, last fired slots, cluster, runs,
     /// holders, stops, drained nodes when there are any, cron's pause while it is paused, the
-    /// operators' activity when there is any). Tasks and runs count as the wrapping sum of each one's hash
+    /// operators' activity when there is any, the named tokens when there are any). Tasks and runs count as the wrapping sum of each one's hash
     /// (`json_hash` of its JSON), which their maps keep up to date with every change, so the
     /// digest does not read every task and run again; the other parts count as their JSON, maps
     /// in key order. A fired slot counts in milliseconds, as the tables keep it. What is this
@@ -259,6 +269,9 @@ impl State {
         }
         if !self.activity.is_empty() {
             digest.part("activity", &(self.activity_count, &self.activity));
+        }
+        if !self.tokens.is_empty() {
+            digest.part("tokens", &self.tokens);
         }
         digest.0.finish()
     }
@@ -428,6 +441,34 @@ impl State {
                 };
                 Ok(vec![Write::Holders(self.holders.clone())])
             }
+            Change::PutToken(token) => {
+                token.validate()?;
+                if self.tokens.contains_key(&token.name) {
+                    return Err(Invalid::field(
+                        "name",
+                        format!(
+                            "a token named '{}' exists; remove it first to make a new one",
+                            token.name
+                        ),
+                    ));
+                }
+                if self.tokens.len() >= MAX_TOKENS {
+                    return Err(Invalid::field(
+                        "name",
+                        format!(
+                            "the cluster keeps at most {MAX_TOKENS} named tokens; remove one first"
+                        ),
+                    ));
+                }
+                self.tokens.insert(token.name.clone(), token);
+                Ok(vec![Write::Tokens(self.tokens.clone())])
+            }
+            Change::RemoveToken(name) => {
+                if self.tokens.remove(&name).is_none() {
+                    return Err(Invalid::field("name", format!("no token named '{name}'")));
+                }
+                Ok(vec![Write::Tokens(self.tokens.clone())])
+            }
             Change::Drain { node, drained } => {
                 if node.is_empty() {
                     return Err(Invalid::field("node", "names no node"));
@@ -507,6 +548,11 @@ impl State {
             Change::PauseCron { paused, .. } => {
                 (String::new(), on_off(*paused, "paused", "resumed"))
             }
+            Change::PutToken(token) => (
+                token.name.clone(),
+                on_off(token.read_only, "read-only", "full"),
+            ),
+            Change::RemoveToken(name) => (name.clone(), String::new()),
             _ => (String::new(), String::new()),
         }
     }
@@ -609,6 +655,7 @@ mod tests {
             node: "lab-1".into(),
             via: "cli".into(),
             client: "10.0.0.5".into(),
+            token: None,
         };
         for n in 0..MAX_ACTIVITY + 10 {
             let task = Task::sample(&format!("t{n}"), &format!("task-{n}"));
@@ -659,6 +706,44 @@ mod tests {
 
     fn task(id: &str, name: &str) -> Task {
         Task::sample(id, name)
+    }
+
+    #[test]
+    fn named_tokens_are_unique_bounded_and_well_formed_and_count_in_the_digest() {
+        let token = |name: &str| NamedToken {
+            name: name.into(),
+            read_only: true,
+            hash: "ab".repeat(32),
+            created: chrono::DateTime::UNIX_EPOCH,
+        };
+        let mut state = State::default();
+        let empty = state.digest();
+        state
+            .apply(Change::PutToken(token("alice")))
+            .expect("added");
+        assert_ne!(state.digest(), empty);
+        let before = state.clone();
+        let twice = state.apply(Change::PutToken(token("alice")));
+        assert!(twice.is_err_and(|e| e.to_string().contains("exists")));
+        let bad = state.apply(Change::PutToken(NamedToken {
+            hash: "not a hash".into(),
+            ..token("bob")
+        }));
+        assert!(bad.is_err_and(|e| e.to_string().contains("hash")));
+        let unknown = state.apply(Change::RemoveToken("bob".into()));
+        assert!(unknown.is_err_and(|e| e.to_string().contains("no token named 'bob'")));
+        assert_eq!(state, before, "refused changes change nothing");
+        for n in 1..MAX_TOKENS {
+            state
+                .apply(Change::PutToken(token(&format!("t{n}"))))
+                .expect("room");
+        }
+        let full = state.apply(Change::PutToken(token("one-more")));
+        assert!(full.is_err_and(|e| e.to_string().contains("at most")));
+        state
+            .apply(Change::RemoveToken("alice".into()))
+            .expect("removed");
+        assert!(!state.tokens.contains_key("alice"));
     }
 
     #[test]

@@ -18,6 +18,10 @@ pub struct Origin {
     pub via: String,
     /// The client's address.
     pub client: String,
+    /// The named access token it came with (or the browser session it made); none for a node's
+    /// own access token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
 }
 
 /// One change an operator made.

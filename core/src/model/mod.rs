@@ -6,6 +6,7 @@ mod exit;
 mod run;
 mod settings;
 mod task;
+mod token;
 mod validate;
 
 pub use activity::{Activity, MAX_ACTIVITY, Origin};
@@ -21,4 +22,5 @@ pub use task::{
     CatchUp, Concurrency, MAX_KILL_GRACE, OnLost, Placement, Spec, StopSignal, Task, TaskId,
     TaskInput, When, parse_schedule,
 };
+pub use token::{MAX_TOKENS, NamedToken, TokenInfo, check_token_name};
 pub use validate::{FieldError, Invalid, parse_json};

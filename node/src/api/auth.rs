@@ -1,12 +1,14 @@
-//! Who may use the UI and API: holders of the node's access token, sent as
-//! `Authorization: Bearer`, or a browser session made at `/login` (with the token, or with a
-//! one-time login link). Loopback is no exception: other local users are attackers too.
-//! `/metrics` also takes the node's read-only metrics token (`node.metrics_token`), when one is
-//! set, and only `/metrics` does.
+//! Who may use the UI and API: holders of the node's access token or of a named token the
+//! cluster keeps (`State::tokens`, by hash), sent as `Authorization: Bearer`, or a browser
+//! session made at `/login` (with either, or with a one-time login link). Loopback is no
+//! exception: other local users are attackers too. A read-only named token, and a session it
+//! made, may read but not change anything, and not read secrets. `/metrics` also takes the
+//! node's read-only metrics token (`node.metrics_token`), when one is set, and only `/metrics`
+//! does.
 //!
 //! Invariants: the token lives in `<data dir>/access-token` (0600, written atomically on
 //! rotation); sessions and login codes live in memory only, are bounded in number, expire, and
-//! all die when the token is rotated. Failed logins are counted per client address; an address
+//! all die when the token is rotated; a session made with a named token dies with the token. Failed logins are counted per client address; an address
 //! with [`MAX_FAILURES`] failures in [`FAILURE_WINDOW`] is refused (429) before its next guess is
 //! even checked.
 
@@ -20,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use axum::extract::connect_info::ConnectInfo;
 use axum::extract::{Request, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
@@ -28,6 +30,7 @@ use subtle::ConstantTimeEq;
 use tracing::warn;
 
 use super::ApiError;
+
 use crate::model::NodeSettings;
 use tokio::sync::watch;
 
@@ -57,6 +60,34 @@ pub struct AccessOptions {
     pub ui_url: String,
     /// The node's settings, whose `metrics_token` (when set) also opens [`METRICS_PATH`].
     pub node: Option<watch::Receiver<NodeSettings>>,
+    /// The replicated state, whose named tokens are let in too.
+    pub state: Option<watch::Receiver<Arc<crate::consensus::State>>>,
+}
+
+/// Whose credentials a request carries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Principal {
+    /// The named token's name; `None` for the node's own access token (or a login link).
+    pub token: Option<String>,
+    /// It may read everything but secrets, and change nothing.
+    pub read_only: bool,
+    /// The named token's hash, so that a session ends with its token.
+    hash: Option<String>,
+}
+
+impl Principal {
+    /// The node's own access token: everything.
+    const NODE: Principal = Principal {
+        token: None,
+        read_only: false,
+        hash: None,
+    };
+}
+
+/// SHA-256 of a token, as the state keeps a named token: 64 lowercase hex digits.
+pub fn token_hash(token: &str) -> String {
+    let digest = ring::digest::digest(&ring::digest::SHA256, token.trim().as_bytes());
+    digest.as_ref().iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// The one path the metrics token opens.
@@ -66,8 +97,8 @@ pub const METRICS_PATH: &str = "/metrics";
 pub struct Access {
     options: AccessOptions,
     token: RwLock<String>,
-    /// Session id → when it expires.
-    sessions: Mutex<HashMap<String, Instant>>,
+    /// Session id → when it expires, and whose it is.
+    sessions: Mutex<HashMap<String, (Instant, Principal)>>,
     /// Login code → when it expires.
     codes: Mutex<HashMap<String, Instant>>,
     failures: Mutex<HashMap<IpAddr, VecDeque<Instant>>>,
@@ -120,34 +151,69 @@ impl Access {
         &self.options
     }
 
-    fn token_matches(&self, given: &str) -> bool {
-        let token = self.token.read().expect("token lock");
-        bool::from(token.as_bytes().ct_eq(given.trim().as_bytes()))
+    /// Whose token `given` is: the node's own, or a named token the cluster keeps.
+    fn principal_of(&self, given: &str) -> Option<Principal> {
+        let own = {
+            let token = self.token.read().expect("token lock");
+            bool::from(token.as_bytes().ct_eq(given.trim().as_bytes()))
+        };
+        if own {
+            return Some(Principal::NODE);
+        }
+        let state = self.options.state.as_ref()?.borrow().clone();
+        if state.tokens.is_empty() {
+            return None;
+        }
+        let hash = token_hash(given);
+        state
+            .tokens
+            .values()
+            .find(|t| bool::from(t.hash.as_bytes().ct_eq(hash.as_bytes())))
+            .map(|t| Principal {
+                token: Some(t.name.clone()),
+                read_only: t.read_only,
+                hash: Some(t.hash.clone()),
+            })
     }
 
-    /// Whether the request carries the token or a live session; a wrong bearer token counts as
-    /// a failed login of `client`.
-    pub fn check(&self, headers: &HeaderMap, client: IpAddr) -> Result<(), Denied> {
+    /// Whether `principal`'s token still works: a named token may have been removed.
+    fn still_valid(&self, principal: &Principal) -> bool {
+        let (Some(name), Some(hash)) = (&principal.token, &principal.hash) else {
+            return true;
+        };
+        self.options
+            .state
+            .as_ref()
+            .is_some_and(|s| s.borrow().tokens.get(name).is_some_and(|t| &t.hash == hash))
+    }
+
+    /// Whose token or live session the request carries; a wrong bearer token counts as a
+    /// failed login of `client`.
+    pub fn check(&self, headers: &HeaderMap, client: IpAddr) -> Result<Principal, Denied> {
         if let Some(given) = bearer(headers) {
             self.limited(client).map_err(Denied::Login)?;
-            if self.token_matches(given) {
-                return Ok(());
+            if let Some(principal) = self.principal_of(given) {
+                return Ok(principal);
             }
             return Err(Denied::Login(self.failed(client, LoginRefused::WrongToken)));
         }
-        if self.session_alive(headers) {
-            return Ok(());
+        if let Some(principal) = self.session_of(headers) {
+            return Ok(principal);
         }
         Err(Denied::NoCredentials)
     }
 
     /// Like [`Access::check`], for [`METRICS_PATH`]: the metrics token, when the node has one,
     /// is let in too (a wrong one counts as a failed login like a wrong access token).
-    pub fn check_metrics(&self, headers: &HeaderMap, client: IpAddr) -> Result<(), Denied> {
+    pub fn check_metrics(&self, headers: &HeaderMap, client: IpAddr) -> Result<Principal, Denied> {
         if let Some(given) = bearer(headers) {
             self.limited(client).map_err(Denied::Login)?;
             if self.metrics_token_matches(given) {
-                return Ok(());
+                return Ok(Principal {
+                    token: None,
+                    read_only: true,
+                    hash: None,
+                });
             }
         }
         self.check(headers, client)
@@ -167,28 +233,31 @@ impl Access {
         }
     }
 
-    fn session_alive(&self, headers: &HeaderMap) -> bool {
-        let Some(id) = cookie(headers, COOKIE) else {
-            return false;
-        };
+    /// Whose live session the request carries, if any.
+    fn session_of(&self, headers: &HeaderMap) -> Option<Principal> {
+        let id = cookie(headers, COOKIE)?;
         let mut sessions = self.sessions.lock().expect("sessions lock");
         match sessions.get(id) {
-            Some(expires) if *expires > Instant::now() => true,
+            Some((expires, principal))
+                if *expires > Instant::now() && self.still_valid(principal) =>
+            {
+                Some(principal.clone())
+            }
             Some(_) => {
                 sessions.remove(id);
-                false
+                None
             }
-            None => false,
+            None => None,
         }
     }
 
-    /// Makes a session for someone who gave the right token.
+    /// Makes a session for someone who gave the node's token or a named one.
     pub fn login_with_token(&self, token: &str, client: IpAddr) -> Result<String, LoginRefused> {
         self.limited(client)?;
-        if !self.token_matches(token) {
+        let Some(principal) = self.principal_of(token) else {
             return Err(self.failed(client, LoginRefused::WrongToken));
-        }
-        self.new_session()
+        };
+        self.new_session(principal)
     }
 
     /// Makes a session for someone who brought an unused, unexpired login code; the code is
@@ -204,23 +273,23 @@ impl Access {
         if !valid {
             return Err(self.failed(client, LoginRefused::BadCode));
         }
-        self.new_session()
+        self.new_session(Principal::NODE)
     }
 
-    fn new_session(&self) -> Result<String, LoginRefused> {
+    fn new_session(&self, principal: Principal) -> Result<String, LoginRefused> {
         let id = random_hex(32).map_err(LoginRefused::Random)?;
         let now = Instant::now();
         let mut sessions = self.sessions.lock().expect("sessions lock");
-        sessions.retain(|_, expires| *expires > now);
+        sessions.retain(|_, (expires, _)| *expires > now);
         if sessions.len() >= MAX_SESSIONS
             && let Some(oldest) = sessions
                 .iter()
-                .min_by_key(|(_, expires)| **expires)
+                .min_by_key(|(_, (expires, _))| *expires)
                 .map(|(id, _)| id.clone())
         {
             sessions.remove(&oldest);
         }
-        sessions.insert(id.clone(), now + self.options.session_ttl);
+        sessions.insert(id.clone(), (now + self.options.session_ttl, principal));
         Ok(id)
     }
 
@@ -493,10 +562,21 @@ pub async fn require(State(access): State<Arc<Access>>, request: Request, next: 
         false => access.check(request.headers(), client),
     };
     let denied = match checked {
-        Ok(()) => {
+        Ok(principal) => {
+            if principal.read_only
+                && let Some(why) = beyond_reading(&request)
+            {
+                let name = principal.token.as_deref().unwrap_or("metrics");
+                return ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    format!("the token '{name}' is read-only: it cannot {why}"),
+                )
+                .into_response();
+            }
             let caller = crate::caller::Caller {
                 via: via(request.headers()),
                 client: client.to_string(),
+                token: principal.token,
             };
             return crate::caller::scope(caller, next.run(request)).await;
         }
@@ -521,6 +601,27 @@ pub async fn require(State(access): State<Arc<Access>>, request: Request, next: 
         "/login?next={}",
         utf8_percent_encode(target, NEXT_ENCODED)
     ))
+}
+
+/// Why a read-only token may not make `request`, if it may not: anything but reading, and
+/// reading a secret (the cluster key, settings exported with their secrets).
+fn beyond_reading(request: &Request) -> Option<&'static str> {
+    if !matches!(
+        *request.method(),
+        Method::GET | Method::HEAD | Method::OPTIONS
+    ) {
+        return Some("change anything");
+    }
+    let path = request.uri().path();
+    let query = request.uri().query().unwrap_or("");
+    let with_secrets = query
+        .split('&')
+        .any(|pair| matches!(pair, "secrets=true" | "secrets=1" | "secrets"));
+    match path {
+        "/api/cluster-key" => Some("read the cluster key"),
+        "/api/settings/export" if with_secrets => Some("export the settings with their secrets"),
+        _ => None,
+    }
 }
 
 /// A 303 to a local path; a path that cannot be a header value goes to /index instead.
@@ -568,6 +669,7 @@ mod tests {
             secure_cookies: false,
             ui_url: "http://127.0.0.1:8080".into(),
             node: None,
+            state: None,
         })
         .expect("access")
     }

@@ -9,6 +9,7 @@ mod login;
 pub mod openapi;
 pub mod serve;
 pub mod tls;
+mod tokens;
 
 pub use error::ErrorBody;
 
@@ -67,6 +68,8 @@ pub(crate) fn described_routes() -> OpenApiRouter<NodeHandle> {
         .routes(routes!(export_settings))
         .routes(routes!(import_settings))
         .routes(routes!(test_channel))
+        .routes(routes!(tokens::list_tokens, tokens::add_token))
+        .routes(routes!(tokens::remove_token))
 }
 
 pub fn router(node: NodeHandle) -> Router {

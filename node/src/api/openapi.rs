@@ -180,6 +180,25 @@ pub struct LoginLink {
     pub expires_in_s: u64,
 }
 
+/// `POST /api/tokens`: a named access token to make.
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TokenRequest {
+    /// Who or what will hold it: 1 to 64 letters, digits, `_`, `.`, `-` or `@`.
+    pub name: String,
+    /// It may read everything but secrets, and change nothing.
+    #[serde(default)]
+    pub read_only: bool,
+}
+
+/// `POST /api/tokens`: the new token, shown this once (the cluster keeps only its hash).
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct NewToken {
+    pub name: String,
+    pub read_only: bool,
+    pub token: String,
+}
+
 /// `POST /api/token/rotate`: the new token is in the token file, not in the answer.
 #[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct TokenRotated {

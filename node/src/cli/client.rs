@@ -12,9 +12,9 @@ use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
 use crate::api::ErrorBody;
-use crate::api::openapi::{ChannelTested, LoginLink, TokenRotated};
+use crate::api::openapi::{ChannelTested, LoginLink, NewToken, TokenRotated};
 use crate::http_client;
-use crate::model::{Activity, Run, Task, When};
+use crate::model::{Activity, Run, Task, TokenInfo, When};
 use taskmesh_core::view::{CronPause, Health, NodeDrain, PeersView, TaskListItem};
 
 use super::{AddArgs, Remote, SettingsCommand, TaskCommand, TokenSource};
@@ -461,12 +461,17 @@ async fn command_result(command: super::Command) -> Result<ExitCode, ClientError
             );
             for a in &changes {
                 println!(
-                    "{:<20} {:<12} {:<28} {:<12} {} on {} from {}",
+                    "{:<20} {:<12} {:<28} {:<12} {}{} on {} from {}",
                     iso(&a.origin.at),
                     a.what,
                     a.subject,
                     a.detail,
                     a.origin.via,
+                    a.origin
+                        .token
+                        .as_ref()
+                        .map(|t| format!(" ({t})"))
+                        .unwrap_or_default(),
                     a.origin.node,
                     a.origin.client,
                 );
@@ -517,6 +522,51 @@ async fn command_result(command: super::Command) -> Result<ExitCode, ClientError
                 "access token rotated: the new one is in {} on the node; every browser session ended",
                 answer.token_file
             );
+            Ok(0)
+        }
+        super::Command::Token(super::TokenCommand::Add {
+            name,
+            read_only,
+            remote,
+        }) => {
+            let api = Api::new(&remote)?;
+            let body = serde_json::json!({ "name": name, "read_only": read_only });
+            let made: NewToken = api.call(Method::POST, "/api/tokens", Some(body)).await?;
+            if remote.output == super::Output::Json {
+                print_json(&serde_json::to_value(&made).unwrap_or_default());
+                return Ok(0);
+            }
+            println!("{}", made.token);
+            eprintln!(
+                "token '{}' made ({}); it is shown this once, keep it: send it as `Authorization: Bearer <token>`, or give it to the CLI in TASKMESH_TOKEN or --token-file",
+                made.name,
+                if made.read_only {
+                    "read-only"
+                } else {
+                    "full rights"
+                }
+            );
+            Ok(0)
+        }
+        super::Command::Token(super::TokenCommand::Ls { remote }) => {
+            let api = Api::new(&remote)?;
+            let tokens: Vec<TokenInfo> = api.read("/api/tokens").await?;
+            if remote.output == super::Output::Json {
+                print_json(&serde_json::to_value(&tokens).unwrap_or_default());
+                return Ok(0);
+            }
+            println!("{:<32} {:<10} CREATED", "NAME", "RIGHTS");
+            for t in &tokens {
+                let rights = if t.read_only { "read-only" } else { "full" };
+                println!("{:<32} {:<10} {}", t.name, rights, iso(&t.created));
+            }
+            Ok(0)
+        }
+        super::Command::Token(super::TokenCommand::Rm { name, remote }) => {
+            let api = Api::new(&remote)?;
+            api.send(Method::DELETE, &format!("/api/tokens/{}", enc(&name)), None)
+                .await?;
+            println!("token '{name}' removed: it no longer works on any node");
             Ok(0)
         }
         super::Command::Key(super::KeyCommand::Gen) => {

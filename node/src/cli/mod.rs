@@ -251,6 +251,30 @@ pub enum TokenCommand {
         #[command(flatten)]
         remote: Remote,
     },
+    /// Make a named access token for a person or a program; it works on every node of the
+    /// cluster, and the activity names it. It is printed once: the cluster keeps only its hash.
+    Add {
+        /// Who or what will hold it: 1 to 64 letters, digits, '_', '.', '-' or '@'.
+        name: String,
+        /// It may read everything but secrets (the cluster key, exported secrets), and change
+        /// nothing.
+        #[arg(long)]
+        read_only: bool,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// List the named access tokens (names and rights, never the tokens).
+    Ls {
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Remove a named access token: it and the browser sessions it made stop working on every
+    /// node.
+    Rm {
+        name: String,
+        #[command(flatten)]
+        remote: Remote,
+    },
 }
 
 #[derive(Debug, Subcommand)]

@@ -571,6 +571,7 @@ fn serve(
         secure_cookies: listening.tls.is_some(),
         ui_url: listening.ui_url.clone(),
         node: Some(handle.inner.node.subscribe()),
+        state: Some(handle.inner.consensus.subscribe()),
     })
     .map_err(|e| NodeError::Unavailable(crate::error_text::error_text(&e)))?;
     info!(token_file = %config.access_token_path().display(), "the UI and API require the access token in this file");
