@@ -13,6 +13,8 @@ pub struct Caller {
     /// The named access token it came with (or that made its browser session); `None` for the
     /// node's own token.
     pub token: Option<String>,
+    /// It may only read (a read-only named token).
+    pub read_only: bool,
 }
 
 tokio::task_local! {

@@ -830,4 +830,14 @@ impl taskmesh_ui::NodeView for NodeHandle {
     fn activity(&self, limit: usize) -> Vec<crate::model::Activity> {
         NodeHandle::activity(self, limit)
     }
+
+    fn tokens(&self) -> Vec<crate::model::TokenInfo> {
+        NodeHandle::tokens(self)
+    }
+
+    fn read_only_token(&self) -> Option<String> {
+        crate::caller::current()
+            .filter(|c| c.read_only)
+            .and_then(|c| c.token)
+    }
 }

@@ -1446,3 +1446,75 @@ async fn a_german_browser_gets_german_pages_and_the_switch_sticks() -> Result<()
     wait_text(&browser, "main h1", "Übersicht").await?;
     Ok(())
 }
+
+/// A read-only token is made on the settings page and shown once; a browser that logs in with
+/// it sees every page marked read-only, and a Save is refused with the token named; the token
+/// is removed on the same page.
+#[tokio::test]
+async fn a_read_only_token_is_made_in_the_settings_and_its_browser_changes_nothing() -> Result<()> {
+    let node = TestNode::start().await?;
+    let base = node.api.base.clone();
+    node.api
+        .create_task(
+            &json!({"name": "job", "spec": {"command": ["true"]}, "when": {"mode": "manual"}}),
+        )
+        .await?;
+    let admin = logged_in(&node).await?;
+    admin.goto(&format!("{base}/settings")).await?;
+    admin
+        .type_text(&admin.find("#token-name").await?, "grafana")
+        .await?;
+    admin.click(&admin.find("#token-read-only").await?).await?;
+    admin
+        .click(&admin.find("#token-form button[type=submit]").await?)
+        .await?;
+    wait_text(&admin, "#token-status", "Made token grafana").await?;
+    let token = text_of(&admin, "#token-value").await;
+    assert_eq!(token.len(), 64, "{token}");
+    let rows = text_of(&admin, "#token-rows").await;
+    assert!(
+        rows.contains("grafana") && rows.contains("read-only"),
+        "{rows}"
+    );
+    admin
+        .script(
+            "document.querySelector('#token-made').scrollIntoView({block: 'center'})",
+            vec![],
+        )
+        .await?;
+    screenshot(&admin, "settings-tokens").await;
+    let (_, listed) = node.api.get("/api/tokens").await?;
+    assert_eq!(listed[0]["name"], "grafana", "{listed}");
+    assert_eq!(listed[0]["read_only"], true, "{listed}");
+
+    // Logged in with it, in another browser.
+    let viewer = Browser::start().await?;
+    viewer.goto(&format!("{base}/login?next=/index")).await?;
+    viewer
+        .type_text(&viewer.find("input[name=token]").await?, &token)
+        .await?;
+    viewer
+        .click(&viewer.find("form button[type=submit]").await?)
+        .await?;
+    wait_text(&viewer, "#read-only", "grafana").await?;
+    viewer.goto(&format!("{base}/tasks/job")).await?;
+    wait_text(&viewer, "#read-only", "read-only: grafana").await?;
+    viewer
+        .click(&viewer.find("form.panel button[type=submit]").await?)
+        .await?;
+    let said = wait_text(&viewer, "form.panel", "is read-only").await?;
+    assert!(said.contains("the token 'grafana' is read-only"), "{said}");
+    screenshot(&viewer, "read-only").await;
+
+    // Removed on the settings page: its browser is sent to the login page.
+    admin.goto(&format!("{base}/settings")).await?;
+    admin
+        .click(&admin.find("[data-token-remove='grafana']").await?)
+        .await?;
+    admin.accept_alert().await?;
+    wait_text(&admin, "#token-status", "Removed token grafana").await?;
+    assert_eq!(node.api.get("/api/tokens").await?.1, json!([]));
+    viewer.goto(&format!("{base}/index")).await?;
+    viewer.find("input[name=token]").await?;
+    Ok(())
+}

@@ -26,6 +26,8 @@ struct FakeNode {
     history_reads: Arc<AtomicUsize>,
     cron_paused: Option<chrono::DateTime<chrono::Utc>>,
     activity: Vec<taskmesh_core::model::Activity>,
+    /// The read-only token the pages are served to, if any.
+    read_only: Option<String>,
 }
 
 impl FakeNode {
@@ -42,6 +44,7 @@ impl FakeNode {
             broken: None,
             history_reads: Arc::default(),
             cron_paused: None,
+            read_only: None,
             activity: vec![taskmesh_core::model::Activity {
                 origin: taskmesh_core::model::Origin {
                     at: sample::now(),
@@ -193,6 +196,18 @@ impl NodeView for FakeNode {
         self.activity.iter().take(limit).cloned().collect()
     }
 
+    fn tokens(&self) -> Vec<taskmesh_core::model::TokenInfo> {
+        vec![taskmesh_core::model::TokenInfo {
+            name: EVIL.into(),
+            read_only: true,
+            created: sample::now(),
+        }]
+    }
+
+    fn read_only_token(&self) -> Option<String> {
+        self.read_only.clone()
+    }
+
     fn peers(&self) -> PeersView {
         PeersView {
             this: ThisNode {
@@ -237,7 +252,16 @@ async fn every_page_renders_what_the_node_tells() {
     let run = sample::run("backup", RunStatus::Failed).id.0;
     let cases: &[(&str, &[&str])] = &[
         ("/", &["backup", "clean", "no live node has gpu", "node-a"]),
-        ("/settings", &["node-a", "f1ng3rpr1nt"]),
+        (
+            "/settings",
+            &[
+                "node-a",
+                "f1ng3rpr1nt",
+                "id=\"token-form\"",
+                "data-token-remove=",
+                ">read-only<",
+            ],
+        ),
         (
             "/node",
             &[
@@ -306,6 +330,24 @@ async fn every_page_says_cron_is_paused_and_the_dashboard_offers_no_second_pause
     assert!(!html.contains("id=\"cron-pause\""), "{html}");
     let (_, html) = page(FakeNode::new(), "/index").await;
     assert!(!html.contains("id=\"cron-paused\""), "{html}");
+}
+
+#[tokio::test]
+async fn every_page_shown_to_a_read_only_token_says_so() {
+    let viewer = || FakeNode {
+        read_only: Some("grafana".into()),
+        ..FakeNode::new()
+    };
+    for path in ["/index", "/dashboard", "/settings", "/peers", "/activity"] {
+        let (status, html) = page(viewer(), path).await;
+        assert_eq!(status, StatusCode::OK, "{path}");
+        assert!(
+            html.contains("id=\"read-only\"") && html.contains("read-only: grafana"),
+            "{path}: {html}"
+        );
+    }
+    let (_, html) = page(FakeNode::new(), "/index").await;
+    assert!(!html.contains("id=\"read-only\""), "{html}");
 }
 
 #[tokio::test]

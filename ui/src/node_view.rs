@@ -64,4 +64,9 @@ pub trait NodeView: Clone + Send + Sync + 'static {
     fn cron_paused(&self) -> Option<chrono::DateTime<chrono::Utc>>;
     /// The newest `limit` changes operators made, newest first.
     fn activity(&self, limit: usize) -> Vec<taskmesh_core::model::Activity>;
+    /// The cluster's named access tokens (names and rights).
+    fn tokens(&self) -> Vec<taskmesh_core::model::TokenInfo>;
+    /// The name of the read-only token the request being served came with (or that made its
+    /// browser session), if it did: the pages say that nothing can be changed.
+    fn read_only_token(&self) -> Option<String>;
 }

@@ -5,10 +5,10 @@ use askama::Template;
 use askama_web::WebTemplate;
 use axum::extract::State;
 
-use super::view::Layout;
+use super::view::{Layout, Moment};
 use crate::NodeView;
 use crate::i18n::Lang;
-use taskmesh_core::model::{NodeSettings, Settings};
+use taskmesh_core::model::{NodeSettings, Settings, TokenInfo};
 
 /// Each `cluster` key with a one-line meaning.
 pub const CLUSTER_HELP: &[(&str, &str)] = &[
@@ -109,6 +109,30 @@ pub struct SettingsTemplate {
     pub node_help: &'static [(&'static str, &'static str)],
     pub deps: Dependencies,
     pub key: ClusterKeyView,
+    /// The cluster's named access tokens.
+    pub tokens: Vec<TokenRow>,
+}
+
+/// A named access token as the settings page lists it.
+#[derive(Debug, Clone)]
+pub struct TokenRow {
+    pub name: String,
+    pub read_only: bool,
+    pub created: Moment,
+}
+
+impl TokenRow {
+    pub fn of(tokens: Vec<TokenInfo>) -> Vec<Self> {
+        let now = chrono::Utc::now();
+        tokens
+            .into_iter()
+            .map(|t| TokenRow {
+                name: t.name,
+                read_only: t.read_only,
+                created: Moment::new(t.created, now),
+            })
+            .collect()
+    }
 }
 
 /// The cluster key as pages show it: its fingerprint; the key itself only on request.
@@ -153,6 +177,7 @@ impl SettingsTemplate {
     pub fn new(layout: Layout, settings: &Settings, key: ClusterKeyView) -> Self {
         Self {
             key,
+            tokens: Vec::new(),
             layout,
             settings_text: serde_json::to_string_pretty(settings).unwrap_or_else(|_| "{}".into()),
             cluster_help: CLUSTER_HELP,
@@ -163,11 +188,14 @@ impl SettingsTemplate {
 }
 
 pub async fn view_settings_get<N: NodeView>(State(node): State<N>, lang: Lang) -> SettingsTemplate {
-    SettingsTemplate::new(
-        Layout::new(&node, "settings", lang),
-        &node.settings(false),
-        ClusterKeyView::of(&node),
-    )
+    SettingsTemplate {
+        tokens: TokenRow::of(node.tokens()),
+        ..SettingsTemplate::new(
+            Layout::new(&node, "settings", lang),
+            &node.settings(false),
+            ClusterKeyView::of(&node),
+        )
+    }
 }
 
 #[cfg(test)]

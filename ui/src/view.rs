@@ -18,12 +18,15 @@ pub struct Layout {
     pub lang: Lang,
     /// Since when cron is paused for the cluster (every page says so while it is).
     pub cron_paused: Option<Moment>,
+    /// The read-only token the page is shown to (every page says so).
+    pub read_only: Option<String>,
 }
 
 impl Layout {
     pub fn new(node: &impl crate::NodeView, page: &'static str, lang: Lang) -> Self {
         Self {
             cron_paused: node.cron_paused().map(|at| Moment::new(at, Utc::now())),
+            read_only: node.read_only_token(),
             ..Self::named(node.node_settings().name, page).in_lang(lang)
         }
     }
@@ -35,6 +38,7 @@ impl Layout {
             assets: super::assets::version(),
             lang: Lang::En,
             cron_paused: None,
+            read_only: None,
         }
     }
 

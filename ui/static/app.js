@@ -1168,6 +1168,60 @@
     });
   }
 
+  // Named access tokens on /settings: made here (the token is shown once), removed here.
+  function initTokens() {
+    const form = $("#token-form");
+    if (!form) return;
+    const rows = $("#token-rows");
+    const status = $("#token-status");
+    const errors = $("#token-errors");
+    const shown = () => {
+      const any = rows.children.length > 0;
+      $("#token-table").hidden = !any;
+      $("#tokens-none").hidden = any;
+    };
+    form.addEventListener("submit", async (e) => {
+      e.preventDefault();
+      errors.textContent = "";
+      $("#token-made").hidden = true;
+      const name = $("#token-name").value.trim();
+      const readOnly = $("#token-read-only").checked;
+      try {
+        const made = await api("POST", "/api/tokens", { name, read_only: readOnly });
+        $("#token-value").textContent = made.token;
+        $("#token-made").hidden = false;
+        const remove = el("button", { type: "button", class: "btn small danger", "data-token-remove": made.name, text: T("Remove") });
+        rows.append(el("tr", { "data-token": made.name },
+          el("td", { class: "mono", text: made.name }),
+          el("td", { text: made.read_only ? T("read-only") : T("full") }),
+          el("td", { text: T("just now") }),
+          el("td", {}, remove)));
+        shown();
+        $("#token-name").value = "";
+        setStatus(status, T(`Made token ${made.name}.`), "ok");
+      } catch (err) {
+        for (const d of err.details.length ? err.details : [{ message: err.message }]) addError(errors, T(d.message));
+        setStatus(status, T("Not made."), "bad");
+      }
+    });
+    rows.addEventListener("click", async (e) => {
+      const button = e.target.closest("[data-token-remove]");
+      if (!button) return;
+      const name = button.dataset.tokenRemove;
+      if (!confirm(T(`Remove the token ${name}? It and the browser sessions it made stop working on every node.`))) return;
+      button.disabled = true;
+      try {
+        await api("DELETE", `/api/tokens/${encodeURIComponent(name)}`);
+        button.closest("tr").remove();
+        shown();
+        setStatus(status, T(`Removed token ${name}.`), "ok");
+      } catch (err) {
+        button.disabled = false;
+        setStatus(status, err.message, "bad");
+      }
+    });
+  }
+
   // ------------------------------------------------------------------ run page
 
   function initRun() {
@@ -1392,7 +1446,7 @@
     refreshTimes();
     setInterval(refreshTimes, 30000);
     if ($("#task-table")) initTasks();
-    if ($("#settings-form")) initSettings();
+    if ($("#settings-form")) { initSettings(); initTokens(); }
     else if (document.body.dataset.page === "node") initNode();
     else if (document.body.dataset.page === "peers") initPeers();
     initClusterKey();

@@ -577,6 +577,7 @@ pub async fn require(State(access): State<Arc<Access>>, request: Request, next: 
                 via: via(request.headers()),
                 client: client.to_string(),
                 token: principal.token,
+                read_only: principal.read_only,
             };
             return crate::caller::scope(caller, next.run(request)).await;
         }
