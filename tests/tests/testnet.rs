@@ -166,9 +166,11 @@ impl Testnet {
             reqwest::header::AUTHORIZATION,
             format!("Bearer {}", token.trim()).parse()?,
         );
+        // Longer than the deadline of a cluster-wide history read, which a node cut off from
+        // its peers waits out before it answers with what it has.
         let http = taskmesh_tests::http_client()
             .no_proxy()
-            .timeout(Duration::from_secs(2))
+            .timeout(taskmesh::history::HISTORY_DEADLINE + Duration::from_secs(3))
             .default_headers(headers)
             .build()?;
         let api = Api {
