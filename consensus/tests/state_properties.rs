@@ -155,9 +155,16 @@ fn change() -> impl Strategy<Value = Change> {
             .prop_map(|(node, drained)| Change::Drain { node, drained }),
         1 => (any::<bool>(), 0u32..1000)
             .prop_map(|(paused, at)| Change::PauseCron { paused, at: time(at) }),
-        1 => ("tok-[1-3]|-bad", any::<bool>(), 0u32..1000).prop_map(|(name, read_only, at)| {
-            Change::PutToken(NamedToken { name, read_only, hash: "ab".repeat(32), created: time(at) })
-        }),
+        1 => ("tok-[1-3]|-bad", any::<bool>(), 0u32..1000, proptest::option::of(0u32..2000))
+            .prop_map(|(name, read_only, at, until)| {
+                Change::PutToken(NamedToken {
+                    name,
+                    read_only,
+                    hash: "ab".repeat(32),
+                    created: time(at),
+                    expires: until.map(time),
+                })
+            }),
         1 => "tok-[1-4]".prop_map(Change::RemoveToken),
         2 => (task(), 0u32..1000, "ui|cli|api").prop_map(|(task, at, via)| Change::By {
             origin: Origin { at: time(at), node: "node-a".into(), via, client: "10.0.0.9".into(), token: None },

@@ -273,15 +273,33 @@ impl NodeHandle {
         Ok(self.cron_pause())
     }
 
-    /// Adds a named access token (read-only, or with every right) of which the cluster keeps
-    /// `hash` (`api::auth::token_hash`; the token itself is made and shown by the API).
+    /// Adds a named access token (read-only, or with every right; working for `lasts`, or
+    /// until removed) of which the cluster keeps `hash` (`api::auth::token_hash`; the token
+    /// itself is made and shown by the API). Answers when it expires.
     pub async fn add_token(
         &self,
         name: &str,
         read_only: bool,
+        lasts: Option<Duration>,
         hash: String,
-    ) -> Result<(), NodeError> {
+    ) -> Result<Option<chrono::DateTime<Utc>>, NodeError> {
         crate::model::check_token_name(name)?;
+        let created = Utc::now();
+        let expires = match lasts {
+            None => None,
+            Some(lasts) => Some(
+                chrono::Duration::from_std(lasts)
+                    .ok()
+                    .filter(|d| *d > chrono::Duration::zero())
+                    .and_then(|d| created.checked_add_signed(d))
+                    .ok_or_else(|| {
+                        Invalid::field(
+                            "expires_in",
+                            "must be a duration after now that the calendar holds, like \"30d\" or \"1y\"",
+                        )
+                    })?,
+            ),
+        };
         if self.state().tokens.contains_key(name) {
             return Err(Invalid::field(
                 "name",
@@ -293,11 +311,12 @@ impl NodeHandle {
             name: name.to_owned(),
             read_only,
             hash,
-            created: Utc::now(),
+            created,
+            expires,
         }))
         .await?;
-        info!(token = %name, read_only, "named access token added");
-        Ok(())
+        info!(token = %name, read_only, expires = ?expires, "named access token added");
+        Ok(expires)
     }
 
     /// Removes the named access token `name`: it, and every session it made, stop working on

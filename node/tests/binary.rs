@@ -2596,6 +2596,28 @@ fn named_tokens_work_on_every_node_read_only_ones_change_nothing_and_a_removed_o
         );
     }
 
+    // One made to last a moment stops by itself, on every node, and says why.
+    let brief = cli(&["token", "add", "brief", "--read-only", "--expires-in", "2s"]);
+    wait_until(
+        "the brief token to reach the other node",
+        Duration::from_secs(10),
+        || listed_there().contains(&"brief".to_owned()).then_some(()),
+    );
+    let as_brief = bearer(&brief);
+    let said = wait_until("the brief token to expire", Duration::from_secs(10), || {
+        let (code, said) = status(&as_brief, reqwest::Method::GET, "/api/tasks");
+        (code == 401).then_some(said)
+    });
+    assert!(said.contains("the token 'brief' expired at"), "{said}");
+    let listed = cli(&["token", "ls"]);
+    assert!(
+        listed
+            .lines()
+            .any(|l| l.starts_with("brief") && l.ends_with("(expired)")),
+        "{listed}"
+    );
+    cli(&["token", "rm", "brief"]);
+
     // Removed through one node: the token and its session stop on the other.
     cli(&["token", "rm", "viewer"]);
     wait_until(

@@ -197,11 +197,20 @@ impl NodeView for FakeNode {
     }
 
     fn tokens(&self) -> Vec<taskmesh_core::model::TokenInfo> {
-        vec![taskmesh_core::model::TokenInfo {
-            name: EVIL.into(),
-            read_only: true,
-            created: sample::now(),
-        }]
+        vec![
+            taskmesh_core::model::TokenInfo {
+                name: EVIL.into(),
+                read_only: true,
+                created: sample::now(),
+                expires: None,
+            },
+            taskmesh_core::model::TokenInfo {
+                name: "old".into(),
+                read_only: false,
+                created: sample::now() - chrono::Duration::days(2),
+                expires: Some(sample::now() - chrono::Duration::days(1)),
+            },
+        ]
     }
 
     fn read_only_token(&self) -> Option<String> {
@@ -260,6 +269,7 @@ async fn every_page_renders_what_the_node_tells() {
                 "id=\"token-form\"",
                 "data-token-remove=",
                 ">read-only<",
+                ">expired<",
             ],
         ),
         (

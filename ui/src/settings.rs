@@ -119,6 +119,9 @@ pub struct TokenRow {
     pub name: String,
     pub read_only: bool,
     pub created: Moment,
+    /// When it stops working, if it does.
+    pub expires: Option<Moment>,
+    pub expired: bool,
 }
 
 impl TokenRow {
@@ -130,6 +133,8 @@ impl TokenRow {
                 name: t.name,
                 read_only: t.read_only,
                 created: Moment::new(t.created, now),
+                expires: t.expires.map(|at| Moment::new(at, now)),
+                expired: t.expires.is_some_and(|at| at <= now),
             })
             .collect()
     }

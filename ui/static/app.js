@@ -1186,8 +1186,9 @@
       $("#token-made").hidden = true;
       const name = $("#token-name").value.trim();
       const readOnly = $("#token-read-only").checked;
+      const expiresIn = $("#token-expires").value || null;
       try {
-        const made = await api("POST", "/api/tokens", { name, read_only: readOnly });
+        const made = await api("POST", "/api/tokens", { name, read_only: readOnly, expires_in: expiresIn });
         $("#token-value").textContent = made.token;
         $("#token-made").hidden = false;
         const remove = el("button", { type: "button", class: "btn small danger", "data-token-remove": made.name, text: T("Remove") });
@@ -1195,6 +1196,7 @@
           el("td", { class: "mono", text: made.name }),
           el("td", { text: made.read_only ? T("read-only") : T("full") }),
           el("td", { text: T("just now") }),
+          el("td", { text: made.expires ? new Date(made.expires).toLocaleString() : T("never") }),
           el("td", {}, remove)));
         shown();
         $("#token-name").value = "";

@@ -715,6 +715,7 @@ mod tests {
             read_only: true,
             hash: "ab".repeat(32),
             created: chrono::DateTime::UNIX_EPOCH,
+            expires: None,
         };
         let mut state = State::default();
         let empty = state.digest();

@@ -22,6 +22,9 @@ pub struct NamedToken {
     pub hash: String,
     /// When it was made (the clock of the node that took the request).
     pub created: DateTime<Utc>,
+    /// When it stops working, if it does (each node reads its own clock).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires: Option<DateTime<Utc>>,
 }
 
 /// A named token as the API lists it: without its hash.
@@ -30,6 +33,9 @@ pub struct TokenInfo {
     pub name: String,
     pub read_only: bool,
     pub created: DateTime<Utc>,
+    /// When it stops working; none: never.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires: Option<DateTime<Utc>>,
 }
 
 impl NamedToken {
@@ -43,7 +49,15 @@ impl NamedToken {
                 "must be 64 lowercase hex digits (SHA-256)",
             ));
         }
+        if self.expires.is_some_and(|at| at <= self.created) {
+            return Err(Invalid::field("expires", "must be after the token is made"));
+        }
         Ok(())
+    }
+
+    /// Whether it has stopped working at `now`.
+    pub fn expired(&self, now: DateTime<Utc>) -> bool {
+        self.expires.is_some_and(|at| at <= now)
     }
 
     pub fn info(&self) -> TokenInfo {
@@ -51,6 +65,7 @@ impl NamedToken {
             name: self.name.clone(),
             read_only: self.read_only,
             created: self.created,
+            expires: self.expires,
         }
     }
 }
@@ -82,6 +97,7 @@ mod tests {
             read_only: true,
             hash: hash.into(),
             created: DateTime::UNIX_EPOCH,
+            expires: None,
         }
     }
 
@@ -105,5 +121,21 @@ mod tests {
             let why = token("alice", bad).validate().expect_err(bad);
             assert!(why.to_string().contains("hash"), "{bad}: {why}");
         }
+        let made = token("alice", &hash);
+        let later = made.created + chrono::Duration::days(30);
+        let expiring = NamedToken {
+            expires: Some(later),
+            ..made.clone()
+        };
+        assert_eq!(expiring.validate(), Ok(()));
+        assert!(!expiring.expired(later - chrono::Duration::seconds(1)));
+        assert!(expiring.expired(later));
+        assert!(!made.expired(later), "without an expiry it never expires");
+        let backwards = NamedToken {
+            expires: Some(made.created),
+            ..made
+        };
+        let why = backwards.validate().expect_err("expires when made");
+        assert!(why.to_string().contains("expires"), "{why}");
     }
 }

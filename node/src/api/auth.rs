@@ -109,6 +109,11 @@ pub struct Access {
 pub enum LoginRefused {
     #[error("that is not this node's access token")]
     WrongToken,
+    #[error("the token '{name}' expired at {at}; ask for a new one")]
+    Expired {
+        name: String,
+        at: chrono::DateTime<chrono::Utc>,
+    },
     #[error(
         "this login link is not valid: it was used already, has expired, or is from another node (run `taskmesh login-url` for a new one)"
     )]
@@ -151,40 +156,57 @@ impl Access {
         &self.options
     }
 
-    /// Whose token `given` is: the node's own, or a named token the cluster keeps.
-    fn principal_of(&self, given: &str) -> Option<Principal> {
+    /// Whose token `given` is: the node's own, or a named token the cluster keeps. A wrong
+    /// token counts as a failed login of `client`; an expired one is refused as such, not
+    /// counted (its holder had it, and guesses nothing).
+    fn principal_of(&self, given: &str, client: IpAddr) -> Result<Principal, LoginRefused> {
         let own = {
             let token = self.token.read().expect("token lock");
             bool::from(token.as_bytes().ct_eq(given.trim().as_bytes()))
         };
         if own {
-            return Some(Principal::NODE);
+            return Ok(Principal::NODE);
         }
-        let state = self.options.state.as_ref()?.borrow().clone();
-        if state.tokens.is_empty() {
-            return None;
+        let named = self.options.state.as_ref().and_then(|state| {
+            let state = state.borrow();
+            if state.tokens.is_empty() {
+                return None;
+            }
+            let hash = token_hash(given);
+            state
+                .tokens
+                .values()
+                .find(|t| bool::from(t.hash.as_bytes().ct_eq(hash.as_bytes())))
+                .cloned()
+        });
+        match named {
+            None => Err(self.failed(client, LoginRefused::WrongToken)),
+            Some(t) => match t.expires.filter(|_| t.expired(chrono::Utc::now())) {
+                Some(at) => {
+                    warn!(client = %client, token = %t.name, "login with an expired token");
+                    Err(LoginRefused::Expired { name: t.name, at })
+                }
+                None => Ok(Principal {
+                    token: Some(t.name),
+                    read_only: t.read_only,
+                    hash: Some(t.hash),
+                }),
+            },
         }
-        let hash = token_hash(given);
-        state
-            .tokens
-            .values()
-            .find(|t| bool::from(t.hash.as_bytes().ct_eq(hash.as_bytes())))
-            .map(|t| Principal {
-                token: Some(t.name.clone()),
-                read_only: t.read_only,
-                hash: Some(t.hash.clone()),
-            })
     }
 
-    /// Whether `principal`'s token still works: a named token may have been removed.
+    /// Whether `principal`'s token still works: a named token may have been removed, or have
+    /// expired.
     fn still_valid(&self, principal: &Principal) -> bool {
         let (Some(name), Some(hash)) = (&principal.token, &principal.hash) else {
             return true;
         };
-        self.options
-            .state
-            .as_ref()
-            .is_some_and(|s| s.borrow().tokens.get(name).is_some_and(|t| &t.hash == hash))
+        self.options.state.as_ref().is_some_and(|s| {
+            s.borrow()
+                .tokens
+                .get(name)
+                .is_some_and(|t| &t.hash == hash && !t.expired(chrono::Utc::now()))
+        })
     }
 
     /// Whose token or live session the request carries; a wrong bearer token counts as a
@@ -192,10 +214,7 @@ impl Access {
     pub fn check(&self, headers: &HeaderMap, client: IpAddr) -> Result<Principal, Denied> {
         if let Some(given) = bearer(headers) {
             self.limited(client).map_err(Denied::Login)?;
-            if let Some(principal) = self.principal_of(given) {
-                return Ok(principal);
-            }
-            return Err(Denied::Login(self.failed(client, LoginRefused::WrongToken)));
+            return self.principal_of(given, client).map_err(Denied::Login);
         }
         if let Some(principal) = self.session_of(headers) {
             return Ok(principal);
@@ -254,9 +273,7 @@ impl Access {
     /// Makes a session for someone who gave the node's token or a named one.
     pub fn login_with_token(&self, token: &str, client: IpAddr) -> Result<String, LoginRefused> {
         self.limited(client)?;
-        let Some(principal) = self.principal_of(token) else {
-            return Err(self.failed(client, LoginRefused::WrongToken));
-        };
+        let principal = self.principal_of(token, client)?;
         self.new_session(principal)
     }
 
@@ -733,6 +750,78 @@ mod tests {
         let new = std::fs::read_to_string(dir.path().join("access-token")).expect("token");
         assert_ne!(new.trim(), token);
         assert!(access.check(&with_bearer(new.trim()), HOME).is_ok());
+    }
+
+    #[test]
+    fn named_tokens_open_until_removed_or_expired_and_their_sessions_end_with_them() {
+        use crate::consensus::State;
+        use crate::model::NamedToken;
+        let dir = tempfile::tempdir().expect("tmp");
+        let now = chrono::Utc::now();
+        let named = |name: &str, token: &str, expires| NamedToken {
+            name: name.into(),
+            read_only: name == "viewer",
+            hash: token_hash(token),
+            created: now - chrono::Duration::days(1),
+            expires,
+        };
+        let with = |tokens: Vec<NamedToken>| {
+            Arc::new(State {
+                tokens: tokens.into_iter().map(|t| (t.name.clone(), t)).collect(),
+                ..State::default()
+            })
+        };
+        let viewer = named("viewer", "viewer-secret", None);
+        let old = named("old", "old-secret", Some(now - chrono::Duration::hours(1)));
+        let soon = named(
+            "soon",
+            "soon-secret",
+            Some(now + chrono::Duration::hours(1)),
+        );
+        let (state, watched) = watch::channel(with(vec![viewer.clone(), old, soon.clone()]));
+        let access = Access::start(AccessOptions {
+            state: Some(watched),
+            ..access(dir.path()).options().clone()
+        })
+        .expect("access");
+        let principal = access
+            .check(&with_bearer("viewer-secret"), HOME)
+            .expect("let in");
+        assert_eq!(
+            (principal.token.as_deref(), principal.read_only),
+            (Some("viewer"), true)
+        );
+        let full = access.check(&with_bearer("soon-secret"), HOME).expect("in");
+        assert!(!full.read_only);
+        // Expired: refused as such, and not counted as a guess (five would lock the address).
+        for _ in 0..MAX_FAILURES + 1 {
+            match access.check(&with_bearer("old-secret"), HOME) {
+                Err(Denied::Login(LoginRefused::Expired { name, .. })) => assert_eq!(name, "old"),
+                other => panic!("an expired token got {other:?}"),
+            }
+        }
+        assert!(access.check(&with_bearer("viewer-secret"), HOME).is_ok());
+        // A session made with a named token ends when the token goes.
+        let session = access
+            .login_with_token("viewer-secret", HOME)
+            .expect("session");
+        assert_eq!(
+            access
+                .check(&with_session(&session), HOME)
+                .expect("alive")
+                .token
+                .as_deref(),
+            Some("viewer")
+        );
+        state.send_replace(with(vec![soon]));
+        assert!(access.check(&with_session(&session), HOME).is_err());
+        assert!(matches!(
+            access.check(&with_bearer("viewer-secret"), HOME),
+            Err(Denied::Login(LoginRefused::WrongToken))
+        ));
+        // A token made again under the same name is another token: the old session stays ended.
+        state.send_replace(with(vec![named("viewer", "new-secret", None)]));
+        assert!(access.check(&with_session(&session), HOME).is_err());
     }
 
     #[test]

@@ -189,6 +189,9 @@ pub struct TokenRequest {
     /// It may read everything but secrets, and change nothing.
     #[serde(default)]
     pub read_only: bool,
+    /// It stops working this long after it is made ("30d", "1y"); none: never.
+    #[serde(default)]
+    pub expires_in: Option<crate::model::HumanDuration>,
 }
 
 /// `POST /api/tokens`: the new token, shown this once (the cluster keeps only its hash).
@@ -196,6 +199,8 @@ pub struct TokenRequest {
 pub struct NewToken {
     pub name: String,
     pub read_only: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires: Option<chrono::DateTime<chrono::Utc>>,
     pub token: String,
 }
 

@@ -35,13 +35,16 @@ pub(super) async fn add_token(
 ) -> Result<impl IntoResponse, ApiError> {
     let request: TokenRequest = json_body(&headers, &body)?;
     let token = random_hex(32).map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e))?;
-    node.add_token(&request.name, request.read_only, token_hash(&token))
+    let lasts = request.expires_in.map(|d| d.0);
+    let expires = node
+        .add_token(&request.name, request.read_only, lasts, token_hash(&token))
         .await?;
     Ok((
         StatusCode::CREATED,
         Json(NewToken {
             name: request.name,
             read_only: request.read_only,
+            expires,
             token,
         }),
     ))

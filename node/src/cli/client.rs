@@ -527,10 +527,15 @@ async fn command_result(command: super::Command) -> Result<ExitCode, ClientError
         super::Command::Token(super::TokenCommand::Add {
             name,
             read_only,
+            expires_in,
             remote,
         }) => {
             let api = Api::new(&remote)?;
-            let body = serde_json::json!({ "name": name, "read_only": read_only });
+            let body = serde_json::json!({
+                "name": name,
+                "read_only": read_only,
+                "expires_in": expires_in.map(|d| d.to_string()),
+            });
             let made: NewToken = api.call(Method::POST, "/api/tokens", Some(body)).await?;
             if remote.output == super::Output::Json {
                 print_json(&serde_json::to_value(&made).unwrap_or_default());
@@ -538,13 +543,16 @@ async fn command_result(command: super::Command) -> Result<ExitCode, ClientError
             }
             println!("{}", made.token);
             eprintln!(
-                "token '{}' made ({}); it is shown this once, keep it: send it as `Authorization: Bearer <token>`, or give it to the CLI in TASKMESH_TOKEN or --token-file",
+                "token '{}' made ({}{}); it is shown this once, keep it: send it as `Authorization: Bearer <token>`, or give it to the CLI in TASKMESH_TOKEN or --token-file",
                 made.name,
                 if made.read_only {
                     "read-only"
                 } else {
                     "full rights"
-                }
+                },
+                made.expires
+                    .map(|at| format!(", until {}", iso(&at)))
+                    .unwrap_or_default()
             );
             Ok(0)
         }
@@ -555,10 +563,21 @@ async fn command_result(command: super::Command) -> Result<ExitCode, ClientError
                 print_json(&serde_json::to_value(&tokens).unwrap_or_default());
                 return Ok(0);
             }
-            println!("{:<32} {:<10} CREATED", "NAME", "RIGHTS");
+            println!("{:<32} {:<10} {:<20} EXPIRES", "NAME", "RIGHTS", "CREATED");
+            let now = chrono::Utc::now();
             for t in &tokens {
                 let rights = if t.read_only { "read-only" } else { "full" };
-                println!("{:<32} {:<10} {}", t.name, rights, iso(&t.created));
+                let expires = match t.expires {
+                    None => "never".to_owned(),
+                    Some(at) if at <= now => format!("{} (expired)", iso(&at)),
+                    Some(at) => iso(&at),
+                };
+                println!(
+                    "{:<32} {:<10} {:<20} {expires}",
+                    t.name,
+                    rights,
+                    iso(&t.created)
+                );
             }
             Ok(0)
         }

@@ -260,6 +260,9 @@ pub enum TokenCommand {
         /// nothing.
         #[arg(long)]
         read_only: bool,
+        /// It stops working this long after it is made ("90d", "1y") [default: never].
+        #[arg(long, value_name = "DURATION")]
+        expires_in: Option<crate::model::HumanDuration>,
         #[command(flatten)]
         remote: Remote,
     },
