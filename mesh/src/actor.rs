@@ -4,7 +4,8 @@
 //! **Liveness.** A peer is live while it is heard: its announcements (gossiped to every
 //! connected peer when they hold news) and its beats. A beat is a request on the stream the two
 //! nodes hold (`Request::Beat`), answered with the other's beat, every `announce_every`; a node
-//! beats every connected peer except the learners of its own cluster. So a voter hears every
+//! beats every connected peer except the learners of its own cluster, and except a peer with a
+//! lower PeerId that beats it already (one exchange a round per pair). So a voter hears every
 //! node (each beats it) and every node hears the voters (their answers), while two learners do
 //! not beat each other: the traffic of a learner does not grow with the mesh. A learner knows
 //! the other learners are alive from the voters: a voter's beat carries the digest of the peers
@@ -143,6 +144,9 @@ struct Actor {
     last_publish: Instant,
     configured: Vec<Configured>,
     connected: HashSet<PeerId>,
+    /// When each peer last beat this node (its request, which the answer to carries this
+    /// node's beat back): see [`Actor::beat`].
+    beat_us: HashMap<PeerId, Instant>,
     /// Discovered peers we left to dial us, and when we dial them ourselves if they did not.
     fallback: HashMap<PeerId, (Instant, Vec<Multiaddr>)>,
     /// Peers whose last connection closed, dialled once to tell a dead process (refused) from a
@@ -329,6 +333,7 @@ pub(super) async fn start(
             })
             .collect(),
         connected: HashSet::new(),
+        beat_us: HashMap::new(),
         fallback: HashMap::new(),
         probing: HashSet::new(),
         down_tx,
@@ -426,6 +431,7 @@ impl Actor {
                 }
             }
             Command::Beat(peer, beat, reply) => {
+                self.beat_us.insert(peer, Instant::now());
                 self.heard(peer, beat);
                 let _ = reply.send(Response::Beat(self.own_beat()));
             }
@@ -524,10 +530,21 @@ impl Actor {
 
     /// Beats every connected peer but the learners of this node's cluster (see the module's
     /// doc); each answer comes back as [`Command::Beaten`].
+    ///
+    /// One exchange a round is enough for two nodes: the answer carries the other's beat. So a
+    /// node also leaves out a peer that beat it within the last round and a half, when that
+    /// peer's PeerId sorts before its own: of two voters, the lower one beats and the higher
+    /// answers, and the higher beats again as soon as the lower stops (whatever the lower
+    /// thinks of it).
     fn beat(&mut self) {
         self.publish_stats.record_beat();
         let beat = self.own_beat();
         let mine = self.own.as_ref().and_then(|a| a.cluster).map(|b| b.id);
+        let me = *self.swarm.local_peer_id();
+        let now = Instant::now();
+        let window = self.announce_every * 3 / 2;
+        self.beat_us
+            .retain(|_, at| now.saturating_duration_since(*at) < window);
         let targets: Vec<PeerId> = self
             .connected
             .iter()
@@ -537,7 +554,8 @@ impl Actor {
                     .get(&p.to_string())
                     .and_then(|a| a.cluster)
                     .is_some_and(|b| Some(b.id) == mine && !b.voter);
-                !learner
+                let answered = **p < me && self.beat_us.contains_key(p);
+                !learner && !answered
             })
             .copied()
             .collect();
