@@ -283,7 +283,6 @@ impl NodeHandle {
         lasts: Option<Duration>,
         hash: String,
     ) -> Result<Option<chrono::DateTime<Utc>>, NodeError> {
-        crate::model::check_token_name(name)?;
         let created = Utc::now();
         let expires = match lasts {
             None => None,
@@ -300,13 +299,7 @@ impl NodeHandle {
                     })?,
             ),
         };
-        if self.state().tokens.contains_key(name) {
-            return Err(Invalid::field(
-                "name",
-                format!("a token named '{name}' exists; remove it first to make a new one"),
-            )
-            .into());
-        }
+        // The state machine checks the name and refuses one in use (`State::apply`).
         self.propose(Change::PutToken(crate::model::NamedToken {
             name: name.to_owned(),
             read_only,

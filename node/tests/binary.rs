@@ -2435,13 +2435,7 @@ fn named_tokens_work_on_every_node_read_only_ones_change_nothing_and_a_removed_o
     let deploy = cli(&["token", "add", "deploy"]);
     assert!(viewer.len() == 64 && deploy.len() == 64 && viewer != deploy);
     let bearer = |token: &str| {
-        let mut headers = reqwest::header::HeaderMap::new();
-        headers.insert(
-            reqwest::header::AUTHORIZATION,
-            format!("Bearer {token}").parse().expect("header"),
-        );
-        http_client()
-            .default_headers(headers)
+        with_bearer(token)
             .redirect(reqwest::redirect::Policy::none())
             .timeout(Duration::from_secs(10))
             .build()

@@ -57,17 +57,7 @@ impl Change {
                 Some(name) if a.what == "drain" => format!("{name} ({})", a.subject),
                 _ => a.subject.clone(),
             },
-            who: format!(
-                "{}{} on {} from {}",
-                a.origin.via,
-                a.origin
-                    .token
-                    .as_ref()
-                    .map(|t| format!(" ({t})"))
-                    .unwrap_or_default(),
-                a.origin.node,
-                a.origin.client
-            ),
+            who: a.origin.who(),
         }
     }
 }

@@ -24,6 +24,18 @@ pub struct Origin {
     pub token: Option<String>,
 }
 
+impl Origin {
+    /// Who asked, in words: "cli on lab-1 from 10.0.0.5", "ui (alice) on lab-1 from 10.0.0.5".
+    pub fn who(&self) -> String {
+        let token = self
+            .token
+            .as_ref()
+            .map(|t| format!(" ({t})"))
+            .unwrap_or_default();
+        format!("{}{token} on {} from {}", self.via, self.node, self.client)
+    }
+}
+
 /// One change an operator made.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Activity {

@@ -22,5 +22,5 @@ pub use task::{
     CatchUp, Concurrency, MAX_KILL_GRACE, OnLost, Placement, Spec, StopSignal, Task, TaskId,
     TaskInput, When, parse_schedule,
 };
-pub use token::{MAX_TOKENS, NamedToken, TokenInfo, check_token_name};
+pub use token::{MAX_TOKENS, NamedToken, TokenInfo};
 pub use validate::{FieldError, Invalid, parse_json};

@@ -72,7 +72,7 @@ impl NamedToken {
 
 /// A token's name: 1 to 64 letters, digits, `_`, `.`, `-` or `@`, starting with a letter or a
 /// digit (so a person's e-mail address or login fits).
-pub fn check_token_name(name: &str) -> Result<(), Invalid> {
+fn check_token_name(name: &str) -> Result<(), Invalid> {
     let ok = (1..=64).contains(&name.len())
         && name.starts_with(|c: char| c.is_ascii_alphanumeric())
         && name

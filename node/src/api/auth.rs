@@ -8,9 +8,9 @@
 //!
 //! Invariants: the token lives in `<data dir>/access-token` (0600, written atomically on
 //! rotation); sessions and login codes live in memory only, are bounded in number, expire, and
-//! all die when the token is rotated; a session made with a named token dies with the token. Failed logins are counted per client address; an address
-//! with [`MAX_FAILURES`] failures in [`FAILURE_WINDOW`] is refused (429) before its next guess is
-//! even checked.
+//! all die when the token is rotated; a session made with a named token dies with the token.
+//! Failed logins are counted per client address; an address with [`MAX_FAILURES`] failures in
+//! [`FAILURE_WINDOW`] is refused (429) before its next guess is even checked.
 
 use std::collections::{HashMap, VecDeque};
 use std::io::Write;
@@ -30,7 +30,6 @@ use subtle::ConstantTimeEq;
 use tracing::warn;
 
 use super::ApiError;
-
 use crate::model::NodeSettings;
 use tokio::sync::watch;
 
@@ -86,8 +85,12 @@ impl Principal {
 
 /// SHA-256 of a token, as the state keeps a named token: 64 lowercase hex digits.
 pub fn token_hash(token: &str) -> String {
-    let digest = ring::digest::digest(&ring::digest::SHA256, token.trim().as_bytes());
-    digest.as_ref().iter().map(|b| format!("{b:02x}")).collect()
+    hex(ring::digest::digest(&ring::digest::SHA256, token.trim().as_bytes()).as_ref())
+}
+
+/// `bytes` as lowercase hex digits.
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// The one path the metrics token opens.
@@ -547,7 +550,7 @@ pub(crate) fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> 
 pub fn random_hex(bytes: usize) -> Result<String, String> {
     let mut buf = vec![0u8; bytes];
     getrandom::fill(&mut buf).map_err(|e| e.to_string())?;
-    Ok(buf.iter().map(|b| format!("{b:02x}")).collect())
+    Ok(hex(&buf))
 }
 
 /// The client's address (set by the web server); unspecified when the request did not come

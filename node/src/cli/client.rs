@@ -461,19 +461,12 @@ async fn command_result(command: super::Command) -> Result<ExitCode, ClientError
             );
             for a in &changes {
                 println!(
-                    "{:<20} {:<12} {:<28} {:<12} {}{} on {} from {}",
+                    "{:<20} {:<12} {:<28} {:<12} {}",
                     iso(&a.origin.at),
                     a.what,
                     a.subject,
                     a.detail,
-                    a.origin.via,
-                    a.origin
-                        .token
-                        .as_ref()
-                        .map(|t| format!(" ({t})"))
-                        .unwrap_or_default(),
-                    a.origin.node,
-                    a.origin.client,
+                    a.origin.who(),
                 );
             }
             Ok(0)

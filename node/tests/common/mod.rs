@@ -113,16 +113,17 @@ pub fn client() -> reqwest::blocking::Client {
 
 /// A client with the nodes' access token that gives up on a request after `timeout`.
 pub fn client_with_timeout(timeout: Duration) -> reqwest::blocking::Client {
+    with_bearer(TOKEN).timeout(timeout).build().expect("client")
+}
+
+/// A builder for clients that send `token` as `Authorization: Bearer` with every request.
+pub fn with_bearer(token: &str) -> reqwest::blocking::ClientBuilder {
     let mut headers = reqwest::header::HeaderMap::new();
     headers.insert(
         reqwest::header::AUTHORIZATION,
-        format!("Bearer {TOKEN}").parse().expect("header"),
+        format!("Bearer {token}").parse().expect("header"),
     );
-    http_client()
-        .default_headers(headers)
-        .timeout(timeout)
-        .build()
-        .expect("client")
+    http_client().default_headers(headers)
 }
 
 /// Sets one cluster setting through `url`'s API.
