@@ -88,10 +88,7 @@ impl Autopilot {
         let replica = &self.consensus.replica;
         let metrics = replica.raft().metrics().borrow().clone();
         let state = self.consensus.state();
-        let peers: Vec<PeerInfo> = replica
-            .mesh()
-            .map(|m| m.peers().as_ref().clone())
-            .unwrap_or_default();
+        let peers = replica.mesh().map(|m| m.peers()).unwrap_or_default();
         let now = Instant::now();
         let live: Vec<&PeerInfo> = peers
             .iter()
