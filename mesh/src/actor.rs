@@ -12,7 +12,8 @@
 //! it heard itself ([`super::Live`]), the learner asks for that list when the digest is new, and
 //! each later beat with the same digest *vouches* for the peers on it (`PeerTable::vouch`).
 //! Vouching lists a peer; only hearing it oneself counts for the always-task lease
-//! (`PeerInfo::heard_ms`).
+//! (`PeerInfo::heard_ms`). The peer list goes out when it changes, the beats heard once per
+//! tick; its readers age it to the moment they read it ([`super::PeerList`]).
 //!
 //! **Discovery.** A node learns of peers by mDNS, by the configured peers, and by announcements
 //! (relayed by gossip to peers not connected to their origin, see [`Actor::relay`]). Relaying
@@ -128,7 +129,10 @@ struct Actor {
     table: PeerTable,
     /// The list each voter last gave of the peers it hears, while this node is a learner.
     vouches: HashMap<PeerId, Live>,
-    peers_tx: watch::Sender<Arc<Vec<super::PeerInfo>>>,
+    peers_tx: watch::Sender<super::PeerList>,
+    /// Whether beats were heard since the peer list was last published: they refresh the
+    /// ages, and the list goes out with the next tick instead of once per beat.
+    beats_unpublished: bool,
     listen_tx: watch::Sender<Vec<Multiaddr>>,
     own: Option<Announcement>,
     /// What this node last published of `own` (peers know it).
@@ -297,7 +301,8 @@ pub(super) async fn start(
         cancel.clone(),
     ));
     let rpc = Rpc::new(control, config.traffic.clone(), cancel.clone());
-    let (peers_tx, peers_rx) = watch::channel(Arc::new(Vec::new()));
+    let (peers_tx, peers_rx) =
+        watch::channel(super::PeerList::new(std::time::Instant::now(), Vec::new()));
     let (listen_tx, listen_rx) = watch::channel(vec![first]);
     let (down_tx, down_rx) = watch::channel(Arc::new(std::collections::BTreeSet::new()));
     let now = Instant::now();
@@ -310,6 +315,7 @@ pub(super) async fn start(
         table: PeerTable::default(),
         vouches: HashMap::new(),
         peers_tx,
+        beats_unpublished: false,
         listen_tx,
         own: None,
         published: None,
@@ -626,7 +632,8 @@ impl Actor {
         } else {
             self.ask_live(peer);
         }
-        self.publish_peers();
+        // Once per tick, not once per beat: a voter hears every node every round.
+        self.beats_unpublished = true;
     }
 
     /// Takes `voter`'s last list: a learner takes its word that every peer on it is alive, and
@@ -727,7 +734,7 @@ impl Actor {
                 self.vouches.remove(&peer);
             }
         }
-        if !gone.is_empty() {
+        if !gone.is_empty() || self.beats_unpublished {
             self.publish_peers();
         }
         self.redial(now);
@@ -771,12 +778,15 @@ impl Actor {
         }
     }
 
-    fn publish_peers(&self) {
+    fn publish_peers(&mut self) {
+        self.beats_unpublished = false;
         let connected = &self.connected;
-        let snapshot = self.table.snapshot(std::time::Instant::now(), |id| {
+        let now = std::time::Instant::now();
+        let snapshot = self.table.snapshot(now, |id| {
             id.parse::<PeerId>().is_ok_and(|p| connected.contains(&p))
         });
-        self.peers_tx.send_replace(Arc::new(snapshot));
+        self.peers_tx
+            .send_replace(super::PeerList::new(now, snapshot));
     }
 
     fn dial_discovered(&mut self, peer: PeerId, addrs: Vec<Multiaddr>) {

@@ -36,7 +36,7 @@ use tokio_util::sync::CancellationToken;
 pub use keys::{ClusterKey, fingerprint, load_or_create_identity};
 pub use libp2p::PeerId;
 pub use limits::OverAddressCap;
-pub use peers::{Announcement, ClusterBadge, PeerInfo, PeerTable, load_average};
+pub use peers::{Announcement, ClusterBadge, PeerInfo, PeerList, PeerTable, load_average};
 pub use rpc::Reply;
 
 /// The decoders of what peers send, exactly as the mesh reads it: gossiped announcements, and
@@ -360,7 +360,7 @@ pub struct TrafficTotals {
 pub struct MeshHandle {
     tx: mpsc::Sender<Command>,
     published: Arc<Published>,
-    peers: watch::Receiver<Arc<Vec<PeerInfo>>>,
+    peers: watch::Receiver<PeerList>,
     listen: watch::Receiver<Vec<Multiaddr>>,
     down: watch::Receiver<Arc<std::collections::BTreeSet<String>>>,
     local: PeerId,
@@ -377,9 +377,10 @@ impl MeshHandle {
         &self.published
     }
 
-    /// The live peers (not this node), by name.
+    /// The live peers (not this node), by name, with their ages as of now.
     pub fn peers(&self) -> Arc<Vec<PeerInfo>> {
-        self.peers.borrow().clone()
+        let list = self.peers.borrow().clone();
+        list.as_of(std::time::Instant::now())
     }
 
     /// The peers whose process is known to be gone: their connection closed and a dial to them
@@ -388,7 +389,8 @@ impl MeshHandle {
         self.down.borrow().clone()
     }
 
-    pub fn subscribe(&self) -> watch::Receiver<Arc<Vec<PeerInfo>>> {
+    /// The peer list as the actor publishes it: read it with [`PeerList::as_of`].
+    pub fn subscribe(&self) -> watch::Receiver<PeerList> {
         self.peers.clone()
     }
 

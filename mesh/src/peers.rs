@@ -1,6 +1,7 @@
 //! The live table of peers, built from their announcements.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 pub use taskmesh_core::peer::{Announcement, ClusterBadge, PeerInfo};
@@ -156,6 +157,7 @@ impl PeerTable {
         self.entries.get(peer_id).map(|e| &e.announcement)
     }
 
+    /// The peers with their ages as of `now`, by name.
     pub fn snapshot(&self, now: Instant, connected: impl Fn(&str) -> bool) -> Vec<PeerInfo> {
         let mut peers: Vec<PeerInfo> = self
             .entries
@@ -169,6 +171,45 @@ impl PeerTable {
             .collect();
         peers.sort_by(|a, b| a.announcement.name.cmp(&b.announcement.name));
         peers
+    }
+}
+
+/// The peers as the mesh actor last published them, and the instant their ages were taken.
+///
+/// The actor publishes when something changes, not as time passes, so a snapshot can be old
+/// when it is read: [`PeerList::as_of`] adds the time since to every age. A peer nobody has
+/// heard since then looks exactly as old as it is (what the always-task lease and placement
+/// count), however long the actor had nothing to publish.
+#[derive(Clone, Debug)]
+pub struct PeerList {
+    taken: Instant,
+    peers: Arc<Vec<PeerInfo>>,
+}
+
+impl PeerList {
+    pub fn new(taken: Instant, peers: Vec<PeerInfo>) -> Self {
+        Self {
+            taken,
+            peers: Arc::new(peers),
+        }
+    }
+
+    /// The peers with their ages as of `now` (never younger than when they were taken).
+    pub fn as_of(&self, now: Instant) -> Arc<Vec<PeerInfo>> {
+        let since = now.saturating_duration_since(self.taken).as_millis() as u64;
+        if since == 0 {
+            return self.peers.clone();
+        }
+        Arc::new(
+            self.peers
+                .iter()
+                .map(|p| PeerInfo {
+                    last_seen_ms: p.last_seen_ms.saturating_add(since),
+                    heard_ms: p.heard_ms.saturating_add(since),
+                    ..p.clone()
+                })
+                .collect(),
+        )
     }
 }
 
@@ -199,6 +240,20 @@ mod tests {
         let snap = table.snapshot(t0 + Duration::from_secs(11), |_| true);
         assert_eq!(snap.len(), 1);
         assert_eq!(snap[0].last_seen_ms, 6000);
+    }
+
+    #[test]
+    fn a_published_list_ages_as_it_waits_to_be_read() {
+        let t0 = Instant::now();
+        let mut table = PeerTable::default();
+        table.observe(Announcement::sample("a", 1), t0);
+        let t1 = t0 + Duration::from_millis(300);
+        let list = PeerList::new(t1, table.snapshot(t1, |_| true));
+        assert_eq!(list.as_of(t1)[0].heard_ms, 300);
+        // Nothing published for 6 s: the peer reads 6.3 s old, not 0.3 s.
+        let later = list.as_of(t1 + Duration::from_secs(6))[0].clone();
+        assert_eq!((later.heard_ms, later.last_seen_ms), (6_300, 6_300));
+        assert_eq!(list.as_of(t0)[0].heard_ms, 300, "never younger than taken");
     }
 
     #[test]
