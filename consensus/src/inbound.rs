@@ -5,9 +5,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use openraft::error::RaftError;
+use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse};
 use tokio::sync::mpsc;
 
 use super::raft::network::{RaftReply, RaftRpc, decode_rpc};
+use super::raft::{NodeId, TypeConfig};
 use super::replica::Replica;
 use taskmesh_mesh::{Inbound, Request, Response};
 
@@ -18,8 +21,8 @@ pub const LEADER_TTL: Duration = Duration::from_secs(2);
 pub async fn answer(replica: &Replica, rpc: RaftRpc) -> RaftReply {
     let raft = replica.raft();
     match rpc {
-        RaftRpc::Append(req) => RaftReply::Append(raft.append_entries(req).await),
-        RaftRpc::KeepAlive(k) => RaftReply::Append(raft.append_entries(k.request()).await),
+        RaftRpc::Append(req) => RaftReply::Append(append(replica, req).await),
+        RaftRpc::KeepAlive(k) => RaftReply::Append(append(replica, k.request()).await),
         RaftRpc::Vote(req) => RaftReply::Vote(raft.vote(req).await),
         RaftRpc::Snapshot(req) => RaftReply::Snapshot(raft.install_snapshot(req).await),
         RaftRpc::Propose(change) => {
@@ -28,6 +31,19 @@ pub async fn answer(replica: &Replica, rpc: RaftRpc) -> RaftReply {
         RaftRpc::Join(node) => RaftReply::Join(replica.join_here(node, LEADER_TTL).await),
         RaftRpc::Ended(runs) => RaftReply::Ended(replica.hint_here(&runs)),
     }
+}
+
+/// Takes an append request, noting the leader's contact unless its term is stale.
+async fn append(
+    replica: &Replica,
+    req: AppendEntriesRequest<TypeConfig>,
+) -> Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>> {
+    let committed = req.leader_commit.map_or(0, |c| c.index);
+    let response = replica.raft().append_entries(req).await;
+    if matches!(&response, Ok(r) if !matches!(r, AppendEntriesResponse::HigherVote(_))) {
+        replica.note_leader_contact(committed);
+    }
+    response
 }
 
 /// Answers the mesh's inbound requests until the channel closes; each in its own task, so a slow

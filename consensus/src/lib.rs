@@ -27,7 +27,7 @@ use taskmesh_store::RedbStore;
 pub use ending::Ending;
 use raft::MeshNode;
 use raft::network::{RaftReply, RaftRpc, Refusal};
-pub use replica::Timing;
+pub use replica::{LeaderContact, Timing};
 use replica::{OpenError, Replica};
 pub use state::{Adopted, Change, ClusterRuns, RUNS_PER_TASK, State, Tasks};
 pub use status::{ClusterStatus, MemberStatus};
@@ -315,6 +315,11 @@ impl Consensus {
             && metrics
                 .millis_since_quorum_ack
                 .is_some_and(|ms| Duration::from_millis(ms) < within)
+    }
+
+    /// The leader's Raft contact with this node since its start (see [`LeaderContact`]).
+    pub fn leader_contact(&self) -> LeaderContact {
+        self.replica.leader_contact()
     }
 
     /// The index of the last entry this node has applied.

@@ -95,6 +95,17 @@ pub struct Replica {
     mesh: watch::Receiver<Option<MeshHandle>>,
     parts: Parts,
     pub ending: Ending,
+    contact: watch::Sender<LeaderContact>,
+}
+
+/// The leader's Raft contact with this node: how many of its append requests (entries or a
+/// keep-alive) this node has taken since its start, and the leader's commit index in the
+/// latest. A request taken after a moment carries every entry committed before it was sent, so
+/// a node that has applied up to it knows every decision made before that moment.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LeaderContact {
+    pub count: u64,
+    pub committed: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -127,7 +138,20 @@ impl Replica {
             mesh,
             parts,
             ending: Ending::default(),
+            contact: watch::Sender::default(),
         })
+    }
+
+    /// Notes an append request taken from a leader whose term this node accepts.
+    pub fn note_leader_contact(&self, committed: u64) {
+        self.contact.send_modify(|c| {
+            c.count += 1;
+            c.committed = c.committed.max(committed);
+        });
+    }
+
+    pub fn leader_contact(&self) -> LeaderContact {
+        *self.contact.borrow()
     }
 
     /// The current Raft instance.

@@ -8,9 +8,10 @@
 //! 2 s, within [`ClusterSettings::lease_term`], half of `peer_timeout`). Once it does not, it
 //! stops them (SIGTERM, SIGKILL after the kill grace), well before the hand-over: the hand-over
 //! waits for the lease term, the grace and a margin. A node also takes up the lease only once
-//! its state has caught up with the leader's (its applied index reached what the leader
-//! announced when this node first heard it), so that a node restarted with an old state does
-//! not start a daemon the leader has moved away meanwhile.
+//! its state has caught up with the leader's (its applied index reached the leader's commit
+//! index in the first Raft append request it took after its start or the lapse), so that a
+//! node restarted with an old state does not start a daemon the leader has moved away
+//! meanwhile, even in the moment before the leader announces its progress.
 //!
 //! A node whose process dies takes its daemons with it (see `executor::reaper`); the lease is for
 //! the node that lives on without the cluster.
@@ -22,7 +23,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::consensus::Consensus;
+use crate::consensus::{Consensus, LeaderContact};
 use crate::mesh::{MeshHandle, PeerInfo};
 use crate::model::ClusterSettings;
 
@@ -44,18 +45,6 @@ pub fn hears_majority(me: &str, voters: &[String], peers: &[PeerInfo], within: D
     !voters.is_empty() && heard * 2 > voters.len()
 }
 
-/// The applied index announced by the leader of the highest term among the announcements
-/// younger than `within`: where this node's state must reach before it may act on it.
-fn leader_applied(peers: &[PeerInfo], within: Duration) -> Option<u64> {
-    peers
-        .iter()
-        .filter(|p| Duration::from_millis(p.heard_ms) < within)
-        .filter_map(|p| p.announcement.cluster)
-        .filter(|b| b.leader)
-        .max_by_key(|b| b.term)
-        .map(|b| b.applied)
-}
-
 /// Keeps the lease's current value in a watch.
 pub struct LeaseKeeper {
     pub consensus: Consensus,
@@ -65,13 +54,64 @@ pub struct LeaseKeeper {
     pub cancel: CancellationToken,
 }
 
+/// What one check of the lease goes by.
+#[derive(Debug, Clone, Copy)]
+struct Check {
+    /// The state machine has applied what its log held at start.
+    caught_up: bool,
+    /// This node leads and a majority acknowledged it within the term.
+    leading: bool,
+    /// This node leads (acknowledged or not).
+    leads: bool,
+    hears_majority: bool,
+    applied: u64,
+    contact: LeaderContact,
+}
+
+/// The lease's memory between checks.
+#[derive(Debug)]
+struct Lease {
+    /// The leader's contacts before this node's start or the lease's lapse.
+    contacts_before: u64,
+    /// The leader's commit index in the first contact after that.
+    catch_up_to: Option<u64>,
+    /// The state has applied up to `catch_up_to` (or this node leads).
+    fresh: bool,
+    held: bool,
+}
+
+impl Lease {
+    fn new(contact: LeaderContact) -> Self {
+        Self {
+            contacts_before: contact.count,
+            catch_up_to: None,
+            fresh: false,
+            held: false,
+        }
+    }
+
+    /// Whether the lease is held after `c`. The state is fresh once it has applied what the
+    /// leader had committed when it sent its first append request after the start or the
+    /// lapse: an announcement can be older than a decision the leader just made.
+    fn check(&mut self, c: Check) -> bool {
+        if !self.fresh && c.caught_up {
+            if self.catch_up_to.is_none() && c.contact.count > self.contacts_before {
+                self.catch_up_to = Some(c.contact.committed);
+            }
+            self.fresh = c.leading || self.catch_up_to.is_some_and(|target| c.applied >= target);
+        }
+        let held = self.fresh && (c.leading || (!c.leads && c.hears_majority));
+        if !held && self.held {
+            *self = Self::new(c.contact);
+        }
+        self.held = held;
+        held
+    }
+}
+
 impl LeaseKeeper {
     pub async fn run(self) {
-        // Since when this node has not held the lease (its start, or the lapse); the state is
-        // fresh again once it has applied what a leader announced after that.
-        let mut without_since = tokio::time::Instant::now();
-        let mut catch_up_to: Option<u64> = None;
-        let mut fresh = false;
+        let mut lease = Lease::new(self.consensus.leader_contact());
         let mut tick = tokio::time::interval(CHECK_EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -88,24 +128,19 @@ impl LeaseKeeper {
                 .as_ref()
                 .map(|m| m.peers())
                 .unwrap_or_default();
-            let leading = self.consensus.leads_a_majority_within(term);
-            if !fresh && state.caught_up {
-                if catch_up_to.is_none() {
-                    catch_up_to = leader_applied(&peers, without_since.elapsed());
-                }
-                fresh =
-                    leading || catch_up_to.is_some_and(|target| self.consensus.applied() >= target);
-            }
-            let voters = self.consensus.voters();
-            let held = fresh
-                && (leading
-                    || (!self.consensus.leads()
-                        && hears_majority(&self.peer_id, &voters, &peers, term)));
-            if !held && *self.held.borrow() {
-                without_since = tokio::time::Instant::now();
-                catch_up_to = None;
-                fresh = false;
-            }
+            let held = lease.check(Check {
+                caught_up: state.caught_up,
+                leading: self.consensus.leads_a_majority_within(term),
+                leads: self.consensus.leads(),
+                hears_majority: hears_majority(
+                    &self.peer_id,
+                    &self.consensus.voters(),
+                    &peers,
+                    term,
+                ),
+                applied: self.consensus.applied(),
+                contact: self.consensus.leader_contact(),
+            });
             self.held.send_if_modified(|old| {
                 if *old == held {
                     return false;
@@ -134,6 +169,74 @@ mod tests {
             heard_ms,
             connected: true,
         }
+    }
+
+    fn follower(applied: u64, count: u64, committed: u64) -> Check {
+        Check {
+            caught_up: true,
+            leading: false,
+            leads: false,
+            hears_majority: true,
+            applied,
+            contact: LeaderContact { count, committed },
+        }
+    }
+
+    #[test]
+    fn a_restarted_node_holds_only_once_it_applied_what_the_leader_committed_after_its_start() {
+        let mut lease = Lease::new(LeaderContact::default());
+        // Hearing the voters is not enough before the leader's first request since the start.
+        assert!(!lease.check(follower(636, 0, 0)));
+        // The first one says 790 was committed (a move of this node's daemon among it).
+        assert!(
+            !lease.check(follower(700, 1, 790)),
+            "behind the leader's commit"
+        );
+        assert!(
+            !lease.check(follower(789, 5, 800)),
+            "the target is the first contact's"
+        );
+        assert!(lease.check(follower(790, 6, 800)));
+        // Not caught up with its own log yet: not fresh, whatever the contact says.
+        let mut lease = Lease::new(LeaderContact::default());
+        let replaying = Check {
+            caught_up: false,
+            ..follower(900, 1, 10)
+        };
+        assert!(!lease.check(replaying));
+    }
+
+    #[test]
+    fn after_a_lapse_the_lease_waits_for_a_new_contact_and_a_leader_holds_at_once() {
+        let mut lease = Lease::new(LeaderContact::default());
+        assert!(lease.check(follower(10, 1, 10)));
+        let cut = Check {
+            hears_majority: false,
+            ..follower(10, 3, 10)
+        };
+        assert!(!lease.check(cut), "lapsed");
+        // Hearing the voters again, with no append request taken since the lapse.
+        assert!(!lease.check(follower(10, 3, 10)));
+        assert!(
+            !lease.check(follower(10, 4, 12)),
+            "the leader had committed 12"
+        );
+        assert!(lease.check(follower(12, 4, 12)));
+        // A leader acknowledged by a majority holds at once; one that is not, does not.
+        let mut lease = Lease::new(LeaderContact::default());
+        let leading = Check {
+            leading: true,
+            leads: true,
+            hears_majority: false,
+            ..follower(0, 0, 0)
+        };
+        assert!(lease.check(leading));
+        let mut lease = Lease::new(LeaderContact::default());
+        let alone = Check {
+            leading: false,
+            ..leading
+        };
+        assert!(!lease.check(alone));
     }
 
     #[test]
