@@ -389,11 +389,6 @@ impl MeshHandle {
         self.down.borrow().clone()
     }
 
-    /// The peer list as the actor publishes it: read it with [`PeerList::as_of`].
-    pub fn subscribe(&self) -> watch::Receiver<PeerList> {
-        self.peers.clone()
-    }
-
     /// The addresses the p2p endpoint listens on.
     pub fn listen_addrs(&self) -> Vec<Multiaddr> {
         self.listen.borrow().clone()
