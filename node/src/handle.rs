@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use chrono::Utc;
 use tokio::sync::{broadcast, watch};
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::cluster_key::{self, KeyError};
 use crate::config::Config;
@@ -18,7 +18,8 @@ use crate::executor::{DaemonStatus, ExecutorHandle};
 use crate::ledger::RunLedger;
 use crate::logs::{self, LogPaths};
 use crate::model::{
-    Invalid, NodeSettings, Origin, Run, RunId, Settings, Task, TaskId, TaskInput, Trigger,
+    AccessEvent, Invalid, NodeSettings, Origin, Run, RunId, Settings, Task, TaskId, TaskInput,
+    Trigger,
 };
 use crate::notify::Notifier;
 use crate::scheduler::{NotScheduled, Refusal, SchedulerHandle};
@@ -125,6 +126,18 @@ impl NodeHandle {
             None => change,
         };
         self.inner.consensus.propose(change).await
+    }
+
+    /// Lists an operator's `event` at this node's door in the cluster's activity, as done by
+    /// `caller`, without waiting for it: signing in or rotating the token never waits for the
+    /// cluster or fails with it; when the cluster cannot take the entry, the log says so.
+    pub fn list_access(&self, event: AccessEvent, caller: crate::caller::Caller) {
+        let handle = self.clone();
+        tokio::spawn(crate::caller::scope(caller, async move {
+            if let Err(e) = handle.propose(Change::Access(event)).await {
+                warn!(what = event.kind(), error = %e, "not listed in the cluster's activity");
+            }
+        }));
     }
 
     pub fn state(&self) -> Arc<State> {

@@ -1,6 +1,7 @@
 //! The web front door of a node on loopback, tried as an attacker would: no access without the
 //! access token, a rebound `Host`, the security headers, login links, logout, session expiry,
-//! token rotation, the login rate limit, bad input, slow connections, and TLS.
+//! token rotation, who got in on record, the login rate limit, bad input, slow connections, and
+//! TLS.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -455,6 +456,107 @@ async fn rotating_the_token_ends_the_old_token_and_every_session() -> Result<()>
     assert_eq!(
         tasks(http.get(format!("{base}/api/tasks")).bearer_auth(&new)).await?,
         200
+    );
+    Ok(())
+}
+
+/// Who got in is on record in the cluster's activity: each sign-in (with what, through which
+/// named token, from where) and each rotation of a node's token; a failed login is not, so
+/// that guessing cannot fill the replicated list.
+#[tokio::test]
+async fn sign_ins_and_a_rotation_are_listed_in_the_activity_and_failed_logins_are_not() -> Result<()>
+{
+    let node = TestNode::start().await?;
+    let base = &node.api.base;
+    let (status, made) = node
+        .api
+        .post("/api/tokens", &json!({"name": "alice"}))
+        .await?;
+    assert_eq!(status, 201, "{made}");
+    let alice = made["token"].as_str().context("token")?.to_owned();
+    let guesser = bare_from([127, 0, 0, 3]);
+    let r = guesser
+        .post(format!("{base}/login"))
+        .form(&[("token", "wrong")])
+        .send()
+        .await?;
+    assert_eq!(r.status().as_u16(), 401);
+    let r = bare_from([127, 0, 0, 2])
+        .post(format!("{base}/login"))
+        .form(&[("token", alice.as_str())])
+        .send()
+        .await?;
+    assert_eq!(r.status().as_u16(), 303);
+    session_of(&node).await?;
+    let r = bare()
+        .post(format!("{base}/api/token/rotate"))
+        .bearer_auth(access_token(&node.dir)?)
+        .send()
+        .await?;
+    assert_eq!(r.status().as_u16(), 200);
+
+    let new = access_token(&node.dir)?;
+    let listed = |a: &Value| {
+        (
+            a["what"].as_str().unwrap_or_default().to_owned(),
+            a["detail"].as_str().unwrap_or_default().to_owned(),
+            a["via"].as_str().unwrap_or_default().to_owned(),
+            a["client"].as_str().unwrap_or_default().to_owned(),
+            a["token"].as_str().map(str::to_owned),
+        )
+    };
+    let activity = wait_for(
+        "the sign-ins and the rotation in the activity",
+        Duration::from_secs(10),
+        || async {
+            let activity: Value = bare()
+                .get(format!("{base}/api/activity?limit=20"))
+                .bearer_auth(&new)
+                .send()
+                .await
+                .ok()?
+                .json()
+                .await
+                .ok()?;
+            let at_the_door: Vec<_> = activity
+                .as_array()?
+                .iter()
+                .map(listed)
+                .filter(|(what, ..)| what != "put_token")
+                .collect();
+            (at_the_door.len() >= 3).then_some(at_the_door)
+        },
+    )
+    .await?;
+    let ui = |detail: &str, client: &str, token: Option<&str>| {
+        (
+            "sign_in".to_owned(),
+            detail.to_owned(),
+            "ui".to_owned(),
+            client.to_owned(),
+            token.map(str::to_owned),
+        )
+    };
+    for expected in [
+        ui("token", "127.0.0.2", Some("alice")),
+        ui("link", "127.0.0.1", None),
+        (
+            "rotate_token".to_owned(),
+            String::new(),
+            "api".to_owned(),
+            "127.0.0.1".to_owned(),
+            None,
+        ),
+    ] {
+        assert!(
+            activity.contains(&expected),
+            "{expected:?} not in {activity:?}"
+        );
+    }
+    assert_eq!(
+        activity.len(),
+        3,
+        "the failed login is not listed: {activity:?}"
     );
     Ok(())
 }

@@ -48,6 +48,9 @@ impl Change {
             ("pause_cron", _) => "cron resumed",
             ("put_token", _) => "token added",
             ("remove_token", _) => "token removed",
+            ("sign_in", "link") => "signed in with a login link",
+            ("sign_in", _) => "signed in",
+            ("rotate_token", _) => "access token rotated",
             (other, _) => other,
         };
         Self {
@@ -120,12 +123,15 @@ mod tests {
                 Change::of(&change("drain", "12D3KooWx", "drained"), now, &names),
                 Change::of(&change("drain", "12D3KooWy", "undrained"), now, &names),
                 Change::of(&change("put_task", EVIL, ""), now, &names),
+                Change::of(&change("sign_in", "", "link"), now, &names),
             ],
         }
         .render()
         .expect("render");
         assert!(
-            html.contains("node drained") && html.contains("task saved"),
+            html.contains("node drained")
+                && html.contains("task saved")
+                && html.contains("signed in with a login link"),
             "{html}"
         );
         assert!(html.contains("cli on lab-1 from 10.0.0.5"), "{html}");

@@ -14,8 +14,8 @@ pub use runs::ClusterRuns;
 pub use tasks::Tasks;
 
 use taskmesh_core::model::{
-    Activity, ClusterIdentity, ClusterSettings, Invalid, MAX_ACTIVITY, MAX_TOKENS, NamedToken,
-    Origin, Run, RunId, Task, TaskId,
+    AccessEvent, Activity, ClusterIdentity, ClusterSettings, Invalid, MAX_ACTIVITY, MAX_TOKENS,
+    NamedToken, Origin, Run, RunId, Task, TaskId,
 };
 
 /// Finished runs the replicated ledger keeps per task (unfinished ones are always kept).
@@ -165,6 +165,9 @@ pub enum Change {
         origin: Origin,
         change: Box<Change>,
     },
+    /// An operator's sign-in or token rotation at a node ([`AccessEvent`]): applies nothing;
+    /// made `By` an operator, it is listed in the activity.
+    Access(AccessEvent),
     /// `StopRun` as versions before it wrote it, without a time: a waiting run it ends is
     /// closed at its own `created_at`, the one time every replica agrees on.
     Stop(RunId),
@@ -190,6 +193,7 @@ impl Change {
             Change::PutToken(_) => "put_token",
             Change::RemoveToken(_) => "remove_token",
             Change::By { change, .. } => change.kind(),
+            Change::Access(event) => event.kind(),
             Change::StopRun { .. } | Change::Stop(_) => "stop",
         }
     }
@@ -505,6 +509,7 @@ impl State {
                 }
                 Ok(writes)
             }
+            Change::Access(_) => Ok(Vec::new()),
             Change::PauseCron { paused, at } => {
                 let since = match (paused, self.cron_paused) {
                     // Paused again: it stays paused since the first time.
@@ -553,6 +558,7 @@ impl State {
                 on_off(token.read_only, "read-only", "full"),
             ),
             Change::RemoveToken(name) => (name.clone(), String::new()),
+            Change::Access(event) => (String::new(), event.detail().to_owned()),
             _ => (String::new(), String::new()),
         }
     }
@@ -702,6 +708,44 @@ mod tests {
             })
             .expect("removed");
         assert_eq!(state.activity.last().expect("one").subject, "task-509");
+    }
+
+    #[test]
+    fn a_sign_in_is_listed_and_changes_nothing_else() {
+        let mut state = State::default();
+        state
+            .apply(Change::PutTask(Task::sample("t1", "backup")))
+            .expect("applies");
+        let tasks_before = state.tasks.clone();
+        let origin = Origin {
+            at: chrono::DateTime::from_timestamp(1_800_000_000, 0).expect("time"),
+            node: "lab-1".into(),
+            via: "ui".into(),
+            client: "10.0.0.5".into(),
+            token: Some("alice".into()),
+        };
+        let writes = state
+            .apply(Change::By {
+                origin: origin.clone(),
+                change: Box::new(Change::Access(AccessEvent::SignInWithLink)),
+            })
+            .expect("applies");
+        assert!(
+            matches!(writes.as_slice(), [Write::Activity(1, _)]),
+            "only the activity is written: {writes:?}"
+        );
+        assert_eq!(state.tasks, tasks_before);
+        let listed = state.activity.last().expect("listed");
+        assert_eq!(
+            (listed.what.as_str(), listed.detail.as_str(), &listed.origin),
+            ("sign_in", "link", &origin)
+        );
+        // Without an operator it is not listed at all.
+        let writes = state
+            .apply(Change::Access(AccessEvent::RotateToken))
+            .expect("applies");
+        assert!(writes.is_empty(), "{writes:?}");
+        assert_eq!(state.activity.len(), 1);
     }
 
     fn task(id: &str, name: &str) -> Task {

@@ -36,13 +36,45 @@ impl Origin {
     }
 }
 
+/// What an operator did at a node's door. It changes nothing the cluster keeps; wrapped in an
+/// operator's change, it is listed in the activity beside the changes, so that who got in
+/// where, and when a node's own token was replaced, is on record on every node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AccessEvent {
+    /// Signed in to the UI with an access token (the node's own or a named one).
+    SignInWithToken,
+    /// Signed in to the UI with a one-time login link.
+    SignInWithLink,
+    /// Replaced the node's own access token.
+    RotateToken,
+}
+
+impl AccessEvent {
+    /// The activity's `what`.
+    pub fn kind(self) -> &'static str {
+        match self {
+            AccessEvent::SignInWithToken | AccessEvent::SignInWithLink => "sign_in",
+            AccessEvent::RotateToken => "rotate_token",
+        }
+    }
+
+    /// The activity's `detail`: what a sign-in was made with.
+    pub fn detail(self) -> &'static str {
+        match self {
+            AccessEvent::SignInWithToken => "token",
+            AccessEvent::SignInWithLink => "link",
+            AccessEvent::RotateToken => "",
+        }
+    }
+}
+
 /// One change an operator made.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Activity {
     #[serde(flatten)]
     pub origin: Origin,
     /// What was done: `put_task`, `remove_task`, `settings`, `set_enabled`, `stop`, `drain`,
-    /// `pause_cron`, ….
+    /// `pause_cron`, …, and at the door `sign_in` and `rotate_token` ([`AccessEvent`]).
     pub what: String,
     /// What it was done to: a task's name, a run's id, a node; empty for the settings.
     pub subject: String,

@@ -9,7 +9,7 @@ mod task;
 mod token;
 mod validate;
 
-pub use activity::{Activity, MAX_ACTIVITY, Origin};
+pub use activity::{AccessEvent, Activity, MAX_ACTIVITY, Origin};
 pub use duration::HumanDuration;
 pub use exit::{Action, ExitMatch, ExitRule, Outcome, matching_actions};
 pub use run::{Run, RunId, RunStatus, Trigger};

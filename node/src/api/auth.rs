@@ -83,6 +83,16 @@ impl Principal {
     };
 }
 
+/// A session made at the login page: its id (the cookie's value) and the named token it was
+/// made with (`None` for the node's own token or a login link), and whether that token only
+/// reads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Session {
+    pub id: String,
+    pub token: Option<String>,
+    pub read_only: bool,
+}
+
 /// SHA-256 of a token, as the state keeps a named token: 64 lowercase hex digits.
 pub fn token_hash(token: &str) -> String {
     hex(ring::digest::digest(&ring::digest::SHA256, token.trim().as_bytes()).as_ref())
@@ -274,7 +284,7 @@ impl Access {
     }
 
     /// Makes a session for someone who gave the node's token or a named one.
-    pub fn login_with_token(&self, token: &str, client: IpAddr) -> Result<String, LoginRefused> {
+    pub fn login_with_token(&self, token: &str, client: IpAddr) -> Result<Session, LoginRefused> {
         self.limited(client)?;
         let principal = self.principal_of(token, client)?;
         self.new_session(principal)
@@ -282,7 +292,7 @@ impl Access {
 
     /// Makes a session for someone who brought an unused, unexpired login code; the code is
     /// used up.
-    pub fn login_with_code(&self, code: &str, client: IpAddr) -> Result<String, LoginRefused> {
+    pub fn login_with_code(&self, code: &str, client: IpAddr) -> Result<Session, LoginRefused> {
         self.limited(client)?;
         let valid = {
             let mut codes = self.codes.lock().expect("codes lock");
@@ -296,7 +306,7 @@ impl Access {
         self.new_session(Principal::NODE)
     }
 
-    fn new_session(&self, principal: Principal) -> Result<String, LoginRefused> {
+    fn new_session(&self, principal: Principal) -> Result<Session, LoginRefused> {
         let id = random_hex(32).map_err(LoginRefused::Random)?;
         let now = Instant::now();
         let mut sessions = self.sessions.lock().expect("sessions lock");
@@ -309,8 +319,13 @@ impl Access {
         {
             sessions.remove(&oldest);
         }
-        sessions.insert(id.clone(), (now + self.options.session_ttl, principal));
-        Ok(id)
+        let session = Session {
+            id: id.clone(),
+            token: principal.token.clone(),
+            read_only: principal.read_only,
+        };
+        sessions.insert(id, (now + self.options.session_ttl, principal));
+        Ok(session)
     }
 
     /// Ends the session the request carries, if any.
@@ -731,9 +746,9 @@ mod tests {
             Err(LoginRefused::WrongToken)
         );
         let session = access.login_with_token(token, HOME).expect("session");
-        assert!(access.check(&with_session(&session), HOME).is_ok());
-        access.logout(&with_session(&session));
-        assert!(access.check(&with_session(&session), HOME).is_err());
+        assert!(access.check(&with_session(&session.id), HOME).is_ok());
+        access.logout(&with_session(&session.id));
+        assert!(access.check(&with_session(&session.id), HOME).is_err());
 
         let code = access.new_code().expect("code");
         assert!(
@@ -748,7 +763,7 @@ mod tests {
             "a code works once"
         );
         access.rotate().expect("rotate");
-        assert!(access.check(&with_session(&session), HOME).is_err());
+        assert!(access.check(&with_session(&session.id), HOME).is_err());
         assert!(access.check(&with_bearer(token), HOME).is_err());
         let new = std::fs::read_to_string(dir.path().join("access-token")).expect("token");
         assert_ne!(new.trim(), token);
@@ -810,21 +825,21 @@ mod tests {
             .expect("session");
         assert_eq!(
             access
-                .check(&with_session(&session), HOME)
+                .check(&with_session(&session.id), HOME)
                 .expect("alive")
                 .token
                 .as_deref(),
             Some("viewer")
         );
         state.send_replace(with(vec![soon]));
-        assert!(access.check(&with_session(&session), HOME).is_err());
+        assert!(access.check(&with_session(&session.id), HOME).is_err());
         assert!(matches!(
             access.check(&with_bearer("viewer-secret"), HOME),
             Err(Denied::Login(LoginRefused::WrongToken))
         ));
         // A token made again under the same name is another token: the old session stays ended.
         state.send_replace(with(vec![named("viewer", "new-secret", None)]));
-        assert!(access.check(&with_session(&session), HOME).is_err());
+        assert!(access.check(&with_session(&session.id), HOME).is_err());
     }
 
     #[test]

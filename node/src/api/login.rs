@@ -1,6 +1,9 @@
 //! Getting in and out: the login page (the access token, or a one-time login link), logout, and
-//! the API that makes login links and rotates the token.
+//! the API that makes login links and rotates the token. A sign-in and a rotation are listed
+//! in the cluster's activity ([`AccessEvent`]); a failed login only in the node's log and its
+//! count per address (see [`super::auth`]), so that guessing cannot fill the replicated list.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use axum::Router;
@@ -16,7 +19,17 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::ApiError;
-use super::auth::{Access, CODE_TTL, LoginRefused, client_of, redirect, safe_next};
+use super::auth::{Access, CODE_TTL, LoginRefused, Session, client_of, redirect, safe_next};
+use crate::caller::Caller;
+use crate::handle::NodeHandle;
+use crate::model::AccessEvent;
+
+/// What the login routes serve with: the node's door, and the node that lists who came in.
+#[derive(Clone)]
+pub(super) struct Door {
+    access: Arc<Access>,
+    node: NodeHandle,
+}
 
 /// `/login?next=…&code=…`. Unknown parameters are ignored (a login page must always render).
 #[derive(Debug, Deserialize)]
@@ -33,18 +46,18 @@ struct LoginForm {
 
 /// The login router's API routes, registered and described by their annotations (see
 /// [`super::openapi`]).
-pub(super) fn described_routes() -> OpenApiRouter<Arc<Access>> {
+pub(super) fn described_routes() -> OpenApiRouter<Door> {
     OpenApiRouter::new()
         .routes(routes!(create_login_link))
         .routes(routes!(rotate_token))
 }
 
-pub fn login_router(access: Arc<Access>) -> Router {
+pub fn login_router(access: Arc<Access>, node: NodeHandle) -> Router {
     let (api, _) = described_routes().split_for_parts();
     api.route("/login", get(view_login_get).post(view_login_post))
         .route("/logout", post(view_logout_post))
         .layer(axum::middleware::from_fn(super::same_origin_writes))
-        .with_state(access)
+        .with_state(Door { access, node })
 }
 
 /// The query string as parameters; one that cannot be read (bad percent-encoding) is treated
@@ -61,9 +74,25 @@ fn params(request: &Request) -> LoginParams {
         })
 }
 
-fn logged_in(access: &Access, session: &str, next: &str) -> Response {
+/// Lists the sign-in in the activity and sends the browser on with its session.
+fn logged_in(
+    door: &Door,
+    session: Session,
+    with: AccessEvent,
+    client: IpAddr,
+    next: &str,
+) -> Response {
+    door.node.list_access(
+        with,
+        Caller {
+            via: "ui",
+            client: client.to_string(),
+            token: session.token,
+            read_only: session.read_only,
+        },
+    );
     let mut response = redirect(next);
-    if let Ok(cookie) = access.session_cookie(session).parse() {
+    if let Ok(cookie) = door.access.session_cookie(&session.id).parse() {
         response.headers_mut().insert(header::SET_COOKIE, cookie);
     }
     response
@@ -92,13 +121,14 @@ fn refused_page(refused: &LoginRefused, next: String, lang: Lang) -> Response {
     response
 }
 
-async fn view_login_get(State(access): State<Arc<Access>>, request: Request) -> Response {
+async fn view_login_get(State(door): State<Door>, request: Request) -> Response {
     let p = params(&request);
     let next = safe_next(p.next.as_deref());
     let lang = Lang::of_request(request.headers());
+    let client = client_of(&request);
     match p.code {
-        Some(code) => match access.login_with_code(&code, client_of(&request)) {
-            Ok(session) => logged_in(&access, &session, &next),
+        Some(code) => match door.access.login_with_code(&code, client) {
+            Ok(session) => logged_in(&door, session, AccessEvent::SignInWithLink, client, &next),
             Err(refused) => refused_page(&refused, next, lang),
         },
         None => LoginTemplate {
@@ -110,7 +140,7 @@ async fn view_login_get(State(access): State<Arc<Access>>, request: Request) -> 
     }
 }
 
-async fn view_login_post(State(access): State<Arc<Access>>, request: Request) -> Response {
+async fn view_login_post(State(door): State<Door>, request: Request) -> Response {
     let client = client_of(&request);
     let lang = Lang::of_request(request.headers());
     let Form(form) = match Form::<LoginForm>::from_request(request, &()).await {
@@ -118,17 +148,17 @@ async fn view_login_post(State(access): State<Arc<Access>>, request: Request) ->
         Err(rejection) => return rejection.into_response(),
     };
     let next = safe_next(form.next.as_deref());
-    match access.login_with_token(&form.token, client) {
-        Ok(session) => logged_in(&access, &session, &next),
+    match door.access.login_with_token(&form.token, client) {
+        Ok(session) => logged_in(&door, session, AccessEvent::SignInWithToken, client, &next),
         Err(refused) => refused_page(&refused, next, lang),
     }
 }
 
 /// Ends the session (server-side) and deletes the cookie.
-async fn view_logout_post(State(access): State<Arc<Access>>, headers: HeaderMap) -> Response {
-    access.logout(&headers);
+async fn view_logout_post(State(door): State<Door>, headers: HeaderMap) -> Response {
+    door.access.logout(&headers);
     let mut response = redirect("/login");
-    if let Ok(cookie) = access.cleared_cookie().parse() {
+    if let Ok(cookie) = door.access.cleared_cookie().parse() {
         response.headers_mut().insert(header::SET_COOKIE, cookie);
     }
     response
@@ -137,14 +167,15 @@ async fn view_logout_post(State(access): State<Arc<Access>>, headers: HeaderMap)
 /// A one-time login link: 201 `{"url", "expires_in_s"}`.
 #[utoipa::path(post, path = "/api/login-links", tag = "access",
     responses((status = 201, description = "created", body = super::openapi::LoginLink), (status = 503, description = "not committed: no quorum, not joined yet, or shutting down", body = super::error::ErrorBody)))]
-async fn create_login_link(State(access): State<Arc<Access>>) -> Result<Response, ApiError> {
-    let code = access
+async fn create_login_link(State(door): State<Door>) -> Result<Response, ApiError> {
+    let code = door
+        .access
         .new_code()
         .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
     Ok((
         StatusCode::CREATED,
         Json(super::openapi::LoginLink {
-            url: access.login_url(&code),
+            url: door.access.login_url(&code),
             expires_in_s: CODE_TTL.as_secs(),
         }),
     )
@@ -152,10 +183,11 @@ async fn create_login_link(State(access): State<Arc<Access>>) -> Result<Response
 }
 
 /// Writes a new token to the token file and ends every session; the old token stops working.
+/// The rotation is listed in the activity, as done by whoever asked.
 #[utoipa::path(post, path = "/api/token/rotate", tag = "access",
     responses((status = 200, description = "OK", body = super::openapi::TokenRotated), (status = 500, description = "the token file could not be written", body = super::error::ErrorBody)))]
-async fn rotate_token(State(access): State<Arc<Access>>) -> Result<Response, ApiError> {
-    let rotator = access.clone();
+async fn rotate_token(State(door): State<Door>) -> Result<Response, ApiError> {
+    let rotator = door.access.clone();
     tokio::task::spawn_blocking(move || rotator.rotate())
         .await
         .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?
@@ -165,8 +197,11 @@ async fn rotate_token(State(access): State<Arc<Access>>) -> Result<Response, Api
                 crate::error_text::error_text(&e),
             )
         })?;
-    let path = access.options().token_path.display().to_string();
+    let path = door.access.options().token_path.display().to_string();
     info!(token_file = %path, "access token rotated; every session ended");
+    if let Some(caller) = crate::caller::current() {
+        door.node.list_access(AccessEvent::RotateToken, caller);
+    }
     Ok(Json(super::openapi::TokenRotated {
         rotated: true,
         token_file: path,

@@ -577,7 +577,7 @@ fn serve(
     info!(token_file = %config.access_token_path().display(), "the UI and API require the access token in this file");
     let app = crate::api::router(handle.clone())
         .merge(crate::ui::router(handle.clone()))
-        .merge(crate::api::login_router(access.clone()))
+        .merge(crate::api::login_router(access.clone(), handle.clone()))
         .layer(axum::middleware::from_fn_with_state(
             access.clone(),
             crate::api::auth::require,
