@@ -1110,6 +1110,137 @@ fn the_cli_adds_runs_and_removes_a_task() {
     stop(node);
 }
 
+/// What supervisorctl and `nomad alloc` do, from the CLI: the cluster's runs listed and
+/// filtered, one shown, a run's log and a task's newest log read (the daemon's too), a daemon's
+/// run stopped (and started again by its supervision), a task disabled and enabled; bad input
+/// said.
+#[test]
+fn the_cli_lists_runs_reads_logs_stops_a_run_and_disables_and_enables_a_task() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let node = start(dir.path());
+    let cli = |args: &[&str]| {
+        let out = operator_cli(&node.url, dir.path())
+            .args(args)
+            .output()
+            .expect("run the cli");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).to_string(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    let runs_of = |task: &str, status: &str| -> Vec<Value> {
+        let (code, out, err) = cli(&[
+            "runs", "ls", "--task", task, "--status", status, "--output", "json",
+        ]);
+        assert_eq!(code, Some(0), "{err}");
+        serde_json::from_str(&out).expect("a JSON list")
+    };
+
+    let (code, _, err) = cli(&[
+        "task",
+        "add",
+        "count",
+        "--shell",
+        "echo one; echo two; exit 3",
+    ]);
+    assert_eq!(code, Some(0), "{err}");
+    let (code, run, err) = cli(&["task", "run", "count"]);
+    assert_eq!(code, Some(0), "{err}");
+    let run = run.trim().to_owned();
+    wait_until("count's run to fail", Duration::from_secs(20), || {
+        runs_of("count", "failed")
+            .iter()
+            .any(|r| r["id"] == run.as_str())
+            .then_some(())
+    });
+    assert!(runs_of("count", "succeeded").is_empty());
+    let (_, table, _) = cli(&["runs", "ls"]);
+    let row = table
+        .lines()
+        .find(|l| l.starts_with(&run))
+        .unwrap_or_else(|| panic!("{run} not listed: {table}"));
+    assert!(
+        row.contains("count") && row.contains("failed") && row.contains("manual"),
+        "{row}"
+    );
+    let (_, shown, _) = cli(&["runs", "show", &run]);
+    let shown: Value = serde_json::from_str(&shown).expect("a run as JSON");
+    assert_eq!(shown["exit_code"], 3, "{shown}");
+    assert_eq!(cli(&["runs", "log", &run]).1, "one\ntwo\n");
+    let (code, log, said) = cli(&["task", "log", "count"]);
+    assert_eq!((code, log.as_str()), (Some(0), "one\ntwo\n"), "{said}");
+    assert!(said.contains(&run), "{said}");
+
+    // A daemon: its log read by the task's name, its run stopped and started again.
+    let (code, _, err) = cli(&[
+        "task",
+        "add",
+        "daemon",
+        "--always",
+        "--shell",
+        "echo up; exec sleep 600",
+    ]);
+    assert_eq!(code, Some(0), "{err}");
+    let first = wait_until("the daemon to run", Duration::from_secs(20), || {
+        runs_of("daemon", "running")
+            .first()
+            .and_then(|r| Some((r["id"].as_str()?.to_owned(), r["pid"].as_i64()?)))
+    });
+    wait_until("the daemon's log", Duration::from_secs(10), || {
+        (cli(&["task", "log", "daemon"]).1 == "up\n").then_some(())
+    });
+    let (code, said, err) = cli(&["runs", "stop", &first.0]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(said.contains("daemon"), "{said}");
+    let second = wait_until("the daemon started again", Duration::from_secs(20), || {
+        runs_of("daemon", "running")
+            .first()
+            .and_then(|r| Some((r["id"].as_str()?.to_owned(), r["pid"].as_i64()?)))
+            .filter(|(id, _)| *id != first.0)
+    });
+    assert!(!process_alive(first.1 as i32), "the stopped daemon is gone");
+    assert!(
+        runs_of("daemon", "killed")
+            .iter()
+            .any(|r| r["id"] == first.0.as_str())
+    );
+
+    // Disabled, the daemon stops and stays stopped; enabled, it runs again.
+    let (code, said, err) = cli(&["task", "disable", "daemon"]);
+    assert_eq!((code, said.trim()), (Some(0), "daemon disabled"), "{err}");
+    wait_until(
+        "the disabled daemon to stop",
+        Duration::from_secs(20),
+        || {
+            (runs_of("daemon", "running").is_empty() && !process_alive(second.1 as i32))
+                .then_some(())
+        },
+    );
+    let (code, said, err) = cli(&["task", "enable", "daemon"]);
+    assert_eq!((code, said.trim()), (Some(0), "daemon enabled"), "{err}");
+    wait_until("the enabled daemon to run", Duration::from_secs(20), || {
+        (!runs_of("daemon", "running").is_empty()).then_some(())
+    });
+
+    // Bad input is said, with what was wrong.
+    let (code, _, err) = cli(&["runs", "log", "nope"]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("nope"), "{err}");
+    let (code, _, err) = cli(&["task", "add", "idle", "--", "true"]);
+    assert_eq!(code, Some(0), "{err}");
+    let (code, _, err) = cli(&["task", "log", "idle"]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("idle has not run yet"), "{err}");
+    let (code, _, err) = cli(&["runs", "ls", "--status", "bogus"]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("bogus"), "{err}");
+    let (code, _, err) = cli(&["task", "disable", "nobody"]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("nobody"), "{err}");
+    stop(node);
+}
+
 /// A stand-in node on loopback for `task run greet --follow`: it starts run `r1`, then streams
 /// its log as server-sent events in `pieces`, each its own TCP write after a pause. Its URL.
 fn fake_follow_node(pieces: Vec<&'static [u8]>) -> String {

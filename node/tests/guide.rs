@@ -147,6 +147,29 @@ fn the_guide_works_step_by_step() {
             Some(())
         },
     );
+    // Its runs and their logs, from whichever node ran them.
+    let runs = taskmesh(
+        &third,
+        &dirs[2],
+        &[
+            "runs",
+            "ls",
+            "--task",
+            "tick",
+            "--status",
+            "succeeded",
+            "--output",
+            "json",
+        ],
+    );
+    let run = runs[0]["id"].as_str().expect("a succeeded run of tick");
+    let log = Command::new(BIN)
+        .args(["runs", "log", run])
+        .env("TASKMESH_URL", &third)
+        .env("TASKMESH_DATA_DIR", &dirs[2])
+        .output()
+        .expect("run the CLI");
+    assert_eq!(String::from_utf8_lossy(&log.stdout), "tick\n", "{runs}");
 
     // Backup and restore: stop the node, copy its data directory, and start from the copy.
     stop(nodes[2].take().expect("running"));

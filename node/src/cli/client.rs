@@ -1,10 +1,8 @@
 //! The CLI's side of the REST API: requests, readable output, and errors that say what failed.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use futures::StreamExt;
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use reqwest::{Method, Response, StatusCode, header};
 use rustls::pki_types::CertificateDer;
@@ -18,6 +16,8 @@ use crate::model::{Activity, Run, Task, TokenInfo, When};
 use taskmesh_core::view::{CronPause, Health, NodeDrain, PeersView, TaskListItem};
 
 use super::{AddArgs, Remote, SettingsCommand, TaskCommand, TokenSource};
+
+mod runs;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -446,6 +446,7 @@ async fn command_result(command: super::Command) -> Result<ExitCode, ClientError
             Ok(0)
         }
         super::Command::Task(c) => task(c).await,
+        super::Command::Runs(c) => runs::runs(c).await,
         super::Command::Status { remote } => status(&remote).await,
         super::Command::Node(c) => node(c).await,
         super::Command::Activity { limit, remote } => {
@@ -842,7 +843,7 @@ async fn task(command: TaskCommand) -> Result<ExitCode, ClientError> {
                 return Ok(0);
             }
             eprintln!("run {id} of {task}");
-            follow_log(&api, &id).await
+            runs::follow_log(&api, &id).await
         }
         TaskCommand::Rm { task, remote } => {
             let api = Api::new(&remote)?;
@@ -852,7 +853,28 @@ async fn task(command: TaskCommand) -> Result<ExitCode, ClientError> {
             println!("removed {}", removed.name);
             Ok(0)
         }
+        TaskCommand::Enable { task, remote } => set_enabled(&remote, &task, true).await,
+        TaskCommand::Disable { task, remote } => set_enabled(&remote, &task, false).await,
+        TaskCommand::Log {
+            task,
+            follow,
+            remote,
+        } => runs::task_log(&remote, &task, follow).await,
     }
+}
+
+async fn set_enabled(remote: &Remote, task: &str, enabled: bool) -> Result<ExitCode, ClientError> {
+    let api = Api::new(remote)?;
+    let action = if enabled { "enable" } else { "disable" };
+    let saved: Task = api
+        .call(
+            Method::POST,
+            &format!("/api/tasks/{}/{action}", enc(task)),
+            None,
+        )
+        .await?;
+    println!("{} {action}d", saved.name);
+    Ok(0)
 }
 
 /// The fields of a task a user edits (what the API takes back).
@@ -958,52 +980,6 @@ async fn add(args: AddArgs) -> Result<ExitCode, ClientError> {
     let task: Task = api.call(Method::POST, "/api/tasks", Some(body)).await?;
     println!("added {} ({})", task.name, task.id);
     Ok(0)
-}
-
-/// Prints the run's log as it grows; returns the run's exit code (1 if it did not exit cleanly).
-async fn follow_log(api: &Api, id: &str) -> Result<ExitCode, ClientError> {
-    let response = api
-        .send(
-            Method::GET,
-            &format!("/api/runs/{id}/log?follow=true"),
-            None,
-        )
-        .await?;
-    // Events are parsed as the SSE spec says (any line ending, fields, comments), and each
-    // event's text is decoded whole: a character split across reads arrives intact.
-    let mut events = sse_stream::SseByteStream::new(response.bytes_stream());
-    let mut stdout = std::io::stdout();
-    while let Some(event) = events.next().await {
-        let event = event.map_err(|e| {
-            ClientError::Api(format!(
-                "the log stream of run {id} broke: {}",
-                crate::error_text::error_text(&e)
-            ))
-        })?;
-        let data = event.data.unwrap_or_default();
-        match event.event.as_deref() {
-            Some("log") => {
-                // Task output reaches a terminal: no escape sequences or controls.
-                let data = super::terminal::terminal_safe(&data);
-                let _ = stdout.write_all(data.as_bytes());
-                if !data.ends_with('\n') {
-                    let _ = stdout.write_all(b"\n");
-                }
-                let _ = stdout.flush();
-            }
-            Some("end") => {
-                let run: Run = serde_json::from_str(&data).map_err(|e| {
-                    ClientError::Api(format!("the end of run {id}'s log is not a run: {e}"))
-                })?;
-                eprintln!("run {} {}", run.id, run.status);
-                return Ok(run.exit_code.unwrap_or(1));
-            }
-            _ => {}
-        }
-    }
-    Err(ClientError::Api(
-        "the log stream ended before the run did".into(),
-    ))
 }
 
 async fn settings(command: SettingsCommand) -> Result<ExitCode, ClientError> {

@@ -55,9 +55,12 @@ pub enum LogFormat {
 pub enum Command {
     /// Run a node: scheduler, executor, web UI and API.
     Run(RunArgs),
-    /// List, show, add, edit, run and remove tasks.
+    /// List, show, add, edit, run, enable, disable and remove tasks, and read their logs.
     #[command(subcommand)]
     Task(TaskCommand),
+    /// List the runs of every live node, show one, print or follow its log, and stop it.
+    #[command(subcommand)]
+    Runs(RunsCommand),
     /// Export and import settings.
     #[command(subcommand)]
     Settings(SettingsCommand),
@@ -449,6 +452,83 @@ pub enum TaskCommand {
     Rm {
         /// Task name or id.
         task: String,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Enable a task: cron and Always start it again.
+    Enable {
+        /// Task name or id.
+        task: String,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Disable a task: cron does not start it, and an always-task's daemon is stopped and not
+    /// restarted; Execute now still runs it.
+    Disable {
+        /// Task name or id.
+        task: String,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Print the log of the task's newest run (an always-task's: its daemon's), from whichever
+    /// node ran it; with --follow, as it grows, exiting with the run's exit code.
+    Log {
+        /// Task name or id.
+        task: String,
+        #[arg(long, short)]
+        follow: bool,
+        #[command(flatten)]
+        remote: Remote,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RunsCommand {
+    /// List runs from every live node, newest first (nodes that do not answer are named on
+    /// stderr).
+    Ls {
+        /// Only the runs of this task (name or id).
+        #[arg(long)]
+        task: Option<String>,
+        /// Only runs with this status: queued, running, succeeded, failed, timed_out, killed,
+        /// lost, skipped.
+        #[arg(long)]
+        status: Option<String>,
+        /// Only runs on the node of this name.
+        #[arg(long)]
+        node: Option<String>,
+        /// Only runs made by this trigger: manual, cron, reboot, always, retry, rule.
+        #[arg(long)]
+        trigger: Option<String>,
+        /// How many, 1 to 1000.
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Show a run as JSON.
+    Show {
+        /// The run's id.
+        run: String,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Print a run's log, from whichever node ran it; with --follow, as it grows, exiting with
+    /// the run's exit code.
+    Log {
+        /// The run's id.
+        run: String,
+        #[arg(long, short)]
+        follow: bool,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Stop a run wherever it runs (its task's stop signal, then SIGKILL after its grace time;
+    /// a waiting run just ends). An always-task's daemon is started again: disable the task to
+    /// keep it stopped.
+    Stop {
+        /// The run's id.
+        run: String,
         #[command(flatten)]
         remote: Remote,
     },
