@@ -18,8 +18,8 @@ use crate::executor::{DaemonStatus, ExecutorHandle};
 use crate::ledger::RunLedger;
 use crate::logs::{self, LogPaths};
 use crate::model::{
-    AccessEvent, Invalid, NodeSettings, Origin, Run, RunId, Settings, Task, TaskId, TaskInput,
-    Trigger,
+    AccessEvent, Invalid, NodeSettings, Origin, Parameters, Run, RunId, Settings, Task, TaskId,
+    TaskInput, Trigger,
 };
 use crate::notify::Notifier;
 use crate::scheduler::{NotScheduled, Refusal, SchedulerHandle};
@@ -375,11 +375,18 @@ impl NodeHandle {
     }
 
     /// Execute now.
-    pub async fn execute(&self, key: &str) -> Result<Run, NodeError> {
+    /// Runs the task now, with `parameters` in place of its own (only those it declares).
+    pub async fn execute(&self, key: &str, parameters: Parameters) -> Result<Run, NodeError> {
         let task = self.task(key)?;
+        if let Err(errors) = task.spec.with_parameters(&parameters) {
+            return Err(NodeError::Invalid(Invalid::new(
+                format!("{} cannot run with these parameters", task.name),
+                errors,
+            )));
+        }
         self.inner
             .scheduler
-            .request(task.id, Trigger::Manual)
+            .request(task.id, Trigger::Manual, parameters)
             .await
             .map_err(NodeError::from)
     }

@@ -1241,6 +1241,92 @@ fn the_cli_lists_runs_reads_logs_stops_a_run_and_disables_and_enables_a_task() {
     stop(node);
 }
 
+/// Execute now with parameters: the run gets them in place of the task's (in argv and in its
+/// environment), its retry keeps them, and a parameter the task does not declare is refused.
+#[test]
+fn a_run_is_given_parameters_in_place_of_its_tasks_and_its_retry_keeps_them() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let node = start(dir.path());
+    let cli = |args: &[&str]| {
+        let out = operator_cli(&node.url, dir.path())
+            .args(args)
+            .output()
+            .expect("run the cli");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).to_string(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    let http = client();
+    create_task(
+        &http,
+        &node.url,
+        &json!({"name": "greet", "spec": {"command": ["echo", "hello {{who}}"],
+                "parameters": {"who": "world", "unused": 1}}, "when": {"mode": "manual"}}),
+    );
+    assert_eq!(
+        cli(&["task", "run", "greet", "--follow"]).1,
+        "hello world\n"
+    );
+    assert_eq!(
+        cli(&[
+            "task",
+            "run",
+            "greet",
+            "-p",
+            "who=mesh; rm -rf /",
+            "--follow"
+        ])
+        .1,
+        "hello mesh; rm -rf /\n"
+    );
+
+    let out = dir.path().join("attempts");
+    create_task(
+        &http,
+        &node.url,
+        &json!({"name": "flaky",
+                "spec": {"shell": format!("echo \"$who $TASKMESH_ATTEMPT\" >> {}; [ $TASKMESH_ATTEMPT -ge 2 ]", out.display()),
+                         "parameters": {"who": "default"}},
+                "when": {"mode": "manual"},
+                "exit_rules": [{"on": "!0", "action": "retry"}]}),
+    );
+    let (code, _, err) = cli(&["task", "run", "flaky", "--param", "who=given"]);
+    assert_eq!(code, Some(0), "{err}");
+    let lines = wait_until("the retry to run", Duration::from_secs(20), || {
+        let text = std::fs::read_to_string(&out).unwrap_or_default();
+        (text.lines().count() >= 2).then_some(text)
+    });
+    assert_eq!(lines, "given 1\ngiven 2\n");
+
+    // What the task does not offer is refused, saying what and where; nothing runs.
+    let (code, _, err) = cli(&["task", "run", "greet", "-p", "LD_PRELOAD=/tmp/x.so"]);
+    assert_eq!(code, Some(1));
+    assert!(
+        err.contains("parameters.LD_PRELOAD") && err.contains("no such parameter"),
+        "{err}"
+    );
+    let (code, _, err) = cli(&["task", "run", "greet", "-p", "who"]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("NAME=VALUE"), "{err}");
+    let r = http
+        .post(format!("{}/api/tasks/greet/run", node.url))
+        .json(&json!({"parameters": {"who": ["a"]}, "extra": 1}))
+        .send()
+        .expect("post");
+    assert_eq!(r.status().as_u16(), 400);
+    let runs: Vec<Value> = http
+        .get(format!("{}/api/runs?task=greet", node.url))
+        .send()
+        .and_then(|r| r.json())
+        .expect("runs");
+    assert_eq!(runs.len(), 2, "the refused runs made none: {runs:?}");
+    assert_eq!(runs[0]["parameters"]["who"], "mesh; rm -rf /");
+    assert!(runs[1].get("parameters").is_none(), "{:?}", runs[1]);
+    stop(node);
+}
+
 /// A stand-in node on loopback for `task run greet --follow`: it starts run `r1`, then streams
 /// its log as server-sent events in `pieces`, each its own TCP write after a pause. Its URL.
 fn fake_follow_node(pieces: Vec<&'static [u8]>) -> String {

@@ -491,7 +491,8 @@ async fn runs_land_only_on_nodes_whose_dependencies_match() -> Result<()> {
     let api = &members[asker].node.api;
     api.create_task(&json!({
         "name": "train",
-        "spec": {"command": ["echo", "trained on the gpu"], "dependencies": ["gpu=nvidia"]},
+        "spec": {"command": ["echo", "trained on the {{device}}"], "dependencies": ["gpu=nvidia"],
+                 "parameters": {"device": "gpu"}},
         "when": {"mode": "manual"}
     }))
     .await?;
@@ -526,9 +527,40 @@ async fn runs_land_only_on_nodes_whose_dependencies_match() -> Result<()> {
             "followed remote log: {stream}"
         );
     }
+    // Parameters given on the follower travel with the request to the leader and with the
+    // run to the GPU node, which runs with them.
+    let (code, run) = api
+        .post(
+            "/api/tasks/train/run",
+            &json!({"parameters": {"device": "given device"}}),
+        )
+        .await?;
+    ensure!(code == 202, "answered {code}: {run}");
+    ensure!(
+        run["node_id"] == gpu_peer.as_str() && run["parameters"]["device"] == "given device",
+        "placed with its parameters: {run}"
+    );
+    let id = run["id"].as_str().unwrap_or_default().to_owned();
+    wait_for("the run with parameters to finish", FORM, || async {
+        let (_, run) = api.get(&format!("/api/runs/{id}")).await.ok()?;
+        (run["status"] == "succeeded").then_some(())
+    })
+    .await?;
+    let text = api
+        .http
+        .get(format!("{}/api/runs/{id}/log", api.base))
+        .send()
+        .await?
+        .text()
+        .await?;
+    ensure!(
+        text == "trained on the given device\n",
+        "remote log: {text}"
+    );
+
     // The GPU node has them in its own history, with their logs.
     let (_, runs) = members[gpu].node.api.get("/api/runs?limit=10").await?;
-    ensure!(runs.as_array().map_or(0, Vec::len) >= 5, "{runs}");
+    ensure!(runs.as_array().map_or(0, Vec::len) >= 6, "{runs}");
 
     // A task no live node can run is refused (409, not 503: nothing failed), saying why.
     api.create_task(&json!({

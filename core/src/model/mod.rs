@@ -19,8 +19,8 @@ pub use settings::{
     hostname,
 };
 pub use task::{
-    CatchUp, Concurrency, MAX_KILL_GRACE, OnLost, Placement, Spec, StopSignal, Task, TaskId,
-    TaskInput, When, parse_schedule,
+    CatchUp, Concurrency, MAX_KILL_GRACE, OnLost, Parameters, Placement, Spec, StopSignal, Task,
+    TaskId, TaskInput, When, parse_schedule,
 };
 pub use token::{MAX_TOKENS, NamedToken, TokenInfo};
 pub use validate::{FieldError, Invalid, parse_json};

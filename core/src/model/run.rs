@@ -1,12 +1,13 @@
 //! Runs: one execution of a task on one node, and what became of it.
 
+use std::collections::BTreeMap;
 use std::fmt;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::exit::Outcome;
-use super::task::TaskId;
+use super::task::{Parameters, TaskId};
 
 /// A run's identity. Time-ordered (UUIDv7), so sorting ids sorts runs by creation.
 #[derive(
@@ -202,6 +203,10 @@ pub struct Run {
     /// A waiting run is not placed before this time (a retry's backoff).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub not_before: Option<DateTime<Utc>>,
+    /// Parameters given for this run in place of the task's (Execute now with parameters); a
+    /// retry of the run keeps them. See [`Spec::with_parameters`](crate::model::Spec::with_parameters).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub parameters: BTreeMap<String, serde_json::Value>,
 }
 
 impl Run {
@@ -231,6 +236,7 @@ impl Run {
             ended_at: None,
             actions: Vec::new(),
             not_before: None,
+            parameters: Parameters::new(),
         }
     }
 

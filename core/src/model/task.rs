@@ -1,5 +1,6 @@
 //! Task definitions: what to run, where it may run, when, and what its exit codes trigger.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::fmt;
 
@@ -54,6 +55,10 @@ pub struct Task {
 fn yes() -> bool {
     true
 }
+
+/// Named values: what a task offers its runs (`spec.parameters`), and what a run is given in
+/// their place ([`Run::parameters`](crate::model::Run::parameters)).
+pub type Parameters = BTreeMap<String, serde_json::Value>;
 
 /// The JSON box: what runs, with which parameters, and what the node must fulfil.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, utoipa::ToSchema)]
@@ -560,6 +565,48 @@ impl Spec {
         errors
     }
 
+    /// The spec a run with `given` parameters runs: the task's own, each one `given` names
+    /// replaced. A run may change only what the task offers: a name the task does not declare
+    /// is refused (a run cannot set other environment variables), and so is a value that is
+    /// not a string, number or boolean. Each error says which parameter, under `parameters`.
+    pub fn with_parameters(&self, given: &Parameters) -> Result<Cow<'_, Spec>, Vec<FieldError>> {
+        if given.is_empty() {
+            return Ok(Cow::Borrowed(self));
+        }
+        let mut errors = Vec::new();
+        for (name, value) in given {
+            let path = format!("parameters.{name}");
+            if !self.parameters.contains_key(name) {
+                let offered: Vec<&str> = self.parameters.keys().map(String::as_str).collect();
+                errors.push(FieldError::new(
+                    path,
+                    match offered.is_empty() {
+                        true => "the task has no parameters".to_owned(),
+                        false => format!(
+                            "the task has no such parameter (it has {})",
+                            offered.join(", ")
+                        ),
+                    },
+                ));
+            } else if value.is_object() || value.is_array() {
+                errors.push(FieldError::new(
+                    path,
+                    "a parameter is a string, number or boolean",
+                ));
+            }
+        }
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        let mut spec = self.clone();
+        spec.parameters.extend(
+            given
+                .iter()
+                .map(|(name, value)| (name.clone(), value.clone())),
+        );
+        Ok(Cow::Owned(spec))
+    }
+
     /// A parameter's value as the process sees it.
     pub fn parameter_text(value: &serde_json::Value) -> String {
         match value {
@@ -667,6 +714,50 @@ mod tests {
     fn input(json: serde_json::Value) -> Result<Task, Invalid> {
         let input: TaskInput = serde_json::from_value(json).expect("input shape");
         input.into_task(TaskId("t1".into()), Utc::now())
+    }
+
+    #[test]
+    fn a_run_changes_only_the_parameters_its_task_offers() {
+        let task = input(serde_json::json!({
+            "name": "deploy",
+            "spec": {"command": ["deploy", "--to", "{{target}}", "{{version}}"],
+                     "parameters": {"target": "staging", "version": "1.0"}},
+            "when": {"mode": "manual"},
+        }))
+        .expect("valid");
+        let given = BTreeMap::from([("version".to_owned(), serde_json::json!("1.2; rm -rf /"))]);
+        let spec = task.spec.with_parameters(&given).expect("offered");
+        assert_eq!(
+            spec.expanded_argv().expect("argv"),
+            ["deploy", "--to", "staging", "1.2; rm -rf /"],
+            "one argument, whatever it holds; the others keep the task's value"
+        );
+        assert_eq!(
+            *task.spec.with_parameters(&BTreeMap::new()).expect("none"),
+            task.spec
+        );
+        let given = BTreeMap::from([
+            ("LD_PRELOAD".to_owned(), serde_json::json!("/tmp/evil.so")),
+            ("target".to_owned(), serde_json::json!(["a", "b"])),
+        ]);
+        let errors = task.spec.with_parameters(&given).expect_err("refused");
+        let said: Vec<(&str, &str)> = errors
+            .iter()
+            .map(|e| (e.path.as_str(), e.message.as_str()))
+            .collect();
+        assert_eq!(
+            said,
+            [
+                (
+                    "parameters.LD_PRELOAD",
+                    "the task has no such parameter (it has target, version)"
+                ),
+                (
+                    "parameters.target",
+                    "a parameter is a string, number or boolean"
+                ),
+            ]
+        );
     }
 
     fn paths(invalid: Invalid) -> Vec<String> {

@@ -522,8 +522,10 @@ async fn remove_task(
 /// Execute now: a new run of the task.
 #[utoipa::path(post, path = "/api/tasks/{key}/run", tag = "tasks",
     params(("key" = String, Path, description = TASK_KEY)),
+    request_body(content = Option<openapi::ExecuteRequest>, description = "optional: parameters for this run in place of the task's"),
     responses(
         (status = 202, description = "accepted", body = crate::model::Run),
+        (status = 400, description = "bad input: `error` (and `details`) say what and where", body = error::ErrorBody),
         (status = 404, description = "no such task, run or channel", body = error::ErrorBody),
         (status = 409, description = "refused as the cluster is now (`refused`: `no_node`, `still_running`)", body = error::ErrorBody),
         (status = 503, description = "not committed: no quorum, not joined yet, or shutting down", body = error::ErrorBody),
@@ -532,8 +534,19 @@ async fn remove_task(
 async fn execute_task(
     State(node): State<NodeHandle>,
     Path(key): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
 ) -> Result<impl IntoResponse, ApiError> {
-    Ok((StatusCode::ACCEPTED, Json(node.execute(&key).await?)))
+    // No body (or `null`) runs the task as it is.
+    let asked: Option<openapi::ExecuteRequest> = match body.is_empty() {
+        true => None,
+        false => json_body(&headers, &body)?,
+    };
+    let parameters = asked.map(|a| a.parameters).unwrap_or_default();
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(node.execute(&key, parameters).await?),
+    ))
 }
 
 /// Sets the task's `enabled` flag.

@@ -204,6 +204,15 @@ pub struct NewToken {
     pub token: String,
 }
 
+/// `POST /api/tasks/{key}/run` (optional): parameters for this run in place of the task's; only
+/// those the task declares (`spec.parameters`), each a string, number or boolean.
+#[derive(Debug, Default, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ExecuteRequest {
+    #[serde(default)]
+    pub parameters: std::collections::BTreeMap<String, serde_json::Value>,
+}
+
 /// `POST /api/token/rotate`: the new token is in the token file, not in the answer.
 #[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct TokenRotated {

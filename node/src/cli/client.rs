@@ -827,14 +827,19 @@ async fn task(command: TaskCommand) -> Result<ExitCode, ClientError> {
         TaskCommand::Run {
             task,
             follow,
+            params,
             remote,
         } => {
             let api = Api::new(&remote)?;
+            let body = match params.is_empty() {
+                true => None,
+                false => Some(json!({ "parameters": parameters(&params)? })),
+            };
             let run: Run = api
                 .call(
                     Method::POST,
                     &format!("/api/tasks/{}/run", enc(&task)),
-                    None,
+                    body,
                 )
                 .await?;
             let id = run.id.0;
@@ -861,6 +866,19 @@ async fn task(command: TaskCommand) -> Result<ExitCode, ClientError> {
             remote,
         } => runs::task_log(&remote, &task, follow).await,
     }
+}
+
+/// `-p NAME=VALUE` arguments as the API's parameters (each value a string).
+fn parameters(given: &[String]) -> Result<serde_json::Map<String, Value>, ClientError> {
+    given
+        .iter()
+        .map(|p| match p.split_once('=') {
+            Some((name, value)) if !name.is_empty() => Ok((name.to_owned(), json!(value))),
+            _ => Err(ClientError::Usage(format!(
+                "-p {p}: write a parameter as NAME=VALUE"
+            ))),
+        })
+        .collect()
 }
 
 async fn set_enabled(remote: &Remote, task: &str, enabled: bool) -> Result<ExitCode, ClientError> {

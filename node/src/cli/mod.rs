@@ -445,6 +445,10 @@ pub enum TaskCommand {
         task: String,
         #[arg(long, short)]
         follow: bool,
+        /// A parameter for this run in place of the task's, as NAME=VALUE (repeat it for
+        /// more); only the parameters the task declares.
+        #[arg(long = "param", short = 'p', value_name = "NAME=VALUE")]
+        params: Vec<String>,
         #[command(flatten)]
         remote: Remote,
     },

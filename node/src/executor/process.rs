@@ -228,10 +228,20 @@ fn program(spec: &Spec) -> String {
     }
 }
 
-/// The command for a run: argv without a shell, or `sh -c` for a script. Parameters become
-/// environment variables; in argv they also replace `{{name}}`.
+/// The command for a run: argv without a shell, or `sh -c` for a script. Parameters (the
+/// task's, with those given for the run in their place) become environment variables; in argv
+/// they also replace `{{name}}`.
 fn command(task: &Task, run: &Run) -> Result<Command, String> {
-    let spec = &task.spec;
+    let spec = &task
+        .spec
+        .with_parameters(&run.parameters)
+        .map_err(|errors| {
+            let said: Vec<String> = errors.iter().map(ToString::to_string).collect();
+            format!(
+                "the run's parameters no longer fit the task: {}",
+                said.join("; ")
+            )
+        })?;
     let mut cmd = match (spec.expanded_argv(), &spec.shell) {
         (Some(argv), _) if !argv.is_empty() => {
             let mut cmd = Command::new(&argv[0]);

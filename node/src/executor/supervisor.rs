@@ -14,7 +14,9 @@ use super::{ExecutorHandle, Finished};
 use crate::consensus::{Change, Consensus, State};
 use crate::events::{Event, Events};
 use crate::ledger::RunLedger;
-use crate::model::{Action, ClusterSettings, Run, RunId, Task, TaskId, Trigger, matching_actions};
+use crate::model::{
+    Action, ClusterSettings, Parameters, Run, RunId, Task, TaskId, Trigger, matching_actions,
+};
 use crate::notify::{self, Notice, Notifier, sending_note};
 use taskmesh_core::backoff::Backoff;
 
@@ -39,6 +41,8 @@ pub struct FollowUp {
     pub attempt: u32,
     /// How long to wait before it runs (a retry's backoff; zero for "run another task").
     pub delay: Duration,
+    /// The parameters given to the run that asked, for its retry; none for another task's.
+    pub parameters: Parameters,
 }
 
 /// One step the rules ask for after a run.
@@ -323,6 +327,7 @@ impl Supervisor {
                         trigger: Trigger::retry_of(run),
                         attempt,
                         delay,
+                        parameters: run.parameters.clone(),
                     };
                     match self.follow_ups.send(follow_up).await {
                         Ok(()) => format!(
@@ -355,6 +360,7 @@ impl Supervisor {
                             },
                             attempt: 1,
                             delay: Duration::ZERO,
+                            parameters: Parameters::new(),
                         };
                         match self.follow_ups.send(follow_up).await {
                             Ok(()) => format!("run {name}: requested"),

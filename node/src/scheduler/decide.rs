@@ -18,8 +18,8 @@ use super::placement::{self, Candidate, NoPlace};
 use super::{LATE, LEAD, NotScheduled};
 use crate::consensus::{Change, State};
 use crate::model::{
-    CatchUp, Concurrency, OnLost, Outcome, Placement, Run, RunId, RunStatus, Task, TaskId, Trigger,
-    When,
+    CatchUp, Concurrency, OnLost, Outcome, Parameters, Placement, Run, RunId, RunStatus, Task,
+    TaskId, Trigger, When,
 };
 
 /// At most this many missed slots run under the `all` policy.
@@ -347,6 +347,7 @@ pub fn reap_lost(
         }
         let trigger = Trigger::retry_of(&run);
         let mut retry = new_run(task, trigger, run.attempt + 1, new_id(), now);
+        retry.parameters.clone_from(&run.parameters);
         retry.actions.push(format!("retry of lost run {}", run.id));
         if let Some(last) = changes.last_mut().filter(|r| r.id == run.id) {
             last.actions.push(format!("retried as {}", retry.id));
@@ -448,6 +449,9 @@ pub struct Ask {
     pub attempt: u32,
     /// How long to wait before it runs (a retry's backoff).
     pub delay: Duration,
+    /// Parameters given for the run in place of the task's; every run the request makes
+    /// carries them.
+    pub parameters: Parameters,
 }
 
 /// What a batch of run requests comes to.
@@ -484,9 +488,12 @@ pub fn grant(
             continue;
         };
         let answer = match runs_for_ask(task, ask, view, leading, &mut busy, &mut new_id) {
-            Ok((first, runs, stops)) => {
+            Ok((mut first, mut runs, stops)) => {
                 if leading {
                     granting.stops.extend(stops);
+                }
+                for run in runs.iter_mut().chain([&mut first]) {
+                    run.parameters.clone_from(&ask.parameters);
                 }
                 granting.runs.extend(runs);
                 Ok(first)
@@ -498,6 +505,7 @@ pub fn grant(
                     let note = format!("not run: {why}");
                     let mut run =
                         new_run(task, ask.trigger.clone(), ask.attempt, new_id(), view.now);
+                    run.parameters.clone_from(&ask.parameters);
                     run.close(RunStatus::Skipped, note, view.now);
                     granting.runs.push(run);
                 }
@@ -551,6 +559,7 @@ pub fn delayed(view: &View, asks: &[Ask], mut new_id: impl FnMut() -> RunId) -> 
             continue;
         };
         let mut run = new_run(task, ask.trigger.clone(), ask.attempt, new_id(), view.now);
+        run.parameters.clone_from(&ask.parameters);
         let at = view.now + chrono::Duration::from_std(ask.delay).unwrap_or_default();
         run.not_before = Some(at);
         run.actions.push(format!(
@@ -1705,6 +1714,7 @@ mod tests {
             trigger: Trigger::Manual,
             attempt: 1,
             delay: Duration::ZERO,
+            parameters: Parameters::new(),
         };
         struct Case {
             name: &'static str,
@@ -1869,6 +1879,7 @@ mod tests {
                 trigger: trigger.clone(),
                 attempt,
                 delay: Duration::ZERO,
+                parameters: Parameters::new(),
             }];
             let granting = grant(&world.view(at("09:00:00")), true, &asks, ids());
             assert!(
@@ -1878,6 +1889,30 @@ mod tests {
             let runs: Vec<String> = granting.runs.iter().map(brief_run).collect();
             assert_eq!(runs, recorded, "{trigger:?}");
         }
+    }
+
+    #[test]
+    fn every_run_a_request_makes_carries_its_parameters() {
+        let t = with(task("t", When::Manual), |t| t.placement = Placement::All);
+        let world = World::new([t.clone()], &[]);
+        let given = Parameters::from([("version".to_owned(), serde_json::json!("1.2"))]);
+        let ask = |delay| Ask {
+            task: t.id.clone(),
+            trigger: Trigger::Manual,
+            attempt: 1,
+            delay,
+            parameters: given.clone(),
+        };
+        let view = world.view(at("09:00:00"));
+        for leading in [true, false] {
+            let granting = grant(&view, leading, &[ask(Duration::ZERO)], ids());
+            let first = granting.answers[0].as_ref().expect("a run");
+            assert_eq!(first.parameters, given, "leading {leading}");
+            assert_eq!(granting.runs.len(), if leading { 2 } else { 1 });
+            assert!(granting.runs.iter().all(|r| r.parameters == given));
+        }
+        let waiting = delayed(&view, &[ask(Duration::from_secs(4))], ids());
+        assert!(waiting.len() == 1 && waiting[0].parameters == given);
     }
 
     #[test]
@@ -1893,12 +1928,14 @@ mod tests {
                 },
                 attempt: 2,
                 delay: Duration::from_secs(4),
+                parameters: Parameters::new(),
             },
             Ask {
                 task: TaskId("gone".into()),
                 trigger: Trigger::Manual,
                 attempt: 1,
                 delay: Duration::from_secs(4),
+                parameters: Parameters::new(),
             },
         ];
         let runs = delayed(&world.view(at("09:00:00")), &asks, ids());

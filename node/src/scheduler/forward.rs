@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use super::{NotScheduled, RunRequest};
 use crate::consensus::Consensus;
 use crate::mesh::{MeshHandle, PeerId, Request, Response};
-use crate::model::{Run, TaskId, Trigger};
+use crate::model::{Parameters, Run, TaskId, Trigger};
 
 /// How long a follower waits for the leader's answer before it commits the runs as waiting.
 const FORWARD_TTL: Duration = Duration::from_secs(2);
@@ -31,6 +31,9 @@ pub struct Forwarded {
     /// send it, and gets its answers' reasons as text.
     #[serde(default)]
     pub typed: bool,
+    /// Parameters given for the run in place of the task's.
+    #[serde(default, skip_serializing_if = "Parameters::is_empty")]
+    pub parameters: Parameters,
 }
 
 /// The leader's answers to a hand-over, in order: the run each request made, or why it made
@@ -135,6 +138,7 @@ impl Forwarder {
                 trigger: r.trigger.clone(),
                 attempt: r.attempt,
                 typed: true,
+                parameters: r.parameters.clone(),
             })
             .collect();
         let body = serde_json::value::to_raw_value(&bodies).ok()?;

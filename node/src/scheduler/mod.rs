@@ -46,7 +46,7 @@ use crate::consensus::{Change, Consensus, ProposeError, State};
 use crate::executor::{ExecutorHandle, FollowUp};
 use crate::ledger::RunLedger;
 use crate::mesh::MeshHandle;
-use crate::model::{NodeSettings, Run, RunId, Task, TaskId, Trigger, When};
+use crate::model::{NodeSettings, Parameters, Run, RunId, Task, TaskId, Trigger, When};
 use taskmesh_core::placement::{self, Candidate};
 
 pub use decide::Refusal;
@@ -90,6 +90,9 @@ struct RunRequest {
     reply: Option<oneshot::Sender<Answer>>,
     /// Forwarded by another node to this one as the leader: never forwarded again.
     forwarded: bool,
+    /// Parameters given for the run in place of the task's (checked against the task by who
+    /// asked; the node that runs it checks them again).
+    parameters: Parameters,
 }
 
 impl RunRequest {
@@ -100,6 +103,7 @@ impl RunRequest {
             trigger: self.trigger.clone(),
             attempt: self.attempt,
             delay: self.delay,
+            parameters: self.parameters.clone(),
         }
     }
 }
@@ -113,6 +117,7 @@ impl From<FollowUp> for RunRequest {
             delay: f.delay,
             reply: None,
             forwarded: false,
+            parameters: f.parameters,
         }
     }
 }
@@ -153,13 +158,15 @@ pub struct SchedulerHandle {
 type Answer = Result<Run, NotScheduled>;
 
 impl SchedulerHandle {
-    /// Asks for a run of `task` now; answers with the run, or why there is none.
-    pub async fn request(&self, task: TaskId, trigger: Trigger) -> Answer {
+    /// Asks for a run of `task` now, with `parameters` in place of the task's; answers with the
+    /// run, or why there is none.
+    pub async fn request(&self, task: TaskId, trigger: Trigger, parameters: Parameters) -> Answer {
         let request = Forwarded {
             task,
             trigger,
             attempt: 1,
             typed: true,
+            parameters,
         };
         self.queue(request, false)
             .await?
@@ -204,6 +211,7 @@ impl SchedulerHandle {
             delay: Duration::ZERO,
             reply: Some(reply),
             forwarded,
+            parameters: request.parameters,
         };
         let queued = match forwarded {
             true => self.tx.try_send(request).map_err(|e| match e {
@@ -816,6 +824,7 @@ mod tests {
             trigger: Trigger::Manual,
             attempt: 1,
             typed: true,
+            parameters: Parameters::new(),
         }
     }
 
@@ -829,7 +838,9 @@ mod tests {
         // The first request fills the inbox, and nobody takes it.
         let _first = handle.queue(ask("t"), false).await.expect("room");
         let asked = Instant::now();
-        let answer = handle.request(TaskId("t".into()), Trigger::Manual).await;
+        let answer = handle
+            .request(TaskId("t".into()), Trigger::Manual, Parameters::new())
+            .await;
         assert_eq!(answer, Err(NotScheduled::Busy));
         assert!(asked.elapsed() >= Duration::from_millis(50), "it waited");
         // A follower's hand-over is answered at once.
@@ -838,7 +849,9 @@ mod tests {
         assert!(inbox.try_recv().is_ok());
         assert!(inbox.try_recv().is_err(), "nothing else was accepted");
         drop(inbox);
-        let answer = handle.request(TaskId("t".into()), Trigger::Manual).await;
+        let answer = handle
+            .request(TaskId("t".into()), Trigger::Manual, Parameters::new())
+            .await;
         assert_eq!(answer, Err(NotScheduled::shutting_down()));
     }
 }
