@@ -1082,6 +1082,107 @@ async fn the_node_page_tells_which_tasks_this_node_can_run() -> Result<()> {
     Ok(())
 }
 
+/// Execute with parameters: the panel offers a field for each parameter the task declares
+/// (and no button for a task without any), the run gets what was changed in place of the
+/// task's value, the task keeps its own, and the run page lists what was given.
+#[tokio::test]
+async fn a_run_is_given_parameters_from_the_task_panel() -> Result<()> {
+    let node = TestNode::start().await?;
+    let base = node.api.base.clone();
+    let id = node
+        .api
+        .create_task(&json!({"name": "deploy",
+            "spec": {"command": ["echo", "deploy {{version}} to {{target}}"],
+                     "parameters": {"version": "1.0", "target": "staging"}},
+            "when": {"mode": "manual"}}))
+        .await?;
+    let plain = node
+        .api
+        .create_task(
+            &json!({"name": "plain", "spec": {"command": ["true"]}, "when": {"mode": "manual"}}),
+        )
+        .await?;
+    let browser = logged_in(&node).await?;
+    browser.goto(&format!("{base}/index")).await?;
+    browser
+        .click(
+            &browser
+                .find(&format!("#task-{plain} tr.summary td.name"))
+                .await?,
+        )
+        .await?;
+    browser.find(&format!("#task-{plain} .execute")).await?;
+    let offers = browser
+        .find_all(&format!("#task-{plain} .execute-with"))
+        .await?;
+    assert!(
+        !browser.displayed(&offers[0]).await?,
+        "a task without parameters offers none"
+    );
+
+    browser
+        .click(
+            &browser
+                .find(&format!("#task-{id} tr.summary td.name"))
+                .await?,
+        )
+        .await?;
+    browser
+        .click(&browser.find(&format!("#task-{id} .execute-with")).await?)
+        .await?;
+    let fields = browser.find_all(&format!("#task-{id} .f-param")).await?;
+    let mut values = Vec::new();
+    for field in &fields {
+        values.push(browser.value(field).await?);
+    }
+    assert_eq!(values, ["staging", "1.0"], "one field a parameter, by name");
+    browser.clear(&fields[1]).await?;
+    browser.type_text(&fields[1], "2.0").await?;
+    screenshot(&browser, "task-parameters").await;
+    let problems = accessibility_problems(&browser).await?;
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+    browser
+        .click(&browser.find(&format!("#task-{id} .execute-given")).await?)
+        .await?;
+    wait_text(
+        &browser,
+        &format!("#task-{id} .status"),
+        "Saved and started",
+    )
+    .await?;
+    let run = wait_for("the run to succeed", Duration::from_secs(10), || async {
+        let (_, runs) = node.api.get(&format!("/api/runs?task={id}")).await.ok()?;
+        let run = runs.as_array()?.first()?.clone();
+        (run["status"] == "succeeded").then_some(run)
+    })
+    .await?;
+    assert_eq!(
+        run["parameters"],
+        json!({"version": "2.0"}),
+        "only what was changed"
+    );
+    let run_id = run["id"].as_str().unwrap_or_default();
+    let log = node
+        .api
+        .http
+        .get(format!("{base}/api/runs/{run_id}/log"))
+        .send()
+        .await?
+        .text()
+        .await?;
+    assert_eq!(log, "deploy 2.0 to staging\n");
+    let (_, task) = node.api.get(&format!("/api/tasks/{id}")).await?;
+    assert_eq!(
+        task["spec"]["parameters"]["version"], "1.0",
+        "the task keeps its own"
+    );
+
+    browser.goto(&format!("{base}/runs/{run_id}")).await?;
+    let given = wait_text(&browser, "#run-parameters", "version").await?;
+    assert!(given.contains("version = 2.0"), "{given}");
+    Ok(())
+}
+
 /// The drain button on /peers asks first, drains the node (no new run goes there, and Execute
 /// now says why), and the undrain button ends it.
 #[tokio::test]

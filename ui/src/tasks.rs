@@ -175,6 +175,8 @@ pub struct TaskPanel {
     /// The labels as the input shows them: separated by spaces.
     pub labels_text: String,
     pub spec_text: String,
+    /// The task declares parameters: Execute now can be given others for one run.
+    pub has_parameters: bool,
     /// manual, always or cron.
     pub mode: &'static str,
     pub schedule: String,
@@ -237,6 +239,7 @@ impl TaskPanel {
             description: task.description.clone(),
             labels_text: task.labels.join(" "),
             spec_text: serde_json::to_string_pretty(&task.spec).unwrap_or_else(|_| "{}".into()),
+            has_parameters: !task.spec.parameters.is_empty(),
             mode,
             schedule,
             timezone,
@@ -282,6 +285,7 @@ impl TaskPanel {
             description: String::new(),
             labels_text: String::new(),
             spec_text: NEW_SPEC.into(),
+            has_parameters: false,
             mode: "manual",
             schedule: "*/5 * * * *".into(),
             timezone: "UTC".into(),

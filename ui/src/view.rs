@@ -2,7 +2,7 @@
 
 use chrono::{DateTime, Utc};
 
-use taskmesh_core::model::{Outcome, Run, Trigger};
+use taskmesh_core::model::{Outcome, Run, Spec, Trigger};
 
 use crate::i18n::Lang;
 
@@ -155,6 +155,8 @@ pub struct RunSummary {
     pub duration: String,
     pub actions: Vec<String>,
     pub active: bool,
+    /// The parameters given to this run in place of its task's, as `name = value`.
+    pub parameters: Vec<(String, String)>,
 }
 
 impl RunSummary {
@@ -184,6 +186,11 @@ impl RunSummary {
                 .unwrap_or_default(),
             actions: run.actions.clone(),
             active: !run.status.is_final(),
+            parameters: run
+                .parameters
+                .iter()
+                .map(|(name, value)| (name.clone(), Spec::parameter_text(value)))
+                .collect(),
         }
     }
 

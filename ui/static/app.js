@@ -526,7 +526,8 @@
     // Edits mark the panel dirty (live refreshes leave it alone) and update dependent controls.
     table.addEventListener("input", (e) => {
       const form = e.target.closest("form.panel");
-      if (!form) return;
+      // A run's parameters are not an edit of the task.
+      if (!form || e.target.classList.contains("f-param")) return;
       form.dataset.dirty = "1";
       const tbody = tbodyOf(form);
       if (e.target.classList.contains("f-name") && tbody.classList.contains("new")) {
@@ -619,6 +620,15 @@
         const tbody = tbodyOf(form);
         $(".panel-row > td", tbody).textContent = "";
         setOpen(tbody, true, { focus: true });
+      } else if (e.target.closest(".execute-with")) {
+        askParameters(form);
+      } else if (e.target.closest(".execute-given")) {
+        const parameters = givenParameters(form);
+        $(".given-parameters", form).hidden = true;
+        save(form, { execute: true, parameters });
+      } else if (e.target.closest(".cancel-given")) {
+        $(".given-parameters", form).hidden = true;
+        $(".execute-with", form).focus();
       } else if (e.target.closest(".execute")) {
         save(form, { execute: true });
       } else if (e.target.closest(".remove")) {
@@ -655,10 +665,45 @@
       box.value = JSON.stringify(spec, null, 2);
     }
 
+    /** The parameters the JSON box declares, or null when it declares none (or does not parse). */
+    function specParameters(form) {
+      let spec;
+      try { spec = JSON.parse($(".f-spec", form).value || "{}"); } catch { return null; }
+      const given = spec && typeof spec === "object" ? spec.parameters : null;
+      return given && typeof given === "object" && !Array.isArray(given) && Object.keys(given).length ? given : null;
+    }
+
+    /** Opens the fields for a run's own parameters, one per parameter the task declares. */
+    function askParameters(form) {
+      const fields = $(".given-fields", form);
+      fields.textContent = "";
+      for (const [name, value] of Object.entries(specParameters(form) || {})) {
+        const text = typeof value === "string" ? value : JSON.stringify(value);
+        const input = el("input", { class: "f-param mono", type: "text", value: text, autocomplete: "off" });
+        input.dataset.name = name;
+        input.dataset.was = text;
+        fields.append(el("label", { class: "field" }, el("span", { class: "label mono", text: name }), input));
+      }
+      $(".given-parameters", form).hidden = false;
+      const first = $(".f-param", form);
+      if (first) first.focus();
+    }
+
+    /** The parameters typed for a run: those changed from the task's own values. */
+    function givenParameters(form) {
+      const given = {};
+      for (const input of $$(".f-param", form)) {
+        if (input.value !== input.dataset.was) given[input.dataset.name] = input.value;
+      }
+      return given;
+    }
+
     function readRunControls(form) {
       let spec;
       try { spec = JSON.parse($(".f-spec", form).value || "{}"); } catch { return; }
       if (!spec || typeof spec !== "object") return;
+      const offer = $(".execute-with", form);
+      if (offer) offer.hidden = !specParameters(form);
       const concurrency = $(".f-concurrency", form), timeout = $(".f-timeout", form);
       if (concurrency) concurrency.value = ["allow", "replace"].includes(spec.concurrency) ? spec.concurrency : "forbid";
       if (timeout && document.activeElement !== timeout) timeout.value = typeof spec.timeout === "string" ? spec.timeout : "";
@@ -878,7 +923,7 @@
       for (const b of $$(".actions .btn", form)) b.disabled = on;
     }
 
-    async function save(form, { execute }) {
+    async function save(form, { execute, parameters = {} }) {
       const tbody = tbodyOf(form);
       const status = $(".status", form);
       const id = form.dataset.id;
@@ -905,7 +950,8 @@
       let run = null, runError = null;
       if (execute) {
         try {
-          run = await api("POST", `/api/tasks/${encodeURIComponent(task.id)}/run`);
+          const given = Object.keys(parameters).length ? { parameters } : undefined;
+          run = await api("POST", `/api/tasks/${encodeURIComponent(task.id)}/run`, given);
         } catch (err) {
           runError = err.message;
         }
