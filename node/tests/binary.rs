@@ -1241,6 +1241,123 @@ fn the_cli_lists_runs_reads_logs_stops_a_run_and_disables_and_enables_a_task() {
     stop(node);
 }
 
+/// Tasks kept in a file: `task export` writes them, `task apply` makes another node's tasks the
+/// same (creating a rule's target before the rule), again changes nothing, applies an edit,
+/// says what it would do without doing it, prunes only when asked, and refuses a bad file
+/// whole, saying where.
+#[test]
+fn tasks_are_exported_to_a_file_and_applied_from_it() {
+    let (dir_a, dir_b) = (
+        tempfile::tempdir().expect("tmp"),
+        tempfile::tempdir().expect("tmp"),
+    );
+    let (a, b) = (start(dir_a.path()), start(dir_b.path()));
+    let cli = |node: &Node, dir: &Path, args: &[&str]| {
+        let out = operator_cli(&node.url, dir)
+            .args(args)
+            .output()
+            .expect("run the cli");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).to_string(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    let http = client();
+    create_task(
+        &http,
+        &a.url,
+        &json!({"name": "upload", "spec": {"shell": "echo up"},
+                "when": {"mode": "cron", "schedule": "0 3 * * *", "timezone": "Europe/Berlin"}}),
+    );
+    create_task(
+        &http,
+        &a.url,
+        &json!({"name": "report", "spec": {"command": ["true"]}, "when": {"mode": "manual"},
+                "exit_rules": [{"on": "0", "action": "run", "task": "upload"}]}),
+    );
+    let file = dir_a.path().join("tasks.json");
+    let (code, _, err) = cli(
+        &a,
+        dir_a.path(),
+        &["task", "export", "-o", file.to_str().expect("path")],
+    );
+    assert_eq!(code, Some(0), "{err}");
+    let exported: Vec<Value> =
+        serde_json::from_str(&std::fs::read_to_string(&file).expect("read")).expect("a list");
+    assert_eq!(exported.len(), 2);
+
+    let apply = |args: &[&str]| {
+        let mut all = vec!["task", "apply", file.to_str().expect("path")];
+        all.extend_from_slice(args);
+        cli(&b, dir_b.path(), &all)
+    };
+    let names = |node: &Node| task_names(&http, &node.url).expect("tasks");
+    let (code, said, err) = apply(&[]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        said.starts_with("create upload\ncreate report\n")
+            && said.contains("2 created, 0 changed, 0 removed, 0 unchanged"),
+        "{said}"
+    );
+    assert_eq!(names(&b), names(&a));
+    let (_, said, _) = apply(&[]);
+    assert!(
+        said.contains("0 created, 0 changed, 0 removed, 2 unchanged"),
+        "{said}"
+    );
+
+    // An edit and a task the file does not name: a dry run changes nothing.
+    create_task(
+        &http,
+        &b.url,
+        &json!({"name": "local", "spec": {"command": ["true"]}, "when": {"mode": "manual"}}),
+    );
+    let mut edited = exported.clone();
+    edited[1]["spec"]["shell"] = json!("echo changed");
+    std::fs::write(&file, serde_json::to_string(&edited).expect("json")).expect("write");
+    let (_, said, _) = apply(&["--prune", "--dry-run"]);
+    assert!(
+        said.contains("would change upload") && said.contains("would remove local"),
+        "{said}"
+    );
+    assert!(names(&b).contains("local"));
+    let (code, said, err) = apply(&[]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        said.contains("0 created, 1 changed, 0 removed, 1 unchanged"),
+        "{said}"
+    );
+    let upload: Value = http
+        .get(format!("{}/api/tasks/upload", b.url))
+        .send()
+        .and_then(|r| r.json())
+        .expect("upload");
+    assert_eq!(upload["spec"]["shell"], "echo changed");
+    assert!(names(&b).contains("local"), "kept without --prune");
+    let (_, said, _) = apply(&["--prune"]);
+    assert!(said.contains("1 removed"), "{said}");
+    assert!(!names(&b).contains("local"));
+
+    // A bad file is refused whole, each problem at its place; nothing changes.
+    edited[0]["spec"]["command"] = json!("not a list");
+    edited
+        .push(json!({"name": "upload", "spec": {"command": ["true"]}, "when": {"mode": "manual"}}));
+    std::fs::write(&file, serde_json::to_string(&edited).expect("json")).expect("write");
+    let before = names(&b);
+    let (code, _, err) = apply(&[]);
+    assert_eq!(code, Some(1));
+    assert!(
+        err.contains("[0].spec.command")
+            && err.contains("[2].name")
+            && err.contains("nothing was applied"),
+        "{err}"
+    );
+    assert_eq!(names(&b), before);
+    stop(a);
+    stop(b);
+}
+
 /// Execute now with parameters: the run gets them in place of the task's (in argv and in its
 /// environment), its retry keeps them, and a parameter the task does not declare is refused.
 #[test]

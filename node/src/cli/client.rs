@@ -17,6 +17,7 @@ use taskmesh_core::view::{CronPause, Health, NodeDrain, PeersView, TaskListItem}
 
 use super::{AddArgs, Remote, SettingsCommand, TaskCommand, TokenSource};
 
+mod apply;
 mod runs;
 
 #[derive(Debug, thiserror::Error)]
@@ -865,6 +866,13 @@ async fn task(command: TaskCommand) -> Result<ExitCode, ClientError> {
             follow,
             remote,
         } => runs::task_log(&remote, &task, follow).await,
+        TaskCommand::Export { out, remote } => apply::export(&remote, out.as_deref()).await,
+        TaskCommand::Apply {
+            file,
+            prune,
+            dry_run,
+            remote,
+        } => apply::apply(&remote, &file, prune, dry_run).await,
     }
 }
 

@@ -474,6 +474,30 @@ pub enum TaskCommand {
         #[command(flatten)]
         remote: Remote,
     },
+    /// Print every task as JSON, as `task apply` takes it back (to keep tasks in files, or to
+    /// move them to another cluster).
+    Export {
+        /// Write to this file instead of stdout.
+        #[arg(long, short, value_name = "FILE")]
+        out: Option<PathBuf>,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Make the cluster's tasks what a file says (a JSON list as `task export` writes, or one
+    /// task), by name: create the new ones, change those that differ, leave the rest. The
+    /// whole file is checked before anything changes.
+    Apply {
+        /// The file.
+        file: PathBuf,
+        /// Also remove the tasks the file does not name.
+        #[arg(long)]
+        prune: bool,
+        /// Say what would change, and change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        #[command(flatten)]
+        remote: Remote,
+    },
     /// Print the log of the task's newest run (an always-task's: its daemon's), from whichever
     /// node ran it; with --follow, as it grows, exiting with the run's exit code.
     Log {
