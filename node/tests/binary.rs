@@ -962,6 +962,19 @@ fn operator_cli(url: &str, data_dir: &Path) -> Command {
     cli
 }
 
+/// What the operator's CLI ([`operator_cli`]) says to `args`: its exit code, stdout and stderr.
+fn operator_says(url: &str, data_dir: &Path, args: &[&str]) -> (Option<i32>, String, String) {
+    let out = operator_cli(url, data_dir)
+        .args(args)
+        .output()
+        .expect("run the cli");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).to_string(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
+}
+
 #[test]
 fn the_cli_adds_runs_and_removes_a_task() {
     let dir = tempfile::tempdir().expect("tmp");
@@ -1118,17 +1131,7 @@ fn the_cli_adds_runs_and_removes_a_task() {
 fn the_cli_lists_runs_reads_logs_stops_a_run_and_disables_and_enables_a_task() {
     let dir = tempfile::tempdir().expect("tmp");
     let node = start(dir.path());
-    let cli = |args: &[&str]| {
-        let out = operator_cli(&node.url, dir.path())
-            .args(args)
-            .output()
-            .expect("run the cli");
-        (
-            out.status.code(),
-            String::from_utf8_lossy(&out.stdout).to_string(),
-            String::from_utf8_lossy(&out.stderr).to_string(),
-        )
-    };
+    let cli = |args: &[&str]| operator_says(&node.url, dir.path(), args);
     let runs_of = |task: &str, status: &str| -> Vec<Value> {
         let (code, out, err) = cli(&[
             "runs", "ls", "--task", task, "--status", status, "--output", "json",
@@ -1252,17 +1255,7 @@ fn tasks_are_exported_to_a_file_and_applied_from_it() {
         tempfile::tempdir().expect("tmp"),
     );
     let (a, b) = (start(dir_a.path()), start(dir_b.path()));
-    let cli = |node: &Node, dir: &Path, args: &[&str]| {
-        let out = operator_cli(&node.url, dir)
-            .args(args)
-            .output()
-            .expect("run the cli");
-        (
-            out.status.code(),
-            String::from_utf8_lossy(&out.stdout).to_string(),
-            String::from_utf8_lossy(&out.stderr).to_string(),
-        )
-    };
+    let cli = |node: &Node, dir: &Path, args: &[&str]| operator_says(&node.url, dir, args);
     let http = client();
     create_task(
         &http,
@@ -1364,17 +1357,7 @@ fn tasks_are_exported_to_a_file_and_applied_from_it() {
 fn a_run_is_given_parameters_in_place_of_its_tasks_and_its_retry_keeps_them() {
     let dir = tempfile::tempdir().expect("tmp");
     let node = start(dir.path());
-    let cli = |args: &[&str]| {
-        let out = operator_cli(&node.url, dir.path())
-            .args(args)
-            .output()
-            .expect("run the cli");
-        (
-            out.status.code(),
-            String::from_utf8_lossy(&out.stdout).to_string(),
-            String::from_utf8_lossy(&out.stderr).to_string(),
-        )
-    };
+    let cli = |args: &[&str]| operator_says(&node.url, dir.path(), args);
     let http = client();
     create_task(
         &http,
