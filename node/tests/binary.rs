@@ -443,7 +443,18 @@ fn an_always_task_whose_node_dies_runs_on_another_node_once() {
     // And it stays at one instance (nothing else starts it) for a while.
     let until = Instant::now() + Duration::from_secs(2);
     while Instant::now() < until {
-        assert_eq!(running_on(&cluster), vec![next], "exactly one instance");
+        let now = running_on(&cluster);
+        if now != vec![next] {
+            let runs: Value = http
+                .get(format!(
+                    "{}/api/runs?task=daemon&limit=20",
+                    cluster.url(next)
+                ))
+                .send()
+                .and_then(|r| r.json())
+                .unwrap_or_default();
+            panic!("exactly one instance, on {next}: {now:?}; its runs: {runs:#}");
+        }
     }
     cluster.stop_all();
 }

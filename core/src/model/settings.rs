@@ -125,9 +125,9 @@ impl Default for ClusterSettings {
 
 impl ClusterSettings {
     /// How long a holder of an always-task keeps its daemon without hearing a majority of the
-    /// voters: half of `peer_timeout`.
+    /// voters: half of `peer_timeout`, and at least [`MIN_LEASE_TERM`].
     pub fn lease_term(&self) -> Duration {
-        self.peer_timeout.0 / 2
+        (self.peer_timeout.0 / 2).max(MIN_LEASE_TERM)
     }
 
     /// How long a holder must have been silent before the leader gives its always-task of
@@ -139,6 +139,11 @@ impl ClusterSettings {
             .max(self.lease_term() + task.kill_grace(self.kill_grace.0) + HANDOVER_MARGIN)
     }
 }
+
+/// The shortest lease term. A holder hears each voter once a beat round (every 2 s), so a term
+/// shorter than a round and a half would lapse between two rounds of a healthy cluster, and
+/// stop the daemon for nothing; half of the shortest `peer_timeout` (3 s) would be 1.5 s.
+pub const MIN_LEASE_TERM: Duration = Duration::from_secs(3);
 
 /// Time [`ClusterSettings::daemon_handover`] keeps on top of lease and grace: for the holder's
 /// lease check, which runs every 250 ms, and the kernel's last kill.
@@ -695,6 +700,15 @@ mod tests {
         assert_eq!(cluster.daemon_handover(&task), Duration::from_secs(11));
         task.spec.kill_grace = Some(HumanDuration::from_secs(60));
         assert_eq!(cluster.daemon_handover(&task), Duration::from_secs(66));
+        // The shortest peer_timeout: the lease outlasts a beat round and a half, and the
+        // hand-over waits for that lease.
+        let short = ClusterSettings {
+            peer_timeout: HumanDuration::from_secs(3),
+            ..ClusterSettings::default()
+        };
+        assert_eq!(short.lease_term(), MIN_LEASE_TERM);
+        task.spec.kill_grace = None;
+        assert_eq!(short.daemon_handover(&task), Duration::from_secs(3 + 5 + 1));
     }
 
     #[test]
