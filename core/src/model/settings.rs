@@ -125,7 +125,7 @@ impl Default for ClusterSettings {
 
 impl ClusterSettings {
     /// How long a holder of an always-task keeps its daemon without hearing a majority of the
-    /// voters: half of `peer_timeout`, and at least [`MIN_LEASE_TERM`].
+    /// voters: half of `peer_timeout`, and at least 3 s (`MIN_LEASE_TERM`).
     pub fn lease_term(&self) -> Duration {
         (self.peer_timeout.0 / 2).max(MIN_LEASE_TERM)
     }
