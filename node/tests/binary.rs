@@ -1513,6 +1513,34 @@ fn the_cli_follows_a_log_whose_characters_are_split_across_reads() {
     assert!(stderr.contains("run r1 failed"), "{stderr}");
 }
 
+/// A line the node sends in two pieces prints as one line; a log whose last line has no newline
+/// gets one at the run's end.
+#[test]
+fn the_cli_joins_a_line_sent_in_two_pieces() {
+    let url = fake_follow_node(vec![
+        b"event: log\nid: 3\ndata: hel\n\n",
+        b"event: log\nid: 6\ndata: lo\ndata: \n\n",
+        b"event: log\nid: 10\ndata: tail\n\n",
+        b"event: end\ndata: {\"id\": \"r1\", \"task_id\": \"t1\", \"task_name\": \"greet\", \"trigger\": {\"kind\": \"manual\"}, \"attempt\": 1, \"node\": \"fake\", \"status\": \"succeeded\", \"exit_code\": 0, \"created_at\": \"2026-12-01T00:00:00Z\"}\n\n",
+    ]);
+    let dir = tempfile::tempdir().expect("tmp");
+    let out = Command::new(BIN)
+        .args(["task", "run", "greet", "--follow", "--url", &url])
+        .env("TASKMESH_DATA_DIR", dir.path())
+        .env("TASKMESH_TOKEN", TOKEN)
+        .env_remove("TASKMESH_URL")
+        .env_remove("TASKMESH_TOKEN_FILE")
+        .output()
+        .expect("run the cli");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "hello\ntail\n",
+        "{stderr}"
+    );
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+}
+
 #[test]
 fn the_cli_says_why_a_run_is_refused_and_exits_3() {
     let dir = tempfile::tempdir().expect("tmp");

@@ -145,6 +145,8 @@ async fn log(api: &Api, id: &str, follow: bool) -> Result<ExitCode, ClientError>
 }
 
 /// Prints the run's log as it grows; returns the run's exit code (1 if it did not exit cleanly).
+/// The pieces are printed as they come (a line may arrive in two), and a log that does not end
+/// its last line gets a newline at the run's end.
 pub(super) async fn follow_log(api: &Api, id: &str) -> Result<ExitCode, ClientError> {
     let response = api
         .send(
@@ -157,6 +159,7 @@ pub(super) async fn follow_log(api: &Api, id: &str) -> Result<ExitCode, ClientEr
     // event's text is decoded whole: a character split across reads arrives intact.
     let mut events = sse_stream::SseByteStream::new(response.bytes_stream());
     let mut stdout = std::io::stdout();
+    let mut line_open = false;
     while let Some(event) = events.next().await {
         let event = event.map_err(|e| {
             ClientError::Api(format!(
@@ -169,12 +172,16 @@ pub(super) async fn follow_log(api: &Api, id: &str) -> Result<ExitCode, ClientEr
             Some("log") => {
                 let data = crate::cli::terminal::terminal_safe(&data);
                 let _ = stdout.write_all(data.as_bytes());
-                if !data.ends_with('\n') {
-                    let _ = stdout.write_all(b"\n");
-                }
                 let _ = stdout.flush();
+                if !data.is_empty() {
+                    line_open = !data.ends_with('\n');
+                }
             }
             Some("end") => {
+                if line_open {
+                    let _ = stdout.write_all(b"\n");
+                    let _ = stdout.flush();
+                }
                 let run: Run = serde_json::from_str(&data).map_err(|e| {
                     ClientError::Api(format!("the end of run {id}'s log is not a run: {e}"))
                 })?;
