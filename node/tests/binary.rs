@@ -1484,25 +1484,30 @@ fn fake_follow_node(pieces: Vec<&'static [u8]>) -> String {
     url
 }
 
-#[test]
-fn the_cli_follows_a_log_whose_characters_are_split_across_reads() {
-    // "Grüße ✓\n" as the node sends it (axum gives each line of a piece its own `data:`), cut
-    // inside the ü (c3|bc) and inside the ✓ (e2 9c|93), and an `end` event with CRLF line ends.
-    let url = fake_follow_node(vec![
-        b": a comment\nevent: log\nid: 11\ndata: Gr\xc3",
-        b"\xbc\xc3\x9fe \xe2\x9c",
-        b"\x93\ndata: \n\n",
-        b"event: end\r\ndata: {\"id\": \"r1\", \"task_id\": \"t1\", \"task_name\": \"greet\", \"trigger\": {\"kind\": \"manual\"}, \"attempt\": 1, \"node\": \"fake\", \"status\": \"failed\", \"exit_code\": 4, \"created_at\": \"2026-12-01T00:00:00Z\"}\r\n\r\n",
-    ]);
+/// `task run greet --follow` against [`fake_follow_node`] sending `pieces`.
+fn follow_fake_node(pieces: Vec<&'static [u8]>) -> std::process::Output {
+    let url = fake_follow_node(pieces);
     let dir = tempfile::tempdir().expect("tmp");
-    let out = Command::new(BIN)
+    Command::new(BIN)
         .args(["task", "run", "greet", "--follow", "--url", &url])
         .env("TASKMESH_DATA_DIR", dir.path())
         .env("TASKMESH_TOKEN", TOKEN)
         .env_remove("TASKMESH_URL")
         .env_remove("TASKMESH_TOKEN_FILE")
         .output()
-        .expect("run the cli");
+        .expect("run the cli")
+}
+
+#[test]
+fn the_cli_follows_a_log_whose_characters_are_split_across_reads() {
+    // "Grüße ✓\n" as the node sends it (axum gives each line of a piece its own `data:`), cut
+    // inside the ü (c3|bc) and inside the ✓ (e2 9c|93), and an `end` event with CRLF line ends.
+    let out = follow_fake_node(vec![
+        b": a comment\nevent: log\nid: 11\ndata: Gr\xc3",
+        b"\xbc\xc3\x9fe \xe2\x9c",
+        b"\x93\ndata: \n\n",
+        b"event: end\r\ndata: {\"id\": \"r1\", \"task_id\": \"t1\", \"task_name\": \"greet\", \"trigger\": {\"kind\": \"manual\"}, \"attempt\": 1, \"node\": \"fake\", \"status\": \"failed\", \"exit_code\": 4, \"created_at\": \"2026-12-01T00:00:00Z\"}\r\n\r\n",
+    ]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(
         String::from_utf8(out.stdout).expect("UTF-8 output"),
@@ -1517,21 +1522,12 @@ fn the_cli_follows_a_log_whose_characters_are_split_across_reads() {
 /// gets one at the run's end.
 #[test]
 fn the_cli_joins_a_line_sent_in_two_pieces() {
-    let url = fake_follow_node(vec![
+    let out = follow_fake_node(vec![
         b"event: log\nid: 3\ndata: hel\n\n",
         b"event: log\nid: 6\ndata: lo\ndata: \n\n",
         b"event: log\nid: 10\ndata: tail\n\n",
         b"event: end\ndata: {\"id\": \"r1\", \"task_id\": \"t1\", \"task_name\": \"greet\", \"trigger\": {\"kind\": \"manual\"}, \"attempt\": 1, \"node\": \"fake\", \"status\": \"succeeded\", \"exit_code\": 0, \"created_at\": \"2026-12-01T00:00:00Z\"}\n\n",
     ]);
-    let dir = tempfile::tempdir().expect("tmp");
-    let out = Command::new(BIN)
-        .args(["task", "run", "greet", "--follow", "--url", &url])
-        .env("TASKMESH_DATA_DIR", dir.path())
-        .env("TASKMESH_TOKEN", TOKEN)
-        .env_remove("TASKMESH_URL")
-        .env_remove("TASKMESH_TOKEN_FILE")
-        .output()
-        .expect("run the cli");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(
         String::from_utf8_lossy(&out.stdout),

@@ -665,12 +665,15 @@
       box.value = JSON.stringify(spec, null, 2);
     }
 
-    /** The parameters the JSON box declares, or null when it declares none (or does not parse). */
-    function specParameters(form) {
-      let spec;
-      try { spec = JSON.parse($(".f-spec", form).value || "{}"); } catch { return null; }
+    /** The parameters a parsed spec declares, or null when it declares none. */
+    function parametersOf(spec) {
       const given = spec && typeof spec === "object" ? spec.parameters : null;
       return given && typeof given === "object" && !Array.isArray(given) && Object.keys(given).length ? given : null;
+    }
+
+    /** The parameters the JSON box declares, or null (none, or it does not parse). */
+    function specParameters(form) {
+      try { return parametersOf(JSON.parse($(".f-spec", form).value || "{}")); } catch { return null; }
     }
 
     /** Opens the fields for a run's own parameters, one per parameter the task declares. */
@@ -703,7 +706,7 @@
       try { spec = JSON.parse($(".f-spec", form).value || "{}"); } catch { return; }
       if (!spec || typeof spec !== "object") return;
       const offer = $(".execute-with", form);
-      if (offer) offer.hidden = !specParameters(form);
+      if (offer) offer.hidden = !parametersOf(spec);
       const concurrency = $(".f-concurrency", form), timeout = $(".f-timeout", form);
       if (concurrency) concurrency.value = ["allow", "replace"].includes(spec.concurrency) ? spec.concurrency : "forbid";
       if (timeout && document.activeElement !== timeout) timeout.value = typeof spec.timeout === "string" ? spec.timeout : "";

@@ -217,11 +217,7 @@ impl Api {
     ) -> Result<T, ClientError> {
         let body = body.map(|b| ("application/json", b.to_string().into_bytes()));
         let response = self.send(method, path, body).await?;
-        let bytes = read_body(response)
-            .await
-            .map_err(|e| ClientError::Api(format!("reading the answer to {path}: {e}")))?;
-        serde_json::from_slice(&bytes)
-            .map_err(|e| ClientError::Api(format!("unreadable answer to {path}: {e}")))
+        answer_as(response, path).await
     }
 
     async fn get(&self, path: &str) -> Result<Value, ClientError> {
@@ -245,15 +241,25 @@ impl Api {
                 .get(reqwest::header::LINK)
                 .and_then(|v| v.to_str().ok())
                 .and_then(next_page);
-            let bytes = read_body(response)
-                .await
-                .map_err(|e| ClientError::Api(format!("reading the answer to {path}: {e}")))?;
-            let page: Vec<T> = serde_json::from_slice(&bytes)
-                .map_err(|e| ClientError::Api(format!("unreadable answer to {path}: {e}")))?;
+            let page: Vec<T> = answer_as(response, &path).await?;
             items.extend(page);
         }
         Ok(items)
     }
+}
+
+/// The body of the answer to `path`.
+async fn answer_bytes(response: Response, path: &str) -> Result<Vec<u8>, ClientError> {
+    read_body(response)
+        .await
+        .map_err(|e| ClientError::Api(format!("reading the answer to {path}: {e}")))
+}
+
+/// The answer to `path` read as `T`.
+async fn answer_as<T: DeserializeOwned>(response: Response, path: &str) -> Result<T, ClientError> {
+    let bytes = answer_bytes(response, path).await?;
+    serde_json::from_slice(&bytes)
+        .map_err(|e| ClientError::Api(format!("unreadable answer to {path}: {e}")))
 }
 
 /// The path of a `Link` header's `rel="next"` target.

@@ -70,11 +70,7 @@ async fn list(remote: &Remote, path: &str) -> Result<ExitCode, ClientError> {
         .get(UNANSWERED)
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
-    let bytes = super::read_body(response)
-        .await
-        .map_err(|e| ClientError::Api(format!("reading the answer to {path}: {e}")))?;
-    let runs: Vec<Run> = serde_json::from_slice(&bytes)
-        .map_err(|e| ClientError::Api(format!("unreadable answer to {path}: {e}")))?;
+    let runs: Vec<Run> = super::answer_as(response, path).await?;
     if let Some(nodes) = unanswered {
         eprintln!("not listed: the runs of {nodes}, which did not answer in time");
     }
@@ -133,9 +129,7 @@ async fn log(api: &Api, id: &str, follow: bool) -> Result<ExitCode, ClientError>
     }
     let path = format!("/api/runs/{}/log", enc(id));
     let response = api.send(Method::GET, &path, None).await?;
-    let bytes = super::read_body(response)
-        .await
-        .map_err(|e| ClientError::Api(format!("reading the answer to {path}: {e}")))?;
+    let bytes = super::answer_bytes(response, &path).await?;
     // Task output reaches a terminal: no escape sequences or controls.
     let text = crate::cli::terminal::terminal_safe(&String::from_utf8_lossy(&bytes));
     let mut stdout = std::io::stdout();
